@@ -1,0 +1,107 @@
+//! Sizes of the record's GPT.
+
+use burn::config::Config;
+
+use crate::error::GptError;
+
+/// Shape of the record's GPT. Head dimension is `d_model / n_head`.
+#[derive(Config, Debug, PartialEq)]
+pub struct GptConfig {
+    /// Vocabulary size (50304 in the record: GPT-2's 50257 padded to a multiple of 128).
+    pub vocab_size: usize,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Number of attention heads.
+    pub n_head: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Longest sequence the model accepts.
+    pub max_seq_len: usize,
+    /// Logit soft-cap `c` in `c·tanh(logits/c)`.
+    #[config(default = 30.0)]
+    pub logit_softcap: f64,
+    /// Rotary base.
+    #[config(default = 10000.0)]
+    pub rope_base: f64,
+}
+
+/// Named sizes, for [`GptConfig::from_size`].
+pub const SIZES: [&str; 3] = ["tiny", "small", "speedrun"];
+
+impl GptConfig {
+    /// 2 layers, width 64, 2 heads of 32, vocabulary 512, sequences up to 64: for tests.
+    pub fn tiny() -> Self {
+        Self::new(512, 2, 2, 64, 64)
+    }
+
+    /// 4 layers, width 256, 4 heads of 64, GPT-2 vocabulary, sequences up to 256: trains on a CPU.
+    pub fn small() -> Self {
+        Self::new(50304, 4, 4, 256, 256)
+    }
+
+    /// The record: 12 layers, width 768, 6 heads of 128, vocabulary 50304, sequences of 1024.
+    pub fn speedrun() -> Self {
+        Self::new(50304, 12, 6, 768, 1024)
+    }
+
+    /// One of [`SIZES`] by name.
+    pub fn from_size(name: &str) -> Result<Self, GptError> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "small" => Ok(Self::small()),
+            "speedrun" => Ok(Self::speedrun()),
+            _ => Err(GptError::UnknownSize {
+                name: name.to_string(),
+                valid: SIZES.join(", "),
+            }),
+        }
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head
+    }
+
+    /// Checks that the shape is buildable: non-zero sizes, width divisible into heads, an even
+    /// head width for rotary, a positive soft-cap.
+    pub fn validate(&self) -> Result<(), GptError> {
+        let invalid = |reason: String| Err(GptError::InvalidConfig { reason });
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("d_model", self.d_model),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.d_model % self.n_head != 0 {
+            return invalid(format!(
+                "d_model {} is not divisible by n_head {}",
+                self.d_model, self.n_head
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return invalid(format!(
+                "head dimension {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
+        }
+        if !(self.logit_softcap > 0.0) {
+            return invalid(format!(
+                "logit_softcap must be positive, got {}",
+                self.logit_softcap
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of parameters of the model.
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let per_block = 4 * d * d + 8 * d * d + 2 + 1;
+        2 * self.vocab_size * d + self.n_layer * per_block
+    }
+}

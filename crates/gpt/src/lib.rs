@@ -1,0 +1,49 @@
+//! The GPT of the NanoGPT speedrun record "CastBf16", on Burn.
+//!
+//! Rotary (half-split), QK-norm, ReLU² MLP, value residual, x0 skip with learnable lambdas,
+//! weightless RMSNorm, an untied head and the logit soft-cap, with the record's initialisation.
+//! Every linear layer is a [`CastedLinear`](brainfloat_precision::CastedLinear) and every dtype
+//! comes from the model's [`PrecisionPolicy`](brainfloat_precision::PrecisionPolicy). Weights
+//! load and save as safetensors under the PyTorch state-dict names, so the same file moves
+//! between this model and the PyTorch one.
+//!
+//! ```
+//! use brainfloat_gpt::{Batch, GptConfig};
+//! use brainfloat_precision::{PrecisionPolicy, apply_policy};
+//! use burn::tensor::{DType, Device};
+//!
+//! let device = Device::flex().autodiff();
+//! let model = GptConfig::tiny().init(&device).unwrap();
+//! let model = apply_policy(model, &PrecisionPolicy::bf16(), &device).unwrap();
+//!
+//! let window: Vec<u32> = (0..2 * 16 + 1).map(|i| i % 512).collect();
+//! let batch = Batch::from_window(&window, 2, 16, &device).unwrap();
+//! let loss = model.forward(&batch).unwrap();
+//! assert_eq!(loss.dtype(), DType::F32);
+//! let grads = loss.backward();
+//! let w = model.transformer.h[0].attn.c_q.weight.val();
+//! assert_eq!(w.grad(&grads).unwrap().dtype(), DType::F32); // fp32 master-weight gradient
+//! ```
+
+mod attention;
+mod batch;
+mod block;
+mod checkpoint;
+mod config;
+mod error;
+mod io;
+mod mlp;
+mod model;
+mod norm;
+mod rotary;
+
+pub use attention::CausalSelfAttention;
+pub use batch::Batch;
+pub use block::Block;
+pub use config::{GptConfig, SIZES};
+pub use error::GptError;
+pub use io::write_atomic;
+pub use mlp::Mlp;
+pub use model::{Gpt, Transformer};
+pub use norm::{RMS_NORM_EPS, rms_norm};
+pub use rotary::Rotary;

@@ -1,0 +1,50 @@
+//! Precision primitives for bf16 mixed-precision training on Burn.
+//!
+//! This crate is the part of brainfloat that decides dtypes. It gives any Burn model the
+//! CastBf16 recipe:
+//!
+//! - [`CastedLinear`]: a linear layer with an fp32 master weight (PyTorch's `[out, in]` layout)
+//!   cast to the input's dtype at use, so gradients and optimizer state stay fp32 while the
+//!   matmul runs in bf16;
+//! - [`PrecisionPolicy`]: the dtype of every component (master weights, embeddings, scalars,
+//!   matmul operands, activations; the loss is always fp32), from the presets `fp32`, `autocast`
+//!   and `bf16`, with per-component overrides;
+//! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
+//!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
+//! - [`softcapped_cross_entropy`]: the record's loss, in fp32 from bf16 or fp32 logits.
+//!
+//! ```
+//! use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, PrecisionReport, cast_params};
+//! use burn::tensor::{DType, Device, Tensor};
+//!
+//! let device = Device::flex();
+//! let policy: PrecisionPolicy = "bf16".parse().unwrap();
+//! policy.check_device(&device).unwrap();
+//!
+//! let layer = cast_params(CastedLinearConfig::new(4, 3).init(&device), &policy);
+//! let x = Tensor::<2>::ones([2, 4], (&device, DType::BF16));
+//! let y = layer.forward(x);
+//! assert_eq!(y.dtype(), DType::BF16); // computed in bf16 ...
+//! assert_eq!(layer.weight.dtype(), DType::F32); // ... from an fp32 master weight
+//! println!("{}", PrecisionReport::of(&layer));
+//! ```
+
+mod casted_linear;
+mod convert;
+mod error;
+mod loss;
+mod named;
+mod path;
+mod policy;
+mod report;
+
+pub use casted_linear::{CastedLinear, CastedLinearConfig};
+pub use convert::{PrecisionAware, apply_policy, cast_params, classify};
+pub use error::PrecisionError;
+pub use loss::{cross_entropy_fp32, softcap, softcapped_cross_entropy};
+pub use named::{NamedTensor, named_grads, named_params};
+pub use path::ParamPath;
+pub use policy::{
+    ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype,
+};
+pub use report::{PrecisionReport, ReportRow, dtype_info};

@@ -1,0 +1,114 @@
+//! How many bytes of a model sit in each dtype, per component.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{DType, Tensor};
+
+use crate::convert::classify;
+use crate::path::ParamPath;
+use crate::policy::Component;
+
+/// One row of a [`PrecisionReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReportRow {
+    /// Number of parameter tensors.
+    pub tensors: usize,
+    /// Number of elements.
+    pub elements: usize,
+    /// Bytes of storage.
+    pub bytes: usize,
+}
+
+/// Bytes per dtype per storage component of a model's parameters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrecisionReport {
+    /// Rows keyed by component and dtype name.
+    pub rows: BTreeMap<(Component, &'static str), ReportRow>,
+}
+
+impl PrecisionReport {
+    /// Measures `module`'s parameters.
+    pub fn of<M: Module>(module: &M) -> Self {
+        let mut visitor = ReportVisitor::default();
+        module.visit(&mut visitor);
+        visitor.report
+    }
+
+    /// Total bytes.
+    pub fn total_bytes(&self) -> usize {
+        self.rows.values().map(|r| r.bytes).sum()
+    }
+
+    /// Bytes held in the dtype named `dtype` (`"fp32"`, `"bf16"`).
+    pub fn bytes_in(&self, dtype: &str) -> usize {
+        self.rows
+            .iter()
+            .filter(|((_, d), _)| *d == dtype)
+            .map(|(_, r)| r.bytes)
+            .sum()
+    }
+}
+
+impl fmt::Display for PrecisionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:<6} {:>8} {:>12} {:>14}",
+            "component", "dtype", "tensors", "elements", "bytes"
+        )?;
+        for ((component, dtype), row) in &self.rows {
+            writeln!(
+                f,
+                "{:<10} {:<6} {:>8} {:>12} {:>14}",
+                component.name(),
+                dtype,
+                row.tensors,
+                row.elements,
+                row.bytes
+            )?;
+        }
+        write!(f, "{:<10} {:<6} {:>8} {:>12} {:>14}", "total", "", "", "", self.total_bytes())
+    }
+}
+
+/// Name and size in bytes of a dtype, for reports.
+pub fn dtype_info(dtype: DType) -> (&'static str, usize) {
+    match dtype {
+        DType::F64 => ("fp64", 8),
+        DType::F32 | DType::Flex32 => ("fp32", 4),
+        DType::F16 => ("fp16", 2),
+        DType::BF16 => ("bf16", 2),
+        other => (other.name(), other.size()),
+    }
+}
+
+#[derive(Default)]
+struct ReportVisitor {
+    path: ParamPath,
+    report: PrecisionReport,
+}
+
+impl ModuleVisitor for ReportVisitor {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (dtype, size) = dtype_info(param.dtype());
+        let elements = param.shape().num_elements();
+        let row = self
+            .report
+            .rows
+            .entry((classify(self.path.owner(), D), dtype))
+            .or_default();
+        row.tensors += 1;
+        row.elements += elements;
+        row.bytes += elements * size;
+    }
+}

@@ -1,0 +1,76 @@
+//! Fixtures and helpers shared by the end-to-end tests.
+
+use std::path::PathBuf;
+
+use brainfloat_gpt::{Batch, Gpt, GptConfig};
+use brainfloat_precision::{PrecisionPolicy, apply_policy};
+use burn::tensor::{Device, Tensor};
+
+/// `tests/fixtures/golden`: weights, tokens and the numbers of the PyTorch reference.
+pub fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden")
+}
+
+/// `expected.json` of the golden fixture.
+pub fn golden_expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(golden_dir().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The golden token shard, parsed minimally (the data crate validates shards properly).
+pub fn golden_tokens() -> Vec<u16> {
+    let bytes = std::fs::read(golden_dir().join("tokens.bin")).unwrap();
+    let header: Vec<i32> = bytes[..1024]
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(header[0], 20240520);
+    let count = header[2] as usize;
+    bytes[1024..1024 + 2 * count]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// The golden model's shape: vocab 512, 2 layers, width 64, 2 heads, sequences of 32.
+pub fn golden_config() -> GptConfig {
+    GptConfig::new(512, 2, 2, 64, 32)
+}
+
+/// The golden weights under `policy`, on the autodiff flex device.
+pub fn golden_model(policy: &PrecisionPolicy) -> (Gpt, Device) {
+    let device = Device::flex().autodiff();
+    let model = golden_config()
+        .init(&device)
+        .unwrap()
+        .load_safetensors(&golden_dir().join("init.safetensors"))
+        .unwrap();
+    (apply_policy(model, policy, &device).unwrap(), device)
+}
+
+/// The golden batch that starts at token `start` (B = 2, T = 32).
+pub fn golden_batch(start: usize, device: &Device) -> Batch {
+    let tokens = golden_tokens();
+    Batch::from_window(&tokens[start..start + 2 * 32 + 1], 2, 32, device).unwrap()
+}
+
+/// A one-element tensor as f64 (any float dtype).
+pub fn scalar(t: Tensor<1>) -> f64 {
+    t.cast(burn::tensor::FloatDType::F32).into_scalar::<f32>() as f64
+}
+
+/// The values of a tensor as f64 (any float dtype).
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.cast(burn::tensor::FloatDType::F32)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// `|a − b| / |b|`.
+pub fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
