@@ -1,0 +1,141 @@
+//! Safetensors checkpoints: PyTorch names and layouts, bit-exact round trips, clear errors for
+//! files that do not match the model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use brainfloat_gpt::GptConfig;
+use brainfloat_precision::PrecisionPolicy;
+use brainfloat_tests::*;
+use safetensors::SafeTensors;
+
+/// Every tensor of a safetensors file: name → (dtype, shape, bytes).
+fn tensors(bytes: &[u8]) -> HashMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let entry = (
+                format!("{:?}", view.dtype()),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            );
+            (name, entry)
+        })
+        .collect()
+}
+
+#[test]
+fn pytorch_weights_round_trip_bit_exactly_with_their_names_and_layouts() {
+    let golden = std::fs::read(golden_dir().join("init.safetensors")).unwrap();
+    let (model, _) = golden_model(&PrecisionPolicy::fp32());
+    let saved = model.to_safetensors().unwrap();
+    // Same names, dtypes, shapes ([out, in], 0-d lamb) and bytes as the file PyTorch wrote.
+    assert_eq!(tensors(&saved), tensors(&golden));
+    let file = SafeTensors::deserialize(&saved).unwrap();
+    assert_eq!(
+        file.tensor("transformer.h.0.mlp.c_fc.weight").unwrap().shape(),
+        [256, 64]
+    );
+    assert_eq!(file.tensor("transformer.h.0.attn.lamb").unwrap().shape(), [0usize; 0]);
+}
+
+#[test]
+fn bf16_models_round_trip_bit_exactly_through_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (model, device) = golden_model(&PrecisionPolicy::bf16());
+    model.save_safetensors(&path).unwrap();
+    model.save_safetensors(&path).unwrap(); // over an existing file
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "no temporary file is left behind");
+
+    let saved = std::fs::read(&path).unwrap();
+    let by_name = tensors(&saved);
+    assert_eq!(by_name["transformer.wte.weight"].0, "BF16");
+    assert_eq!(by_name["transformer.h.1.lambdas"].0, "BF16");
+    assert_eq!(by_name["lm_head.weight"].0, "F32");
+
+    let fresh = brainfloat_precision::apply_policy(
+        golden_config().init(&device).unwrap(),
+        &PrecisionPolicy::bf16(),
+        &device,
+    )
+    .unwrap();
+    let loaded = fresh.load_safetensors(&path).unwrap();
+    assert_eq!(loaded.to_safetensors().unwrap(), saved);
+}
+
+fn load_error(bytes: &[u8]) -> String {
+    let (model, _) = golden_model(&PrecisionPolicy::fp32());
+    match model.load_safetensors_bytes(bytes) {
+        Ok(_) => panic!("loaded a file that does not match the model"),
+        Err(err) => err,
+    }
+}
+
+/// The golden file with its tensors edited by `edit`.
+fn edited(edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) -> Vec<u8> {
+    let golden = std::fs::read(golden_dir().join("init.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&golden).unwrap();
+    let mut list: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut list);
+    let views: Vec<_> = list
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn mismatched_checkpoints_are_refused_with_the_reason() {
+    let missing = edited(|l| l.retain(|(n, ..)| n != "transformer.h.1.attn.c_k.weight"));
+    assert_eq!(
+        load_error(&missing),
+        "missing tensor transformer.h.1.attn.c_k.weight"
+    );
+
+    let extra = edited(|l| l.push(("transformer.h.2.lambdas".into(), safetensors::Dtype::F32, vec![2], vec![0; 8])));
+    assert_eq!(
+        load_error(&extra),
+        "unexpected tensors not in the model: transformer.h.2.lambdas"
+    );
+
+    let int = edited(|l| {
+        let entry = l.iter_mut().find(|(n, ..)| n == "transformer.h.0.lambdas").unwrap();
+        entry.1 = safetensors::Dtype::I32;
+    });
+    assert!(load_error(&int).contains("transformer.h.0.lambdas has dtype I32"));
+
+    assert!(load_error(b"not a checkpoint").starts_with("not a valid safetensors file"));
+
+    // Weights of another model size: every mismatch is named.
+    let device = burn::tensor::Device::flex();
+    let wider = GptConfig::new(512, 2, 2, 128, 32).init(&device).unwrap();
+    let err = wider
+        .load_safetensors(&golden_dir().join("init.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("init.safetensors"), "{err}");
+    assert!(
+        err.contains("tensor transformer.wte.weight has shape [512, 64], the model expects [512, 128]"),
+        "{err}"
+    );
+
+    let err = golden_config()
+        .init(&device)
+        .unwrap()
+        .load_safetensors(Path::new("/nonexistent/model.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("checkpoint /nonexistent/model.safetensors: cannot read"), "{err}");
+}
