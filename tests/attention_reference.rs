@@ -77,7 +77,9 @@ fn attention_f64(
                 let row = |tt: usize| (bi * t + tt) * c + hi * hd;
                 let scores: Vec<f64> = (0..=tq)
                     .map(|tk| {
-                        (0..hd).map(|d| q[row(tq) + d] * k[row(tk) + d]).sum::<f64>()
+                        (0..hd)
+                            .map(|d| q[row(tq) + d] * k[row(tk) + d])
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -107,7 +109,10 @@ fn fp32_attention_matches_a_float64_reference() {
     let x = pseudo_random(b * t * c, 1);
     let v1 = pseudo_random(b * t * c, 2);
     let tensor = |values: &[f32], shape: [usize; 4]| {
-        Tensor::<4>::from_data(TensorData::new(values.to_vec(), shape), (&device, DType::F32))
+        Tensor::<4>::from_data(
+            TensorData::new(values.to_vec(), shape),
+            (&device, DType::F32),
+        )
     };
     let rotary = Rotary::new(t, hd, 10000.0, FloatDType::F32, &device);
     let (y, _) = attn.forward(
@@ -120,7 +125,10 @@ fn fp32_attention_matches_a_float64_reference() {
 
     let param = |suffix: &str| {
         let name = format!("transformer.h.1.attn.{suffix}");
-        let p = named_params(&model).into_iter().find(|p| p.name == name).unwrap();
+        let p = named_params(&model)
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap();
         values(p.tensor)
     };
     let weights = ["c_q", "c_k", "c_v", "c_proj"].map(|n| param(&format!("{n}.weight")));

@@ -34,10 +34,15 @@ fn pytorch_weights_round_trip_bit_exactly_with_their_names_and_layouts() {
     assert_eq!(tensors(&saved), tensors(&golden));
     let file = SafeTensors::deserialize(&saved).unwrap();
     assert_eq!(
-        file.tensor("transformer.h.0.mlp.c_fc.weight").unwrap().shape(),
+        file.tensor("transformer.h.0.mlp.c_fc.weight")
+            .unwrap()
+            .shape(),
         [256, 64]
     );
-    assert_eq!(file.tensor("transformer.h.0.attn.lamb").unwrap().shape(), [0usize; 0]);
+    assert_eq!(
+        file.tensor("transformer.h.0.attn.lamb").unwrap().shape(),
+        [0usize; 0]
+    );
 }
 
 #[test]
@@ -75,7 +80,9 @@ fn load_error(bytes: &[u8]) -> String {
 }
 
 /// The golden file with its tensors edited by `edit`.
-fn edited(edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) -> Vec<u8> {
+fn edited(
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) -> Vec<u8> {
     let golden = std::fs::read(golden_dir().join("init.safetensors")).unwrap();
     let file = SafeTensors::deserialize(&golden).unwrap();
     let mut list: Vec<_> = file
@@ -104,14 +111,24 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
         "missing tensor transformer.h.1.attn.c_k.weight"
     );
 
-    let extra = edited(|l| l.push(("transformer.h.2.lambdas".into(), safetensors::Dtype::F32, vec![2], vec![0; 8])));
+    let extra = edited(|l| {
+        l.push((
+            "transformer.h.2.lambdas".into(),
+            safetensors::Dtype::F32,
+            vec![2],
+            vec![0; 8],
+        ))
+    });
     assert_eq!(
         load_error(&extra),
         "unexpected tensors not in the model: transformer.h.2.lambdas"
     );
 
     let int = edited(|l| {
-        let entry = l.iter_mut().find(|(n, ..)| n == "transformer.h.0.lambdas").unwrap();
+        let entry = l
+            .iter_mut()
+            .find(|(n, ..)| n == "transformer.h.0.lambdas")
+            .unwrap();
         entry.1 = safetensors::Dtype::I32;
     });
     assert!(load_error(&int).contains("transformer.h.0.lambdas has dtype I32"));
@@ -127,7 +144,9 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
         .to_string();
     assert!(err.contains("init.safetensors"), "{err}");
     assert!(
-        err.contains("tensor transformer.wte.weight has shape [512, 64], the model expects [512, 128]"),
+        err.contains(
+            "tensor transformer.wte.weight has shape [512, 64], the model expects [512, 128]"
+        ),
         "{err}"
     );
 
@@ -137,5 +156,8 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
         .load_safetensors(Path::new("/nonexistent/model.safetensors"))
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("checkpoint /nonexistent/model.safetensors: cannot read"), "{err}");
+    assert!(
+        err.starts_with("checkpoint /nonexistent/model.safetensors: cannot read"),
+        "{err}"
+    );
 }

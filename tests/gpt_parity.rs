@@ -17,7 +17,10 @@ fn loss_at_init_matches_pytorch_for_every_preset() {
             / 2.0;
         let want = expected["loss_at_init"][preset.name()].as_f64().unwrap();
         let tolerance = if preset == Preset::Fp32 { 1e-4 } else { 2e-2 };
-        println!("{preset}: loss {loss:.7} vs PyTorch {want:.7}, rel {:.2e}", rel(loss, want));
+        println!(
+            "{preset}: loss {loss:.7} vs PyTorch {want:.7}, rel {:.2e}",
+            rel(loss, want)
+        );
         assert!(rel(loss, want) <= tolerance, "{preset}: {loss} vs {want}");
     }
 }

@@ -4,7 +4,8 @@
 
 use brainfloat_gpt::{Batch, GptConfig};
 use brainfloat_precision::{
-    Component, PrecisionPolicy, PrecisionReport, Preset, apply_policy, named_grads, named_params,
+    Component, NamedTensor, PrecisionPolicy, PrecisionReport, Preset, apply_policy, named_grads,
+    named_params,
 };
 use brainfloat_tests::*;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -16,6 +17,14 @@ fn expected_storage(preset: Preset, component: Component) -> DType {
     match (preset, component) {
         (Preset::Bf16, Embedding | Scalars | Other) => DType::BF16,
         _ => DType::F32,
+    }
+}
+
+/// Asserts that every tensor (parameters or their gradients) has its storage dtype under `preset`.
+fn assert_storage_dtypes(preset: Preset, tensors: &[NamedTensor], what: &str) {
+    for t in tensors {
+        let want = expected_storage(preset, t.component);
+        assert_eq!(t.tensor.dtype(), want, "{preset}: {what} of {}", t.name);
     }
 }
 
@@ -33,14 +42,7 @@ fn every_dtype_follows_the_design_table() {
         let (model, device) = golden_model(&PrecisionPolicy::preset(preset));
         let params = named_params(&model);
         assert_eq!(params.len(), 18);
-        for p in &params {
-            assert_eq!(
-                p.tensor.dtype(),
-                expected_storage(preset, p.component),
-                "{preset}: parameter {}",
-                p.name
-            );
-        }
+        assert_storage_dtypes(preset, &params, "parameter");
         // CastedLinear master weights are fp32 in every preset; the record's bf16 goes
         // to embedding and scalars only.
         let linear = params.iter().filter(|p| p.component == Component::Linear);
@@ -50,7 +52,11 @@ fn every_dtype_follows_the_design_table() {
         let (hidden, boundaries) = model.hidden_states(batch.inputs.clone());
         assert_eq!(boundaries.len(), 2);
         for (i, x) in boundaries.iter().enumerate() {
-            assert_eq!(x.dtype(), expected_activation(preset), "{preset}: block {i}");
+            assert_eq!(
+                x.dtype(),
+                expected_activation(preset),
+                "{preset}: block {i}"
+            );
         }
         assert_eq!(hidden.dtype(), expected_activation(preset), "{preset}");
         assert_eq!(model.logits(&batch).unwrap().dtype(), DType::F32);
@@ -58,16 +64,13 @@ fn every_dtype_follows_the_design_table() {
         let loss = model.forward(&batch).unwrap();
         assert_eq!(loss.dtype(), DType::F32, "{preset}: loss");
         let grads = named_grads(&model, &loss.backward());
-        assert_eq!(grads.len(), params.len(), "{preset}: every parameter has a gradient");
-        for g in grads {
-            // A gradient has its parameter's storage dtype: fp32 for master weights.
-            assert_eq!(
-                g.tensor.dtype(),
-                expected_storage(preset, g.component),
-                "{preset}: gradient of {}",
-                g.name
-            );
-        }
+        assert_eq!(
+            grads.len(),
+            params.len(),
+            "{preset}: every parameter has a gradient"
+        );
+        // A gradient has its parameter's storage dtype: fp32 for master weights.
+        assert_storage_dtypes(preset, &grads, "gradient");
     }
 }
 
@@ -130,7 +133,10 @@ fn bf16_agrees_with_fp32_within_bf16_tolerance() {
             "{policy}: loss {loss16:.6} vs fp32 {loss32:.6} (rel {:.2e}), grad cosine {cosine:.6}",
             rel(loss16, loss32)
         );
-        assert!(rel(loss16, loss32) <= 2e-2, "{policy}: {loss16} vs {loss32}");
+        assert!(
+            rel(loss16, loss32) <= 2e-2,
+            "{policy}: {loss16} vs {loss32}"
+        );
         assert!(cosine >= 0.99, "{policy}: gradient cosine {cosine}");
     }
 }
@@ -157,9 +163,7 @@ fn a_few_adam_steps_lower_the_loss_in_every_preset() {
         }
         assert!(losses[4] < losses[0] - 0.1, "{preset}: {losses:?}");
         // The update kept every parameter in its storage dtype.
-        for p in named_params(&model) {
-            assert_eq!(p.tensor.dtype(), expected_storage(preset, p.component), "{}", p.name);
-        }
+        assert_storage_dtypes(preset, &named_params(&model), "updated parameter");
     }
 }
 
@@ -185,7 +189,9 @@ fn invalid_inputs_say_what_is_wrong() {
 
     let device = Device::flex();
     let model = GptConfig::tiny().init(&device).unwrap();
-    let window: Vec<u32> = (0..2 * 8 + 1).map(|i| if i == 5 { 512 } else { i }).collect();
+    let window: Vec<u32> = (0..2 * 8 + 1)
+        .map(|i| if i == 5 { 512 } else { i })
+        .collect();
     let batch = Batch::from_window(&window, 2, 8, &device).unwrap();
     let err = model.forward(&batch).unwrap_err();
     assert_eq!(

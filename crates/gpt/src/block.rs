@@ -40,7 +40,7 @@ impl Block {
         policy: &PrecisionPolicy,
     ) -> (Tensor<3>, Tensor<4>) {
         let lambdas = self.lambdas.val().cast(policy.activation());
-        let lambda = |i: usize| lambdas.clone().slice([i..i + 1]).reshape([1, 1, 1]);
+        let lambda = |i: usize| lambdas.clone().narrow(0, i, 1).reshape([1, 1, 1]);
         let x = lambda(0) * x + lambda(1) * x0;
         let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, policy);
         let x = x + y;

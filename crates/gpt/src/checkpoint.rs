@@ -52,7 +52,10 @@ impl Gpt {
             .map(|(shape, p)| {
                 let data = p.tensor.into_data();
                 let (bytes, _, dtype) = data.into_parts();
-                (p.name, TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype))
+                (
+                    p.name,
+                    TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype),
+                )
             })
             .collect();
         let views = tensors

@@ -77,19 +77,19 @@ impl GptConfig {
                 return invalid(format!("{name} must be at least 1"));
             }
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return invalid(format!(
                 "d_model {} is not divisible by n_head {}",
                 self.d_model, self.n_head
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return invalid(format!(
                 "head dimension {} must be even for rotary embeddings",
                 self.head_dim()
             ));
         }
-        if !(self.logit_softcap > 0.0) {
+        if self.logit_softcap.is_nan() || self.logit_softcap <= 0.0 {
             return invalid(format!(
                 "logit_softcap must be positive, got {}",
                 self.logit_softcap
@@ -103,5 +103,50 @@ impl GptConfig {
         let d = self.d_model;
         let per_block = 4 * d * d + 8 * d * d + 2 + 1;
         2 * self.vocab_size * d + self.n_layer * per_block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::tensor::Device;
+
+    #[test]
+    fn parameter_count_matches_the_built_model() {
+        let device = Device::flex();
+        for config in [GptConfig::tiny(), GptConfig::new(96, 3, 3, 48, 16)] {
+            let model = config.init(&device).unwrap();
+            assert_eq!(model.num_params(), config.num_params());
+        }
+        // The record's model: 124M-class blocks plus an untied 50304 × 768 head.
+        assert_eq!(GptConfig::speedrun().num_params(), 162_201_636);
+        assert_eq!(GptConfig::speedrun().head_dim(), 128);
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused() {
+        let cases = [
+            (
+                GptConfig::new(0, 2, 2, 64, 32),
+                "vocab_size must be at least 1",
+            ),
+            (
+                GptConfig::new(512, 2, 3, 64, 32),
+                "not divisible by n_head 3",
+            ),
+            (
+                GptConfig::new(512, 2, 64, 64, 32),
+                "head dimension 1 must be even",
+            ),
+            (
+                GptConfig::tiny().with_logit_softcap(0.0),
+                "logit_softcap must be positive",
+            ),
+        ];
+        for (config, message) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
     }
 }

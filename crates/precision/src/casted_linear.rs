@@ -7,6 +7,8 @@ use burn::nn::Initializer;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
+use crate::policy::PrecisionPolicy;
+
 /// Configuration of a [`CastedLinear`].
 #[derive(Config, Debug)]
 pub struct CastedLinearConfig {
@@ -74,22 +76,125 @@ impl CastedLinear {
         linear(input, weight, bias)
     }
 
-    /// `[d_output, d_input]`.
-    pub fn dims(&self) -> [usize; 2] {
-        self.weight.dims()
-    }
-}
-
-impl CastedLinear {
     /// Applies the layer under `policy`: the input is cast to the matmul dtype, the weight to
     /// the same, and the result to the activation dtype. In the `bf16` and `fp32` presets both
     /// casts are no-ops; in `autocast` they are the per-op casts of the baseline.
     pub fn forward_under<const D: usize>(
         &self,
         input: Tensor<D>,
-        policy: &crate::PrecisionPolicy,
+        policy: &PrecisionPolicy,
     ) -> Tensor<D> {
         self.forward(input.cast(policy.matmul()))
             .cast(policy.activation())
+    }
+
+    /// `[d_output, d_input]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.dims()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, TensorData};
+
+    fn layer(device: &Device) -> CastedLinear {
+        // W = [[1, 2], [3, 4], [5, 6]] ([out = 3, in = 2]), b = [0.5, -0.5, 1].
+        let mut layer = CastedLinearConfig::new(2, 3).with_bias(true).init(device);
+        layer.weight = Param::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]),
+            device,
+        );
+        layer.bias = Some(Param::from_data(
+            TensorData::new(vec![0.5f32, -0.5, 1.0], [3]),
+            device,
+        ));
+        layer
+    }
+
+    #[test]
+    fn computes_x_times_w_transposed_plus_b_in_the_input_dtype() {
+        let device = Device::flex().autodiff();
+        let layer = layer(&device);
+        // x = [1, -1]: y = [1−2+0.5, 3−4−0.5, 5−6+1] = [−0.5, −1.5, 0].
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(vec![1.0f32, -1.0], [1, 2]),
+                (&device, dtype),
+            );
+            let y = layer.forward(x);
+            assert_eq!(y.dtype(), dtype);
+            let y = y
+                .cast(FloatDType::F32)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(y, vec![-0.5, -1.5, 0.0]);
+        }
+    }
+
+    #[test]
+    fn master_weight_gradient_stays_fp32_under_bf16_compute() {
+        let device = Device::flex().autodiff();
+        let layer = layer(&device);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, -1.0, 2.0, 0.5], [2, 2]),
+            (&device, DType::BF16),
+        );
+        let grads = layer.forward(x).sum().backward();
+        let grad = layer.weight.val().grad(&grads).unwrap();
+        assert_eq!(grad.dtype(), DType::F32);
+        // d(sum y)/dW[o, i] = Σ_rows x[r, i] = [3, −0.5] for every output o.
+        let grad = grad.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(grad, vec![3.0, -0.5, 3.0, -0.5, 3.0, -0.5]);
+        let bias_grad = layer.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+        assert_eq!(bias_grad.dtype(), DType::F32);
+        assert_eq!(
+            bias_grad.into_data().try_to_vec::<f32>().unwrap(),
+            vec![2.0, 2.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn autocast_runs_the_matmul_in_bf16_and_returns_fp32() {
+        let device = Device::flex();
+        let layer = layer(&device);
+        // 1 + 2⁻⁸ is not a bf16 value (8 significand bits): bf16 operands round it to 1.
+        let just_above_one = 1.0 + 2f32.powi(-8);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![just_above_one, 0.0], [1, 2]),
+            (&device, DType::F32),
+        );
+        let fp32 = layer.forward_under(x.clone(), &PrecisionPolicy::fp32());
+        let autocast = layer.forward_under(x, &PrecisionPolicy::autocast());
+        assert_eq!(autocast.dtype(), DType::F32);
+        let (fp32, autocast) = (
+            fp32.into_data().try_to_vec::<f32>().unwrap(),
+            autocast.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(fp32[0], just_above_one + 0.5);
+        assert_eq!(autocast[0], 1.0 + 0.5);
+    }
+
+    #[test]
+    fn initialises_like_pytorch() {
+        let device = Device::flex();
+        let layer = CastedLinearConfig::new(16, 8).init(&device);
+        assert_eq!(layer.dims(), [8, 16]);
+        let w = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert!(w.iter().all(|v| v.abs() <= 0.25) && w.iter().any(|v| *v != 0.0));
+        let zero = CastedLinearConfig::new(16, 8)
+            .with_zero_init(true)
+            .init(&device);
+        assert!(
+            zero.weight
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .all(|v| *v == 0.0)
+        );
     }
 }

@@ -49,10 +49,9 @@ impl fmt::Display for PrecisionError {
             Self::UnknownComponent { name, valid } => {
                 write!(f, "unknown precision component `{name}` (valid: {valid})")
             }
-            Self::UnknownDtype { name } => write!(
-                f,
-                "unknown dtype `{name}` (valid: fp32, bf16, fp16, fp64)"
-            ),
+            Self::UnknownDtype { name } => {
+                write!(f, "unknown dtype `{name}` (valid: fp32, bf16, fp16, fp64)")
+            }
             Self::MalformedOverride { text } => write!(
                 f,
                 "precision override `{text}` is not of the form component=dtype"

@@ -44,7 +44,5 @@ pub use error::PrecisionError;
 pub use loss::{cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;
-pub use policy::{
-    ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype,
-};
+pub use policy::{ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype};
 pub use report::{PrecisionReport, ReportRow, dtype_info};

@@ -31,6 +31,10 @@ impl ParamPath {
     /// or `None` at the top level.
     pub fn owner(&self) -> Option<&str> {
         let owner = self.owners.last()?;
-        Some(owner.split_once(':').map_or(owner.as_str(), |(_, name)| name))
+        Some(
+            owner
+                .split_once(':')
+                .map_or(owner.as_str(), |(_, name)| name),
+        )
     }
 }

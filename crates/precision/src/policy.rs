@@ -348,7 +348,10 @@ mod tests {
 
     #[test]
     fn parses_presets_and_overrides() {
-        assert_eq!("bf16".parse::<PrecisionPolicy>().unwrap(), PrecisionPolicy::bf16());
+        assert_eq!(
+            "bf16".parse::<PrecisionPolicy>().unwrap(),
+            PrecisionPolicy::bf16()
+        );
         let p: PrecisionPolicy = "bf16, embedding=fp32".parse().unwrap();
         assert_eq!(p.embedding(), F32);
         assert_eq!(p.activation(), BF16);
@@ -359,12 +362,24 @@ mod tests {
     #[test]
     fn unknown_names_list_the_valid_ones() {
         let err = "bf17".parse::<PrecisionPolicy>().unwrap_err().to_string();
-        assert!(err.contains("bf17") && err.contains("fp32, autocast, bf16"), "{err}");
-        let err = "bf16,wte=fp32".parse::<PrecisionPolicy>().unwrap_err().to_string();
+        assert!(
+            err.contains("bf17") && err.contains("fp32, autocast, bf16"),
+            "{err}"
+        );
+        let err = "bf16,wte=fp32"
+            .parse::<PrecisionPolicy>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wte") && err.contains("embedding"), "{err}");
-        let err = "bf16,embedding=fp8".parse::<PrecisionPolicy>().unwrap_err().to_string();
+        let err = "bf16,embedding=fp8"
+            .parse::<PrecisionPolicy>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("fp8"), "{err}");
-        let err = "bf16,embedding".parse::<PrecisionPolicy>().unwrap_err().to_string();
+        let err = "bf16,embedding"
+            .parse::<PrecisionPolicy>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("component=dtype"), "{err}");
     }
 }

@@ -69,7 +69,15 @@ impl fmt::Display for PrecisionReport {
                 row.bytes
             )?;
         }
-        write!(f, "{:<10} {:<6} {:>8} {:>12} {:>14}", "total", "", "", "", self.total_bytes())
+        write!(
+            f,
+            "{:<10} {:<6} {:>8} {:>12} {:>14}",
+            "total",
+            "",
+            "",
+            "",
+            self.total_bytes()
+        )
     }
 }
 
