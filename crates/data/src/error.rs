@@ -1,0 +1,30 @@
+//! Errors of the data crate: every one names the file and the problem.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A shard or shard set that cannot be used.
+#[derive(Debug)]
+pub struct DataError {
+    /// The file (or pattern) concerned.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl DataError {
+    pub(crate) fn new(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data shard {}: {}", self.path.display(), self.problem)
+    }
+}
+
+impl std::error::Error for DataError {}
