@@ -1,0 +1,260 @@
+//! The record's optimizers, one per parameter group: Muon for the 2-D matrices of the blocks,
+//! Adam for the embedding, the head and the scalars.
+
+use std::collections::HashMap;
+
+use brainfloat_precision::{Component, ParamPath, classify};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{FloatDType, Tensor};
+
+use crate::muon::newton_schulz;
+
+/// The optimizer group of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamGroup {
+    /// Token embedding: Adam.
+    Embedding,
+    /// Output head: Adam.
+    Head,
+    /// 2-D matrices inside the blocks: Muon.
+    Matrices,
+    /// Every other parameter (lambdas): Adam.
+    Scalars,
+}
+
+/// The group of a parameter from its name, storage component and rank: linear weights inside
+/// the blocks (`transformer.h.*`) are Muon's, other linear weights the head's.
+pub fn param_group(name: &str, component: Component, rank: usize) -> ParamGroup {
+    match component {
+        Component::Embedding => ParamGroup::Embedding,
+        Component::Linear if rank == 2 && name.starts_with("transformer.h.") => {
+            ParamGroup::Matrices
+        }
+        Component::Linear => ParamGroup::Head,
+        _ => ParamGroup::Scalars,
+    }
+}
+
+/// Learning rates and hyper-parameters of the record's optimizers (its values by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordOptimizerConfig {
+    /// Adam learning rate of the embedding.
+    pub embedding_lr: f64,
+    /// Adam learning rate of the head.
+    pub head_lr: f64,
+    /// Adam learning rate of the scalars.
+    pub scalar_lr: f64,
+    /// Muon learning rate of the block matrices.
+    pub matrix_lr: f64,
+    /// Adam betas.
+    pub adam_betas: (f64, f64),
+    /// Adam epsilon (PyTorch's 1e-8).
+    pub adam_eps: f64,
+    /// Muon momentum after warmup.
+    pub muon_momentum: f64,
+    /// Muon momentum at step 0.
+    pub muon_momentum_start: f64,
+    /// Steps over which Muon's momentum rises linearly to `muon_momentum`.
+    pub muon_momentum_warmup: usize,
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+    /// Dtype of the Newton–Schulz iteration (bf16 in the record).
+    pub ns_dtype: FloatDType,
+}
+
+impl Default for RecordOptimizerConfig {
+    fn default() -> Self {
+        Self {
+            embedding_lr: 0.3,
+            head_lr: 0.002,
+            scalar_lr: 0.02,
+            matrix_lr: 0.02,
+            adam_betas: (0.9, 0.95),
+            adam_eps: 1e-8,
+            muon_momentum: 0.95,
+            muon_momentum_start: 0.85,
+            muon_momentum_warmup: 500,
+            ns_steps: 5,
+            ns_dtype: FloatDType::BF16,
+        }
+    }
+}
+
+impl RecordOptimizerConfig {
+    /// Muon's momentum at optimizer step `step`: `(1−f)·start + f·end`, `f = min(step/warmup, 1)`.
+    pub fn muon_momentum_at(&self, step: usize) -> f64 {
+        let f = (step as f64 / self.muon_momentum_warmup.max(1) as f64).min(1.0);
+        (1.0 - f) * self.muon_momentum_start + f * self.muon_momentum
+    }
+}
+
+/// Optimizer state of one parameter, flattened; moments have the parameter's dtype.
+#[derive(Debug, Clone)]
+// One entry per parameter: boxing the larger variant would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
+enum ParamState {
+    Adam {
+        steps: i32,
+        moment_1: Tensor<1>,
+        moment_2: Tensor<1>,
+    },
+    Muon {
+        momentum_buffer: Tensor<1>,
+    },
+}
+
+/// The record's optimizers over a whole model, with state per parameter name.
+#[derive(Debug, Clone)]
+pub struct RecordOptimizer {
+    config: RecordOptimizerConfig,
+    states: HashMap<String, ParamState>,
+}
+
+impl RecordOptimizer {
+    /// A fresh optimizer.
+    pub fn new(config: RecordOptimizerConfig) -> Self {
+        Self {
+            config,
+            states: HashMap::new(),
+        }
+    }
+
+    /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
+    /// (`1/grad_accum_steps`, in the gradient's dtype), every group's rate by `lr_multiplier`.
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        grads: GradientsParams,
+        grad_scale: f64,
+        lr_multiplier: f64,
+        step: usize,
+    ) -> M {
+        let momentum = self.config.muon_momentum_at(step);
+        model.map(&mut StepMapper {
+            optimizer: self,
+            grads,
+            grad_scale,
+            lr_multiplier,
+            momentum,
+            path: ParamPath::default(),
+        })
+    }
+
+    fn update<const D: usize>(
+        &mut self,
+        name: String,
+        group: ParamGroup,
+        value: Tensor<D>,
+        grad: Tensor<D>,
+        lr_multiplier: f64,
+        momentum: f64,
+    ) -> Tensor<D> {
+        let c = &self.config;
+        let dims = value.dims();
+        let numel = dims.iter().product::<usize>();
+        let grad = grad.reshape([numel]);
+        let lr = lr_multiplier
+            * match group {
+                ParamGroup::Embedding => c.embedding_lr,
+                ParamGroup::Head => c.head_lr,
+                ParamGroup::Scalars => c.scalar_lr,
+                ParamGroup::Matrices => c.matrix_lr,
+            };
+        let delta = if group == ParamGroup::Matrices {
+            let buffer = match self.states.remove(&name) {
+                Some(ParamState::Muon { momentum_buffer }) => {
+                    momentum_buffer.mul_scalar(momentum) + grad.clone()
+                }
+                _ => grad.clone(),
+            };
+            let nesterov = grad + buffer.clone().mul_scalar(momentum);
+            let (rows, cols) = (dims[0], dims[1]);
+            let ortho = newton_schulz(nesterov.reshape([rows, cols]), c.ns_steps, c.ns_dtype);
+            let shape_factor = (rows as f64 / cols as f64).max(1.0).sqrt();
+            self.states.insert(
+                name,
+                ParamState::Muon {
+                    momentum_buffer: buffer,
+                },
+            );
+            ortho
+                .cast(FloatDType::from(value.dtype()))
+                .reshape([numel])
+                .mul_scalar(lr * shape_factor)
+        } else {
+            let (beta_1, beta_2) = c.adam_betas;
+            let (steps, moment_1, moment_2) = match self.states.remove(&name) {
+                Some(ParamState::Adam {
+                    steps,
+                    moment_1,
+                    moment_2,
+                }) => (steps, moment_1, moment_2),
+                _ => (0, grad.zeros_like(), grad.zeros_like()),
+            };
+            let steps = steps + 1;
+            let moment_1 = moment_1.mul_scalar(beta_1) + grad.clone().mul_scalar(1.0 - beta_1);
+            let moment_2 = moment_2.mul_scalar(beta_2) + grad.square().mul_scalar(1.0 - beta_2);
+            let correction_1 = 1.0 - beta_1.powi(steps);
+            let correction_2 = 1.0 - beta_2.powi(steps);
+            let denom = moment_2
+                .clone()
+                .sqrt()
+                .div_scalar(correction_2.sqrt())
+                .add_scalar(c.adam_eps);
+            let delta = (moment_1.clone() / denom).mul_scalar(lr / correction_1);
+            self.states.insert(
+                name,
+                ParamState::Adam {
+                    steps,
+                    moment_1,
+                    moment_2,
+                },
+            );
+            delta
+        };
+        (value.reshape([numel]) - delta).reshape(dims)
+    }
+}
+
+struct StepMapper<'a> {
+    optimizer: &'a mut RecordOptimizer,
+    grads: GradientsParams,
+    grad_scale: f64,
+    lr_multiplier: f64,
+    momentum: f64,
+    path: ParamPath,
+}
+
+impl ModuleMapper for StepMapper<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let name = self.path.name();
+        let group = param_group(&name, classify(self.path.owner(), D), D);
+        let require_grad = tensor.is_require_grad();
+        let updated = self.optimizer.update(
+            name,
+            group,
+            tensor.inner(),
+            grad.mul_scalar(self.grad_scale),
+            self.lr_multiplier,
+            self.momentum,
+        );
+        let mut tensor = Tensor::from_inner(updated);
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}

@@ -1,0 +1,69 @@
+//! The record's recipe from the golden weights reproduces the PyTorch reference's six-step
+//! training curve (its `train_note`: 2 micro-steps per step, gradients divided by 2, Muon and
+//! Adam with the record's rates, LR multipliers 1, 1, 1, 1, 2/3, 1/3).
+
+use brainfloat_gpt::Batch;
+use brainfloat_precision::{PrecisionPolicy, Preset};
+use brainfloat_tests::*;
+use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig, TrapezoidalSchedule};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+
+#[test]
+fn six_steps_from_the_golden_weights_follow_pytorch() {
+    let expected = golden_expected();
+    let tokens = golden_tokens();
+    let schedule = TrapezoidalSchedule {
+        total_steps: 6,
+        warmup_steps: 0,
+        warmdown_steps: 3,
+    };
+    let grad_accum_steps = 2;
+    for (preset, tolerance) in [(Preset::Fp32, 1e-4), (Preset::Bf16, 2e-2)] {
+        let policy = PrecisionPolicy::preset(preset);
+        let (mut model, device) = golden_model(&policy);
+        let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+            ns_dtype: policy.matmul(),
+            ..RecordOptimizerConfig::default()
+        });
+        let mut start = 0;
+        let mut curve = Vec::new();
+        for step in 0..schedule.total_steps {
+            let mut accumulator = GradientsAccumulator::new();
+            let mut last_loss = 0.0;
+            for _ in 0..grad_accum_steps {
+                let batch = Batch::from_window(&tokens[start..start + 65], 2, 32, &device).unwrap();
+                start += 64;
+                let loss = model.forward(&batch).unwrap();
+                last_loss = scalar(loss.clone());
+                accumulator
+                    .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            }
+            curve.push(last_loss);
+            model = optimizer.step(
+                model,
+                accumulator.grads(),
+                1.0 / grad_accum_steps as f64,
+                schedule.multiplier(step),
+                step,
+            );
+        }
+        let want: Vec<f64> = expected["train_curve"][preset.name()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
+            println!(
+                "{preset} step {step}: {got:.6} vs PyTorch {want:.6} (rel {:.1e})",
+                rel(*got, *want)
+            );
+        }
+        for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
+            assert!(
+                rel(*got, *want) <= tolerance,
+                "{preset} step {step}: {got} vs {want}"
+            );
+        }
+    }
+}
