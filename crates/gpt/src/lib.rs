@@ -40,6 +40,7 @@ mod rotary;
 pub use attention::CausalSelfAttention;
 pub use batch::Batch;
 pub use block::Block;
+pub use checkpoint::{serialize_tensors, tensor_data};
 pub use config::{GptConfig, SIZES};
 pub use error::GptError;
 pub use io::write_atomic;

@@ -1,22 +1,41 @@
-//! The record's training recipe on Burn: Muon (Newton–Schulz in the policy's matmul dtype, the
-//! `max(1, rows/cols)^0.5` factor of PyTorch's `[out, in]` layout) for the blocks' matrices, Adam
-//! for the embedding, head and scalars, explicit gradient scaling over accumulation steps, and
-//! the trapezoidal schedule.
+//! The record's training recipe on Burn.
 //!
-//! The training loop, checkpoints, plugins and configuration are still to come; what is here is
-//! checked against the PyTorch reference's six-step training curve.
+//! - [`RecordOptimizer`]: Muon (Newton–Schulz in the policy's matmul dtype, the
+//!   `max(1, rows/cols)^0.5` factor of PyTorch's `[out, in]` layout) for the blocks' matrices,
+//!   Adam for the embedding, head and scalars, explicit gradient scaling;
+//! - [`TrapezoidalSchedule`]: warmup, flat, linear warmdown to 0;
+//! - [`TrainConfig`]: one TOML per preset, overridable from the environment and the command line;
+//! - [`Trainer`]: micro-batches with gradient accumulation, evaluation, atomic checkpoints with
+//!   exact resume, and [`Plugin`]s (logs, metrics, progress, checkpoints, a non-finite guard).
 //!
 //! ```
 //! use brainfloat_trainer::TrapezoidalSchedule;
 //!
-//! let schedule = TrapezoidalSchedule { total_steps: 6, warmup_steps: 0, warmdown_steps: 3 };
+//! let schedule = TrapezoidalSchedule::new(6, 0, 3);
 //! assert_eq!(schedule.multiplier(5), 1.0 / 3.0);
 //! ```
 
+mod checkpoint;
+mod config;
+mod error;
 mod muon;
 mod optim;
+mod plugin;
+pub mod plugins;
 mod schedule;
+mod trainer;
 
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, latest_checkpoint, load_checkpoint,
+    record_name, save_checkpoint,
+};
+pub use config::{
+    ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, ModelSection, OptimSection,
+    OutputSection, TrainConfig, TrainSection,
+};
+pub use error::TrainError;
 pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
+pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use schedule::TrapezoidalSchedule;
+pub use trainer::{Start, Trainer};

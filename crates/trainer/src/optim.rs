@@ -1,9 +1,9 @@
 //! The record's optimizers, one per parameter group: Muon for the 2-D matrices of the blocks,
 //! Adam for the embedding, the head and the scalars.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use brainfloat_precision::{Component, ParamPath, classify};
+use brainfloat_precision::{ACCUMULATION_DTYPE, Component, ParamPath, classify};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
@@ -109,7 +109,14 @@ enum ParamState {
 pub struct RecordOptimizer {
     config: RecordOptimizerConfig,
     states: HashMap<String, ParamState>,
+    grad_squares: Vec<Tensor<1>>,
 }
+
+/// Suffixes of the state tensors in a saved optimizer, after the parameter's name (PyTorch's
+/// state names).
+const EXP_AVG: &str = "exp_avg";
+const EXP_AVG_SQ: &str = "exp_avg_sq";
+const MOMENTUM_BUFFER: &str = "momentum_buffer";
 
 impl RecordOptimizer {
     /// A fresh optimizer.
@@ -117,11 +124,68 @@ impl RecordOptimizer {
         Self {
             config,
             states: HashMap::new(),
+            grad_squares: Vec::new(),
         }
+    }
+
+    /// Every state tensor, flattened, named `<parameter>.exp_avg`, `.exp_avg_sq` (Adam) or
+    /// `.momentum_buffer` (Muon), and the Adam step count of each parameter.
+    pub fn state(&self) -> (Vec<(String, Tensor<1>)>, BTreeMap<String, i32>) {
+        let mut tensors = Vec::new();
+        let mut steps = BTreeMap::new();
+        for (name, state) in &self.states {
+            match state {
+                ParamState::Adam {
+                    steps: count,
+                    moment_1,
+                    moment_2,
+                } => {
+                    tensors.push((format!("{name}.{EXP_AVG}"), moment_1.clone()));
+                    tensors.push((format!("{name}.{EXP_AVG_SQ}"), moment_2.clone()));
+                    steps.insert(name.clone(), *count);
+                }
+                ParamState::Muon { momentum_buffer } => {
+                    tensors.push((format!("{name}.{MOMENTUM_BUFFER}"), momentum_buffer.clone()));
+                }
+            }
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        (tensors, steps)
+    }
+
+    /// Restores what [`state`](Self::state) returned; `tensor` looks a state tensor up by name.
+    pub fn load_state(
+        &mut self,
+        names: &[String],
+        mut tensor: impl FnMut(&str) -> Result<Tensor<1>, String>,
+        steps: &BTreeMap<String, i32>,
+    ) -> Result<(), String> {
+        self.states.clear();
+        for name in names {
+            if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
+                let momentum_buffer = tensor(name)?;
+                self.states
+                    .insert(param.to_string(), ParamState::Muon { momentum_buffer });
+            } else if let Some(param) = name.strip_suffix(&format!(".{EXP_AVG}")) {
+                let count = *steps
+                    .get(param)
+                    .ok_or_else(|| format!("no Adam step count for {param}"))?;
+                let state = ParamState::Adam {
+                    steps: count,
+                    moment_1: tensor(name)?,
+                    moment_2: tensor(&format!("{param}.{EXP_AVG_SQ}"))?,
+                };
+                self.states.insert(param.to_string(), state);
+            } else if !name.ends_with(&format!(".{EXP_AVG_SQ}")) {
+                return Err(format!("unknown optimizer state tensor {name}"));
+            }
+        }
+        Ok(())
     }
 
     /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
     /// (`1/grad_accum_steps`, in the gradient's dtype), every group's rate by `lr_multiplier`.
+    /// Returns the updated model and the global L2 norm of the scaled gradients.
     pub fn step<M: Module>(
         &mut self,
         model: M,
@@ -129,16 +193,22 @@ impl RecordOptimizer {
         grad_scale: f64,
         lr_multiplier: f64,
         step: usize,
-    ) -> M {
+    ) -> (M, f64) {
         let momentum = self.config.muon_momentum_at(step);
-        model.map(&mut StepMapper {
+        let model = model.map(&mut StepMapper {
             optimizer: self,
             grads,
             grad_scale,
             lr_multiplier,
             momentum,
             path: ParamPath::default(),
-        })
+        });
+        let squares = std::mem::take(&mut self.grad_squares);
+        let grad_norm = match squares.into_iter().reduce(|a, b| a + b) {
+            Some(total) => total.into_scalar::<f32>().sqrt() as f64,
+            None => 0.0,
+        };
+        (model, grad_norm)
     }
 
     fn update<const D: usize>(
@@ -150,10 +220,12 @@ impl RecordOptimizer {
         lr_multiplier: f64,
         momentum: f64,
     ) -> Tensor<D> {
-        let c = &self.config;
         let dims = value.dims();
         let numel = dims.iter().product::<usize>();
         let grad = grad.reshape([numel]);
+        self.grad_squares
+            .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
+        let c = &self.config;
         let lr = lr_multiplier
             * match group {
                 ParamGroup::Embedding => c.embedding_lr,

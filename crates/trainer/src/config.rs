@@ -1,0 +1,336 @@
+//! The run configuration: one TOML file, every key overridable from the environment
+//! (`BRAINFLOAT__TRAIN__STEPS=100`) and the command line (`train.steps=100`), validated with
+//! errors that name the key.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use brainfloat_gpt::GptConfig;
+use brainfloat_precision::PrecisionPolicy;
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "BRAINFLOAT";
+
+/// The model section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `tiny`, `small` or `speedrun`.
+    pub size: String,
+    /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
+    pub vocab_size: Option<usize>,
+}
+
+/// The data section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training shards: a path or a pattern with one `*`.
+    pub train: PathBuf,
+    /// Validation shards.
+    pub val: PathBuf,
+}
+
+/// The training section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per optimizer step, over all ranks and micro-steps.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Micro-steps per optimizer step (gradients summed, then divided by this).
+    pub grad_accum_steps: usize,
+    /// Data-parallel ranks.
+    pub ranks: usize,
+    /// Learning-rate warmup steps.
+    pub warmup_steps: usize,
+    /// Learning-rate warmdown steps at the end.
+    pub warmdown_steps: usize,
+    /// Seed of the model's initialisation.
+    pub seed: u64,
+    /// Precision policy: `fp32`, `autocast`, `bf16`, with optional overrides.
+    pub precision: String,
+}
+
+/// The optimizer section (the record's values in `speedrun`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    /// Adam rate of the embedding.
+    pub embedding_lr: f64,
+    /// Adam rate of the head.
+    pub head_lr: f64,
+    /// Adam rate of the scalars.
+    pub scalar_lr: f64,
+    /// Muon rate of the block matrices.
+    pub matrix_lr: f64,
+    /// Adam β1.
+    pub adam_beta1: f64,
+    /// Adam β2.
+    pub adam_beta2: f64,
+    /// Adam ε.
+    pub adam_eps: f64,
+    /// Muon momentum after warmup.
+    pub muon_momentum: f64,
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+}
+
+/// The evaluation section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Validate every this many steps (and at the end); 0 = only at the end.
+    pub every: usize,
+    /// Validation tokens per evaluation.
+    pub tokens: usize,
+}
+
+/// The output section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// Folder of checkpoints and metrics.
+    pub dir: PathBuf,
+    /// Checkpoint every this many steps (and at the end); 0 = only at the end.
+    pub checkpoint_every: usize,
+    /// `human` or `json` logs.
+    pub log_format: String,
+    /// Show a progress bar when stderr is a terminal.
+    pub progress: bool,
+}
+
+/// A whole run's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model shape.
+    pub model: ModelSection,
+    /// Data.
+    pub data: DataSection,
+    /// Training.
+    pub train: TrainSection,
+    /// Optimizers.
+    pub optim: OptimSection,
+    /// Evaluation.
+    pub eval: EvalSection,
+    /// Output.
+    pub output: OutputSection,
+}
+
+/// A configuration that cannot be used: the key and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The key (`train.steps`), or the file.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Where a configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file.
+    File(PathBuf),
+    /// TOML text (an embedded preset), with a name for errors.
+    Text {
+        /// Name used in errors.
+        name: String,
+        /// The TOML.
+        toml: String,
+    },
+}
+
+impl TrainConfig {
+    /// Loads `source`, then the environment (`BRAINFLOAT__SECTION__KEY`), then `overrides`
+    /// (`section.key=value`, last wins), and validates the result.
+    pub fn load(source: &ConfigSource, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder();
+        builder = match source {
+            ConfigSource::File(path) => {
+                if !path.is_file() {
+                    return Err(invalid(
+                        &path.display().to_string(),
+                        "config file not found",
+                    ));
+                }
+                builder.add_source(File::from(path.as_path()).format(FileFormat::Toml))
+            }
+            ConfigSource::Text { toml, .. } => {
+                builder.add_source(File::from_str(toml, FileFormat::Toml))
+            }
+        };
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| invalid(item, "an override is written section.key=value"))?;
+            builder = builder
+                .set_override(key.trim().to_lowercase(), value.trim())
+                .map_err(|err| invalid(key, err.to_string()))?;
+        }
+        let name = match source {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Text { name, .. } => name.clone(),
+        };
+        let config: TrainConfig = builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|err| explain(&name, err))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The model's shape.
+    pub fn gpt(&self) -> Result<GptConfig, ConfigError> {
+        let mut gpt = GptConfig::from_size(&self.model.size)
+            .map_err(|err| invalid("model.size", err.to_string()))?;
+        if let Some(vocab) = self.model.vocab_size {
+            gpt.vocab_size = vocab;
+        }
+        Ok(gpt)
+    }
+
+    /// The precision policy.
+    pub fn policy(&self) -> Result<PrecisionPolicy, ConfigError> {
+        self.train
+            .precision
+            .parse()
+            .map_err(|err: brainfloat_precision::PrecisionError| {
+                invalid("train.precision", err.to_string())
+            })
+    }
+
+    /// Sequences per micro-batch on one rank.
+    pub fn micro_batch_size(&self) -> usize {
+        self.train.batch_size / (self.train.ranks * self.train.grad_accum_steps)
+    }
+
+    /// Tokens per optimizer step, all ranks.
+    pub fn tokens_per_step(&self) -> usize {
+        self.train.batch_size * self.train.seq_len
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.train;
+        let positive = [
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("train.seq_len", t.seq_len),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.ranks", t.ranks),
+            ("optim.ns_steps", self.optim.ns_steps),
+            ("eval.tokens", self.eval.tokens),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let o = &self.optim;
+        let rates = [
+            ("optim.embedding_lr", o.embedding_lr),
+            ("optim.head_lr", o.head_lr),
+            ("optim.scalar_lr", o.scalar_lr),
+            ("optim.matrix_lr", o.matrix_lr),
+            ("optim.adam_eps", o.adam_eps),
+        ];
+        for (key, value) in rates {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number, got {value}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("optim.adam_beta1", o.adam_beta1),
+            ("optim.adam_beta2", o.adam_beta2),
+            ("optim.muon_momentum", o.muon_momentum),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(invalid(key, format!("must be in [0, 1), got {value}")));
+            }
+        }
+        let per_step = t.ranks * t.grad_accum_steps;
+        if !t.batch_size.is_multiple_of(per_step) {
+            return Err(invalid(
+                "train.batch_size",
+                format!(
+                    "{} sequences cannot be split over {} rank(s) × {} accumulation step(s)",
+                    t.batch_size, t.ranks, t.grad_accum_steps
+                ),
+            ));
+        }
+        if t.warmup_steps + t.warmdown_steps > t.steps {
+            return Err(invalid(
+                "train.warmdown_steps",
+                format!(
+                    "warmup {} + warmdown {} exceed the {} steps",
+                    t.warmup_steps, t.warmdown_steps, t.steps
+                ),
+            ));
+        }
+        let gpt = self.gpt()?;
+        gpt.validate()
+            .map_err(|err| invalid("model", err.to_string()))?;
+        if t.seq_len > gpt.max_seq_len {
+            return Err(invalid(
+                "train.seq_len",
+                format!(
+                    "{} is longer than the {} model's maximum of {}",
+                    t.seq_len, self.model.size, gpt.max_seq_len
+                ),
+            ));
+        }
+        self.policy()?;
+        if !matches!(self.output.log_format.as_str(), "human" | "json") {
+            return Err(invalid(
+                "output.log_format",
+                format!("`{}` is not one of human, json", self.output.log_format),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns config-rs's messages into one naming the key.
+fn explain(source: &str, err: config::ConfigError) -> ConfigError {
+    let text = err.to_string();
+    // serde's messages: "unknown field `stepz`, expected one of ..." and "missing field `steps`".
+    let key = text
+        .split(" for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_string);
+    match key {
+        Some(key) => invalid(&key, text),
+        None => invalid(source, text),
+    }
+}

@@ -1,0 +1,90 @@
+//! Errors of a training run.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use brainfloat_data::DataError;
+use brainfloat_gpt::GptError;
+
+use crate::config::ConfigError;
+
+/// Why a run could not start or had to stop.
+#[derive(Debug)]
+pub enum TrainError {
+    /// The configuration.
+    Config(ConfigError),
+    /// The data.
+    Data(DataError),
+    /// The model or its weights.
+    Model(GptError),
+    /// A checkpoint that cannot be written or read.
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The output folder.
+    Output {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The loss stopped being a number.
+    NonFiniteLoss {
+        /// The step whose loss it was.
+        step: usize,
+        /// The loss.
+        loss: f64,
+        /// The last good checkpoint, kept.
+        last_checkpoint: Option<PathBuf>,
+    },
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(err) => err.fmt(f),
+            Self::Data(err) => err.fmt(f),
+            Self::Model(err) => err.fmt(f),
+            Self::Checkpoint { path, problem } => {
+                write!(f, "checkpoint {}: {problem}", path.display())
+            }
+            Self::Output { path, problem } => {
+                write!(f, "output folder {}: {problem}", path.display())
+            }
+            Self::NonFiniteLoss {
+                step,
+                loss,
+                last_checkpoint,
+            } => {
+                write!(f, "training loss is {loss} at step {step}; stopped")?;
+                match last_checkpoint {
+                    Some(path) => write!(f, " (last good checkpoint: {})", path.display()),
+                    None => write!(f, " (no checkpoint was written before it)"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<ConfigError> for TrainError {
+    fn from(err: ConfigError) -> Self {
+        Self::Config(err)
+    }
+}
+
+impl From<DataError> for TrainError {
+    fn from(err: DataError) -> Self {
+        Self::Data(err)
+    }
+}
+
+impl From<GptError> for TrainError {
+    fn from(err: GptError) -> Self {
+        Self::Model(err)
+    }
+}

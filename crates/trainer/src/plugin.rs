@@ -1,0 +1,108 @@
+//! The `Plugin` trait: hooks a run calls at its milestones, and what they may ask of it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::TrainError;
+
+/// What a run is, given to plugins when it starts.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// First optimizer step of this run (0, or the resumed step).
+    pub start_step: usize,
+    /// Optimizer steps of the whole run.
+    pub total_steps: usize,
+    /// Tokens per optimizer step (all ranks).
+    pub tokens_per_step: usize,
+    /// Number of model parameters.
+    pub num_params: usize,
+    /// The precision policy, as a string.
+    pub policy: String,
+    /// The run's output folder.
+    pub dir: PathBuf,
+}
+
+/// One optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Optimizer steps completed (1 after the first).
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning-rate multiplier used for this step.
+    pub lr_multiplier: f64,
+    /// Wall time of the step.
+    pub step_time: Duration,
+    /// Tokens per second of the step.
+    pub tokens_per_sec: f64,
+    /// Global L2 norm of the (scaled) gradients.
+    pub grad_norm: f64,
+}
+
+/// One evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalStats {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation tokens read.
+    pub tokens: usize,
+}
+
+/// A written checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointInfo {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The checkpoint's metadata file.
+    pub path: PathBuf,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Optimizer steps completed.
+    pub steps: usize,
+    /// Last validation loss.
+    pub val_loss: Option<f64>,
+    /// Mean tokens per second over this run's steps.
+    pub tokens_per_sec: f64,
+    /// Wall time of this run.
+    pub elapsed: Duration,
+}
+
+/// What a plugin asks of the run after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Nothing.
+    #[default]
+    Continue,
+    /// Write a checkpoint now.
+    Checkpoint,
+}
+
+/// Hooks at a run's milestones. Every hook has a default that does nothing; an error stops the
+/// run with that error.
+pub trait Plugin {
+    /// Before the first step.
+    fn on_train_start(&mut self, _info: &RunInfo) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After each optimizer step.
+    fn on_step(&mut self, _stats: &StepStats) -> Result<Action, TrainError> {
+        Ok(Action::Continue)
+    }
+    /// After each evaluation.
+    fn on_eval(&mut self, _eval: &EvalStats) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After a checkpoint is written.
+    fn on_checkpoint(&mut self, _checkpoint: &CheckpointInfo) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After the last step (not called when a plugin stopped the run).
+    fn on_train_end(&mut self, _summary: &RunSummary) -> Result<(), TrainError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! The training loop of the record: micro-batches with gradient accumulation, the optimizers per
+//! group, the schedule, evaluation, checkpoints, and the plugins.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use brainfloat_data::{DistributedLoader, LoaderPosition, Shard, shard_paths};
+use brainfloat_gpt::{Batch, Gpt};
+use brainfloat_precision::{PrecisionPolicy, apply_policy};
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
+use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+use crate::schedule::TrapezoidalSchedule;
+
+/// How a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The record's initialisation, seeded by `train.seed`.
+    Fresh,
+    /// Weights from a safetensors file with PyTorch names (made here or by PyTorch).
+    Init(PathBuf),
+    /// A checkpoint record (`step_*.json`), or the newest one in the output folder.
+    Resume(Option<PathBuf>),
+}
+
+/// A training run: model, optimizer, data and plugins.
+pub struct Trainer {
+    config: TrainConfig,
+    device: Device,
+    model: Gpt,
+    optimizer: RecordOptimizer,
+    schedule: TrapezoidalSchedule,
+    train: DistributedLoader,
+    val_paths: Vec<PathBuf>,
+    step: usize,
+    plugins: Vec<Box<dyn Plugin>>,
+    last_val_loss: Option<f64>,
+}
+
+impl Trainer {
+    /// Prepares a run on `device` (an autodiff device is made from it): checks the output folder
+    /// is writable, opens and validates every shard, builds the model under the config's
+    /// policy and starts it as `start` says.
+    pub fn new(config: TrainConfig, device: &Device, start: Start) -> Result<Self, TrainError> {
+        config.validate()?;
+        check_output_dir(&config.output.dir)?;
+        let device = device.clone().autodiff();
+        let gpt = config.gpt()?;
+        let policy: PrecisionPolicy = config.policy()?;
+        policy
+            .check_device(&device)
+            .map_err(|err| TrainError::Model(err.into()))?;
+
+        let train_paths = shard_paths(&config.data.train)?;
+        let val_paths = shard_paths(&config.data.val)?;
+        for path in train_paths.iter().chain(&val_paths) {
+            Shard::open(path)?.check_vocab(gpt.vocab_size)?;
+        }
+        let micro = config.micro_batch_size();
+        let seq_len = config.train.seq_len;
+        // This process is rank 0 of `train.ranks`; data parallelism arrives with GradSync.
+        let train = DistributedLoader::new(train_paths, micro, seq_len, 0, config.train.ranks)?;
+        DistributedLoader::new(val_paths.clone(), micro, seq_len, 0, 1)?;
+
+        device.seed(config.train.seed);
+        let model = apply_policy(gpt.init(&device)?, &policy, &device)
+            .map_err(|err| TrainError::Model(err.into()))?;
+        let optimizer = RecordOptimizer::new(optimizer_config(&config, &policy));
+        let schedule = TrapezoidalSchedule::new(
+            config.train.steps,
+            config.train.warmup_steps,
+            config.train.warmdown_steps,
+        );
+        let mut trainer = Self {
+            config,
+            device,
+            model,
+            optimizer,
+            schedule,
+            train,
+            val_paths,
+            step: 0,
+            plugins: Vec::new(),
+            last_val_loss: None,
+        };
+        match start {
+            Start::Fresh => {}
+            Start::Init(path) => {
+                trainer.model = trainer.model.clone().load_safetensors(&path)?;
+            }
+            Start::Resume(path) => trainer.resume(path)?,
+        }
+        Ok(trainer)
+    }
+
+    fn resume(&mut self, path: Option<PathBuf>) -> Result<(), TrainError> {
+        let dir = &self.config.output.dir;
+        let path = match path {
+            Some(path) if path.is_dir() => latest_checkpoint(&path),
+            Some(path) => Some(path),
+            None => latest_checkpoint(dir),
+        }
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: dir.clone(),
+            problem: "no checkpoint to resume from (no step_*.json record)".into(),
+        })?;
+        let fresh = RecordOptimizer::new(optimizer_config(&self.config, self.model.policy()));
+        let restored = load_checkpoint(
+            &path,
+            self.model.clone(),
+            fresh,
+            &self.device.clone().inner(),
+        )?;
+        let position =
+            restored
+                .record
+                .loader
+                .first()
+                .copied()
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: path.clone(),
+                    problem: "the record has no data position".into(),
+                })?;
+        self.train.seek(position)?;
+        self.model = restored.model;
+        self.optimizer = restored.optimizer;
+        self.step = restored.record.step;
+        Ok(())
+    }
+
+    /// Adds a plugin; plugins are called in the order they were added.
+    pub fn with_plugin(mut self, plugin: impl Plugin + 'static) -> Self {
+        self.plugins.push(Box::new(plugin));
+        self
+    }
+
+    /// The model as it is now.
+    pub fn model(&self) -> &Gpt {
+        &self.model
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Where the training data continues.
+    pub fn data_position(&self) -> LoaderPosition {
+        self.train.position()
+    }
+
+    /// Runs the remaining steps, evaluating and checkpointing as configured and as plugins ask.
+    pub fn run(&mut self) -> Result<RunSummary, TrainError> {
+        let info = RunInfo {
+            start_step: self.step,
+            total_steps: self.config.train.steps,
+            tokens_per_step: self.config.tokens_per_step(),
+            num_params: self.model.num_params(),
+            policy: self.model.policy().to_string(),
+            dir: self.config.output.dir.clone(),
+        };
+        self.each(|p| p.on_train_start(&info))?;
+        let started = Instant::now();
+        let mut tokens = 0usize;
+        while self.step < self.config.train.steps {
+            let stats = self.train_step()?;
+            tokens += self.config.tokens_per_step();
+            let mut checkpoint = false;
+            for plugin in &mut self.plugins {
+                checkpoint |= plugin.on_step(&stats)? == Action::Checkpoint;
+            }
+            let every = self.config.eval.every;
+            let last = self.step == self.config.train.steps;
+            if last || (every > 0 && self.step.is_multiple_of(every)) {
+                self.evaluate_and_report()?;
+            }
+            if checkpoint {
+                self.checkpoint()?;
+            }
+        }
+        if self.last_val_loss.is_none() {
+            self.evaluate_and_report()?;
+        }
+        let elapsed = started.elapsed();
+        let summary = RunSummary {
+            steps: self.step,
+            val_loss: self.last_val_loss,
+            tokens_per_sec: tokens as f64 / elapsed.as_secs_f64().max(1e-9),
+            elapsed,
+        };
+        self.each(|p| p.on_train_end(&summary))?;
+        Ok(summary)
+    }
+
+    fn each(
+        &mut self,
+        mut hook: impl FnMut(&mut dyn Plugin) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        self.plugins.iter_mut().try_for_each(|p| hook(p.as_mut()))
+    }
+
+    /// One optimizer step: `grad_accum_steps` micro-batches, gradients summed (fp32 sums for
+    /// fp32 parameters), then scaled by `1/grad_accum_steps` inside the optimizer.
+    pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
+        let started = Instant::now();
+        let accum_steps = self.config.train.grad_accum_steps;
+        let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
+        let mut accumulator = GradientsAccumulator::new();
+        let mut losses = Vec::with_capacity(accum_steps);
+        for _ in 0..accum_steps {
+            let window = self.train.next_window()?;
+            let batch = Batch::from_window(&window, micro, seq_len, &self.device)?;
+            let loss = self.model.forward(&batch)?;
+            losses.push(loss.clone().detach());
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+        }
+        let lr_multiplier = self.schedule.multiplier(self.step);
+        let (model, grad_norm) = self.optimizer.step(
+            self.model.clone(),
+            accumulator.grads(),
+            1.0 / accum_steps as f64,
+            lr_multiplier,
+            self.step,
+        );
+        self.model = model;
+        let loss = losses
+            .into_iter()
+            .map(|l| l.into_scalar::<f32>() as f64)
+            .sum::<f64>()
+            / accum_steps as f64;
+        self.step += 1;
+        let step_time = started.elapsed();
+        let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr_multiplier,
+            step_time,
+            tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),
+            grad_norm,
+        })
+    }
+
+    /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
+    /// computed without autodiff.
+    pub fn evaluate(&self) -> Result<EvalStats, TrainError> {
+        let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
+        let mut loader = DistributedLoader::new(self.val_paths.clone(), micro, seq_len, 0, 1)?;
+        let batches = (self.config.eval.tokens / (micro * seq_len)).max(1);
+        let model = self.model.valid();
+        let device = self.device.clone().inner();
+        let mut total = 0.0;
+        for _ in 0..batches {
+            let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, &device)?;
+            total += model.forward(&batch)?.into_scalar::<f32>() as f64;
+        }
+        Ok(EvalStats {
+            step: self.step,
+            val_loss: total / batches as f64,
+            tokens: batches * micro * seq_len,
+        })
+    }
+
+    fn evaluate_and_report(&mut self) -> Result<(), TrainError> {
+        let eval = self.evaluate()?;
+        self.last_val_loss = Some(eval.val_loss);
+        self.each(|p| p.on_eval(&eval))
+    }
+
+    /// Writes a checkpoint of the current step and tells the plugins.
+    pub fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let path = save_checkpoint(
+            &self.config.output.dir,
+            &self.model,
+            &self.optimizer,
+            self.step,
+            vec![self.train.position()],
+            &self.config,
+        )?;
+        let info = CheckpointInfo {
+            step: self.step,
+            path: path.clone(),
+        };
+        self.each(|p| p.on_checkpoint(&info))?;
+        Ok(path)
+    }
+}
+
+fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOptimizerConfig {
+    let o = &config.optim;
+    RecordOptimizerConfig {
+        embedding_lr: o.embedding_lr,
+        head_lr: o.head_lr,
+        scalar_lr: o.scalar_lr,
+        matrix_lr: o.matrix_lr,
+        adam_betas: (o.adam_beta1, o.adam_beta2),
+        adam_eps: o.adam_eps,
+        muon_momentum: o.muon_momentum,
+        ns_steps: o.ns_steps,
+        ns_dtype: policy.matmul(),
+        ..RecordOptimizerConfig::default()
+    }
+}
+
+/// Creates `dir` and proves it writable before any training, so a bad folder fails in the first
+/// second rather than at the first checkpoint.
+fn check_output_dir(dir: &Path) -> Result<(), TrainError> {
+    let error = |problem: String| TrainError::Output {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    std::fs::create_dir_all(dir).map_err(|err| error(format!("cannot create: {err}")))?;
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, vec![0u8; 4096]).map_err(|err| error(format!("not writable: {err}")))?;
+    std::fs::remove_file(&probe).map_err(|err| error(format!("not writable: {err}")))?;
+    Ok(())
+}

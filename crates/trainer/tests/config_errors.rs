@@ -1,0 +1,144 @@
+//! Configuration errors name the key; the environment and the command line override the file.
+//! (Its own test binary: it sets an environment variable.)
+
+mod common;
+
+use brainfloat_trainer::{ConfigSource, TrainConfig};
+
+fn load(
+    dir: &std::path::Path,
+    toml_edit: impl Fn(String) -> String,
+    overrides: &[&str],
+) -> Result<TrainConfig, String> {
+    let source = ConfigSource::Text {
+        name: "test.toml".into(),
+        toml: toml_edit(common::toml(dir, "bf16")),
+    };
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::load(&source, &overrides).map_err(|e| e.to_string())
+}
+
+#[test]
+fn errors_name_their_key_and_overrides_apply_in_order() {
+    // One test: the environment override must not leak into the other cases.
+    the_shipped_presets_are_valid();
+    bad_values_name_their_key();
+    environment_then_command_line_override_the_file();
+}
+
+fn the_shipped_presets_are_valid() {
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    for name in ["tiny", "small", "speedrun"] {
+        let path = configs.join(format!("{name}.toml"));
+        let config = TrainConfig::load(&ConfigSource::File(path), &[]).unwrap();
+        assert_eq!(config.model.size, name);
+        assert_eq!(config.policy().unwrap().to_string(), "bf16");
+    }
+    let speedrun =
+        TrainConfig::load(&ConfigSource::File(configs.join("speedrun.toml")), &[]).unwrap();
+    assert_eq!(speedrun.tokens_per_step(), 524_288);
+    assert_eq!(
+        (speedrun.train.steps, speedrun.train.warmdown_steps),
+        (3242, 926)
+    );
+    assert_eq!(speedrun.micro_batch_size(), 64);
+}
+
+/// Text replaced in the TOML, overrides, the expected message.
+type Case<'a> = (Option<(&'a str, &'a str)>, &'a [&'a str], &'a str);
+
+fn bad_values_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<Case> = vec![
+        (
+            Some(("steps = 6", "stepz = 6")),
+            &[],
+            "unknown field `stepz`",
+        ),
+        (Some(("steps = 6", "steps = \"many\"")), &[], "train.steps"),
+        (
+            None,
+            &["train.grad_accum_steps=0"],
+            "config train.grad_accum_steps: must be at least 1",
+        ),
+        (
+            None,
+            &["train.steps=0"],
+            "config train.steps: must be at least 1",
+        ),
+        (
+            None,
+            &["optim.matrix_lr=-0.02"],
+            "config optim.matrix_lr: must be a positive number, got -0.02",
+        ),
+        (
+            None,
+            &["optim.head_lr=0"],
+            "config optim.head_lr: must be a positive number",
+        ),
+        (
+            None,
+            &["train.seq_len=65"],
+            "config train.seq_len: 65 is longer than the tiny model's maximum of 64",
+        ),
+        (
+            None,
+            &["train.grad_accum_steps=3"],
+            "config train.batch_size: 4 sequences cannot be split over 1 rank(s) × 3 accumulation step(s)",
+        ),
+        (
+            None,
+            &["train.ranks=8"],
+            "config train.batch_size: 4 sequences cannot be split over 8 rank(s)",
+        ),
+        (
+            None,
+            &["train.precision=bf17"],
+            "config train.precision: unknown precision preset `bf17`",
+        ),
+        (
+            None,
+            &["model.size=huge"],
+            "config model.size: unknown model size `huge`",
+        ),
+        (None, &["output.log_format=xml"], "config output.log_format"),
+        (
+            None,
+            &["train.warmdown_steps=7"],
+            "config train.warmdown_steps",
+        ),
+        (
+            None,
+            &["optim.adam_beta2=1.5"],
+            "config optim.adam_beta2: must be in [0, 1)",
+        ),
+        (
+            None,
+            &["steps"],
+            "config steps: an override is written section.key=value",
+        ),
+    ];
+    for (edit, overrides, message) in cases {
+        let edit = |toml: String| match edit {
+            Some((from, to)) => toml.replace(from, to),
+            None => toml,
+        };
+        let err = load(dir.path(), edit, overrides).unwrap_err();
+        assert!(err.contains(message), "expected `{message}` in: {err}");
+    }
+    let err = TrainConfig::load(&ConfigSource::File("/nonexistent/run.toml".into()), &[])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "config /nonexistent/run.toml: config file not found");
+}
+
+fn environment_then_command_line_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: this test binary has this one test, so nothing reads the environment meanwhile.
+    unsafe { std::env::set_var("BRAINFLOAT__TRAIN__STEPS", "9") };
+    let config = load(dir.path(), |t| t, &[]).unwrap();
+    assert_eq!(config.train.steps, 9);
+    let config = load(dir.path(), |t| t, &["train.steps=5", "eval.every=2"]).unwrap();
+    assert_eq!((config.train.steps, config.eval.every), (5, 2));
+    unsafe { std::env::remove_var("BRAINFLOAT__TRAIN__STEPS") };
+}

@@ -1,0 +1,204 @@
+//! The training loop: accumulation, exact resume, the non-finite guard, plugins.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use brainfloat_precision::named_params;
+use brainfloat_tests::values;
+use brainfloat_trainer::plugins::{CheckpointPlugin, NonFiniteGuard};
+use brainfloat_trainer::{
+    Action, CheckpointInfo, EvalStats, Plugin, Start, StepStats, TrainError, Trainer,
+};
+use burn::tensor::Device;
+
+fn flat_params(trainer: &Trainer) -> Vec<f64> {
+    named_params(trainer.model())
+        .into_iter()
+        .flat_map(|p| values(p.tensor))
+        .collect()
+}
+
+#[test]
+fn micro_steps_equal_one_step_on_the_concatenated_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let update = |overrides: &[&str]| {
+        let mut trainer = Trainer::new(
+            common::config(dir.path(), "fp32", overrides),
+            &device,
+            Start::Fresh,
+        )
+        .unwrap();
+        let before = flat_params(&trainer);
+        let stats = trainer.train_step().unwrap();
+        let after = flat_params(&trainer);
+        let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        (stats, delta)
+    };
+    // Micro-batches of 2 sequences twice vs one batch of 4: the same 4 sequences.
+    let (one, delta_one) = update(&[]);
+    let (two, delta_two) = update(&["train.grad_accum_steps=2"]);
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff: Vec<f64> = delta_one
+        .iter()
+        .zip(&delta_two)
+        .map(|(a, b)| a - b)
+        .collect();
+    let relative = norm(&diff) / norm(&delta_one);
+    println!(
+        "loss {} vs {}, grad norm {} vs {}, update rel diff {relative:.2e}",
+        one.loss, two.loss, one.grad_norm, two.grad_norm
+    );
+    assert!((one.loss - two.loss).abs() / one.loss <= 1e-5);
+    assert!((one.grad_norm - two.grad_norm).abs() / one.grad_norm <= 1e-5);
+    assert!(relative <= 1e-5, "updates differ by {relative}");
+}
+
+#[test]
+fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
+    for precision in ["fp32", "bf16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::flex();
+        let config = common::config(dir.path(), precision, &[]);
+
+        let mut straight = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+        let straight_losses: Vec<f64> = (0..6)
+            .map(|_| straight.train_step().unwrap().loss)
+            .collect();
+
+        let mut first = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+        let mut losses: Vec<f64> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
+        first.checkpoint().unwrap();
+        drop(first);
+        let mut resumed = Trainer::new(config, &device, Start::Resume(None)).unwrap();
+        assert_eq!(resumed.step(), 3);
+        losses.extend((0..3).map(|_| resumed.train_step().unwrap().loss));
+
+        println!("{precision}: {straight_losses:?}");
+        assert_eq!(losses, straight_losses, "{precision}: losses after resume");
+        assert_eq!(
+            resumed.model().to_safetensors().unwrap(),
+            straight.model().to_safetensors().unwrap(),
+            "{precision}: weights after resume"
+        );
+        assert_eq!(resumed.data_position(), straight.data_position());
+    }
+}
+
+/// Records what the run tells its plugins.
+#[derive(Default, Clone)]
+struct Recorder(Rc<RefCell<Vec<String>>>);
+
+impl Plugin for Recorder {
+    fn on_step(&mut self, s: &StepStats) -> Result<Action, TrainError> {
+        self.0.borrow_mut().push(format!("step {}", s.step));
+        Ok(Action::Continue)
+    }
+    fn on_eval(&mut self, e: &EvalStats) -> Result<(), TrainError> {
+        self.0.borrow_mut().push(format!("eval {}", e.step));
+        Ok(())
+    }
+    fn on_checkpoint(&mut self, c: &CheckpointInfo) -> Result<(), TrainError> {
+        self.0.borrow_mut().push(format!("checkpoint {}", c.step));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_run_calls_its_plugins_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        "bf16",
+        &["train.steps=12", "train.warmdown_steps=4"],
+    );
+    let recorder = Recorder::default();
+    let mut trainer = Trainer::new(config, &Device::flex(), Start::Fresh)
+        .unwrap()
+        .with_plugin(recorder.clone())
+        .with_plugin(CheckpointPlugin::new(6, 12));
+    let first = trainer.evaluate().unwrap().val_loss;
+    let summary = trainer.run().unwrap();
+    let events = recorder.0.borrow().clone();
+    assert_eq!(events.iter().filter(|e| e.starts_with("step")).count(), 12);
+    assert!(events.contains(&"eval 3".to_string()) && events.contains(&"eval 12".to_string()));
+    assert!(events.contains(&"checkpoint 6".to_string()));
+    assert!(events.contains(&"checkpoint 12".to_string()));
+    let last = summary.val_loss.unwrap();
+    println!("val loss {first:.4} → {last:.4}");
+    assert!(last < first - 0.5, "val loss {first} → {last}");
+    assert!(dir.path().join("run/step_000012.json").is_file());
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let config = common::config(dir.path(), "fp32", &[]);
+    // A good run writes its checkpoint at step 3 ...
+    let mut trainer = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+    for _ in 0..3 {
+        trainer.train_step().unwrap();
+    }
+    let good = trainer.checkpoint().unwrap();
+    // ... then weights with an infinite embedding row make the loss NaN.
+    let mut bytes = trainer.model().to_safetensors().unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let payload = 8 + header;
+    for b in bytes[payload..].chunks_exact_mut(4).take(1 << 16) {
+        b.copy_from_slice(&f32::INFINITY.to_le_bytes());
+    }
+    let poisoned = dir.path().join("poisoned.safetensors");
+    std::fs::write(&poisoned, bytes).unwrap();
+
+    let mut guard = NonFiniteGuard::default();
+    guard
+        .on_checkpoint(&CheckpointInfo {
+            step: 3,
+            path: good.clone(),
+        })
+        .unwrap();
+    let mut run = Trainer::new(config, &device, Start::Init(poisoned))
+        .unwrap()
+        .with_plugin(guard)
+        .with_plugin(CheckpointPlugin::new(1, 6));
+    let err = run.run().unwrap_err().to_string();
+    println!("{err}");
+    assert!(
+        err.starts_with("training loss is NaN at step 1; stopped"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("last good checkpoint: {}", good.display())),
+        "{err}"
+    );
+    // Nothing of the bad step was saved.
+    assert!(!dir.path().join("run/step_000001.json").exists());
+}
+
+#[test]
+fn an_unusable_output_folder_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let out = format!("output.dir={}", blocker.join("run").display());
+    let config = common::config(dir.path(), "bf16", &[&out]);
+    let err = Trainer::new(config, &Device::flex(), Start::Fresh)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("output folder {}", blocker.join("run").display())),
+        "{err}"
+    );
+    assert!(err.contains("cannot create"), "{err}");
+
+    let config = common::config(dir.path(), "bf16", &[]);
+    let err = Trainer::new(config, &Device::flex(), Start::Resume(None))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no checkpoint to resume from"), "{err}");
+}
