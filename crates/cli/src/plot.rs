@@ -40,7 +40,9 @@ impl Curves {
     }
 }
 
-/// Draws every run's training loss (thin) and validation loss (points) in one chart.
+/// Draws every run's training loss (line) and validation loss (points) in one chart, and below
+/// it each run's training loss minus the first run's, step by step (the curves of precision
+/// presets overlap at the top; the bottom shows by how much they differ).
 pub fn plot_losses(runs: &[Curves], out: &PathBuf, title: &str) -> Result<(), String> {
     let error = |err: String| format!("plot {}: {err}", out.display());
     let all = || runs.iter().flat_map(|r| r.train.iter().chain(&r.val));
@@ -48,9 +50,10 @@ pub fn plot_losses(runs: &[Curves], out: &PathBuf, title: &str) -> Result<(), St
     let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
     });
-    let root = SVGBackend::new(out, (900, 560)).into_drawing_area();
+    let root = SVGBackend::new(out, (900, 820)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
+    let (top, bottom) = root.split_vertically(560);
+    let mut chart = ChartBuilder::on(&top)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(40)
@@ -63,8 +66,7 @@ pub fn plot_losses(runs: &[Curves], out: &PathBuf, title: &str) -> Result<(), St
         .y_desc("loss")
         .draw()
         .map_err(|e| error(e.to_string()))?;
-    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
-    for (run, color) in runs.iter().zip(palette.iter().cycle()) {
+    for (run, color) in runs.iter().zip(PALETTE.iter().cycle()) {
         let color = *color;
         chart
             .draw_series(LineSeries::new(run.train.iter().copied(), color.mix(0.5)))
@@ -83,5 +85,54 @@ pub fn plot_losses(runs: &[Curves], out: &PathBuf, title: &str) -> Result<(), St
         .border_style(BLACK)
         .draw()
         .map_err(|e| error(e.to_string()))?;
+    draw_differences(runs, &bottom, max_step).map_err(error)?;
     root.present().map_err(|e| error(e.to_string()))
+}
+
+const PALETTE: [RGBColor; 6] = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+
+fn draw_differences(
+    runs: &[Curves],
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    max_step: f64,
+) -> Result<(), String> {
+    let Some(reference) = runs.first() else {
+        return Ok(());
+    };
+    let differences: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|run| {
+            run.train
+                .iter()
+                .zip(&reference.train)
+                .map(|(a, b)| (a.0, a.1 - b.1))
+                .collect()
+        })
+        .collect();
+    let extent = differences
+        .iter()
+        .flatten()
+        .fold(1e-4f64, |m, p| m.max(p.1.abs()));
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("training loss minus {}", reference.label),
+            ("sans-serif", 16),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_step, -extent * 1.1..extent * 1.1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc("difference")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (points, color) in differences.into_iter().zip(PALETTE.iter().cycle()) {
+        chart
+            .draw_series(LineSeries::new(points, color))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
