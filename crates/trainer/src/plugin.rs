@@ -29,6 +29,8 @@ pub struct StepStats {
     pub step: usize,
     /// Mean training loss over the step's micro-batches.
     pub loss: f64,
+    /// Loss of the step's last micro-batch (what the reference's logs and golden curve show).
+    pub last_micro_loss: f64,
     /// Learning-rate multiplier used for this step.
     pub lr_multiplier: f64,
     /// Wall time of the step.

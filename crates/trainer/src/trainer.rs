@@ -230,17 +230,18 @@ impl Trainer {
             self.step,
         );
         self.model = model;
-        let loss = losses
+        let losses: Vec<f64> = losses
             .into_iter()
             .map(|l| l.into_scalar::<f32>() as f64)
-            .sum::<f64>()
-            / accum_steps as f64;
+            .collect();
+        let loss = losses.iter().sum::<f64>() / accum_steps as f64;
         self.step += 1;
         let step_time = started.elapsed();
         let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
         Ok(StepStats {
             step: self.step,
             loss,
+            last_micro_loss: losses[accum_steps - 1],
             lr_multiplier,
             step_time,
             tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),

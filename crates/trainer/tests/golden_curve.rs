@@ -1,16 +1,21 @@
 //! The record's recipe from the golden weights reproduces the PyTorch reference's six-step
 //! training curve (its `train_note`: 2 micro-steps per step, gradients divided by 2, Muon and
-//! Adam with the record's rates, LR multipliers 1, 1, 1, 1, 2/3, 1/3).
+//! Adam with the record's rates, LR multipliers 1, 1, 1, 1, 2/3, 1/3), both with the optimizer
+//! alone and through the whole `Trainer` (config, loader, accumulation, `--init` weights).
+
+mod common;
 
 use brainfloat_gpt::Batch;
 use brainfloat_precision::{PrecisionPolicy, Preset};
 use brainfloat_tests::*;
-use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig, TrapezoidalSchedule};
+use brainfloat_trainer::{
+    RecordOptimizer, RecordOptimizerConfig, Start, Trainer, TrapezoidalSchedule,
+};
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
 
 #[test]
 fn six_steps_from_the_golden_weights_follow_pytorch() {
-    let expected = golden_expected();
     let tokens = golden_tokens();
     let schedule = TrapezoidalSchedule::new(6, 0, 3);
     let grad_accum_steps = 2;
@@ -43,12 +48,7 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
                 step,
             );
         }
-        let want: Vec<f64> = expected["train_curve"][preset.name()]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let want = expected_curve(preset);
         for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
             println!(
                 "{preset} step {step}: {got:.6} vs PyTorch {want:.6} (rel {:.1e})",
@@ -58,6 +58,39 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
         for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
             assert!(
                 rel(*got, *want) <= tolerance,
+                "{preset} step {step}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+fn expected_curve(preset: Preset) -> Vec<f64> {
+    golden_expected()["train_curve"][preset.name()]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_trainer_from_the_golden_weights_follows_pytorch() {
+    for (preset, tolerance) in [(Preset::Fp32, 1e-4), (Preset::Bf16, 2e-2)] {
+        let dir = tempfile::tempdir().unwrap();
+        // 2 micro-steps of 2 sequences of 32 tokens, windows read sequentially from token 0.
+        let config = common::config(
+            dir.path(),
+            preset.name(),
+            &["train.grad_accum_steps=2", "model.size=tiny"],
+        );
+        let weights = golden_dir().join("init.safetensors");
+        let mut trainer = Trainer::new(config, &Device::flex(), Start::Init(weights)).unwrap();
+        let curve: Vec<f64> = (0..6)
+            .map(|_| trainer.train_step().unwrap().last_micro_loss)
+            .collect();
+        for (step, (got, want)) in curve.iter().zip(expected_curve(preset)).enumerate() {
+            assert!(
+                rel(*got, want) <= tolerance,
                 "{preset} step {step}: {got} vs {want}"
             );
         }
