@@ -3,15 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use brainfloat_data::{
-    DistributedLoader, prepare_sotu, shard_paths, text_files, tokenize_to_shards,
-};
-use brainfloat_gpt::Batch;
+use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
 use brainfloat_precision::apply_policy;
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, NonFiniteGuard, ProgressPlugin,
 };
-use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer};
+use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer, validation_loss};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
@@ -260,26 +257,12 @@ fn eval(args: EvalArgs) -> Result<(), String> {
             .load_safetensors(&args.checkpoint)
             .map_err(|e| e.to_string())?
     };
-    let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
-    let mut loader =
-        DistributedLoader::new(paths, micro, seq_len, 0, 1).map_err(|e| e.to_string())?;
-    let batches = (config.eval.tokens / (micro * seq_len)).max(1);
-    let mut total = 0.0;
-    for _ in 0..batches {
-        let window = loader.next_window().map_err(|e| e.to_string())?;
-        let batch =
-            Batch::from_window(&window, micro, seq_len, &device).map_err(|e| e.to_string())?;
-        total += model
-            .forward(&batch)
-            .map_err(|e| e.to_string())?
-            .into_scalar::<f32>() as f64;
-    }
+    let (loss, tokens) =
+        validation_loss(&model, &config, paths, &device).map_err(|e| e.to_string())?;
     println!(
-        "val_loss {:.6} ({} tokens, {} batches of {micro}×{seq_len}, policy {policy})",
-        total / batches as f64,
-        batches * micro * seq_len,
-        batches
+        "val_loss {loss:.6} ({tokens} tokens of {}, policy {policy})",
+        config.data.val.display()
     );
     Ok(())
 }

@@ -38,4 +38,4 @@ pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use schedule::TrapezoidalSchedule;
-pub use trainer::{Start, Trainer};
+pub use trainer::{Start, Trainer, validation_loss};

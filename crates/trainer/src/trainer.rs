@@ -252,20 +252,16 @@ impl Trainer {
     /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
     /// computed without autodiff.
     pub fn evaluate(&self) -> Result<EvalStats, TrainError> {
-        let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
-        let mut loader = DistributedLoader::new(self.val_paths.clone(), micro, seq_len, 0, 1)?;
-        let batches = (self.config.eval.tokens / (micro * seq_len)).max(1);
-        let model = self.model.valid();
-        let device = self.device.clone().inner();
-        let mut total = 0.0;
-        for _ in 0..batches {
-            let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, &device)?;
-            total += model.forward(&batch)?.into_scalar::<f32>() as f64;
-        }
+        let (val_loss, tokens) = validation_loss(
+            &self.model.valid(),
+            &self.config,
+            self.val_paths.clone(),
+            &self.device.clone().inner(),
+        )?;
         Ok(EvalStats {
             step: self.step,
-            val_loss: total / batches as f64,
-            tokens: batches * micro * seq_len,
+            val_loss,
+            tokens,
         })
     }
 
@@ -322,4 +318,24 @@ fn check_output_dir(dir: &Path) -> Result<(), TrainError> {
     std::fs::write(&probe, vec![0u8; 4096]).map_err(|err| error(format!("not writable: {err}")))?;
     std::fs::remove_file(&probe).map_err(|err| error(format!("not writable: {err}")))?;
     Ok(())
+}
+
+/// Mean loss of `model` over `config.eval.tokens` tokens read from the start of `val_paths` in
+/// the config's micro-batches (at least one), and the tokens read. Mean of per-batch means, as
+/// the reference computes it.
+pub fn validation_loss(
+    model: &Gpt,
+    config: &TrainConfig,
+    val_paths: Vec<PathBuf>,
+    device: &Device,
+) -> Result<(f64, usize), TrainError> {
+    let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
+    let mut loader = DistributedLoader::new(val_paths, micro, seq_len, 0, 1)?;
+    let batches = (config.eval.tokens / (micro * seq_len)).max(1);
+    let mut total = 0.0;
+    for _ in 0..batches {
+        let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, device)?;
+        total += model.forward(&batch)?.into_scalar::<f32>() as f64;
+    }
+    Ok((total / batches as f64, batches * micro * seq_len))
 }
