@@ -109,7 +109,11 @@ impl Shard {
     /// Checks that every token id is below `vocab_size`; the error gives the first bad id and
     /// its position.
     pub fn check_vocab(&self, vocab_size: usize) -> Result<(), DataError> {
-        match (0..self.len).find(|&i| self.token(i) as usize >= vocab_size) {
+        let payload = &self.map[HEADER_BYTES..HEADER_BYTES + 2 * self.len];
+        let bad = payload
+            .chunks_exact(2)
+            .position(|pair| u16::from_le_bytes([pair[0], pair[1]]) as usize >= vocab_size);
+        match bad {
             Some(i) => Err(DataError::new(
                 &self.path,
                 format!(
