@@ -66,6 +66,7 @@ impl Trainer {
         let seq_len = config.train.seq_len;
         // This process is rank 0 of `train.ranks`; data parallelism arrives with GradSync.
         let train = DistributedLoader::new(train_paths, micro, seq_len, 0, config.train.ranks)?;
+        // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
         DistributedLoader::new(val_paths.clone(), micro, seq_len, 0, 1)?;
 
         device.seed(config.train.seed);
