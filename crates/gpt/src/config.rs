@@ -98,6 +98,21 @@ impl GptConfig {
         Ok(())
     }
 
+    /// Parameters that take part in matrix products: the blocks' linears and the head (the
+    /// embedding is a lookup).
+    pub fn matmul_params(&self) -> usize {
+        let d = self.d_model;
+        self.n_layer * 12 * d * d + self.vocab_size * d
+    }
+
+    /// Training FLOPs per token at sequence length `seq_len`: forward and backward of every
+    /// matmul (`6 · matmul_params`) plus attention's two products over the full `T × T` score
+    /// matrix (`12 · n_layer · d_model · seq_len`; the causal half is not discounted, as in
+    /// nanoGPT's and PaLM's MFU). Elementwise work is not counted.
+    pub fn training_flops_per_token(&self, seq_len: usize) -> u64 {
+        6 * self.matmul_params() as u64 + 12 * (self.n_layer * self.d_model * seq_len) as u64
+    }
+
     /// Number of parameters of the model.
     pub fn num_params(&self) -> usize {
         let d = self.d_model;
@@ -122,6 +137,22 @@ mod tests {
         // The record's model: 124M-class blocks plus an untied 50304 × 768 head.
         assert_eq!(GptConfig::speedrun().num_params(), 162_201_636);
         assert_eq!(GptConfig::speedrun().head_dim(), 128);
+    }
+
+    #[test]
+    fn flops_per_token_by_hand() {
+        // Golden shape: 2 layers, d 64, vocab 512, T 32.
+        // Matmul params: 2·12·64² + 512·64 = 98,304 + 32,768 = 131,072.
+        // 6·131,072 + 12·2·64·32 = 786,432 + 49,152 = 835,584.
+        let golden = GptConfig::new(512, 2, 2, 64, 32);
+        assert_eq!(golden.matmul_params(), 131_072);
+        assert_eq!(golden.training_flops_per_token(32), 835_584);
+        // The record: 6·(12·12·768² + 50304·768) + 12·12·768·1024.
+        let record = GptConfig::speedrun();
+        assert_eq!(
+            record.training_flops_per_token(1024),
+            6 * (84_934_656 + 38_633_472) + 113_246_208
+        );
     }
 
     #[test]

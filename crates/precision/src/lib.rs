@@ -11,6 +11,7 @@
 //!   and `bf16`, with per-component overrides;
 //! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
 //!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
+//! - [`lost_updates`]: which fp32 master-weight updates bf16 storage would lose;
 //! - [`softcapped_cross_entropy`]: the record's loss, in fp32 from bf16 or fp32 logits.
 //!
 //! ```
@@ -33,6 +34,7 @@ mod casted_linear;
 mod convert;
 mod error;
 mod loss;
+mod lost_update;
 mod named;
 mod path;
 mod policy;
@@ -42,6 +44,7 @@ pub use casted_linear::{CastedLinear, CastedLinearConfig};
 pub use convert::{PrecisionAware, apply_policy, cast_params, classify};
 pub use error::PrecisionError;
 pub use loss::{cross_entropy_fp32, softcap, softcapped_cross_entropy};
+pub use lost_update::{half_bf16_ulp, lost_updates};
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;
 pub use policy::{ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype};

@@ -1,0 +1,89 @@
+//! The lost-update probe: which fp32 master-weight updates bf16 storage would have lost.
+
+/// Half a bf16 unit in the last place of `w`: an update smaller than this leaves `w` unchanged
+/// when `w` is stored in bf16 (round to nearest). bf16 keeps 8 significant bits, so for a normal
+/// `w` with exponent `e` the ulp is `2^(e−7)`. For zero and fp32 subnormals bf16 has the same
+/// fine spacing as fp32's exponent floor, `2^−133`; `None` for non-finite `w`.
+pub fn half_bf16_ulp(w: f32) -> Option<f32> {
+    if !w.is_finite() {
+        return None;
+    }
+    let biased = ((w.to_bits() >> 23) & 0xff) as i32;
+    // Subnormals and zero share the smallest exponent, −126.
+    let exponent = if biased == 0 { -126 } else { biased - 127 };
+    Some(2f32.powi(exponent - 8))
+}
+
+/// Fraction of elements whose update `after − before` is non-zero but smaller in magnitude than
+/// half a bf16 ulp of `before`: updates an fp32 master weight keeps and bf16 storage would lose.
+/// Elements that did not change are not counted at all. Returns `(lost, changed)`.
+pub fn lost_updates(before: &[f32], after: &[f32]) -> (usize, usize) {
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "before and after hold the same weights"
+    );
+    let mut lost = 0;
+    let mut changed = 0;
+    for (&w, &w_new) in before.iter().zip(after) {
+        let delta = w_new - w;
+        if delta == 0.0 {
+            continue;
+        }
+        changed += 1;
+        if half_bf16_ulp(w).is_some_and(|half| delta.abs() < half) {
+            lost += 1;
+        }
+    }
+    (lost, changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::bf16;
+
+    /// What bf16 storage really does: round `w` and `w + delta` to bf16 and compare.
+    fn lost_in_bf16(w: f32, delta: f32) -> bool {
+        bf16::from_f32(w + delta) == bf16::from_f32(w)
+    }
+
+    #[test]
+    fn half_ulp_of_powers_of_two_and_between() {
+        assert_eq!(half_bf16_ulp(1.0), Some(2f32.powi(-8)));
+        assert_eq!(half_bf16_ulp(1.99), Some(2f32.powi(-8)));
+        assert_eq!(half_bf16_ulp(2.0), Some(2f32.powi(-7)));
+        assert_eq!(half_bf16_ulp(-0.75), Some(2f32.powi(-9)));
+        assert_eq!(half_bf16_ulp(0.0), Some(2f32.powi(-134)));
+        assert_eq!(half_bf16_ulp(f32::NAN), None);
+    }
+
+    #[test]
+    fn updates_below_half_an_ulp_are_lost_and_above_are_kept() {
+        // w = 1: bf16 neighbours are 1 − 2⁻⁸ below and 1 + 2⁻⁷ above; half an ulp up is 2⁻⁸.
+        let half = 2f32.powi(-8);
+        let cases = [
+            (1.0f32, 0.9 * half, true),
+            (1.0, 1.1 * half, false),
+            (1.0, -0.4 * half, true),
+            (0.3, 1e-4, true), // half ulp of 0.3 is 2⁻¹⁰ ≈ 9.8e-4
+            (0.3, 2e-3, false),
+            (-3.0, 0.007, true), // half ulp of 3 is 2⁻⁷ ≈ 7.8e-3
+            (-3.0, -0.009, false),
+        ];
+        let before: Vec<f32> = cases.iter().map(|c| c.0).collect();
+        let after: Vec<f32> = cases.iter().map(|c| c.0 + c.1).collect();
+        for (w, delta, lost) in cases {
+            assert_eq!(
+                lost_in_bf16(w, delta),
+                lost,
+                "bf16 itself: w {w}, Δ {delta}"
+            );
+            let (l, c) = lost_updates(&[w], &[w + delta]);
+            assert_eq!((l == 1, c), (lost, 1), "probe: w {w}, Δ {delta}");
+        }
+        assert_eq!(lost_updates(&before, &after), (4, 7));
+        // Unchanged weights are not updates.
+        assert_eq!(lost_updates(&[1.0, 2.0], &[1.0, 2.0]), (0, 0));
+    }
+}
