@@ -6,6 +6,7 @@ use std::path::Path;
 use brainfloat_precision::{ParamPath, named_params};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::GptError;
@@ -137,29 +138,19 @@ pub fn serialize_tensors(
     safetensors::serialize(views, Some(metadata)).map_err(|err| err.to_string())
 }
 
-/// The float tensor `name` of a safetensors file as Burn data, with `shape` (same element
-/// count as stored).
+/// The float tensor `view` (named `name`, for errors) of a safetensors file as Burn data in its
+/// stored dtype; `shape` has the stored element count (callers check the shape they expect).
 pub fn tensor_data(
-    file: &SafeTensors<'_>,
+    view: &TensorView<'_>,
     name: &str,
     shape: Vec<usize>,
 ) -> Result<TensorData, String> {
-    let view = file
-        .tensor(name)
-        .map_err(|_| format!("missing tensor {name}"))?;
     let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
         format!(
             "tensor {name} has dtype {:?}; expected a float dtype (F32, BF16, F16, F64)",
             view.dtype()
         )
     })?;
-    let stored: usize = view.shape().iter().product();
-    if stored != shape.iter().product::<usize>() {
-        return Err(format!(
-            "tensor {name} has shape {:?}, expected {shape:?}",
-            view.shape()
-        ));
-    }
     Ok(TensorData::from_bytes_vec(
         view.data().to_vec(),
         shape,
@@ -207,7 +198,7 @@ impl Loader<'_> {
                 expected
             ));
         }
-        let data = tensor_data(self.file, name, shape)?;
+        let data = tensor_data(&view, name, shape)?;
         let dtype = data.dtype();
         let device = param.lazy_device();
         let target = FloatDType::from(param.dtype());

@@ -192,7 +192,7 @@ pub fn load_checkpoint(
             &names,
             |name| {
                 let view = file.tensor(name).map_err(|_| format!("missing {name}"))?;
-                let data = tensor_data(&file, name, view.shape().to_vec())?;
+                let data = tensor_data(&view, name, view.shape().to_vec())?;
                 let dtype = data.dtype();
                 Ok(Tensor::<1>::from_data(data, (device, dtype)))
             },

@@ -315,11 +315,17 @@ impl ModuleMapper for StepMapper<'_> {
         let name = self.path.name();
         let group = param_group(&name, classify(self.path.owner(), D), D);
         let require_grad = tensor.is_require_grad();
+        // Without accumulation the scale is 1: skip a pass over every gradient.
+        let grad = if self.grad_scale == 1.0 {
+            grad
+        } else {
+            grad.mul_scalar(self.grad_scale)
+        };
         let updated = self.optimizer.update(
             name,
             group,
             tensor.inner(),
-            grad.mul_scalar(self.grad_scale),
+            grad,
             self.lr_multiplier,
             self.momentum,
         );

@@ -45,16 +45,18 @@ pub struct Trainer {
 
 impl Trainer {
     /// Prepares a run on `device` (an autodiff device is made from it): checks the output folder
-    /// is writable, opens and validates every shard, builds the model under the config's
-    /// policy and starts it as `start` says.
+    /// is writable, builds the model under the config's policy, opens and validates every shard,
+    /// and starts the model as `start` says.
     pub fn new(config: TrainConfig, device: &Device, start: Start) -> Result<Self, TrainError> {
         config.validate()?;
         check_output_dir(&config.output.dir)?;
         let device = device.clone().autodiff();
         let gpt = config.gpt()?;
         let policy: PrecisionPolicy = config.policy()?;
-        policy
-            .check_device(&device)
+        // Built first: `apply_policy` refuses a device without the policy's dtypes before the
+        // shards are scanned.
+        device.seed(config.train.seed);
+        let model = apply_policy(gpt.init(&device)?, &policy, &device)
             .map_err(|err| TrainError::Model(err.into()))?;
 
         let train_paths = shard_paths(&config.data.train)?;
@@ -69,9 +71,6 @@ impl Trainer {
         // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
         DistributedLoader::new(val_paths.clone(), micro, seq_len, 0, 1)?;
 
-        device.seed(config.train.seed);
-        let model = apply_policy(gpt.init(&device)?, &policy, &device)
-            .map_err(|err| TrainError::Model(err.into()))?;
         let optimizer = RecordOptimizer::new(optimizer_config(&config, &policy));
         let schedule = TrapezoidalSchedule::new(
             config.train.steps,
