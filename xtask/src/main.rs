@@ -1,16 +1,26 @@
 //! `cargo xtask <command> [args]`: builds the `brainfloat` binary in release with the backend
-//! feature that `--backend` names and runs it with the same arguments.
+//! feature that `--backend` names and runs it with the same arguments. `validate` also builds
+//! and runs the test suite first, and ends with one pass/fail table.
 //!
 //! ```text
 //! cargo xtask train                       # the embedded tiny config, bf16, on the SOTU corpus
 //! cargo xtask train --precision fp32 --set train.steps=100
-//! cargo xtask eval --checkpoint runs/tiny/step_000400.json
+//! cargo xtask bench --steps 20            # fp32 vs autocast vs bf16 → docs/results/
+//! cargo xtask validate                    # build, tests, and the bf16 pipeline's checks
+//! cargo xtask train --ranks 2             # two data-parallel ranks under mpirun (OpenMPI)
+//! cargo xtask train --ranks 8 --hostfile hosts   # ranks across the machines of a hostfile
+//! cargo xtask test                        # install what the tests need, then run them all
+//! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
 //! ```
 
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 4] = ["train", "eval", "data", "plot"];
+const COMMANDS: [&str; 7] = ["train", "eval", "bench", "validate", "data", "plot", "test"];
+
+/// The project's set-up script: installs the system packages the tests need (OpenMPI, libclang).
+const SETUP: &str = "scripts/setup";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,9 +36,105 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let backend = backend_of(&args);
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.args(["run", "--release", "--quiet", "--package", "brainfloat-cli"]);
-    match backend.as_str() {
+    let result = match command.as_str() {
+        "validate" => validate(&backend, &args),
+        "test" => test(&args[1..]),
+        "train" if value_of(&args, "--ranks").is_some() => distributed_train(&backend, &args),
+        _ => cargo(&["run", "--quiet"], &backend).map(|mut run| {
+            run.arg("--").args(&args);
+            status(&mut run)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo_command() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// `scripts/setup`, then every test with the `mpi` feature (the distributed tests run under
+/// `mpirun -np 2`); extra arguments go to `cargo test`.
+fn test(extra: &[String]) -> Result<bool, String> {
+    if !status(&mut Command::new(SETUP)) {
+        return Err(format!(
+            "{SETUP} failed (it installs OpenMPI and libclang; see above)"
+        ));
+    }
+    let mut tests = cargo_command();
+    tests
+        .args([
+            "test",
+            "--workspace",
+            "--release",
+            "--features",
+            "brainfloat-cli/mpi",
+        ])
+        .args(extra);
+    mpi_environment(&mut tests);
+    Ok(status(&mut tests))
+}
+
+/// OpenMPI settings for containers: running as root is allowed, and shared-memory transfers do
+/// not use cross-process memory attach (often forbidden there).
+fn mpi_environment(command: &mut Command) {
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+}
+
+/// `train --ranks N [--hostfile F]`: builds the binary with the `mpi` feature and runs it under
+/// `mpirun -np N`, with `train.ranks=N`.
+fn distributed_train(backend: &str, args: &[String]) -> Result<bool, String> {
+    let ranks = value_of(args, "--ranks").unwrap_or_default();
+    if ranks.parse::<usize>().map_or(true, |n| n == 0) {
+        return Err(format!("--ranks wants a number of ranks, got `{ranks}`"));
+    }
+    let mut build = cargo(&["build", "--quiet"], backend)?;
+    build.args(["--features", "mpi"]);
+    if !status(&mut build) {
+        return Ok(false);
+    }
+    let mut mpirun = Command::new("mpirun");
+    mpirun.args(["-np", &ranks, "--oversubscribe"]);
+    if let Some(hostfile) = value_of(args, "--hostfile") {
+        mpirun.args(["--hostfile", &hostfile]);
+    }
+    mpi_environment(&mut mpirun);
+    mpirun.arg(Path::new("target").join("release").join("brainfloat"));
+    let mut skip = false;
+    for arg in args {
+        if skip {
+            skip = false;
+        } else if arg == "--ranks" || arg == "--hostfile" {
+            skip = true;
+        } else if !arg.starts_with("--ranks=") && !arg.starts_with("--hostfile=") {
+            mpirun.arg(arg);
+        }
+    }
+    mpirun.args(["--set", &format!("train.ranks={ranks}")]);
+    match mpirun.status() {
+        Ok(status) => Ok(status.success()),
+        Err(err) => Err(format!(
+            "cannot run mpirun ({err}); install OpenMPI with {SETUP} (Debian: openmpi-bin)"
+        )),
+    }
+}
+
+/// `cargo <verb> --release --package brainfloat-cli` with `backend`'s feature and environment.
+fn cargo(verb: &[&str], backend: &str) -> Result<Command, String> {
+    let mut cargo = cargo_command();
+    cargo
+        .args(verb)
+        .args(["--release", "--package", "brainfloat-cli"]);
+    match backend {
         "flex" => {}
         "tch" => {
             cargo
@@ -39,31 +145,107 @@ fn main() -> ExitCode {
             cargo.args(["--features", "cuda"]);
         }
         other => {
-            eprintln!("error: unknown backend `{other}` (valid: flex, tch, cuda)");
-            return ExitCode::FAILURE;
+            return Err(format!(
+                "unknown backend `{other}` (valid: flex, tch, cuda)"
+            ));
         }
     }
-    cargo.arg("--").args(&args);
-    match cargo.status() {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+    Ok(cargo)
+}
+
+/// Runs `command`; whether it succeeded.
+fn status(command: &mut Command) -> bool {
+    match command.status() {
+        Ok(status) => status.success(),
         Err(err) => {
-            eprintln!("error: cannot run cargo: {err}");
-            ExitCode::FAILURE
+            eprintln!("error: cannot run {:?}: {err}", command.get_program());
+            false
         }
     }
 }
 
+/// Builds, runs the test suite (unless `--skip-tests`), runs `brainfloat validate`, and prints
+/// every step's result in one table.
+fn validate(backend: &str, args: &[String]) -> Result<bool, String> {
+    let mut rows: Vec<(String, bool, String)> = Vec::new();
+    let built = status(&mut cargo(&["build"], backend)?);
+    rows.push(("release build".into(), built, format!("backend {backend}")));
+    if !built {
+        return Ok(print_table(&rows));
+    }
+    let skip_tests = args.iter().any(|a| a == "--skip-tests");
+    if !skip_tests {
+        let mut tests = cargo_command();
+        tests.args(["test", "--workspace", "--release"]);
+        let passed = status(&mut tests);
+        rows.push((
+            "test suite".into(),
+            passed,
+            "cargo test --workspace --release".into(),
+        ));
+    }
+    let json = Path::new("target").join("validate.json");
+    let _ = std::fs::remove_file(&json);
+    let mut run = cargo(&["run", "--quiet"], backend)?;
+    run.arg("--")
+        .args(args.iter().filter(|a| *a != "--skip-tests"))
+        .arg("--json")
+        .arg(&json);
+    let ran = status(&mut run);
+    match std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    {
+        Some(serde_json::Value::Array(checks)) => {
+            for check in checks {
+                rows.push((
+                    check["name"].as_str().unwrap_or("?").to_string(),
+                    check["passed"].as_bool().unwrap_or(false),
+                    check["detail"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+        _ => rows.push((
+            "pipeline checks".into(),
+            false,
+            "brainfloat validate did not finish (its error is above)".into(),
+        )),
+    }
+    Ok(print_table(&rows) && ran)
+}
+
+/// Prints the pass/fail table; whether every row passed.
+fn print_table(rows: &[(String, bool, String)]) -> bool {
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(5);
+    println!("\n{:<width$}  result  detail", "step");
+    for (name, passed, detail) in rows {
+        let result = if *passed { "PASS" } else { "FAIL" };
+        println!("{name:<width$}  {result:<6}  {detail}");
+    }
+    let failed = rows.iter().filter(|r| !r.1).count();
+    if failed == 0 {
+        println!("validate: all {} steps passed", rows.len());
+    } else {
+        println!("validate: {failed} of {} steps FAILED", rows.len());
+    }
+    failed == 0
+}
+
 /// The value of `--backend X` or `--backend=X`, `flex` if absent.
 fn backend_of(args: &[String]) -> String {
+    value_of(args, "--backend").unwrap_or_else(|| "flex".into())
+}
+
+/// The value of `flag X` or `flag=X` in `args`.
+fn value_of(args: &[String], flag: &str) -> Option<String> {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        if arg == "--backend" {
-            return iter.next().cloned().unwrap_or_default();
+        if arg == flag {
+            return Some(iter.next().cloned().unwrap_or_default());
         }
-        if let Some(value) = arg.strip_prefix("--backend=") {
-            return value.to_string();
+        if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
+            return Some(value.to_string());
         }
     }
-    "flex".into()
+    None
 }

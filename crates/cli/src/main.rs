@@ -3,6 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use brainfloat_accum::{GradSync, LocalSync};
+use brainfloat_bench::plot::{
+    Curves, LostUpdateCurves, plot_distribution, plot_losses, plot_lost_updates,
+};
+use brainfloat_bench::validate::{format_checks, validate_pipeline};
+use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, run_bench};
 use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
 use brainfloat_precision::apply_policy;
 use brainfloat_trainer::plugins::{
@@ -12,7 +18,10 @@ use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer, validation_l
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
-mod plot;
+/// Counts heap bytes so that metrics and the benchmark report measured peak memory.
+#[global_allocator]
+static HEAP: brainfloat_trainer::memory::CountingAllocator =
+    brainfloat_trainer::memory::CountingAllocator;
 
 /// The default configuration, embedded so that `brainfloat train` works anywhere.
 const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
@@ -36,14 +45,18 @@ enum Command {
     Eval(EvalArgs),
     /// Fetch and tokenize the default corpus, or tokenize your own text.
     Data(DataArgs),
-    /// Plot the loss curves of runs (their metrics.jsonl) into one SVG.
+    /// Measure fp32, autocast and bf16 side by side: time, memory, loss, utilisation.
+    Bench(BenchArgs),
+    /// Validate the bf16 pipeline: fp32 and bf16 learn and agree, dtypes, checkpoint round-trip.
+    Validate(ValidateArgs),
+    /// Plot the loss curves (or the lost-update probe) of runs (their metrics.jsonl) as SVG.
     Plot(PlotArgs),
 }
 
 #[derive(Args)]
 struct PlotArgs {
     /// The metrics files; each run is labelled with its folder's name.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "report")]
     metrics: Vec<PathBuf>,
     /// The SVG to write.
     #[arg(long)]
@@ -51,6 +64,54 @@ struct PlotArgs {
     /// Chart title.
     #[arg(long, default_value = "loss")]
     title: String,
+    /// Plot the lost-update probe per parameter group instead of the losses.
+    #[arg(long)]
+    lost_updates: bool,
+    /// Draw a benchmark report's memory distribution (its JSON) instead.
+    #[arg(long, conflicts_with_all = ["metrics", "lost_updates"])]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Timed steps per preset.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// Untimed warm-up steps per preset.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    warmup: u64,
+    /// Presets to compare, comma-separated.
+    #[arg(long, default_value = "fp32,autocast,bf16", value_delimiter = ',')]
+    presets: Vec<String>,
+    /// The preset ratios are taken against.
+    #[arg(long, default_value = "autocast")]
+    baseline: String,
+    /// Peak GFLOP/s for MFU (default: this CPU's nominal fp32 peak).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// Timed runs per matmul shape and dtype.
+    #[arg(long, default_value_t = 5)]
+    matmul_reps: usize,
+    /// Folder of the report (JSON, Markdown, SVG).
+    #[arg(long, default_value = "docs/results")]
+    out: PathBuf,
+    /// File stem of the report (default: bench_<size>_<backend>).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Training steps of each of the fp32 and bf16 runs.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Also write the checks as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -82,6 +143,9 @@ struct TrainArgs {
     /// Resume from a checkpoint record (step_*.json), a folder, or the run's newest checkpoint.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     resume: Option<PathBuf>,
+    /// Under mpirun: seconds a rank waits in one collective before it declares a peer dead.
+    #[arg(long, default_value_t = 120)]
+    sync_timeout: u64,
 }
 
 #[derive(Args)]
@@ -118,6 +182,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Data(args) => data(args),
+        Command::Bench(args) => bench(args),
+        Command::Validate(args) => validate(args),
         Command::Plot(args) => plot(args),
     };
     match result {
@@ -147,9 +213,11 @@ fn load_config(run: &RunArgs) -> Result<TrainConfig, String> {
     TrainConfig::load(&source, &overrides).map_err(|err| err.to_string())
 }
 
-fn init_logs(format: &str) {
+/// Logs on stderr; ranks other than the leader log warnings and errors only.
+fn init_logs(format: &str, leader: bool) {
+    let level = if leader { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -201,10 +269,43 @@ fn ensure_default_corpus(config: &TrainConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The ranks of this run: MPI's when launched by `mpirun` (binary built with `--features mpi`),
+/// else this process alone.
+fn grad_sync(timeout_s: u64) -> Result<Box<dyn GradSync>, String> {
+    let under_mpirun = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some());
+    if !under_mpirun {
+        return Ok(Box::new(LocalSync));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let timeout = std::time::Duration::from_secs(timeout_s);
+        brainfloat_accum::MpiSync::init(timeout)
+            .map(|sync| Box::new(sync) as Box<dyn GradSync>)
+            .ok_or_else(|| "MPI was already initialised".to_string())
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = timeout_s;
+        Err(
+            "launched by mpirun, but this binary was built without the `mpi` feature; use \
+             `cargo xtask train --ranks N`"
+                .into(),
+        )
+    }
+}
+
 fn train(args: TrainArgs) -> Result<(), String> {
     let config = load_config(&args.run)?;
-    init_logs(&config.output.log_format);
-    ensure_default_corpus(&config)?;
+    let mut sync = grad_sync(args.sync_timeout)?;
+    let (rank, leader) = (sync.rank(), sync.is_leader());
+    init_logs(&config.output.log_format, leader);
+    if leader {
+        ensure_default_corpus(&config)?;
+    }
+    // Everyone waits for the leader's corpus (a mean is a barrier).
+    sync.mean(0.0).map_err(|err| err.to_string())?;
     let device = device(&args.run.backend)?;
     let start = match (args.init, args.resume) {
         (Some(path), _) => Start::Init(path),
@@ -220,21 +321,35 @@ fn train(args: TrainArgs) -> Result<(), String> {
     } else {
         (steps / 20).max(1)
     };
-    let mut trainer = Trainer::new(config, &device, start)
-        .map_err(|err| err.to_string())?
-        .with_plugin(NonFiniteGuard::default())
-        .with_plugin(LogPlugin::new(log_every))
-        .with_plugin(MetricsPlugin::new(metrics))
-        .with_plugin(CheckpointPlugin::new(every, steps));
-    if progress {
-        trainer = trainer.with_plugin(ProgressPlugin::default());
+    let world = sync.world_size();
+    let mut trainer = Trainer::distributed(config, &device, start, sync)
+        .map_err(|err| format!("rank {rank} of {world}: {err}"))?
+        // Every rank sees the same averaged loss, so every rank stops at the same step.
+        .with_plugin(NonFiniteGuard::default());
+    if leader {
+        trainer = trainer
+            .with_plugin(LogPlugin::new(log_every))
+            .with_plugin(MetricsPlugin::new(metrics))
+            .with_plugin(CheckpointPlugin::new(every, steps));
+        if progress {
+            trainer = trainer.with_plugin(ProgressPlugin::default());
+        }
     }
-    trainer.run().map(|_| ()).map_err(|err| err.to_string())
+    match trainer.run() {
+        Ok(_) => Ok(()),
+        Err(err) if world > 1 => {
+            // The other ranks would wait for this one in the next all-reduce: stop them all.
+            eprintln!("error: rank {rank} of {world}: {err}; stopping all ranks");
+            trainer.abort(1);
+            Err(err.to_string())
+        }
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 fn eval(args: EvalArgs) -> Result<(), String> {
     let mut config = load_config(&args.run)?;
-    init_logs(&config.output.log_format);
+    init_logs(&config.output.log_format, true);
     if let Some(data) = args.data {
         config.data.val = data;
     }
@@ -268,7 +383,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
 }
 
 fn data(args: DataArgs) -> Result<(), String> {
-    init_logs("human");
+    init_logs("human", true);
     let stats = match &args.text {
         Some(text) => {
             let files = text_files(text).map_err(|e| e.to_string())?;
@@ -293,12 +408,128 @@ fn data(args: DataArgs) -> Result<(), String> {
 }
 
 fn plot(args: PlotArgs) -> Result<(), String> {
-    let runs = args
-        .metrics
-        .iter()
-        .map(|path| plot::Curves::read(path))
-        .collect::<Result<Vec<_>, _>>()?;
-    plot::plot_losses(&runs, &args.out, &args.title)?;
+    if let Some(report) = &args.report {
+        plot_distribution(&BenchReport::read(report)?, &args.out)?;
+    } else if args.lost_updates {
+        let runs = args
+            .metrics
+            .iter()
+            .map(|path| LostUpdateCurves::read(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        plot_lost_updates(&runs, &args.out)?;
+    } else {
+        let runs = args
+            .metrics
+            .iter()
+            .map(|path| Curves::read(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        plot_losses(&runs, &args.out, &args.title)?;
+    }
     println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The machine in words: the CPU's model and cores for `flex`, the backend's device otherwise.
+fn machine(backend: &str, device: &Device) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match backend {
+        "flex" => format!("{cpu}, {cores} cores"),
+        _ => format!("{device:?} (host: {cpu}, {cores} cores)"),
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let config = load_config(&args.run)?;
+    init_logs(&config.output.log_format, true);
+    ensure_default_corpus(&config)?;
+    let device = device(&args.run.backend)?;
+    let peak = match args.peak_gflops {
+        Some(gflops) => Peak::stated(gflops),
+        None => Peak::nominal_cpu()
+            .ok_or("cannot tell this CPU's peak (no /proc/cpuinfo clock); pass --peak-gflops")?,
+    };
+    for preset in &args.presets {
+        preset
+            .parse::<brainfloat_precision::PrecisionPolicy>()
+            .map_err(|err| format!("--presets: {err}"))?;
+    }
+    let command = std::iter::once("cargo xtask".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let options = BenchOptions {
+        presets: args.presets,
+        baseline: args.baseline,
+        warmup_steps: args.warmup as usize,
+        steps: args.steps as usize,
+        matmul_reps: args.matmul_reps,
+        peak,
+        backend: args.run.backend.clone(),
+        machine: machine(&args.run.backend, &device),
+        command,
+    };
+    let mut report = run_bench(&config, &device, &options).map_err(|e| e.to_string())?;
+    let stem = args
+        .name
+        .unwrap_or_else(|| format!("bench_{}_{}", config.model.size, args.run.backend));
+    std::fs::create_dir_all(&args.out)
+        .map_err(|err| format!("{}: cannot create: {err}", args.out.display()))?;
+    let loss_file = format!("{stem}_loss.svg");
+    let curves: Vec<Curves> = report
+        .presets
+        .iter()
+        .map(|p| Curves::from_losses(&p.preset, &p.losses, Some(p.val_loss)))
+        .collect();
+    plot_losses(
+        &curves,
+        &args.out.join(&loss_file),
+        "training loss per preset (benchmark steps)",
+    )?;
+    let memory_file = format!("{stem}_memory.svg");
+    plot_distribution(&report, &args.out.join(&memory_file))?;
+    report.figures = vec![
+        Figure {
+            title: "loss per preset".into(),
+            file: loss_file,
+        },
+        Figure {
+            title: "memory by part and dtype".into(),
+            file: memory_file,
+        },
+    ];
+    let (json, md) = report
+        .write(&args.out, &stem)
+        .map_err(|err| format!("{}: cannot write the report: {err}", args.out.display()))?;
+    println!("{}", report.to_markdown());
+    println!("wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+fn validate(args: ValidateArgs) -> Result<(), String> {
+    let config = load_config(&args.run)?;
+    init_logs(&config.output.log_format, true);
+    ensure_default_corpus(&config)?;
+    let device = device(&args.run.backend)?;
+    let checks = validate_pipeline(&config, &device, args.steps).map_err(|e| e.to_string())?;
+    print!("{}", format_checks(&checks));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&checks).map_err(|e| e.to_string())?;
+        std::fs::write(path, text)
+            .map_err(|err| format!("{}: cannot write: {err}", path.display()))?;
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    if failed > 0 {
+        return Err(format!("{failed} of {} checks failed", checks.len()));
+    }
+    println!("all {} checks passed", checks.len());
     Ok(())
 }

@@ -14,28 +14,24 @@ pub fn half_bf16_ulp(w: f32) -> Option<f32> {
     Some(2f32.powi(exponent - 8))
 }
 
-/// Fraction of elements whose update `after − before` is non-zero but smaller in magnitude than
-/// half a bf16 ulp of `before`: updates an fp32 master weight keeps and bf16 storage would lose.
-/// Elements that did not change are not counted at all. Returns `(lost, changed)`.
-pub fn lost_updates(before: &[f32], after: &[f32]) -> (usize, usize) {
-    assert_eq!(
-        before.len(),
-        after.len(),
-        "before and after hold the same weights"
-    );
+/// Counts the updates `deltas` to `weights` that are non-zero but smaller in magnitude than half
+/// a bf16 ulp of their weight: updates an fp32 master weight keeps and bf16 storage loses (for
+/// weights already stored in bf16, the updates that were lost). Zero updates are not counted.
+/// Returns `(lost, updated)`.
+pub fn lost_updates(weights: &[f32], deltas: &[f32]) -> (usize, usize) {
+    assert_eq!(weights.len(), deltas.len(), "one update per weight");
     let mut lost = 0;
-    let mut changed = 0;
-    for (&w, &w_new) in before.iter().zip(after) {
-        let delta = w_new - w;
+    let mut updated = 0;
+    for (&w, &delta) in weights.iter().zip(deltas) {
         if delta == 0.0 {
             continue;
         }
-        changed += 1;
+        updated += 1;
         if half_bf16_ulp(w).is_some_and(|half| delta.abs() < half) {
             lost += 1;
         }
     }
-    (lost, changed)
+    (lost, updated)
 }
 
 #[cfg(test)]
@@ -71,19 +67,19 @@ mod tests {
             (-3.0, 0.007, true), // half ulp of 3 is 2⁻⁷ ≈ 7.8e-3
             (-3.0, -0.009, false),
         ];
-        let before: Vec<f32> = cases.iter().map(|c| c.0).collect();
-        let after: Vec<f32> = cases.iter().map(|c| c.0 + c.1).collect();
+        let weights: Vec<f32> = cases.iter().map(|c| c.0).collect();
+        let deltas: Vec<f32> = cases.iter().map(|c| c.1).collect();
         for (w, delta, lost) in cases {
             assert_eq!(
                 lost_in_bf16(w, delta),
                 lost,
                 "bf16 itself: w {w}, Δ {delta}"
             );
-            let (l, c) = lost_updates(&[w], &[w + delta]);
+            let (l, c) = lost_updates(&[w], &[delta]);
             assert_eq!((l == 1, c), (lost, 1), "probe: w {w}, Δ {delta}");
         }
-        assert_eq!(lost_updates(&before, &after), (4, 7));
-        // Unchanged weights are not updates.
-        assert_eq!(lost_updates(&[1.0, 2.0], &[1.0, 2.0]), (0, 0));
+        assert_eq!(lost_updates(&weights, &deltas), (4, 7));
+        // Zero updates are not updates.
+        assert_eq!(lost_updates(&[1.0, 2.0], &[0.0, -0.0]), (0, 0));
     }
 }

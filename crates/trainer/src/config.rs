@@ -89,6 +89,14 @@ pub struct EvalSection {
     pub every: usize,
     /// Validation tokens per evaluation.
     pub tokens: usize,
+    /// Run the lost-update probe every this many steps (and at the first); 0 = never. It reads
+    /// every weight and update back to the host: cheap on a CPU, a pause on a GPU.
+    #[serde(default = "default_lost_update_every")]
+    pub lost_update_every: usize,
+}
+
+fn default_lost_update_every() -> usize {
+    1
 }
 
 /// The output section.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use brainfloat_accum::SyncError;
 use brainfloat_data::DataError;
 use brainfloat_gpt::GptError;
 
@@ -31,6 +32,8 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
     },
+    /// The data-parallel ranks could not exchange gradients or losses.
+    Sync(SyncError),
     /// The loss stopped being a number.
     NonFiniteLoss {
         /// The step whose loss it was.
@@ -48,6 +51,7 @@ impl fmt::Display for TrainError {
             Self::Config(err) => err.fmt(f),
             Self::Data(err) => err.fmt(f),
             Self::Model(err) => err.fmt(f),
+            Self::Sync(err) => err.fmt(f),
             Self::Checkpoint { path, problem } => {
                 write!(f, "checkpoint {}: {problem}", path.display())
             }
@@ -80,6 +84,12 @@ impl From<ConfigError> for TrainError {
 impl From<DataError> for TrainError {
     fn from(err: DataError) -> Self {
         Self::Data(err)
+    }
+}
+
+impl From<SyncError> for TrainError {
+    fn from(err: SyncError) -> Self {
+        Self::Sync(err)
     }
 }
 

@@ -18,6 +18,7 @@
 mod checkpoint;
 mod config;
 mod error;
+pub mod memory;
 mod muon;
 mod optim;
 mod plugin;
@@ -35,7 +36,7 @@ pub use config::{
 };
 pub use error::TrainError;
 pub use muon::{NS_COEFFICIENTS, newton_schulz};
-pub use optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
+pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use schedule::TrapezoidalSchedule;
 pub use trainer::{Start, Trainer, validation_loss};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use brainfloat_precision::{ACCUMULATION_DTYPE, Component, ParamPath, classify};
+use brainfloat_precision::{ACCUMULATION_DTYPE, Component, ParamPath, classify, lost_updates};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
@@ -21,6 +21,58 @@ pub enum ParamGroup {
     Matrices,
     /// Every other parameter (lambdas): Adam.
     Scalars,
+}
+
+impl ParamGroup {
+    /// Every group, in report order.
+    pub const ALL: [ParamGroup; 4] = [
+        ParamGroup::Embedding,
+        ParamGroup::Head,
+        ParamGroup::Matrices,
+        ParamGroup::Scalars,
+    ];
+
+    /// Lower-case name, as in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamGroup::Embedding => "embedding",
+            ParamGroup::Head => "head",
+            ParamGroup::Matrices => "matrices",
+            ParamGroup::Scalars => "scalars",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The lost-update probe of one optimizer step: per group, how many element updates were
+/// non-zero and how many of those were below half a bf16 ulp of their weight (lost to bf16
+/// storage; see [`lost_updates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LostUpdates {
+    counts: [(usize, usize); 4],
+}
+
+impl LostUpdates {
+    /// Adds `lost` of `updated` element updates to `group`.
+    pub fn add(&mut self, group: ParamGroup, lost: usize, updated: usize) {
+        let count = &mut self.counts[group.index()];
+        count.0 += lost;
+        count.1 += updated;
+    }
+
+    /// `(lost, updated)` of `group`.
+    pub fn counts(&self, group: ParamGroup) -> (usize, usize) {
+        self.counts[group.index()]
+    }
+
+    /// Fraction of `group`'s non-zero updates that were lost; `None` if none was non-zero.
+    pub fn fraction(&self, group: ParamGroup) -> Option<f64> {
+        let (lost, updated) = self.counts(group);
+        (updated > 0).then(|| lost as f64 / updated as f64)
+    }
 }
 
 /// The group of a parameter from its name, storage component and rank: linear weights inside
@@ -110,6 +162,7 @@ pub struct RecordOptimizer {
     config: RecordOptimizerConfig,
     states: HashMap<String, ParamState>,
     grad_squares: Vec<Tensor<1>>,
+    probe: Option<LostUpdates>,
 }
 
 /// Suffixes of the state tensors in a saved optimizer, after the parameter's name (PyTorch's
@@ -125,7 +178,20 @@ impl RecordOptimizer {
             config,
             states: HashMap::new(),
             grad_squares: Vec::new(),
+            probe: None,
         }
+    }
+
+    /// Makes the next [`step`](Self::step) run the lost-update probe (it reads every weight and
+    /// update back to the host, so it costs a pass over the model).
+    pub fn probe_next_step(&mut self) {
+        self.probe = Some(LostUpdates::default());
+    }
+
+    /// The probe of the last step, if [`probe_next_step`](Self::probe_next_step) asked for it;
+    /// taking it ends probing.
+    pub fn take_probe(&mut self) -> Option<LostUpdates> {
+        self.probe.take()
     }
 
     /// Every state tensor, flattened, named `<parameter>.exp_avg`, `.exp_avg_sq` (Adam) or
@@ -285,8 +351,23 @@ impl RecordOptimizer {
             );
             delta
         };
-        (value.reshape([numel]) - delta).reshape(dims)
+        let value = value.reshape([numel]);
+        if let Some(probe) = &mut self.probe {
+            let (lost, updated) = lost_updates(&host_f32(&value), &host_f32(&delta));
+            probe.add(group, lost, updated);
+        }
+        (value - delta).reshape(dims)
     }
+}
+
+/// The values of `tensor` as fp32 on the host (exact for bf16 and fp32).
+fn host_f32(tensor: &Tensor<1>) -> Vec<f32> {
+    tensor
+        .clone()
+        .cast(FloatDType::F32)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("an fp32 tensor reads back as f32")
 }
 
 struct StepMapper<'a> {
@@ -334,5 +415,54 @@ impl ModuleMapper for StepMapper<'_> {
             tensor = tensor.require_grad();
         }
         Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brainfloat_precision::CastedLinearConfig;
+    use burn::tensor::Device;
+
+    /// Adam's first step moves every weight with a non-zero gradient by exactly its rate
+    /// (`m̂/√v̂ = g/|g|`): with weights of 1 (half a bf16 ulp is 2⁻⁸ ≈ 0.0039), a rate of
+    /// 0.001 is lost to bf16 storage everywhere and a rate of 0.01 nowhere.
+    #[test]
+    fn the_probe_counts_updates_below_half_an_ulp_per_group() {
+        let device = Device::flex().autodiff();
+        for (head_lr, lost) in [(0.001, true), (0.01, false)] {
+            let mut layer = CastedLinearConfig::new(4, 3).init(&device);
+            layer.weight = Param::from_tensor(Tensor::<2>::ones([3, 4], &device));
+            let x = Tensor::<2>::ones([2, 4], &device);
+            let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);
+            let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+                head_lr,
+                ..Default::default()
+            });
+            optimizer.probe_next_step();
+            let (layer, _) = optimizer.step(layer, grads, 1.0, 1.0, 0);
+            let probe = optimizer.take_probe().expect("asked for");
+            assert_eq!(
+                probe.counts(ParamGroup::Head),
+                (if lost { 12 } else { 0 }, 12)
+            );
+            assert_eq!(
+                probe.fraction(ParamGroup::Head),
+                Some(if lost { 1.0 } else { 0.0 })
+            );
+            assert_eq!(
+                probe.fraction(ParamGroup::Matrices),
+                None,
+                "no such parameters"
+            );
+            // The fp32 master weight kept the update either way.
+            let w: Vec<f32> = layer.weight.val().into_data().try_to_vec().unwrap();
+            assert!(
+                w.iter().all(|&v| (v - (1.0 - head_lr as f32)).abs() < 1e-6),
+                "{w:?}"
+            );
+            // Probing is per step.
+            assert_eq!(optimizer.take_probe(), None);
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::TrainError;
+use crate::optim::LostUpdates;
 
 /// What a run is, given to plugins when it starts.
 #[derive(Debug, Clone)]
@@ -39,6 +40,10 @@ pub struct StepStats {
     pub tokens_per_sec: f64,
     /// Global L2 norm of the (scaled) gradients.
     pub grad_norm: f64,
+    /// Wall time of the gradient all-reduce across ranks (zero on one rank).
+    pub sync_time: Duration,
+    /// The lost-update probe of this step, on the steps `eval.lost_update_every` names.
+    pub lost_updates: Option<LostUpdates>,
 }
 
 /// One evaluation.

@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::error::TrainError;
+use crate::memory;
+use crate::optim::ParamGroup;
 use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 
 /// Human or JSON logs through `tracing` (the subscriber is the binary's choice): the run at
@@ -82,7 +84,9 @@ impl Plugin for LogPlugin {
 }
 
 /// One JSON line per step (`step`, `loss`, `lr`, `step_time_ms`, `tokens_per_sec`,
-/// `grad_norm`) and per evaluation (`step`, `val_loss`), appended to a file.
+/// `grad_norm`, `sync_ms` of the gradient all-reduce; `lost_updates` per group on probed steps; `heap_peak_bytes` of the step when the
+/// binary counts its heap, `rss_bytes` where the OS tells) and per evaluation (`step`,
+/// `val_loss`), appended to a file.
 pub struct MetricsPlugin {
     path: PathBuf,
     out: Option<BufWriter<File>>,
@@ -121,14 +125,30 @@ impl MetricsPlugin {
 
 impl Plugin for MetricsPlugin {
     fn on_step(&mut self, s: &StepStats) -> Result<Action, TrainError> {
-        self.write(json!({
+        let mut line = json!({
             "step": s.step,
             "loss": s.loss,
             "lr": s.lr_multiplier,
             "step_time_ms": s.step_time.as_secs_f64() * 1e3,
             "tokens_per_sec": s.tokens_per_sec,
             "grad_norm": s.grad_norm,
-        }))?;
+            "sync_ms": s.sync_time.as_secs_f64() * 1e3,
+        });
+        if let Some(probe) = &s.lost_updates {
+            let fractions: serde_json::Map<_, _> = ParamGroup::ALL
+                .iter()
+                .map(|g| (g.name().to_string(), json!(probe.fraction(*g))))
+                .collect();
+            line["lost_updates"] = fractions.into();
+        }
+        if let Some(heap) = memory::heap() {
+            line["heap_peak_bytes"] = heap.peak.into();
+            memory::reset_heap_peak();
+        }
+        if let Some(rss) = memory::rss() {
+            line["rss_bytes"] = rss.current.into();
+        }
+        self.write(line)?;
         Ok(Action::Continue)
     }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
 use brainfloat_data::{DistributedLoader, LoaderPosition, Shard, shard_paths};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
@@ -11,8 +12,8 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 
-use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
-use crate::config::TrainConfig;
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, record_name, save_checkpoint};
+use crate::config::{ConfigError, TrainConfig};
 use crate::error::TrainError;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
 use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
@@ -41,6 +42,7 @@ pub struct Trainer {
     step: usize,
     plugins: Vec<Box<dyn Plugin>>,
     last_val_loss: Option<f64>,
+    sync: Box<dyn GradSync>,
 }
 
 impl Trainer {
@@ -48,7 +50,32 @@ impl Trainer {
     /// is writable, builds the model under the config's policy, opens and validates every shard,
     /// and starts the model as `start` says.
     pub fn new(config: TrainConfig, device: &Device, start: Start) -> Result<Self, TrainError> {
+        Self::distributed(config, device, start, Box::new(LocalSync))
+    }
+
+    /// [`new`](Self::new) for one rank of a data-parallel run: reads this rank's slice of the
+    /// data, averages gradients (fp32) and losses over the ranks of `sync` once per step, and
+    /// writes checkpoints only on rank 0. `train.ranks` must be the number of ranks.
+    pub fn distributed(
+        config: TrainConfig,
+        device: &Device,
+        start: Start,
+        sync: Box<dyn GradSync>,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
+        if config.train.ranks != sync.world_size() {
+            return Err(TrainError::Config(ConfigError {
+                key: "train.ranks".into(),
+                problem: format!(
+                    "is {} but {} process(es) run; launch with `cargo xtask train --ranks {}` \
+                     (mpirun), or set train.ranks={}",
+                    config.train.ranks,
+                    sync.world_size(),
+                    config.train.ranks,
+                    sync.world_size()
+                ),
+            }));
+        }
         check_output_dir(&config.output.dir)?;
         let device = device.clone().autodiff();
         let gpt = config.gpt()?;
@@ -66,10 +93,16 @@ impl Trainer {
         }
         let micro = config.micro_batch_size();
         let seq_len = config.train.seq_len;
-        // This process is rank 0 of `train.ranks`; data parallelism arrives with GradSync.
-        let train = DistributedLoader::new(train_paths, micro, seq_len, 0, config.train.ranks)?;
+        let train =
+            DistributedLoader::new(train_paths, micro, seq_len, sync.rank(), config.train.ranks)?;
         // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
-        DistributedLoader::new(val_paths.clone(), micro, seq_len, 0, 1)?;
+        DistributedLoader::new(
+            val_paths.clone(),
+            micro,
+            seq_len,
+            sync.rank(),
+            config.train.ranks,
+        )?;
 
         let optimizer = RecordOptimizer::new(optimizer_config(&config, &policy));
         let schedule = TrapezoidalSchedule::new(
@@ -88,6 +121,7 @@ impl Trainer {
             step: 0,
             plugins: Vec::new(),
             last_val_loss: None,
+            sync,
         };
         match start {
             Start::Fresh => {}
@@ -127,7 +161,13 @@ impl Trainer {
                     path: path.clone(),
                     problem: "the record has no data position".into(),
                 })?;
-        self.train.seek(position)?;
+        // The record holds rank 0's position; rank r reads r micro-batches further on.
+        let rank_offset =
+            self.sync.rank() * self.config.micro_batch_size() * self.config.train.seq_len;
+        self.train.seek(LoaderPosition {
+            shard: position.shard,
+            offset: position.offset + rank_offset,
+        })?;
         self.model = restored.model;
         self.optimizer = restored.optimizer;
         self.step = restored.record.step;
@@ -143,6 +183,21 @@ impl Trainer {
     /// The model as it is now.
     pub fn model(&self) -> &Gpt {
         &self.model
+    }
+
+    /// The optimizers and their state.
+    pub fn optimizer(&self) -> &RecordOptimizer {
+        &self.optimizer
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The autodiff device the model trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Optimizer steps completed.
@@ -222,9 +277,16 @@ impl Trainer {
             accumulator.accumulate(&self.model, grads);
         }
         let lr_multiplier = self.schedule.multiplier(self.step);
+        let probe_every = self.config.eval.lost_update_every;
+        if probe_every > 0 && self.step.is_multiple_of(probe_every) {
+            self.optimizer.probe_next_step();
+        }
+        let sync_started = Instant::now();
+        let grads = all_reduce_gradients(&self.model, accumulator.grads(), self.sync.as_mut())?;
+        let sync_time = sync_started.elapsed();
         let (model, grad_norm) = self.optimizer.step(
             self.model.clone(),
-            accumulator.grads(),
+            grads,
             1.0 / accum_steps as f64,
             lr_multiplier,
             self.step,
@@ -234,7 +296,9 @@ impl Trainer {
             .into_iter()
             .map(|l| l.into_scalar::<f32>() as f64)
             .collect();
-        let loss = losses.iter().sum::<f64>() / accum_steps as f64;
+        let loss = self
+            .sync
+            .mean(losses.iter().sum::<f64>() / accum_steps as f64)?;
         self.step += 1;
         let step_time = started.elapsed();
         let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
@@ -246,23 +310,37 @@ impl Trainer {
             step_time,
             tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),
             grad_norm,
+            sync_time,
+            lost_updates: self.optimizer.take_probe(),
         })
     }
 
     /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
-    /// computed without autodiff.
-    pub fn evaluate(&self) -> Result<EvalStats, TrainError> {
-        let (val_loss, tokens) = validation_loss(
+    /// computed without autodiff; each rank reads its slice and the means are averaged.
+    pub fn evaluate(&mut self) -> Result<EvalStats, TrainError> {
+        let (world, rank) = (self.sync.world_size(), self.sync.rank());
+        let (local, tokens) = validation_loss_of_rank(
             &self.model.valid(),
             &self.config,
             self.val_paths.clone(),
             &self.device.clone().inner(),
+            (rank, world),
         )?;
         Ok(EvalStats {
             step: self.step,
-            val_loss,
-            tokens,
+            val_loss: self.sync.mean(local)?,
+            tokens: tokens * world,
         })
+    }
+
+    /// This process's rank and the number of ranks.
+    pub fn rank(&self) -> (usize, usize) {
+        (self.sync.rank(), self.sync.world_size())
+    }
+
+    /// Stops every rank after an error on this one (see [`GradSync::abort`]).
+    pub fn abort(&mut self, code: i32) {
+        self.sync.abort(code);
     }
 
     fn evaluate_and_report(&mut self) -> Result<(), TrainError> {
@@ -271,8 +349,12 @@ impl Trainer {
         self.each(|p| p.on_eval(&eval))
     }
 
-    /// Writes a checkpoint of the current step and tells the plugins.
+    /// Writes a checkpoint of the current step and tells the plugins; on ranks other than 0,
+    /// which hold the same model, nothing is written and the record's path is returned.
     pub fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        if !self.sync.is_leader() {
+            return Ok(self.config.output.dir.join(record_name(self.step)));
+        }
         let path = save_checkpoint(
             &self.config.output.dir,
             &self.model,
@@ -329,9 +411,21 @@ pub fn validation_loss(
     val_paths: Vec<PathBuf>,
     device: &Device,
 ) -> Result<(f64, usize), TrainError> {
+    validation_loss_of_rank(model, config, val_paths, device, (0, 1))
+}
+
+/// [`validation_loss`] of rank `rank` of `world` ranks: the rank's slice of the same
+/// `eval.tokens` tokens (the ranks' means average to the one-rank figure).
+fn validation_loss_of_rank(
+    model: &Gpt,
+    config: &TrainConfig,
+    val_paths: Vec<PathBuf>,
+    device: &Device,
+    (rank, world): (usize, usize),
+) -> Result<(f64, usize), TrainError> {
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
-    let mut loader = DistributedLoader::new(val_paths, micro, seq_len, 0, 1)?;
-    let batches = (config.eval.tokens / (micro * seq_len)).max(1);
+    let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?;
+    let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
     let mut total = 0.0;
     for _ in 0..batches {
         let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, device)?;

@@ -1,0 +1,107 @@
+//! `GradSync` over MPI (OpenMPI through the `mpi` crate), with a watchdog so that a rank never
+//! waits forever for a dead peer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use crate::sync::{GradSync, SyncError};
+
+/// Exit code of a rank that the watchdog stopped.
+pub const WATCHDOG_EXIT: i32 = 3;
+
+/// The ranks of `MPI_COMM_WORLD`.
+pub struct MpiSync {
+    world: SimpleCommunicator,
+    // Finalizes MPI when dropped, after `world` (fields drop in declaration order).
+    _universe: Universe,
+    /// Milliseconds since the epoch at which the collective in flight started; 0 when idle.
+    in_flight_since: Arc<AtomicU64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MpiSync {
+    /// Initialises MPI and starts the watchdog: a collective that has not completed after
+    /// `timeout` (a peer died, hangs, or the network is gone) ends this process with a message
+    /// naming the rank, instead of a silent hang. `None` if MPI was already initialised.
+    pub fn init(timeout: Duration) -> Option<Self> {
+        let universe = mpi::initialize()?;
+        let world = universe.world();
+        let in_flight_since = Arc::new(AtomicU64::new(0));
+        let watched = Arc::clone(&in_flight_since);
+        let (rank, size) = (world.rank(), world.size());
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let since = watched.load(Ordering::Relaxed);
+                if since != 0 && now_ms().saturating_sub(since) > timeout.as_millis() as u64 {
+                    eprintln!(
+                        "error: rank {rank} of {size}: no answer from the other ranks for {} s in \
+                         a collective; a rank has died or hangs. Stopping this rank.",
+                        timeout.as_secs()
+                    );
+                    std::process::exit(WATCHDOG_EXIT);
+                }
+            }
+        });
+        Some(Self {
+            world,
+            _universe: universe,
+            in_flight_since,
+        })
+    }
+
+    /// Runs `collective` under the watchdog.
+    fn watched<T>(&self, collective: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+        self.in_flight_since
+            .store(now_ms().max(1), Ordering::Relaxed);
+        let result = collective(&self.world);
+        self.in_flight_since.store(0, Ordering::Relaxed);
+        result
+    }
+}
+
+impl GradSync for MpiSync {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn world_size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_reduce_mean(&mut self, buffer: &mut [f32]) -> Result<(), SyncError> {
+        if buffer.len() > i32::MAX as usize {
+            return Err(SyncError {
+                rank: self.rank(),
+                world_size: self.world_size(),
+                problem: format!("a buffer of {} elements is too large for MPI", buffer.len()),
+            });
+        }
+        let local = buffer.to_vec();
+        self.watched(|world| world.all_reduce_into(&local[..], buffer, SystemOperation::sum()));
+        let ranks = self.world_size() as f32;
+        buffer.iter_mut().for_each(|v| *v /= ranks);
+        Ok(())
+    }
+
+    fn mean(&mut self, value: f64) -> Result<f64, SyncError> {
+        let mut total = 0.0f64;
+        self.watched(|world| world.all_reduce_into(&value, &mut total, SystemOperation::sum()));
+        Ok(total / self.world_size() as f64)
+    }
+
+    fn abort(&mut self, code: i32) {
+        self.world.abort(code)
+    }
+}

@@ -1,0 +1,125 @@
+//! Where a training step's memory sits, by part and dtype: weights, gradients, optimizer state
+//! (counted from the tensors' dtypes and sizes) and the activations kept for the backward pass
+//! (measured on the heap).
+
+use std::collections::BTreeMap;
+
+use brainfloat_gpt::{Batch, Gpt};
+use brainfloat_precision::{NamedTensor, dtype_info, named_grads, named_params};
+use brainfloat_trainer::memory;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// What a block of memory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// The parameters as stored (master weights and bf16 parameters).
+    Weights,
+    /// One gradient per parameter, in its parameter's dtype.
+    Gradients,
+    /// Adam's moments and Muon's momentum buffers.
+    OptimizerState,
+    /// Tensors the autodiff graph holds between the forward and the backward pass, at their
+    /// peak (the end of the forward pass).
+    Activations,
+}
+
+impl Part {
+    /// Every part, in report order.
+    pub const ALL: [Part; 4] = [
+        Part::Weights,
+        Part::Gradients,
+        Part::OptimizerState,
+        Part::Activations,
+    ];
+
+    /// Name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Weights => "weights",
+            Part::Gradients => "gradients",
+            Part::OptimizerState => "optimizer state",
+            Part::Activations => "activations",
+        }
+    }
+}
+
+/// Dtype name of a measured total that mixes dtypes (the activations: the heap cannot tell
+/// which allocation holds which dtype).
+pub const MIXED: &str = "mixed";
+
+/// Bytes of one part in one dtype.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionRow {
+    /// What the bytes hold.
+    pub part: Part,
+    /// `fp32`, `bf16`, or [`MIXED`].
+    pub dtype: String,
+    /// Number of tensors (0 for a heap measurement).
+    pub tensors: usize,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Sums `tensors` by dtype into rows of `part`.
+pub fn rows_by_dtype<'a>(
+    part: Part,
+    tensors: impl IntoIterator<Item = &'a Tensor<1>>,
+) -> Vec<DistributionRow> {
+    let mut by_dtype: BTreeMap<&'static str, (usize, u64)> = BTreeMap::new();
+    for tensor in tensors {
+        let (name, size) = dtype_info(tensor.dtype());
+        let entry = by_dtype.entry(name).or_default();
+        entry.0 += 1;
+        entry.1 += (tensor.shape().num_elements() * size) as u64;
+    }
+    by_dtype
+        .into_iter()
+        .map(|(dtype, (tensors, bytes))| DistributionRow {
+            part,
+            dtype: dtype.to_string(),
+            tensors,
+            bytes,
+        })
+        .collect()
+}
+
+/// The distribution of one training step of `model` on `batch`, with `optimizer_state` (the
+/// trainer's state tensors): weights, gradients and state from their tensors, activations as
+/// the heap bytes the forward pass leaves allocated (`None` without the counting allocator).
+pub fn measure_distribution(
+    model: &Gpt,
+    optimizer_state: &[Tensor<1>],
+    batch: &Batch,
+) -> Result<Vec<DistributionRow>, brainfloat_gpt::GptError> {
+    let tensors =
+        |named: &[NamedTensor]| named.iter().map(|n| n.tensor.clone()).collect::<Vec<_>>();
+    let mut rows = rows_by_dtype(Part::Weights, &tensors(&named_params(model)));
+    let before = memory::heap().map(|h| h.current);
+    let loss = model.forward(batch)?;
+    let retained = memory::heap().map(|h| h.current);
+    let grads = loss.backward();
+    rows.extend(rows_by_dtype(
+        Part::Gradients,
+        &tensors(&named_grads(model, &grads)),
+    ));
+    rows.extend(rows_by_dtype(Part::OptimizerState, optimizer_state));
+    if let (Some(before), Some(retained)) = (before, retained) {
+        rows.push(DistributionRow {
+            part: Part::Activations,
+            dtype: MIXED.into(),
+            tensors: 0,
+            bytes: retained.saturating_sub(before) as u64,
+        });
+    }
+    Ok(rows)
+}
+
+/// Total bytes of `part` in `rows`.
+pub fn part_bytes(rows: &[DistributionRow], part: Part) -> u64 {
+    rows.iter()
+        .filter(|r| r.part == part)
+        .map(|r| r.bytes)
+        .sum()
+}

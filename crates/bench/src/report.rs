@@ -1,0 +1,356 @@
+//! The benchmark's report: the seed's Table 3.1 columns per preset, the memory distribution and
+//! the matmul micro-benchmark, as JSON (everything) and Markdown (for people).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::distribution::{DistributionRow, Part, part_bytes};
+use crate::matmul::MatmulResult;
+use crate::peak::Peak;
+use crate::stats::Spread;
+
+/// The model and batch every preset ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Size name (`tiny`, `small`, `speedrun`).
+    pub size: String,
+    /// Parameters.
+    pub params: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Tokens per optimizer step.
+    pub tokens_per_step: usize,
+    /// Sequence length.
+    pub seq_len: usize,
+    /// Training FLOPs per token, counted analytically (`GptConfig::training_flops_per_token`).
+    pub flops_per_token: u64,
+}
+
+/// Memory of one preset.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct MemoryResult {
+    /// Heap bytes the preset held at its peak: what it keeps between steps plus the most a step
+    /// added on top (the counting allocator's figures; `None` without it).
+    pub heap_peak_bytes: Option<u64>,
+    /// Heap bytes the preset keeps between steps (weights, optimizer state, caches).
+    pub heap_resident_bytes: Option<u64>,
+    /// Growth of the process's peak resident set while the preset was built and warmed up.
+    pub rss_growth_bytes: Option<u64>,
+    /// Bytes the device's allocator reserved after the preset's steps, on backends that report
+    /// it (GPU pools); `None` on CPU.
+    pub device_reserved_bytes: Option<u64>,
+}
+
+/// Everything measured for one preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresetResult {
+    /// The precision policy.
+    pub preset: String,
+    /// Wall time of the timed steps, in milliseconds.
+    pub step_time_ms: Spread,
+    /// Tokens per second at the median step time.
+    pub tokens_per_sec: f64,
+    /// Achieved GFLOP/s: analytic FLOPs per token × tokens per second.
+    pub achieved_gflops: f64,
+    /// Achieved over the report's peak.
+    pub mfu: f64,
+    /// Validation loss after all steps (equal for every preset).
+    pub val_loss: f64,
+    /// Memory.
+    pub memory: MemoryResult,
+    /// Bytes per part and dtype.
+    pub distribution: Vec<DistributionRow>,
+    /// Training loss of every step, warm-up included.
+    pub losses: Vec<f64>,
+    /// This preset's figures over the baseline's (`step_time`, `tokens_per_sec`, `heap_peak`,
+    /// `val_loss`, `mfu`); filled by [`BenchReport::compute_ratios`].
+    #[serde(default)]
+    pub ratios: BTreeMap<String, f64>,
+}
+
+impl PresetResult {
+    /// The figures that get a ratio to the baseline, by name.
+    fn ratio_figures(&self) -> [(&'static str, Option<f64>); 5] {
+        [
+            ("step_time", Some(self.step_time_ms.median)),
+            ("tokens_per_sec", Some(self.tokens_per_sec)),
+            ("heap_peak", self.memory.heap_peak_bytes.map(|b| b as f64)),
+            ("val_loss", Some(self.val_loss)),
+            ("mfu", Some(self.mfu)),
+        ]
+    }
+}
+
+/// A whole benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// The command that produced it.
+    pub command: String,
+    /// Backend name.
+    pub backend: String,
+    /// The machine, in words.
+    pub machine: String,
+    /// Model and batch.
+    pub model: ModelInfo,
+    /// Untimed steps per preset before the timed ones.
+    pub warmup_steps: usize,
+    /// Timed steps per preset.
+    pub timed_steps: usize,
+    /// The preset ratios are taken against.
+    pub baseline: String,
+    /// The peak behind MFU.
+    pub peak: Peak,
+    /// One entry per preset, in run order.
+    pub presets: Vec<PresetResult>,
+    /// The matmul micro-benchmark.
+    pub matmuls: Vec<MatmulResult>,
+    /// Pictures drawn from this report, linked at the end of the Markdown.
+    #[serde(default)]
+    pub figures: Vec<Figure>,
+}
+
+/// A picture that belongs to a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    /// What it shows.
+    pub title: String,
+    /// File name, relative to the report.
+    pub file: String,
+}
+
+impl BenchReport {
+    /// The result of `preset`.
+    pub fn preset(&self, preset: &str) -> Option<&PresetResult> {
+        self.presets.iter().find(|p| p.preset == preset)
+    }
+
+    /// Fills every preset's ratios to the baseline (the first preset if the baseline is absent).
+    pub fn compute_ratios(&mut self) {
+        let baseline = self
+            .preset(&self.baseline)
+            .or(self.presets.first())
+            .map(PresetResult::ratio_figures);
+        let Some(baseline) = baseline else { return };
+        for preset in &mut self.presets {
+            preset.ratios = preset
+                .ratio_figures()
+                .iter()
+                .zip(&baseline)
+                .filter_map(|((name, value), (_, base))| {
+                    Some((name.to_string(), (*value)? / (*base)?))
+                })
+                .collect();
+        }
+    }
+
+    /// The report as Markdown: the table, the distribution, the matmuls and the plots' links.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.model;
+        let _ = writeln!(md, "# Precision benchmark: {}\n", self.preset_names());
+        let _ = writeln!(md, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            md,
+            "Machine: {} (backend `{}`). Model: `{}`, {} parameters, vocabulary {}, {} tokens \
+             per step (sequence {}), {:.1} MFLOP per token (analytic). Per preset: {} warm-up \
+             steps, then {} timed steps, the presets interleaved step by step (round r starts \
+             with preset r mod {}). Ratios are to `{}`.\n",
+            self.machine,
+            self.backend,
+            m.size,
+            m.params,
+            m.vocab_size,
+            m.tokens_per_step,
+            m.seq_len,
+            m.flops_per_token as f64 / 1e6,
+            self.warmup_steps,
+            self.timed_steps,
+            self.presets.len(),
+            self.baseline,
+        );
+        let _ = writeln!(
+            md,
+            "MFU peak: {:.1} GFLOP/s, {}.\n",
+            self.peak.gflops, self.peak.source
+        );
+        md.push_str(&self.main_table());
+        md.push_str(&self.distribution_table());
+        md.push_str(&self.matmul_table());
+        for figure in &self.figures {
+            let _ = writeln!(md, "![{}]({})\n", figure.title, figure.file);
+        }
+        md
+    }
+
+    fn preset_names(&self) -> String {
+        let names: Vec<&str> = self.presets.iter().map(|p| p.preset.as_str()).collect();
+        names.join(" vs ")
+    }
+
+    fn main_table(&self) -> String {
+        let mut md = String::from(
+            "## Time, memory, loss, utilisation\n\n\
+             | preset | step time median (ms) | p25–p75 (ms) | × | tokens/s | × | peak heap (MiB) \
+             | × | resident heap (MiB) | val loss | × | GFLOP/s | MFU | × |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for p in &self.presets {
+            let ratio = |name: &str| p.ratios.get(name).map_or("–".into(), |r| format!("{r:.3}"));
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1}–{:.1} | {} | {:.1} | {} | {} | {} | {} | {:.4} | {} | {:.2} | {:.2}% | {} |",
+                p.preset,
+                p.step_time_ms.median,
+                p.step_time_ms.p25,
+                p.step_time_ms.p75,
+                ratio("step_time"),
+                p.tokens_per_sec,
+                ratio("tokens_per_sec"),
+                mib(p.memory.heap_peak_bytes),
+                ratio("heap_peak"),
+                mib(p.memory.heap_resident_bytes),
+                p.val_loss,
+                ratio("val_loss"),
+                p.achieved_gflops,
+                p.mfu * 100.0,
+                ratio("mfu"),
+            );
+        }
+        let device: Vec<String> = self
+            .presets
+            .iter()
+            .filter_map(|p| {
+                Some(format!(
+                    "{} {}",
+                    p.preset,
+                    mib(Some(p.memory.device_reserved_bytes?))
+                ))
+            })
+            .collect();
+        let rss: Vec<String> = self
+            .presets
+            .iter()
+            .filter_map(|p| {
+                Some(format!(
+                    "{} {}",
+                    p.preset,
+                    mib(Some(p.memory.rss_growth_bytes?))
+                ))
+            })
+            .collect();
+        md.push_str(
+            "\n× = ratio to the baseline. Peak heap = heap the preset keeps between steps + the \
+             most one step allocated on top (counting global allocator).",
+        );
+        if !rss.is_empty() {
+            let _ = write!(
+                md,
+                " Peak RSS growth while built and warmed up (MiB): {}.",
+                rss.join(", ")
+            );
+        }
+        if !device.is_empty() {
+            let _ = write!(md, " Device pool reserved (MiB): {}.", device.join(", "));
+        }
+        md.push_str("\n\n");
+        md
+    }
+
+    fn distribution_table(&self) -> String {
+        let mut md = String::from(
+            "## Where the memory is (bytes per dtype per part)\n\n\
+             | preset | part | dtype | tensors | MiB | share |\n|---|---|---|---:|---:|---:|\n",
+        );
+        for p in &self.presets {
+            let total: u64 = p.distribution.iter().map(|r| r.bytes).sum();
+            for row in &p.distribution {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.1}% |",
+                    p.preset,
+                    row.part.name(),
+                    row.dtype,
+                    row.tensors,
+                    mib(Some(row.bytes)),
+                    100.0 * row.bytes as f64 / total.max(1) as f64
+                );
+            }
+        }
+        md.push_str(
+            "\nActivations: heap bytes the autodiff graph holds at the end of the forward pass \
+             (measured; the heap cannot tell their dtypes apart).\n\n",
+        );
+        let summary: Vec<String> = self
+            .presets
+            .iter()
+            .map(|p| {
+                let parts: Vec<String> = Part::ALL
+                    .iter()
+                    .map(|&part| {
+                        format!(
+                            "{} {}",
+                            part.name(),
+                            mib(Some(part_bytes(&p.distribution, part)))
+                        )
+                    })
+                    .collect();
+                format!("- `{}`: {} MiB", p.preset, parts.join(", "))
+            })
+            .collect();
+        md.push_str(&summary.join("\n"));
+        md.push_str("\n\n");
+        md
+    }
+
+    fn matmul_table(&self) -> String {
+        let mut md = String::from(
+            "## Matmul micro-benchmark (the model's shapes)\n\n\
+             | product | m × k × n | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |\n\
+             |---|---|---:|---:|---:|\n",
+        );
+        for r in &self.matmuls {
+            let s = &r.shape;
+            let _ = writeln!(
+                md,
+                "| {} | {} × {} × {} | {:.1} | {} | {} |",
+                s.name,
+                s.m,
+                s.k,
+                s.n,
+                r.fp32_gflops,
+                r.bf16_gflops.map_or("–".into(), |g| format!("{g:.1}")),
+                r.bf16_speedup().map_or("–".into(), |x| format!("{x:.2}")),
+            );
+        }
+        md.push('\n');
+        md
+    }
+
+    /// Writes `<stem>.json` and `<stem>.md` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join(format!("{stem}.json"));
+        let md = dir.join(format!("{stem}.md"));
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&json, text + "\n")?;
+        std::fs::write(&md, self.to_markdown())?;
+        Ok((json, md))
+    }
+
+    /// Reads a report written by [`write`](Self::write).
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("report {}: cannot read: {err}", path.display()))?;
+        serde_json::from_str(&text).map_err(|err| format!("report {}: {err}", path.display()))
+    }
+}
+
+/// Bytes as MiB with one decimal, `–` when unknown.
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("–".into(), |b| {
+        format!("{:.1}", b as f64 / (1u64 << 20) as f64)
+    })
+}

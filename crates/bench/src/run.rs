@@ -1,0 +1,266 @@
+//! The benchmark run: the same model, data and seed under each preset, built and warmed up one
+//! after the other, then timed with the presets interleaved step by step.
+
+use brainfloat_data::{DistributedLoader, shard_paths};
+use brainfloat_gpt::Batch;
+use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer, memory};
+use burn::tensor::Device;
+
+use crate::distribution::measure_distribution;
+use crate::matmul::{bench_matmuls, model_matmul_shapes, sync};
+use crate::peak::Peak;
+use crate::report::{BenchReport, MemoryResult, ModelInfo, PresetResult};
+use crate::stats::Spread;
+
+/// What to measure and how.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Precision policies to compare, in order.
+    pub presets: Vec<String>,
+    /// The preset ratios are taken against (the seed's baseline is `autocast`).
+    pub baseline: String,
+    /// Untimed steps per preset before timing (at least 1: the optimizer state is made then).
+    pub warmup_steps: usize,
+    /// Timed steps per preset.
+    pub steps: usize,
+    /// Timed runs of each matmul shape and dtype.
+    pub matmul_reps: usize,
+    /// The peak behind MFU.
+    pub peak: Peak,
+    /// Backend name, for the report.
+    pub backend: String,
+    /// The machine in words, for the report.
+    pub machine: String,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// One preset while the benchmark runs.
+struct Contender {
+    trainer: Trainer,
+    step_ms: Vec<f64>,
+    losses: Vec<f64>,
+    resident: Option<u64>,
+    peak: Option<u64>,
+    step_extra: u64,
+    rss_growth: Option<u64>,
+    device_reserved: Option<u64>,
+}
+
+/// The config every preset runs: `train.steps` = warm-up + timed steps with the config's
+/// warmdown fraction, no evaluations or probes inside the timed steps, output under
+/// `<output.dir>/bench`.
+pub fn bench_config(config: &TrainConfig, options: &BenchOptions) -> TrainConfig {
+    let mut config = config.clone();
+    let total = options.warmup_steps.max(1) + options.steps;
+    let warmdown_fraction = config.train.warmdown_steps as f64 / config.train.steps as f64;
+    config.train.steps = total;
+    config.train.warmup_steps = 0;
+    config.train.warmdown_steps = (warmdown_fraction * total as f64).floor() as usize;
+    config.eval.every = 0;
+    config.eval.lost_update_every = 0;
+    config.output.dir = config.output.dir.join("bench");
+    config
+}
+
+/// Runs the benchmark of `config` on `device` (not an autodiff device).
+pub fn run_bench(
+    config: &TrainConfig,
+    device: &Device,
+    options: &BenchOptions,
+) -> Result<BenchReport, TrainError> {
+    if options.steps == 0 || options.presets.is_empty() {
+        return Err(TrainError::Config(ConfigError {
+            key: "bench".into(),
+            problem: "needs at least one preset and one timed step".into(),
+        }));
+    }
+    let config = bench_config(config, options);
+    let mut contenders = Vec::with_capacity(options.presets.len());
+    for preset in &options.presets {
+        tracing::info!(preset = %preset, warmup = options.warmup_steps.max(1), "building and warming up");
+        contenders.push(warm_up(
+            &config,
+            preset,
+            device,
+            options.warmup_steps.max(1),
+        )?);
+    }
+    for round in 0..options.steps {
+        if round % 5 == 0 {
+            tracing::info!(round, of = options.steps, "timing");
+        }
+        for offset in 0..contenders.len() {
+            let index = (round + offset) % contenders.len();
+            timed_step(&mut contenders[index], &options.presets[index], device)?;
+        }
+    }
+
+    let gpt = config.gpt()?;
+    let model = ModelInfo {
+        size: config.model.size.clone(),
+        params: gpt.num_params(),
+        vocab_size: gpt.vocab_size,
+        tokens_per_step: config.tokens_per_step(),
+        seq_len: config.train.seq_len,
+        flops_per_token: gpt.training_flops_per_token(config.train.seq_len),
+    };
+    let mut presets = Vec::with_capacity(contenders.len());
+    for (preset, contender) in options.presets.iter().zip(contenders) {
+        tracing::info!(preset = %preset, "evaluating");
+        presets.push(finish(preset, contender, &model, &options.peak)?);
+    }
+    tracing::info!("matmul micro-benchmark");
+    let shapes = model_matmul_shapes(&gpt, config.micro_batch_size() * config.train.seq_len);
+    let mut report = BenchReport {
+        command: options.command.clone(),
+        backend: options.backend.clone(),
+        machine: options.machine.clone(),
+        model,
+        warmup_steps: options.warmup_steps.max(1),
+        timed_steps: options.steps,
+        baseline: options.baseline.clone(),
+        peak: options.peak.clone(),
+        presets,
+        matmuls: bench_matmuls(&shapes, options.matmul_reps, device),
+        figures: Vec::new(),
+    };
+    report.compute_ratios();
+    Ok(report)
+}
+
+/// Builds `preset`'s trainer and runs its warm-up steps, measuring the heap it keeps.
+fn warm_up(
+    config: &TrainConfig,
+    preset: &str,
+    device: &Device,
+    steps: usize,
+) -> Result<Contender, TrainError> {
+    let mut config = config.clone();
+    config.train.precision = preset.to_string();
+    memory::release_free_memory();
+    memory::reset_heap_peak();
+    let rss_reset = memory::reset_rss_peak();
+    let (heap_before, rss_before) = (memory::heap(), memory::rss());
+    let mut trainer = Trainer::new(config, device, Start::Fresh)?;
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        losses.push(checked_loss(
+            trainer.train_step()?.loss,
+            preset,
+            trainer.step(),
+        )?);
+    }
+    sync(device);
+    let heap_after = memory::heap();
+    let growth = |after: usize, before: usize| after.saturating_sub(before) as u64;
+    let (resident, peak) = match (heap_before, heap_after) {
+        (Some(b), Some(a)) => (
+            Some(growth(a.current, b.current)),
+            Some(growth(a.peak, b.current)),
+        ),
+        _ => (None, None),
+    };
+    let rss_growth = match (rss_before, memory::rss()) {
+        (Some(b), Some(a)) if rss_reset => Some(growth(a.peak, b.current)),
+        _ => None,
+    };
+    Ok(Contender {
+        trainer,
+        step_ms: Vec::new(),
+        losses,
+        resident,
+        peak,
+        step_extra: 0,
+        rss_growth,
+        device_reserved: None,
+    })
+}
+
+/// One timed step of a contender, with the heap it adds on top of what it keeps.
+fn timed_step(contender: &mut Contender, preset: &str, device: &Device) -> Result<(), TrainError> {
+    sync(device);
+    memory::reset_heap_peak();
+    let before = memory::heap();
+    let stats = contender.trainer.train_step()?;
+    sync(device);
+    if let (Some(b), Some(a)) = (before, memory::heap()) {
+        contender.step_extra = contender
+            .step_extra
+            .max(a.peak.saturating_sub(b.current) as u64);
+    }
+    if let Some(usage) = device.memory_pool_usage() {
+        let reserved = contender
+            .device_reserved
+            .unwrap_or(0)
+            .max(usage.bytes_reserved);
+        contender.device_reserved = Some(reserved);
+    }
+    contender.step_ms.push(stats.step_time.as_secs_f64() * 1e3);
+    contender
+        .losses
+        .push(checked_loss(stats.loss, preset, stats.step)?);
+    Ok(())
+}
+
+fn checked_loss(loss: f64, preset: &str, step: usize) -> Result<f64, TrainError> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        tracing::error!(preset, step, loss, "non-finite loss");
+        Err(TrainError::NonFiniteLoss {
+            step,
+            loss,
+            last_checkpoint: None,
+        })
+    }
+}
+
+/// Validation loss, memory distribution and the derived figures of one contender.
+fn finish(
+    preset: &str,
+    mut contender: Contender,
+    model: &ModelInfo,
+    peak: &Peak,
+) -> Result<PresetResult, TrainError> {
+    let val_loss = contender.trainer.evaluate()?.val_loss;
+    let trainer = &contender.trainer;
+    let config = trainer.config();
+    let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
+    let mut loader = DistributedLoader::new(shard_paths(&config.data.val)?, micro, seq_len, 0, 1)?;
+    let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, trainer.device())?;
+    let state: Vec<_> = trainer
+        .optimizer()
+        .state()
+        .0
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let distribution = measure_distribution(trainer.model(), &state, &batch)?;
+
+    let step_time_ms =
+        Spread::of(&contender.step_ms).expect("at least one timed step (checked at the start)");
+    let tokens_per_sec = model.tokens_per_step as f64 / (step_time_ms.median / 1e3);
+    let achieved_gflops = model.flops_per_token as f64 * tokens_per_sec / 1e9;
+    let heap_peak = match (contender.resident, contender.peak) {
+        (Some(resident), Some(warm_peak)) => Some(warm_peak.max(resident + contender.step_extra)),
+        _ => None,
+    };
+    Ok(PresetResult {
+        preset: preset.to_string(),
+        step_time_ms,
+        tokens_per_sec,
+        achieved_gflops,
+        mfu: peak.utilisation(achieved_gflops),
+        val_loss,
+        memory: MemoryResult {
+            heap_peak_bytes: heap_peak,
+            heap_resident_bytes: contender.resident,
+            rss_growth_bytes: contender.rss_growth,
+            device_reserved_bytes: contender.device_reserved,
+        },
+        distribution,
+        losses: contender.losses,
+        ratios: Default::default(),
+    })
+}

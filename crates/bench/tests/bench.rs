@@ -1,0 +1,245 @@
+//! The benchmark and the validation on the golden-sized model: the report's structure and
+//! arithmetic (no timing is asserted), the measured memory, and the pipeline checks.
+
+#[path = "../../trainer/tests/common/mod.rs"]
+mod common;
+
+use brainfloat_bench::validate::{format_checks, validate_pipeline};
+use brainfloat_bench::{BenchOptions, BenchReport, MIXED, Part, Peak, part_bytes, run_bench};
+use brainfloat_trainer::memory::{self, CountingAllocator};
+use burn::tensor::Device;
+
+// This test binary counts its heap, as the `brainfloat` binary does.
+#[global_allocator]
+static HEAP: CountingAllocator = CountingAllocator;
+
+/// The heap counters are process-wide: tests that read them run one at a time.
+static HEAP_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive_heap() -> std::sync::MutexGuard<'static, ()> {
+    HEAP_USERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn options(presets: &[&str]) -> BenchOptions {
+    BenchOptions {
+        presets: presets.iter().map(|p| p.to_string()).collect(),
+        baseline: "autocast".into(),
+        warmup_steps: 1,
+        steps: 3,
+        matmul_reps: 1,
+        peak: Peak::stated(100.0),
+        backend: "flex".into(),
+        machine: "test machine".into(),
+        command: "cargo xtask bench --steps 3".into(),
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+#[test]
+fn a_bench_run_reports_every_preset_with_consistent_figures() {
+    let _heap = exclusive_heap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), "bf16", &[]);
+    let report = run_bench(
+        &config,
+        &Device::flex(),
+        &options(&["fp32", "autocast", "bf16"]),
+    )
+    .unwrap();
+    let names: Vec<&str> = report.presets.iter().map(|p| p.preset.as_str()).collect();
+    assert_eq!(names, ["fp32", "autocast", "bf16"]);
+    let m = &report.model;
+    assert_eq!(m.tokens_per_step, 4 * 32);
+    assert_eq!(
+        m.flops_per_token,
+        config.gpt().unwrap().training_flops_per_token(32)
+    );
+
+    let baseline = report.preset("autocast").unwrap();
+    for p in &report.presets {
+        assert_eq!(p.step_time_ms.count, 3, "{}", p.preset);
+        assert_eq!(p.losses.len(), 4, "warm-up and timed steps");
+        assert!(p.losses.iter().all(|l| l.is_finite()) && p.val_loss.is_finite());
+        // The derived figures follow from the measured median.
+        let tokens_per_sec = m.tokens_per_step as f64 / (p.step_time_ms.median / 1e3);
+        assert!(close(p.tokens_per_sec, tokens_per_sec));
+        assert!(close(
+            p.achieved_gflops,
+            m.flops_per_token as f64 * tokens_per_sec / 1e9
+        ));
+        assert!(close(p.mfu, p.achieved_gflops / 100.0));
+        assert!(close(
+            p.ratios["step_time"],
+            p.step_time_ms.median / baseline.step_time_ms.median
+        ));
+        assert!(close(p.ratios["val_loss"], p.val_loss / baseline.val_loss));
+
+        // Memory is measured: the heap the preset keeps holds at least its weights and
+        // optimizer state, and its peak at least that plus the activations.
+        let mem = p.memory;
+        let kept = part_bytes(&p.distribution, Part::Weights)
+            + part_bytes(&p.distribution, Part::OptimizerState);
+        let resident = mem.heap_resident_bytes.unwrap();
+        assert!(resident >= kept, "{}: {resident} < {kept}", p.preset);
+        let activations = part_bytes(&p.distribution, Part::Activations);
+        assert!(activations > 0);
+        assert!(
+            mem.heap_peak_bytes.unwrap() >= resident + activations,
+            "{}",
+            p.preset
+        );
+        assert_eq!(mem.device_reserved_bytes, None, "flex has no device pool");
+        // Gradients have their parameters' dtypes and sizes.
+        for dtype in ["fp32", "bf16"] {
+            let bytes = |part| {
+                p.distribution
+                    .iter()
+                    .filter(|r| r.part == part && r.dtype == dtype)
+                    .map(|r| r.bytes)
+                    .sum::<u64>()
+            };
+            assert_eq!(
+                bytes(Part::Weights),
+                bytes(Part::Gradients),
+                "{} {dtype}",
+                p.preset
+            );
+        }
+    }
+    for name in [
+        "step_time",
+        "tokens_per_sec",
+        "heap_peak",
+        "val_loss",
+        "mfu",
+    ] {
+        assert_eq!(baseline.ratios[name], 1.0, "{name}");
+    }
+    // Only bf16 stores parameters (embedding, scalars) in bf16; activations are one measured row.
+    let dtypes = |preset: &str| -> Vec<String> {
+        let p = report.preset(preset).unwrap();
+        p.distribution
+            .iter()
+            .filter(|r| r.part == Part::Weights)
+            .map(|r| r.dtype.clone())
+            .collect()
+    };
+    assert_eq!(dtypes("fp32"), ["fp32"]);
+    assert_eq!(dtypes("autocast"), ["fp32"]);
+    assert_eq!(dtypes("bf16"), ["bf16", "fp32"]);
+    let activation_rows = report.presets[2]
+        .distribution
+        .iter()
+        .filter(|r| r.part == Part::Activations);
+    assert!(activation_rows.map(|r| r.dtype.as_str()).eq([MIXED]));
+    // Same init and data: the presets' first losses agree within bf16 tolerance.
+    let first = |p: &str| report.preset(p).unwrap().losses[0];
+    assert!((first("bf16") / first("fp32") - 1.0).abs() < 1e-2);
+
+    assert_eq!(report.matmuls.len(), 12);
+    assert!(
+        report
+            .matmuls
+            .iter()
+            .all(|r| r.fp32_gflops > 0.0 && r.bf16_gflops.is_some())
+    );
+
+    // Markdown: the table's columns, a row per preset, the distribution and the matmuls.
+    let md = report.to_markdown();
+    for needle in [
+        "| preset | step time median (ms)",
+        "MFU peak: 100.0 GFLOP/s, stated on the command line",
+        "## Where the memory is",
+        "## Matmul micro-benchmark",
+        "| lm_head grad-weight | 512 × 128 × 64 |",
+        "Command: `cargo xtask bench --steps 3`",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+    for preset in ["fp32", "autocast", "bf16"] {
+        assert!(md.contains(&format!("\n| {preset} | ")), "{preset} row");
+    }
+    // JSON round trip.
+    let (json, md_path) = report.write(dir.path(), "bench").unwrap();
+    assert_eq!(BenchReport::read(&json).unwrap(), report);
+    assert_eq!(std::fs::read_to_string(md_path).unwrap(), md);
+}
+
+#[test]
+fn a_bench_without_steps_or_presets_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), "bf16", &[]);
+    let mut none = options(&["bf16"]);
+    none.steps = 0;
+    let err = run_bench(&config, &Device::flex(), &none).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("at least one preset and one timed step"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_metrics_stream_carries_the_probe_and_the_heap_peak() {
+    let _heap = exclusive_heap();
+    use brainfloat_trainer::plugins::MetricsPlugin;
+    use brainfloat_trainer::{Start, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    let config = common::config(dir.path(), "bf16", &["eval.lost_update_every=2"]);
+    let mut trainer = Trainer::new(config, &Device::flex(), Start::Fresh)
+        .unwrap()
+        .with_plugin(MetricsPlugin::new(path.clone()));
+    trainer.run().unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for line in &lines {
+        let step = line["step"].as_u64().unwrap();
+        // Steps 1, 3, 5 (0-based 0, 2, 4) are probed.
+        assert_eq!(
+            line.get("lost_updates").is_some(),
+            step % 2 == 1,
+            "step {step}"
+        );
+        assert!(line["heap_peak_bytes"].as_u64().unwrap() > 0);
+    }
+    // From the second step on every group updates; fractions are fractions.
+    let probe = &lines[2]["lost_updates"];
+    for group in ["embedding", "head", "matrices", "scalars"] {
+        let fraction = probe[group].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&fraction), "{group} {fraction}");
+    }
+    assert!(memory::heap().is_some());
+}
+
+#[test]
+fn the_bf16_pipeline_validates_on_the_golden_model() {
+    let _heap = exclusive_heap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        "bf16",
+        &["train.batch_size=8", "eval.tokens=512"],
+    );
+    let checks = validate_pipeline(&config, &Device::flex(), 20).unwrap();
+    let table = format_checks(&checks);
+    assert_eq!(checks.len(), 10, "{table}");
+    for check in &checks {
+        assert!(check.passed, "{table}");
+    }
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names[0], "fp32 learns");
+    assert_eq!(names[9], "checkpoint round-trip");
+    assert!(table.starts_with("check "));
+    assert_eq!(table.matches("PASS").count(), 10, "{table}");
+}

@@ -1,0 +1,168 @@
+//! Memory as measured, not estimated: heap bytes through a counting global allocator (current
+//! and peak since the last reset) and the process's resident set from the OS.
+//!
+//! A binary opts in with one line; until then [`heap`] returns `None`:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static HEAP: brainfloat_trainer::memory::CountingAllocator = brainfloat_trainer::memory::CountingAllocator;
+//! ```
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, counting the bytes it hands out.
+pub struct CountingAllocator;
+
+impl CountingAllocator {
+    fn grew(size: usize) {
+        let now = CURRENT.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        if !INSTALLED.load(Ordering::Relaxed) {
+            INSTALLED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe sizes.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on to `System`.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`, and `new_size` is the caller's valid size.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+            Self::grew(new_size);
+        }
+        new
+    }
+}
+
+/// Heap bytes in use now and at the peak since the last [`reset_heap_peak`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes allocated and not yet freed.
+    pub current: usize,
+    /// Most bytes allocated at once since the last reset.
+    pub peak: usize,
+}
+
+/// The heap counters, or `None` when the binary did not install [`CountingAllocator`].
+pub fn heap() -> Option<HeapStats> {
+    INSTALLED.load(Ordering::Relaxed).then(|| HeapStats {
+        current: CURRENT.load(Ordering::Relaxed),
+        peak: PEAK.load(Ordering::Relaxed),
+    })
+}
+
+/// Starts a new peak from the bytes in use now.
+pub fn reset_heap_peak() {
+    PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// The process's resident set, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssStats {
+    /// Resident bytes now (`VmRSS`).
+    pub current: usize,
+    /// Most resident bytes since the start or the last [`reset_rss_peak`] (`VmHWM`).
+    pub peak: usize,
+}
+
+/// The resident set, or `None` where `/proc` does not tell (not Linux).
+pub fn rss() -> Option<RssStats> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .map(|kib| kib * 1024)
+    };
+    Some(RssStats {
+        current: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
+}
+
+/// Resets the resident-set peak to the current size (Linux ≥ 4.0); `false` if refused.
+pub fn reset_rss_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Returns memory the allocator holds but no longer uses to the OS, so that the resident set
+/// of what runs next starts from what is live (glibc's `malloc_trim`; nothing elsewhere).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's `malloc_trim` takes any pad and only releases free pages.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_and_its_peak_covers_a_touched_buffer() {
+        let Some(before) = rss() else {
+            return; // not Linux: nothing to read
+        };
+        assert!(before.current > 0 && before.peak >= before.current);
+        // Touch every page, so that the OS has to back it.
+        let mut buffer = vec![0u8; 64 << 20];
+        for page in buffer.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&buffer);
+        let after = rss().unwrap();
+        assert!(
+            after.peak >= before.current + (60 << 20),
+            "{before:?} {after:?}"
+        );
+        drop(buffer);
+    }
+
+    #[test]
+    fn without_the_allocator_installed_there_are_no_heap_figures() {
+        // This test binary does not install `CountingAllocator`.
+        assert_eq!(heap(), None);
+    }
+}
