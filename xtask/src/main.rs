@@ -164,8 +164,8 @@ fn status(command: &mut Command) -> bool {
     }
 }
 
-/// Builds, runs the test suite (unless `--skip-tests`), runs `brainfloat validate`, and prints
-/// every step's result in one table.
+/// Builds, runs the test suite as `cargo xtask test` does (unless `--skip-tests`), runs
+/// `brainfloat validate`, and prints every step's result in one table.
 fn validate(backend: &str, args: &[String]) -> Result<bool, String> {
     let mut rows: Vec<(String, bool, String)> = Vec::new();
     let built = status(&mut cargo(&["build"], backend)?);
@@ -175,14 +175,12 @@ fn validate(backend: &str, args: &[String]) -> Result<bool, String> {
     }
     let skip_tests = args.iter().any(|a| a == "--skip-tests");
     if !skip_tests {
-        let mut tests = cargo_command();
-        tests.args(["test", "--workspace", "--release"]);
-        let passed = status(&mut tests);
-        rows.push((
-            "test suite".into(),
-            passed,
-            "cargo test --workspace --release".into(),
-        ));
+        // The project's test command, as `cargo xtask test` runs it.
+        let passed = test(&[]).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            false
+        });
+        rows.push(("test suite".into(), passed, "cargo xtask test".into()));
     }
     let json = Path::new("target").join("validate.json");
     let _ = std::fs::remove_file(&json);

@@ -66,7 +66,10 @@ impl Setup {
 }
 
 fn mpirun(np: usize) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut command = Command::new("mpirun");
+    // Its own process group: what mpirun signals when a job fails stays inside the job.
+    command.process_group(0);
     command
         .args(["-np", &np.to_string(), "--oversubscribe"])
         // Containers run as root and forbid cross-process memory attach.
