@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use brainfloat_accum::{GradSync, LocalSync};
 use brainfloat_bench::plot::{
@@ -12,7 +14,7 @@ use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, run_bench};
 use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
 use brainfloat_precision::apply_policy;
 use brainfloat_trainer::plugins::{
-    CheckpointPlugin, LogPlugin, MetricsPlugin, NonFiniteGuard, ProgressPlugin,
+    CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
 use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer, validation_loss};
 use burn::tensor::Device;
@@ -322,10 +324,21 @@ fn train(args: TrainArgs) -> Result<(), String> {
         (steps / 20).max(1)
     };
     let world = sync.world_size();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    // First Ctrl-C: finish the step, checkpoint, stop. Second: stop now.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupted: stopping after this step with a checkpoint (Ctrl-C again: now)");
+    })
+    .map_err(|err| format!("cannot handle Ctrl-C: {err}"))?;
+    // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
+    // the same averaged values, so every rank decides the same.
     let mut trainer = Trainer::distributed(config, &device, start, sync)
         .map_err(|err| format!("rank {rank} of {world}: {err}"))?
-        // Every rank sees the same averaged loss, so every rank stops at the same step.
-        .with_plugin(NonFiniteGuard::default());
+        .with_plugin(StopOnFlag::new(interrupted));
     if leader {
         trainer = trainer
             .with_plugin(LogPlugin::new(log_every))
@@ -336,7 +349,22 @@ fn train(args: TrainArgs) -> Result<(), String> {
         }
     }
     match trainer.run() {
-        Ok(_) => Ok(()),
+        Ok(summary) if summary.stopped_early => {
+            eprintln!(
+                "stopped at step {} on Ctrl-C; resume with --resume",
+                summary.steps
+            );
+            std::process::exit(130);
+        }
+        Ok(summary) => {
+            if summary.skipped_steps > 0 {
+                eprintln!(
+                    "warning: {} step(s) skipped for non-finite loss or gradients",
+                    summary.skipped_steps
+                );
+            }
+            Ok(())
+        }
         Err(err) if world > 1 => {
             // The other ranks would wait for this one in the next all-reduce: stop them all.
             eprintln!("error: rank {rank} of {world}: {err}; stopping all ranks");

@@ -55,6 +55,15 @@ pub struct TrainSection {
     pub seed: u64,
     /// Precision policy: `fp32`, `autocast`, `bf16`, with optional overrides.
     pub precision: String,
+    /// What a non-finite loss or gradient does: `stop` (the run ends with an error naming the
+    /// last good checkpoint) or `skip` (the update is dropped, counted, and training goes on).
+    /// Either way the bad update is never applied.
+    #[serde(default = "default_on_non_finite")]
+    pub on_non_finite: String,
+}
+
+fn default_on_non_finite() -> String {
+    "stop".into()
 }
 
 /// The optimizer section (the record's values in `speedrun`).
@@ -318,6 +327,12 @@ impl TrainConfig {
             ));
         }
         self.policy()?;
+        if !matches!(t.on_non_finite.as_str(), "stop" | "skip") {
+            return Err(invalid(
+                "train.on_non_finite",
+                format!("`{}` is not one of stop, skip", t.on_non_finite),
+            ));
+        }
         if !matches!(self.output.log_format.as_str(), "human" | "json") {
             return Err(invalid(
                 "output.log_format",

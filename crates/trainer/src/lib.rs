@@ -39,4 +39,4 @@ pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use schedule::TrapezoidalSchedule;
-pub use trainer::{Start, Trainer, validation_loss};
+pub use trainer::{INJECT_NON_FINITE, Start, Trainer, validation_loss};

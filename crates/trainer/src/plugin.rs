@@ -40,6 +40,9 @@ pub struct StepStats {
     pub tokens_per_sec: f64,
     /// Global L2 norm of the (scaled) gradients.
     pub grad_norm: f64,
+    /// Whether the step's update was dropped for a non-finite loss or gradient
+    /// (`train.on_non_finite = "skip"`); its loss and norm are then the non-finite values.
+    pub skipped: bool,
     /// Wall time of the gradient all-reduce across ranks (zero on one rank).
     pub sync_time: Duration,
     /// The lost-update probe of this step, on the steps `eval.lost_update_every` names.
@@ -77,6 +80,10 @@ pub struct RunSummary {
     pub tokens_per_sec: f64,
     /// Wall time of this run.
     pub elapsed: Duration,
+    /// Steps whose update was dropped for non-finite values.
+    pub skipped_steps: usize,
+    /// Whether a plugin stopped the run early ([`Action::Stop`]).
+    pub stopped_early: bool,
 }
 
 /// What a plugin asks of the run after a step.
@@ -87,6 +94,8 @@ pub enum Action {
     Continue,
     /// Write a checkpoint now.
     Checkpoint,
+    /// Write a checkpoint and end the run after this step (Ctrl-C).
+    Stop,
 }
 
 /// Hooks at a run's milestones. Every hook has a default that does nothing; an error stops the

@@ -134,6 +134,9 @@ impl Plugin for MetricsPlugin {
             "grad_norm": s.grad_norm,
             "sync_ms": s.sync_time.as_secs_f64() * 1e3,
         });
+        if s.skipped {
+            line["skipped"] = true.into();
+        }
         if let Some(probe) = &s.lost_updates {
             let fractions: serde_json::Map<_, _> = ParamGroup::ALL
                 .iter()
@@ -245,5 +248,28 @@ impl Plugin for NonFiniteGuard {
     fn on_checkpoint(&mut self, c: &CheckpointInfo) -> Result<(), TrainError> {
         self.last_checkpoint = Some(c.path.clone());
         Ok(())
+    }
+}
+
+/// Asks the run to stop after the current step, with a checkpoint, once `flag` is set: the
+/// binary sets it on Ctrl-C (SIGINT).
+pub struct StopOnFlag {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StopOnFlag {
+    /// Watches `flag`.
+    pub fn new(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { flag }
+    }
+}
+
+impl Plugin for StopOnFlag {
+    fn on_step(&mut self, _: &StepStats) -> Result<Action, TrainError> {
+        Ok(if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Action::Stop
+        } else {
+            Action::Continue
+        })
     }
 }

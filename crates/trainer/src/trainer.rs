@@ -43,6 +43,45 @@ pub struct Trainer {
     plugins: Vec<Box<dyn Plugin>>,
     last_val_loss: Option<f64>,
     sync: Box<dyn GradSync>,
+    last_checkpoint: Option<PathBuf>,
+    skipped_steps: usize,
+    injected: Vec<(NonFinite, usize)>,
+}
+
+/// Where a fault injection puts a non-finite value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NonFinite {
+    Loss,
+    Gradient,
+}
+
+/// Environment variable that injects non-finite values, for testing the policy:
+/// `loss@3,grad@5` makes step 3's loss NaN and step 5's gradients NaN (1-based steps).
+pub const INJECT_NON_FINITE: &str = "BRAINFLOAT_INJECT_NON_FINITE";
+
+fn injections() -> Result<Vec<(NonFinite, usize)>, TrainError> {
+    let Ok(text) = std::env::var(INJECT_NON_FINITE) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| {
+            let parsed = item.trim().split_once('@').and_then(|(what, step)| {
+                let what = match what {
+                    "loss" => NonFinite::Loss,
+                    "grad" => NonFinite::Gradient,
+                    _ => return None,
+                };
+                Some((what, step.parse().ok()?))
+            });
+            parsed.ok_or_else(|| {
+                TrainError::Config(ConfigError {
+                    key: INJECT_NON_FINITE.into(),
+                    problem: format!("`{item}` is not loss@STEP or grad@STEP"),
+                })
+            })
+        })
+        .collect()
 }
 
 impl Trainer {
@@ -122,6 +161,9 @@ impl Trainer {
             plugins: Vec::new(),
             last_val_loss: None,
             sync,
+            last_checkpoint: None,
+            skipped_steps: 0,
+            injected: injections()?,
         };
         match start {
             Start::Fresh => {}
@@ -223,23 +265,37 @@ impl Trainer {
         self.each(|p| p.on_train_start(&info))?;
         let started = Instant::now();
         let mut tokens = 0usize;
+        let mut stopped_early = false;
         while self.step < self.config.train.steps {
             let stats = self.train_step()?;
             tokens += self.config.tokens_per_step();
-            let mut checkpoint = false;
+            let (mut checkpoint, mut stop) = (false, false);
             for plugin in &mut self.plugins {
-                checkpoint |= plugin.on_step(&stats)? == Action::Checkpoint;
+                match plugin.on_step(&stats)? {
+                    Action::Continue => {}
+                    Action::Checkpoint => checkpoint = true,
+                    Action::Stop => stop = true,
+                }
+            }
+            if self.sync.world_size() > 1 {
+                // Every rank stops at the same step, or the others would wait for it.
+                stop = self.sync.mean(f64::from(u8::from(stop)))? > 0.0;
             }
             let every = self.config.eval.every;
             let last = self.step == self.config.train.steps;
             if last || (every > 0 && self.step.is_multiple_of(every)) {
                 self.evaluate_and_report()?;
             }
-            if checkpoint {
+            if checkpoint || stop {
                 self.checkpoint()?;
             }
+            if stop {
+                stopped_early = true;
+                tracing::warn!(step = self.step, "stopped on request after a checkpoint");
+                break;
+            }
         }
-        if self.last_val_loss.is_none() {
+        if self.last_val_loss.is_none() && !stopped_early {
             self.evaluate_and_report()?;
         }
         let elapsed = started.elapsed();
@@ -248,6 +304,8 @@ impl Trainer {
             val_loss: self.last_val_loss,
             tokens_per_sec: tokens as f64 / elapsed.as_secs_f64().max(1e-9),
             elapsed,
+            skipped_steps: self.skipped_steps,
+            stopped_early,
         };
         self.each(|p| p.on_train_end(&summary))?;
         Ok(summary)
@@ -266,12 +324,17 @@ impl Trainer {
         let started = Instant::now();
         let accum_steps = self.config.train.grad_accum_steps;
         let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
+        let inject = |what| self.injected.contains(&(what, self.step + 1));
+        let (poison_loss, poison_grads) = (inject(NonFinite::Loss), inject(NonFinite::Gradient));
         let mut accumulator = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(accum_steps);
         for _ in 0..accum_steps {
             let window = self.train.next_window()?;
             let batch = Batch::from_window(&window, micro, seq_len, &self.device)?;
-            let loss = self.model.forward(&batch)?;
+            let mut loss = self.model.forward(&batch)?;
+            if poison_loss {
+                loss = loss.mul_scalar(f64::NAN);
+            }
             losses.push(loss.clone().detach());
             let grads = GradientsParams::from_grads(loss.backward(), &self.model);
             accumulator.accumulate(&self.model, grads);
@@ -284,14 +347,20 @@ impl Trainer {
         let sync_started = Instant::now();
         let grads = all_reduce_gradients(&self.model, accumulator.grads(), self.sync.as_mut())?;
         let sync_time = sync_started.elapsed();
+        let grad_scale = if poison_grads {
+            f64::NAN
+        } else {
+            1.0 / accum_steps as f64
+        };
+        // Tensors are shared handles: keeping the state before the update costs nothing.
+        let before = self.optimizer.clone();
         let (model, grad_norm) = self.optimizer.step(
             self.model.clone(),
             grads,
-            1.0 / accum_steps as f64,
+            grad_scale,
             lr_multiplier,
             self.step,
         );
-        self.model = model;
         let losses: Vec<f64> = losses
             .into_iter()
             .map(|l| l.into_scalar::<f32>() as f64)
@@ -299,6 +368,32 @@ impl Trainer {
         let loss = self
             .sync
             .mean(losses.iter().sum::<f64>() / accum_steps as f64)?;
+        let skipped = !(loss.is_finite() && grad_norm.is_finite());
+        if skipped {
+            // The update is never applied: the model stays, the optimizer state is restored.
+            self.optimizer = before;
+            let stop = self.config.train.on_non_finite == "stop";
+            tracing::warn!(step = self.step + 1, loss, grad_norm, stop, "non-finite step");
+            if stop {
+                let (step, last_checkpoint) = (self.step + 1, self.last_checkpoint.clone());
+                return Err(if loss.is_finite() {
+                    TrainError::NonFiniteGradient {
+                        step,
+                        grad_norm,
+                        last_checkpoint,
+                    }
+                } else {
+                    TrainError::NonFiniteLoss {
+                        step,
+                        loss,
+                        last_checkpoint,
+                    }
+                });
+            }
+            self.skipped_steps += 1;
+        } else {
+            self.model = model;
+        }
         self.step += 1;
         let step_time = started.elapsed();
         let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
@@ -310,9 +405,15 @@ impl Trainer {
             step_time,
             tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),
             grad_norm,
+            skipped,
             sync_time,
             lost_updates: self.optimizer.take_probe(),
         })
+    }
+
+    /// Steps whose update was dropped for non-finite values (`train.on_non_finite = "skip"`).
+    pub fn skipped_steps(&self) -> usize {
+        self.skipped_steps
     }
 
     /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
@@ -363,6 +464,7 @@ impl Trainer {
             vec![self.train.position()],
             &self.config,
         )?;
+        self.last_checkpoint = Some(path.clone());
         let info = CheckpointInfo {
             step: self.step,
             path: path.clone(),

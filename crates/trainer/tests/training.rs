@@ -153,6 +153,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let poisoned = dir.path().join("poisoned.safetensors");
     std::fs::write(&poisoned, bytes).unwrap();
 
+    // A guard that only knows of the good checkpoint (the trainer stops before plugins run).
     let mut guard = NonFiniteGuard::default();
     guard
         .on_checkpoint(&CheckpointInfo {
@@ -160,7 +161,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
             path: good.clone(),
         })
         .unwrap();
-    let mut run = Trainer::new(config, &device, Start::Init(poisoned))
+    let mut run = Trainer::new(config.clone(), &device, Start::Init(poisoned.clone()))
         .unwrap()
         .with_plugin(guard)
         .with_plugin(CheckpointPlugin::new(1, 6));
@@ -170,12 +171,19 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         err.starts_with("training loss is NaN at step 1; stopped"),
         "{err}"
     );
-    assert!(
-        err.contains(&format!("last good checkpoint: {}", good.display())),
-        "{err}"
-    );
+    assert!(err.contains("no checkpoint was written before it"), "{err}");
     // Nothing of the bad step was saved.
     assert!(!dir.path().join("run/step_000001.json").exists());
+
+    // A run that checkpointed names its last good checkpoint.
+    let mut trainer = Trainer::new(config, &device, Start::Init(poisoned)).unwrap();
+    let kept = trainer.checkpoint().unwrap();
+    let err = trainer.train_step().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("last good checkpoint: {}", kept.display())),
+        "{err}"
+    );
+    assert!(good.is_file());
 }
 
 #[test]

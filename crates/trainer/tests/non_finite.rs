@@ -1,0 +1,56 @@
+//! Injected non-finite values (`BRAINFLOAT_INJECT_NON_FINITE`) under both policies. One test:
+//! the injection is read from the process environment.
+
+mod common;
+
+use brainfloat_precision::named_params;
+use brainfloat_tests::values;
+use brainfloat_trainer::{INJECT_NON_FINITE, Start, Trainer};
+use burn::tensor::Device;
+
+fn weights(trainer: &Trainer) -> Vec<f64> {
+    named_params(trainer.model())
+        .into_iter()
+        .flat_map(|p| values(p.tensor))
+        .collect()
+}
+
+#[test]
+fn injected_nan_is_never_applied_and_follows_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    // SAFETY: the only test of this binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var(INJECT_NON_FINITE, "loss@2,grad@4") };
+
+    // skip: steps 2 and 4 are counted and leave the model exactly as it was.
+    let config = common::config(dir.path(), "fp32", &["train.on_non_finite=skip"]);
+    let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+    trainer.train_step().unwrap();
+    let before = weights(&trainer);
+    let stats = trainer.train_step().unwrap();
+    assert!(stats.skipped && stats.loss.is_nan(), "{stats:?}");
+    assert_eq!(weights(&trainer), before, "a NaN loss changed the weights");
+    assert!(!trainer.train_step().unwrap().skipped);
+    let before = weights(&trainer);
+    let stats = trainer.train_step().unwrap();
+    assert!(stats.skipped && stats.loss.is_finite() && stats.grad_norm.is_nan());
+    assert_eq!(weights(&trainer), before, "NaN gradients changed the weights");
+    let summary = trainer.run().unwrap();
+    assert_eq!((summary.skipped_steps, summary.steps), (2, 6));
+    assert!(summary.val_loss.unwrap().is_finite());
+
+    // stop: the run ends at step 2 with a clear error, weights untouched.
+    let config = common::config(dir.path(), "fp32", &[]);
+    let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+    trainer.train_step().unwrap();
+    let before = weights(&trainer);
+    let err = trainer.train_step().unwrap_err().to_string();
+    assert!(err.starts_with("training loss is NaN at step 2; stopped"), "{err}");
+    assert_eq!(weights(&trainer), before);
+
+    // A bad injection is a clear error.
+    unsafe { std::env::set_var(INJECT_NON_FINITE, "nan@x") };
+    let config = common::config(dir.path(), "fp32", &[]);
+    let err = Trainer::new(config, &device, Start::Fresh).err().unwrap().to_string();
+    assert!(err.contains("`nan@x` is not loss@STEP or grad@STEP"), "{err}");
+}
