@@ -10,6 +10,7 @@
 //! cargo xtask train --ranks 2             # two data-parallel ranks under mpirun (OpenMPI)
 //! cargo xtask train --ranks 8 --hostfile hosts   # ranks across the machines of a hostfile
 //! cargo xtask test                        # install what the tests need, then run them all
+//! cargo xtask reliability                 # the fault suite → docs/reliability.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
 //! ```
@@ -17,7 +18,16 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 7] = ["train", "eval", "bench", "validate", "data", "plot", "test"];
+const COMMANDS: [&str; 8] = [
+    "train",
+    "eval",
+    "bench",
+    "validate",
+    "data",
+    "plot",
+    "test",
+    "reliability",
+];
 
 /// The project's set-up script: installs the system packages the tests need (OpenMPI, libclang).
 const SETUP: &str = "scripts/setup";
@@ -39,6 +49,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "validate" => validate(&backend, &args),
         "test" => test(&args[1..]),
+        "reliability" => reliability(),
         "train" if value_of(&args, "--ranks").is_some() => distributed_train(&backend, &args),
         _ => cargo(&["run", "--quiet"], &backend).map(|mut run| {
             run.arg("--").args(&args);
@@ -79,6 +90,27 @@ fn test(extra: &[String]) -> Result<bool, String> {
         .args(extra);
     mpi_environment(&mut tests);
     Ok(status(&mut tests))
+}
+
+/// The fault suite (`tests/faults/main.rs`), writing its report to `docs/reliability.md`.
+fn reliability() -> Result<bool, String> {
+    let report = std::env::current_dir()
+        .map_err(|err| format!("cannot tell the current folder: {err}"))?
+        .join("docs")
+        .join("reliability.md");
+    let mut faults = cargo_command();
+    faults
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "brainfloat-cli",
+            "--test",
+            "faults",
+        ])
+        .env("BRAINFLOAT_RELIABILITY_REPORT", report)
+        .env_remove("RUST_BACKTRACE");
+    Ok(status(&mut faults))
 }
 
 /// OpenMPI settings for containers: running as root is allowed, and shared-memory transfers do

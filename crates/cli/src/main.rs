@@ -25,6 +25,9 @@ use clap::{Args, Parser, Subcommand};
 static HEAP: brainfloat_trainer::memory::CountingAllocator =
     brainfloat_trainer::memory::CountingAllocator;
 
+/// What `--resume` without a value stands for: the output folder's newest checkpoint.
+const NEWEST: &str = "newest";
+
 /// The default configuration, embedded so that `brainfloat train` works anywhere.
 const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
 
@@ -143,7 +146,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     init: Option<PathBuf>,
     /// Resume from a checkpoint record (step_*.json), a folder, or the run's newest checkpoint.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = NEWEST)]
     resume: Option<PathBuf>,
     /// Under mpirun: seconds a rank waits in one collective before it declares a peer dead.
     #[arg(long, default_value_t = 120)]
@@ -311,7 +314,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     let device = device(&args.run.backend)?;
     let start = match (args.init, args.resume) {
         (Some(path), _) => Start::Init(path),
-        (None, Some(path)) if path.as_os_str().is_empty() => Start::Resume(None),
+        (None, Some(path)) if path.as_os_str() == NEWEST => Start::Resume(None),
         (None, Some(path)) => Start::Resume(Some(path)),
         (None, None) => Start::Fresh,
     };

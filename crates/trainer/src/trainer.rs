@@ -115,9 +115,12 @@ impl Trainer {
                 ),
             }));
         }
-        check_output_dir(&config.output.dir)?;
-        let device = device.clone().autodiff();
         let gpt = config.gpt()?;
+        // Room for one checkpoint (weights, and Adam's or Muon's state: about 3 × fp32 params),
+        // up to 64 MiB: a full disk fails now, not at the first checkpoint.
+        let checkpoint_bytes = (gpt.num_params() * 12).min(64 << 20);
+        check_output_dir(&config.output.dir, checkpoint_bytes)?;
+        let device = device.clone().autodiff();
         let policy: PrecisionPolicy = config.policy()?;
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are scanned.
@@ -373,7 +376,13 @@ impl Trainer {
             // The update is never applied: the model stays, the optimizer state is restored.
             self.optimizer = before;
             let stop = self.config.train.on_non_finite == "stop";
-            tracing::warn!(step = self.step + 1, loss, grad_norm, stop, "non-finite step");
+            tracing::warn!(
+                step = self.step + 1,
+                loss,
+                grad_norm,
+                stop,
+                "non-finite step"
+            );
             if stop {
                 let (step, last_checkpoint) = (self.step + 1, self.last_checkpoint.clone());
                 return Err(if loss.is_finite() {
@@ -490,16 +499,25 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
     }
 }
 
-/// Creates `dir` and proves it writable before any training, so a bad folder fails in the first
-/// second rather than at the first checkpoint.
-fn check_output_dir(dir: &Path) -> Result<(), TrainError> {
+/// Creates `dir` and proves it can take `bytes` (written, synced, removed) before any training,
+/// so a bad or full folder fails in the first second rather than at the first checkpoint.
+fn check_output_dir(dir: &Path, bytes: usize) -> Result<(), TrainError> {
     let error = |problem: String| TrainError::Output {
         path: dir.to_path_buf(),
         problem,
     };
     std::fs::create_dir_all(dir).map_err(|err| error(format!("cannot create: {err}")))?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    std::fs::write(&probe, vec![0u8; 4096]).map_err(|err| error(format!("not writable: {err}")))?;
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, &vec![0u8; bytes])?;
+        file.sync_all()
+    });
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&probe);
+        return Err(error(format!(
+            "not writable, or without room for a {bytes}-byte checkpoint (is the disk full?): {err}"
+        )));
+    }
     std::fs::remove_file(&probe).map_err(|err| error(format!("not writable: {err}")))?;
     Ok(())
 }

@@ -34,7 +34,11 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     let before = weights(&trainer);
     let stats = trainer.train_step().unwrap();
     assert!(stats.skipped && stats.loss.is_finite() && stats.grad_norm.is_nan());
-    assert_eq!(weights(&trainer), before, "NaN gradients changed the weights");
+    assert_eq!(
+        weights(&trainer),
+        before,
+        "NaN gradients changed the weights"
+    );
     let summary = trainer.run().unwrap();
     assert_eq!((summary.skipped_steps, summary.steps), (2, 6));
     assert!(summary.val_loss.unwrap().is_finite());
@@ -45,12 +49,21 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     trainer.train_step().unwrap();
     let before = weights(&trainer);
     let err = trainer.train_step().unwrap_err().to_string();
-    assert!(err.starts_with("training loss is NaN at step 2; stopped"), "{err}");
+    assert!(
+        err.starts_with("training loss is NaN at step 2; stopped"),
+        "{err}"
+    );
     assert_eq!(weights(&trainer), before);
 
     // A bad injection is a clear error.
     unsafe { std::env::set_var(INJECT_NON_FINITE, "nan@x") };
     let config = common::config(dir.path(), "fp32", &[]);
-    let err = Trainer::new(config, &device, Start::Fresh).err().unwrap().to_string();
-    assert!(err.contains("`nan@x` is not loss@STEP or grad@STEP"), "{err}");
+    let err = Trainer::new(config, &device, Start::Fresh)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("`nan@x` is not loss@STEP or grad@STEP"),
+        "{err}"
+    );
 }

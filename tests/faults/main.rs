@@ -1,0 +1,924 @@
+//! The fault suite: every bad input of the corpus below against the `brainfloat` binary, and
+//! runs killed with SIGKILL at random moments then resumed. Each bad input must end with a
+//! non-zero exit, an `error:` line naming the file or key and the problem, no panic backtrace,
+//! and no file changed. Each killed-and-resumed run must reproduce the uninterrupted loss curve
+//! exactly, and never load a partial checkpoint.
+//!
+//! `cargo test --release -p brainfloat-cli --test faults` runs it; with
+//! `BRAINFLOAT_RELIABILITY_REPORT=docs/reliability.md` (what `cargo xtask reliability` sets) it
+//! also writes its report there.
+
+#[path = "../../crates/trainer/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output};
+use std::time::{Duration, Instant};
+
+use safetensors::{Dtype, SafeTensors};
+
+const BIN: &str = env!("CARGO_BIN_EXE_brainfloat");
+
+/// The valid files every case starts from.
+struct Base {
+    dir: PathBuf,
+    config: PathBuf,
+    shard: PathBuf,
+    /// A 2-step checkpoint record of the configured model.
+    good: PathBuf,
+    /// A checkpoint record of the `small` model size.
+    small: PathBuf,
+}
+
+fn shard_bytes(tokens: &[u16]) -> Vec<u8> {
+    let mut header = [0i32; 256];
+    header[0] = 20240520;
+    header[1] = 1;
+    header[2] = tokens.len() as i32;
+    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+    bytes
+}
+
+fn tokens(n: usize) -> Vec<u16> {
+    (0..n).map(|i| ((i * 7919 + i / 3) % 512) as u16).collect()
+}
+
+fn run(args: &[String], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+impl Base {
+    fn new(dir: &Path) -> Self {
+        let shard = dir.join("train.bin");
+        std::fs::write(&shard, shard_bytes(&tokens(40_000))).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, common::toml(dir, "bf16")).unwrap();
+        let mut base = Self {
+            dir: dir.to_path_buf(),
+            config,
+            shard,
+            good: PathBuf::new(),
+            small: PathBuf::new(),
+        };
+        let good = base.train_args("good", &["train.steps=2", "train.warmdown_steps=1"]);
+        assert!(run(&good, &[]).status.success());
+        base.good = dir.join("good/step_000002.json");
+        let small = base.train_args(
+            "small",
+            &[
+                "model.size=small",
+                "model.vocab_size=512",
+                "train.steps=1",
+                "train.warmdown_steps=0",
+            ],
+        );
+        assert!(run(&small, &[]).status.success());
+        base.small = dir.join("small/step_000001.json");
+        base
+    }
+
+    /// `train` on the base config and shard into `out`, with `sets` last.
+    fn train_args(&self, out: &str, sets: &[&str]) -> Vec<String> {
+        let mut args = vec!["train".to_string(), "--config".into()];
+        args.push(self.config.display().to_string());
+        let shard = self.shard.display().to_string();
+        let defaults = [
+            format!("data.train={shard}"),
+            format!("data.val={shard}"),
+            format!("output.dir={}", self.dir.join(out).display()),
+            "train.batch_size=8".into(),
+        ];
+        for set in defaults
+            .iter()
+            .map(String::as_str)
+            .chain(sets.iter().copied())
+        {
+            args.push("--set".into());
+            args.push(set.into());
+        }
+        args
+    }
+
+    /// Writes `bytes` as `name` in the base folder; its path.
+    fn file(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    }
+
+    /// A copy of the good checkpoint in `folder`, with `damage` applied to its files; the record.
+    fn damaged_checkpoint(&self, folder: &str, damage: impl Fn(&Path)) -> String {
+        let to = self.dir.join(folder);
+        std::fs::create_dir_all(&to).unwrap();
+        let from = self.good.parent().unwrap();
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("step_000002") {
+                std::fs::copy(entry.path(), to.join(&name)).unwrap();
+            }
+        }
+        damage(&to);
+        to.join("step_000002.json").display().to_string()
+    }
+
+    /// The good checkpoint's weights rewritten by `edit` (name, dtype, shape, bytes).
+    fn edited_weights(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+    ) -> String {
+        let model = self.good.with_file_name("step_000002.model.safetensors");
+        let bytes = std::fs::read(model).unwrap();
+        let tensors = SafeTensors::deserialize(&bytes).unwrap();
+        let mut list: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        edit(&mut list);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = list
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let out = safetensors::serialize(views, None).unwrap();
+        self.file(name, &out)
+    }
+}
+
+/// One bad input: how to run it and what its error must name.
+struct Case {
+    category: &'static str,
+    name: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+    /// Every one of these must appear in the error.
+    expect: Vec<String>,
+    /// Run with a 16 KiB file-size limit (a full disk).
+    full_disk: bool,
+}
+
+fn corpus(b: &Base) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |category, name, args: Vec<String>, expect: &[&str]| {
+        cases.push(Case {
+            category,
+            name,
+            args,
+            env: Vec::new(),
+            expect: expect.iter().map(|s| s.to_string()).collect(),
+            full_disk: false,
+        });
+    };
+    let good = shard_bytes(&tokens(40_000));
+    let with_shard = |name: &str, bytes: &[u8]| {
+        let path = b.file(name, bytes);
+        (path.clone(), format!("data.train={path}"))
+    };
+    // Shards.
+    let shard_cases: Vec<(&'static str, &'static str, Vec<u8>, &'static str)> = vec![
+        (
+            "truncated inside the header",
+            "s_trunc_header.bin",
+            good[..100].to_vec(),
+            "truncated header",
+        ),
+        (
+            "wrong magic number",
+            "s_magic.bin",
+            {
+                let mut x = good.clone();
+                x[0] = 7;
+                x
+            },
+            "wrong magic number",
+        ),
+        (
+            "wrong version",
+            "s_version.bin",
+            {
+                let mut x = good.clone();
+                x[4] = 9;
+                x
+            },
+            "unsupported version 9",
+        ),
+        (
+            "header count > file length",
+            "s_short.bin",
+            good[..good.len() - 200].to_vec(),
+            "header says 40000 tokens",
+        ),
+        (
+            "header count < file length",
+            "s_long.bin",
+            {
+                let mut x = good.clone();
+                x.extend([0u8; 64]);
+                x
+            },
+            "header says 40000 tokens",
+        ),
+        (
+            "odd byte length",
+            "s_odd.bin",
+            {
+                let mut x = good.clone();
+                x.push(1);
+                x
+            },
+            "odd token payload",
+        ),
+        (
+            "token id ≥ vocabulary",
+            "s_vocab.bin",
+            shard_bytes(&[5u16, 600, 7].repeat(2000)),
+            "outside the vocabulary of 512",
+        ),
+        (
+            "fewer tokens than one batch",
+            "s_tiny.bin",
+            shard_bytes(&tokens(100)),
+            "fewer than",
+        ),
+        ("zero tokens", "s_empty.bin", shard_bytes(&[]), "fewer than"),
+    ];
+    for (name, file, bytes, problem) in shard_cases {
+        let (path, set) = with_shard(file, &bytes);
+        let args = b.train_args(&format!("out_{file}"), &[&set]);
+        add("shard", name, args, &[&path, problem]);
+    }
+    let val = b.file("v_magic.bin", &{
+        let mut x = good.clone();
+        x[1] = 1;
+        x
+    });
+    add(
+        "shard",
+        "validation shard with wrong magic",
+        b.train_args("out_val", &[&format!("data.val={val}")]),
+        &[&val, "wrong magic number"],
+    );
+    let missing = b.dir.join("missing_000.bin").display().to_string();
+    add(
+        "shard",
+        "missing shard file",
+        b.train_args("out_missing", &[&format!("data.train={missing}")]),
+        &[&missing],
+    );
+    let pattern = b.dir.join("nothing_*.bin").display().to_string();
+    add(
+        "shard",
+        "empty shard set (pattern matches nothing)",
+        b.train_args("out_pattern", &[&format!("data.train={pattern}")]),
+        &["nothing_*.bin"],
+    );
+
+    // Configuration.
+    let config_cases: [(&str, &str, &str); 16] = [
+        ("unknown key", "train.stepz=3", "stepz"),
+        ("wrong type", "train.steps=ten", "steps"),
+        ("negative rate", "optim.matrix_lr=-0.1", "optim.matrix_lr"),
+        ("zero rate", "optim.head_lr=0", "optim.head_lr"),
+        ("zero steps", "train.steps=0", "train.steps"),
+        (
+            "zero accumulation steps",
+            "train.grad_accum_steps=0",
+            "train.grad_accum_steps",
+        ),
+        (
+            "sequence longer than the model's",
+            "train.seq_len=65",
+            "train.seq_len",
+        ),
+        (
+            "batch not divisible by ranks × accumulation",
+            "train.grad_accum_steps=3",
+            "train.batch_size",
+        ),
+        (
+            "unknown precision",
+            "train.precision=fp8",
+            "train.precision",
+        ),
+        ("unknown model size", "model.size=huge", "model.size"),
+        (
+            "unknown log format",
+            "output.log_format=xml",
+            "output.log_format",
+        ),
+        (
+            "warmdown longer than the run",
+            "train.warmdown_steps=99",
+            "train.warmdown_steps",
+        ),
+        ("Adam β₂ of 1", "optim.adam_beta2=1.0", "optim.adam_beta2"),
+        (
+            "unknown non-finite policy",
+            "train.on_non_finite=ignore",
+            "train.on_non_finite",
+        ),
+        ("ranks without mpirun", "train.ranks=2", "train.ranks"),
+        ("override without =", "train.steps", "section.key=value"),
+    ];
+    for (name, set, key) in config_cases {
+        add("config", name, b.train_args("out_config", &[set]), &[key]);
+    }
+    let missing_config = b.dir.join("absent.toml").display().to_string();
+    let mut args = b.train_args("out_config", &[]);
+    args[2] = missing_config.clone();
+    add(
+        "config",
+        "missing config file",
+        args,
+        &[&missing_config, "not found"],
+    );
+    let broken = b.file("broken.toml", b"[train\nsteps = 3\n");
+    let mut args = b.train_args("out_config", &[]);
+    args[2] = broken.clone();
+    add("config", "malformed TOML", args, &[&broken]);
+    let mut case = Case {
+        category: "config",
+        name: "environment override of the wrong type",
+        args: b.train_args("out_config", &[]),
+        env: vec![("BRAINFLOAT__TRAIN__SEQ_LEN", "abc")],
+        expect: vec!["seq_len".into()],
+        full_disk: false,
+    };
+    cases.push(case);
+
+    // Checkpoints and weights.
+    let mut add = |category, name, args: Vec<String>, expect: &[&str]| {
+        cases.push(Case {
+            category,
+            name,
+            args,
+            env: Vec::new(),
+            expect: expect.iter().map(|s| s.to_string()).collect(),
+            full_disk: false,
+        });
+    };
+    let init = |file: &str, out: &str| {
+        let mut args = b.train_args(out, &[]);
+        args.extend(["--init".into(), file.into()]);
+        args
+    };
+    let resume = |record: &str, out: &str| {
+        let mut args = b.train_args(out, &[]);
+        args.extend(["--resume".into(), record.into()]);
+        args
+    };
+    let no_head = b.edited_weights("w_missing.safetensors", |l| {
+        l.retain(|t| t.0 != "lm_head.weight")
+    });
+    add(
+        "checkpoint",
+        "weights with a missing tensor",
+        init(&no_head, "out_w1"),
+        &["lm_head.weight"],
+    );
+    let shape = b.edited_weights("w_shape.safetensors", |l| {
+        let t = l.iter_mut().find(|t| t.0 == "lm_head.weight").unwrap();
+        t.2 = vec![t.2[1], t.2[0]];
+    });
+    add(
+        "checkpoint",
+        "weights with a wrong shape",
+        init(&shape, "out_w2"),
+        &["lm_head.weight", "shape"],
+    );
+    let dtype = b.edited_weights("w_dtype.safetensors", |l| {
+        let t = l.iter_mut().find(|t| t.0 == "lm_head.weight").unwrap();
+        t.1 = Dtype::I32;
+    });
+    add(
+        "checkpoint",
+        "weights with a wrong dtype",
+        init(&dtype, "out_w3"),
+        &["lm_head.weight", "I32"],
+    );
+    let model = b.good.with_file_name("step_000002.model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    let truncated = b.file("w_truncated.safetensors", &bytes[..bytes.len() / 2]);
+    add(
+        "checkpoint",
+        "truncated weights file",
+        init(&truncated, "out_w4"),
+        &[&truncated],
+    );
+    let not_safetensors = b.file("w_text.safetensors", b"hello");
+    add(
+        "checkpoint",
+        "weights file that is not safetensors",
+        init(&not_safetensors, "out_w5"),
+        &[&not_safetensors],
+    );
+    let flipped = b.damaged_checkpoint("c_flip", |dir| {
+        let path = dir.join("step_000002.model.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(path, bytes).unwrap();
+    });
+    add(
+        "checkpoint",
+        "bit-flipped model file (checksum)",
+        resume(&flipped, "out_c1"),
+        &["step_000002.model.safetensors", "SHA-256"],
+    );
+    let cut = b.damaged_checkpoint("c_cut", |dir| {
+        let path = dir.join("step_000002.optim.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() - 100]).unwrap();
+    });
+    add(
+        "checkpoint",
+        "truncated optimizer file (checksum)",
+        resume(&cut, "out_c2"),
+        &["step_000002.optim.safetensors", "SHA-256"],
+    );
+    let gone = b.damaged_checkpoint("c_gone", |dir| {
+        std::fs::remove_file(dir.join("step_000002.model.safetensors")).unwrap();
+    });
+    add(
+        "checkpoint",
+        "record whose model file is missing",
+        resume(&gone, "out_c3"),
+        &["step_000002.model.safetensors"],
+    );
+    let garbled = b.damaged_checkpoint("c_json", |dir| {
+        std::fs::write(dir.join("step_000002.json"), b"{ not json").unwrap();
+    });
+    add(
+        "checkpoint",
+        "record that is not JSON",
+        resume(&garbled, "out_c4"),
+        &["step_000002.json", "not a checkpoint record"],
+    );
+    let small = b.small.display().to_string();
+    add(
+        "checkpoint",
+        "checkpoint of another model size",
+        resume(&small, "out_c5"),
+        &["step_000001"],
+    );
+    let empty = b.dir.join("no_checkpoints");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.display().to_string();
+    add(
+        "checkpoint",
+        "resume from a folder without checkpoints",
+        resume(&empty, "out_c6"),
+        &["no checkpoint to resume from"],
+    );
+    let mut eval = vec![
+        "eval".to_string(),
+        "--config".into(),
+        b.config.display().to_string(),
+    ];
+    let absent = b.dir.join("absent.json").display().to_string();
+    eval.extend(["--checkpoint".into(), absent.clone()]);
+    add(
+        "checkpoint",
+        "eval of a missing checkpoint",
+        eval,
+        &[&absent],
+    );
+
+    // Output folder.
+    let blocker = b.file("blocker", b"a file, not a folder");
+    add(
+        "output",
+        "output folder under a regular file",
+        b.train_args("blocker/run", &[]),
+        &[&format!("{blocker}/run"), "cannot create"],
+    );
+    case = Case {
+        category: "output",
+        name: "full disk (16 KiB file-size limit)",
+        args: b.train_args("out_full", &[]),
+        env: Vec::new(),
+        expect: vec!["out_full".into(), "not writable".into()],
+        full_disk: true,
+    };
+    cases.push(case);
+    cases
+}
+
+/// Every file under `dir` except the cases' output folders: size and a content hash.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with("out_") && name != "trials" {
+                    stack.push(path);
+                }
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                    (h ^ b as u64).wrapping_mul(0x100000001b3)
+                });
+                out.insert(path, (bytes.len() as u64, hash));
+            }
+        }
+    }
+    out
+}
+
+/// What happened to one case.
+struct Verdict {
+    clear: bool,
+    panicked: bool,
+    modified: bool,
+    first_line: String,
+}
+
+fn check(base: &Base, case: &Case) -> Verdict {
+    let before = snapshot(&base.dir);
+    let mut command = Command::new(BIN);
+    command
+        .args(&case.args)
+        .envs(case.env.iter().copied())
+        .env_remove("RUST_BACKTRACE");
+    if case.full_disk {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 16 << 10,
+                    rlim_max: 16 << 10,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+                Ok(())
+            });
+        }
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let error_line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("")
+        .to_string();
+    let panicked = stderr.contains("panicked") || stderr.contains("stack backtrace");
+    let exited_with_error = output.status.code().is_some_and(|c| c != 0);
+    let names_it = case.expect.iter().all(|e| error_line.contains(e.as_str()));
+    let after = snapshot(&base.dir);
+    let wrote_checkpoint = std::fs::read_dir(
+        base.dir.join(
+            case.args
+                .iter()
+                .find_map(|a| a.strip_prefix("output.dir="))
+                .map_or("none", |d| d),
+        ),
+    )
+    .map(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("step_"))
+    })
+    .unwrap_or(false);
+    Verdict {
+        clear: exited_with_error && names_it && !panicked,
+        panicked,
+        modified: before != after || wrote_checkpoint,
+        first_line: if error_line.is_empty() {
+            stderr.lines().last().unwrap_or("").to_string()
+        } else {
+            error_line
+        },
+    }
+}
+
+/// Losses by step from a metrics file, the last line of each step winning (a resumed run
+/// repeats the steps after its checkpoint).
+fn curve(metrics: &Path) -> BTreeMap<u64, f64> {
+    let mut out = BTreeMap::new();
+    for line in std::fs::read_to_string(metrics).unwrap_or_default().lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let (Some(step), Some(loss)) = (value["step"].as_u64(), value["loss"].as_f64()) {
+            out.insert(step, loss);
+        }
+    }
+    out
+}
+
+/// One kill/resume trial's outcome.
+struct Trial {
+    kills: usize,
+    kills_mid_checkpoint: usize,
+    partial_loaded: usize,
+    reproduced: bool,
+}
+
+/// Runs `steps` steps with a checkpoint every step, killing the process with SIGKILL after a
+/// pseudo-random delay and resuming, until a run finishes by itself.
+fn trial(base: &Base, index: usize, seed: &mut u64, reference: &BTreeMap<u64, f64>) -> Trial {
+    let out = format!("trials/{index}");
+    let dir = base.dir.join(&out);
+    let args = base.train_args(
+        &out,
+        &[
+            "train.steps=40",
+            "train.warmdown_steps=10",
+            "output.checkpoint_every=1",
+            "eval.every=0",
+        ],
+    );
+    let (mut kills, mut kills_mid_checkpoint, mut partial_loaded) = (0, 0, 0);
+    let half_written = |dir: &Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.contains(".tmp-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for _ in 0..200 {
+        let leftovers = half_written(&dir);
+        let has_checkpoint = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .unwrap_or(false);
+        let mut command = Command::new(BIN);
+        command
+            .args(&args)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if has_checkpoint {
+            command.arg("--resume");
+        }
+        let mut child = command.spawn().unwrap();
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(40 + (*seed >> 33) % 260);
+        let started = Instant::now();
+        while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            // A new temporary file: the kill landed while a checkpoint file was being written.
+            let partial = half_written(&dir).difference(&leftovers).count() > 0;
+            kills_mid_checkpoint += usize::from(partial);
+            continue;
+        }
+        let output = child.wait_with_output().unwrap();
+        if output.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("checkpoint") {
+            partial_loaded += 1;
+        }
+        break;
+    }
+    let got = curve(&dir.join("metrics.jsonl"));
+    Trial {
+        kills,
+        kills_mid_checkpoint,
+        partial_loaded,
+        reproduced: &got == reference,
+    }
+}
+
+/// Ctrl-C and injected non-finite values through the binary: (check, passed, what it printed).
+fn signal_and_non_finite_checks(base: &Base) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    let last_line = |output: &Output| {
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .rfind(|l| {
+                l.starts_with("error:") || l.starts_with("warning:") || l.starts_with("stopped")
+            })
+            .unwrap_or("")
+            .to_string()
+    };
+    // SIGINT: the current step ends, a checkpoint is written, exit status 130; then resume.
+    let args = base.train_args(
+        "out_sigint",
+        &[
+            "train.steps=100000",
+            "train.warmdown_steps=0",
+            "output.checkpoint_every=0",
+            "eval.every=0",
+        ],
+    );
+    let child = Command::new(BIN)
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = base.dir.join("out_sigint/metrics.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let steps = curve(&metrics).keys().max().copied().unwrap_or(0);
+    let record = base.dir.join(format!("out_sigint/step_{steps:06}.json"));
+    out.push((
+        "Ctrl-C (SIGINT) stops after the step with a checkpoint, status 130".to_string(),
+        output.status.code() == Some(130) && record.is_file(),
+        last_line(&output),
+    ));
+    // Non-finite: stop (default) and skip.
+    let args = base.train_args("out_nan_stop", &[]);
+    let output = run(&args, &[("BRAINFLOAT_INJECT_NON_FINITE", "loss@3")]);
+    let line = last_line(&output);
+    out.push((
+        "NaN loss at step 3, policy stop".into(),
+        !output.status.success()
+            && line.contains("training loss is NaN at step 3")
+            && !line.contains("step_000003"),
+        line,
+    ));
+    let args = base.train_args("out_nan_grad", &[]);
+    let output = run(&args, &[("BRAINFLOAT_INJECT_NON_FINITE", "grad@4")]);
+    let line = last_line(&output);
+    out.push((
+        "NaN gradients at step 4, policy stop (last good checkpoint named)".into(),
+        !output.status.success()
+            && line.contains("gradient norm is NaN at step 4")
+            && line.contains("step_000003.json"),
+        line,
+    ));
+    let args = base.train_args("out_nan_skip", &["train.on_non_finite=skip"]);
+    let output = run(&args, &[("BRAINFLOAT_INJECT_NON_FINITE", "loss@2,grad@4")]);
+    let line = last_line(&output);
+    out.push((
+        "NaN loss at 2 and gradients at 4, policy skip: run completes, 2 skipped".into(),
+        output.status.success() && line.contains("2 step(s) skipped"),
+        line,
+    ));
+    out
+}
+
+fn main() -> ExitCode {
+    let root = tempfile::tempdir().unwrap();
+    let base = Base::new(root.path());
+    let cases = corpus(&base);
+    let mut report = String::from(
+        "# Reliability: bad inputs, crashes, non-finite values\n\n\
+         Produced by `cargo xtask reliability` (the fault suite `tests/faults/main.rs`, which CI \
+         runs with the other tests) on the golden-sized model (vocabulary 512, 2 layers × 64).\n\n\
+         ## Bad inputs\n\n\
+         Each input runs the `brainfloat` binary. *Clear* means: a non-zero exit, an `error:` line \
+         that names the file or key and the problem, and no panic backtrace. *Modified* means \
+         any file changed or a checkpoint was written.\n\n\
+         | # | kind | input | clear | panic | modified | the error |\n|---:|---|---|---|---|---|---|\n",
+    );
+    let (mut clear, mut panics, mut modified) = (0, 0, 0);
+    for (i, case) in cases.iter().enumerate() {
+        let v = check(&base, case);
+        clear += usize::from(v.clear);
+        panics += usize::from(v.panicked);
+        modified += usize::from(v.modified);
+        let shown = v
+            .first_line
+            .replace(base.dir.to_str().unwrap(), "…")
+            .replace('|', "\\|");
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} | {} | `{}` |",
+            i + 1,
+            case.category,
+            case.name,
+            if v.clear { "yes" } else { "**NO**" },
+            if v.panicked { "**YES**" } else { "no" },
+            if v.modified { "**YES**" } else { "no" },
+            shown
+        );
+        if !v.clear || v.modified {
+            eprintln!("FAILED: {} {}: {}", case.category, case.name, v.first_line);
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\n**{} inputs: {clear} clear errors, {panics} panics, {modified} modified files.**\n",
+        cases.len()
+    );
+
+    // Kill/resume trials.
+    let reference_args = base.train_args(
+        "trials/reference",
+        &[
+            "train.steps=40",
+            "train.warmdown_steps=10",
+            "output.checkpoint_every=1",
+            "eval.every=0",
+        ],
+    );
+    assert!(run(&reference_args, &[]).status.success());
+    let reference = curve(&base.dir.join("trials/reference/metrics.jsonl"));
+    let trials_wanted = 8;
+    let mut seed = 0x5eed_u64;
+    let trials: Vec<Trial> = (0..trials_wanted)
+        .map(|i| trial(&base, i, &mut seed, &reference))
+        .collect();
+    let reproduced = trials.iter().filter(|t| t.reproduced).count();
+    let kills: usize = trials.iter().map(|t| t.kills).sum();
+    let mid: usize = trials.iter().map(|t| t.kills_mid_checkpoint).sum();
+    let partial: usize = trials.iter().map(|t| t.partial_loaded).sum();
+    let _ = write!(
+        report,
+        "## Crashes: SIGKILL at random moments, then `--resume`\n\n\
+         A 40-step run with a checkpoint after every step is killed with SIGKILL after a \
+         pseudo-random 40–300 ms, resumed with `--resume`, and killed again, until a run \
+         finishes by itself; its loss curve (the last line per step of `metrics.jsonl`) is \
+         compared with an uninterrupted run's, value for value.\n\n\
+         | trial | kills | kills that left a half-written checkpoint file | partial checkpoints loaded | curve reproduced exactly |\n\
+         |---:|---:|---:|---:|---|\n"
+    );
+    for (i, t) in trials.iter().enumerate() {
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            t.kills,
+            t.kills_mid_checkpoint,
+            t.partial_loaded,
+            if t.reproduced { "yes" } else { "**NO**" }
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\n**{trials_wanted} trials, {kills} kills ({mid} during a checkpoint write): {reproduced} of \
+         {trials_wanted} reproduced the uninterrupted curve; partial checkpoints loaded: {partial}.**\n\n\
+         Checkpoint files are written to a temporary name, fsynced and renamed, the record \
+         (`step_N.json`, with each file's SHA-256) last; a resume takes the newest record, so a \
+         half-written file is never picked up, and a damaged one is refused by its checksum.\n\n\
+         ## Non-finite values and Ctrl-C\n\n\
+         Tested in `crates/trainer/tests/non_finite.rs` and `training.rs`: a NaN injected in the \
+         loss or the gradients (`BRAINFLOAT_INJECT_NON_FINITE=loss@2,grad@4`) is never applied; \
+         with `train.on_non_finite = \"stop\"` (default) the run ends with \
+         `error: training loss is NaN at step 2; stopped (last good checkpoint: …)` or \
+         `error: gradient norm is NaN at step 4 (the loss was finite); stopped without applying \
+         it (…)`; with `\"skip\"` the step is dropped, counted (`\"skipped\": true` in the \
+         metrics, a warning at the end) and training goes on. Ctrl-C (SIGINT) finishes the \
+         current step, writes a checkpoint and exits with status 130; a second Ctrl-C exits at \
+         once.\n"
+    );
+    let signals = signal_and_non_finite_checks(&base);
+    let _ = writeln!(
+        report,
+        "\n| check (through the binary) | result | what it printed |\n|---|---|---|"
+    );
+    for (name, passed, line) in &signals {
+        let line = line
+            .replace(base.dir.to_str().unwrap(), "…")
+            .replace('|', "\\|");
+        let _ = writeln!(
+            report,
+            "| {name} | {} | `{line}` |",
+            if *passed { "yes" } else { "**NO**" }
+        );
+    }
+    let signals_ok = signals.iter().all(|s| s.1);
+    if let Ok(path) = std::env::var("BRAINFLOAT_RELIABILITY_REPORT") {
+        std::fs::write(&path, &report).unwrap();
+        println!("wrote {path}");
+    }
+    println!("{report}");
+    let ok = clear == cases.len()
+        && panics == 0
+        && modified == 0
+        && reproduced == trials_wanted
+        && partial == 0
+        && signals_ok;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
