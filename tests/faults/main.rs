@@ -171,18 +171,26 @@ struct Case {
     full_disk: bool,
 }
 
+/// Adds a case that runs `args` and must name every one of `expect`.
+fn add(
+    cases: &mut Vec<Case>,
+    category: &'static str,
+    name: &'static str,
+    args: Vec<String>,
+    expect: &[&str],
+) {
+    cases.push(Case {
+        category,
+        name,
+        args,
+        env: Vec::new(),
+        expect: expect.iter().map(|s| s.to_string()).collect(),
+        full_disk: false,
+    });
+}
+
 fn corpus(b: &Base) -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut add = |category, name, args: Vec<String>, expect: &[&str]| {
-        cases.push(Case {
-            category,
-            name,
-            args,
-            env: Vec::new(),
-            expect: expect.iter().map(|s| s.to_string()).collect(),
-            full_disk: false,
-        });
-    };
     let good = shard_bytes(&tokens(40_000));
     let with_shard = |name: &str, bytes: &[u8]| {
         let path = b.file(name, bytes);
@@ -259,7 +267,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     for (name, file, bytes, problem) in shard_cases {
         let (path, set) = with_shard(file, &bytes);
         let args = b.train_args(&format!("out_{file}"), &[&set]);
-        add("shard", name, args, &[&path, problem]);
+        add(&mut cases, "shard", name, args, &[&path, problem]);
     }
     let val = b.file("v_magic.bin", &{
         let mut x = good.clone();
@@ -267,6 +275,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         x
     });
     add(
+        &mut cases,
         "shard",
         "validation shard with wrong magic",
         b.train_args("out_val", &[&format!("data.val={val}")]),
@@ -274,6 +283,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     );
     let missing = b.dir.join("missing_000.bin").display().to_string();
     add(
+        &mut cases,
         "shard",
         "missing shard file",
         b.train_args("out_missing", &[&format!("data.train={missing}")]),
@@ -281,6 +291,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     );
     let pattern = b.dir.join("nothing_*.bin").display().to_string();
     add(
+        &mut cases,
         "shard",
         "empty shard set (pattern matches nothing)",
         b.train_args("out_pattern", &[&format!("data.train={pattern}")]),
@@ -335,12 +346,19 @@ fn corpus(b: &Base) -> Vec<Case> {
         ("override without =", "train.steps", "section.key=value"),
     ];
     for (name, set, key) in config_cases {
-        add("config", name, b.train_args("out_config", &[set]), &[key]);
+        add(
+            &mut cases,
+            "config",
+            name,
+            b.train_args("out_config", &[set]),
+            &[key],
+        );
     }
     let missing_config = b.dir.join("absent.toml").display().to_string();
     let mut args = b.train_args("out_config", &[]);
     args[2] = missing_config.clone();
     add(
+        &mut cases,
         "config",
         "missing config file",
         args,
@@ -349,7 +367,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     let broken = b.file("broken.toml", b"[train\nsteps = 3\n");
     let mut args = b.train_args("out_config", &[]);
     args[2] = broken.clone();
-    add("config", "malformed TOML", args, &[&broken]);
+    add(&mut cases, "config", "malformed TOML", args, &[&broken]);
     let mut case = Case {
         category: "config",
         name: "environment override of the wrong type",
@@ -361,16 +379,6 @@ fn corpus(b: &Base) -> Vec<Case> {
     cases.push(case);
 
     // Checkpoints and weights.
-    let mut add = |category, name, args: Vec<String>, expect: &[&str]| {
-        cases.push(Case {
-            category,
-            name,
-            args,
-            env: Vec::new(),
-            expect: expect.iter().map(|s| s.to_string()).collect(),
-            full_disk: false,
-        });
-    };
     let init = |file: &str, out: &str| {
         let mut args = b.train_args(out, &[]);
         args.extend(["--init".into(), file.into()]);
@@ -385,6 +393,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         l.retain(|t| t.0 != "lm_head.weight")
     });
     add(
+        &mut cases,
         "checkpoint",
         "weights with a missing tensor",
         init(&no_head, "out_w1"),
@@ -395,6 +404,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         t.2 = vec![t.2[1], t.2[0]];
     });
     add(
+        &mut cases,
         "checkpoint",
         "weights with a wrong shape",
         init(&shape, "out_w2"),
@@ -405,6 +415,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         t.1 = Dtype::I32;
     });
     add(
+        &mut cases,
         "checkpoint",
         "weights with a wrong dtype",
         init(&dtype, "out_w3"),
@@ -414,6 +425,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     let bytes = std::fs::read(&model).unwrap();
     let truncated = b.file("w_truncated.safetensors", &bytes[..bytes.len() / 2]);
     add(
+        &mut cases,
         "checkpoint",
         "truncated weights file",
         init(&truncated, "out_w4"),
@@ -421,6 +433,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     );
     let not_safetensors = b.file("w_text.safetensors", b"hello");
     add(
+        &mut cases,
         "checkpoint",
         "weights file that is not safetensors",
         init(&not_safetensors, "out_w5"),
@@ -434,6 +447,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         std::fs::write(path, bytes).unwrap();
     });
     add(
+        &mut cases,
         "checkpoint",
         "bit-flipped model file (checksum)",
         resume(&flipped, "out_c1"),
@@ -445,6 +459,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         std::fs::write(path, &bytes[..bytes.len() - 100]).unwrap();
     });
     add(
+        &mut cases,
         "checkpoint",
         "truncated optimizer file (checksum)",
         resume(&cut, "out_c2"),
@@ -454,6 +469,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         std::fs::remove_file(dir.join("step_000002.model.safetensors")).unwrap();
     });
     add(
+        &mut cases,
         "checkpoint",
         "record whose model file is missing",
         resume(&gone, "out_c3"),
@@ -463,6 +479,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         std::fs::write(dir.join("step_000002.json"), b"{ not json").unwrap();
     });
     add(
+        &mut cases,
         "checkpoint",
         "record that is not JSON",
         resume(&garbled, "out_c4"),
@@ -470,6 +487,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     );
     let small = b.small.display().to_string();
     add(
+        &mut cases,
         "checkpoint",
         "checkpoint of another model size",
         resume(&small, "out_c5"),
@@ -479,6 +497,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     std::fs::create_dir_all(&empty).unwrap();
     let empty = empty.display().to_string();
     add(
+        &mut cases,
         "checkpoint",
         "resume from a folder without checkpoints",
         resume(&empty, "out_c6"),
@@ -492,6 +511,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     let absent = b.dir.join("absent.json").display().to_string();
     eval.extend(["--checkpoint".into(), absent.clone()]);
     add(
+        &mut cases,
         "checkpoint",
         "eval of a missing checkpoint",
         eval,
@@ -501,6 +521,7 @@ fn corpus(b: &Base) -> Vec<Case> {
     // Output folder.
     let blocker = b.file("blocker", b"a file, not a folder");
     add(
+        &mut cases,
         "output",
         "output folder under a regular file",
         b.train_args("blocker/run", &[]),

@@ -3,17 +3,8 @@
 
 mod common;
 
-use brainfloat_precision::named_params;
-use brainfloat_tests::values;
 use brainfloat_trainer::{INJECT_NON_FINITE, Start, Trainer};
 use burn::tensor::Device;
-
-fn weights(trainer: &Trainer) -> Vec<f64> {
-    named_params(trainer.model())
-        .into_iter()
-        .flat_map(|p| values(p.tensor))
-        .collect()
-}
 
 #[test]
 fn injected_nan_is_never_applied_and_follows_the_policy() {
@@ -26,16 +17,20 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     let config = common::config(dir.path(), "fp32", &["train.on_non_finite=skip"]);
     let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
     trainer.train_step().unwrap();
-    let before = weights(&trainer);
+    let before = common::flat_params(&trainer);
     let stats = trainer.train_step().unwrap();
     assert!(stats.skipped && stats.loss.is_nan(), "{stats:?}");
-    assert_eq!(weights(&trainer), before, "a NaN loss changed the weights");
+    assert_eq!(
+        common::flat_params(&trainer),
+        before,
+        "a NaN loss changed the weights"
+    );
     assert!(!trainer.train_step().unwrap().skipped);
-    let before = weights(&trainer);
+    let before = common::flat_params(&trainer);
     let stats = trainer.train_step().unwrap();
     assert!(stats.skipped && stats.loss.is_finite() && stats.grad_norm.is_nan());
     assert_eq!(
-        weights(&trainer),
+        common::flat_params(&trainer),
         before,
         "NaN gradients changed the weights"
     );
@@ -47,13 +42,13 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     let config = common::config(dir.path(), "fp32", &[]);
     let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
     trainer.train_step().unwrap();
-    let before = weights(&trainer);
+    let before = common::flat_params(&trainer);
     let err = trainer.train_step().unwrap_err().to_string();
     assert!(
         err.starts_with("training loss is NaN at step 2; stopped"),
         "{err}"
     );
-    assert_eq!(weights(&trainer), before);
+    assert_eq!(common::flat_params(&trainer), before);
 
     // A bad injection is a clear error.
     unsafe { std::env::set_var(INJECT_NON_FINITE, "nan@x") };

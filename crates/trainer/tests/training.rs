@@ -5,20 +5,11 @@ mod common;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use brainfloat_precision::named_params;
-use brainfloat_tests::values;
 use brainfloat_trainer::plugins::{CheckpointPlugin, NonFiniteGuard};
 use brainfloat_trainer::{
     Action, CheckpointInfo, EvalStats, Plugin, Start, StepStats, TrainError, Trainer,
 };
 use burn::tensor::Device;
-
-fn flat_params(trainer: &Trainer) -> Vec<f64> {
-    named_params(trainer.model())
-        .into_iter()
-        .flat_map(|p| values(p.tensor))
-        .collect()
-}
 
 #[test]
 fn micro_steps_equal_one_step_on_the_concatenated_batch() {
@@ -31,9 +22,9 @@ fn micro_steps_equal_one_step_on_the_concatenated_batch() {
             Start::Fresh,
         )
         .unwrap();
-        let before = flat_params(&trainer);
+        let before = common::flat_params(&trainer);
         let stats = trainer.train_step().unwrap();
-        let after = flat_params(&trainer);
+        let after = common::flat_params(&trainer);
         let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         (stats, delta)
     };

@@ -3,8 +3,17 @@
 
 use std::path::Path;
 
-use brainfloat_tests::golden_dir;
-use brainfloat_trainer::{ConfigSource, TrainConfig};
+use brainfloat_precision::named_params;
+use brainfloat_tests::{golden_dir, values};
+use brainfloat_trainer::{ConfigSource, TrainConfig, Trainer};
+
+/// Every parameter of the trainer's model, flattened in visiting order.
+pub fn flat_params(trainer: &Trainer) -> Vec<f64> {
+    named_params(trainer.model())
+        .into_iter()
+        .flat_map(|p| values(p.tensor))
+        .collect()
+}
 
 /// TOML for the golden-sized model (vocab 512, 2 layers, width 64) on the golden tokens.
 pub fn toml(dir: &Path, precision: &str) -> String {
