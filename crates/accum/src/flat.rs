@@ -1,10 +1,14 @@
 //! Gradients packed into flat fp32 buckets, reduced across ranks, and unpacked.
 
+use brainfloat_precision::ACCUMULATION_DTYPE;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 use crate::sync::{GradSync, SyncError};
+
+// Gradients are reduced in the policy's accumulation dtype, which `GradSync` carries as `f32`.
+const _: () = assert!(matches!(ACCUMULATION_DTYPE, FloatDType::F32));
 
 /// Most fp32 elements in one all-reduce call (64 MiB): large enough that a 124M-parameter model
 /// needs eight calls, small enough that no rank holds a second copy of all gradients at once.
@@ -89,7 +93,10 @@ fn reduce_bucket(bucket: &mut [Entry], sync: &mut dyn GradSync) -> Result<(), Sy
     })?;
     sync.all_reduce_mean(&mut host)?;
     let total = host.len();
-    let mean = Tensor::<1>::from_data(TensorData::new(host, [total]), (&device, DType::F32));
+    let mean = Tensor::<1>::from_data(
+        TensorData::new(host, [total]),
+        (&device, ACCUMULATION_DTYPE.into()),
+    );
     let mut offset = 0;
     for entry in bucket {
         let n: usize = entry.dims.iter().product();
@@ -117,7 +124,7 @@ impl ModuleVisitor for Take {
             id: param.id,
             dims,
             dtype,
-            flat: Some(grad.reshape([n]).cast(FloatDType::F32)),
+            flat: Some(grad.reshape([n]).cast(ACCUMULATION_DTYPE)),
         });
     }
 }

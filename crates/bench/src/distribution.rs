@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use brainfloat_gpt::{Batch, Gpt};
-use brainfloat_precision::{NamedTensor, dtype_info, named_grads, named_params};
+use brainfloat_precision::{dtype_info, named_grads, named_params};
 use brainfloat_trainer::memory;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ pub struct DistributionRow {
 }
 
 /// Sums `tensors` by dtype into rows of `part`.
-pub fn rows_by_dtype<'a>(
+fn rows_by_dtype<'a>(
     part: Part,
     tensors: impl IntoIterator<Item = &'a Tensor<1>>,
 ) -> Vec<DistributionRow> {
@@ -93,16 +93,16 @@ pub fn measure_distribution(
     optimizer_state: &[Tensor<1>],
     batch: &Batch,
 ) -> Result<Vec<DistributionRow>, brainfloat_gpt::GptError> {
-    let tensors =
-        |named: &[NamedTensor]| named.iter().map(|n| n.tensor.clone()).collect::<Vec<_>>();
-    let mut rows = rows_by_dtype(Part::Weights, &tensors(&named_params(model)));
+    let params = named_params(model);
+    let mut rows = rows_by_dtype(Part::Weights, params.iter().map(|p| &p.tensor));
     let before = memory::heap().map(|h| h.current);
     let loss = model.forward(batch)?;
     let retained = memory::heap().map(|h| h.current);
     let grads = loss.backward();
+    let grads = named_grads(model, &grads);
     rows.extend(rows_by_dtype(
         Part::Gradients,
-        &tensors(&named_grads(model, &grads)),
+        grads.iter().map(|g| &g.tensor),
     ));
     rows.extend(rows_by_dtype(Part::OptimizerState, optimizer_state));
     if let (Some(before), Some(retained)) = (before, retained) {

@@ -24,14 +24,14 @@ mod peak;
 pub mod plot;
 mod report;
 mod run;
+mod short_run;
 mod stats;
 pub mod validate;
 
-pub use distribution::{
-    DistributionRow, MIXED, Part, measure_distribution, part_bytes, rows_by_dtype,
-};
+pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
 pub use matmul::{MatmulResult, MatmulShape, bench_matmuls, model_matmul_shapes, time_matmul};
 pub use peak::Peak;
 pub use report::{BenchReport, Figure, MemoryResult, ModelInfo, PresetResult};
-pub use run::{BenchOptions, bench_config, run_bench};
+pub use run::{BenchOptions, run_bench};
+pub use short_run::short_run_config;
 pub use stats::Spread;

@@ -1,8 +1,6 @@
 //! The benchmark run: the same model, data and seed under each preset, built and warmed up one
 //! after the other, then timed with the presets interleaved step by step.
 
-use brainfloat_data::{DistributedLoader, shard_paths};
-use brainfloat_gpt::Batch;
 use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer, memory};
 use burn::tensor::Device;
 
@@ -10,6 +8,7 @@ use crate::distribution::measure_distribution;
 use crate::matmul::{bench_matmuls, model_matmul_shapes, sync};
 use crate::peak::Peak;
 use crate::report::{BenchReport, MemoryResult, ModelInfo, PresetResult};
+use crate::short_run::{first_batch, short_run_config};
 use crate::stats::Spread;
 
 /// What to measure and how.
@@ -47,22 +46,6 @@ struct Contender {
     device_reserved: Option<u64>,
 }
 
-/// The config every preset runs: `train.steps` = warm-up + timed steps with the config's
-/// warmdown fraction, no evaluations or probes inside the timed steps, output under
-/// `<output.dir>/bench`.
-pub fn bench_config(config: &TrainConfig, options: &BenchOptions) -> TrainConfig {
-    let mut config = config.clone();
-    let total = options.warmup_steps.max(1) + options.steps;
-    let warmdown_fraction = config.train.warmdown_steps as f64 / config.train.steps as f64;
-    config.train.steps = total;
-    config.train.warmup_steps = 0;
-    config.train.warmdown_steps = (warmdown_fraction * total as f64).floor() as usize;
-    config.eval.every = 0;
-    config.eval.lost_update_every = 0;
-    config.output.dir = config.output.dir.join("bench");
-    config
-}
-
 /// Runs the benchmark of `config` on `device` (not an autodiff device).
 pub fn run_bench(
     config: &TrainConfig,
@@ -75,16 +58,12 @@ pub fn run_bench(
             problem: "needs at least one preset and one timed step".into(),
         }));
     }
-    let config = bench_config(config, options);
+    let warmup = options.warmup_steps.max(1);
+    let config = short_run_config(config, warmup + options.steps, "bench");
     let mut contenders = Vec::with_capacity(options.presets.len());
     for preset in &options.presets {
-        tracing::info!(preset = %preset, warmup = options.warmup_steps.max(1), "building and warming up");
-        contenders.push(warm_up(
-            &config,
-            preset,
-            device,
-            options.warmup_steps.max(1),
-        )?);
+        tracing::info!(preset = %preset, warmup, "building and warming up");
+        contenders.push(warm_up(&config, preset, device, warmup)?);
     }
     for round in 0..options.steps {
         if round % 5 == 0 {
@@ -92,7 +71,7 @@ pub fn run_bench(
         }
         for offset in 0..contenders.len() {
             let index = (round + offset) % contenders.len();
-            timed_step(&mut contenders[index], &options.presets[index], device)?;
+            timed_step(&mut contenders[index], device)?;
         }
     }
 
@@ -117,7 +96,7 @@ pub fn run_bench(
         backend: options.backend.clone(),
         machine: options.machine.clone(),
         model,
-        warmup_steps: options.warmup_steps.max(1),
+        warmup_steps: warmup,
         timed_steps: options.steps,
         baseline: options.baseline.clone(),
         peak: options.peak.clone(),
@@ -145,11 +124,7 @@ fn warm_up(
     let mut trainer = Trainer::new(config, device, Start::Fresh)?;
     let mut losses = Vec::new();
     for _ in 0..steps {
-        losses.push(checked_loss(
-            trainer.train_step()?.loss,
-            preset,
-            trainer.step(),
-        )?);
+        losses.push(trainer.train_step()?.loss);
     }
     sync(device);
     let heap_after = memory::heap();
@@ -178,7 +153,7 @@ fn warm_up(
 }
 
 /// One timed step of a contender, with the heap it adds on top of what it keeps.
-fn timed_step(contender: &mut Contender, preset: &str, device: &Device) -> Result<(), TrainError> {
+fn timed_step(contender: &mut Contender, device: &Device) -> Result<(), TrainError> {
     sync(device);
     memory::reset_heap_peak();
     let before = memory::heap();
@@ -197,23 +172,8 @@ fn timed_step(contender: &mut Contender, preset: &str, device: &Device) -> Resul
         contender.device_reserved = Some(reserved);
     }
     contender.step_ms.push(stats.step_time.as_secs_f64() * 1e3);
-    contender
-        .losses
-        .push(checked_loss(stats.loss, preset, stats.step)?);
+    contender.losses.push(stats.loss);
     Ok(())
-}
-
-fn checked_loss(loss: f64, preset: &str, step: usize) -> Result<f64, TrainError> {
-    if loss.is_finite() {
-        Ok(loss)
-    } else {
-        tracing::error!(preset, step, loss, "non-finite loss");
-        Err(TrainError::NonFiniteLoss {
-            step,
-            loss,
-            last_checkpoint: None,
-        })
-    }
 }
 
 /// Validation loss, memory distribution and the derived figures of one contender.
@@ -225,10 +185,7 @@ fn finish(
 ) -> Result<PresetResult, TrainError> {
     let val_loss = contender.trainer.evaluate()?.val_loss;
     let trainer = &contender.trainer;
-    let config = trainer.config();
-    let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
-    let mut loader = DistributedLoader::new(shard_paths(&config.data.val)?, micro, seq_len, 0, 1)?;
-    let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, trainer.device())?;
+    let batch = first_batch(trainer, &trainer.config().data.val)?;
     let state: Vec<_> = trainer
         .optimizer()
         .state()

@@ -4,15 +4,17 @@
 
 use std::collections::HashSet;
 
-use brainfloat_data::{DistributedLoader, shard_paths};
-use brainfloat_gpt::{Batch, Gpt};
-use brainfloat_precision::{Component, apply_policy, named_grads, named_params};
+use brainfloat_data::shard_paths;
+use brainfloat_precision::{Component, named_grads, named_params};
 use brainfloat_trainer::{
-    RecordOptimizer, Start, TrainConfig, TrainError, Trainer, load_checkpoint,
+    RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model, load_checkpoint,
+    validation_loss,
 };
 use burn::module::Module;
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
+
+use crate::short_run::{first_batch, short_run_config};
 
 /// Relative difference of the fp32 and bf16 validation losses that still counts as agreement.
 pub const BF16_TOLERANCE: f64 = 1e-2;
@@ -88,13 +90,7 @@ pub fn validate_pipeline(
     device: &Device,
     steps: usize,
 ) -> Result<Vec<Check>, TrainError> {
-    let mut config = config.clone();
-    config.train.steps = steps.max(1);
-    config.train.warmup_steps = 0;
-    config.train.warmdown_steps = steps * 3 / 10;
-    config.eval.every = 0;
-    config.eval.lost_update_every = 0;
-    config.output.dir = config.output.dir.join("validate");
+    let config = short_run_config(config, steps.max(1), "validate");
 
     let fp32 = brief_run(&config, "fp32", device)?;
     let mut bf16 = brief_run(&config, "bf16", device)?;
@@ -137,6 +133,15 @@ pub fn validate_pipeline(
     Ok(checks)
 }
 
+/// "`name` is `dtype`" for each of `named` whose dtype is not `want`.
+fn not_in(want: DType, named: Vec<(String, DType)>) -> Vec<String> {
+    named
+        .into_iter()
+        .filter(|(_, dtype)| *dtype != want)
+        .map(|(name, dtype)| format!("{name} is {dtype:?}"))
+        .collect()
+}
+
 fn relative(value: f64, reference: f64) -> f64 {
     ((value - reference) / reference).abs()
 }
@@ -145,24 +150,14 @@ fn relative(value: f64, reference: f64) -> f64 {
 /// their gradients and their optimizer state fp32; activations bf16; logits and loss fp32.
 fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
     let model = trainer.model();
-    let config = trainer.config();
-    let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
-    let mut loader =
-        DistributedLoader::new(shard_paths(&config.data.train)?, micro, seq_len, 0, 1)?;
-    let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, trainer.device())?;
+    let batch = first_batch(trainer, &trainer.config().data.train)?;
 
     let linear: Vec<_> = named_params(model)
         .into_iter()
         .filter(|p| p.component == Component::Linear)
         .collect();
     let linear_names: HashSet<&str> = linear.iter().map(|p| p.name.as_str()).collect();
-    let not_fp32 = |names: Vec<(String, DType)>| -> Vec<String> {
-        names
-            .into_iter()
-            .filter(|(_, dtype)| *dtype != DType::F32)
-            .map(|(name, dtype)| format!("{name} is {dtype:?}"))
-            .collect()
-    };
+    let not_fp32 = |named: Vec<(String, DType)>| not_in(DType::F32, named);
     let weights = not_fp32(
         linear
             .iter()
@@ -198,11 +193,8 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
         .collect();
     let state_count = state.len();
     let optimizer = not_fp32(state);
-    let not_bf16: Vec<String> = activations
-        .iter()
-        .filter(|(_, dtype)| *dtype != DType::BF16)
-        .map(|(name, dtype)| format!("{name} is {dtype:?}"))
-        .collect();
+    let activation_count = activations.len();
+    let not_bf16 = not_in(DType::BF16, activations);
     let verdict = |problems: &[String], ok: String| {
         if problems.is_empty() {
             ok
@@ -234,7 +226,7 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
             not_bf16.is_empty(),
             verdict(
                 &not_bf16,
-                format!("{} activations, all bf16", activations.len()),
+                format!("{activation_count} activations, all bf16"),
             ),
         ),
         Check::new(
@@ -251,8 +243,7 @@ fn checkpoint_round_trip(trainer: &mut Trainer, device: &Device) -> Result<Check
     let path = trainer.checkpoint()?;
     let config = trainer.config().clone();
     device.seed(config.train.seed.wrapping_add(1));
-    let other: Gpt = apply_policy(config.gpt()?.init(device)?, &config.policy()?, device)
-        .map_err(|err| TrainError::Model(err.into()))?;
+    let other = init_model(&config, device)?;
     let fresh = RecordOptimizer::new(Default::default());
     let restored = load_checkpoint(&path, other, fresh, device)?;
     let bits = |t: &burn::tensor::Tensor<1>| t.to_data().as_bytes().to_vec();
@@ -280,14 +271,8 @@ fn checkpoint_round_trip(trainer: &mut Trainer, device: &Device) -> Result<Check
             .map(|(a, _)| a.0.clone()),
     );
     let val_paths = shard_paths(&config.data.val)?;
-    let (restored_val, _) =
-        brainfloat_trainer::validation_loss(&restored.model, &config, val_paths, &device.clone())?;
-    let (trained_val, _) = brainfloat_trainer::validation_loss(
-        &trainer.model().valid(),
-        &config,
-        shard_paths(&config.data.val)?,
-        &device.clone(),
-    )?;
+    let (restored_val, _) = validation_loss(&restored.model, &config, val_paths.clone(), device)?;
+    let (trained_val, _) = validation_loss(&trainer.model().valid(), &config, val_paths, device)?;
     let passed = differing.is_empty()
         && restored_val == trained_val
         && restored.record.step == trainer.step();

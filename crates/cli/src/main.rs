@@ -12,11 +12,12 @@ use brainfloat_bench::plot::{
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, run_bench};
 use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
-use brainfloat_precision::apply_policy;
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
-use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer, validation_loss};
+use brainfloat_trainer::{
+    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, validation_loss,
+};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
@@ -219,7 +220,7 @@ fn load_config(run: &RunArgs) -> Result<TrainConfig, String> {
 }
 
 /// Logs on stderr; ranks other than the leader log warnings and errors only.
-fn init_logs(format: &str, leader: bool) {
+fn init_logs(format: LogFormat, leader: bool) {
     let level = if leader { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -227,11 +228,19 @@ fn init_logs(format: &str, leader: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.compact().init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.compact().init(),
     }
+}
+
+/// What `eval`, `bench` and `validate` start with: the config, logs, the default corpus if the
+/// config wants it, and the device.
+fn prepare(run: &RunArgs) -> Result<(TrainConfig, Device), String> {
+    let config = load_config(run)?;
+    init_logs(config.output.log_format, true);
+    ensure_default_corpus(&config)?;
+    Ok((config, device(&run.backend)?))
 }
 
 fn device(backend: &str) -> Result<Device, String> {
@@ -305,7 +314,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     let config = load_config(&args.run)?;
     let mut sync = grad_sync(args.sync_timeout)?;
     let (rank, leader) = (sync.rank(), sync.is_leader());
-    init_logs(&config.output.log_format, leader);
+    init_logs(config.output.log_format, leader);
     if leader {
         ensure_default_corpus(&config)?;
     }
@@ -379,19 +388,12 @@ fn train(args: TrainArgs) -> Result<(), String> {
 }
 
 fn eval(args: EvalArgs) -> Result<(), String> {
-    let mut config = load_config(&args.run)?;
-    init_logs(&config.output.log_format, true);
+    let (mut config, device) = prepare(&args.run)?;
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let device = device(&args.run.backend)?;
-    let policy = config.policy().map_err(|e| e.to_string())?;
-    let model = config
-        .gpt()
-        .map_err(|e| e.to_string())?
-        .init(&device)
-        .map_err(|e| e.to_string())?;
-    let model = apply_policy(model, &policy, &device).map_err(|e| e.to_string())?;
+    let model = init_model(&config, &device).map_err(|e| e.to_string())?;
+    let policy = *model.policy();
     let is_record = args.checkpoint.extension().is_some_and(|e| e == "json");
     let model = if is_record {
         let optimizer = brainfloat_trainer::RecordOptimizer::new(Default::default());
@@ -414,7 +416,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
 }
 
 fn data(args: DataArgs) -> Result<(), String> {
-    init_logs("human", true);
+    init_logs(LogFormat::Human, true);
     let stats = match &args.text {
         Some(text) => {
             let files = text_files(text).map_err(|e| e.to_string())?;
@@ -479,10 +481,7 @@ fn machine(backend: &str, device: &Device) -> String {
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
-    let config = load_config(&args.run)?;
-    init_logs(&config.output.log_format, true);
-    ensure_default_corpus(&config)?;
-    let device = device(&args.run.backend)?;
+    let (config, device) = prepare(&args.run)?;
     let peak = match args.peak_gflops {
         Some(gflops) => Peak::stated(gflops),
         None => Peak::nominal_cpu()
@@ -546,10 +545,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 }
 
 fn validate(args: ValidateArgs) -> Result<(), String> {
-    let config = load_config(&args.run)?;
-    init_logs(&config.output.log_format, true);
-    ensure_default_corpus(&config)?;
-    let device = device(&args.run.backend)?;
+    let (config, device) = prepare(&args.run)?;
     let checks = validate_pipeline(&config, &device, args.steps).map_err(|e| e.to_string())?;
     print!("{}", format_checks(&checks));
     if let Some(path) = &args.json {

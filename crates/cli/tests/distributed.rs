@@ -141,12 +141,15 @@ fn max_relative_difference(a: &Path, b: &Path, step: usize) -> f64 {
     (difference / norm.max(1e-300)).sqrt()
 }
 
-/// Training losses of a run's metrics, step by step.
-fn losses(dir: &Path) -> Vec<f64> {
+/// `(loss, grad_norm)` of every step of a run's metrics.
+fn step_metrics(dir: &Path) -> Vec<(f64, f64)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["loss"].as_f64()?, v["grad_norm"].as_f64()?))
+        })
         .collect()
 }
 
@@ -167,17 +170,28 @@ fn two_ranks_of_batch_b_equal_one_rank_of_batch_2b() {
              {later:.2e} after 6"
         );
     }
-    // The same losses step by step; and bit for bit the same parameters as one rank that sums
-    // the same two micro-batches (gradient accumulation), which is what the all-reduce computes.
+    // The same losses and gradient norms step by step (the norm is what Adam and Muon would not
+    // show: both normalise, so gradients summed instead of averaged would barely move the
+    // weights); and bit for bit the same parameters as one rank that sums the same two
+    // micro-batches (gradient accumulation), which is what the all-reduce computes.
     train(
         1,
         &s.args("accum", "fp32", 1, &["train.grad_accum_steps=2"]),
     );
-    for (a, b) in losses(&s.out("one_fp32"))
-        .iter()
-        .zip(losses(&s.out("two_fp32")))
-    {
-        assert!(((a - b) / a).abs() < 1e-6, "losses {a} vs {b}");
+    let (one, two) = (
+        step_metrics(&s.out("one_fp32")),
+        step_metrics(&s.out("two_fp32")),
+    );
+    assert_eq!((one.len(), two.len()), (6, 6));
+    for ((loss_1, norm_1), (loss_2, norm_2)) in one.iter().zip(&two) {
+        assert!(
+            ((loss_1 - loss_2) / loss_1).abs() < 1e-6,
+            "losses {loss_1} vs {loss_2}"
+        );
+        assert!(
+            ((norm_1 - norm_2) / norm_1).abs() < 1e-5,
+            "grad norms {norm_1} vs {norm_2}"
+        );
     }
     assert_eq!(weights(&s.out("two_fp32"), 6), weights(&s.out("accum"), 6));
     println!("fp32: 2 ranks × 4 = 1 rank accumulating 2 × 4, bit for bit");

@@ -136,6 +136,15 @@ impl DistributedLoader {
         Ok(())
     }
 
+    /// Continues from `position` of rank 0 (what a checkpoint records): rank r reads
+    /// `r·B·T` tokens further on, as from the start.
+    pub fn seek_from_rank0(&mut self, position: LoaderPosition) -> Result<(), DataError> {
+        self.seek(LoaderPosition {
+            shard: position.shard,
+            offset: position.offset + self.first_offset(),
+        })
+    }
+
     /// The next window of `B·T + 1` tokens (inputs are the first `B·T`, targets the last).
     pub fn next_window(&mut self) -> Result<Vec<u16>, DataError> {
         let window = self

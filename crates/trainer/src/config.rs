@@ -55,15 +55,58 @@ pub struct TrainSection {
     pub seed: u64,
     /// Precision policy: `fp32`, `autocast`, `bf16`, with optional overrides.
     pub precision: String,
-    /// What a non-finite loss or gradient does: `stop` (the run ends with an error naming the
-    /// last good checkpoint) or `skip` (the update is dropped, counted, and training goes on).
-    /// Either way the bad update is never applied.
-    #[serde(default = "default_on_non_finite")]
-    pub on_non_finite: String,
+    /// What a non-finite loss or gradient does (the bad update is never applied).
+    #[serde(default)]
+    pub on_non_finite: NonFinitePolicy,
 }
 
-fn default_on_non_finite() -> String {
-    "stop".into()
+/// What a step with a non-finite loss or gradient norm does; its update is dropped either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum NonFinitePolicy {
+    /// The run ends with an error naming the last good checkpoint.
+    #[default]
+    Stop,
+    /// The step is counted as skipped and training goes on.
+    Skip,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Compact lines for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `value` as one of `choices` (name, variant), or an error listing the names.
+fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            format!("`{value}` is not one of {}", names.join(", "))
+        })
+}
+
+impl TryFrom<String> for NonFinitePolicy {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(&value, &[("stop", Self::Stop), ("skip", Self::Skip)])
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(&value, &[("human", Self::Human), ("json", Self::Json)])
+    }
 }
 
 /// The optimizer section (the record's values in `speedrun`).
@@ -117,7 +160,7 @@ pub struct OutputSection {
     /// Checkpoint every this many steps (and at the end); 0 = only at the end.
     pub checkpoint_every: usize,
     /// `human` or `json` logs.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Show a progress bar when stderr is a terminal.
     pub progress: bool,
 }
@@ -327,18 +370,6 @@ impl TrainConfig {
             ));
         }
         self.policy()?;
-        if !matches!(t.on_non_finite.as_str(), "stop" | "skip") {
-            return Err(invalid(
-                "train.on_non_finite",
-                format!("`{}` is not one of stop, skip", t.on_non_finite),
-            ));
-        }
-        if !matches!(self.output.log_format.as_str(), "human" | "json") {
-            return Err(invalid(
-                "output.log_format",
-                format!("`{}` is not one of human, json", self.output.log_format),
-            ));
-        }
         Ok(())
     }
 }

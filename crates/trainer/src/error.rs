@@ -34,21 +34,15 @@ pub enum TrainError {
     },
     /// The data-parallel ranks could not exchange gradients or losses.
     Sync(SyncError),
-    /// The gradients stopped being numbers (the loss was finite).
-    NonFiniteGradient {
-        /// The step whose gradients they were.
+    /// The loss or the gradient norm of a step stopped being a number; the step's update was
+    /// not applied.
+    NonFinite {
+        /// The step.
         step: usize,
-        /// Their global norm.
-        grad_norm: f64,
-        /// The last good checkpoint, kept.
-        last_checkpoint: Option<PathBuf>,
-    },
-    /// The loss stopped being a number.
-    NonFiniteLoss {
-        /// The step whose loss it was.
-        step: usize,
-        /// The loss.
+        /// Its loss.
         loss: f64,
+        /// Its global gradient norm.
+        grad_norm: f64,
         /// The last good checkpoint, kept.
         last_checkpoint: Option<PathBuf>,
     },
@@ -67,34 +61,27 @@ impl fmt::Display for TrainError {
             Self::Output { path, problem } => {
                 write!(f, "output folder {}: {problem}", path.display())
             }
-            Self::NonFiniteLoss {
+            Self::NonFinite {
                 step,
                 loss,
-                last_checkpoint,
-            } => {
-                write!(f, "training loss is {loss} at step {step}; stopped")?;
-                write_last_checkpoint(f, last_checkpoint)
-            }
-            Self::NonFiniteGradient {
-                step,
                 grad_norm,
                 last_checkpoint,
             } => {
-                write!(
-                    f,
-                    "gradient norm is {grad_norm} at step {step} (the loss was finite); stopped \
-                     without applying it"
-                )?;
-                write_last_checkpoint(f, last_checkpoint)
+                if loss.is_finite() {
+                    write!(
+                        f,
+                        "gradient norm is {grad_norm} at step {step} (the loss was finite); \
+                         stopped without applying it"
+                    )?;
+                } else {
+                    write!(f, "training loss is {loss} at step {step}; stopped")?;
+                }
+                match last_checkpoint {
+                    Some(path) => write!(f, " (last good checkpoint: {})", path.display()),
+                    None => write!(f, " (no checkpoint was written before it)"),
+                }
             }
         }
-    }
-}
-
-fn write_last_checkpoint(f: &mut fmt::Formatter<'_>, path: &Option<PathBuf>) -> fmt::Result {
-    match path {
-        Some(path) => write!(f, " (last good checkpoint: {})", path.display()),
-        None => write!(f, " (no checkpoint was written before it)"),
     }
 }
 

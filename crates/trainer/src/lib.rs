@@ -6,7 +6,8 @@
 //! - [`TrapezoidalSchedule`]: warmup, flat, linear warmdown to 0;
 //! - [`TrainConfig`]: one TOML per preset, overridable from the environment and the command line;
 //! - [`Trainer`]: micro-batches with gradient accumulation, evaluation, atomic checkpoints with
-//!   exact resume, and [`Plugin`]s (logs, metrics, progress, checkpoints, a non-finite guard).
+//!   exact resume, a non-finite policy (`stop` or `skip`; a bad update is never applied), and
+//!   [`Plugin`]s (logs, metrics, progress, checkpoint cadence, stop on Ctrl-C).
 //!
 //! ```
 //! use brainfloat_trainer::TrapezoidalSchedule;
@@ -31,12 +32,12 @@ pub use checkpoint::{
     record_name, save_checkpoint,
 };
 pub use config::{
-    ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, ModelSection, OptimSection,
-    OutputSection, TrainConfig, TrainSection,
+    ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat, ModelSection,
+    NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
 };
 pub use error::TrainError;
 pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use schedule::TrapezoidalSchedule;
-pub use trainer::{INJECT_NON_FINITE, Start, Trainer, validation_loss};
+pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

@@ -1,8 +1,10 @@
-//! The built-in plugins: logs, metrics, progress, checkpoints and the non-finite guard.
+//! The built-in plugins: logs, metrics, progress, checkpoint cadence and stop-on-request.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -84,9 +86,9 @@ impl Plugin for LogPlugin {
 }
 
 /// One JSON line per step (`step`, `loss`, `lr`, `step_time_ms`, `tokens_per_sec`,
-/// `grad_norm`, `sync_ms` of the gradient all-reduce; `lost_updates` per group on probed steps; `heap_peak_bytes` of the step when the
-/// binary counts its heap, `rss_bytes` where the OS tells) and per evaluation (`step`,
-/// `val_loss`), appended to a file.
+/// `grad_norm`, `sync_ms` of the gradient all-reduce; `skipped` on dropped steps; `lost_updates`
+/// per group on probed steps; `heap_peak_bytes` of the step when the binary counts its heap,
+/// `rss_bytes` where the OS tells) and per evaluation (`step`, `val_loss`), appended to a file.
 pub struct MetricsPlugin {
     path: PathBuf,
     out: Option<BufWriter<File>>,
@@ -116,10 +118,7 @@ impl MetricsPlugin {
         };
         writeln!(out, "{line}")
             .and_then(|_| out.flush())
-            .map_err(|err| TrainError::Output {
-                path: self.path.clone(),
-                problem: format!("cannot write metrics: {err}"),
-            })
+            .map_err(error)
     }
 }
 
@@ -225,48 +224,22 @@ impl Plugin for CheckpointPlugin {
     }
 }
 
-/// Stops the run when the loss is NaN or infinite, before anything of that step is saved, and
-/// names the last good checkpoint.
-#[derive(Default)]
-pub struct NonFiniteGuard {
-    last_checkpoint: Option<PathBuf>,
-}
-
-impl Plugin for NonFiniteGuard {
-    fn on_step(&mut self, s: &StepStats) -> Result<Action, TrainError> {
-        if s.loss.is_finite() {
-            Ok(Action::Continue)
-        } else {
-            Err(TrainError::NonFiniteLoss {
-                step: s.step,
-                loss: s.loss,
-                last_checkpoint: self.last_checkpoint.clone(),
-            })
-        }
-    }
-
-    fn on_checkpoint(&mut self, c: &CheckpointInfo) -> Result<(), TrainError> {
-        self.last_checkpoint = Some(c.path.clone());
-        Ok(())
-    }
-}
-
 /// Asks the run to stop after the current step, with a checkpoint, once `flag` is set: the
 /// binary sets it on Ctrl-C (SIGINT).
 pub struct StopOnFlag {
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    flag: Arc<AtomicBool>,
 }
 
 impl StopOnFlag {
     /// Watches `flag`.
-    pub fn new(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn new(flag: Arc<AtomicBool>) -> Self {
         Self { flag }
     }
 }
 
 impl Plugin for StopOnFlag {
     fn on_step(&mut self, _: &StepStats) -> Result<Action, TrainError> {
-        Ok(if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok(if self.flag.load(Ordering::SeqCst) {
             Action::Stop
         } else {
             Action::Continue

@@ -13,7 +13,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, record_name, save_checkpoint};
-use crate::config::{ConfigError, TrainConfig};
+use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
 use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
@@ -121,12 +121,10 @@ impl Trainer {
         let checkpoint_bytes = (gpt.num_params() * 12).min(64 << 20);
         check_output_dir(&config.output.dir, checkpoint_bytes)?;
         let device = device.clone().autodiff();
-        let policy: PrecisionPolicy = config.policy()?;
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are scanned.
         device.seed(config.train.seed);
-        let model = apply_policy(gpt.init(&device)?, &policy, &device)
-            .map_err(|err| TrainError::Model(err.into()))?;
+        let model = init_model(&config, &device)?;
 
         let train_paths = shard_paths(&config.data.train)?;
         let val_paths = shard_paths(&config.data.val)?;
@@ -146,7 +144,7 @@ impl Trainer {
             config.train.ranks,
         )?;
 
-        let optimizer = RecordOptimizer::new(optimizer_config(&config, &policy));
+        let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
         let schedule = TrapezoidalSchedule::new(
             config.train.steps,
             config.train.warmup_steps,
@@ -206,13 +204,8 @@ impl Trainer {
                     path: path.clone(),
                     problem: "the record has no data position".into(),
                 })?;
-        // The record holds rank 0's position; rank r reads r micro-batches further on.
-        let rank_offset =
-            self.sync.rank() * self.config.micro_batch_size() * self.config.train.seq_len;
-        self.train.seek(LoaderPosition {
-            shard: position.shard,
-            offset: position.offset + rank_offset,
-        })?;
+        // The record holds rank 0's position.
+        self.train.seek_from_rank0(position)?;
         self.model = restored.model;
         self.optimizer = restored.optimizer;
         self.step = restored.record.step;
@@ -375,28 +368,20 @@ impl Trainer {
         if skipped {
             // The update is never applied: the model stays, the optimizer state is restored.
             self.optimizer = before;
-            let stop = self.config.train.on_non_finite == "stop";
+            let policy = self.config.train.on_non_finite;
             tracing::warn!(
                 step = self.step + 1,
                 loss,
                 grad_norm,
-                stop,
+                ?policy,
                 "non-finite step"
             );
-            if stop {
-                let (step, last_checkpoint) = (self.step + 1, self.last_checkpoint.clone());
-                return Err(if loss.is_finite() {
-                    TrainError::NonFiniteGradient {
-                        step,
-                        grad_norm,
-                        last_checkpoint,
-                    }
-                } else {
-                    TrainError::NonFiniteLoss {
-                        step,
-                        loss,
-                        last_checkpoint,
-                    }
+            if policy == NonFinitePolicy::Stop {
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss,
+                    grad_norm,
+                    last_checkpoint: self.last_checkpoint.clone(),
                 });
             }
             self.skipped_steps += 1;
@@ -420,11 +405,6 @@ impl Trainer {
         })
     }
 
-    /// Steps whose update was dropped for non-finite values (`train.on_non_finite = "skip"`).
-    pub fn skipped_steps(&self) -> usize {
-        self.skipped_steps
-    }
-
     /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
     /// computed without autodiff; each rank reads its slice and the means are averaged.
     pub fn evaluate(&mut self) -> Result<EvalStats, TrainError> {
@@ -441,11 +421,6 @@ impl Trainer {
             val_loss: self.sync.mean(local)?,
             tokens: tokens * world,
         })
-    }
-
-    /// This process's rank and the number of ranks.
-    pub fn rank(&self) -> (usize, usize) {
-        (self.sync.rank(), self.sync.world_size())
     }
 
     /// Stops every rank after an error on this one (see [`GradSync::abort`]).
@@ -481,6 +456,13 @@ impl Trainer {
         self.each(|p| p.on_checkpoint(&info))?;
         Ok(path)
     }
+}
+
+/// The config's model, initialised on `device` (from its current seed) and converted to the
+/// config's precision policy.
+pub fn init_model(config: &TrainConfig, device: &Device) -> Result<Gpt, TrainError> {
+    let model = config.gpt()?.init(device)?;
+    apply_policy(model, &config.policy()?, device).map_err(|err| TrainError::Model(err.into()))
 }
 
 fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOptimizerConfig {
