@@ -187,7 +187,7 @@ fn invalid_inputs_say_what_is_wrong() {
     let model = GptConfig::tiny().init(&cpu).unwrap();
     assert!(apply_policy(model, &PrecisionPolicy::fp32(), &cpu).is_ok());
 
-    let device = Device::flex();
+    let device = brainfloat_backend::test_device();
     let model = GptConfig::tiny().init(&device).unwrap();
     let window: Vec<u32> = (0..2 * 8 + 1)
         .map(|i| if i == 5 { 512 } else { i })

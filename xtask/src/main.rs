@@ -9,7 +9,10 @@
 //! cargo xtask validate                    # build, tests, and the bf16 pipeline's checks
 //! cargo xtask train --ranks 2             # two data-parallel ranks under mpirun (OpenMPI)
 //! cargo xtask train --ranks 8 --hostfile hosts   # ranks across the machines of a hostfile
-//! cargo xtask test                        # install what the tests need, then run them all
+//! cargo xtask train --backend tch         # libtorch on the CPU (installs PyTorch 2.9 once)
+//! cargo xtask bench --backend tch --config configs/small.toml
+//! cargo xtask test                        # install what the tests need, run them on flex and tch
+//! cargo xtask test --backend flex         # … on one backend only
 //! cargo xtask reliability                 # the fault suite → docs/reliability.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
@@ -31,6 +34,13 @@ const COMMANDS: [&str; 8] = [
 
 /// The project's set-up script: installs the system packages the tests need (OpenMPI, libclang).
 const SETUP: &str = "scripts/setup";
+
+/// Installs PyTorch (whose libtorch the `tch` backend links) into the build folder, once.
+const SETUP_TORCH: &str = "scripts/setup-torch";
+
+/// The backends the test suite runs on: one build with every feature, one pass per backend
+/// (`BRAINFLOAT_BACKEND` picks the device of every test and of every binary they start).
+const TEST_BACKENDS: [&str; 2] = ["flex", "tch"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,25 +81,46 @@ fn cargo_command() -> Command {
 }
 
 /// `scripts/setup`, then every test with the `mpi` feature (the distributed tests run under
-/// `mpirun -np 2`); extra arguments go to `cargo test`.
-fn test(extra: &[String]) -> Result<bool, String> {
+/// `mpirun -np 2`), once per backend of [`TEST_BACKENDS`] or of `--backend X`; other arguments
+/// go to `cargo test`.
+fn test(args: &[String]) -> Result<bool, String> {
     if !status(&mut Command::new(SETUP)) {
         return Err(format!(
             "{SETUP} failed (it installs OpenMPI and libclang; see above)"
         ));
     }
-    let mut tests = cargo_command();
-    tests
-        .args([
-            "test",
-            "--workspace",
-            "--release",
-            "--features",
-            "brainfloat-cli/mpi",
-        ])
-        .args(extra);
-    mpi_environment(&mut tests);
-    Ok(status(&mut tests))
+    let backends: Vec<String> = match value_of(args, "--backend") {
+        Some(backend) => vec![backend],
+        None => TEST_BACKENDS.iter().map(|b| b.to_string()).collect(),
+    };
+    let mut features = vec!["brainfloat-cli/mpi".to_string()];
+    let mut environment = Vec::new();
+    for backend in &backends {
+        if let Some(feature) = backend_feature(backend)? {
+            features.push(format!("brainfloat-cli/{feature}"));
+            environment.extend(backend_environment(feature)?);
+        }
+    }
+    features.dedup();
+    let extra = without_flag(args, "--backend");
+    let mut results = Vec::new();
+    for backend in &backends {
+        eprintln!("xtask: the test suite on backend `{backend}`");
+        let mut tests = cargo_command();
+        tests
+            .args(["test", "--workspace", "--release", "--features"])
+            .arg(features.join(","))
+            .args(&extra)
+            .envs(environment.iter().cloned())
+            .env("BRAINFLOAT_BACKEND", backend);
+        mpi_environment(&mut tests);
+        results.push((backend, status(&mut tests)));
+    }
+    for (backend, passed) in &results {
+        let result = if *passed { "passed" } else { "FAILED" };
+        eprintln!("xtask: test suite on `{backend}`: {result}");
+    }
+    Ok(results.iter().all(|(_, passed)| *passed))
 }
 
 /// The fault suite (`tests/faults/main.rs`), writing its report to `docs/reliability.md`.
@@ -140,17 +171,11 @@ fn distributed_train(backend: &str, args: &[String]) -> Result<bool, String> {
         mpirun.args(["--hostfile", &hostfile]);
     }
     mpi_environment(&mut mpirun);
-    mpirun.arg(Path::new("target").join("release").join("brainfloat"));
-    let mut skip = false;
-    for arg in args {
-        if skip {
-            skip = false;
-        } else if arg == "--ranks" || arg == "--hostfile" {
-            skip = true;
-        } else if !arg.starts_with("--ranks=") && !arg.starts_with("--hostfile=") {
-            mpirun.arg(arg);
-        }
+    if let Some(feature) = backend_feature(backend)? {
+        mpirun.envs(backend_environment(feature)?);
     }
+    mpirun.arg(Path::new("target").join("release").join("brainfloat"));
+    mpirun.args(without_flag(&without_flag(args, "--ranks"), "--hostfile"));
     mpirun.args(["--set", &format!("train.ranks={ranks}")]);
     match mpirun.status() {
         Ok(status) => Ok(status.success()),
@@ -166,23 +191,74 @@ fn cargo(verb: &[&str], backend: &str) -> Result<Command, String> {
     cargo
         .args(verb)
         .args(["--release", "--package", "brainfloat-cli"]);
-    match backend {
-        "flex" => {}
-        "tch" => {
-            cargo
-                .args(["--features", "tch"])
-                .env("LIBTORCH_USE_PYTORCH", "1");
-        }
-        "cuda" => {
-            cargo.args(["--features", "cuda"]);
-        }
-        other => {
-            return Err(format!(
-                "unknown backend `{other}` (valid: flex, tch, cuda)"
-            ));
-        }
+    if let Some(feature) = backend_feature(backend)? {
+        cargo
+            .args(["--features", feature])
+            .envs(backend_environment(feature)?);
     }
     Ok(cargo)
+}
+
+/// The CLI feature `backend` needs (the names of `brainfloat-backend`, which xtask does not
+/// link so that it builds in seconds): `flex` none, `tch` and `tch-cuda[:N]` tch, `cuda[:N]`
+/// cuda.
+fn backend_feature(backend: &str) -> Result<Option<&'static str>, String> {
+    match backend.split(':').next().unwrap_or_default() {
+        "flex" if !backend.contains(':') => Ok(None),
+        "tch" if !backend.contains(':') => Ok(Some("tch")),
+        "tch-cuda" => Ok(Some("tch")),
+        "cuda" => Ok(Some("cuda")),
+        _ => Err(format!(
+            "unknown backend `{backend}` (valid: flex, tch, tch-cuda[:N], cuda[:N])"
+        )),
+    }
+}
+
+/// What building and running with `feature` needs in the environment. For `tch`: PyTorch
+/// installed into the build folder once ([`SETUP_TORCH`]), torch-sys told to link its
+/// libtorch (`LIBTORCH_USE_PYTORCH`, which runs the environment's `python`), and the loader
+/// pointed at it.
+fn backend_environment(feature: &str) -> Result<Vec<(String, String)>, String> {
+    if feature != "tch" {
+        return Ok(Vec::new());
+    }
+    let setup = Command::new(SETUP_TORCH)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|err| format!("cannot run {SETUP_TORCH}: {err}"))?;
+    if !setup.status.success() {
+        return Err(format!("{SETUP_TORCH} failed (see above)"));
+    }
+    let venv = Path::new(String::from_utf8_lossy(&setup.stdout).trim()).to_path_buf();
+    let python = venv.join("bin").join("python");
+    let lib = Command::new(&python)
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .map_err(|err| format!("cannot run {}: {err}", python.display()))?;
+    if !lib.status.success() {
+        return Err(format!(
+            "{} cannot import torch: {}",
+            python.display(),
+            String::from_utf8_lossy(&lib.stderr).trim()
+        ));
+    }
+    let lib = String::from_utf8_lossy(&lib.stdout).trim().to_string();
+    let prepend = |var: &str, first: String| match std::env::var(var) {
+        Ok(rest) if !rest.is_empty() => format!("{first}:{rest}"),
+        _ => first,
+    };
+    Ok(vec![
+        ("VIRTUAL_ENV".into(), venv.display().to_string()),
+        (
+            "PATH".into(),
+            prepend("PATH", venv.join("bin").display().to_string()),
+        ),
+        ("LIBTORCH_USE_PYTORCH".into(), "1".into()),
+        ("LD_LIBRARY_PATH".into(), prepend("LD_LIBRARY_PATH", lib)),
+    ])
 }
 
 /// Runs `command`; whether it succeeded.
@@ -264,6 +340,20 @@ fn print_table(rows: &[(String, bool, String)]) -> bool {
 /// The value of `--backend X` or `--backend=X`, `flex` if absent.
 fn backend_of(args: &[String]) -> String {
     value_of(args, "--backend").unwrap_or_else(|| "flex".into())
+}
+
+/// `args` without `flag X` and `flag=X`.
+fn without_flag(args: &[String], flag: &str) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == flag {
+            iter.next();
+        } else if !arg.starts_with(&format!("{flag}=")) {
+            kept.push(arg.clone());
+        }
+    }
+    kept
 }
 
 /// The value of `flag X` or `flag=X` in `args`.

@@ -153,7 +153,6 @@ mod tests {
     use super::*;
     use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, cast_params};
     use burn::module::Module;
-    use burn::tensor::Device;
 
     /// Rank 0 of two, whose peer contributed `3 ×` this rank's buffer: every mean is `2 ×`.
     #[derive(Default)]
@@ -185,7 +184,7 @@ mod tests {
 
     #[test]
     fn gradients_are_averaged_in_fp32_buckets_and_keep_their_dtypes() {
-        let device = Device::flex().autodiff();
+        let device = brainfloat_backend::test_device().autodiff();
         for policy in ["fp32", "bf16,linear=bf16"] {
             let policy: PrecisionPolicy = policy.parse().unwrap();
             // 3×4 weight (12) and bias (3): two buckets when a bucket holds 12 elements.
@@ -216,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_single_rank_passes_gradients_through_untouched() {
-        let device = Device::flex().autodiff();
+        let device = brainfloat_backend::test_device().autodiff();
         let layer = CastedLinearConfig::new(2, 2).init(&device);
         let x = Tensor::<2>::ones([1, 2], &device);
         let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);

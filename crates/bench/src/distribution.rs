@@ -1,13 +1,16 @@
 //! Where a training step's memory sits, by part and dtype: weights, gradients, optimizer state
 //! (counted from the tensors' dtypes and sizes) and the activations kept for the backward pass
-//! (measured on the heap).
+//! (measured by the backend's memory measure: the heap on flex, the resident set on libtorch's
+//! CPU, the device pool on Burn's CUDA; on libtorch's CUDA, whose caching allocator only grows,
+//! what the driver reports stays 0 for a warmed-up model).
 
 use std::collections::BTreeMap;
 
+use brainfloat_backend::MemoryMeasure;
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{dtype_info, named_grads, named_params};
 use brainfloat_trainer::memory;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// What a block of memory holds.
@@ -45,7 +48,7 @@ impl Part {
     }
 }
 
-/// Dtype name of a measured total that mixes dtypes (the activations: the heap cannot tell
+/// Dtype name of a measured total that mixes dtypes (the activations: an allocator cannot tell
 /// which allocation holds which dtype).
 pub const MIXED: &str = "mixed";
 
@@ -87,17 +90,19 @@ fn rows_by_dtype<'a>(
 
 /// The distribution of one training step of `model` on `batch`, with `optimizer_state` (the
 /// trainer's state tensors): weights, gradients and state from their tensors, activations as
-/// the heap bytes the forward pass leaves allocated (`None` without the counting allocator).
+/// the bytes the forward pass leaves allocated by `measure` (no row where it measures nothing).
 pub fn measure_distribution(
     model: &Gpt,
     optimizer_state: &[Tensor<1>],
     batch: &Batch,
+    measure: MemoryMeasure,
+    device: &Device,
 ) -> Result<Vec<DistributionRow>, brainfloat_gpt::GptError> {
     let params = named_params(model);
     let mut rows = rows_by_dtype(Part::Weights, params.iter().map(|p| &p.tensor));
-    let before = memory::heap().map(|h| h.current);
+    let before = memory_in_use(measure, device);
     let loss = model.forward(batch)?;
-    let retained = memory::heap().map(|h| h.current);
+    let retained = memory_in_use(measure, device);
     let grads = loss.backward();
     let grads = named_grads(model, &grads);
     rows.extend(rows_by_dtype(
@@ -110,10 +115,24 @@ pub fn measure_distribution(
             part: Part::Activations,
             dtype: MIXED.into(),
             tensors: 0,
-            bytes: retained.saturating_sub(before) as u64,
+            bytes: retained.saturating_sub(before),
         });
     }
     Ok(rows)
+}
+
+/// Bytes allocated now, by `measure`.
+pub fn memory_in_use(measure: MemoryMeasure, device: &Device) -> Option<u64> {
+    match measure {
+        MemoryMeasure::Heap => memory::heap().map(|h| h.current as u64),
+        MemoryMeasure::ResidentSet => {
+            // Freed blocks that malloc still holds would count as in use.
+            memory::release_free_memory();
+            memory::rss().map(|r| r.current as u64)
+        }
+        MemoryMeasure::DevicePool => device.memory_pool_usage().map(|u| u.bytes_in_use),
+        MemoryMeasure::ProcessGpuMemory => brainfloat_backend::process_gpu_memory(),
+    }
 }
 
 /// Total bytes of `part` in `rows`.

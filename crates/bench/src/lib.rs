@@ -7,7 +7,8 @@
 //! steps, achieved FLOP/s and MFU against a stated [`Peak`] — with ratios to the `autocast`
 //! baseline, the memory distribution by part and dtype, and a matmul micro-benchmark of the
 //! model's shapes. [`plot`] draws the loss curves, the memory distribution and the lost-update
-//! probe; [`validate`] runs the checks a user wants before a long bf16 run.
+//! probe; [`validate`] runs the checks a user wants before a long bf16 run;
+//! [`comparison_markdown`] puts reports of several backends (and PyTorch's figures) in one table.
 //!
 //! ```
 //! use brainfloat_bench::{MatmulShape, Spread};
@@ -18,6 +19,7 @@
 //! assert_eq!(times.median, 2.0);
 //! ```
 
+mod compare;
 mod distribution;
 mod matmul;
 mod peak;
@@ -28,6 +30,7 @@ mod short_run;
 mod stats;
 pub mod validate;
 
+pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
 pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
 pub use matmul::{MatmulResult, MatmulShape, bench_matmuls, model_matmul_shapes, time_matmul};
 pub use peak::Peak;

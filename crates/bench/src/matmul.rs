@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_timed_product_reports_finite_speed_in_both_dtypes() {
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         let shape = MatmulShape {
             name: "square".into(),
             m: 64,

@@ -30,8 +30,15 @@ pub struct ModelInfo {
 }
 
 /// Memory of one preset.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MemoryResult {
+    /// Peak bytes by the measure that sees this backend's tensors (`peak_measure`): the heap
+    /// peak on flex, the resident-set growth on libtorch's CPU, the device pool on Burn's CUDA.
+    #[serde(default)]
+    pub peak_bytes: Option<u64>,
+    /// Which measure `peak_bytes` is.
+    #[serde(default)]
+    pub peak_measure: String,
     /// Heap bytes the preset held at its peak: what it keeps between steps plus the most a step
     /// added on top (the counting allocator's figures; `None` without it).
     pub heap_peak_bytes: Option<u64>,
@@ -65,8 +72,8 @@ pub struct PresetResult {
     pub distribution: Vec<DistributionRow>,
     /// Training loss of every step, warm-up included.
     pub losses: Vec<f64>,
-    /// This preset's figures over the baseline's (`step_time`, `tokens_per_sec`, `heap_peak`,
-    /// `val_loss`, `mfu`); filled by [`BenchReport::compute_ratios`].
+    /// This preset's figures over the baseline's (`step_time`, `tokens_per_sec`,
+    /// `peak_memory`, `val_loss`, `mfu`); filled by [`BenchReport::compute_ratios`].
     #[serde(default)]
     pub ratios: BTreeMap<String, f64>,
 }
@@ -77,7 +84,7 @@ impl PresetResult {
         [
             ("step_time", Some(self.step_time_ms.median)),
             ("tokens_per_sec", Some(self.tokens_per_sec)),
-            ("heap_peak", self.memory.heap_peak_bytes.map(|b| b as f64)),
+            ("peak_memory", self.memory.peak_bytes.map(|b| b as f64)),
             ("val_loss", Some(self.val_loss)),
             ("mfu", Some(self.mfu)),
         ]
@@ -193,15 +200,15 @@ impl BenchReport {
     fn main_table(&self) -> String {
         let mut md = String::from(
             "## Time, memory, loss, utilisation\n\n\
-             | preset | step time median (ms) | p25–p75 (ms) | × | tokens/s | × | peak heap (MiB) \
-             | × | resident heap (MiB) | val loss | × | GFLOP/s | MFU | × |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | preset | step time median (ms) | p25–p75 (ms) | × | tokens/s | × | peak memory \
+             (MiB) | × | val loss | × | GFLOP/s | MFU | × |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.presets {
             let ratio = |name: &str| p.ratios.get(name).map_or("–".into(), |r| format!("{r:.3}"));
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1}–{:.1} | {} | {:.1} | {} | {} | {} | {} | {:.4} | {} | {:.2} | {:.2}% | {} |",
+                "| {} | {:.1} | {:.1}–{:.1} | {} | {:.1} | {} | {} | {} | {:.4} | {} | {:.2} | {:.2}% | {} |",
                 p.preset,
                 p.step_time_ms.median,
                 p.step_time_ms.p25,
@@ -209,9 +216,8 @@ impl BenchReport {
                 ratio("step_time"),
                 p.tokens_per_sec,
                 ratio("tokens_per_sec"),
-                mib(p.memory.heap_peak_bytes),
-                ratio("heap_peak"),
-                mib(p.memory.heap_resident_bytes),
+                mib(p.memory.peak_bytes),
+                ratio("peak_memory"),
                 p.val_loss,
                 ratio("val_loss"),
                 p.achieved_gflops,
@@ -219,42 +225,35 @@ impl BenchReport {
                 ratio("mfu"),
             );
         }
-        let device: Vec<String> = self
+        let figure = |name: &str, bytes: fn(&MemoryResult) -> Option<u64>| {
+            let values: Vec<String> = self
+                .presets
+                .iter()
+                .filter_map(|p| Some(format!("{} {}", p.preset, mib(Some(bytes(&p.memory)?)))))
+                .collect();
+            if values.is_empty() {
+                String::new()
+            } else {
+                format!(" {name} (MiB): {}.", values.join(", "))
+            }
+        };
+        let measure = self
             .presets
-            .iter()
-            .filter_map(|p| {
-                Some(format!(
-                    "{} {}",
-                    p.preset,
-                    mib(Some(p.memory.device_reserved_bytes?))
-                ))
-            })
-            .collect();
-        let rss: Vec<String> = self
-            .presets
-            .iter()
-            .filter_map(|p| {
-                Some(format!(
-                    "{} {}",
-                    p.preset,
-                    mib(Some(p.memory.rss_growth_bytes?))
-                ))
-            })
-            .collect();
-        md.push_str(
-            "\n× = ratio to the baseline. Peak heap = heap the preset keeps between steps + the \
-             most one step allocated on top (counting global allocator).",
+            .first()
+            .map_or("", |p| p.memory.peak_measure.as_str());
+        let _ = write!(
+            md,
+            "\n× = ratio to the baseline. Peak memory = {measure}.{}{}{}{}",
+            figure(
+                "Peak heap (what a preset keeps between steps + the most one step allocated on \
+                 top, counting global allocator)",
+                |m| m.heap_peak_bytes
+            ),
+            figure("Heap kept between steps", |m| m.heap_resident_bytes),
+            figure("Peak RSS growth while built and warmed up", |m| m
+                .rss_growth_bytes),
+            figure("Device pool reserved", |m| m.device_reserved_bytes),
         );
-        if !rss.is_empty() {
-            let _ = write!(
-                md,
-                " Peak RSS growth while built and warmed up (MiB): {}.",
-                rss.join(", ")
-            );
-        }
-        if !device.is_empty() {
-            let _ = write!(md, " Device pool reserved (MiB): {}.", device.join(", "));
-        }
         md.push_str("\n\n");
         md
     }
@@ -280,8 +279,8 @@ impl BenchReport {
             }
         }
         md.push_str(
-            "\nActivations: heap bytes the autodiff graph holds at the end of the forward pass \
-             (measured; the heap cannot tell their dtypes apart).\n\n",
+            "\nActivations: bytes the autodiff graph holds at the end of the forward pass, \
+             measured like the peak memory above (an allocator cannot tell their dtypes apart).\n\n",
         );
         let summary: Vec<String> = self
             .presets

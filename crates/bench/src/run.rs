@@ -1,6 +1,7 @@
 //! The benchmark run: the same model, data and seed under each preset, built and warmed up one
 //! after the other, then timed with the presets interleaved step by step.
 
+use brainfloat_backend::{Backend, MemoryMeasure};
 use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer, memory};
 use burn::tensor::Device;
 
@@ -26,8 +27,9 @@ pub struct BenchOptions {
     pub matmul_reps: usize,
     /// The peak behind MFU.
     pub peak: Peak,
-    /// Backend name, for the report.
-    pub backend: String,
+    /// The backend `device` belongs to: the report names it, and its memory measure picks the
+    /// peak-memory figure.
+    pub backend: Backend,
     /// The machine in words, for the report.
     pub machine: String,
     /// The command line, for the report.
@@ -63,7 +65,7 @@ pub fn run_bench(
     let mut contenders = Vec::with_capacity(options.presets.len());
     for preset in &options.presets {
         tracing::info!(preset = %preset, warmup, "building and warming up");
-        contenders.push(warm_up(&config, preset, device, warmup)?);
+        contenders.push(warm_up(&config, preset, device, options.backend, warmup)?);
     }
     for round in 0..options.steps {
         if round % 5 == 0 {
@@ -87,13 +89,13 @@ pub fn run_bench(
     let mut presets = Vec::with_capacity(contenders.len());
     for (preset, contender) in options.presets.iter().zip(contenders) {
         tracing::info!(preset = %preset, "evaluating");
-        presets.push(finish(preset, contender, &model, &options.peak)?);
+        presets.push(finish(preset, contender, &model, options, device)?);
     }
     tracing::info!("matmul micro-benchmark");
     let shapes = model_matmul_shapes(&gpt, config.micro_batch_size() * config.train.seq_len);
     let mut report = BenchReport {
         command: options.command.clone(),
-        backend: options.backend.clone(),
+        backend: options.backend.to_string(),
         machine: options.machine.clone(),
         model,
         warmup_steps: warmup,
@@ -113,14 +115,23 @@ fn warm_up(
     config: &TrainConfig,
     preset: &str,
     device: &Device,
+    backend: Backend,
     steps: usize,
 ) -> Result<Contender, TrainError> {
     let mut config = config.clone();
     config.train.precision = preset.to_string();
+    // Memory is measured with freed blocks handed back, so that the resident set is what is
+    // live; the timed steps run with the process's own setting.
+    let retaining = memory::retaining_freed_memory();
+    memory::retain_freed_memory(false);
     memory::release_free_memory();
     memory::reset_heap_peak();
     let rss_reset = memory::reset_rss_peak();
     let (heap_before, rss_before) = (memory::heap(), memory::rss());
+    let gpu_before = match backend.memory_measure() {
+        MemoryMeasure::ProcessGpuMemory => brainfloat_backend::process_gpu_memory(),
+        _ => None,
+    };
     let mut trainer = Trainer::new(config, device, Start::Fresh)?;
     let mut losses = Vec::new();
     for _ in 0..steps {
@@ -136,10 +147,15 @@ fn warm_up(
         ),
         _ => (None, None),
     };
+    let gpu_growth = match (gpu_before, brainfloat_backend::process_gpu_memory()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     let rss_growth = match (rss_before, memory::rss()) {
         (Some(b), Some(a)) if rss_reset => Some(growth(a.peak, b.current)),
         _ => None,
     };
+    memory::retain_freed_memory(retaining);
     Ok(Contender {
         trainer,
         step_ms: Vec::new(),
@@ -148,7 +164,7 @@ fn warm_up(
         peak,
         step_extra: 0,
         rss_growth,
-        device_reserved: None,
+        device_reserved: gpu_growth,
     })
 }
 
@@ -181,7 +197,8 @@ fn finish(
     preset: &str,
     mut contender: Contender,
     model: &ModelInfo,
-    peak: &Peak,
+    options: &BenchOptions,
+    device: &Device,
 ) -> Result<PresetResult, TrainError> {
     let val_loss = contender.trainer.evaluate()?.val_loss;
     let trainer = &contender.trainer;
@@ -193,12 +210,19 @@ fn finish(
         .into_iter()
         .map(|(_, t)| t)
         .collect();
-    let distribution = measure_distribution(trainer.model(), &state, &batch)?;
+    let distribution = measure_distribution(
+        trainer.model(),
+        &state,
+        &batch,
+        options.backend.memory_measure(),
+        device,
+    )?;
 
     let step_time_ms =
         Spread::of(&contender.step_ms).expect("at least one timed step (checked at the start)");
     let tokens_per_sec = model.tokens_per_step as f64 / (step_time_ms.median / 1e3);
     let achieved_gflops = model.flops_per_token as f64 * tokens_per_sec / 1e9;
+    let measure = options.backend.memory_measure();
     let heap_peak = match (contender.resident, contender.peak) {
         (Some(resident), Some(warm_peak)) => Some(warm_peak.max(resident + contender.step_extra)),
         _ => None,
@@ -208,9 +232,30 @@ fn finish(
         step_time_ms,
         tokens_per_sec,
         achieved_gflops,
-        mfu: peak.utilisation(achieved_gflops),
+        mfu: options.peak.utilisation(achieved_gflops),
         val_loss,
         memory: MemoryResult {
+            peak_bytes: match measure {
+                MemoryMeasure::Heap => heap_peak,
+                MemoryMeasure::ResidentSet => contender.rss_growth,
+                MemoryMeasure::DevicePool | MemoryMeasure::ProcessGpuMemory => {
+                    contender.device_reserved
+                }
+            },
+            peak_measure: match measure {
+                MemoryMeasure::Heap => "heap peak (counting global allocator)",
+                MemoryMeasure::ResidentSet => {
+                    "growth of the peak resident set while built and warmed up (libtorch \
+                     allocates behind Rust's allocator)"
+                }
+                MemoryMeasure::DevicePool => "device memory pool reserved",
+                MemoryMeasure::ProcessGpuMemory => {
+                    "growth of the GPU memory this process holds (nvidia-smi) while built and \
+                     warmed up; libtorch's caching allocator reuses what earlier presets freed, \
+                     so run one preset per process for this figure"
+                }
+            }
+            .into(),
             heap_peak_bytes: heap_peak,
             heap_resident_bytes: contender.resident,
             rss_growth_bytes: contender.rss_growth,

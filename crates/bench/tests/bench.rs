@@ -4,10 +4,10 @@
 #[path = "../../trainer/tests/common/mod.rs"]
 mod common;
 
+use brainfloat_backend::{MemoryMeasure, test_backend, test_device};
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{BenchOptions, BenchReport, MIXED, Part, Peak, part_bytes, run_bench};
 use brainfloat_trainer::memory::{self, CountingAllocator};
-use burn::tensor::Device;
 
 // This test binary counts its heap, as the `brainfloat` binary does.
 #[global_allocator]
@@ -30,7 +30,7 @@ fn options(presets: &[&str]) -> BenchOptions {
         steps: 3,
         matmul_reps: 1,
         peak: Peak::stated(100.0),
-        backend: "flex".into(),
+        backend: test_backend(),
         machine: "test machine".into(),
         command: "cargo xtask bench --steps 3".into(),
     }
@@ -47,7 +47,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     let config = common::config(dir.path(), "bf16", &[]);
     let report = run_bench(
         &config,
-        &Device::flex(),
+        &test_device(),
         &options(&["fp32", "autocast", "bf16"]),
     )
     .unwrap();
@@ -79,21 +79,28 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         ));
         assert!(close(p.ratios["val_loss"], p.val_loss / baseline.val_loss));
 
-        // Memory is measured: the heap the preset keeps holds at least its weights and
-        // optimizer state, and its peak at least that plus the activations.
-        let mem = p.memory;
+        // Memory is measured: what the preset keeps holds at least its weights and optimizer
+        // state, and on the heap its peak at least that plus the activations.
+        let mem = &p.memory;
         let kept = part_bytes(&p.distribution, Part::Weights)
             + part_bytes(&p.distribution, Part::OptimizerState);
-        let resident = mem.heap_resident_bytes.unwrap();
-        assert!(resident >= kept, "{}: {resident} < {kept}", p.preset);
-        let activations = part_bytes(&p.distribution, Part::Activations);
-        assert!(activations > 0);
-        assert!(
-            mem.heap_peak_bytes.unwrap() >= resident + activations,
-            "{}",
-            p.preset
-        );
-        assert_eq!(mem.device_reserved_bytes, None, "flex has no device pool");
+        let peak = mem.peak_bytes.unwrap();
+        assert!(peak >= kept, "{}: {peak} < {kept}", p.preset);
+        match test_backend().memory_measure() {
+            MemoryMeasure::Heap => {
+                assert_eq!(mem.peak_bytes, mem.heap_peak_bytes, "{}", p.preset);
+                let resident = mem.heap_resident_bytes.unwrap();
+                assert!(resident >= kept, "{}: {resident} < {kept}", p.preset);
+                let activations = part_bytes(&p.distribution, Part::Activations);
+                assert!(activations > 0);
+                assert!(peak >= resident + activations, "{}", p.preset);
+            }
+            MemoryMeasure::ResidentSet => {
+                assert_eq!(mem.peak_bytes, mem.rss_growth_bytes, "{}", p.preset)
+            }
+            other => panic!("a CPU test backend measures {other:?}"),
+        }
+        assert_eq!(mem.device_reserved_bytes, None, "no device pool on the CPU");
         // Gradients have their parameters' dtypes and sizes.
         for dtype in ["fp32", "bf16"] {
             let bytes = |part| {
@@ -114,7 +121,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     for name in [
         "step_time",
         "tokens_per_sec",
-        "heap_peak",
+        "peak_memory",
         "val_loss",
         "mfu",
     ] {
@@ -176,7 +183,7 @@ fn a_bench_without_steps_or_presets_is_refused() {
     let config = common::config(dir.path(), "bf16", &[]);
     let mut none = options(&["bf16"]);
     none.steps = 0;
-    let err = run_bench(&config, &Device::flex(), &none).err().unwrap();
+    let err = run_bench(&config, &test_device(), &none).err().unwrap();
     assert!(
         err.to_string()
             .contains("at least one preset and one timed step"),
@@ -192,7 +199,7 @@ fn the_metrics_stream_carries_the_probe_and_the_heap_peak() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.jsonl");
     let config = common::config(dir.path(), "bf16", &["eval.lost_update_every=2"]);
-    let mut trainer = Trainer::new(config, &Device::flex(), Start::Fresh)
+    let mut trainer = Trainer::new(config, &test_device(), Start::Fresh)
         .unwrap()
         .with_plugin(MetricsPlugin::new(path.clone()));
     trainer.run().unwrap();
@@ -231,7 +238,7 @@ fn the_bf16_pipeline_validates_on_the_golden_model() {
         "bf16",
         &["train.batch_size=8", "eval.tokens=512"],
     );
-    let checks = validate_pipeline(&config, &Device::flex(), 20).unwrap();
+    let checks = validate_pipeline(&config, &test_device(), 20).unwrap();
     let table = format_checks(&checks);
     assert_eq!(checks.len(), 10, "{table}");
     for check in &checks {

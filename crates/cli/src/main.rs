@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use brainfloat_accum::{GradSync, LocalSync};
+use brainfloat_backend::{BACKEND_VAR, Backend};
 use brainfloat_bench::plot::{
     Curves, LostUpdateCurves, plot_distribution, plot_losses, plot_lost_updates,
 };
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
-use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, run_bench};
+use brainfloat_bench::{
+    BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, run_bench,
+};
 use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
@@ -57,6 +60,21 @@ enum Command {
     Validate(ValidateArgs),
     /// Plot the loss curves (or the lost-update probe) of runs (their metrics.jsonl) as SVG.
     Plot(PlotArgs),
+    /// One table from benchmark reports of several backends, with PyTorch's figures beside.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Benchmark reports (their JSON).
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// PyTorch's step times for the same model (scripts/pytorch_reference.py --json).
+    #[arg(long)]
+    pytorch: Option<PathBuf>,
+    /// Also write the table here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -128,9 +146,10 @@ struct RunArgs {
     /// Precision policy, replacing train.precision: fp32, autocast, bf16 (+ overrides).
     #[arg(long)]
     precision: Option<String>,
-    /// Backend: flex (CPU), tch (libtorch, if built with it), cuda (if built with it).
-    #[arg(long, default_value = "flex")]
-    backend: String,
+    /// Backend: flex (CPU), tch (libtorch CPU), tch-cuda[:N] (libtorch GPU), cuda[:N] (Burn's
+    /// CUDA); all but flex need the binary built with their feature (`cargo xtask` does it).
+    #[arg(long, env = BACKEND_VAR, default_value = "flex")]
+    backend: Backend,
     /// Override any config key: --set train.steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -184,6 +203,7 @@ struct DataArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    brainfloat_trainer::memory::retain_freed_memory(true);
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
@@ -191,6 +211,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Validate(args) => validate(args),
         Command::Plot(args) => plot(args),
+        Command::Compare(args) => compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,25 +261,11 @@ fn prepare(run: &RunArgs) -> Result<(TrainConfig, Device), String> {
     let config = load_config(run)?;
     init_logs(config.output.log_format, true);
     ensure_default_corpus(&config)?;
-    Ok((config, device(&run.backend)?))
+    Ok((config, device(run.backend)?))
 }
 
-fn device(backend: &str) -> Result<Device, String> {
-    match backend {
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "tch")]
-        #[allow(deprecated)]
-        "tch" => Ok(Device::libtorch()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        "tch" | "cuda" => Err(format!(
-            "this binary was built without the `{backend}` backend; run `cargo xtask train \
-             --backend {backend}` to build it"
-        )),
-        other => Err(format!(
-            "unknown backend `{other}` (valid: flex, tch, cuda)"
-        )),
-    }
+fn device(backend: Backend) -> Result<Device, String> {
+    backend.device().map_err(|err| err.to_string())
 }
 
 /// Fetches the default corpus when the config points at it and its shards are missing.
@@ -320,7 +327,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
     // Everyone waits for the leader's corpus (a mean is a barrier).
     sync.mean(0.0).map_err(|err| err.to_string())?;
-    let device = device(&args.run.backend)?;
+    let device = device(args.run.backend)?;
     let start = match (args.init, args.resume) {
         (Some(path), _) => Start::Init(path),
         (None, Some(path)) if path.as_os_str() == NEWEST => Start::Resume(None),
@@ -462,24 +469,6 @@ fn plot(args: PlotArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The machine in words: the CPU's model and cores for `flex`, the backend's device otherwise.
-fn machine(backend: &str, device: &Device) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_else(|| "CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match backend {
-        "flex" => format!("{cpu}, {cores} cores"),
-        _ => format!("{device:?} (host: {cpu}, {cores} cores)"),
-    }
-}
-
 fn bench(args: BenchArgs) -> Result<(), String> {
     let (config, device) = prepare(&args.run)?;
     let peak = match args.peak_gflops {
@@ -503,8 +492,8 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         steps: args.steps as usize,
         matmul_reps: args.matmul_reps,
         peak,
-        backend: args.run.backend.clone(),
-        machine: machine(&args.run.backend, &device),
+        backend: args.run.backend,
+        machine: args.run.backend.machine(),
         command,
     };
     let mut report = run_bench(&config, &device, &options).map_err(|e| e.to_string())?;
@@ -541,6 +530,26 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         .map_err(|err| format!("{}: cannot write the report: {err}", args.out.display()))?;
     println!("{}", report.to_markdown());
     println!("wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> Result<(), String> {
+    let reports = args
+        .reports
+        .iter()
+        .map(|path| BenchReport::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pytorch = args
+        .pytorch
+        .as_deref()
+        .map(PytorchReference::read)
+        .transpose()?;
+    let table = comparison_markdown(&reports, pytorch.as_ref());
+    print!("{table}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &table)
+            .map_err(|err| format!("{}: cannot write: {err}", path.display()))?;
+    }
     Ok(())
 }
 

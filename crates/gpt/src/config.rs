@@ -125,11 +125,10 @@ impl GptConfig {
 mod tests {
     use super::*;
     use burn::module::Module;
-    use burn::tensor::Device;
 
     #[test]
     fn parameter_count_matches_the_built_model() {
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         for config in [GptConfig::tiny(), GptConfig::new(96, 3, 3, 48, 16)] {
             let model = config.init(&device).unwrap();
             assert_eq!(model.num_params(), config.num_params());

@@ -2,7 +2,6 @@
 
 use brainfloat_precision::{
     CastedLinear, CastedLinearConfig, PrecisionAware, PrecisionPolicy, softcap,
-    softcapped_cross_entropy,
 };
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
@@ -117,11 +116,17 @@ impl Gpt {
 
     /// The record's loss: mean fp32 cross-entropy of the soft-capped logits over all `B·T`
     /// positions. A one-element fp32 tensor.
+    ///
+    /// The head and the loss run fused ([`CastedLinear::softcapped_cross_entropy`]): the
+    /// logits never enter the autodiff graph.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
-        Ok(softcapped_cross_entropy(
-            self.raw_logits(batch)?,
+        self.check(batch)?;
+        let (hidden, _) = self.hidden_states(batch.inputs.clone());
+        Ok(self.lm_head.softcapped_cross_entropy(
+            hidden,
             batch.targets.clone(),
             Some(self.config.logit_softcap),
+            &self.policy,
         ))
     }
 

@@ -73,7 +73,15 @@ impl CastedLinear {
         let dtype = FloatDType::from(input.dtype());
         let weight = self.weight.val().cast(dtype).transpose();
         let bias = self.bias.as_ref().map(|b| b.val().cast(dtype));
-        linear(input, weight, bias)
+        // One `[rows, in] × [in, out]` product, as F.linear does: a batched matmul against the
+        // broadcast weight makes libtorch copy the weight once per batch (for the head, a
+        // logits-sized copy each way).
+        let mut dims = input.dims();
+        let d_input = dims[D - 1];
+        let rows = input.shape().num_elements() / d_input.max(1);
+        let output = linear(input.reshape([rows, d_input]), weight, bias);
+        dims[D - 1] = self.weight.dims()[0];
+        output.reshape(dims)
     }
 
     /// Applies the layer under `policy`: the input is cast to the matmul dtype, the weight to
@@ -115,7 +123,7 @@ mod tests {
 
     #[test]
     fn computes_x_times_w_transposed_plus_b_in_the_input_dtype() {
-        let device = Device::flex().autodiff();
+        let device = brainfloat_backend::test_device().autodiff();
         let layer = layer(&device);
         // x = [1, -1]: y = [1−2+0.5, 3−4−0.5, 5−6+1] = [−0.5, −1.5, 0].
         for dtype in [DType::F32, DType::BF16] {
@@ -136,7 +144,7 @@ mod tests {
 
     #[test]
     fn master_weight_gradient_stays_fp32_under_bf16_compute() {
-        let device = Device::flex().autodiff();
+        let device = brainfloat_backend::test_device().autodiff();
         let layer = layer(&device);
         let x = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, -1.0, 2.0, 0.5], [2, 2]),
@@ -158,7 +166,7 @@ mod tests {
 
     #[test]
     fn autocast_runs_the_matmul_in_bf16_and_returns_fp32() {
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         let layer = layer(&device);
         // 1 + 2⁻⁸ is not a bf16 value (8 significand bits): bf16 operands round it to 1.
         let just_above_one = 1.0 + 2f32.powi(-8);
@@ -179,7 +187,7 @@ mod tests {
 
     #[test]
     fn initialises_like_pytorch() {
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         let layer = CastedLinearConfig::new(16, 8).init(&device);
         assert_eq!(layer.dims(), [8, 16]);
         let w = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();

@@ -12,7 +12,9 @@
 //! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
 //!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
 //! - [`lost_updates`]: which fp32 master-weight updates bf16 storage would lose;
-//! - [`softcapped_cross_entropy`]: the record's loss, in fp32 from bf16 or fp32 logits.
+//! - [`softcapped_cross_entropy`]: the record's loss, in fp32 from bf16 or fp32 logits, and
+//!   [`CastedLinear::softcapped_cross_entropy`]: the output head and that loss fused, so that
+//!   the logits never enter the autodiff graph.
 //!
 //! ```
 //! use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, PrecisionReport, cast_params};
@@ -43,7 +45,7 @@ mod report;
 pub use casted_linear::{CastedLinear, CastedLinearConfig};
 pub use convert::{PrecisionAware, apply_policy, cast_params, classify};
 pub use error::PrecisionError;
-pub use loss::{cross_entropy_fp32, softcap, softcapped_cross_entropy};
+pub use loss::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use lost_update::{half_bf16_ulp, lost_updates};
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;

@@ -30,7 +30,7 @@ pub fn newton_schulz(grad: Tensor<2>, steps: usize, dtype: FloatDType) -> Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{DType, Device, TensorData};
+    use burn::tensor::{DType, TensorData};
 
     /// Newton–Schulz in float64, on row-major `rows × cols` values, written out.
     fn reference(g: &[f64], rows: usize, cols: usize, steps: usize) -> Vec<f64> {
@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_in_both_orientations() {
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         for (rows, cols) in [(4, 6), (6, 4), (5, 5)] {
             let g: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3 + (i as f32).sin())

@@ -422,14 +422,13 @@ impl ModuleMapper for StepMapper<'_> {
 mod tests {
     use super::*;
     use brainfloat_precision::CastedLinearConfig;
-    use burn::tensor::Device;
 
     /// Adam's first step moves every weight with a non-zero gradient by exactly its rate
     /// (`m̂/√v̂ = g/|g|`): with weights of 1 (half a bf16 ulp is 2⁻⁸ ≈ 0.0039), a rate of
     /// 0.001 is lost to bf16 storage everywhere and a rate of 0.01 nowhere.
     #[test]
     fn the_probe_counts_updates_below_half_an_ulp_per_group() {
-        let device = Device::flex().autodiff();
+        let device = brainfloat_backend::test_device().autodiff();
         for (head_lr, lost) in [(0.001, true), (0.01, false)] {
             let mut layer = CastedLinearConfig::new(4, 3).init(&device);
             layer.weight = Param::from_tensor(Tensor::<2>::ones([3, 4], &device));

@@ -12,7 +12,6 @@ use brainfloat_trainer::{
     RecordOptimizer, RecordOptimizerConfig, Start, Trainer, TrapezoidalSchedule,
 };
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Device;
 
 #[test]
 fn six_steps_from_the_golden_weights_follow_pytorch() {
@@ -84,7 +83,12 @@ fn the_trainer_from_the_golden_weights_follows_pytorch() {
             &["train.grad_accum_steps=2", "model.size=tiny"],
         );
         let weights = golden_dir().join("init.safetensors");
-        let mut trainer = Trainer::new(config, &Device::flex(), Start::Init(weights)).unwrap();
+        let mut trainer = Trainer::new(
+            config,
+            &brainfloat_backend::test_device(),
+            Start::Init(weights),
+        )
+        .unwrap();
         let curve: Vec<f64> = (0..6)
             .map(|_| trainer.train_step().unwrap().last_micro_loss)
             .collect();

@@ -9,12 +9,11 @@ use brainfloat_trainer::plugins::CheckpointPlugin;
 use brainfloat_trainer::{
     Action, CheckpointInfo, EvalStats, Plugin, Start, StepStats, TrainError, Trainer,
 };
-use burn::tensor::Device;
 
 #[test]
 fn micro_steps_equal_one_step_on_the_concatenated_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::flex();
+    let device = brainfloat_backend::test_device();
     let update = |overrides: &[&str]| {
         let mut trainer = Trainer::new(
             common::config(dir.path(), "fp32", overrides),
@@ -51,7 +50,7 @@ fn micro_steps_equal_one_step_on_the_concatenated_batch() {
 fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
     for precision in ["fp32", "bf16"] {
         let dir = tempfile::tempdir().unwrap();
-        let device = Device::flex();
+        let device = brainfloat_backend::test_device();
         let config = common::config(dir.path(), precision, &[]);
 
         let mut straight = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
@@ -106,7 +105,7 @@ fn a_run_calls_its_plugins_and_learns() {
         &["train.steps=12", "train.warmdown_steps=4"],
     );
     let recorder = Recorder::default();
-    let mut trainer = Trainer::new(config, &Device::flex(), Start::Fresh)
+    let mut trainer = Trainer::new(config, &brainfloat_backend::test_device(), Start::Fresh)
         .unwrap()
         .with_plugin(recorder.clone())
         .with_plugin(CheckpointPlugin::new(6, 12));
@@ -126,7 +125,7 @@ fn a_run_calls_its_plugins_and_learns() {
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::flex();
+    let device = brainfloat_backend::test_device();
     let config = common::config(dir.path(), "fp32", &[]);
     // A good run writes its checkpoint at step 3 ...
     let mut trainer = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
@@ -175,7 +174,7 @@ fn an_unusable_output_folder_fails_before_training() {
     std::fs::write(&blocker, b"not a folder").unwrap();
     let out = format!("output.dir={}", blocker.join("run").display());
     let config = common::config(dir.path(), "bf16", &[&out]);
-    let err = Trainer::new(config, &Device::flex(), Start::Fresh)
+    let err = Trainer::new(config, &brainfloat_backend::test_device(), Start::Fresh)
         .err()
         .unwrap()
         .to_string();
@@ -186,9 +185,13 @@ fn an_unusable_output_folder_fails_before_training() {
     assert!(err.contains("cannot create"), "{err}");
 
     let config = common::config(dir.path(), "bf16", &[]);
-    let err = Trainer::new(config, &Device::flex(), Start::Resume(None))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = Trainer::new(
+        config,
+        &brainfloat_backend::test_device(),
+        Start::Resume(None),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("no checkpoint to resume from"), "{err}");
 }

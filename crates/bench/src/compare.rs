@@ -1,0 +1,126 @@
+//! One table across benchmark reports: the same model on several backends (and machines), with
+//! PyTorch's figures for the same model beside them, and the ratios the seed's claim is about.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::report::BenchReport;
+
+/// Step times of the same model in PyTorch, as `scripts/pytorch_reference.py --json` writes
+/// them (or as quoted from elsewhere).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PytorchReference {
+    /// PyTorch's version.
+    pub torch: String,
+    /// Tokens per optimizer step.
+    pub tokens_per_step: usize,
+    /// Per preset (`fp32`, `autocast`, `bf16`).
+    pub presets: std::collections::BTreeMap<String, PytorchPreset>,
+}
+
+/// PyTorch's figures for one preset.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PytorchPreset {
+    /// Median step time in milliseconds.
+    pub step_time_ms_median: f64,
+    /// Tokens per second at that median.
+    pub tokens_per_sec: f64,
+}
+
+impl PytorchReference {
+    /// Reads `scripts/pytorch_reference.py`'s JSON.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+        serde_json::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))
+    }
+}
+
+/// Markdown: one row per backend and preset (step time, tokens/s, peak memory and its measure,
+/// val loss, MFU), then per backend the ratios bf16/fp32 and bf16/autocast of step time and
+/// peak memory, then PyTorch's rows.
+pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchReference>) -> String {
+    let mut md = String::from(
+        "| backend | preset | step time (ms) | tokens/s | peak memory (MiB) | val loss | MFU |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for report in reports {
+        for p in &report.presets {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {} | {:.4} | {:.1}% |",
+                report.backend,
+                p.preset,
+                p.step_time_ms.median,
+                p.tokens_per_sec,
+                p.memory.peak_bytes.map_or("–".into(), |b| format!(
+                    "{:.1}",
+                    b as f64 / f64::from(1 << 20)
+                )),
+                p.val_loss,
+                p.mfu * 100.0,
+            );
+        }
+    }
+    if let Some(reference) = pytorch {
+        // The presets in the benchmark's order, then any others.
+        let mut presets: Vec<(&String, &PytorchPreset)> = reference.presets.iter().collect();
+        presets.sort_by_key(|(name, _)| {
+            ["fp32", "autocast", "bf16"]
+                .iter()
+                .position(|p| p == name)
+                .unwrap_or(usize::MAX)
+        });
+        for (preset, figures) in presets {
+            let _ = writeln!(
+                md,
+                "| PyTorch {} | {preset} | {:.1} | {:.1} | – | – | – |",
+                reference.torch, figures.step_time_ms_median, figures.tokens_per_sec
+            );
+        }
+    }
+    md.push_str(
+        "\n| backend | bf16 / fp32 step time | bf16 / autocast step time | bf16 / autocast peak \
+         memory | peak memory measured as |\n|---|---:|---:|---:|---|\n",
+    );
+    for report in reports {
+        let figure = |preset: &str, of: fn(&crate::PresetResult) -> Option<f64>| {
+            report.preset(preset).and_then(of)
+        };
+        let time = |p: &crate::PresetResult| Some(p.step_time_ms.median);
+        let memory = |p: &crate::PresetResult| p.memory.peak_bytes.map(|b| b as f64);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            report.backend,
+            ratio(figure("bf16", time), figure("fp32", time)),
+            ratio(figure("bf16", time), figure("autocast", time)),
+            ratio(figure("bf16", memory), figure("autocast", memory)),
+            report
+                .presets
+                .first()
+                .map_or("", |p| p.memory.peak_measure.as_str()),
+        );
+    }
+    if let Some(reference) = pytorch {
+        let time = |preset: &str| reference.presets.get(preset).map(|p| p.step_time_ms_median);
+        let _ = writeln!(
+            md,
+            "| PyTorch {} | {} | {} | – | – |",
+            reference.torch,
+            ratio(time("bf16"), time("fp32")),
+            ratio(time("bf16"), time("autocast")),
+        );
+    }
+    md
+}
+
+/// `a / b` to three decimals, `–` when either is unknown.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.3}", a / b),
+        _ => "–".into(),
+    }
+}

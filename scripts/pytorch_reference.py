@@ -1,0 +1,226 @@
+"""The record's GPT and optimizers in PyTorch, timed the way `brainfloat bench` times them.
+
+A side-by-side baseline for docs/results/: the same model (the `small` config: 4 layers, width
+256, 4 heads of 64, vocabulary 50304, 8 sequences of 256), the same three presets and the same
+step (forward, fp32 loss, backward, Adam + Muon), so that brainfloat's step times can be read
+against PyTorch's on the same machine in the same hour. Needs only torch (scripts/setup-torch).
+
+    target/torch-venv/bin/python scripts/pytorch_reference.py --steps 10 --json out.json
+
+Presets, as in the record:
+  fp32      everything fp32.
+  autocast  fp32 model under torch.autocast(bfloat16), the record's baseline.
+  bf16      CastBf16: model cast to bf16, CastedLinear weights fp32 and cast at use, logits
+            soft-capped in bf16 then cast to fp32 for the loss.
+"""
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rms_norm(x):
+    return F.rms_norm(x.float(), (x.size(-1),), eps=torch.finfo(torch.float32).eps).type_as(x)
+
+
+class CastedLinear(nn.Linear):
+    def __init__(self, fan_in, fan_out, zero=False):
+        super().__init__(fan_in, fan_out, bias=False)
+        if zero:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    def __init__(self, dim, base=10000):
+        super().__init__()
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+
+    def forward(self, x):
+        t = torch.arange(x.shape[1], dtype=torch.float32)
+        angles = torch.outer(t, self.inv_freq)
+        cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, -x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.c_q, self.c_k, self.c_v = (CastedLinear(dim, dim) for _ in range(3))
+        self.c_proj = CastedLinear(dim, dim, zero=True)
+        self.lamb = nn.Parameter(torch.tensor(0.5))
+        self.rotary = Rotary(dim // heads)
+
+    def forward(self, x, v1):
+        b, t, c = x.shape
+        q = self.c_q(x).view(b, t, self.heads, -1)
+        k = self.c_k(x).view(b, t, self.heads, -1)
+        v = self.c_v(x).view(b, t, self.heads, -1)
+        v1 = v if v1 is None else v1
+        v = (1 - self.lamb) * v + self.lamb * v1
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
+        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c)), v1
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.attn = Attention(dim, heads)
+        self.c_fc, self.c_proj = CastedLinear(dim, 4 * dim), CastedLinear(4 * dim, dim, zero=True)
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))
+
+    def forward(self, x, x0, v1):
+        x = self.lambdas[0] * x + self.lambdas[1] * x0
+        y, v1 = self.attn(rms_norm(x), v1)
+        x = x + y
+        return x + self.c_proj(F.relu(self.c_fc(rms_norm(x))).square()), v1
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, layers, heads, dim):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.h = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.lm_head = CastedLinear(dim, vocab, zero=True)
+
+    def forward(self, idx, targets):
+        x = x0 = rms_norm(self.wte(idx))
+        v1 = None
+        for block in self.h:
+            x, v1 = block(x, x0, v1)
+        logits = self.lm_head(rms_norm(x))
+        logits = 30 * torch.tanh(logits / 30)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+
+def newton_schulz(g, steps=5):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() / (g.norm() + 1e-7)
+    if g.size(0) > g.size(1):
+        x = x.T
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if g.size(0) > g.size(1) else x
+
+
+class Muon(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.02, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                buf = self.state[p].setdefault("buf", torch.zeros_like(p.grad))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                g = p.grad.add(buf, alpha=group["momentum"])
+                scale = max(1, p.size(0) / p.size(1)) ** 0.5
+                p.sub_(newton_schulz(g).to(p.dtype), alpha=group["lr"] * scale)
+
+
+def build(preset, args):
+    torch.manual_seed(1337)
+    model = GPT(args.vocab, args.layers, args.heads, args.dim)
+    if preset == "bf16":
+        model = model.bfloat16()
+        for m in model.modules():
+            if isinstance(m, CastedLinear):
+                m.float()
+    matrices = [p for n, p in model.h.named_parameters() if p.ndim == 2]
+    scalars = [p for n, p in model.h.named_parameters() if p.ndim < 2]
+    adam = dict(betas=(0.9, 0.95), eps=1e-8, fused=False)
+    optimizers = [
+        torch.optim.Adam([model.wte.weight], lr=0.3, **adam),
+        torch.optim.Adam([model.lm_head.weight], lr=0.002, **adam),
+        torch.optim.Adam(scalars, lr=0.02, **adam),
+        Muon(matrices),
+    ]
+    return model, optimizers
+
+
+def step(model, optimizers, preset, batch):
+    inputs, targets = batch
+    context = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if preset == "autocast"
+        else contextlib.nullcontext()
+    )
+    start = time.perf_counter()
+    with context:
+        loss = model(inputs, targets)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    loss = loss.item()
+    return (time.perf_counter() - start) * 1e3, loss
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="fp32,autocast,bf16")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=50304)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)
+    batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    presets = args.presets.split(",")
+    runs = {p: build(p, args) for p in presets}
+    times = {p: [] for p in presets}
+    for preset in presets:
+        for _ in range(args.warmup):
+            step(*runs[preset], preset, batch)
+    # Interleaved like brainfloat's bench: round r starts with preset r mod len(presets).
+    for r in range(args.steps):
+        for i in range(len(presets)):
+            preset = presets[(r + i) % len(presets)]
+            times[preset].append(step(*runs[preset], preset, batch)[0])
+    tokens_per_step = args.batch * args.seq
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "tokens_per_step": tokens_per_step,
+        "presets": {
+            p: {
+                "step_time_ms_median": statistics.median(t),
+                "tokens_per_sec": tokens_per_step / (statistics.median(t) / 1e3),
+                "step_times_ms": t,
+            }
+            for p, t in times.items()
+        },
+    }
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
+    for p, r in result["presets"].items():
+        print(f"{p:9} {r['step_time_ms_median']:8.1f} ms/step  {r['tokens_per_sec']:7.1f} tokens/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
