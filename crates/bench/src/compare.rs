@@ -38,20 +38,21 @@ impl PytorchReference {
     }
 }
 
-/// Markdown: one row per backend and preset (step time, tokens/s, peak memory and its measure,
-/// val loss, MFU), then per backend the ratios bf16/fp32 and bf16/autocast of step time and
-/// peak memory, then PyTorch's rows.
+/// Markdown: one row per backend, model and preset (step time, tokens/s, peak memory, val loss,
+/// MFU), then per backend and model the ratios bf16/fp32 and bf16/autocast of step time and peak
+/// memory (the presets may come from separate reports, one preset each), then PyTorch's rows.
 pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchReference>) -> String {
     let mut md = String::from(
-        "| backend | preset | step time (ms) | tokens/s | peak memory (MiB) | val loss | MFU |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+        "| backend | model | preset | step time (ms) | tokens/s | peak memory (MiB) | val loss | MFU |\n\
+         |---|---|---|---:|---:|---:|---:|---:|\n",
     );
     for report in reports {
         for p in &report.presets {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {} | {:.4} | {:.1}% |",
+                "| {} | {} | {} | {:.1} | {:.1} | {} | {:.4} | {:.1}% |",
                 report.backend,
+                report.model.size,
                 p.preset,
                 p.step_time_ms.median,
                 p.tokens_per_sec,
@@ -76,30 +77,43 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchRefe
         for (preset, figures) in presets {
             let _ = writeln!(
                 md,
-                "| PyTorch {} | {preset} | {:.1} | {:.1} | – | – | – |",
+                "| PyTorch {} | – | {preset} | {:.1} | {:.1} | – | – | – |",
                 reference.torch, figures.step_time_ms_median, figures.tokens_per_sec
             );
         }
     }
     md.push_str(
-        "\n| backend | bf16 / fp32 step time | bf16 / autocast step time | bf16 / autocast peak \
-         memory | peak memory measured as |\n|---|---:|---:|---:|---|\n",
+        "\n| backend | model | bf16 / fp32 step time | bf16 / autocast step time | bf16 / autocast \
+         peak memory | peak memory measured as |\n|---|---|---:|---:|---:|---|\n",
     );
+    let mut groups: Vec<(&str, &str)> = Vec::new();
     for report in reports {
+        let key = (report.backend.as_str(), report.model.size.as_str());
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    for (backend, size) in groups {
+        let presets: Vec<&crate::PresetResult> = reports
+            .iter()
+            .filter(|r| r.backend == backend && r.model.size == size)
+            .flat_map(|r| &r.presets)
+            .collect();
         let figure = |preset: &str, of: fn(&crate::PresetResult) -> Option<f64>| {
-            report.preset(preset).and_then(of)
+            presets
+                .iter()
+                .find(|p| p.preset == preset)
+                .and_then(|p| of(p))
         };
         let time = |p: &crate::PresetResult| Some(p.step_time_ms.median);
         let memory = |p: &crate::PresetResult| p.memory.peak_bytes.map(|b| b as f64);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
-            report.backend,
+            "| {backend} | {size} | {} | {} | {} | {} |",
             ratio(figure("bf16", time), figure("fp32", time)),
             ratio(figure("bf16", time), figure("autocast", time)),
             ratio(figure("bf16", memory), figure("autocast", memory)),
-            report
-                .presets
+            presets
                 .first()
                 .map_or("", |p| p.memory.peak_measure.as_str()),
         );
@@ -108,7 +122,7 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchRefe
         let time = |preset: &str| reference.presets.get(preset).map(|p| p.step_time_ms_median);
         let _ = writeln!(
             md,
-            "| PyTorch {} | {} | {} | – | – |",
+            "| PyTorch {} | – | {} | {} | – | – |",
             reference.torch,
             ratio(time("bf16"), time("fp32")),
             ratio(time("bf16"), time("autocast")),

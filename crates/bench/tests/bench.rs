@@ -6,7 +6,10 @@ mod common;
 
 use brainfloat_backend::{MemoryMeasure, test_backend, test_device};
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
-use brainfloat_bench::{BenchOptions, BenchReport, MIXED, Part, Peak, part_bytes, run_bench};
+use brainfloat_bench::{
+    BenchOptions, BenchReport, MIXED, Part, Peak, PytorchReference, comparison_markdown,
+    part_bytes, run_bench,
+};
 use brainfloat_trainer::memory::{self, CountingAllocator};
 
 // This test binary counts its heap, as the `brainfloat` binary does.
@@ -170,6 +173,28 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     }
     for preset in ["fp32", "autocast", "bf16"] {
         assert!(md.contains(&format!("\n| {preset} | ")), "{preset} row");
+    }
+    // The cross-backend table: a row per preset, the ratios from the medians, PyTorch's rows.
+    let pytorch: PytorchReference = serde_json::from_str(
+        r#"{"torch": "2.9.0", "tokens_per_step": 128, "presets": {
+            "fp32": {"step_time_ms_median": 200.0, "tokens_per_sec": 640.0},
+            "bf16": {"step_time_ms_median": 100.0, "tokens_per_sec": 1280.0}}}"#,
+    )
+    .unwrap();
+    let table = comparison_markdown(std::slice::from_ref(&report), Some(&pytorch));
+    let time = |p: &str| report.preset(p).unwrap().step_time_ms.median;
+    let backend = test_backend().to_string();
+    for needle in [
+        format!("| {backend} | tiny | bf16 | {:.1} |", time("bf16")),
+        format!(
+            "| {backend} | tiny | {:.3} | {:.3} |",
+            time("bf16") / time("fp32"),
+            time("bf16") / time("autocast")
+        ),
+        "| PyTorch 2.9.0 | – | fp32 | 200.0 | 640.0 |".into(),
+        "| PyTorch 2.9.0 | – | 0.500 | – |".into(),
+    ] {
+        assert!(table.contains(&needle), "missing {needle:?} in\n{table}");
     }
     // JSON round trip.
     let (json, md_path) = report.write(dir.path(), "bench").unwrap();
