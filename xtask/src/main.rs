@@ -171,9 +171,12 @@ fn distributed_train(backend: &str, args: &[String]) -> Result<bool, String> {
         mpirun.args(["--hostfile", &hostfile]);
     }
     mpi_environment(&mut mpirun);
-    if let Some(feature) = backend_feature(backend)? {
-        mpirun.envs(backend_environment(feature)?);
-    }
+    // The backend's environment (libtorch's folder for tch), as the build got it.
+    mpirun.envs(
+        build
+            .get_envs()
+            .filter_map(|(key, value)| Some((key, value?))),
+    );
     mpirun.arg(Path::new("target").join("release").join("brainfloat"));
     mpirun.args(without_flag(&without_flag(args, "--ranks"), "--hostfile"));
     mpirun.args(["--set", &format!("train.ranks={ranks}")]);

@@ -64,6 +64,25 @@ pub enum MemoryMeasure {
     ProcessGpuMemory,
 }
 
+impl MemoryMeasure {
+    /// What the measure counts, for reports.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Heap => "heap peak (counting global allocator)",
+            Self::ResidentSet => {
+                "growth of the peak resident set while built and warmed up (libtorch allocates \
+                 behind Rust's allocator)"
+            }
+            Self::DevicePool => "device memory pool reserved",
+            Self::ProcessGpuMemory => {
+                "growth of the GPU memory this process holds (nvidia-smi) while built and warmed \
+                 up; libtorch's caching allocator reuses what earlier presets freed, so run one \
+                 preset per process for this figure"
+            }
+        }
+    }
+}
+
 /// Why a backend cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -102,11 +121,6 @@ impl Backend {
             Self::Tch | Self::TchCuda(_) => Some("tch"),
             Self::Cuda(_) => Some("cuda"),
         }
-    }
-
-    /// Whether tensors live in the host's memory.
-    pub fn is_cpu(self) -> bool {
-        matches!(self, Self::Flex | Self::Tch)
     }
 
     /// How peak memory can be measured on this backend.
@@ -244,8 +258,8 @@ fn parse_gpu_memory(csv: &str, pid: u32) -> Option<u64> {
 /// The device of the test suite's backend ([`BACKEND_VAR`], default flex). Panics with a
 /// clear message when the variable names a backend this test binary was not built with.
 pub fn test_device() -> Device {
-    Backend::from_env()
-        .and_then(Backend::device)
+    test_backend()
+        .device()
         .unwrap_or_else(|err| panic!("{BACKEND_VAR}: {err}"))
 }
 
@@ -288,7 +302,6 @@ mod tests {
             MemoryMeasure::ProcessGpuMemory
         );
         assert!(Backend::Flex.rejects_mixed_dtypes() && !Backend::Tch.rejects_mixed_dtypes());
-        assert!(Backend::Tch.is_cpu() && !Backend::Cuda(0).is_cpu());
     }
 
     #[test]

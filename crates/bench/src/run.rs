@@ -128,10 +128,13 @@ fn warm_up(
     memory::reset_heap_peak();
     let rss_reset = memory::reset_rss_peak();
     let (heap_before, rss_before) = (memory::heap(), memory::rss());
-    let gpu_before = match backend.memory_measure() {
+    // The GPU memory libtorch's caching allocator holds only grows: its growth over the build
+    // and warm-up is the preset's peak.
+    let gpu_memory = || match backend.memory_measure() {
         MemoryMeasure::ProcessGpuMemory => brainfloat_backend::process_gpu_memory(),
         _ => None,
     };
+    let gpu_before = gpu_memory();
     let mut trainer = Trainer::new(config, device, Start::Fresh)?;
     let mut losses = Vec::new();
     for _ in 0..steps {
@@ -147,7 +150,7 @@ fn warm_up(
         ),
         _ => (None, None),
     };
-    let gpu_growth = match (gpu_before, brainfloat_backend::process_gpu_memory()) {
+    let gpu_growth = match (gpu_before, gpu_memory()) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };
@@ -242,20 +245,7 @@ fn finish(
                     contender.device_reserved
                 }
             },
-            peak_measure: match measure {
-                MemoryMeasure::Heap => "heap peak (counting global allocator)",
-                MemoryMeasure::ResidentSet => {
-                    "growth of the peak resident set while built and warmed up (libtorch \
-                     allocates behind Rust's allocator)"
-                }
-                MemoryMeasure::DevicePool => "device memory pool reserved",
-                MemoryMeasure::ProcessGpuMemory => {
-                    "growth of the GPU memory this process holds (nvidia-smi) while built and \
-                     warmed up; libtorch's caching allocator reuses what earlier presets freed, \
-                     so run one preset per process for this figure"
-                }
-            }
-            .into(),
+            peak_measure: measure.description().into(),
             heap_peak_bytes: heap_peak,
             heap_resident_bytes: contender.resident,
             rss_growth_bytes: contender.rss_growth,

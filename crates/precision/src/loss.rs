@@ -10,7 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor};
 
 use crate::casted_linear::CastedLinear;
-use crate::policy::PrecisionPolicy;
+use crate::policy::{ACCUMULATION_DTYPE, PrecisionPolicy};
 
 /// The record's logit soft-cap: `cap · tanh(logits / cap)`, computed in the logits' dtype.
 pub fn softcap<const D: usize>(logits: Tensor<D>, cap: f64) -> Tensor<D> {
@@ -21,7 +21,7 @@ pub fn softcap<const D: usize>(logits: Tensor<D>, cap: f64) -> Tensor<D> {
 /// fp32 whatever the logits' dtype: the logits are cast once, then a max-shifted log-softmax
 /// keeps it stable for any magnitude. Returns a one-element fp32 tensor.
 pub fn cross_entropy_fp32(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let logits = logits.cast(FloatDType::F32);
+    let logits = logits.cast(ACCUMULATION_DTYPE);
     let log_probs = log_softmax(logits, 1);
     let picked = log_probs.gather(1, targets.unsqueeze_dim(1));
     picked.mean().neg()
@@ -51,11 +51,35 @@ pub fn softcapped_cross_entropy(
         true,
         batch * seq,
     );
-    let grad = Tensor::from_inner(fused.grad.expect("asked for"));
-    // `surrogate` is Σ logits·grad: its gradient with respect to the logits is `grad`, and
-    // `surrogate − surrogate` adds it to the graph without changing the loss's value.
-    let surrogate = (logits * grad).sum().cast(FloatDType::F32);
-    Tensor::from_inner(fused.loss) + surrogate.clone() - surrogate.detach()
+    let grad = fused.grad.expect("asked for");
+    with_gradients(fused.loss, [(logits, grad)])
+}
+
+/// `loss` (a value outside autodiff) with each tracked tensor's given gradient attached:
+/// Σ x·g has gradient g with respect to x, and `loss + s − s` with `s` detached once hands
+/// those gradients to the graph without changing the loss's value.
+fn with_gradients<const D: usize>(
+    loss: Tensor<1>,
+    pairs: impl IntoIterator<Item = (Tensor<D>, Tensor<D>)>,
+) -> Tensor<1> {
+    let surrogate = pairs
+        .into_iter()
+        .map(|(tracked, grad)| {
+            (tracked * Tensor::from_inner(grad))
+                .sum()
+                .cast(ACCUMULATION_DTYPE)
+        })
+        .reduce(|a, b| a + b)
+        .expect("at least one tracked tensor");
+    Tensor::from_inner(loss) + surrogate.clone() - surrogate.detach()
+}
+
+/// `sum + part`, or `part` for the first one.
+fn accumulate<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Option<Tensor<D>> {
+    Some(match sum {
+        Some(sum) => sum + part,
+        None => part,
+    })
 }
 
 impl CastedLinear {
@@ -106,8 +130,6 @@ impl CastedLinear {
         let mut grad_hidden = Vec::with_capacity(chunks);
         let mut grad_weight: Option<Tensor<2>> = None;
         let mut grad_bias: Option<Tensor<1>> = None;
-        let add =
-            |sum: Option<Tensor<1>>, part: Tensor<1>| Some(sum.map_or(part.clone(), |s| s + part));
         for start in (0..rows).step_by(chunk_rows.max(1)) {
             let len = chunk_rows.min(rows - start);
             let hidden_rows = hidden_value.clone().narrow(0, start, len);
@@ -122,7 +144,7 @@ impl CastedLinear {
                 tracked,
                 rows,
             );
-            loss = add(loss, part.loss);
+            loss = accumulate(loss, part.loss);
             let Some(grad_logits) = part.grad else {
                 continue;
             };
@@ -133,30 +155,30 @@ impl CastedLinear {
                     .clone()
                     .sum_dim(0)
                     .squeeze_dim(0)
-                    .cast(FloatDType::F32);
-                grad_bias = add(grad_bias, part);
+                    .cast(ACCUMULATION_DTYPE);
+                grad_bias = accumulate(grad_bias, part);
             }
             let part = grad_logits
                 .transpose()
                 .matmul(hidden_rows)
-                .cast(FloatDType::F32);
-            grad_weight = Some(grad_weight.map_or(part.clone(), |sum| sum + part));
+                .cast(ACCUMULATION_DTYPE);
+            grad_weight = accumulate(grad_weight, part);
         }
-        let loss = Tensor::from_inner(loss.expect("a batch has at least one row"));
+        let loss = loss.expect("a batch has at least one row");
         let Some(grad_weight) = grad_weight else {
-            return loss;
+            return Tensor::from_inner(loss);
         };
-        let grad_hidden = Tensor::from_inner(Tensor::cat(grad_hidden, 0));
-        let grad_weight = Tensor::from_inner(grad_weight.cast(policy.matmul()));
-        // Σ x·g has gradient g with respect to x; `surrogate − surrogate` hands those
-        // gradients to the graph without changing the loss's value.
-        let mut surrogate = (hidden * grad_hidden).sum().cast(FloatDType::F32)
-            + (weight * grad_weight).sum().cast(FloatDType::F32);
+        let mut pairs = vec![
+            (hidden, Tensor::cat(grad_hidden, 0)),
+            (weight, grad_weight.cast(policy.matmul())),
+        ];
         if let (Some(bias), Some(grad_bias)) = (bias, grad_bias) {
-            let grad_bias = Tensor::from_inner(grad_bias.cast(policy.matmul()));
-            surrogate = surrogate + (bias * grad_bias).sum().cast(FloatDType::F32);
+            pairs.push((
+                bias.unsqueeze(),
+                grad_bias.cast(policy.matmul()).unsqueeze(),
+            ));
         }
-        loss + surrogate.clone() - surrogate.detach()
+        with_gradients(loss, pairs)
     }
 }
 
@@ -199,7 +221,7 @@ impl FusedLoss {
             }
             None => (logits, None),
         };
-        let capped = capped.cast(FloatDType::F32);
+        let capped = capped.cast(ACCUMULATION_DTYPE);
         // Log-sum-exp is shifted by an upper bound of each row: the cap itself when there is a
         // small one (|capped| ≤ cap, so exp stays within [e^(−2·cap), 1], normal in fp32 for
         // cap ≤ 40), saving a pass for the maximum; else the row's maximum.
@@ -220,12 +242,13 @@ impl FusedLoss {
             return Self { loss, grad: None };
         }
         let device = exp.device();
-        let minus_one = Tensor::<2>::full([rows, 1], -1.0, (&device, DType::F32));
+        let minus_one =
+            Tensor::<2>::full([rows, 1], -1.0, (&device, DType::from(ACCUMULATION_DTYPE)));
         let grad = (exp / sum_exp)
             .scatter(1, targets, minus_one, IndexingUpdateOp::Add)
             .div_scalar(batch_rows as f64);
         let grad = match tanh {
-            Some(tanh) => grad * tanh.cast(FloatDType::F32).square().neg().add_scalar(1.0),
+            Some(tanh) => grad * tanh.cast(ACCUMULATION_DTYPE).square().neg().add_scalar(1.0),
             None => grad,
         };
         Self {
