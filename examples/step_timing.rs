@@ -1,8 +1,8 @@
 //! Where one training step's time goes: forward, backward and optimizer, per precision preset,
-//! for the tiny model on GPT-2's vocabulary.
+//! for the tiny (default) or small model on GPT-2's vocabulary.
 //!
 //! ```text
-//! cargo run --release -p brainfloat-examples --example step_timing
+//! cargo run --release -p brainfloat-examples --example step_timing [-- small [PRESET]]
 //! ```
 
 use std::time::Instant;
@@ -14,15 +14,25 @@ use burn::optim::GradientsParams;
 use burn::tensor::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the trainer does: freed blocks are reused, not handed back to the OS each time.
+    brainfloat_trainer::memory::retain_freed_memory(true);
     let device = Device::flex().autodiff();
-    let mut config = GptConfig::tiny();
+    let small = std::env::args().nth(1).is_some_and(|size| size == "small");
+    let (mut config, batch, seq) = if small {
+        (GptConfig::small(), 8, 256)
+    } else {
+        (GptConfig::tiny(), 16, 64)
+    };
     config.vocab_size = 50304;
-    let (batch, seq) = (16, 64);
     let window: Vec<u32> = (0..batch * seq + 1)
         .map(|i| (i * 7919 % 50257) as u32)
         .collect();
     let data = Batch::from_window(&window, batch, seq, &device)?;
-    for preset in Preset::ALL {
+    let only: Option<Preset> = std::env::args().nth(2).map(|p| p.parse()).transpose()?;
+    for preset in Preset::ALL
+        .into_iter()
+        .filter(|p| only.is_none_or(|o| o == *p))
+    {
         let policy = PrecisionPolicy::preset(preset);
         let mut model = apply_policy(config.init(&device)?, &policy, &device)?;
         let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {

@@ -6,6 +6,11 @@ step (forward, fp32 loss, backward, Adam + Muon), so that brainfloat's step time
 against PyTorch's on the same machine in the same hour. Needs only torch (scripts/setup-torch).
 
     target/torch-venv/bin/python scripts/pytorch_reference.py --steps 10 --json out.json
+    target/torch-venv/bin/python scripts/pytorch_reference.py --compile --json compiled.json
+
+`--compile` runs the model's forward through torch.compile (inductor), as the record does; the
+backward is then compiled too (AOTAutograd). Compilation happens in the warm-up steps, which
+are not timed.
 
 Presets, as in the record:
   fp32      everything fp32.
@@ -153,7 +158,7 @@ def build(preset, args):
     return model, optimizers
 
 
-def step(model, optimizers, preset, batch):
+def step(model, optimizers, preset, batch, forward=None):
     inputs, targets = batch
     context = (
         torch.autocast("cpu", dtype=torch.bfloat16)
@@ -162,7 +167,7 @@ def step(model, optimizers, preset, batch):
     )
     start = time.perf_counter()
     with context:
-        loss = model(inputs, targets)
+        loss = (forward or model)(inputs, targets)
     loss.backward()
     for opt in optimizers:
         opt.step()
@@ -182,6 +187,7 @@ def main():
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -190,18 +196,21 @@ def main():
     batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
     presets = args.presets.split(",")
     runs = {p: build(p, args) for p in presets}
+    # One compiled forward per preset: autocast and the bf16 cast change the traced graph.
+    forwards = {p: torch.compile(runs[p][0]) if args.compile else None for p in presets}
     times = {p: [] for p in presets}
     for preset in presets:
         for _ in range(args.warmup):
-            step(*runs[preset], preset, batch)
+            step(*runs[preset], preset, batch, forwards[preset])
     # Interleaved like brainfloat's bench: round r starts with preset r mod len(presets).
     for r in range(args.steps):
         for i in range(len(presets)):
             preset = presets[(r + i) % len(presets)]
-            times[preset].append(step(*runs[preset], preset, batch)[0])
+            times[preset].append(step(*runs[preset], preset, batch, forwards[preset])[0])
     tokens_per_step = args.batch * args.seq
     result = {
         "torch": torch.__version__,
+        "compiled": args.compile,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "tokens_per_step": tokens_per_step,
@@ -214,7 +223,8 @@ def main():
             for p, t in times.items()
         },
     }
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
+    mode = "torch.compile" if args.compile else "eager"
+    print(f"PyTorch {torch.__version__} ({mode}), {torch.get_num_threads()} threads")
     for p, r in result["presets"].items():
         print(f"{p:9} {r['step_time_ms_median']:8.1f} ms/step  {r['tokens_per_sec']:7.1f} tokens/s")
     if args.json:

@@ -14,6 +14,9 @@ use crate::report::BenchReport;
 pub struct PytorchReference {
     /// PyTorch's version.
     pub torch: String,
+    /// Whether the model ran through `torch.compile` (`--compile`); absent in older files.
+    #[serde(default)]
+    pub compiled: bool,
     /// Tokens per optimizer step.
     pub tokens_per_step: usize,
     /// Per preset (`fp32`, `autocast`, `bf16`).
@@ -30,6 +33,17 @@ pub struct PytorchPreset {
 }
 
 impl PytorchReference {
+    /// `PyTorch 2.9.0 eager` or `PyTorch 2.9.0 torch.compile`.
+    pub fn label(&self) -> String {
+        let version = self.torch.split('+').next().unwrap_or(&self.torch);
+        let mode = if self.compiled {
+            "torch.compile"
+        } else {
+            "eager"
+        };
+        format!("PyTorch {version} {mode}")
+    }
+
     /// Reads `scripts/pytorch_reference.py`'s JSON.
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
@@ -40,8 +54,9 @@ impl PytorchReference {
 
 /// Markdown: one row per backend, model and preset (step time, tokens/s, peak memory, val loss,
 /// MFU), then per backend and model the ratios bf16/fp32 and bf16/autocast of step time and peak
-/// memory (the presets may come from separate reports, one preset each), then PyTorch's rows.
-pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchReference>) -> String {
+/// memory (the presets may come from separate reports, one preset each), then PyTorch's rows
+/// (eager and compiled, as given), and each backend's bf16 tokens/s over each PyTorch's.
+pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]) -> String {
     let mut md = String::from(
         "| backend | model | preset | step time (ms) | tokens/s | peak memory (MiB) | val loss | MFU |\n\
          |---|---|---|---:|---:|---:|---:|---:|\n",
@@ -65,7 +80,7 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchRefe
             );
         }
     }
-    if let Some(reference) = pytorch {
+    for reference in pytorch {
         // The presets in the benchmark's order, then any others.
         let mut presets: Vec<(&String, &PytorchPreset)> = reference.presets.iter().collect();
         presets.sort_by_key(|(name, _)| {
@@ -77,8 +92,10 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchRefe
         for (preset, figures) in presets {
             let _ = writeln!(
                 md,
-                "| PyTorch {} | – | {preset} | {:.1} | {:.1} | – | – | – |",
-                reference.torch, figures.step_time_ms_median, figures.tokens_per_sec
+                "| {} | – | {preset} | {:.1} | {:.1} | – | – | – |",
+                reference.label(),
+                figures.step_time_ms_median,
+                figures.tokens_per_sec
             );
         }
     }
@@ -118,15 +135,41 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: Option<&PytorchRefe
                 .map_or("", |p| p.memory.peak_measure.as_str()),
         );
     }
-    if let Some(reference) = pytorch {
+    for reference in pytorch {
         let time = |preset: &str| reference.presets.get(preset).map(|p| p.step_time_ms_median);
         let _ = writeln!(
             md,
-            "| PyTorch {} | – | {} | {} | – | – |",
-            reference.torch,
+            "| {} | – | {} | {} | – | – |",
+            reference.label(),
             ratio(time("bf16"), time("fp32")),
             ratio(time("bf16"), time("autocast")),
         );
+    }
+    if !pytorch.is_empty() {
+        md.push_str(
+            "
+| backend | model | bf16 tokens/s over |",
+        );
+        for reference in pytorch {
+            let _ = write!(md, " {} bf16 |", reference.label());
+        }
+        md.push_str(
+            "
+|---|---|---|",
+        );
+        md.push_str(&"---:|".repeat(pytorch.len()));
+        md.push('\n');
+        for report in reports {
+            let Some(bf16) = report.presets.iter().find(|p| p.preset == "bf16") else {
+                continue;
+            };
+            let _ = write!(md, "| {} | {} | |", report.backend, report.model.size);
+            for reference in pytorch {
+                let theirs = reference.presets.get("bf16").map(|p| p.tokens_per_sec);
+                let _ = write!(md, " {} |", ratio(Some(bf16.tokens_per_sec), theirs));
+            }
+            md.push('\n');
+        }
     }
     md
 }

@@ -32,7 +32,10 @@ pub mod validate;
 
 pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
 pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
-pub use matmul::{MatmulResult, MatmulShape, bench_matmuls, model_matmul_shapes, time_matmul};
+pub use matmul::{
+    MatmulResult, MatmulShape, PEAK_SIDE, bench_matmuls, measured_peak, model_matmul_shapes,
+    time_matmul,
+};
 pub use peak::Peak;
 pub use report::{BenchReport, Figure, MemoryResult, ModelInfo, PresetResult};
 pub use run::{BenchOptions, run_bench};

@@ -7,6 +7,7 @@ use brainfloat_gpt::GptConfig;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::peak::Peak;
 use crate::stats::Spread;
 
 /// One product `[m, k] × [k, n]` of a training step.
@@ -82,7 +83,8 @@ pub fn time_matmul(shape: &MatmulShape, dtype: FloatDType, reps: usize, device: 
     for rep in 0..=reps {
         sync(device);
         let started = Instant::now();
-        let product = lhs.clone().matmul(rhs.clone());
+        // The op the model runs: native bf16 on flex, Burn's matmul elsewhere.
+        let product = brainfloat_ops::matmul(lhs.clone(), rhs.clone());
         sync(device);
         if rep > 0 {
             seconds.push(started.elapsed().as_secs_f64());
@@ -105,6 +107,31 @@ pub fn bench_matmuls(shapes: &[MatmulShape], reps: usize, device: &Device) -> Ve
             bf16_gflops: bf16.then(|| time_matmul(shape, FloatDType::BF16, reps, device)),
         })
         .collect()
+}
+
+/// Side of the square product whose best speed stands for a dtype's dense GEMM peak.
+pub const PEAK_SIDE: usize = 2048;
+
+/// The dense GEMM peak of `dtype` on `device`, measured: the fastest of 5 runs of a
+/// [`PEAK_SIDE`]³ product through the op the model runs, so that utilisation is taken against
+/// what this machine's matmuls in that dtype can reach (a step cannot beat it).
+pub fn measured_peak(dtype: FloatDType, device: &Device) -> Peak {
+    let shape = MatmulShape {
+        name: "peak".into(),
+        m: PEAK_SIDE,
+        k: PEAK_SIDE,
+        n: PEAK_SIDE,
+    };
+    let best = (0..5)
+        .map(|_| time_matmul(&shape, dtype, 1, device))
+        .fold(0.0, f64::max);
+    Peak {
+        gflops: best,
+        source: format!(
+            "measured: the fastest of 5 {PEAK_SIDE}³ {} products on this device",
+            brainfloat_precision::dtype_name(dtype)
+        ),
+    }
 }
 
 /// Waits for the device's queued work (eager CPU backends have none).

@@ -3,7 +3,7 @@
 
 use brainfloat_backend::{Backend, MemoryMeasure};
 use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer, memory};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 use crate::distribution::measure_distribution;
 use crate::matmul::{bench_matmuls, model_matmul_shapes, sync};
@@ -25,8 +25,10 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Timed runs of each matmul shape and dtype.
     pub matmul_reps: usize,
-    /// The peak behind MFU.
+    /// The peak behind MFU of presets whose matmuls run in fp32.
     pub peak: Peak,
+    /// The peak behind MFU of presets whose matmuls run in bf16; `peak` when `None`.
+    pub bf16_peak: Option<Peak>,
     /// The backend `device` belongs to: the report names it, and its memory measure picks the
     /// peak-memory figure.
     pub backend: Backend,
@@ -34,6 +36,16 @@ pub struct BenchOptions {
     pub machine: String,
     /// The command line, for the report.
     pub command: String,
+}
+
+impl BenchOptions {
+    /// The peak that MFU of matmuls in `dtype` is measured against.
+    pub fn peak_for(&self, dtype: FloatDType) -> &Peak {
+        match (dtype, &self.bf16_peak) {
+            (FloatDType::BF16, Some(peak)) => peak,
+            _ => &self.peak,
+        }
+    }
 }
 
 /// One preset while the benchmark runs.
@@ -102,6 +114,7 @@ pub fn run_bench(
         timed_steps: options.steps,
         baseline: options.baseline.clone(),
         peak: options.peak.clone(),
+        bf16_peak: options.bf16_peak.clone(),
         presets,
         matmuls: bench_matmuls(&shapes, options.matmul_reps, device),
         figures: Vec::new(),
@@ -205,6 +218,7 @@ fn finish(
 ) -> Result<PresetResult, TrainError> {
     let val_loss = contender.trainer.evaluate()?.val_loss;
     let trainer = &contender.trainer;
+    let matmul_dtype = trainer.model().policy().matmul();
     let batch = first_batch(trainer, &trainer.config().data.val)?;
     let state: Vec<_> = trainer
         .optimizer()
@@ -235,7 +249,7 @@ fn finish(
         step_time_ms,
         tokens_per_sec,
         achieved_gflops,
-        mfu: options.peak.utilisation(achieved_gflops),
+        mfu: options.peak_for(matmul_dtype).utilisation(achieved_gflops),
         val_loss,
         memory: MemoryResult {
             peak_bytes: match measure {

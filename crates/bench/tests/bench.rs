@@ -33,6 +33,7 @@ fn options(presets: &[&str]) -> BenchOptions {
         steps: 3,
         matmul_reps: 1,
         peak: Peak::stated(100.0),
+        bf16_peak: Some(Peak::stated(400.0)),
         backend: test_backend(),
         machine: "test machine".into(),
         command: "cargo xtask bench --steps 3".into(),
@@ -75,7 +76,9 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
             p.achieved_gflops,
             m.flops_per_token as f64 * tokens_per_sec / 1e9
         ));
-        assert!(close(p.mfu, p.achieved_gflops / 100.0));
+        // Each preset against the peak of its matmul dtype: fp32's 100, bf16's 400.
+        let peak = if p.preset == "fp32" { 100.0 } else { 400.0 };
+        assert!(close(p.mfu, p.achieved_gflops / peak), "{}", p.preset);
         assert!(close(
             p.ratios["step_time"],
             p.step_time_ms.median / baseline.step_time_ms.median
@@ -163,7 +166,8 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     let md = report.to_markdown();
     for needle in [
         "| preset | step time median (ms)",
-        "MFU peak: 100.0 GFLOP/s, stated on the command line",
+        "MFU peaks: fp32 matmuls 100.0 GFLOP/s (stated on the command line: 100 GFLOP/s); \
+         bf16 matmuls 400.0 GFLOP/s (stated on the command line: 400 GFLOP/s)",
         "## Where the memory is",
         "## Matmul micro-benchmark",
         "| lm_head grad-weight | 512 × 128 × 64 |",
@@ -181,7 +185,10 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
             "bf16": {"step_time_ms_median": 100.0, "tokens_per_sec": 1280.0}}}"#,
     )
     .unwrap();
-    let table = comparison_markdown(std::slice::from_ref(&report), Some(&pytorch));
+    let table = comparison_markdown(
+        std::slice::from_ref(&report),
+        std::slice::from_ref(&pytorch),
+    );
     let time = |p: &str| report.preset(p).unwrap().step_time_ms.median;
     let backend = test_backend().to_string();
     for needle in [
@@ -191,8 +198,12 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
             time("bf16") / time("fp32"),
             time("bf16") / time("autocast")
         ),
-        "| PyTorch 2.9.0 | – | fp32 | 200.0 | 640.0 |".into(),
-        "| PyTorch 2.9.0 | – | 0.500 | – |".into(),
+        "| PyTorch 2.9.0 eager | – | fp32 | 200.0 | 640.0 |".into(),
+        "| PyTorch 2.9.0 eager | – | 0.500 | – |".into(),
+        format!(
+            "| {backend} | tiny | | {:.3} |",
+            report.preset("bf16").unwrap().tokens_per_sec / 1280.0
+        ),
     ] {
         assert!(table.contains(&needle), "missing {needle:?} in\n{table}");
     }

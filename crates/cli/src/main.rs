@@ -12,7 +12,8 @@ use brainfloat_bench::plot::{
 };
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{
-    BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, run_bench,
+    BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, measured_peak,
+    run_bench,
 };
 use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
 use brainfloat_trainer::plugins::{
@@ -21,7 +22,7 @@ use brainfloat_trainer::plugins::{
 use brainfloat_trainer::{
     ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, validation_loss,
 };
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, FloatDType};
 use clap::{Args, Parser, Subcommand};
 
 /// Counts heap bytes so that metrics and the benchmark report measured peak memory.
@@ -69,9 +70,10 @@ struct CompareArgs {
     /// Benchmark reports (their JSON).
     #[arg(required = true)]
     reports: Vec<PathBuf>,
-    /// PyTorch's step times for the same model (scripts/pytorch_reference.py --json).
+    /// PyTorch's step times for the same model (scripts/pytorch_reference.py --json); repeat
+    /// for eager and `--compile` runs.
     #[arg(long)]
-    pytorch: Option<PathBuf>,
+    pytorch: Vec<PathBuf>,
     /// Also write the table here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -112,9 +114,12 @@ struct BenchArgs {
     /// The preset ratios are taken against.
     #[arg(long, default_value = "autocast")]
     baseline: String,
-    /// Peak GFLOP/s for MFU (default: this CPU's nominal fp32 peak).
+    /// Peak GFLOP/s of fp32 matmuls for MFU (default: measured, a dense 2048³ product).
     #[arg(long)]
     peak_gflops: Option<f64>,
+    /// Peak GFLOP/s of bf16 matmuls for MFU of bf16-matmul presets (default: measured).
+    #[arg(long)]
+    bf16_peak_gflops: Option<f64>,
     /// Timed runs per matmul shape and dtype.
     #[arg(long, default_value_t = 5)]
     matmul_reps: usize,
@@ -471,11 +476,15 @@ fn plot(args: PlotArgs) -> Result<(), String> {
 
 fn bench(args: BenchArgs) -> Result<(), String> {
     let (config, device) = prepare(&args.run)?;
-    let peak = match args.peak_gflops {
+    // Each dtype's peak is stated or measured on the device (a dense square product).
+    let peak_of = |stated: Option<f64>, dtype| match stated {
         Some(gflops) => Peak::stated(gflops),
-        None => Peak::nominal_cpu()
-            .ok_or("cannot tell this CPU's peak (no /proc/cpuinfo clock); pass --peak-gflops")?,
+        None => measured_peak(dtype, &device),
     };
+    let peak = peak_of(args.peak_gflops, FloatDType::F32);
+    let bf16_peak = device
+        .supports_dtype(DType::BF16)
+        .then(|| peak_of(args.bf16_peak_gflops, FloatDType::BF16));
     for preset in &args.presets {
         preset
             .parse::<brainfloat_precision::PrecisionPolicy>()
@@ -492,6 +501,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         steps: args.steps as usize,
         matmul_reps: args.matmul_reps,
         peak,
+        bf16_peak,
         backend: args.run.backend,
         machine: args.run.backend.machine(),
         command,
@@ -541,10 +551,10 @@ fn compare(args: CompareArgs) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let pytorch = args
         .pytorch
-        .as_deref()
-        .map(PytorchReference::read)
-        .transpose()?;
-    let table = comparison_markdown(&reports, pytorch.as_ref());
+        .iter()
+        .map(|path| PytorchReference::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let table = comparison_markdown(&reports, &pytorch);
     print!("{table}");
     if let Some(path) = &args.out {
         std::fs::write(path, &table)

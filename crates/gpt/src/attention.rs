@@ -2,8 +2,6 @@
 
 use brainfloat_precision::{CastedLinear, CastedLinearConfig, PrecisionPolicy};
 use burn::module::{Module, Param};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::norm::rms_norm;
@@ -68,12 +66,7 @@ impl CausalSelfAttention {
 
         // [B, H, T, hd], matmul operands in the policy's matmul dtype.
         let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(policy.matmul());
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let y = attention(to_heads(q), to_heads(k), to_heads(v), None, None, options);
+        let y = brainfloat_ops::causal_attention(to_heads(q), to_heads(k), to_heads(v));
         let y = y
             .cast(policy.activation())
             .swap_dims(1, 2)

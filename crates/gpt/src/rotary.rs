@@ -44,6 +44,10 @@ impl Rotary {
     /// Rotates `x` `[B, T, H, head_dim]`: with `x = [x1, x2]` split in halves,
     /// `y = [x1·cos + x2·sin, −x1·sin + x2·cos]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if let Some(rotated) = brainfloat_ops::rotary(x.clone(), self.cos.clone(), self.sin.clone())
+        {
+            return rotated; // fused, where the backend has the kernel (flex)
+        }
         let [b, t, h, d] = x.dims();
         let half = d / 2;
         let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..half]);

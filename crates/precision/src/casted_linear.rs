@@ -4,7 +4,6 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::policy::PrecisionPolicy;
@@ -72,14 +71,17 @@ impl CastedLinear {
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let dtype = FloatDType::from(input.dtype());
         let weight = self.weight.val().cast(dtype).transpose();
-        let bias = self.bias.as_ref().map(|b| b.val().cast(dtype));
         // One `[rows, in] × [in, out]` product, as F.linear does: a batched matmul against the
         // broadcast weight makes libtorch copy the weight once per batch (for the head, a
-        // logits-sized copy each way).
+        // logits-sized copy each way). On flex it is a native bf16 GEMM whose backward products
+        // use the same kernel (brainfloat-ops).
         let mut dims = input.dims();
         let d_input = dims[D - 1];
         let rows = input.shape().num_elements() / d_input.max(1);
-        let output = linear(input.reshape([rows, d_input]), weight, bias);
+        let mut output = brainfloat_ops::matmul(input.reshape([rows, d_input]), weight);
+        if let Some(bias) = &self.bias {
+            output = output + bias.val().cast(dtype).unsqueeze();
+        }
         dims[D - 1] = self.weight.dims()[0];
         output.reshape(dims)
     }

@@ -6,6 +6,7 @@
 //! a dozen logits-sized tensors (8 × 256 × 50304 values for the `small` model) through the
 //! allocator in each direction; fused, the tensors it owns are updated in place.
 
+use brainfloat_ops::{accumulate_f32, matmul};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor};
 
@@ -55,24 +56,22 @@ pub fn softcapped_cross_entropy(
     with_gradients(fused.loss, [(logits, grad)])
 }
 
-/// `loss` (a value outside autodiff) with each tracked tensor's given gradient attached:
-/// Σ x·g has gradient g with respect to x, and `loss + s − s` with `s` detached once hands
-/// those gradients to the graph without changing the loss's value.
+/// `loss` (a value outside autodiff) with each tracked tensor's given gradient attached
+/// ([`brainfloat_ops::attach_gradient`]): no product of a tensor with its gradient enters the
+/// graph, so the loss's value is untouched and the backward pass does no logits-sized work.
 fn with_gradients<const D: usize>(
     loss: Tensor<1>,
     pairs: impl IntoIterator<Item = (Tensor<D>, Tensor<D>)>,
 ) -> Tensor<1> {
-    let surrogate = pairs
+    pairs
         .into_iter()
-        .map(|(tracked, grad)| {
-            (tracked * Tensor::from_inner(grad))
-                .sum()
-                .cast(ACCUMULATION_DTYPE)
+        .fold(Tensor::from_inner(loss), |loss, (tracked, grad)| {
+            brainfloat_ops::attach_gradient(loss, tracked, Tensor::from_inner(grad))
         })
-        .reduce(|a, b| a + b)
-        .expect("at least one tracked tensor");
-    Tensor::from_inner(loss) + surrogate.clone() - surrogate.detach()
 }
+
+// The head's partial gradients add up in `accumulate_f32`: the accumulation dtype is fp32.
+const _: () = assert!(matches!(ACCUMULATION_DTYPE, FloatDType::F32));
 
 /// `sum + part`, or `part` for the first one.
 fn accumulate<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Option<Tensor<D>> {
@@ -133,7 +132,7 @@ impl CastedLinear {
         for start in (0..rows).step_by(chunk_rows.max(1)) {
             let len = chunk_rows.min(rows - start);
             let hidden_rows = hidden_value.clone().narrow(0, start, len);
-            let mut logits = hidden_rows.clone().matmul(weight_value.clone().transpose());
+            let mut logits = matmul(hidden_rows.clone(), weight_value.clone().transpose());
             if let Some(bias) = &bias_value {
                 logits = logits + bias.clone().unsqueeze();
             }
@@ -149,20 +148,13 @@ impl CastedLinear {
                 continue;
             };
             let grad_logits = grad_logits.cast(policy.matmul());
-            grad_hidden.push(grad_logits.clone().matmul(weight_value.clone()));
+            grad_hidden.push(matmul(grad_logits.clone(), weight_value.clone()));
             if bias_value.is_some() {
-                let part = grad_logits
-                    .clone()
-                    .sum_dim(0)
-                    .squeeze_dim(0)
-                    .cast(ACCUMULATION_DTYPE);
-                grad_bias = accumulate(grad_bias, part);
+                let part = grad_logits.clone().sum_dim(0).squeeze_dim(0);
+                grad_bias = Some(accumulate_f32(grad_bias, part));
             }
-            let part = grad_logits
-                .transpose()
-                .matmul(hidden_rows)
-                .cast(ACCUMULATION_DTYPE);
-            grad_weight = accumulate(grad_weight, part);
+            let part = matmul(grad_logits.transpose(), hidden_rows);
+            grad_weight = Some(accumulate_f32(grad_weight, part));
         }
         let loss = loss.expect("a batch has at least one row");
         let Some(grad_weight) = grad_weight else {
@@ -186,9 +178,8 @@ impl CastedLinear {
 /// in fp32), so the `small` model's 2048 × 50304 logits come in 4 chunks of 512 rows.
 pub const LOGITS_PER_CHUNK: usize = 32 << 20;
 
-/// The largest soft-cap that can stand in for the row maximum: e^(−2·40) ≈ 1.8e−35 is still a
-/// normal fp32 number.
-const MAX_SHIFT_CAP: f64 = 40.0;
+/// The largest soft-cap that can stand in for the row maximum (the fused kernel's rule too).
+const MAX_SHIFT_CAP: f64 = brainfloat_ops::MAX_SHIFT_CAP as f64;
 
 /// The loss of a batch of logits and, when asked, its gradient with respect to them.
 struct FusedLoss {
@@ -209,6 +200,16 @@ impl FusedLoss {
         with_grad: bool,
         batch_rows: usize,
     ) -> Self {
+        // One fused pass per row where the backend has the kernel (flex).
+        if let Some((loss, grad)) = brainfloat_ops::fused_cross_entropy(
+            logits.clone(),
+            targets.clone(),
+            cap,
+            batch_rows,
+            with_grad,
+        ) {
+            return Self { loss, grad };
+        }
         let dtype = FloatDType::from(logits.dtype());
         let [rows, _] = logits.dims();
         let targets = targets.unsqueeze_dim::<2>(1);

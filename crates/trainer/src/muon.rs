@@ -1,5 +1,6 @@
 //! Newton–Schulz orthogonalisation, as the record's Muon computes it.
 
+use brainfloat_ops::matmul;
 use brainfloat_precision::ACCUMULATION_DTYPE;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -7,7 +8,7 @@ use burn::tensor::{FloatDType, Tensor};
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
 /// `X = G/(‖G‖_F + 1e-7)` in `dtype` (transposed when rows > cols), then `steps` times
-/// `A = X·Xᵀ; B = A·X; X = a·X + b·B + c·A·B`, transposed back. Returns `dtype`.
+/// `A = X·Xᵀ; X = a·X + (b·A + c·A·A)·X`, transposed back. Returns `dtype`.
 pub fn newton_schulz(grad: Tensor<2>, steps: usize, dtype: FloatDType) -> Tensor<2> {
     let (a, b, c) = NS_COEFFICIENTS;
     let [rows, cols] = grad.dims();
@@ -20,9 +21,11 @@ pub fn newton_schulz(grad: Tensor<2>, steps: usize, dtype: FloatDType) -> Tensor
         x = x.transpose();
     }
     for _ in 0..steps {
-        let gram = x.clone().matmul(x.clone().transpose());
-        let cubic = gram.clone().matmul(x.clone());
-        x = x.mul_scalar(a) + cubic.clone().mul_scalar(b) + gram.matmul(cubic).mul_scalar(c);
+        // The record's order: the polynomial in A (rows × rows, the small side) first, then one
+        // product with X — a quarter fewer FLOPs than b·A·X + c·A·(A·X) for a wide X.
+        let gram = matmul(x.clone(), x.clone().transpose());
+        let polynomial = gram.clone().mul_scalar(b) + matmul(gram.clone(), gram).mul_scalar(c);
+        x = x.clone().mul_scalar(a) + matmul(polynomial, x);
     }
     if tall { x.transpose() } else { x }
 }

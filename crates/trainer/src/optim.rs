@@ -289,8 +289,6 @@ impl RecordOptimizer {
         let dims = value.dims();
         let numel = dims.iter().product::<usize>();
         let grad = grad.reshape([numel]);
-        self.grad_squares
-            .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
         let c = &self.config;
         let lr = lr_multiplier
             * match group {
@@ -299,6 +297,40 @@ impl RecordOptimizer {
                 ParamGroup::Scalars => c.scalar_lr,
                 ParamGroup::Matrices => c.matrix_lr,
             };
+        if group != ParamGroup::Matrices && self.probe.is_none() {
+            // One fused pass where the backend has the kernel; the lost-update probe needs the
+            // update itself, so probed steps take the op-by-op path below.
+            let (steps, moment_1, moment_2) = match self.states.get(&name) {
+                Some(ParamState::Adam {
+                    steps,
+                    moment_1,
+                    moment_2,
+                }) => (*steps, moment_1.clone(), moment_2.clone()),
+                _ => (0, grad.zeros_like(), grad.zeros_like()),
+            };
+            let fused = brainfloat_ops::fused_adam(
+                value.clone().reshape([numel]),
+                grad.clone(),
+                moment_1,
+                moment_2,
+                lr,
+                c.adam_betas,
+                c.adam_eps,
+                steps + 1,
+            );
+            if let Some(update) = fused {
+                self.grad_squares.push(update.grad_square_sum);
+                let state = ParamState::Adam {
+                    steps: steps + 1,
+                    moment_1: update.moment_1,
+                    moment_2: update.moment_2,
+                };
+                self.states.insert(name, state);
+                return update.param.reshape(dims);
+            }
+        }
+        self.grad_squares
+            .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
         let delta = if group == ParamGroup::Matrices {
             let buffer = match self.states.remove(&name) {
                 Some(ParamState::Muon { momentum_buffer }) => {

@@ -1,0 +1,55 @@
+//! CPU kernels for bf16 mixed-precision training, over plain slices (no Burn types), in the
+//! manner of llm.c's kernels: each named for what it computes, tested against a float64
+//! reference on ragged shapes.
+//!
+//! - [`gemm`]: `C = A·B` with bf16 operands, fp32 accumulation and a bf16 or fp32 result; any
+//!   strides, so transposed operands cost nothing. On a CPU with AVX512-BF16 it runs
+//!   `vdpbf16ps` through the `gemmkit` crate; elsewhere (or when [`KernelPath::Portable`] is
+//!   forced) it widens the operands to fp32 once and runs the `gemm` crate's fp32 GEMM (flex's).
+//! - [`rms_norm`] and [`rms_norm_backward`]: RMSNorm over the last dimension that keeps one
+//!   fp32 statistic per row and reads and writes the activation dtype only.
+//! - [`softcapped_cross_entropy`]: the record's soft-capped fp32 loss over logits rows and its
+//!   gradient in one pass per row, with vectorised `exp` and `tanh`.
+//! - [`adam_update`]: one Adam step of a parameter and its moments in one pass.
+//! - [`causal_softmax`] and [`causal_softmax_backward`]: attention's masked softmax, fp32
+//!   inside, one pass per row each way.
+//! - [`rotary`]: rotary position embeddings and their backward in one pass.
+//! - [`accumulate`] and [`widen`]: fp32 sums of bf16 parts.
+//!
+//! All run on all cores (rayon). [`KernelPath::active`] says which path runs; the environment
+//! variable [`PATH_VAR`]` = portable` forces the portable one (for tests on CPUs that have
+//! AVX512-BF16, CI's included).
+//!
+//! ```
+//! use brainfloat_kernels::{Matrix, Output, gemm};
+//! use half::bf16;
+//!
+//! let a: Vec<bf16> = [1.0f32, 2.0, 3.0, 4.0].map(bf16::from_f32).to_vec(); // 2×2
+//! let b: Vec<bf16> = [5.0f32, 6.0, 7.0, 8.0].map(bf16::from_f32).to_vec(); // 2×2
+//! let mut c = vec![0.0f32; 4];
+//! gemm(Matrix::row_major(&a, 2, 2), Matrix::row_major(&b, 2, 2), Output::F32(&mut c));
+//! assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+//! ```
+
+mod accumulate;
+mod adam;
+mod cross_entropy;
+mod dot_bf16;
+mod elem;
+mod gemm;
+mod math;
+mod path;
+mod rms_norm;
+mod rotary;
+mod softmax;
+
+pub use accumulate::{accumulate, widen};
+pub use adam::{AdamStep, adam_update};
+pub use cross_entropy::{MAX_SHIFT_CAP, softcapped_cross_entropy};
+pub use elem::Float;
+pub use gemm::{Matrix, Output, gemm, gemm_on, gemm_own};
+pub use half::bf16;
+pub use path::{KernelPath, PATH_VAR};
+pub use rms_norm::{rms_norm, rms_norm_backward};
+pub use rotary::rotary;
+pub use softmax::{causal_softmax, causal_softmax_backward};

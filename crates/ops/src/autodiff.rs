@@ -1,0 +1,261 @@
+//! The hand-written backward passes of [`KernelBackend`] under Burn's autodiff.
+//!
+//! - matmul `C = A·B`: `dA = dC·Bᵀ` and `dB = Aᵀ·dC`, each through the inner backend's
+//!   [`KernelBackend::matmul`] on transposed views (no copies on flex), so the backward
+//!   products run on the same kernel as the forward. The result keeps the operands' dtype; for
+//!   CastedLinear's weight, the cast it came through brings the gradient back to fp32, as in
+//!   PyTorch (the bf16 product is rounded, then widened).
+//! - RMSNorm: the state is the input and one fp32 statistic per row, not fp32 copies of the
+//!   activations.
+//! - causal softmax: the state is the fp32 probabilities; the backward is one pass per row.
+//! - rotary: the state is the tables; the gradient is the inverse rotation.
+//! - attached gradients: a loss computed outside autodiff hands the gradients computed with
+//!   it to the tensors it came from, with no surrogate products in the graph.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, FloatDType, TensorMetadata};
+use burn::tensor::Shape;
+
+use crate::extension::KernelBackend;
+
+impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MatmulBackward
+            .prepare::<C>([lhs.node(), rhs.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (lhs, rhs) = (lhs.into_primitive(), rhs.into_primitive());
+                let output = B::matmul(lhs.clone(), rhs.clone());
+                prep.finish((lhs, rhs), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::matmul(lhs.into_primitive(), rhs.into_primitive()))
+            }
+        }
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        match RmsNormBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let (y, inv_rms) = B::rms_norm_with_stats(x.clone(), eps);
+                prep.finish((x, inv_rms), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x.into_primitive(), eps)),
+        }
+    }
+
+    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> Option<FloatTensor<Self>> {
+        let backward = CausalSoftmaxBackward { scale };
+        match backward
+            .prepare::<C>([scores.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (probs, exact) = B::causal_softmax_with_probs(scores.into_primitive(), scale)?;
+                Some(prep.finish(exact, probs))
+            }
+            OpsKind::UnTracked(prep) => {
+                Some(prep.finish(B::causal_softmax(scores.into_primitive(), scale)?))
+            }
+        }
+    }
+
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> Option<FloatTensor<Self>> {
+        // The tables are constants: only `x` gets a gradient.
+        let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
+        match (RotaryBackward { inverse })
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::rotary(x.into_primitive(), cos.clone(), sin.clone(), inverse)?;
+                Some(prep.finish((cos, sin), y))
+            }
+            OpsKind::UnTracked(prep) => {
+                Some(prep.finish(B::rotary(x.into_primitive(), cos, sin, inverse)?))
+            }
+        }
+    }
+
+    fn attach_gradient(
+        loss: FloatTensor<Self>,
+        tracked: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let grad = grad.into_primitive();
+        match AttachedGradient
+            .prepare::<C>([loss.node(), tracked.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(grad, loss.into_primitive()),
+            OpsKind::UnTracked(prep) => prep.finish(loss.into_primitive()),
+        }
+    }
+
+    fn rms_norm_with_stats(
+        _x: FloatTensor<Self>,
+        _eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("the statistic is an implementation detail of the inner backend")
+    }
+
+    fn rms_norm_backward(
+        _x: FloatTensor<Self>,
+        _inv_rms: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        unreachable!("called by the backward pass on the inner backend only")
+    }
+}
+
+/// The backward step of [`KernelBackend::matmul`].
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: Backend + KernelBackend> Backward<B, 2> for MatmulBackward {
+    /// The operands.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [lhs_node, rhs_node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (lhs, rhs) = ops.state;
+        if let Some(node) = lhs_node {
+            let grad_lhs = B::matmul(grad.clone(), B::float_transpose(rhs));
+            grads.register::<B>(node.id, grad_lhs);
+        }
+        if let Some(node) = rhs_node {
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(lhs), grad));
+        }
+    }
+}
+
+/// The backward step of [`KernelBackend::rms_norm`].
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: Backend + KernelBackend> Backward<B, 1> for RmsNormBackward {
+    /// The input and its fp32 statistic per row.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, inv_rms) = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::rms_norm_backward(x, inv_rms, grad));
+        }
+    }
+}
+
+/// The backward step of [`KernelBackend::causal_softmax`].
+#[derive(Debug)]
+struct CausalSoftmaxBackward {
+    scale: f64,
+}
+
+impl<B: Backend + KernelBackend> Backward<B, 1> for CausalSoftmaxBackward {
+    /// The probabilities in fp32.
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            let grad_scores = B::causal_softmax_backward(ops.state, grad, self.scale)
+                .expect("the forward pass ran the fused kernel on this backend");
+            grads.register::<B>(node.id, grad_scores);
+        }
+    }
+}
+
+/// The backward step of [`KernelBackend::rotary`]: the gradient rotates back.
+#[derive(Debug)]
+struct RotaryBackward {
+    inverse: bool,
+}
+
+impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
+    /// The cos and sin tables.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = node {
+            let grad_x = B::rotary(grad, cos, sin, !self.inverse)
+                .expect("the forward pass ran the fused kernel on this backend");
+            grads.register::<B>(node.id, grad_x);
+        }
+    }
+}
+
+/// The backward step of [`KernelBackend::attach_gradient`].
+#[derive(Debug)]
+struct AttachedGradient;
+
+impl<B: Backend + KernelBackend> Backward<B, 2> for AttachedGradient {
+    /// The gradient to hand to the tracked tensor.
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [loss_node, tracked_node] = ops.parents;
+        let upstream = grads.consume::<B>(&ops.node);
+        if let Some(node) = tracked_node {
+            // The upstream gradient is one value: broadcast it, in the attached gradient's
+            // dtype, over the attached gradient.
+            let (rank, dtype) = (ops.state.rank(), FloatDType::from(ops.state.dtype()));
+            let scale = B::float_reshape(upstream.clone(), Shape::from(vec![1usize; rank]));
+            let scale = B::float_cast(scale, dtype);
+            grads.register::<B>(node.id, B::float_mul(ops.state, scale));
+        }
+        if let Some(node) = loss_node {
+            grads.register::<B>(node.id, upstream);
+        }
+    }
+}

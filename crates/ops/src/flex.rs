@@ -1,0 +1,428 @@
+//! The flex implementation: bf16 matmuls and RMSNorm on brainfloat's kernels.
+
+use brainfloat_kernels::{AdamStep, Float, Matrix, Output, bf16, gemm};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{DType, Flex};
+use burn::tensor::{Bytes, Shape};
+use rayon::prelude::*;
+
+use crate::extension::KernelBackend;
+
+impl KernelBackend for Flex {
+    fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        if lhs.dtype() == DType::BF16 && rhs.dtype() == DType::BF16 {
+            bf16_matmul(&readable(lhs), &readable(rhs))
+        } else {
+            Flex::float_matmul(lhs, rhs)
+        }
+    }
+
+    fn rms_norm_with_stats(x: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
+        let x = x.to_contiguous();
+        match x.dtype() {
+            DType::BF16 => rms_norm_typed::<bf16>(&x, eps),
+            DType::F32 => rms_norm_typed::<f32>(&x, eps),
+            other => panic!("rms_norm: unsupported dtype {other:?}"),
+        }
+    }
+
+    fn causal_softmax(scores: FlexTensor, scale: f64) -> Option<FlexTensor> {
+        causal_softmax_typed(&scores.to_contiguous(), scale, false).map(|(probs, _)| probs)
+    }
+
+    fn causal_softmax_with_probs(
+        scores: FlexTensor,
+        scale: f64,
+    ) -> Option<(FlexTensor, FlexTensor)> {
+        let (probs, exact) = causal_softmax_typed(&scores.to_contiguous(), scale, true)?;
+        Some((probs, exact.expect("asked for")))
+    }
+
+    fn causal_softmax_backward(
+        probs: FlexTensor,
+        grad: FlexTensor,
+        scale: f64,
+    ) -> Option<FlexTensor> {
+        let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
+        let dims = grad.layout().shape().to_vec();
+        let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
+        let exact: &[f32] = contiguous_values(&probs);
+        Some(match grad.dtype() {
+            DType::BF16 => {
+                let mut out = vec![bf16::ZERO; exact.len()];
+                let grad: &[bf16] = contiguous_values(&grad);
+                brainfloat_kernels::causal_softmax_backward(
+                    exact,
+                    grad,
+                    queries,
+                    keys,
+                    scale as f32,
+                    &mut out,
+                );
+                tensor_of(out, dims, DType::BF16)
+            }
+            DType::F32 => {
+                let mut out = vec![0.0f32; exact.len()];
+                let grad: &[f32] = contiguous_values(&grad);
+                brainfloat_kernels::causal_softmax_backward(
+                    exact,
+                    grad,
+                    queries,
+                    keys,
+                    scale as f32,
+                    &mut out,
+                );
+                tensor_of(out, dims, DType::F32)
+            }
+            _ => return None,
+        })
+    }
+
+    fn rotary(
+        x: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+        inverse: bool,
+    ) -> Option<FlexTensor> {
+        let dtype = x.dtype();
+        if cos.dtype() != dtype || sin.dtype() != dtype {
+            return None;
+        }
+        let [x, cos, sin] = [x, cos, sin].map(|t| t.to_contiguous());
+        match dtype {
+            DType::BF16 => Some(rotary_typed::<bf16>(&x, &cos, &sin, inverse)),
+            DType::F32 => Some(rotary_typed::<f32>(&x, &cos, &sin, inverse)),
+            _ => None,
+        }
+    }
+
+    fn accumulate_f32(sum: FlexTensor, part: FlexTensor) -> Option<FlexTensor> {
+        let part = part.to_contiguous();
+        let n = part.layout().num_elements();
+        if sum.dtype() != DType::F32 || sum.layout().shape() != part.layout().shape() {
+            return None;
+        }
+        let mut sum = sum.to_contiguous();
+        let start = sum.layout().start_offset();
+        let target = &mut sum.storage_mut::<f32>()[start..start + n];
+        match part.dtype() {
+            DType::BF16 => brainfloat_kernels::accumulate::<bf16>(target, contiguous_values(&part)),
+            DType::F32 => brainfloat_kernels::accumulate::<f32>(target, contiguous_values(&part)),
+            _ => return None,
+        }
+        Some(sum)
+    }
+
+    fn widen_f32(part: FlexTensor) -> Option<FlexTensor> {
+        let part = part.to_contiguous();
+        let dims = part.layout().shape().to_vec();
+        let widened = match part.dtype() {
+            DType::BF16 => brainfloat_kernels::widen::<bf16>(contiguous_values(&part)),
+            DType::F32 => contiguous_values::<f32>(&part).to_vec(),
+            _ => return None,
+        };
+        Some(tensor_of(widened, dims, DType::F32))
+    }
+
+    fn softcapped_cross_entropy(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        cap: Option<f64>,
+        mean_over: usize,
+        with_grad: bool,
+    ) -> Option<(FlexTensor, Option<FlexTensor>)> {
+        let logits = logits.to_contiguous();
+        Some(match logits.dtype() {
+            DType::BF16 => {
+                cross_entropy_typed::<bf16>(&logits, &targets, cap, mean_over, with_grad)
+            }
+            DType::F32 => cross_entropy_typed::<f32>(&logits, &targets, cap, mean_over, with_grad),
+            _ => return None,
+        })
+    }
+
+    fn adam_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        step: i32,
+    ) -> Option<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)> {
+        let dtype = param.dtype();
+        if [&grad, &moment_1, &moment_2]
+            .iter()
+            .any(|t| t.dtype() != dtype)
+        {
+            return None;
+        }
+        let step = AdamStep {
+            lr,
+            betas,
+            eps,
+            step,
+        };
+        let tensors = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
+        match dtype {
+            DType::BF16 => Some(adam_typed::<bf16>(tensors, &step)),
+            DType::F32 => Some(adam_typed::<f32>(tensors, &step)),
+            _ => None,
+        }
+    }
+
+    fn rms_norm_backward(x: FlexTensor, inv_rms: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let inv_rms = inv_rms.to_contiguous();
+        match x.dtype() {
+            DType::BF16 => rms_norm_backward_typed::<bf16>(&x, &inv_rms, &grad),
+            DType::F32 => rms_norm_backward_typed::<f32>(&x, &inv_rms, &grad),
+            other => panic!("rms_norm_backward: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+/// `tensor`, copied to a contiguous layout only when a stride is negative (a flipped view),
+/// which the GEMM's views cannot express.
+fn readable(tensor: FlexTensor) -> FlexTensor {
+    if tensor.layout().strides().iter().all(|s| *s >= 0) {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+/// A new contiguous flex tensor of `dims` holding `values`.
+fn tensor_of<E: bytemuck::NoUninit + Send + Sync>(
+    values: Vec<E>,
+    dims: Vec<usize>,
+    dtype: DType,
+) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(dims)),
+        dtype,
+    )
+}
+
+/// The matrix `index` (row-major over the leading dimensions) of `tensor` `[.., rows, cols]` as
+/// a strided view into its storage.
+fn matrix_view(tensor: &FlexTensor, index: usize) -> Matrix<'_, bf16> {
+    let layout = tensor.layout();
+    let (dims, strides) = (layout.shape(), layout.strides());
+    let rank = strides.len();
+    let mut offset = layout.start_offset();
+    let mut rest = index;
+    for axis in (0..rank - 2).rev() {
+        offset += (rest % dims[axis]) * strides[axis] as usize;
+        rest /= dims[axis];
+    }
+    let storage: &[bf16] = tensor.storage();
+    Matrix::new(
+        &storage[offset..],
+        dims[rank - 2],
+        dims[rank - 1],
+        strides[rank - 2] as usize,
+        strides[rank - 1] as usize,
+    )
+}
+
+/// `[.., m, k] · [.., k, n]` in bf16: one GEMM per leading index, the leading indices in
+/// parallel (each GEMM also spreads over the cores when it is large enough).
+fn bf16_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
+    let (l, r) = (lhs.layout().shape(), rhs.layout().shape());
+    let rank = l.num_dims();
+    assert!(
+        rank >= 2 && r.num_dims() == rank && l[..rank - 2] == r[..rank - 2],
+        "matmul: {l:?} × {r:?}"
+    );
+    let (m, n) = (l[rank - 2], r[rank - 1]);
+    let batch: usize = l[..rank - 2].iter().product();
+    let mut out = vec![bf16::ZERO; batch * m * n];
+    if m * n > 0 {
+        out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| {
+            gemm(matrix_view(lhs, i), matrix_view(rhs, i), Output::Bf16(c));
+        });
+    }
+    let mut dims = l[..rank - 2].to_vec();
+    dims.extend([m, n]);
+    tensor_of(out, dims, DType::BF16)
+}
+
+fn rms_norm_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    eps: f64,
+) -> (FlexTensor, FlexTensor) {
+    let dims = x.layout().shape().to_vec();
+    let width = *dims.last().expect("rms_norm of a scalar");
+    let values: &[T] = contiguous_values(x);
+    let mut y = vec![T::from_f32(0.0); values.len()];
+    let mut inv_rms = vec![0.0f32; values.len() / width.max(1)];
+    brainfloat_kernels::rms_norm(values, width, eps as f32, &mut y, &mut inv_rms);
+    let mut stat_dims = dims.clone();
+    *stat_dims.last_mut().expect("rank ≥ 1") = 1;
+    (
+        tensor_of(y, dims, x.dtype()),
+        tensor_of(inv_rms, stat_dims, DType::F32),
+    )
+}
+
+fn rms_norm_backward_typed<
+    T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod,
+>(
+    x: &FlexTensor,
+    inv_rms: &FlexTensor,
+    grad: &FlexTensor,
+) -> FlexTensor {
+    let dims = x.layout().shape().to_vec();
+    let width = *dims.last().expect("rms_norm of a scalar");
+    let values: &[T] = contiguous_values(x);
+    let stats: &[f32] = contiguous_values(inv_rms);
+    let grad = if grad.dtype() == x.dtype() {
+        grad.clone()
+    } else {
+        Flex::float_cast(grad.clone(), x.dtype().into())
+    };
+    let grad_values: &[T] = contiguous_values(&grad);
+    let mut dx = vec![T::from_f32(0.0); values.len()];
+    brainfloat_kernels::rms_norm_backward(values, stats, grad_values, width, &mut dx);
+    tensor_of(dx, dims, x.dtype())
+}
+
+/// The elements of a contiguous tensor.
+fn contiguous_values<E: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[E] {
+    let layout = tensor.layout();
+    &tensor.storage()[layout.start_offset()..][..layout.num_elements()]
+}
+
+/// Integer `targets` (any layout, i32 or i64) as indices.
+fn indices(targets: &FlexTensor) -> Vec<usize> {
+    let targets = targets.to_contiguous();
+    match targets.dtype() {
+        DType::I64 => contiguous_values::<i64>(&targets)
+            .iter()
+            .map(|t| *t as usize)
+            .collect(),
+        DType::I32 => contiguous_values::<i32>(&targets)
+            .iter()
+            .map(|t| *t as usize)
+            .collect(),
+        other => panic!("cross_entropy: targets of dtype {other:?}"),
+    }
+}
+
+fn cross_entropy_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+    logits: &FlexTensor,
+    targets: &FlexTensor,
+    cap: Option<f64>,
+    mean_over: usize,
+    with_grad: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let dims = logits.layout().shape().to_vec();
+    let vocab = *dims.last().expect("logits [N, V]");
+    let values: &[T] = contiguous_values(logits);
+    let targets = indices(targets);
+    // A logits-sized gradient, written whole by the kernel: no clearing pass first.
+    let mut grad = with_grad.then(|| Vec::<T>::with_capacity(values.len()));
+    let loss = brainfloat_kernels::softcapped_cross_entropy(
+        values,
+        vocab,
+        &targets,
+        cap.map(|c| c as f32),
+        mean_over,
+        grad.as_mut()
+            .map(|g| &mut g.spare_capacity_mut()[..values.len()]),
+    );
+    if let Some(grad) = &mut grad {
+        // SAFETY: the kernel wrote every one of the `values.len()` elements.
+        unsafe { grad.set_len(values.len()) };
+    }
+    (
+        tensor_of(vec![loss as f32], vec![1], DType::F32),
+        grad.map(|g| tensor_of(g, dims, logits.dtype())),
+    )
+}
+
+/// [`brainfloat_kernels::adam_update`] in place on `[param, grad, moment_1, moment_2]`
+/// (contiguous): the parameter and moments are updated in their own buffers when this is their
+/// only owner (the optimizer hands them over), copied first otherwise.
+fn adam_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+    [mut param, grad, mut moment_1, mut moment_2]: [FlexTensor; 4],
+    step: &AdamStep,
+) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+    let n = param.layout().num_elements();
+    let range = |t: &FlexTensor| t.layout().start_offset()..t.layout().start_offset() + n;
+    let (p, m1, m2) = (range(&param), range(&moment_1), range(&moment_2));
+    let squares = brainfloat_kernels::adam_update(
+        &mut param.storage_mut::<T>()[p],
+        contiguous_values::<T>(&grad),
+        &mut moment_1.storage_mut::<T>()[m1],
+        &mut moment_2.storage_mut::<T>()[m2],
+        step,
+    );
+    (
+        param,
+        moment_1,
+        moment_2,
+        tensor_of(vec![squares as f32], vec![1], DType::F32),
+    )
+}
+
+/// The causal softmax of contiguous `scores` in their dtype, and with `exact` also in fp32.
+fn causal_softmax_typed(
+    scores: &FlexTensor,
+    scale: f64,
+    exact: bool,
+) -> Option<(FlexTensor, Option<FlexTensor>)> {
+    fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+        scores: &FlexTensor,
+        scale: f64,
+        exact: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let dims = scores.layout().shape().to_vec();
+        let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
+        let values: &[T] = contiguous_values(scores);
+        let mut probs = vec![T::from_f32(0.0); values.len()];
+        let mut fp32 = exact.then(|| vec![0.0f32; values.len()]);
+        brainfloat_kernels::causal_softmax(
+            values,
+            queries,
+            keys,
+            scale as f32,
+            &mut probs,
+            fp32.as_deref_mut(),
+        );
+        (
+            tensor_of(probs, dims.clone(), scores.dtype()),
+            fp32.map(|p| tensor_of(p, dims, DType::F32)),
+        )
+    }
+    match scores.dtype() {
+        DType::BF16 => Some(run::<bf16>(scores, scale, exact)),
+        DType::F32 => Some(run::<f32>(scores, scale, exact)),
+        _ => None,
+    }
+}
+
+fn rotary_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+    inverse: bool,
+) -> FlexTensor {
+    let dims = x.layout().shape().to_vec();
+    let (positions, heads, head_dim) = (dims[1], dims[2], dims[3]);
+    let values: &[T] = contiguous_values(x);
+    let mut y = vec![T::from_f32(0.0); values.len()];
+    brainfloat_kernels::rotary(
+        values,
+        contiguous_values(cos),
+        contiguous_values(sin),
+        (positions, heads, head_dim),
+        inverse,
+        &mut y,
+    );
+    tensor_of(y, dims, x.dtype())
+}

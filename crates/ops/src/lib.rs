@@ -1,0 +1,178 @@
+//! Burn ops backed by brainfloat's CPU kernels.
+//!
+//! Burn's flex backend runs a bf16 matmul by widening both operands to fp32 and narrowing the
+//! result, which makes bf16 slower than fp32 there. [`KernelBackend`] is a Burn backend
+//! extension (`#[backend_extension]`) whose flex implementation calls
+//! [`brainfloat_kernels`] — a bf16 GEMM with fp32 accumulation and a fused RMSNorm — and whose
+//! other backends (libtorch, CubeCL) keep Burn's own ops. Under autodiff, the backward passes are
+//! hand-written ([`autodiff`]): the matmul's two gradient products run through the same kernel,
+//! and RMSNorm keeps only its bf16 input and one fp32 statistic per row.
+//!
+//! Model code calls the functions below on ordinary tensors; nothing above this crate knows
+//! which backend runs.
+//!
+//! ```
+//! use burn::tensor::{DType, Device, Tensor};
+//!
+//! let device = Device::flex().autodiff();
+//! let x = Tensor::<2>::ones([4, 8], (&device, DType::BF16)).require_grad();
+//! let w = Tensor::<2>::ones([8, 3], (&device, DType::BF16)).require_grad();
+//! let y = brainfloat_ops::matmul(brainfloat_ops::rms_norm(x.clone(), 1e-6), w.clone());
+//! assert_eq!(y.dtype(), DType::BF16);
+//! let grads = y.sum().backward();
+//! assert_eq!(w.grad(&grads).unwrap().dtype(), DType::BF16);
+//! ```
+
+mod attention;
+pub mod autodiff;
+mod extension;
+mod flex;
+
+pub use attention::{causal_attention, runs_kernels};
+pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR};
+pub use extension::KernelBackend;
+
+use burn::backend::Dispatch;
+use burn::tensor::{FloatDType, Int, Tensor};
+
+/// `lhs · rhs` over the last two dimensions (`[.., m, k] × [.., k, n]`, the same leading
+/// dimensions): a native bf16 GEMM with fp32 accumulation on flex for bf16 operands, Burn's
+/// matmul otherwise. Differentiable.
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    let (l, r) = (lhs.dims(), rhs.dims());
+    assert!(
+        l[..D - 2] == r[..D - 2] && l[D - 1] == r[D - 2],
+        "matmul: {l:?} × {r:?} (the leading dimensions must agree and the inner ones match)"
+    );
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::matmul(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
+}
+
+/// The record's loss over logits rows `[N, V]` (values outside autodiff) against `targets`
+/// `[N]`: `Σ_rows (logsumexp(c) − c[target]) / mean_over`, `c = cap·tanh(z/cap)`, as an fp32
+/// `[1]`, and with `with_grad` its gradient with respect to the logits in their dtype — one
+/// fused pass per row on flex. `None` on backends without the fused kernel (compose it from
+/// Burn's ops there).
+pub fn fused_cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    cap: Option<f64>,
+    mean_over: usize,
+    with_grad: bool,
+) -> Option<(Tensor<1>, Option<Tensor<2>>)> {
+    let (loss, grad) = <Dispatch as KernelBackend>::softcapped_cross_entropy(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        cap,
+        mean_over,
+        with_grad,
+    )?;
+    Some((Tensor::from_dispatch(loss), grad.map(Tensor::from_dispatch)))
+}
+
+/// Rotary embeddings of `x` `[batch, positions, heads, head_dim]` (half-split:
+/// `[x1·cos + x2·sin, −x1·sin + x2·cos]`) with the tables `cos`, `sin` `[1, positions, 1,
+/// head_dim / 2]` in `x`'s dtype: one fused pass each way on flex, differentiable in `x`.
+/// `None` on backends without the kernel (compose it from Burn's ops there).
+pub fn rotary(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Option<Tensor<4>> {
+    <Dispatch as KernelBackend>::rotary(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        false,
+    )
+    .map(Tensor::from_dispatch)
+}
+
+/// `loss` (a value computed outside autodiff, as fused losses are) with `grad` attached as
+/// the gradient of `tracked`: same value, and backward hands `grad` (times the gradient reaching
+/// the result, normally 1) to `tracked`. Chain calls to attach several.
+pub fn attach_gradient<const D: usize>(
+    loss: Tensor<1>,
+    tracked: Tensor<D>,
+    grad: Tensor<D>,
+) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::attach_gradient(
+        loss.into_dispatch(),
+        tracked.into_dispatch(),
+        grad.into_dispatch(),
+    ))
+}
+
+/// `sum + part` in fp32, or `part` widened to fp32 when `sum` is `None`: partial results (a
+/// chunked product's bf16 parts) added up without intermediate rounding, in one parallel pass
+/// on flex, with Burn's cast and add elsewhere. Outside autodiff (values).
+pub fn accumulate_f32<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Tensor<D> {
+    if !runs_kernels(&part.device()) {
+        let part = part.cast(FloatDType::F32);
+        return match sum {
+            Some(sum) => sum + part,
+            None => part,
+        };
+    }
+    // The sum moves into the kernel, which adds in place when it is the only owner.
+    let total = match sum {
+        Some(sum) => {
+            <Dispatch as KernelBackend>::accumulate_f32(sum.into_dispatch(), part.into_dispatch())
+        }
+        None => <Dispatch as KernelBackend>::widen_f32(part.into_dispatch()),
+    };
+    Tensor::from_dispatch(total.expect("flex accumulates fp32 sums of float parts"))
+}
+
+/// The state of one parameter after a fused Adam step.
+#[derive(Debug, Clone)]
+pub struct AdamUpdate<const D: usize> {
+    /// The updated parameter.
+    pub param: Tensor<D>,
+    /// The updated first moment.
+    pub moment_1: Tensor<D>,
+    /// The updated second moment.
+    pub moment_2: Tensor<D>,
+    /// `Σ grad²`, fp32 `[1]` (for the gradient norm).
+    pub grad_square_sum: Tensor<1>,
+}
+
+/// One Adam step (PyTorch's, no weight decay; `step` counts from 1) of `param` with its
+/// gradient and moments, in one fused pass on flex when all four share a dtype. `None` on
+/// backends without the kernel (compose the update from Burn's ops there).
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adam<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    step: i32,
+) -> Option<AdamUpdate<D>> {
+    let (param, moment_1, moment_2, grad_square_sum) = <Dispatch as KernelBackend>::adam_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        lr,
+        betas,
+        eps,
+        step,
+    )?;
+    Some(AdamUpdate {
+        param: Tensor::from_dispatch(param),
+        moment_1: Tensor::from_dispatch(moment_1),
+        moment_2: Tensor::from_dispatch(moment_2),
+        grad_square_sum: Tensor::from_dispatch(grad_square_sum),
+    })
+}
+
+/// Weightless RMSNorm over the last dimension, `x / √(mean(x²) + eps)`, computed in fp32 and
+/// rounded once to `x`'s dtype. Fused on flex (forward and backward); Burn's ops elsewhere.
+/// Differentiable.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::rms_norm(
+        x.into_dispatch(),
+        eps,
+    ))
+}

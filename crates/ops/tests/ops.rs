@@ -1,0 +1,291 @@
+//! The extension's ops against Burn's own ops on the same inputs: forward values and both
+//! gradients, dtypes asserted. Run on the test backend (`BRAINFLOAT_BACKEND`); on flex they
+//! exercise the kernels, elsewhere the default bodies.
+
+use brainfloat_backend::test_device;
+use brainfloat_ops::{KernelPath, PATH_VAR, causal_attention, matmul, rms_norm};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, DType, Distribution, FloatDType, Tensor};
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// Largest absolute difference over the largest magnitude of `want`.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs() as f64));
+    let error = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max)
+        / scale;
+    println!("relative error {error:.2e}");
+    error
+}
+
+/// `[.., m, k]` and `[.., k, n]` bf16 leaves, random, the same values for both computations.
+fn operands<const D: usize>(lhs: [usize; D], rhs: [usize; D]) -> (Tensor<D>, Tensor<D>) {
+    let device = test_device().autodiff();
+    let make = |dims: [usize; D]| {
+        Tensor::<D>::random(dims, Distribution::Normal(0.0, 1.0), (&device, DType::F32))
+            .cast(FloatDType::BF16)
+    };
+    (make(lhs), make(rhs))
+}
+
+/// `matmul` and Burn's `Tensor::matmul` on the same bf16 inputs: the products agree to bf16
+/// rounding (measured ≤ one bf16 ulp, 2⁻⁸ of the scale: Burn's flex rounds the same fp32
+/// accumulator), and so do both gradients, which keep bf16.
+#[test]
+fn matmul_and_its_gradients_match_burns_matmul() {
+    for (lhs, rhs, transpose_rhs) in [
+        ([17, 255], [255, 64], false),
+        ([3, 1000], [1000, 1], false),
+        ([64, 256], [300, 256], true),
+    ] {
+        let (a, b) = operands(lhs, rhs);
+        let b = if transpose_rhs { b.transpose() } else { b };
+        let run = |ours: bool| {
+            let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
+            let y = if ours {
+                matmul(a.clone(), b.clone())
+            } else {
+                a.clone().matmul(b.clone())
+            };
+            assert_eq!(y.dtype(), DType::BF16);
+            // A weighted sum so that each output has its own upstream gradient.
+            let weights = y.ones_like().cumsum(1).div_scalar(y.dims()[1] as f64);
+            let grads = (y.clone() * weights).sum().backward();
+            let (ga, gb) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+            assert_eq!((ga.dtype(), gb.dtype()), (DType::BF16, DType::BF16));
+            [values(y), values(ga), values(gb)]
+        };
+        let (ours, burns) = (run(true), run(false));
+        for (name, (o, b)) in ["product", "grad lhs", "grad rhs"]
+            .iter()
+            .zip(ours.iter().zip(&burns))
+        {
+            let error = relative_error(o, b);
+            assert!(error <= 2f64.powi(-8), "{lhs:?}·{rhs:?} {name}: {error:e}");
+        }
+    }
+}
+
+#[test]
+fn batched_matmul_matches_burns_on_a_transposed_batch() {
+    let (a, b) = operands([2, 3, 33, 64], [2, 3, 40, 64]);
+    let ours = matmul(a.clone(), b.clone().swap_dims(2, 3));
+    let burns = a.matmul(b.swap_dims(2, 3));
+    assert_eq!(ours.dims(), [2, 3, 33, 40]);
+    assert!(relative_error(&values(ours), &values(burns)) <= 2f64.powi(-7));
+}
+
+#[test]
+fn fp32_matmul_is_burns_matmul() {
+    let device = test_device();
+    let a = Tensor::<2>::random([9, 31], Distribution::Default, (&device, DType::F32));
+    let b = Tensor::<2>::random([31, 5], Distribution::Default, (&device, DType::F32));
+    let ours = matmul(a.clone(), b.clone());
+    assert_eq!(ours.dtype(), DType::F32);
+    assert_eq!(values(ours), values(a.matmul(b)));
+}
+
+/// RMSNorm written with Burn's ops, as the model had it: fp32 statistics, one rounding.
+fn rms_norm_reference(x: Tensor<3>) -> Tensor<3> {
+    let dtype = FloatDType::from(x.dtype());
+    let x = x.cast(FloatDType::F32);
+    let inv_rms = x
+        .clone()
+        .square()
+        .mean_dim(2)
+        .add_scalar(f32::EPSILON as f64)
+        .sqrt()
+        .recip();
+    (x * inv_rms).cast(dtype)
+}
+
+#[test]
+fn rms_norm_and_its_gradient_match_burns_ops_in_both_dtypes() {
+    let device = test_device().autodiff();
+    // Measured: fp32 agrees to ~1e-7, bf16 to one rounding of the output (2⁻⁸).
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::BF16, 2f64.powi(-7))] {
+        let x = Tensor::<3>::random(
+            [3, 5, 67],
+            Distribution::Normal(0.5, 2.0),
+            (&device, DType::F32),
+        )
+        .cast(FloatDType::from(dtype));
+        let upstream =
+            Tensor::<3>::random([3, 5, 67], Distribution::Default, (&device, DType::F32))
+                .cast(FloatDType::from(dtype));
+        let run = |ours: bool| {
+            let x = x.clone().require_grad();
+            let y = if ours {
+                rms_norm(x.clone(), f32::EPSILON as f64)
+            } else {
+                rms_norm_reference(x.clone())
+            };
+            assert_eq!(y.dtype(), dtype);
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let grad = x.grad(&grads).unwrap();
+            assert_eq!(grad.dtype(), dtype);
+            [values(y), values(grad)]
+        };
+        let (ours, burns) = (run(true), run(false));
+        for (name, (o, b)) in ["output", "gradient"].iter().zip(ours.iter().zip(&burns)) {
+            let error = relative_error(o, b);
+            assert!(error <= tolerance, "{dtype:?} {name}: {error:e}");
+        }
+    }
+}
+
+/// Attention written with Burn's ops in fp32 from the same bf16 inputs.
+fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [.., t, d] = q.dims();
+    let (q, k, v) = (
+        q.cast(FloatDType::F32),
+        k.cast(FloatDType::F32),
+        v.cast(FloatDType::F32),
+    );
+    let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device())
+        .unsqueeze::<4>()
+        .expand(scores.dims());
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v)
+}
+
+#[test]
+fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
+    let device = test_device().autodiff();
+    let dims = [2, 3, 19, 16];
+    let make = || {
+        Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), (&device, DType::F32))
+            .cast(FloatDType::BF16)
+    };
+    let (q, k, v) = (make(), make(), make());
+    let run = |ours: bool| {
+        let (q, k, v) = (
+            q.clone().require_grad(),
+            k.clone().require_grad(),
+            v.clone().require_grad(),
+        );
+        let y = if ours {
+            causal_attention(q.clone(), k.clone(), v.clone())
+        } else {
+            attention_reference(q.clone(), k.clone(), v.clone())
+        };
+        let grads = y.clone().cast(FloatDType::F32).square().sum().backward();
+        let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
+        [values(y), grad(&q), grad(&k), grad(&v)]
+    };
+    let (ours, reference) = (run(true), run(false));
+    // bf16 scores, probabilities and outputs each round to 8 bits: a few 2⁻⁸ of the scale.
+    for (name, (o, r)) in ["output", "grad q", "grad k", "grad v"]
+        .iter()
+        .zip(ours.iter().zip(&reference))
+    {
+        let error = relative_error(o, r);
+        assert!(error <= 4e-2, "{name}: {error:e}");
+    }
+}
+
+/// Rotary written with Burn's ops, as the model has it where there is no kernel.
+fn rotary_reference(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let y1 = x1.clone() * cos.clone() + x2.clone() * sin.clone();
+    let y2 = x1 * sin.neg() + x2 * cos;
+    Tensor::cat(vec![y1, y2], 3)
+}
+
+#[test]
+fn rotary_and_its_gradient_match_burns_ops_in_both_dtypes() {
+    let device = test_device().autodiff();
+    let (batch, positions, heads, head_dim) = (2, 7, 3, 16);
+    for dtype in [FloatDType::F32, FloatDType::BF16] {
+        let table = |phase: f64| {
+            Tensor::<4>::random(
+                [1, positions, 1, head_dim / 2],
+                Distribution::Uniform(-1.0, 1.0),
+                (&device, DType::F32),
+            )
+            .add_scalar(phase)
+            .cast(dtype)
+        };
+        let (cos, sin) = (table(0.0), table(0.0));
+        let x = Tensor::<4>::random(
+            [batch, positions, heads, head_dim],
+            Distribution::Normal(0.0, 1.0),
+            (&device, DType::F32),
+        )
+        .cast(dtype);
+        let upstream = x.random_like(Distribution::Default);
+        let run = |ours: bool| {
+            let x = x.clone().require_grad();
+            let y = if ours {
+                match brainfloat_ops::rotary(x.clone(), cos.clone(), sin.clone()) {
+                    Some(y) => y,
+                    None => return None, // a backend without the kernel
+                }
+            } else {
+                rotary_reference(x.clone(), cos.clone(), sin.clone())
+            };
+            assert_eq!(y.dtype(), DType::from(dtype));
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            Some([values(y), values(x.grad(&grads).unwrap())])
+        };
+        let Some(ours) = run(true) else {
+            assert!(
+                !brainfloat_ops::runs_kernels(&device),
+                "flex has the kernel"
+            );
+            continue;
+        };
+        let reference = run(false).unwrap();
+        // The same roundings in the same order: equal up to the order of a sum of two.
+        for (name, (o, r)) in ["output", "gradient"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let error = relative_error(o, r);
+            assert!(error <= 2f64.powi(-8), "{dtype:?} {name}: {error:e}");
+        }
+    }
+}
+
+#[test]
+fn the_active_kernel_path_follows_the_cpu_and_the_environment() {
+    let forced = std::env::var(PATH_VAR).is_ok_and(|v| v == "portable");
+    let want = if !forced && KernelPath::cpu_has_avx512_bf16() {
+        KernelPath::Avx512Bf16
+    } else {
+        KernelPath::Portable
+    };
+    assert_eq!(KernelPath::active(), want);
+}
+
+/// Every test of this file again in a child process with the portable path forced: CI's CPU has
+/// AVX512-BF16 and would otherwise never run it.
+#[test]
+fn every_test_passes_with_the_portable_path_forced() {
+    if std::env::var_os(PATH_VAR).is_some() {
+        return; // this is the child (or a forced run): the other tests are the check
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(PATH_VAR, "portable")
+        .args(["--test-threads", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && stdout.contains("test result: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+}
