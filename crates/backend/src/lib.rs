@@ -8,7 +8,7 @@
 //!
 //! | name | backend | feature |
 //! |---|---|---|
-//! | `flex` | Burn's own CPU backend (the default; bf16 computed through fp32) | none |
+//! | `flex` | Burn's own CPU backend (the default), with brainfloat-ops' native bf16 kernels | none |
 //! | `tch` | libtorch 2.9 on the CPU (oneDNN: native AVX512-BF16 matmuls) | `tch` |
 //! | `tch-cuda[:N]` | libtorch on CUDA GPU N (default 0) | `tch` |
 //! | `cuda[:N]` | Burn's CUDA backend (CubeCL) on GPU N | `cuda` |

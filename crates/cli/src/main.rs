@@ -418,10 +418,12 @@ fn eval(args: EvalArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
     };
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
     let (loss, tokens) =
         validation_loss(&model, &config, paths, &device).map_err(|e| e.to_string())?;
+    let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "val_loss {loss:.6} ({tokens} tokens of {}, policy {policy})",
+        "val_loss {loss:.6} ({tokens} tokens of {}, policy {policy}, {tokens_per_sec:.0} tokens/s)",
         config.data.val.display()
     );
     Ok(())

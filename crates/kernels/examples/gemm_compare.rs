@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use brainfloat_kernels::{KernelPath, Matrix, Output, bf16, gemm_on, gemm_own};
+use brainfloat_kernels::{KernelPath, Matrix, Output, bf16, fp32_gemm, gemm_on, gemm_own};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -68,7 +68,7 @@ fn main() {
                 let a32: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
                 let b32: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
                 let mut c32 = vec![0.0f32; m * n];
-                flex_gemm(&a32, &b32, &mut c32, m, k, n);
+                fp32_gemm(&a32, &b32, &mut c32, [m, k, n]);
                 for (dst, src) in c.iter_mut().zip(&c32) {
                     *dst = bf16::from_f32(*src);
                 }
@@ -78,7 +78,7 @@ fn main() {
                 b.iter().map(|v| v.to_f32()).collect(),
             );
             let mut c32 = vec![0.0f32; m * n];
-            let flex_fp32 = time(|| flex_gemm(&a32, &b32, &mut c32, m, k, n));
+            let flex_fp32 = time(|| fp32_gemm(&a32, &b32, &mut c32, [m, k, n]));
             println!(
                 "| {layer} {pass} | {m}×{k}×{n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
                 gflops(native),
@@ -109,33 +109,4 @@ fn time(mut run: impl FnMut()) -> f64 {
         .collect();
     seconds.sort_by(f64::total_cmp);
     seconds[3]
-}
-
-/// flex's fp32 matmul: the `gemm` crate, all threads.
-fn flex_gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    // SAFETY: a is m×k, b is k×n and c is m×n, each row-major and in bounds of its slice;
-    // c does not overlap a or b (distinct allocations).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
 }

@@ -158,13 +158,14 @@ impl RowLoss {
         let sum = lane_fold(capped, 0.0, |a, b| a + b);
         let loss = (sum.ln() - picked) / self.mean_over;
         if let Some(grad) = grad {
-            // (e/sum − onehot)/N · slope, with 1/(sum·N) as one multiplier (the division by the
-            // row's sum and by N folded: one rounding instead of two).
-            let inverse = 1.0 / (sum * self.mean_over);
+            // (e/sum − onehot)/N · slope with both divisions as multiplications by reciprocals.
+            // They stay separate: 1/N is exact for a power-of-two N, so that N rows on one rank
+            // and N/2 on each of two ranks (then averaged) give the same bits.
+            let (inverse_sum, inverse_n) = (1.0 / sum, 1.0 / self.mean_over);
             match self.cap {
                 Some(_) => {
                     for ((g, e), t) in grad.iter_mut().zip(capped.iter()).zip(tanh_values.iter()) {
-                        g.write(T::from_f32(*e * inverse * (1.0 - *t * *t)));
+                        g.write(T::from_f32(*e * inverse_sum * inverse_n * (1.0 - *t * *t)));
                     }
                     // The target's entry divides exactly, so that a certain prediction gives 0.
                     let t = tanh_values[target];
@@ -175,7 +176,7 @@ impl RowLoss {
                 }
                 None => {
                     for (g, e) in grad.iter_mut().zip(capped.iter()) {
-                        g.write(T::from_f32(*e * inverse));
+                        g.write(T::from_f32(*e * inverse_sum * inverse_n));
                     }
                     grad[target].write(T::from_f32((capped[target] / sum - 1.0) / self.mean_over));
                 }

@@ -175,13 +175,29 @@ fn widened_gemm(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: &mut [f32]) {
         return;
     }
     let (a, b) = (widen(a), widen(b));
+    fp32_gemm(&a, &b, c, [m, k, n]);
+}
+
+/// `c = a·b` for row-major fp32 `a` (m×k), `b` (k×n), `c` (m×n): the `gemm` crate's kernel
+/// (flex's fp32 matmul), on every core above [`PARALLEL_WORK`].
+///
+/// # Panics
+/// When a slice's length is not its shape's.
+pub fn fp32_gemm(a: &[f32], b: &[f32], c: &mut [f32], [m, k, n]: [usize; 3]) {
+    assert!(
+        a.len() == m * k && b.len() == k * n && c.len() == m * n,
+        "fp32_gemm: slices of {}, {}, {} for {m}×{k}·{k}×{n}",
+        a.len(),
+        b.len(),
+        c.len()
+    );
     let parallelism = if m * n * k >= PARALLEL_WORK {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: `a` is m×k and `b` is k×n, row-major and exactly that long; `c` holds m×n
-    // (checked by the caller); `c` is a distinct allocation from both.
+    // (all asserted); `c` is a `&mut` and so overlaps neither.
     unsafe {
         gemm::gemm(
             m,

@@ -47,7 +47,7 @@ pub use accumulate::{accumulate, widen};
 pub use adam::{AdamStep, adam_update};
 pub use cross_entropy::{MAX_SHIFT_CAP, softcapped_cross_entropy};
 pub use elem::Float;
-pub use gemm::{Matrix, Output, gemm, gemm_on, gemm_own};
+pub use gemm::{Matrix, Output, fp32_gemm, gemm, gemm_on, gemm_own};
 pub use half::bf16;
 pub use path::{KernelPath, PATH_VAR};
 pub use rms_norm::{rms_norm, rms_norm_backward};

@@ -21,7 +21,7 @@ pub fn exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e_r = p * z + r + 1.0;
     e_r * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
@@ -35,7 +35,7 @@ pub fn tanh(x: f32) -> f32 {
     let large = magnitude.copysign(x);
     let clamped = x.clamp(-0.625, 0.625);
     let x2 = clamped * clamped;
-    let p = ((((((-2.760_768_5e-16 * x2 + 2.000_188e-13) * x2 - 8.604_671_5e-11) * x2
+    let p = ((((((-2.760_768_5e-16 * x2 + 2.000_188e-13) * x2 - 8.604_672e-11) * x2
         + 5.122_297e-8)
         * x2
         + 1.485_722_4e-5)

@@ -21,7 +21,7 @@ fn rows_per_task(width: usize) -> usize {
 /// When the slices' lengths disagree with `width`.
 pub fn rms_norm<T: Float>(x: &[T], width: usize, eps: f32, y: &mut [T], inv_rms: &mut [f32]) {
     assert!(
-        width > 0 && x.len() % width == 0,
+        width > 0 && x.len().is_multiple_of(width),
         "rms_norm: rows of {width} in {}",
         x.len()
     );
@@ -53,7 +53,7 @@ pub fn rms_norm<T: Float>(x: &[T], width: usize, eps: f32, y: &mut [T], inv_rms:
 /// When the slices' lengths disagree with `width`.
 pub fn rms_norm_backward<T: Float>(x: &[T], inv_rms: &[f32], dy: &[T], width: usize, dx: &mut [T]) {
     assert!(
-        width > 0 && x.len() % width == 0,
+        width > 0 && x.len().is_multiple_of(width),
         "rms_norm_backward: rows of {width} in {}",
         x.len()
     );
@@ -89,7 +89,7 @@ mod tests {
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
-            .map(|i| ((i as u32 * 2_654_435_761 ^ seed) % 2001) as f32 / 400.0 - 2.5)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 400.0 - 2.5)
             .collect()
     }
 

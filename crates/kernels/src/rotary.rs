@@ -26,11 +26,11 @@ pub fn rotary<T: Float>(
 ) {
     let half = head_dim / 2;
     assert!(
-        head_dim % 2 == 0 && head_dim > 0,
+        head_dim.is_multiple_of(2) && head_dim > 0,
         "rotary: odd head width {head_dim}"
     );
     assert!(
-        x.len() % (positions * heads * head_dim) == 0 && y.len() == x.len(),
+        x.len().is_multiple_of(positions * heads * head_dim) && y.len() == x.len(),
         "rotary: lengths"
     );
     assert!(
@@ -50,12 +50,12 @@ pub fn rotary<T: Float>(
                 );
                 let (x1, x2) = x.split_at(half);
                 let (y1, y2) = y.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (x1[i].to_f32(), x2[i].to_f32());
-                    let (c, s) = (cos[i].to_f32(), sin[i].to_f32());
-                    let s = if inverse { -s } else { s };
-                    y1[i] = T::from_f32(T::round(a * c) + T::round(b * s));
-                    y2[i] = T::from_f32(T::round(a * -s) + T::round(b * c));
+                let inputs = x1.iter().zip(x2).zip(cos.iter().zip(sin));
+                for ((y1, y2), ((a, b), (c, s))) in y1.iter_mut().zip(y2).zip(inputs) {
+                    let (a, b, c) = (a.to_f32(), b.to_f32(), c.to_f32());
+                    let s = if inverse { -s.to_f32() } else { s.to_f32() };
+                    *y1 = T::from_f32(T::round(a * c) + T::round(b * s));
+                    *y2 = T::from_f32(T::round(a * -s) + T::round(b * c));
                 }
             }
         });

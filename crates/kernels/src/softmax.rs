@@ -29,14 +29,14 @@ pub fn causal_softmax<T: Float>(
     keys: usize,
     scale: f32,
     probs: &mut [T],
-    mut probs_f32: Option<&mut [f32]>,
+    probs_f32: Option<&mut [f32]>,
 ) {
     check(scores.len(), probs.len(), queries, keys);
     if let Some(p) = &probs_f32 {
         assert_eq!(p.len(), scores.len(), "causal_softmax: fp32 output length");
     }
     let task = ROWS_PER_TASK * keys;
-    let exact = probs_f32.as_deref_mut().map(|p| p.par_chunks_mut(task));
+    let exact = probs_f32.map(|p| p.par_chunks_mut(task));
     let work = scores
         .par_chunks(task)
         .zip(probs.par_chunks_mut(task))
@@ -121,7 +121,7 @@ pub fn causal_softmax_backward<T: Float>(
 
 fn check(len: usize, out: usize, queries: usize, keys: usize) {
     assert!(
-        queries > 0 && keys > 0 && len % (queries * keys) == 0,
+        queries > 0 && keys > 0 && len.is_multiple_of(queries * keys),
         "causal_softmax: {len} scores are not whole {queries}×{keys} matrices"
     );
     assert_eq!(out, len, "causal_softmax: output length");

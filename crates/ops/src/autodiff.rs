@@ -154,6 +154,23 @@ impl<B: Backend + KernelBackend> Backward<B, 2> for MatmulBackward {
     }
 }
 
+/// The backward step of a one-input op: `input_grad(state, output gradient)`, registered for
+/// the input when it is tracked.
+fn one_input_backward<B: Backend, S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    input_grad: impl FnOnce(S, FloatTensor<B>) -> FloatTensor<B>,
+) {
+    let [node] = ops.parents;
+    let grad = grads.consume::<B>(&ops.node);
+    if let Some(node) = node {
+        grads.register::<B>(node.id, input_grad(ops.state, grad));
+    }
+}
+
+/// What a fused op's backward says when the inner backend lost its kernel between the passes.
+const FUSED_FORWARD: &str = "the forward pass ran the fused kernel on this backend";
+
 /// The backward step of [`KernelBackend::rms_norm`].
 #[derive(Debug)]
 struct RmsNormBackward;
@@ -162,18 +179,10 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for RmsNormBackward {
     /// The input and its fp32 statistic per row.
     type State = (FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, inv_rms) = ops.state;
-        if let Some(node) = node {
-            grads.register::<B>(node.id, B::rms_norm_backward(x, inv_rms, grad));
-        }
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_input_backward::<B, _>(ops, grads, |(x, inv_rms), grad| {
+            B::rms_norm_backward(x, inv_rms, grad)
+        });
     }
 }
 
@@ -187,19 +196,10 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for CausalSoftmaxBackward {
     /// The probabilities in fp32.
     type State = FloatTensor<B>;
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node {
-            let grad_scores = B::causal_softmax_backward(ops.state, grad, self.scale)
-                .expect("the forward pass ran the fused kernel on this backend");
-            grads.register::<B>(node.id, grad_scores);
-        }
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_input_backward::<B, _>(ops, grads, |probs, grad| {
+            B::causal_softmax_backward(probs, grad, self.scale).expect(FUSED_FORWARD)
+        });
     }
 }
 
@@ -213,20 +213,10 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
     /// The cos and sin tables.
     type State = (FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (cos, sin) = ops.state;
-        if let Some(node) = node {
-            let grad_x = B::rotary(grad, cos, sin, !self.inverse)
-                .expect("the forward pass ran the fused kernel on this backend");
-            grads.register::<B>(node.id, grad_x);
-        }
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_input_backward::<B, _>(ops, grads, |(cos, sin), grad| {
+            B::rotary(grad, cos, sin, !self.inverse).expect(FUSED_FORWARD)
+        });
     }
 }
 

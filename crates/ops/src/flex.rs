@@ -44,39 +44,32 @@ impl KernelBackend for Flex {
         grad: FlexTensor,
         scale: f64,
     ) -> Option<FlexTensor> {
+        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+            probs: &FlexTensor,
+            grad: &FlexTensor,
+            scale: f64,
+        ) -> FlexTensor {
+            let dims = grad.layout().shape().to_vec();
+            let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
+            let exact: &[f32] = contiguous_values(probs);
+            let mut out = vec![T::from_f32(0.0); exact.len()];
+            let grad: &[T] = contiguous_values(grad);
+            brainfloat_kernels::causal_softmax_backward(
+                exact,
+                grad,
+                queries,
+                keys,
+                scale as f32,
+                &mut out,
+            );
+            tensor_of(out, dims, T::dtype())
+        }
         let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
-        let dims = grad.layout().shape().to_vec();
-        let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
-        let exact: &[f32] = contiguous_values(&probs);
-        Some(match grad.dtype() {
-            DType::BF16 => {
-                let mut out = vec![bf16::ZERO; exact.len()];
-                let grad: &[bf16] = contiguous_values(&grad);
-                brainfloat_kernels::causal_softmax_backward(
-                    exact,
-                    grad,
-                    queries,
-                    keys,
-                    scale as f32,
-                    &mut out,
-                );
-                tensor_of(out, dims, DType::BF16)
-            }
-            DType::F32 => {
-                let mut out = vec![0.0f32; exact.len()];
-                let grad: &[f32] = contiguous_values(&grad);
-                brainfloat_kernels::causal_softmax_backward(
-                    exact,
-                    grad,
-                    queries,
-                    keys,
-                    scale as f32,
-                    &mut out,
-                );
-                tensor_of(out, dims, DType::F32)
-            }
-            _ => return None,
-        })
+        match grad.dtype() {
+            DType::BF16 => Some(run::<bf16>(&probs, &grad, scale)),
+            DType::F32 => Some(run::<f32>(&probs, &grad, scale)),
+            _ => None,
+        }
     }
 
     fn rotary(

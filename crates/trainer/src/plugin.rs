@@ -58,6 +58,8 @@ pub struct EvalStats {
     pub val_loss: f64,
     /// Validation tokens read.
     pub tokens: usize,
+    /// Validation tokens per second (forward passes on this rank, wall time).
+    pub tokens_per_sec: f64,
 }
 
 /// A written checkpoint.

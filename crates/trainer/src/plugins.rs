@@ -63,6 +63,7 @@ impl Plugin for LogPlugin {
             step = e.step,
             val_loss = format!("{:.4}", e.val_loss),
             tokens = e.tokens,
+            tokens_per_sec = format!("{:.0}", e.tokens_per_sec),
             "eval"
         );
         Ok(())
@@ -155,7 +156,11 @@ impl Plugin for MetricsPlugin {
     }
 
     fn on_eval(&mut self, e: &EvalStats) -> Result<(), TrainError> {
-        self.write(json!({ "step": e.step, "val_loss": e.val_loss }))
+        self.write(json!({
+            "step": e.step,
+            "val_loss": e.val_loss,
+            "val_tokens_per_sec": e.tokens_per_sec,
+        }))
     }
 }
 

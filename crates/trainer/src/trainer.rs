@@ -409,6 +409,7 @@ impl Trainer {
     /// computed without autodiff; each rank reads its slice and the means are averaged.
     pub fn evaluate(&mut self) -> Result<EvalStats, TrainError> {
         let (world, rank) = (self.sync.world_size(), self.sync.rank());
+        let started = std::time::Instant::now();
         let (local, tokens) = validation_loss_of_rank(
             &self.model.valid(),
             &self.config,
@@ -420,6 +421,7 @@ impl Trainer {
             step: self.step,
             val_loss: self.sync.mean(local)?,
             tokens: tokens * world,
+            tokens_per_sec: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
         })
     }
 
