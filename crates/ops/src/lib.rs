@@ -1,12 +1,14 @@
 //! Burn ops backed by brainfloat's CPU kernels.
 //!
 //! Burn's flex backend runs a bf16 matmul by widening both operands to fp32 and narrowing the
-//! result, which makes bf16 slower than fp32 there. [`KernelBackend`] is a Burn backend
-//! extension (`#[backend_extension]`) whose flex implementation calls
-//! [`brainfloat_kernels`] — a bf16 GEMM with fp32 accumulation and a fused RMSNorm — and whose
-//! other backends (libtorch, CubeCL) keep Burn's own ops. Under autodiff, the backward passes are
-//! hand-written ([`autodiff`]): the matmul's two gradient products run through the same kernel,
-//! and RMSNorm keeps only its bf16 input and one fp32 statistic per row.
+//! result, and runs its elementwise ops on one core, which made bf16 slower than fp32 there.
+//! [`KernelBackend`] is a Burn backend extension (`#[backend_extension]`) whose flex
+//! implementation calls [`brainfloat_kernels`] — a bf16 GEMM with fp32 accumulation, fused
+//! RMSNorm, causal softmax, rotary, soft-capped cross-entropy, Adam — and whose other backends
+//! (libtorch, CubeCL) keep Burn's own ops (or answer `None` for a fused op Burn has no
+//! counterpart of, and the caller composes it from Burn's ops). Under autodiff the backward
+//! passes are hand-written ([`autodiff`]): the matmul's two gradient products run through the
+//! same kernel, RMSNorm keeps only its bf16 input and one fp32 statistic per row.
 //!
 //! Model code calls the functions below on ordinary tensors; nothing above this crate knows
 //! which backend runs.
