@@ -27,7 +27,9 @@ impl Mlp {
 
     /// `x` `[B, T, C]` → `[B, T, C]`.
     pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
-        let hidden = relu(self.c_fc.forward_under(x, policy)).square();
+        let up = self.c_fc.forward_under(x, policy);
+        // Fused where the backend has the kernel (flex).
+        let hidden = brainfloat_ops::relu_square(up.clone()).unwrap_or_else(|| relu(up).square());
         self.c_proj.forward_under(hidden, policy)
     }
 }

@@ -14,6 +14,7 @@
 //! - [`causal_softmax`] and [`causal_softmax_backward`]: attention's masked softmax, fp32
 //!   inside, one pass per row each way.
 //! - [`rotary`]: rotary position embeddings and their backward in one pass.
+//! - [`relu_square`] and [`relu_square_backward`]: the MLP's ReLU², one pass each way.
 //! - [`accumulate`] and [`widen`]: fp32 sums of bf16 parts.
 //!
 //! All run on all cores (rayon). [`KernelPath::active`] says which path runs; the environment
@@ -39,6 +40,7 @@ mod elem;
 mod gemm;
 mod math;
 mod path;
+mod relu_square;
 mod rms_norm;
 mod rotary;
 mod softmax;
@@ -50,6 +52,7 @@ pub use elem::Float;
 pub use gemm::{Matrix, Output, fp32_gemm, gemm, gemm_on, gemm_own};
 pub use half::bf16;
 pub use path::{KernelPath, PATH_VAR};
+pub use relu_square::{relu_square, relu_square_backward};
 pub use rms_norm::{rms_norm, rms_norm_backward};
 pub use rotary::rotary;
 pub use softmax::{causal_softmax, causal_softmax_backward};

@@ -9,6 +9,7 @@
 //!   activations.
 //! - causal softmax: the state is the fp32 probabilities; the backward is one pass per row.
 //! - rotary: the state is the tables; the gradient is the inverse rotation.
+//! - ReLU²: the state is the input; one pass each way.
 //! - attached gradients: a loss computed outside autodiff hands the gradients computed with
 //!   it to the tensors it came from, with no surrogate products in the graph.
 
@@ -108,6 +109,21 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         {
             OpsKind::Tracked(prep) => prep.finish(grad, loss.into_primitive()),
             OpsKind::UnTracked(prep) => prep.finish(loss.into_primitive()),
+        }
+    }
+
+    fn relu_square(x: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+        match ReluSquareBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let y = B::relu_square(x.clone())?;
+                Some(prep.finish(x, y))
+            }
+            OpsKind::UnTracked(prep) => Some(prep.finish(B::relu_square(x.into_primitive())?)),
         }
     }
 
@@ -216,6 +232,21 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         one_input_backward::<B, _>(ops, grads, |(cos, sin), grad| {
             B::rotary(grad, cos, sin, !self.inverse).expect(FUSED_FORWARD)
+        });
+    }
+}
+
+/// The backward step of [`KernelBackend::relu_square`].
+#[derive(Debug)]
+struct ReluSquareBackward;
+
+impl<B: Backend + KernelBackend> Backward<B, 1> for ReluSquareBackward {
+    /// The input.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_input_backward::<B, _>(ops, grads, |x, grad| {
+            B::relu_square_backward(x, grad).expect(FUSED_FORWARD)
         });
     }
 }

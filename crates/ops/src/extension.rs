@@ -123,6 +123,20 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// The MLP activation `relu(x)²`. `None` where the backend has no fused kernel (the caller
+    /// composes it from Burn's ops).
+    fn relu_square(_x: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+        None
+    }
+
+    /// The gradient of [`relu_square`](Self::relu_square): `grad · 2·relu(x)`.
+    fn relu_square_backward(
+        _x: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// The record's loss over logits rows `[N, V]` against `targets` `[N]`, outside autodiff:
     /// `Σ_rows (logsumexp(c) − c[target]) / mean_over` with `c = cap·tanh(z/cap)` (fp32 `[1]`),
     /// and with `with_grad` its gradient with respect to the logits, in their dtype.

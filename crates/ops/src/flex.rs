@@ -118,6 +118,41 @@ impl KernelBackend for Flex {
         Some(tensor_of(widened, dims, DType::F32))
     }
 
+    fn relu_square(x: FlexTensor) -> Option<FlexTensor> {
+        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+            x: &FlexTensor,
+        ) -> FlexTensor {
+            let values: &[T] = contiguous_values(x);
+            let mut y = vec![T::from_f32(0.0); values.len()];
+            brainfloat_kernels::relu_square(values, &mut y);
+            tensor_of(y, x.layout().shape().to_vec(), T::dtype())
+        }
+        let x = x.to_contiguous();
+        match x.dtype() {
+            DType::BF16 => Some(run::<bf16>(&x)),
+            DType::F32 => Some(run::<f32>(&x)),
+            _ => None,
+        }
+    }
+
+    fn relu_square_backward(x: FlexTensor, grad: FlexTensor) -> Option<FlexTensor> {
+        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+            x: &FlexTensor,
+            grad: &FlexTensor,
+        ) -> FlexTensor {
+            let values: &[T] = contiguous_values(x);
+            let mut dx = vec![T::from_f32(0.0); values.len()];
+            brainfloat_kernels::relu_square_backward(values, contiguous_values(grad), &mut dx);
+            tensor_of(dx, x.layout().shape().to_vec(), T::dtype())
+        }
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        match (x.dtype(), grad.dtype()) {
+            (DType::BF16, DType::BF16) => Some(run::<bf16>(&x, &grad)),
+            (DType::F32, DType::F32) => Some(run::<f32>(&x, &grad)),
+            _ => None,
+        }
+    }
+
     fn softcapped_cross_entropy(
         logits: FlexTensor,
         targets: FlexTensor,

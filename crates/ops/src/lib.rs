@@ -124,6 +124,13 @@ pub fn accumulate_f32<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -
     Tensor::from_dispatch(total.expect("flex accumulates fp32 sums of float parts"))
 }
 
+/// `relu(x)²`, the record's MLP activation: one fused pass each way on flex (the input is kept
+/// for the backward, not the ReLU's output), differentiable. `None` on backends without the
+/// kernel (compose it from Burn's ops there).
+pub fn relu_square<const D: usize>(x: Tensor<D>) -> Option<Tensor<D>> {
+    <Dispatch as KernelBackend>::relu_square(x.into_dispatch()).map(Tensor::from_dispatch)
+}
+
 /// The state of one parameter after a fused Adam step.
 #[derive(Debug, Clone)]
 pub struct AdamUpdate<const D: usize> {

@@ -204,50 +204,59 @@ fn rotary_reference(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     Tensor::cat(vec![y1, y2], 3)
 }
 
+/// A fused one-input op and Burn's ops on the same input, under autodiff with a random upstream
+/// gradient: `Some([[output, input gradient] fused, [..] Burn's])`, `None` on a backend without
+/// the kernel (which only flex must have). Dtypes asserted.
+fn fused_and_reference<const D: usize>(
+    x: Tensor<D>,
+    fused: impl Fn(Tensor<D>) -> Option<Tensor<D>>,
+    reference: impl Fn(Tensor<D>) -> Tensor<D>,
+) -> Option<[[Vec<f32>; 2]; 2]> {
+    let upstream = x.random_like(Distribution::Default);
+    let run = |y: Tensor<D>, x: &Tensor<D>| {
+        assert_eq!(y.dtype(), x.dtype());
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        [values(y), values(x.grad(&grads).unwrap())]
+    };
+    let tracked = x.clone().require_grad();
+    let Some(y) = fused(tracked.clone()) else {
+        assert!(
+            !brainfloat_ops::runs_kernels(&x.device()),
+            "flex has the kernel"
+        );
+        return None;
+    };
+    let ours = run(y, &tracked);
+    let tracked = x.require_grad();
+    Some([ours, run(reference(tracked.clone()), &tracked)])
+}
+
 #[test]
 fn rotary_and_its_gradient_match_burns_ops_in_both_dtypes() {
     let device = test_device().autodiff();
     let (batch, positions, heads, head_dim) = (2, 7, 3, 16);
     for dtype in [FloatDType::F32, FloatDType::BF16] {
-        let table = |phase: f64| {
-            Tensor::<4>::random(
+        let random = |dims: [usize; 4], distribution| {
+            Tensor::<4>::random(dims, distribution, (&device, DType::F32)).cast(dtype)
+        };
+        let table = || {
+            random(
                 [1, positions, 1, head_dim / 2],
                 Distribution::Uniform(-1.0, 1.0),
-                (&device, DType::F32),
             )
-            .add_scalar(phase)
-            .cast(dtype)
         };
-        let (cos, sin) = (table(0.0), table(0.0));
-        let x = Tensor::<4>::random(
+        let (cos, sin) = (table(), table());
+        let x = random(
             [batch, positions, heads, head_dim],
             Distribution::Normal(0.0, 1.0),
-            (&device, DType::F32),
-        )
-        .cast(dtype);
-        let upstream = x.random_like(Distribution::Default);
-        let run = |ours: bool| {
-            let x = x.clone().require_grad();
-            let y = if ours {
-                match brainfloat_ops::rotary(x.clone(), cos.clone(), sin.clone()) {
-                    Some(y) => y,
-                    None => return None, // a backend without the kernel
-                }
-            } else {
-                rotary_reference(x.clone(), cos.clone(), sin.clone())
-            };
-            assert_eq!(y.dtype(), DType::from(dtype));
-            let grads = (y.clone() * upstream.clone()).sum().backward();
-            Some([values(y), values(x.grad(&grads).unwrap())])
-        };
-        let Some(ours) = run(true) else {
-            assert!(
-                !brainfloat_ops::runs_kernels(&device),
-                "flex has the kernel"
-            );
+        );
+        let Some([ours, reference]) = fused_and_reference(
+            x,
+            |x| brainfloat_ops::rotary(x, cos.clone(), sin.clone()),
+            |x| rotary_reference(x, cos.clone(), sin.clone()),
+        ) else {
             continue;
         };
-        let reference = run(false).unwrap();
         // The same roundings in the same order: equal up to the order of a sum of two.
         for (name, (o, r)) in ["output", "gradient"]
             .iter()
@@ -256,6 +265,26 @@ fn rotary_and_its_gradient_match_burns_ops_in_both_dtypes() {
             let error = relative_error(o, r);
             assert!(error <= 2f64.powi(-8), "{dtype:?} {name}: {error:e}");
         }
+    }
+}
+
+#[test]
+fn relu_square_and_its_gradient_match_burns_ops_in_both_dtypes() {
+    let device = test_device().autodiff();
+    for dtype in [FloatDType::F32, FloatDType::BF16] {
+        let x = Tensor::<2>::random(
+            [33, 70],
+            Distribution::Normal(0.0, 2.0),
+            (&device, DType::F32),
+        )
+        .cast(dtype);
+        let Some([ours, reference]) = fused_and_reference(x, brainfloat_ops::relu_square, |x| {
+            burn::tensor::activation::relu(x).square()
+        }) else {
+            continue;
+        };
+        // relu and doubling are exact: one rounding each way, as the two ops do.
+        assert_eq!(ours, reference, "{dtype:?}");
     }
 }
 
