@@ -5,7 +5,7 @@
 use brainfloat_backend::test_device;
 use brainfloat_ops::{KernelPath, PATH_VAR, causal_attention, matmul, rms_norm};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, Distribution, FloatDType, Tensor};
+use burn::tensor::{Bool, DType, Distribution, FloatDType, Tensor, TensorData};
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(FloatDType::F32)
@@ -163,11 +163,16 @@ fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
     let device = test_device().autodiff();
     let dims = [2, 3, 19, 16];
-    let make = || {
-        Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), (&device, DType::F32))
+    // Fixed inputs (a deterministic spread in about ±1.7), so the measured agreement is one
+    // number, not a draw.
+    let make = |seed: usize| {
+        let values: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|i| ((i * 7919 + seed * 104_729) % 1009) as f32 / 300.0 - 1.68)
+            .collect();
+        Tensor::<4>::from_data(TensorData::new(values, dims), (&device, DType::F32))
             .cast(FloatDType::BF16)
     };
-    let (q, k, v) = (make(), make(), make());
+    let (q, k, v) = (make(1), make(2), make(3));
     let run = |ours: bool| {
         let (q, k, v) = (
             q.clone().require_grad(),
@@ -175,22 +180,39 @@ fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
             v.clone().require_grad(),
         );
         let y = if ours {
-            causal_attention(q.clone(), k.clone(), v.clone())
+            let y = causal_attention(q.clone(), k.clone(), v.clone());
+            assert_eq!(y.dtype(), DType::BF16, "bf16 in, bf16 out");
+            y
         } else {
             attention_reference(q.clone(), k.clone(), v.clone())
         };
         let grads = y.clone().cast(FloatDType::F32).square().sum().backward();
-        let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
+        let grad = |t: &Tensor<4>| {
+            let grad = t.grad(&grads).unwrap();
+            assert_eq!(
+                grad.dtype(),
+                DType::BF16,
+                "gradients keep the inputs' dtype"
+            );
+            values(grad)
+        };
         [values(y), grad(&q), grad(&k), grad(&v)]
     };
     let (ours, reference) = (run(true), run(false));
-    // bf16 scores, probabilities and outputs each round to 8 bits: a few 2⁻⁸ of the scale.
+    // bf16 scores, probabilities and outputs each round to 8 bits: measured 4.8e-3 (output) to
+    // 1.1e-2 (grad q) of the scale on flex; libtorch's SDPA (not ours) 7.0e-3 to 2.5e-2. The
+    // dtype assertions above keep an fp32 path out.
+    let tolerance = if brainfloat_ops::runs_kernels(&device) {
+        3e-2
+    } else {
+        5e-2
+    };
     for (name, (o, r)) in ["output", "grad q", "grad k", "grad v"]
         .iter()
         .zip(ours.iter().zip(&reference))
     {
         let error = relative_error(o, r);
-        assert!(error <= 4e-2, "{name}: {error:e}");
+        assert!(error <= tolerance, "{name}: {error:e}");
     }
 }
 
