@@ -160,7 +160,13 @@ pub fn gemm_own(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
         "this CPU has no AVX512-BF16"
     );
     // SAFETY: the CPU has AVX512-BF16 (asserted, and it implies AVX-512 F); shapes checked.
-    unsafe { crate::dot_bf16::gemm(a, b, c) }
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        crate::dot_bf16::gemm(a, b, c)
+    }
+    // Elsewhere the assertion above has already refused.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, b, c);
 }
 
 /// Elements per parallel task of the elementwise passes: enough work to outweigh a task's cost.
