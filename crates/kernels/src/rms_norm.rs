@@ -15,22 +15,26 @@ fn rows_per_task(width: usize) -> usize {
     (ELEMENTS_PER_TASK / width.max(1)).max(1)
 }
 
+/// Panics unless `len` is whole rows of `width`, with one statistic per row and every other
+/// slice as long as the input.
+fn check_rows(kernel: &str, len: usize, width: usize, stats: usize, others: &[usize]) {
+    assert!(
+        width > 0 && len.is_multiple_of(width),
+        "{kernel}: rows of {width} in {len}"
+    );
+    assert_eq!(stats, len / width, "{kernel}: one statistic per row");
+    assert!(
+        others.iter().all(|&other| other == len),
+        "{kernel}: slices of {others:?} for an input of {len}"
+    );
+}
+
 /// `y = x · r` row by row (rows of `width`), and `r` per row in `inv_rms`.
 ///
 /// # Panics
 /// When the slices' lengths disagree with `width`.
 pub fn rms_norm<T: Float>(x: &[T], width: usize, eps: f32, y: &mut [T], inv_rms: &mut [f32]) {
-    assert!(
-        width > 0 && x.len().is_multiple_of(width),
-        "rms_norm: rows of {width} in {}",
-        x.len()
-    );
-    assert_eq!(y.len(), x.len(), "rms_norm: output length");
-    assert_eq!(
-        inv_rms.len(),
-        x.len() / width,
-        "rms_norm: one statistic per row"
-    );
+    check_rows("rms_norm", x.len(), width, inv_rms.len(), &[y.len()]);
     let rows = rows_per_task(width);
     y.par_chunks_mut(rows * width)
         .zip(inv_rms.par_chunks_mut(rows))
@@ -52,17 +56,12 @@ pub fn rms_norm<T: Float>(x: &[T], width: usize, eps: f32, y: &mut [T], inv_rms:
 /// # Panics
 /// When the slices' lengths disagree with `width`.
 pub fn rms_norm_backward<T: Float>(x: &[T], inv_rms: &[f32], dy: &[T], width: usize, dx: &mut [T]) {
-    assert!(
-        width > 0 && x.len().is_multiple_of(width),
-        "rms_norm_backward: rows of {width} in {}",
-        x.len()
-    );
-    assert_eq!(dy.len(), x.len(), "rms_norm_backward: gradient length");
-    assert_eq!(dx.len(), x.len(), "rms_norm_backward: output length");
-    assert_eq!(
+    check_rows(
+        "rms_norm_backward",
+        x.len(),
+        width,
         inv_rms.len(),
-        x.len() / width,
-        "rms_norm_backward: one statistic per row"
+        &[dy.len(), dx.len()],
     );
     let rows = rows_per_task(width);
     dx.par_chunks_mut(rows * width)

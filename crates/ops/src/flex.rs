@@ -9,6 +9,28 @@ use rayon::prelude::*;
 
 use crate::extension::KernelBackend;
 
+/// An element type the kernels run on, as stored in a flex tensor: bf16 or fp32.
+trait Elem: Float + burn::tensor::Element + bytemuck::Pod {}
+impl<T: Float + burn::tensor::Element + bytemuck::Pod> Elem for T {}
+
+/// `Some($body)` with the type `$T` bound to the element type of `$dtype` (bf16 or fp32);
+/// `None` for any other dtype, which the kernels do not run on.
+macro_rules! with_elem {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            DType::BF16 => {
+                type $T = bf16;
+                Some($body)
+            }
+            DType::F32 => {
+                type $T = f32;
+                Some($body)
+            }
+            _ => None,
+        }
+    };
+}
+
 impl KernelBackend for Flex {
     fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         if lhs.dtype() == DType::BF16 && rhs.dtype() == DType::BF16 {
@@ -20,11 +42,8 @@ impl KernelBackend for Flex {
 
     fn rms_norm_with_stats(x: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
         let x = x.to_contiguous();
-        match x.dtype() {
-            DType::BF16 => rms_norm_typed::<bf16>(&x, eps),
-            DType::F32 => rms_norm_typed::<f32>(&x, eps),
-            other => panic!("rms_norm: unsupported dtype {other:?}"),
-        }
+        with_elem!(x.dtype(), T => rms_norm_typed::<T>(&x, eps))
+            .unwrap_or_else(|| panic!("rms_norm: unsupported dtype {:?}", x.dtype()))
     }
 
     fn causal_softmax(scores: FlexTensor, scale: f64) -> Option<FlexTensor> {
@@ -44,11 +63,7 @@ impl KernelBackend for Flex {
         grad: FlexTensor,
         scale: f64,
     ) -> Option<FlexTensor> {
-        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
-            probs: &FlexTensor,
-            grad: &FlexTensor,
-            scale: f64,
-        ) -> FlexTensor {
+        fn run<T: Elem>(probs: &FlexTensor, grad: &FlexTensor, scale: f64) -> FlexTensor {
             let dims = grad.layout().shape().to_vec();
             let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
             let exact: &[f32] = contiguous_values(probs);
@@ -65,11 +80,7 @@ impl KernelBackend for Flex {
             tensor_of(out, dims, T::dtype())
         }
         let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
-        match grad.dtype() {
-            DType::BF16 => Some(run::<bf16>(&probs, &grad, scale)),
-            DType::F32 => Some(run::<f32>(&probs, &grad, scale)),
-            _ => None,
-        }
+        with_elem!(grad.dtype(), T => run::<T>(&probs, &grad, scale))
     }
 
     fn rotary(
@@ -83,11 +94,7 @@ impl KernelBackend for Flex {
             return None;
         }
         let [x, cos, sin] = [x, cos, sin].map(|t| t.to_contiguous());
-        match dtype {
-            DType::BF16 => Some(rotary_typed::<bf16>(&x, &cos, &sin, inverse)),
-            DType::F32 => Some(rotary_typed::<f32>(&x, &cos, &sin, inverse)),
-            _ => None,
-        }
+        with_elem!(dtype, T => rotary_typed::<T>(&x, &cos, &sin, inverse))
     }
 
     fn accumulate_f32(sum: FlexTensor, part: FlexTensor) -> Option<FlexTensor> {
@@ -99,58 +106,44 @@ impl KernelBackend for Flex {
         let mut sum = sum.to_contiguous();
         let start = sum.layout().start_offset();
         let target = &mut sum.storage_mut::<f32>()[start..start + n];
-        match part.dtype() {
-            DType::BF16 => brainfloat_kernels::accumulate::<bf16>(target, contiguous_values(&part)),
-            DType::F32 => brainfloat_kernels::accumulate::<f32>(target, contiguous_values(&part)),
-            _ => return None,
-        }
+        with_elem!(part.dtype(), T => {
+            brainfloat_kernels::accumulate::<T>(target, contiguous_values(&part))
+        })?;
         Some(sum)
     }
 
     fn widen_f32(part: FlexTensor) -> Option<FlexTensor> {
         let part = part.to_contiguous();
         let dims = part.layout().shape().to_vec();
-        let widened = match part.dtype() {
-            DType::BF16 => brainfloat_kernels::widen::<bf16>(contiguous_values(&part)),
-            DType::F32 => contiguous_values::<f32>(&part).to_vec(),
-            _ => return None,
-        };
+        let widened = with_elem!(part.dtype(), T => {
+            brainfloat_kernels::widen::<T>(contiguous_values(&part))
+        })?;
         Some(tensor_of(widened, dims, DType::F32))
     }
 
     fn relu_square(x: FlexTensor) -> Option<FlexTensor> {
-        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
-            x: &FlexTensor,
-        ) -> FlexTensor {
+        fn run<T: Elem>(x: &FlexTensor) -> FlexTensor {
             let values: &[T] = contiguous_values(x);
             let mut y = vec![T::from_f32(0.0); values.len()];
             brainfloat_kernels::relu_square(values, &mut y);
             tensor_of(y, x.layout().shape().to_vec(), T::dtype())
         }
         let x = x.to_contiguous();
-        match x.dtype() {
-            DType::BF16 => Some(run::<bf16>(&x)),
-            DType::F32 => Some(run::<f32>(&x)),
-            _ => None,
-        }
+        with_elem!(x.dtype(), T => run::<T>(&x))
     }
 
     fn relu_square_backward(x: FlexTensor, grad: FlexTensor) -> Option<FlexTensor> {
-        fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
-            x: &FlexTensor,
-            grad: &FlexTensor,
-        ) -> FlexTensor {
+        fn run<T: Elem>(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
             let values: &[T] = contiguous_values(x);
             let mut dx = vec![T::from_f32(0.0); values.len()];
             brainfloat_kernels::relu_square_backward(values, contiguous_values(grad), &mut dx);
             tensor_of(dx, x.layout().shape().to_vec(), T::dtype())
         }
-        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        match (x.dtype(), grad.dtype()) {
-            (DType::BF16, DType::BF16) => Some(run::<bf16>(&x, &grad)),
-            (DType::F32, DType::F32) => Some(run::<f32>(&x, &grad)),
-            _ => None,
+        if x.dtype() != grad.dtype() {
+            return None;
         }
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        with_elem!(x.dtype(), T => run::<T>(&x, &grad))
     }
 
     fn softcapped_cross_entropy(
@@ -161,12 +154,8 @@ impl KernelBackend for Flex {
         with_grad: bool,
     ) -> Option<(FlexTensor, Option<FlexTensor>)> {
         let logits = logits.to_contiguous();
-        Some(match logits.dtype() {
-            DType::BF16 => {
-                cross_entropy_typed::<bf16>(&logits, &targets, cap, mean_over, with_grad)
-            }
-            DType::F32 => cross_entropy_typed::<f32>(&logits, &targets, cap, mean_over, with_grad),
-            _ => return None,
+        with_elem!(logits.dtype(), T => {
+            cross_entropy_typed::<T>(&logits, &targets, cap, mean_over, with_grad)
         })
     }
 
@@ -194,21 +183,14 @@ impl KernelBackend for Flex {
             step,
         };
         let tensors = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
-        match dtype {
-            DType::BF16 => Some(adam_typed::<bf16>(tensors, &step)),
-            DType::F32 => Some(adam_typed::<f32>(tensors, &step)),
-            _ => None,
-        }
+        with_elem!(dtype, T => adam_typed::<T>(tensors, &step))
     }
 
     fn rms_norm_backward(x: FlexTensor, inv_rms: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let inv_rms = inv_rms.to_contiguous();
-        match x.dtype() {
-            DType::BF16 => rms_norm_backward_typed::<bf16>(&x, &inv_rms, &grad),
-            DType::F32 => rms_norm_backward_typed::<f32>(&x, &inv_rms, &grad),
-            other => panic!("rms_norm_backward: unsupported dtype {other:?}"),
-        }
+        with_elem!(x.dtype(), T => rms_norm_backward_typed::<T>(&x, &inv_rms, &grad))
+            .unwrap_or_else(|| panic!("rms_norm_backward: unsupported dtype {:?}", x.dtype()))
     }
 }
 
@@ -279,10 +261,7 @@ fn bf16_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
     tensor_of(out, dims, DType::BF16)
 }
 
-fn rms_norm_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
-    x: &FlexTensor,
-    eps: f64,
-) -> (FlexTensor, FlexTensor) {
+fn rms_norm_typed<T: Elem>(x: &FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
     let dims = x.layout().shape().to_vec();
     let width = *dims.last().expect("rms_norm of a scalar");
     let values: &[T] = contiguous_values(x);
@@ -297,9 +276,7 @@ fn rms_norm_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemu
     )
 }
 
-fn rms_norm_backward_typed<
-    T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod,
->(
+fn rms_norm_backward_typed<T: Elem>(
     x: &FlexTensor,
     inv_rms: &FlexTensor,
     grad: &FlexTensor,
@@ -341,7 +318,7 @@ fn indices(targets: &FlexTensor) -> Vec<usize> {
     }
 }
 
-fn cross_entropy_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+fn cross_entropy_typed<T: Elem>(
     logits: &FlexTensor,
     targets: &FlexTensor,
     cap: Option<f64>,
@@ -376,7 +353,7 @@ fn cross_entropy_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + b
 /// [`brainfloat_kernels::adam_update`] in place on `[param, grad, moment_1, moment_2]`
 /// (contiguous): the parameter and moments are updated in their own buffers when this is their
 /// only owner (the optimizer hands them over), copied first otherwise.
-fn adam_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+fn adam_typed<T: Elem>(
     [mut param, grad, mut moment_1, mut moment_2]: [FlexTensor; 4],
     step: &AdamStep,
 ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
@@ -404,7 +381,7 @@ fn causal_softmax_typed(
     scale: f64,
     exact: bool,
 ) -> Option<(FlexTensor, Option<FlexTensor>)> {
-    fn run<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+    fn run<T: Elem>(
         scores: &FlexTensor,
         scale: f64,
         exact: bool,
@@ -427,14 +404,10 @@ fn causal_softmax_typed(
             fp32.map(|p| tensor_of(p, dims, DType::F32)),
         )
     }
-    match scores.dtype() {
-        DType::BF16 => Some(run::<bf16>(scores, scale, exact)),
-        DType::F32 => Some(run::<f32>(scores, scale, exact)),
-        _ => None,
-    }
+    with_elem!(scores.dtype(), T => run::<T>(scores, scale, exact))
 }
 
-fn rotary_typed<T: Float + bytemuck::NoUninit + burn::tensor::Element + bytemuck::Pod>(
+fn rotary_typed<T: Elem>(
     x: &FlexTensor,
     cos: &FlexTensor,
     sin: &FlexTensor,

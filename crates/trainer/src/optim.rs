@@ -297,37 +297,38 @@ impl RecordOptimizer {
                 ParamGroup::Scalars => c.scalar_lr,
                 ParamGroup::Matrices => c.matrix_lr,
             };
-        if group != ParamGroup::Matrices && self.probe.is_none() {
+        let fusable = group != ParamGroup::Matrices && self.probe.is_none();
+        if fusable && brainfloat_ops::runs_kernels(&value.device()) {
             // One fused pass where the backend has the kernel; the lost-update probe needs the
-            // update itself, so probed steps take the op-by-op path below.
-            let (steps, moment_1, moment_2) = match self.states.get(&name) {
+            // update itself, so probed steps take the op-by-op path below. Parameter and moments
+            // are moved in, not cloned: as their only owner the kernel updates them in place.
+            let (steps, moment_1, moment_2) = match self.states.remove(&name) {
                 Some(ParamState::Adam {
                     steps,
                     moment_1,
                     moment_2,
-                }) => (*steps, moment_1.clone(), moment_2.clone()),
+                }) => (steps, moment_1, moment_2),
                 _ => (0, grad.zeros_like(), grad.zeros_like()),
             };
-            let fused = brainfloat_ops::fused_adam(
-                value.clone().reshape([numel]),
-                grad.clone(),
+            let update = brainfloat_ops::fused_adam(
+                value.reshape([numel]),
+                grad,
                 moment_1,
                 moment_2,
                 lr,
                 c.adam_betas,
                 c.adam_eps,
                 steps + 1,
-            );
-            if let Some(update) = fused {
-                self.grad_squares.push(update.grad_square_sum);
-                let state = ParamState::Adam {
-                    steps: steps + 1,
-                    moment_1: update.moment_1,
-                    moment_2: update.moment_2,
-                };
-                self.states.insert(name, state);
-                return update.param.reshape(dims);
-            }
+            )
+            .expect("flex fuses Adam for a parameter, gradient and moments of one float dtype");
+            self.grad_squares.push(update.grad_square_sum);
+            let state = ParamState::Adam {
+                steps: steps + 1,
+                moment_1: update.moment_1,
+                moment_2: update.moment_2,
+            };
+            self.states.insert(name, state);
+            return update.param.reshape(dims);
         }
         self.grad_squares
             .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
