@@ -136,7 +136,7 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
     assert!(load_error(b"not a checkpoint").starts_with("not a valid safetensors file"));
 
     // Weights of another model size: every mismatch is named.
-    let device = brainfloat_backend::test_device();
+    let device = brainfloat_test_support::test_device();
     let wider = GptConfig::new(512, 2, 2, 128, 32).init(&device).unwrap();
     let err = wider
         .load_safetensors(&golden_dir().join("init.safetensors"))

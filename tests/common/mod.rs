@@ -39,7 +39,7 @@ pub fn golden_config() -> GptConfig {
 
 /// The golden weights under `policy`, on the autodiff flex device.
 pub fn golden_model(policy: &PrecisionPolicy) -> (Gpt, Device) {
-    let device = brainfloat_backend::test_device().autodiff();
+    let device = brainfloat_test_support::test_device().autodiff();
     let model = golden_config()
         .init(&device)
         .unwrap()

@@ -10,6 +10,7 @@
 
 #[path = "../../crates/trainer/tests/common/mod.rs"]
 mod common;
+mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -269,6 +270,28 @@ fn corpus(b: &Base) -> Vec<Case> {
         let args = b.train_args(&format!("out_{file}"), &[&set]);
         add(&mut cases, "shard", name, args, &[&path, problem]);
     }
+    // A corrupt token deep in a large second shard: found when the loader first opens it (after
+    // 3 steps on the first), not by a scan of every shard before the first step.
+    b.file("deep_000.bin", &shard_bytes(&tokens(1000)));
+    let mut deep = tokens(4_000_000);
+    deep[3_999_000] = 60000;
+    let deep_path = b.file("deep_001.bin", &shard_bytes(&deep));
+    let pattern = format!("data.train={}", b.dir.join("deep_*.bin").display());
+    add(
+        &mut cases,
+        "shard",
+        "token id ≥ vocabulary deep in a large second shard",
+        b.train_args(
+            "out_deep",
+            &[
+                &pattern,
+                "train.steps=50",
+                "output.checkpoint_every=0",
+                "eval.every=0",
+            ],
+        ),
+        &[&deep_path, "token id 60000 at position 3999000"],
+    );
     let val = b.file("v_magic.bin", &{
         let mut x = good.clone();
         x[1] = 1;
@@ -529,10 +552,13 @@ fn corpus(b: &Base) -> Vec<Case> {
     );
     case = Case {
         category: "output",
-        name: "full disk (16 KiB file-size limit)",
+        name: "no room for a checkpoint (16 KiB file-size limit)",
         args: b.train_args("out_full", &[]),
         env: Vec::new(),
-        expect: vec!["out_full".into(), "not writable".into()],
+        expect: vec![
+            "out_full".into(),
+            "the file-size limit (ulimit -f) is 16.0 KiB".into(),
+        ],
         full_disk: true,
     };
     cases.push(case);
@@ -643,95 +669,160 @@ fn curve(metrics: &Path) -> BTreeMap<u64, f64> {
 
 /// One kill/resume trial's outcome.
 struct Trial {
+    /// Signals sent (each one ended a run).
     kills: usize,
+    /// SIGKILLs that left a new temporary file: they landed during a checkpoint write.
     kills_mid_checkpoint: usize,
+    /// SIGTERMs answered with status 143 and a checkpoint of the step the run stopped at.
+    checkpointed_stops: usize,
     partial_loaded: usize,
     reproduced: bool,
 }
 
-/// Runs `steps` steps with a checkpoint every step, killing the process with SIGKILL after
-/// `startup` plus a pseudo-random delay and resuming, until a run finishes by itself.
+/// How a trial stops its runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL: nothing is saved; the run resumes from its last periodic checkpoint.
+    Kill,
+    /// SIGTERM: the run finishes its step, checkpoints and exits with 143.
+    Term,
+}
+
+/// The trials' run: 40 steps, without evaluation; with SIGKILL a checkpoint every step, with
+/// SIGTERM none but the one the signal asks for (and the last).
+fn trial_sets(stop: Stop) -> Vec<&'static str> {
+    let every = match stop {
+        Stop::Kill => "output.checkpoint_every=1",
+        Stop::Term => "output.checkpoint_every=0",
+    };
+    vec![
+        "train.steps=40",
+        "train.warmdown_steps=10",
+        every,
+        "eval.every=0",
+    ]
+}
+
+/// Every `.tmp-` file in `dir`.
+fn temporaries(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The newest checkpoint record's step in `dir`, 0 without one.
+fn newest_checkpoint(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("step_")?
+                        .strip_suffix(".json")?
+                        .parse()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// A pseudo-random delay of 40–300 ms after `startup` (a linear congruential generator).
+fn random_delay(seed: &mut u64, startup: Duration) -> Duration {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    startup + Duration::from_millis(40 + (*seed >> 33) % 260)
+}
+
+/// Runs the trial config, stopping each run with `stop` after `startup` plus a pseudo-random
+/// delay and resuming, until a run finishes by itself; its curve is compared with `reference`.
 fn trial(
     base: &Base,
-    index: usize,
+    name: &str,
+    stop: Stop,
     seed: &mut u64,
     startup: Duration,
     reference: &BTreeMap<u64, f64>,
 ) -> Trial {
-    let out = format!("trials/{index}");
+    let out = format!("trials/{name}");
     let dir = base.dir.join(&out);
-    let args = base.train_args(
-        &out,
-        &[
-            "train.steps=40",
-            "train.warmdown_steps=10",
-            "output.checkpoint_every=1",
-            "eval.every=0",
-        ],
-    );
-    let (mut kills, mut kills_mid_checkpoint, mut partial_loaded) = (0, 0, 0);
-    let half_written = |dir: &Path| -> std::collections::BTreeSet<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.contains(".tmp-"))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let args = base.train_args(&out, &trial_sets(stop));
+    let mut t = Trial {
+        kills: 0,
+        kills_mid_checkpoint: 0,
+        checkpointed_stops: 0,
+        partial_loaded: 0,
+        reproduced: false,
     };
     for _ in 0..200 {
-        let leftovers = half_written(&dir);
-        let has_checkpoint = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            })
-            .unwrap_or(false);
+        let leftovers = temporaries(&dir);
         let mut command = Command::new(BIN);
         command
             .args(&args)
             .env_remove("RUST_BACKTRACE")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        if has_checkpoint {
+        if newest_checkpoint(&dir) > 0 {
             command.arg("--resume");
         }
+        let metrics = dir.join("metrics.jsonl");
+        let lines = std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count());
         let mut child = command.spawn().unwrap();
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let delay = startup + Duration::from_millis(40 + (*seed >> 33) % 260);
+        // SIGKILL anywhere after start-up (checkpoint writes included); SIGTERM once the run
+        // trains (a new metrics line), since before `main` its default action just kills.
+        let delay = match stop {
+            Stop::Kill => random_delay(seed, startup),
+            Stop::Term => {
+                lifecycle::wait_for_steps(&metrics, lines + 1);
+                random_delay(seed, Duration::ZERO)
+            }
+        };
         let started = Instant::now();
         while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(2));
         }
         if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            kills += 1;
-            // A new temporary file: the kill landed while a checkpoint file was being written.
-            let partial = half_written(&dir).difference(&leftovers).count() > 0;
-            kills_mid_checkpoint += usize::from(partial);
+            if stop == Stop::Kill {
+                t.kills += 1;
+                child.kill().unwrap();
+                child.wait().unwrap();
+                // A new temporary file: the kill landed while a checkpoint file was written.
+                let partial = temporaries(&dir).difference(&leftovers).count() > 0;
+                t.kills_mid_checkpoint += usize::from(partial);
+                continue;
+            }
+            // SAFETY: sends a signal to our own child, which has not been waited for.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let output = child.wait_with_output().unwrap();
+            if output.status.success() {
+                // It was past its last step (final evaluation and checkpoint): it completed.
+                break;
+            }
+            t.kills += 1;
+            let stepped = curve(&dir.join("metrics.jsonl")).keys().max().copied();
+            // Stopped during start-up (before the handler): killed by the signal, nothing saved.
+            let checkpointed = output.status.code() == Some(143)
+                && stepped.is_some_and(|step| newest_checkpoint(&dir) == step as usize);
+            t.checkpointed_stops += usize::from(checkpointed);
             continue;
         }
         let output = child.wait_with_output().unwrap();
-        if output.status.success() {
-            break;
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("checkpoint") {
-            partial_loaded += 1;
+        if !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("checkpoint")
+        {
+            t.partial_loaded += 1;
         }
         break;
     }
-    let got = curve(&dir.join("metrics.jsonl"));
-    Trial {
-        kills,
-        kills_mid_checkpoint,
-        partial_loaded,
-        reproduced: &got == reference,
-    }
+    t.reproduced = &curve(&dir.join("metrics.jsonl")) == reference;
+    t
 }
 
 /// Ctrl-C and injected non-finite values through the binary: (check, passed, what it printed).
@@ -811,6 +902,16 @@ fn signal_and_non_finite_checks(base: &Base) -> Vec<(String, bool, String)> {
     out
 }
 
+/// `text` for a Markdown table cell: the temporary folder shown as `…`, pipes escaped.
+fn for_table(base: &Base, text: &str) -> String {
+    text.replace(base.dir.to_str().unwrap(), "…")
+        .replace('|', "\\|")
+}
+
+fn yes_no(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**NO**" }
+}
+
 fn main() -> ExitCode {
     let root = tempfile::tempdir().unwrap();
     let base = Base::new(root.path());
@@ -831,17 +932,14 @@ fn main() -> ExitCode {
         clear += usize::from(v.clear);
         panics += usize::from(v.panicked);
         modified += usize::from(v.modified);
-        let shown = v
-            .first_line
-            .replace(base.dir.to_str().unwrap(), "…")
-            .replace('|', "\\|");
+        let shown = for_table(&base, &v.first_line);
         let _ = writeln!(
             report,
             "| {} | {} | {} | {} | {} | {} | `{}` |",
             i + 1,
             case.category,
             case.name,
-            if v.clear { "yes" } else { "**NO**" },
+            yes_no(v.clear),
             if v.panicked { "**YES**" } else { "no" },
             if v.modified { "**YES**" } else { "no" },
             shown
@@ -856,16 +954,9 @@ fn main() -> ExitCode {
         cases.len()
     );
 
-    // Kill/resume trials.
-    let reference_args = base.train_args(
-        "trials/reference",
-        &[
-            "train.steps=40",
-            "train.warmdown_steps=10",
-            "output.checkpoint_every=1",
-            "eval.every=0",
-        ],
-    );
+    // Kill/resume and SIGTERM/resume trials against one uninterrupted run (checkpoints do not
+    // change the curve).
+    let reference_args = base.train_args("trials/reference", &trial_sets(Stop::Kill));
     assert!(run(&reference_args, &[]).status.success());
     let reference = curve(&base.dir.join("trials/reference/metrics.jsonl"));
     // What the binary takes before `main` (loading libtorch, on the tch backend): kills land
@@ -878,15 +969,44 @@ fn main() -> ExitCode {
         })
         .min()
         .unwrap();
-    let trials_wanted = 8;
     let mut seed = 0x5eed_u64;
-    let trials: Vec<Trial> = (0..trials_wanted)
-        .map(|i| trial(&base, i, &mut seed, startup, &reference))
+    let kill_trials: Vec<Trial> = (0..6)
+        .map(|i| {
+            trial(
+                &base,
+                &format!("kill_{i}"),
+                Stop::Kill,
+                &mut seed,
+                startup,
+                &reference,
+            )
+        })
         .collect();
-    let reproduced = trials.iter().filter(|t| t.reproduced).count();
-    let kills: usize = trials.iter().map(|t| t.kills).sum();
-    let mid: usize = trials.iter().map(|t| t.kills_mid_checkpoint).sum();
-    let partial: usize = trials.iter().map(|t| t.partial_loaded).sum();
+    let term_trials: Vec<Trial> = (0..4)
+        .map(|i| {
+            trial(
+                &base,
+                &format!("term_{i}"),
+                Stop::Term,
+                &mut seed,
+                startup,
+                &reference,
+            )
+        })
+        .collect();
+    let reproduced = kill_trials
+        .iter()
+        .chain(&term_trials)
+        .filter(|t| t.reproduced)
+        .count();
+    let trials_run = kill_trials.len() + term_trials.len();
+    let kills: usize = kill_trials.iter().map(|t| t.kills).sum();
+    let mid: usize = kill_trials.iter().map(|t| t.kills_mid_checkpoint).sum();
+    let partial: usize = kill_trials
+        .iter()
+        .chain(&term_trials)
+        .map(|t| t.partial_loaded)
+        .sum();
     let _ = write!(
         report,
         "## Crashes: SIGKILL at random moments, then `--resume`\n\n\
@@ -899,7 +1019,7 @@ fn main() -> ExitCode {
          |---:|---:|---:|---:|---|\n",
         startup.as_millis()
     );
-    for (i, t) in trials.iter().enumerate() {
+    for (i, t) in kill_trials.iter().enumerate() {
         let _ = writeln!(
             report,
             "| {} | {} | {} | {} | {} |",
@@ -907,26 +1027,98 @@ fn main() -> ExitCode {
             t.kills,
             t.kills_mid_checkpoint,
             t.partial_loaded,
-            if t.reproduced { "yes" } else { "**NO**" }
+            yes_no(t.reproduced)
         );
     }
     let _ = writeln!(
         report,
-        "\n**{trials_wanted} trials, {kills} kills ({mid} during a checkpoint write): {reproduced} of \
-         {trials_wanted} reproduced the uninterrupted curve; partial checkpoints loaded: {partial}.**\n\n\
+        "\n**{} trials, {kills} kills ({mid} during a checkpoint write): {} of {} reproduced the \
+         uninterrupted curve; partial checkpoints loaded: {partial}.**\n\n\
          Checkpoint files are written to a temporary name, fsynced and renamed, the record \
          (`step_N.json`, with each file's SHA-256) last; a resume takes the newest record, so a \
-         half-written file is never picked up, and a damaged one is refused by its checksum.\n\n\
-         ## Non-finite values and Ctrl-C\n\n\
+         half-written file is never picked up, and a damaged one is refused by its checksum; the \
+         temporaries a kill leaves are removed by the next run.\n",
+        kill_trials.len(),
+        kill_trials.iter().filter(|t| t.reproduced).count(),
+        kill_trials.len()
+    );
+    let _ = write!(
+        report,
+        "## SIGTERM at random moments, then `--resume`\n\n\
+         What SLURM, Kubernetes and systemd send before SIGKILL. The same 40-step run, with no \
+         periodic checkpoint this time: every checkpoint it resumes from is one a SIGTERM asked \
+         for. Sent a pseudo-random 40–300 ms after the run's first step (a SIGTERM before \
+         `main`, while the binary loads, would meet the default action: death, no checkpoint); \
+         the run must finish its step, write a checkpoint of it and exit with status 143.\n\n\
+         | trial | SIGTERMs | answered with a checkpoint of the last step and status 143 | curve reproduced exactly |\n\
+         |---:|---:|---:|---|\n"
+    );
+    for (i, t) in term_trials.iter().enumerate() {
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} |",
+            i + 1,
+            t.kills,
+            t.checkpointed_stops,
+            yes_no(t.reproduced)
+        );
+    }
+    let terms: usize = term_trials.iter().map(|t| t.kills).sum();
+    let answered: usize = term_trials.iter().map(|t| t.checkpointed_stops).sum();
+    let _ = writeln!(
+        report,
+        "\n**{} trials, {terms} SIGTERMs: {answered} answered with a checkpoint and status 143; {} \
+         of {} reproduced the uninterrupted curve.**",
+        term_trials.len(),
+        term_trials.iter().filter(|t| t.reproduced).count(),
+        term_trials.len()
+    );
+    // Cases outside the happy path.
+    let mut outcomes = lifecycle::precision_resumes(&base);
+    outcomes.extend(lifecycle::changed_keys(&base));
+    outcomes.extend(lifecycle::two_trainers(&base));
+    outcomes.extend(lifecycle::stale_temporaries(&base));
+    #[cfg(feature = "mpi")]
+    outcomes.extend(lifecycle::mpirun_sigterm(&base, &mut seed));
+    let _ = writeln!(
+        report,
+        "\n## Resumes, shared folders, stale files{}\n\n\
+         | # | case | expected | what happened | as expected |\n|---:|---|---|---|---|",
+        if cfg!(feature = "mpi") {
+            ", SIGTERM under mpirun"
+        } else {
+            ""
+        }
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        let happened = for_table(&base, &o.happened);
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            o.case,
+            o.expected,
+            happened,
+            yes_no(o.ok)
+        );
+        if !o.ok {
+            eprintln!("FAILED: {}: {}", o.case, o.happened);
+        }
+    }
+    let as_expected = outcomes.iter().filter(|o| o.ok).count();
+    let _ = writeln!(
+        report,
+        "\n## Non-finite values and Ctrl-C\n\n\
          Tested in `crates/trainer/tests/non_finite.rs` and `training.rs`: a NaN injected in the \
-         loss or the gradients (`BRAINFLOAT_INJECT_NON_FINITE=loss@2,grad@4`) is never applied; \
+         loss or the gradients (`BRAINFLOAT_INJECT_NON_FINITE=loss@2,grad@4`, a testing switch \
+         read by the trainer) is never applied; \
          with `train.on_non_finite = \"stop\"` (default) the run ends with \
          `error: training loss is NaN at step 2; stopped (last good checkpoint: …)` or \
          `error: gradient norm is NaN at step 4 (the loss was finite); stopped without applying \
          it (…)`; with `\"skip\"` the step is dropped, counted (`\"skipped\": true` in the \
          metrics, a warning at the end) and training goes on. Ctrl-C (SIGINT) finishes the \
          current step, writes a checkpoint and exits with status 130; a second Ctrl-C exits at \
-         once.\n"
+         once."
     );
     let signals = signal_and_non_finite_checks(&base);
     let _ = writeln!(
@@ -934,16 +1126,22 @@ fn main() -> ExitCode {
         "\n| check (through the binary) | result | what it printed |\n|---|---|---|"
     );
     for (name, passed, line) in &signals {
-        let line = line
-            .replace(base.dir.to_str().unwrap(), "…")
-            .replace('|', "\\|");
-        let _ = writeln!(
-            report,
-            "| {name} | {} | `{line}` |",
-            if *passed { "yes" } else { "**NO**" }
-        );
+        let line = for_table(&base, line);
+        let _ = writeln!(report, "| {name} | {} | `{line}` |", yes_no(*passed));
     }
     let signals_ok = signals.iter().all(|s| s.1);
+    let tried = cases.len() + outcomes.len() + signals.len() + trials_run;
+    let passed = clear + as_expected + signals.iter().filter(|s| s.1).count() + reproduced;
+    let _ = writeln!(
+        report,
+        "\n## Summary\n\n**{tried} cases tried ({} bad inputs, {} resume and folder cases, {} \
+         signal and non-finite checks, {trials_run} kill and SIGTERM trials): {passed} as \
+         expected; panics: {panics}; files modified by a refused input: {modified}; curves \
+         reproduced: {reproduced} of {trials_run}.**",
+        cases.len(),
+        outcomes.len(),
+        signals.len()
+    );
     if let Ok(path) = std::env::var("BRAINFLOAT_RELIABILITY_REPORT") {
         std::fs::write(&path, &report).unwrap();
         println!("wrote {path}");
@@ -952,8 +1150,10 @@ fn main() -> ExitCode {
     let ok = clear == cases.len()
         && panics == 0
         && modified == 0
-        && reproduced == trials_wanted
+        && reproduced == trials_run
         && partial == 0
+        && answered == terms
+        && as_expected == outcomes.len()
         && signals_ok;
     if ok {
         ExitCode::SUCCESS

@@ -80,40 +80,55 @@ fn cargo_command() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// `scripts/setup`, then every test with the `mpi` feature (the distributed tests run under
-/// `mpirun -np 2`), once per backend of [`TEST_BACKENDS`] or of `--backend X`; other arguments
-/// go to `cargo test`.
-fn test(args: &[String]) -> Result<bool, String> {
+/// The features of the test build: `mpi` and every backend of [`TEST_BACKENDS`] and `backend`
+/// (one build serves `test` on each default backend and `reliability`), and the environment
+/// they need.
+fn suite_build(backend: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let mut features = vec!["brainfloat-cli/mpi".to_string()];
+    let mut environment = Vec::new();
+    for backend in TEST_BACKENDS.into_iter().chain([backend]) {
+        if let Some(feature) = backend_feature(backend)? {
+            let feature_name = format!("brainfloat-cli/{feature}");
+            if !features.contains(&feature_name) {
+                features.push(feature_name);
+                environment.extend(backend_environment(feature)?);
+            }
+        }
+    }
+    Ok((features.join(","), environment))
+}
+
+/// `cargo test --workspace --release` with the suite's features on `backend`, after
+/// `scripts/setup` (OpenMPI and libclang for the distributed tests under `mpirun -np 2`).
+fn suite_command(backend: &str) -> Result<Command, String> {
     if !status(&mut Command::new(SETUP)) {
         return Err(format!(
             "{SETUP} failed (it installs OpenMPI and libclang; see above)"
         ));
     }
+    let (features, environment) = suite_build(backend)?;
+    let mut tests = cargo_command();
+    tests
+        .args(["test", "--workspace", "--release", "--features", &features])
+        .envs(environment)
+        .env("BRAINFLOAT_BACKEND", backend);
+    mpi_environment(&mut tests);
+    Ok(tests)
+}
+
+/// Every test, once per backend of [`TEST_BACKENDS`] or of `--backend X`; other arguments go
+/// to `cargo test`.
+fn test(args: &[String]) -> Result<bool, String> {
     let backends: Vec<String> = match value_of(args, "--backend") {
         Some(backend) => vec![backend],
         None => TEST_BACKENDS.iter().map(|b| b.to_string()).collect(),
     };
-    let mut features = vec!["brainfloat-cli/mpi".to_string()];
-    let mut environment = Vec::new();
-    for backend in &backends {
-        if let Some(feature) = backend_feature(backend)? {
-            features.push(format!("brainfloat-cli/{feature}"));
-            environment.extend(backend_environment(feature)?);
-        }
-    }
-    features.dedup();
     let extra = without_flag(args, "--backend");
     let mut results = Vec::new();
     for backend in &backends {
         eprintln!("xtask: the test suite on backend `{backend}`");
-        let mut tests = cargo_command();
-        tests
-            .args(["test", "--workspace", "--release", "--features"])
-            .arg(features.join(","))
-            .args(&extra)
-            .envs(environment.iter().cloned())
-            .env("BRAINFLOAT_BACKEND", backend);
-        mpi_environment(&mut tests);
+        let mut tests = suite_command(backend)?;
+        tests.args(&extra);
         results.push((backend, status(&mut tests)));
     }
     for (backend, passed) in &results {
@@ -123,22 +138,16 @@ fn test(args: &[String]) -> Result<bool, String> {
     Ok(results.iter().all(|(_, passed)| *passed))
 }
 
-/// The fault suite (`tests/faults/main.rs`), writing its report to `docs/reliability.md`.
+/// The fault suite (`tests/faults/main.rs`, with the test build: its mpirun cases included) on
+/// flex, writing its report to `docs/reliability.md`.
 fn reliability() -> Result<bool, String> {
     let report = std::env::current_dir()
         .map_err(|err| format!("cannot tell the current folder: {err}"))?
         .join("docs")
         .join("reliability.md");
-    let mut faults = cargo_command();
+    let mut faults = suite_command("flex")?;
     faults
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "brainfloat-cli",
-            "--test",
-            "faults",
-        ])
+        .args(["-p", "brainfloat-cli", "--test", "faults"])
         .env("BRAINFLOAT_RELIABILITY_REPORT", report)
         .env_remove("RUST_BACKTRACE");
     Ok(status(&mut faults))
@@ -152,6 +161,16 @@ fn mpi_environment(command: &mut Command) {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
 }
+
+/// Seconds between the stages of OpenMPI 4.1's stop when `mpirun` gets SIGTERM or SIGINT
+/// (measured, docs/distributed.md): it waits this long, passes SIGTERM on to the ranks, waits as
+/// long again, then sends SIGKILL (its default is 1 s). It must cover a step and a checkpoint,
+/// and twice it should fit the scheduler's grace (SLURM's `KillWait`, Kubernetes'
+/// `terminationGracePeriodSeconds`: 30 s by default).
+pub const STOP_GRACE_S: u32 = 15;
+
+/// The MCA parameter of that grace, as an environment variable; a value already set wins.
+const STOP_GRACE_VAR: &str = "OMPI_MCA_odls_base_sigkill_timeout";
 
 /// `train --ranks N [--hostfile F]`: builds the binary with the `mpi` feature and runs it under
 /// `mpirun -np N`, with `train.ranks=N`.
@@ -171,6 +190,9 @@ fn distributed_train(backend: &str, args: &[String]) -> Result<bool, String> {
         mpirun.args(["--hostfile", &hostfile]);
     }
     mpi_environment(&mut mpirun);
+    if std::env::var_os(STOP_GRACE_VAR).is_none() {
+        mpirun.env(STOP_GRACE_VAR, STOP_GRACE_S.to_string());
+    }
     // The backend's environment (libtorch's folder for tch), as the build got it.
     mpirun.envs(
         build

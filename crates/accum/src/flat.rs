@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn gradients_are_averaged_in_fp32_buckets_and_keep_their_dtypes() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         for policy in ["fp32", "bf16,linear=bf16"] {
             let policy: PrecisionPolicy = policy.parse().unwrap();
             // 3×4 weight (12) and bias (3): two buckets when a bucket holds 12 elements.
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_single_rank_passes_gradients_through_untouched() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         let layer = CastedLinearConfig::new(2, 2).init(&device);
         let x = Tensor::<2>::ones([1, 2], &device);
         let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);

@@ -1,9 +1,14 @@
 //! `GradSync` over MPI (OpenMPI through the `mpi` crate), with a watchdog so that a rank never
-//! waits forever for a dead peer.
+//! waits forever for a dead or hung peer.
+//!
+//! The watchdog times each collective on the monotonic clock (a wall-clock jump cannot fire it
+//! or hide a hang). It does not time [`GradSync::wait_for_leader`]: there the other ranks wait
+//! for rank 0's own work, which may take minutes (fetching the corpus, writing a 2 GB
+//! checkpoint); if rank 0 dies meanwhile, mpirun ends the job.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -20,14 +25,16 @@ pub struct MpiSync {
     world: SimpleCommunicator,
     // Finalizes MPI when dropped, after `world` (fields drop in declaration order).
     _universe: Universe,
-    /// Milliseconds since the epoch at which the collective in flight started; 0 when idle.
+    /// The watchdog's clock: milliseconds are counted from here.
+    clock: Instant,
+    /// Milliseconds on `clock` (at least 1) at which the watched collective in flight started;
+    /// 0 when none is.
     in_flight_since: Arc<AtomicU64>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds since `clock`, at least 1 (0 means "idle").
+fn millis_since(clock: Instant) -> u64 {
+    (clock.elapsed().as_millis() as u64).max(1)
 }
 
 impl MpiSync {
@@ -37,6 +44,7 @@ impl MpiSync {
     pub fn init(timeout: Duration) -> Option<Self> {
         let universe = mpi::initialize()?;
         let world = universe.world();
+        let clock = Instant::now();
         let in_flight_since = Arc::new(AtomicU64::new(0));
         let watched = Arc::clone(&in_flight_since);
         let (rank, size) = (world.rank(), world.size());
@@ -44,7 +52,8 @@ impl MpiSync {
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 let since = watched.load(Ordering::Relaxed);
-                if since != 0 && now_ms().saturating_sub(since) > timeout.as_millis() as u64 {
+                let waited = millis_since(clock).saturating_sub(since);
+                if since != 0 && waited > timeout.as_millis() as u64 {
                     eprintln!(
                         "error: rank {rank} of {size}: no answer from the other ranks for {} s in \
                          a collective; a rank has died or hangs. Stopping this rank.",
@@ -57,6 +66,7 @@ impl MpiSync {
         Some(Self {
             world,
             _universe: universe,
+            clock,
             in_flight_since,
         })
     }
@@ -64,7 +74,7 @@ impl MpiSync {
     /// Runs `collective` under the watchdog.
     fn watched<T>(&self, collective: impl FnOnce(&SimpleCommunicator) -> T) -> T {
         self.in_flight_since
-            .store(now_ms().max(1), Ordering::Relaxed);
+            .store(millis_since(self.clock), Ordering::Relaxed);
         let result = collective(&self.world);
         self.in_flight_since.store(0, Ordering::Relaxed);
         result
@@ -99,6 +109,12 @@ impl GradSync for MpiSync {
         let mut total = 0.0f64;
         self.watched(|world| world.all_reduce_into(&value, &mut total, SystemOperation::sum()));
         Ok(total / self.world_size() as f64)
+    }
+
+    fn wait_for_leader(&mut self) -> Result<(), SyncError> {
+        // Not `watched`: rank 0 works alone until it gets here.
+        self.world.barrier();
+        Ok(())
     }
 
     fn abort(&mut self, code: i32) {

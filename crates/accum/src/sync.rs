@@ -28,6 +28,12 @@ pub trait GradSync {
     /// The mean of `value` over all ranks, in fp64.
     fn mean(&mut self, value: f64) -> Result<f64, SyncError>;
 
+    /// Waits until every rank gets here, however long rank 0's own work before it takes (the
+    /// corpus fetch, a checkpoint write): a watchdog on collectives does not count this wait.
+    fn wait_for_leader(&mut self) -> Result<(), SyncError> {
+        self.mean(0.0).map(drop)
+    }
+
     /// Ends every rank's process after a local error, so that none waits forever in a
     /// collective for this one. Returns on a single rank, where there is nobody to stop.
     fn abort(&mut self, code: i32);

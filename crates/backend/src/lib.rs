@@ -255,19 +255,6 @@ fn parse_gpu_memory(csv: &str, pid: u32) -> Option<u64> {
     (!mib.is_empty()).then(|| mib.iter().sum::<u64>() << 20)
 }
 
-/// The device of the test suite's backend ([`BACKEND_VAR`], default flex). Panics with a
-/// clear message when the variable names a backend this test binary was not built with.
-pub fn test_device() -> Device {
-    test_backend()
-        .device()
-        .unwrap_or_else(|err| panic!("{BACKEND_VAR}: {err}"))
-}
-
-/// The test suite's backend ([`BACKEND_VAR`], default flex).
-pub fn test_backend() -> Backend {
-    Backend::from_env().unwrap_or_else(|err| panic!("{BACKEND_VAR}: {err}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_timed_product_reports_finite_speed_in_both_dtypes() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let shape = MatmulShape {
             name: "square".into(),
             m: 64,

@@ -4,12 +4,13 @@
 #[path = "../../trainer/tests/common/mod.rs"]
 mod common;
 
-use brainfloat_backend::{MemoryMeasure, test_backend, test_device};
+use brainfloat_backend::MemoryMeasure;
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{
     BenchOptions, BenchReport, MIXED, Part, Peak, PytorchReference, comparison_markdown,
     part_bytes, run_bench,
 };
+use brainfloat_test_support::{test_backend, test_device};
 use brainfloat_trainer::memory::{self, CountingAllocator};
 
 // This test binary counts its heap, as the `brainfloat` binary does.

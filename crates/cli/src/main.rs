@@ -1,9 +1,8 @@
 //! `brainfloat`: train, evaluate and prepare data for the record's GPT in bf16 mixed precision.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use brainfloat_accum::{GradSync, LocalSync};
 use brainfloat_backend::{BACKEND_VAR, Backend};
@@ -20,10 +19,14 @@ use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
 use brainfloat_trainer::{
-    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, validation_loss,
+    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, model_notes, validation_loss,
 };
 use burn::tensor::{DType, Device, FloatDType};
 use clap::{Args, Parser, Subcommand};
+
+mod stop;
+
+use stop::StopRequest;
 
 /// Counts heap bytes so that metrics and the benchmark report measured peak memory.
 #[global_allocator]
@@ -253,6 +256,7 @@ fn init_logs(format: LogFormat, leader: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -323,6 +327,8 @@ fn grad_sync(timeout_s: u64) -> Result<Box<dyn GradSync>, String> {
 }
 
 fn train(args: TrainArgs) -> Result<(), String> {
+    // First, so that a signal during start-up still ends with a checkpoint after one step.
+    let stop = StopRequest::install()?;
     let config = load_config(&args.run)?;
     let mut sync = grad_sync(args.sync_timeout)?;
     let (rank, leader) = (sync.rank(), sync.is_leader());
@@ -330,8 +336,8 @@ fn train(args: TrainArgs) -> Result<(), String> {
     if leader {
         ensure_default_corpus(&config)?;
     }
-    // Everyone waits for the leader's corpus (a mean is a barrier).
-    sync.mean(0.0).map_err(|err| err.to_string())?;
+    // Everyone waits for the leader's corpus (unwatched: a fetch may take minutes).
+    sync.wait_for_leader().map_err(|err| err.to_string())?;
     let device = device(args.run.backend)?;
     let start = match (args.init, args.resume) {
         (Some(path), _) => Start::Init(path),
@@ -348,21 +354,11 @@ fn train(args: TrainArgs) -> Result<(), String> {
         (steps / 20).max(1)
     };
     let world = sync.world_size();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&interrupted);
-    // First Ctrl-C: finish the step, checkpoint, stop. Second: stop now.
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("interrupted: stopping after this step with a checkpoint (Ctrl-C again: now)");
-    })
-    .map_err(|err| format!("cannot handle Ctrl-C: {err}"))?;
     // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
     // the same averaged values, so every rank decides the same.
     let mut trainer = Trainer::distributed(config, &device, start, sync)
         .map_err(|err| format!("rank {rank} of {world}: {err}"))?
-        .with_plugin(StopOnFlag::new(interrupted));
+        .with_plugin(StopOnFlag::new(stop.flag()));
     if leader {
         trainer = trainer
             .with_plugin(LogPlugin::new(log_every))
@@ -374,11 +370,20 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
     match trainer.run() {
         Ok(summary) if summary.stopped_early => {
+            // A rank the signal did not reach stopped because another rank was asked to.
+            let (signal, code) = stop.received().unwrap_or(("another rank's request", 143));
+            let who = if world > 1 {
+                format!("rank {rank} of {world}: ")
+            } else {
+                String::new()
+            };
             eprintln!(
-                "stopped at step {} on Ctrl-C; resume with --resume",
+                "{who}stopped at step {} on {signal}; resume with --resume",
                 summary.steps
             );
-            std::process::exit(130);
+            // Dropped first: the output folder's lock is released and MPI finalized.
+            drop(trainer);
+            std::process::exit(code);
         }
         Ok(summary) => {
             if summary.skipped_steps > 0 {
@@ -409,9 +414,14 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     let is_record = args.checkpoint.extension().is_some_and(|e| e == "json");
     let model = if is_record {
         let optimizer = brainfloat_trainer::RecordOptimizer::new(Default::default());
-        brainfloat_trainer::load_checkpoint(&args.checkpoint, model, optimizer, &device)
-            .map_err(|e| e.to_string())?
-            .model
+        let restored =
+            brainfloat_trainer::load_checkpoint(&args.checkpoint, model, optimizer, &device)
+                .map_err(|e| e.to_string())?;
+        // As a resume would: a checkpoint of another precision is converted, and said so.
+        for note in model_notes(&restored.record.config, &config) {
+            tracing::warn!("evaluating {}: {note}", args.checkpoint.display());
+        }
+        restored.model
     } else {
         model
             .load_safetensors(&args.checkpoint)

@@ -248,11 +248,12 @@ fn rank_pid(mpirun: &Child, rank: usize) -> Option<u32> {
         })
 }
 
-#[test]
-fn killing_a_rank_ends_the_run_with_a_clear_error() {
-    let s = setup();
-    let args = s.args(
-        "killed",
+/// Starts a long 2-rank run into `out` with `extra` arguments, sends `signal` (`-9`, `-STOP`)
+/// to rank 1 once it trains, and waits (at most a minute) for the run to end: its output and
+/// the seconds from the signal to the end.
+fn signal_rank_1(s: &Setup, out: &str, extra: &[&str], signal: &str) -> (Output, f64) {
+    let mut args = s.args(
+        out,
         "fp32",
         2,
         &[
@@ -261,14 +262,15 @@ fn killing_a_rank_ends_the_run_with_a_clear_error() {
             "eval.every=0",
         ],
     );
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = mpirun(2)
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until training runs (rank 0 writes metrics), then kill rank 1.
-    let metrics = s.out("killed").join("metrics.jsonl");
+    // Wait until training runs (rank 0 writes metrics).
+    let metrics = s.out(out).join("metrics.jsonl");
     let started = Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
         assert!(
@@ -278,31 +280,35 @@ fn killing_a_rank_ends_the_run_with_a_clear_error() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let victim = rank_pid(&child, 1).expect("rank 1 is a child of mpirun");
-    let killed_at = Instant::now();
+    let signalled = Instant::now();
     assert!(
         Command::new("kill")
-            .args(["-9", &victim.to_string()])
+            .args([signal, &victim.to_string()])
             .status()
             .unwrap()
             .success()
     );
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    while child.try_wait().unwrap().is_none() {
         assert!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "the run hangs after a rank died"
+            signalled.elapsed() < Duration::from_secs(60),
+            "the run hangs after `kill {signal}` of rank 1"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = child.wait_with_output().unwrap();
+    }
+    let waited = signalled.elapsed().as_secs_f64();
+    (child.wait_with_output().unwrap(), waited)
+}
+
+#[test]
+fn killing_a_rank_ends_the_run_with_a_clear_error() {
+    let s = setup();
+    let (output, waited) = signal_rank_1(&s, "killed", &[], "-9");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(!status.success(), "{text}");
+    assert!(!output.status.success(), "{text}");
     assert!(
         text.contains("signal 9")
             || text.contains("Killed")
@@ -310,12 +316,29 @@ fn killing_a_rank_ends_the_run_with_a_clear_error() {
         "no clear error:\n{text}"
     );
     println!(
-        "killed rank 1; the run ended after {:.1} s with:\n{}",
-        killed_at.elapsed().as_secs_f64(),
+        "killed rank 1; the run ended after {waited:.1} s with:\n{}",
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .take(12)
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[test]
+fn the_watchdog_ends_a_run_whose_peer_hangs() {
+    let s = setup();
+    // A hang, not a death: mpirun sees nothing wrong, only rank 0's watchdog can end the run.
+    let (output, waited) = signal_rank_1(&s, "hung", &["--sync-timeout", "3"], "-STOP");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("error: rank 0 of 2: no answer from the other ranks for 3 s"),
+        "not ended by the watchdog:\n{text}"
+    );
+    assert!(
+        waited >= 3.0,
+        "ended after {waited:.1} s, before the timeout"
+    );
+    println!("rank 1 stopped (SIGSTOP); the watchdog ended the run after {waited:.1} s");
 }

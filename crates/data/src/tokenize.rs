@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::atomic::remove_stale_temporaries;
 use crate::error::DataError;
 use crate::shard::write_shard;
 
@@ -82,6 +83,9 @@ pub fn tokenize_to_shards(
     }
     std::fs::create_dir_all(out_dir)
         .map_err(|err| DataError::new(out_dir, format!("cannot create: {err}")))?;
+    // Shards of an earlier, killed run of this (their writer is gone) go first.
+    remove_stale_temporaries(out_dir)
+        .map_err(|err| DataError::new(out_dir, format!("cannot clear stale temporaries: {err}")))?;
     write_shard(&out_dir.join(format!("{name}_train_000.bin")), &train)?;
     write_shard(&out_dir.join(format!("{name}_val_000.bin")), &val)?;
     Ok(CorpusStats {

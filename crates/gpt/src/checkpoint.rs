@@ -10,8 +10,8 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::GptError;
-use crate::io::write_atomic;
 use crate::model::Gpt;
+use brainfloat_data::write_atomic;
 
 /// Shape of a parameter in the PyTorch state dict: the value-residual `lamb` is a 0-d tensor
 /// there, `[1]` here; everything else is the same (Linear weights are `[out, in]` in both).

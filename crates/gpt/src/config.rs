@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_built_model() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         for config in [GptConfig::tiny(), GptConfig::new(96, 3, 3, 48, 16)] {
             let model = config.init(&device).unwrap();
             assert_eq!(model.num_params(), config.num_params());

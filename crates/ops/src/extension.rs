@@ -1,5 +1,9 @@
 //! The backend extension: what each backend runs for brainfloat's ops.
 
+// burn-tch is deprecated upstream; naming its backend here (the extension must route it) is
+// the only use outside `brainfloat-backend`.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata, backend_extension};
 

@@ -2,8 +2,8 @@
 //! gradients, dtypes asserted. Run on the test backend (`BRAINFLOAT_BACKEND`); on flex they
 //! exercise the kernels, elsewhere the default bodies.
 
-use brainfloat_backend::test_device;
 use brainfloat_ops::{KernelPath, PATH_VAR, causal_attention, matmul, rms_norm};
+use brainfloat_test_support::test_device;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Distribution, FloatDType, Tensor, TensorData};
 

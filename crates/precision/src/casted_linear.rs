@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn computes_x_times_w_transposed_plus_b_in_the_input_dtype() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         let layer = layer(&device);
         // x = [1, -1]: y = [1−2+0.5, 3−4−0.5, 5−6+1] = [−0.5, −1.5, 0].
         for dtype in [DType::F32, DType::BF16] {
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn master_weight_gradient_stays_fp32_under_bf16_compute() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         let layer = layer(&device);
         let x = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, -1.0, 2.0, 0.5], [2, 2]),
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn autocast_runs_the_matmul_in_bf16_and_returns_fp32() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let layer = layer(&device);
         // 1 + 2⁻⁸ is not a bf16 value (8 significand bits): bf16 operands round it to 1.
         let just_above_one = 1.0 + 2f32.powi(-8);
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn initialises_like_pytorch() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let layer = CastedLinearConfig::new(16, 8).init(&device);
         assert_eq!(layer.dims(), [8, 16]);
         let w = layer.weight.val().into_data().try_to_vec::<f32>().unwrap();

@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn loss(logits: &[f32], dtype: DType, targets: &[i64], cap: Option<f64>) -> (f64, DType) {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let vocab = logits.len() / targets.len();
         let logits = Tensor::<3>::from_data(
             TensorData::new(logits.to_vec(), [1, targets.len(), vocab]),
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_gradient_reaching_the_logits_matches_float64_in_their_dtype() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         let logits = [
             0.5f32, -1.25, 3.0, 0.0, 2.0, 2.0, -4.0, 1.5, 40.0, -0.5, 1.0, 7.0,
         ];
@@ -398,7 +398,7 @@ mod tests {
     fn the_fused_head_matches_the_head_then_the_loss() {
         use crate::{CastedLinearConfig, PrecisionPolicy, cast_params};
         use burn::tensor::Distribution;
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         let (batch, seq, d_model, vocab) = (2, 3, 8, 11);
         for (preset, tolerance) in [("fp32", 1e-5), ("autocast", 2e-2), ("bf16", 2e-2)] {
             let policy: PrecisionPolicy = preset.parse().unwrap();
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn softcap_bounds_logits_by_the_cap() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let x = Tensor::<1>::from_floats([0.0, 30.0, -300.0, 1.0e6], &device);
         let y = softcap(x, 30.0).into_data().try_to_vec::<f32>().unwrap();
         let want = [0.0, 30.0 * 1f64.tanh(), -30.0 * 10f64.tanh(), 30.0];

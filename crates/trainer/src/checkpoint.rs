@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use brainfloat_data::LoaderPosition;
-use brainfloat_gpt::{Gpt, serialize_tensors, tensor_data, write_atomic};
-use burn::tensor::{Device, Tensor};
+use brainfloat_data::{LoaderPosition, write_atomic};
+use brainfloat_gpt::{Gpt, serialize_tensors, tensor_data};
+use brainfloat_precision::named_params;
+use burn::tensor::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -156,7 +157,9 @@ fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
 }
 
 /// Reads the checkpoint whose record is `path` into `model` (already built with the run's
-/// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256.
+/// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256. Weights and
+/// optimizer state take the run's dtypes: each state tensor its parameter's, so a checkpoint
+/// of another precision policy is converted (see [`crate::resume`]).
 pub fn load_checkpoint(
     path: &Path,
     model: Gpt,
@@ -187,13 +190,19 @@ pub fn load_checkpoint(
     let file = SafeTensors::deserialize(&optim_bytes)
         .map_err(|err| checkpoint_error(&optim_path, format!("not safetensors: {err}")))?;
     let names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    let param_dtypes: BTreeMap<String, DType> = named_params(&model)
+        .into_iter()
+        .map(|p| (p.name, p.tensor.dtype()))
+        .collect();
     optimizer
         .load_state(
             &names,
             |name| {
                 let view = file.tensor(name).map_err(|_| format!("missing {name}"))?;
                 let data = tensor_data(&view, name, view.shape().to_vec())?;
-                let dtype = data.dtype();
+                // `param.exp_avg` → `param`: the state takes its parameter's dtype.
+                let param = name.rsplit_once('.').map_or(name, |(param, _)| param);
+                let dtype = param_dtypes.get(param).copied().unwrap_or(data.dtype());
                 Ok(Tensor::<1>::from_data(data, (device, dtype)))
             },
             &record.adam_steps,

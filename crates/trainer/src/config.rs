@@ -141,14 +141,10 @@ pub struct EvalSection {
     pub every: usize,
     /// Validation tokens per evaluation.
     pub tokens: usize,
-    /// Run the lost-update probe every this many steps (and at the first); 0 = never. It reads
-    /// every weight and update back to the host: cheap on a CPU, a pause on a GPU.
-    #[serde(default = "default_lost_update_every")]
+    /// Run the lost-update probe every this many steps (and at the first); 0 (the default) =
+    /// never. It reads every weight and update back to the host (docs/benchmark.md: its cost).
+    #[serde(default)]
     pub lost_update_every: usize,
-}
-
-fn default_lost_update_every() -> usize {
-    1
 }
 
 /// The output section.
@@ -221,7 +217,46 @@ pub enum ConfigSource {
     },
 }
 
+/// A key whose value differs between two configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// `section.key`.
+    pub key: String,
+    /// The value before (as TOML would write it).
+    pub old: String,
+    /// The value now.
+    pub new: String,
+}
+
+/// `section.key → value` of every leaf of a config, as JSON values.
+fn leaves(config: &TrainConfig) -> Vec<(String, serde_json::Value)> {
+    let value = serde_json::to_value(config).expect("a config serializes");
+    let mut out = Vec::new();
+    for (section, keys) in value.as_object().into_iter().flatten() {
+        for (key, leaf) in keys.as_object().into_iter().flatten() {
+            out.push((format!("{section}.{key}"), leaf.clone()));
+        }
+    }
+    out
+}
+
 impl TrainConfig {
+    /// Every key whose value differs from `old`'s, sorted by key.
+    pub fn changes_from(&self, old: &TrainConfig) -> Vec<ConfigChange> {
+        let before: std::collections::BTreeMap<_, _> = leaves(old).into_iter().collect();
+        leaves(self)
+            .into_iter()
+            .filter_map(|(key, new)| {
+                let old = before.get(&key).cloned().unwrap_or(serde_json::Value::Null);
+                (old != new).then(|| ConfigChange {
+                    key,
+                    old: old.to_string(),
+                    new: new.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Loads `source`, then the environment (`BRAINFLOAT__SECTION__KEY`), then `overrides`
     /// (`section.key=value`, last wins), and validates the result.
     pub fn load(source: &ConfigSource, overrides: &[String]) -> Result<Self, ConfigError> {

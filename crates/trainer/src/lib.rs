@@ -22,8 +22,10 @@ mod error;
 pub mod memory;
 mod muon;
 mod optim;
+mod output;
 mod plugin;
 pub mod plugins;
+mod resume;
 mod schedule;
 mod trainer;
 
@@ -32,12 +34,14 @@ pub use checkpoint::{
     record_name, save_checkpoint,
 };
 pub use config::{
-    ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat, ModelSection,
-    NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
+    ConfigChange, ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat,
+    ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
 };
 pub use error::TrainError;
 pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
+pub use output::{LOCK_FILE, OutputFolder};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+pub use resume::{ResumeNote, model_notes, resume_notes};
 pub use schedule::TrapezoidalSchedule;
 pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

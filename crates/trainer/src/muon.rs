@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_in_both_orientations() {
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         for (rows, cols) in [(4, 6), (6, 4), (5, 5)] {
             let g: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3 + (i as f32).sin())

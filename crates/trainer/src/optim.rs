@@ -461,7 +461,7 @@ mod tests {
     /// 0.001 is lost to bf16 storage everywhere and a rate of 0.01 nowhere.
     #[test]
     fn the_probe_counts_updates_below_half_an_ulp_per_group() {
-        let device = brainfloat_backend::test_device().autodiff();
+        let device = brainfloat_test_support::test_device().autodiff();
         for (head_lr, lost) in [(0.001, true), (0.01, false)] {
             let mut layer = CastedLinearConfig::new(4, 3).init(&device);
             layer.weight = Param::from_tensor(Tensor::<2>::ones([3, 4], &device));

@@ -1,11 +1,11 @@
 //! The training loop of the record: micro-batches with gradient accumulation, the optimizers per
 //! group, the schedule, evaluation, checkpoints, and the plugins.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
-use brainfloat_data::{DistributedLoader, LoaderPosition, Shard, shard_paths};
+use brainfloat_data::{DistributedLoader, LoaderPosition, shard_paths};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::module::Module;
@@ -16,7 +16,9 @@ use crate::checkpoint::{latest_checkpoint, load_checkpoint, record_name, save_ch
 use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
+use crate::output::OutputFolder;
 use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+use crate::resume::resume_notes;
 use crate::schedule::TrapezoidalSchedule;
 
 /// How a run starts.
@@ -46,6 +48,8 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     skipped_steps: usize,
     injected: Vec<(NonFinite, usize)>,
+    /// Rank 0's claim on the output folder, held for the run.
+    _output: Option<OutputFolder>,
 }
 
 /// Where a fault injection puts a non-finite value.
@@ -55,8 +59,9 @@ enum NonFinite {
     Gradient,
 }
 
-/// Environment variable that injects non-finite values, for testing the policy:
-/// `loss@3,grad@5` makes step 3's loss NaN and step 5's gradients NaN (1-based steps).
+/// A testing switch, not a setting: this environment variable injects non-finite values so that
+/// the fault suite can exercise `train.on_non_finite` through the binary. `loss@3,grad@5` makes
+/// step 3's loss NaN and step 5's gradients NaN (1-based steps); unset, it costs nothing.
 pub const INJECT_NON_FINITE: &str = "BRAINFLOAT_INJECT_NON_FINITE";
 
 fn injections() -> Result<Vec<(NonFinite, usize)>, TrainError> {
@@ -116,33 +121,36 @@ impl Trainer {
             }));
         }
         let gpt = config.gpt()?;
-        // Room for one checkpoint (weights, and Adam's or Muon's state: about 3 × fp32 params),
-        // up to 64 MiB: a full disk fails now, not at the first checkpoint.
-        let checkpoint_bytes = (gpt.num_params() * 12).min(64 << 20);
-        check_output_dir(&config.output.dir, checkpoint_bytes)?;
+        // Only rank 0 writes into the folder: it claims it (lock, stale temporaries, room for a
+        // checkpoint: weights and Adam's or Muon's state, at most 3 × fp32 per parameter).
+        let params = gpt.num_params() as u64;
+        let output = if sync.is_leader() {
+            Some(OutputFolder::claim(
+                &config.output.dir,
+                params * 12,
+                params * 8,
+            )?)
+        } else {
+            None
+        };
         let device = device.clone().autodiff();
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
-        // shards are scanned.
+        // shards are opened.
         device.seed(config.train.seed);
         let model = init_model(&config, &device)?;
 
+        // Headers now; token ids when a loader first opens a shard (not the whole dataset here).
         let train_paths = shard_paths(&config.data.train)?;
         let val_paths = shard_paths(&config.data.val)?;
-        for path in train_paths.iter().chain(&val_paths) {
-            Shard::open(path)?.check_vocab(gpt.vocab_size)?;
-        }
         let micro = config.micro_batch_size();
         let seq_len = config.train.seq_len;
-        let train =
-            DistributedLoader::new(train_paths, micro, seq_len, sync.rank(), config.train.ranks)?;
+        let loader = |paths: Vec<PathBuf>| {
+            DistributedLoader::new(paths, micro, seq_len, sync.rank(), config.train.ranks)?
+                .with_vocab(gpt.vocab_size)
+        };
+        let train = loader(train_paths)?;
         // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
-        DistributedLoader::new(
-            val_paths.clone(),
-            micro,
-            seq_len,
-            sync.rank(),
-            config.train.ranks,
-        )?;
+        loader(val_paths.clone())?;
 
         let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
         let schedule = TrapezoidalSchedule::new(
@@ -165,6 +173,7 @@ impl Trainer {
             last_checkpoint: None,
             skipped_steps: 0,
             injected: injections()?,
+            _output: output,
         };
         match start {
             Start::Fresh => {}
@@ -204,8 +213,22 @@ impl Trainer {
                     path: path.clone(),
                     problem: "the record has no data position".into(),
                 })?;
-        // The record holds rank 0's position.
-        self.train.seek_from_rank0(position)?;
+        for note in resume_notes(
+            &restored.record.config,
+            &self.config,
+            restored.record.step,
+            Some(position),
+        ) {
+            tracing::warn!("resuming {}: {note}", path.display());
+        }
+        // Every rank's own position when the rank count is the one recorded (a rank that
+        // wrapped round a shard's end before rank 0 is not at rank 0's position + r·B·T);
+        // otherwise the new ranks start from rank 0's, r·B·T apart, as from the start.
+        let loader = &restored.record.loader;
+        match loader.get(self.sync.rank()) {
+            Some(own) if loader.len() == self.sync.world_size() => self.train.seek(*own)?,
+            _ => self.train.seek_from_rank0(position)?,
+        }
         self.model = restored.model;
         self.optimizer = restored.optimizer;
         self.step = restored.record.step;
@@ -274,8 +297,14 @@ impl Trainer {
                 }
             }
             if self.sync.world_size() > 1 {
-                // Every rank stops at the same step, or the others would wait for it.
-                stop = self.sync.mean(f64::from(u8::from(stop)))? > 0.0;
+                // Every rank checkpoints and stops at the same step as the others (a signal
+                // may reach one rank only; checkpoint plugins run on rank 0 alone), or a rank
+                // would wait for the others in a collective they never enter.
+                let any_rank = |sync: &mut Box<dyn GradSync>, flag: bool| {
+                    sync.mean(f64::from(u8::from(flag))).map(|mean| mean > 0.0)
+                };
+                checkpoint = any_rank(&mut self.sync, checkpoint)?;
+                stop = any_rank(&mut self.sync, stop)?;
             }
             let every = self.config.eval.every;
             let last = self.step == self.config.train.steps;
@@ -425,6 +454,28 @@ impl Trainer {
         })
     }
 
+    /// Every rank's data position, by rank (a collective: every rank calls it). Sent as exact
+    /// integers through fp64 means, one rank's value at a time (a checkpoint's worth of calls).
+    fn data_positions(&mut self) -> Result<Vec<LoaderPosition>, TrainError> {
+        let (world, rank) = (self.sync.world_size(), self.sync.rank());
+        let own = self.train.position();
+        if world == 1 {
+            return Ok(vec![own]);
+        }
+        let mut from = |r: usize, value: usize| -> Result<usize, TrainError> {
+            let sent = if r == rank { value as f64 } else { 0.0 };
+            Ok((self.sync.mean(sent)? * world as f64).round() as usize)
+        };
+        (0..world)
+            .map(|r| {
+                Ok(LoaderPosition {
+                    shard: from(r, own.shard)?,
+                    offset: from(r, own.offset)?,
+                })
+            })
+            .collect()
+    }
+
     /// Stops every rank after an error on this one (see [`GradSync::abort`]).
     pub fn abort(&mut self, code: i32) {
         self.sync.abort(code);
@@ -439,6 +490,14 @@ impl Trainer {
     /// Writes a checkpoint of the current step and tells the plugins; on ranks other than 0,
     /// which hold the same model, nothing is written and the record's path is returned.
     pub fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let written = self.write_checkpoint();
+        // The other ranks wait, outside the watchdog's limit, until rank 0 has written it.
+        self.sync.wait_for_leader()?;
+        written
+    }
+
+    fn write_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let positions = self.data_positions()?;
         if !self.sync.is_leader() {
             return Ok(self.config.output.dir.join(record_name(self.step)));
         }
@@ -447,7 +506,7 @@ impl Trainer {
             &self.model,
             &self.optimizer,
             self.step,
-            vec![self.train.position()],
+            positions,
             &self.config,
         )?;
         self.last_checkpoint = Some(path.clone());
@@ -483,29 +542,6 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
     }
 }
 
-/// Creates `dir` and proves it can take `bytes` (written, synced, removed) before any training,
-/// so a bad or full folder fails in the first second rather than at the first checkpoint.
-fn check_output_dir(dir: &Path, bytes: usize) -> Result<(), TrainError> {
-    let error = |problem: String| TrainError::Output {
-        path: dir.to_path_buf(),
-        problem,
-    };
-    std::fs::create_dir_all(dir).map_err(|err| error(format!("cannot create: {err}")))?;
-    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    let written = std::fs::File::create(&probe).and_then(|mut file| {
-        std::io::Write::write_all(&mut file, &vec![0u8; bytes])?;
-        file.sync_all()
-    });
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&probe);
-        return Err(error(format!(
-            "not writable, or without room for a {bytes}-byte checkpoint (is the disk full?): {err}"
-        )));
-    }
-    std::fs::remove_file(&probe).map_err(|err| error(format!("not writable: {err}")))?;
-    Ok(())
-}
-
 /// Mean loss of `model` over `config.eval.tokens` tokens read from the start of `val_paths` in
 /// the config's micro-batches (at least one), and the tokens read. Mean of per-batch means, as
 /// the reference computes it.
@@ -528,7 +564,8 @@ fn validation_loss_of_rank(
     (rank, world): (usize, usize),
 ) -> Result<(f64, usize), TrainError> {
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
-    let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?;
+    let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?
+        .with_vocab(config.gpt()?.vocab_size)?;
     let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
     let mut total = 0.0;
     for _ in 0..batches {

@@ -18,7 +18,9 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
     let tokens = golden_tokens();
     let schedule = TrapezoidalSchedule::new(6, 0, 3);
     let grad_accum_steps = 2;
-    for (preset, tolerance) in [(Preset::Fp32, 1e-4), (Preset::Bf16, 2e-2)] {
+    // Measured: fp32 ≤ 1e-7; bf16 2.7e-5 at step 0 growing to 2.4e-3 at step 5 (Muon and Adam
+    // amplify the rounding of two bf16 implementations step by step).
+    for (preset, tolerance) in CURVE_TOLERANCES {
         let policy = PrecisionPolicy::preset(preset);
         let (mut model, device) = golden_model(&policy);
         let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
@@ -63,6 +65,9 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
     }
 }
 
+/// Relative agreement with PyTorch's curve, a few times what was measured.
+const CURVE_TOLERANCES: [(Preset, f64); 2] = [(Preset::Fp32, 1e-6), (Preset::Bf16, 6e-3)];
+
 fn expected_curve(preset: Preset) -> Vec<f64> {
     golden_expected()["train_curve"][preset.name()]
         .as_array()
@@ -74,7 +79,7 @@ fn expected_curve(preset: Preset) -> Vec<f64> {
 
 #[test]
 fn the_trainer_from_the_golden_weights_follows_pytorch() {
-    for (preset, tolerance) in [(Preset::Fp32, 1e-4), (Preset::Bf16, 2e-2)] {
+    for (preset, tolerance) in CURVE_TOLERANCES {
         let dir = tempfile::tempdir().unwrap();
         // 2 micro-steps of 2 sequences of 32 tokens, windows read sequentially from token 0.
         let config = common::config(
@@ -85,7 +90,7 @@ fn the_trainer_from_the_golden_weights_follows_pytorch() {
         let weights = golden_dir().join("init.safetensors");
         let mut trainer = Trainer::new(
             config,
-            &brainfloat_backend::test_device(),
+            &brainfloat_test_support::test_device(),
             Start::Init(weights),
         )
         .unwrap();

@@ -8,7 +8,7 @@ use brainfloat_trainer::{INJECT_NON_FINITE, Start, Trainer};
 #[test]
 fn injected_nan_is_never_applied_and_follows_the_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let device = brainfloat_backend::test_device();
+    let device = brainfloat_test_support::test_device();
     // SAFETY: the only test of this binary; nothing else reads the environment concurrently.
     unsafe { std::env::set_var(INJECT_NON_FINITE, "loss@2,grad@4") };
 

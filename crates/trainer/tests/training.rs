@@ -13,7 +13,7 @@ use brainfloat_trainer::{
 #[test]
 fn micro_steps_equal_one_step_on_the_concatenated_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let device = brainfloat_backend::test_device();
+    let device = brainfloat_test_support::test_device();
     let update = |overrides: &[&str]| {
         let mut trainer = Trainer::new(
             common::config(dir.path(), "fp32", overrides),
@@ -50,7 +50,7 @@ fn micro_steps_equal_one_step_on_the_concatenated_batch() {
 fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
     for precision in ["fp32", "bf16"] {
         let dir = tempfile::tempdir().unwrap();
-        let device = brainfloat_backend::test_device();
+        let device = brainfloat_test_support::test_device();
         let config = common::config(dir.path(), precision, &[]);
 
         let mut straight = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
@@ -105,10 +105,14 @@ fn a_run_calls_its_plugins_and_learns() {
         &["train.steps=12", "train.warmdown_steps=4"],
     );
     let recorder = Recorder::default();
-    let mut trainer = Trainer::new(config, &brainfloat_backend::test_device(), Start::Fresh)
-        .unwrap()
-        .with_plugin(recorder.clone())
-        .with_plugin(CheckpointPlugin::new(6, 12));
+    let mut trainer = Trainer::new(
+        config,
+        &brainfloat_test_support::test_device(),
+        Start::Fresh,
+    )
+    .unwrap()
+    .with_plugin(recorder.clone())
+    .with_plugin(CheckpointPlugin::new(6, 12));
     let first = trainer.evaluate().unwrap().val_loss;
     let summary = trainer.run().unwrap();
     let events = recorder.0.borrow().clone();
@@ -125,7 +129,7 @@ fn a_run_calls_its_plugins_and_learns() {
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let device = brainfloat_backend::test_device();
+    let device = brainfloat_test_support::test_device();
     let config = common::config(dir.path(), "fp32", &[]);
     // A good run writes its checkpoint at step 3 ...
     let mut trainer = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
@@ -174,10 +178,14 @@ fn an_unusable_output_folder_fails_before_training() {
     std::fs::write(&blocker, b"not a folder").unwrap();
     let out = format!("output.dir={}", blocker.join("run").display());
     let config = common::config(dir.path(), "bf16", &[&out]);
-    let err = Trainer::new(config, &brainfloat_backend::test_device(), Start::Fresh)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = Trainer::new(
+        config,
+        &brainfloat_test_support::test_device(),
+        Start::Fresh,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.starts_with(&format!("output folder {}", blocker.join("run").display())),
         "{err}"
@@ -187,7 +195,7 @@ fn an_unusable_output_folder_fails_before_training() {
     let config = common::config(dir.path(), "bf16", &[]);
     let err = Trainer::new(
         config,
-        &brainfloat_backend::test_device(),
+        &brainfloat_test_support::test_device(),
         Start::Resume(None),
     )
     .err()
