@@ -133,6 +133,8 @@ fn warm_up(
 ) -> Result<Contender, TrainError> {
     let mut config = config.clone();
     config.train.precision = preset.to_string();
+    // The presets' trainers live side by side: one output folder each (each claims its own).
+    config.output.dir = config.output.dir.join(preset);
     // Memory is measured with freed blocks handed back, so that the resident set is what is
     // live; the timed steps run with the process's own setting.
     let retaining = memory::retaining_freed_memory();

@@ -38,6 +38,7 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     assert!(summary.val_loss.unwrap().is_finite());
 
     // stop: the run ends at step 2 with a clear error, weights untouched.
+    drop(trainer); // a folder takes one trainer at a time
     let config = common::config(dir.path(), "fp32", &[]);
     let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
     trainer.train_step().unwrap();
@@ -50,6 +51,7 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     assert_eq!(common::flat_params(&trainer), before);
 
     // A bad injection is a clear error.
+    drop(trainer);
     unsafe { std::env::set_var(INJECT_NON_FINITE, "nan@x") };
     let config = common::config(dir.path(), "fp32", &[]);
     let err = Trainer::new(config, &device, Start::Fresh)

@@ -53,7 +53,10 @@ fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
         let device = brainfloat_test_support::test_device();
         let config = common::config(dir.path(), precision, &[]);
 
-        let mut straight = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+        // Its own folder: a folder takes one trainer at a time.
+        let elsewhere = format!("output.dir={}", dir.path().join("straight").display());
+        let straight_config = common::config(dir.path(), precision, &[&elsewhere]);
+        let mut straight = Trainer::new(straight_config, &device, Start::Fresh).unwrap();
         let straight_losses: Vec<f64> = (0..6)
             .map(|_| straight.train_step().unwrap().loss)
             .collect();
@@ -146,6 +149,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     }
     let poisoned = dir.path().join("poisoned.safetensors");
     std::fs::write(&poisoned, bytes).unwrap();
+    drop(trainer); // releases the output folder
 
     let mut run = Trainer::new(config.clone(), &device, Start::Init(poisoned.clone()))
         .unwrap()
@@ -161,6 +165,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(!dir.path().join("run/step_000001.json").exists());
 
     // A run that checkpointed names its last good checkpoint.
+    drop(run);
     let mut trainer = Trainer::new(config, &device, Start::Init(poisoned)).unwrap();
     let kept = trainer.checkpoint().unwrap();
     let err = trainer.train_step().unwrap_err().to_string();
