@@ -6,7 +6,8 @@
 //! ```
 
 use brainfloat_precision::{
-    CastedLinear, CastedLinearConfig, PrecisionPolicy, PrecisionReport, cast_params,
+    CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionPolicy, PrecisionReport,
+    RoleMap, cast_params,
 };
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -17,6 +18,17 @@ use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 struct Mlp {
     hidden: CastedLinear,
     output: CastedLinear,
+}
+
+/// What each parameter is: the policy gives each role its dtype (every one of these is a
+/// CastedLinear master weight or bias: fp32 under the bf16 preset).
+impl ParamRoles for Mlp {
+    fn param_roles(&self) -> RoleMap {
+        let mut roles = RoleMap::default();
+        self.hidden.add_roles(&mut roles, ParamRole::HiddenMatrix);
+        self.output.add_roles(&mut roles, ParamRole::OutputMatrix);
+        roles
+    }
 }
 
 impl Mlp {
@@ -38,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = PrecisionPolicy::bf16();
     policy.check_device(&device)?;
     // Under the bf16 policy CastedLinear weights stay fp32; everything else would be bf16.
-    let mut model = cast_params(Mlp::new(&device), &policy);
+    let mut model = cast_params(Mlp::new(&device), &policy)?;
     println!("{}\n", PrecisionReport::of(&model));
 
     let n = 256;

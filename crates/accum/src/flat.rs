@@ -191,7 +191,8 @@ mod tests {
             let layer = cast_params(
                 CastedLinearConfig::new(4, 3).with_bias(true).init(&device),
                 &policy,
-            );
+            )
+            .unwrap();
             let x = Tensor::<2>::ones([2, 4], &device).cast(layer.weight.dtype());
             let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);
             let weight_grad = grads.get::<2>(layer.weight.id).unwrap();

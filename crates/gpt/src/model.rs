@@ -1,7 +1,8 @@
 //! The record's GPT.
 
 use brainfloat_precision::{
-    CastedLinear, CastedLinearConfig, PrecisionAware, PrecisionPolicy, softcap,
+    CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy,
+    RoleMap, softcap,
 };
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
@@ -35,6 +36,35 @@ pub struct Gpt {
     config: GptConfig,
     #[module(skip)]
     policy: PrecisionPolicy,
+}
+
+/// Every parameter's role, stated once for the whole model: it decides the parameter's storage
+/// dtype (the policy) and its optimizer (the trainer: Muon for hidden matrices, Adam for the
+/// rest). A parameter added to the model must be added here: `apply_policy` refuses a model
+/// with a parameter left out, and the test below checks the count.
+impl ParamRoles for Gpt {
+    fn param_roles(&self) -> RoleMap {
+        let mut roles = RoleMap::default();
+        roles.add(&self.transformer.wte.weight, ParamRole::Embedding);
+        for block in &self.transformer.h {
+            let (attn, mlp) = (&block.attn, &block.mlp);
+            for linear in [
+                &attn.c_q,
+                &attn.c_k,
+                &attn.c_v,
+                &attn.c_proj,
+                &mlp.c_fc,
+                &mlp.c_proj,
+            ] {
+                linear.add_roles(&mut roles, ParamRole::HiddenMatrix);
+            }
+            roles
+                .add(&attn.lamb, ParamRole::Scalar)
+                .add(&block.lambdas, ParamRole::Scalar);
+        }
+        self.lm_head.add_roles(&mut roles, ParamRole::OutputMatrix);
+        roles
+    }
 }
 
 impl GptConfig {
@@ -158,5 +188,52 @@ impl Gpt {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use brainfloat_precision::{Component, named_params};
+
+    use super::*;
+
+    #[test]
+    fn every_parameter_has_exactly_one_role() {
+        let config = GptConfig::new(64, 3, 2, 16, 8);
+        let model = config
+            .init(&brainfloat_test_support::test_device())
+            .unwrap();
+        let roles = model.param_roles();
+        let params = named_params(&model);
+        assert_eq!(roles.len(), params.len(), "one role per parameter, no more");
+        for p in &params {
+            assert_ne!(p.component, Component::Other, "{} has no role", p.name);
+        }
+        let count = |role| {
+            let mut count = 0;
+            model.visit(&mut CountRole {
+                roles: &roles,
+                role,
+                count: &mut count,
+            });
+            count
+        };
+        assert_eq!(count(ParamRole::Embedding), 1);
+        assert_eq!(count(ParamRole::HiddenMatrix), 6 * 3);
+        assert_eq!(count(ParamRole::OutputMatrix), 1);
+        assert_eq!(count(ParamRole::Scalar), 2 * 3);
+        assert_eq!(count(ParamRole::LinearBias), 0);
+    }
+
+    struct CountRole<'a> {
+        roles: &'a RoleMap,
+        role: ParamRole,
+        count: &'a mut usize,
+    }
+
+    impl burn::module::ModuleVisitor for CountRole<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            *self.count += usize::from(self.roles.role(&param.id) == Some(self.role));
+        }
     }
 }

@@ -7,6 +7,7 @@ use burn::nn::Initializer;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::policy::PrecisionPolicy;
+use crate::role::{ParamRole, ParamRoles, RoleMap};
 
 /// Configuration of a [`CastedLinear`].
 #[derive(Config, Debug)]
@@ -35,6 +36,15 @@ pub struct CastedLinear {
     pub weight: Param<Tensor<2>>,
     /// Optional bias, `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// A layer on its own: its weight is a hidden matrix.
+impl ParamRoles for CastedLinear {
+    fn param_roles(&self) -> RoleMap {
+        let mut roles = RoleMap::default();
+        self.add_roles(&mut roles, ParamRole::HiddenMatrix);
+        roles
+    }
 }
 
 impl CastedLinearConfig {
@@ -66,6 +76,16 @@ impl CastedLinearConfig {
 }
 
 impl CastedLinear {
+    /// States the roles of the layer's parameters: its weight plays `weight`
+    /// ([`ParamRole::HiddenMatrix`] or [`ParamRole::OutputMatrix`]), its bias
+    /// [`ParamRole::LinearBias`]. For a model's [`ParamRoles`].
+    pub fn add_roles(&self, roles: &mut RoleMap, weight: ParamRole) {
+        roles.add(&self.weight, weight);
+        if let Some(bias) = &self.bias {
+            roles.add(bias, ParamRole::LinearBias);
+        }
+    }
+
     /// Applies the layer to `input` of shape `[..., d_input]`, casting the weight (and bias) to
     /// the input's dtype. The output has the input's dtype.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {

@@ -5,20 +5,8 @@ use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::error::PrecisionError;
 use crate::path::ParamPath;
-use crate::policy::{Component, PrecisionPolicy};
-
-/// The storage component of a parameter, from the type of the struct that owns it and its rank:
-/// weights of a `CastedLinear` are [`Component::Linear`], of an `Embedding`
-/// [`Component::Embedding`]; other parameters of rank ≤ 1 are [`Component::Scalars`] and the rest
-/// [`Component::Other`].
-pub fn classify(owner: Option<&str>, rank: usize) -> Component {
-    match owner {
-        Some("CastedLinear") => Component::Linear,
-        Some("Embedding") => Component::Embedding,
-        _ if rank <= 1 => Component::Scalars,
-        _ => Component::Other,
-    }
-}
+use crate::policy::PrecisionPolicy;
+use crate::role::{ParamRoles, RoleMap};
 
 /// A model whose forward pass takes its compute dtypes from a [`PrecisionPolicy`].
 ///
@@ -30,32 +18,50 @@ pub trait PrecisionAware: Module + Sized {
 }
 
 /// Applies `policy` to `model`: checks that `device` supports every dtype of the policy, casts
-/// each parameter to its storage dtype ([`classify`]) and sets the model's compute dtypes.
+/// each parameter to its storage dtype (its [role](ParamRoles)'s component) and sets the model's
+/// compute dtypes. A parameter the model gives no role is an error naming it.
 ///
 /// This is the record's "cast the whole model, then every CastedLinear back to fp32", done in
 /// one pass, and it works in both directions (a bf16 model can be brought back to fp32).
-pub fn apply_policy<M: PrecisionAware>(
+pub fn apply_policy<M: PrecisionAware + ParamRoles>(
     model: M,
     policy: &PrecisionPolicy,
     device: &Device,
 ) -> Result<M, PrecisionError> {
     policy.check_device(device)?;
-    let model = cast_params(model, policy);
+    let model = cast_params(model, policy)?;
     Ok(model.with_policy(*policy))
 }
 
 /// Casts every parameter of `module` to its storage dtype under `policy`, without touching compute
-/// dtypes. For any Burn module, also one that does not implement [`PrecisionAware`].
-pub fn cast_params<M: Module>(module: M, policy: &PrecisionPolicy) -> M {
-    module.map(&mut CastParams {
+/// dtypes. For any Burn module that states its parameters' roles, also one that does not
+/// implement [`PrecisionAware`].
+pub fn cast_params<M: ParamRoles>(
+    module: M,
+    policy: &PrecisionPolicy,
+) -> Result<M, PrecisionError> {
+    let roles = module.param_roles();
+    let mut mapper = CastParams {
         policy,
+        roles: &roles,
         path: ParamPath::default(),
-    })
+        without_role: Vec::new(),
+    };
+    let module = module.map(&mut mapper);
+    if mapper.without_role.is_empty() {
+        Ok(module)
+    } else {
+        Err(PrecisionError::WithoutRole {
+            params: mapper.without_role.join(", "),
+        })
+    }
 }
 
 struct CastParams<'a> {
     policy: &'a PrecisionPolicy,
+    roles: &'a RoleMap,
     path: ParamPath,
+    without_role: Vec<String>,
 }
 
 impl ModuleMapper for CastParams<'_> {
@@ -68,7 +74,11 @@ impl ModuleMapper for CastParams<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = self.policy.dtype(classify(self.path.owner(), D));
+        let Some(role) = self.roles.role(&param.id) else {
+            self.without_role.push(self.path.name());
+            return param;
+        };
+        let dtype = self.policy.dtype(role.component());
         param.map(|tensor| cast_leaf(tensor, dtype))
     }
 }

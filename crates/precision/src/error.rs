@@ -38,6 +38,11 @@ pub enum PrecisionError {
         /// The policy, as a string.
         policy: String,
     },
+    /// Parameters whose role the model does not state, so that their dtype is unknown.
+    WithoutRole {
+        /// Their names, comma-separated.
+        params: String,
+    },
 }
 
 impl fmt::Display for PrecisionError {
@@ -64,6 +69,11 @@ impl fmt::Display for PrecisionError {
                 f,
                 "precision policy `{policy}` needs {dtype}, which device {device} does not \
                  support; use the flex, tch or cuda backend, or the fp32 preset"
+            ),
+            Self::WithoutRole { params } => write!(
+                f,
+                "the model states no role for {params}: its `ParamRoles` must list every \
+                 parameter (the role decides the dtype)"
             ),
         }
     }

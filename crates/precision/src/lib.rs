@@ -24,7 +24,7 @@
 //! let policy: PrecisionPolicy = "bf16".parse().unwrap();
 //! policy.check_device(&device).unwrap();
 //!
-//! let layer = cast_params(CastedLinearConfig::new(4, 3).init(&device), &policy);
+//! let layer = cast_params(CastedLinearConfig::new(4, 3).init(&device), &policy).unwrap();
 //! let x = Tensor::<2>::ones([2, 4], (&device, DType::BF16));
 //! let y = layer.forward(x);
 //! assert_eq!(y.dtype(), DType::BF16); // computed in bf16 ...
@@ -41,9 +41,10 @@ mod named;
 mod path;
 mod policy;
 mod report;
+mod role;
 
 pub use casted_linear::{CastedLinear, CastedLinearConfig};
-pub use convert::{PrecisionAware, apply_policy, cast_params, classify};
+pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
 pub use loss::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use lost_update::{half_bf16_ulp, lost_updates};
@@ -51,3 +52,4 @@ pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;
 pub use policy::{ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype};
 pub use report::{PrecisionReport, ReportRow, dtype_info};
+pub use role::{ParamRole, ParamRoles, RoleMap};

@@ -405,7 +405,7 @@ mod tests {
             let head = CastedLinearConfig::new(d_model, vocab)
                 .with_bias(true)
                 .init(&device);
-            let head = cast_params(head, &policy);
+            let head = cast_params(head, &policy).unwrap();
             let hidden = Tensor::<3>::random(
                 [batch, seq, d_model],
                 Distribution::Normal(0.0, 3.0),

@@ -1,18 +1,19 @@
 //! Every parameter (or its gradient) of a module, by name: for checkpoints, reports and tests.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor};
 
-use crate::convert::classify;
 use crate::path::ParamPath;
 use crate::policy::Component;
+use crate::role::{ParamRoles, RoleMap};
 
 /// A parameter's value (or gradient), flattened, with its name, shape and storage component.
 #[derive(Debug, Clone)]
 pub struct NamedTensor {
     /// Dotted name in the module tree (`transformer.h.0.attn.c_q.weight`).
     pub name: String,
-    /// Storage component of the parameter, as [`classify`] decides it.
+    /// Storage component of the parameter, from the role the model states for it
+    /// ([`Component::Other`] without one).
     pub component: Component,
     /// Shape of the parameter.
     pub shape: Vec<usize>,
@@ -21,9 +22,10 @@ pub struct NamedTensor {
 }
 
 /// Every float parameter of `module`, in visiting order.
-pub fn named_params<M: Module>(module: &M) -> Vec<NamedTensor> {
+pub fn named_params<M: ParamRoles>(module: &M) -> Vec<NamedTensor> {
     let mut visitor = Collect {
         grads: None,
+        roles: module.param_roles(),
         path: ParamPath::default(),
         out: Vec::new(),
     };
@@ -32,9 +34,10 @@ pub fn named_params<M: Module>(module: &M) -> Vec<NamedTensor> {
 }
 
 /// The gradient of every float parameter of `module` that has one in `grads`.
-pub fn named_grads<M: Module>(module: &M, grads: &Gradients) -> Vec<NamedTensor> {
+pub fn named_grads<M: ParamRoles>(module: &M, grads: &Gradients) -> Vec<NamedTensor> {
     let mut visitor = Collect {
         grads: Some(grads),
+        roles: module.param_roles(),
         path: ParamPath::default(),
         out: Vec::new(),
     };
@@ -44,6 +47,7 @@ pub fn named_grads<M: Module>(module: &M, grads: &Gradients) -> Vec<NamedTensor>
 
 struct Collect<'a> {
     grads: Option<&'a Gradients>,
+    roles: RoleMap,
     path: ParamPath,
     out: Vec<NamedTensor>,
 }
@@ -69,7 +73,7 @@ impl ModuleVisitor for Collect<'_> {
         let shape = tensor.dims().to_vec();
         self.out.push(NamedTensor {
             name: self.path.name(),
-            component: classify(self.path.owner(), D),
+            component: self.roles.component(&param.id),
             tensor: tensor.reshape([shape.iter().product::<usize>()]),
             shape,
         });

@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{ModuleVisitor, Param};
 use burn::tensor::{DType, Tensor};
 
-use crate::convert::classify;
-use crate::path::ParamPath;
 use crate::policy::Component;
+use crate::role::{ParamRoles, RoleMap};
 
 /// One row of a [`PrecisionReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,9 +28,13 @@ pub struct PrecisionReport {
 }
 
 impl PrecisionReport {
-    /// Measures `module`'s parameters.
-    pub fn of<M: Module>(module: &M) -> Self {
-        let mut visitor = ReportVisitor::default();
+    /// Measures `module`'s parameters, by role (a parameter without one counts as
+    /// [`Component::Other`]).
+    pub fn of<M: ParamRoles>(module: &M) -> Self {
+        let mut visitor = ReportVisitor {
+            roles: module.param_roles(),
+            report: PrecisionReport::default(),
+        };
         module.visit(&mut visitor);
         visitor.report
     }
@@ -92,28 +95,19 @@ pub fn dtype_info(dtype: DType) -> (&'static str, usize) {
     }
 }
 
-#[derive(Default)]
 struct ReportVisitor {
-    path: ParamPath,
+    roles: RoleMap,
     report: PrecisionReport,
 }
 
 impl ModuleVisitor for ReportVisitor {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let (dtype, size) = dtype_info(param.dtype());
         let elements = param.shape().num_elements();
         let row = self
             .report
             .rows
-            .entry((classify(self.path.owner(), D), dtype))
+            .entry((self.roles.component(&param.id), dtype))
             .or_default();
         row.tensors += 1;
         row.elements += elements;

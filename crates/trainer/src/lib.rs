@@ -39,7 +39,7 @@ pub use config::{
 };
 pub use error::TrainError;
 pub use muon::{NS_COEFFICIENTS, newton_schulz};
-pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, param_group};
+pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
 pub use output::{LOCK_FILE, OutputFolder};
 pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use resume::{ResumeNote, model_notes, resume_notes};

@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use brainfloat_precision::{ACCUMULATION_DTYPE, Component, ParamPath, classify, lost_updates};
-use burn::module::{Module, ModuleMapper, Param};
+use brainfloat_precision::{
+    ACCUMULATION_DTYPE, ParamPath, ParamRole, ParamRoles, RoleMap, lost_updates,
+};
+use burn::module::{ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -75,16 +77,16 @@ impl LostUpdates {
     }
 }
 
-/// The group of a parameter from its name, storage component and rank: linear weights inside
-/// the blocks (`transformer.h.*`) are Muon's, other linear weights the head's.
-pub fn param_group(name: &str, component: Component, rank: usize) -> ParamGroup {
-    match component {
-        Component::Embedding => ParamGroup::Embedding,
-        Component::Linear if rank == 2 && name.starts_with("transformer.h.") => {
-            ParamGroup::Matrices
+impl ParamGroup {
+    /// The record's group of a parameter playing `role`: Muon for the hidden matrices, Adam
+    /// (with the embedding's, the head's or the scalars' rate) for the rest.
+    pub fn of(role: ParamRole) -> Self {
+        match role {
+            ParamRole::Embedding => ParamGroup::Embedding,
+            ParamRole::HiddenMatrix => ParamGroup::Matrices,
+            ParamRole::OutputMatrix | ParamRole::LinearBias => ParamGroup::Head,
+            ParamRole::Scalar => ParamGroup::Scalars,
         }
-        Component::Linear => ParamGroup::Head,
-        _ => ParamGroup::Scalars,
     }
 }
 
@@ -252,7 +254,11 @@ impl RecordOptimizer {
     /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
     /// (`1/grad_accum_steps`, in the gradient's dtype), every group's rate by `lr_multiplier`.
     /// Returns the updated model and the global L2 norm of the scaled gradients.
-    pub fn step<M: Module>(
+    ///
+    /// # Panics
+    /// When a parameter has no role in `model`'s [`ParamRoles`] (a model `apply_policy`
+    /// accepted has one for each).
+    pub fn step<M: ParamRoles>(
         &mut self,
         model: M,
         grads: GradientsParams,
@@ -261,8 +267,10 @@ impl RecordOptimizer {
         step: usize,
     ) -> (M, f64) {
         let momentum = self.config.muon_momentum_at(step);
+        let roles = model.param_roles();
         let model = model.map(&mut StepMapper {
             optimizer: self,
+            roles: &roles,
             grads,
             grad_scale,
             lr_multiplier,
@@ -405,6 +413,7 @@ fn host_f32(tensor: &Tensor<1>) -> Vec<f32> {
 
 struct StepMapper<'a> {
     optimizer: &'a mut RecordOptimizer,
+    roles: &'a RoleMap,
     grads: GradientsParams,
     grad_scale: f64,
     lr_multiplier: f64,
@@ -427,7 +436,10 @@ impl ModuleMapper for StepMapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let name = self.path.name();
-        let group = param_group(&name, classify(self.path.owner(), D), D);
+        let role = self.roles.role(&id).unwrap_or_else(|| {
+            panic!("{name} has no role: the model's ParamRoles must list every parameter")
+        });
+        let group = ParamGroup::of(role);
         let require_grad = tensor.is_require_grad();
         // Without accumulation the scale is 1: skip a pass over every gradient.
         let grad = if self.grad_scale == 1.0 {
@@ -454,7 +466,22 @@ impl ModuleMapper for StepMapper<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brainfloat_precision::CastedLinearConfig;
+    use brainfloat_precision::{CastedLinear, CastedLinearConfig};
+    use burn::module::Module;
+
+    /// A layer that is a model's output head (Adam with the head's rate).
+    #[derive(Module, Debug)]
+    struct Head {
+        linear: CastedLinear,
+    }
+
+    impl ParamRoles for Head {
+        fn param_roles(&self) -> RoleMap {
+            let mut roles = RoleMap::default();
+            self.linear.add_roles(&mut roles, ParamRole::OutputMatrix);
+            roles
+        }
+    }
 
     /// Adam's first step moves every weight with a non-zero gradient by exactly its rate
     /// (`m̂/√v̂ = g/|g|`): with weights of 1 (half a bf16 ulp is 2⁻⁸ ≈ 0.0039), a rate of
@@ -463,10 +490,12 @@ mod tests {
     fn the_probe_counts_updates_below_half_an_ulp_per_group() {
         let device = brainfloat_test_support::test_device().autodiff();
         for (head_lr, lost) in [(0.001, true), (0.01, false)] {
-            let mut layer = CastedLinearConfig::new(4, 3).init(&device);
-            layer.weight = Param::from_tensor(Tensor::<2>::ones([3, 4], &device));
+            let mut linear = CastedLinearConfig::new(4, 3).init(&device);
+            linear.weight = Param::from_tensor(Tensor::<2>::ones([3, 4], &device));
+            let layer = Head { linear };
             let x = Tensor::<2>::ones([2, 4], &device);
-            let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);
+            let loss = layer.linear.forward(x).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &layer);
             let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
                 head_lr,
                 ..Default::default()
@@ -488,7 +517,7 @@ mod tests {
                 "no such parameters"
             );
             // The fp32 master weight kept the update either way.
-            let w: Vec<f32> = layer.weight.val().into_data().try_to_vec().unwrap();
+            let w: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
             assert!(
                 w.iter().all(|&v| (v - (1.0 - head_lr as f32)).abs() < 1e-6),
                 "{w:?}"
