@@ -17,19 +17,10 @@ pub fn golden_expected() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The golden token shard, parsed minimally (the data crate validates shards properly).
+/// The golden token shard, read by the data crate's shard reader.
 pub fn golden_tokens() -> Vec<u16> {
-    let bytes = std::fs::read(golden_dir().join("tokens.bin")).unwrap();
-    let header: Vec<i32> = bytes[..1024]
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(header[0], 20240520);
-    let count = header[2] as usize;
-    bytes[1024..1024 + 2 * count]
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    let shard = brainfloat_data::Shard::open(&golden_dir().join("tokens.bin")).unwrap();
+    shard.window(0, shard.len())
 }
 
 /// The golden model's shape: vocab 512, 2 layers, width 64, 2 heads, sequences of 32.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::{BIN, Base, curve, newest_checkpoint, run};
+#[cfg(feature = "mpi")]
+use crate::curve;
+use crate::{BIN, Base, newest_checkpoint, run};
 
 /// One case: what it is, what was expected, what happened, and whether the two agree.
 pub struct Outcome {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
+use brainfloat_data::shard_bytes;
 use safetensors::{Dtype, SafeTensors};
 
 const BIN: &str = env!("CARGO_BIN_EXE_brainfloat");
@@ -32,16 +33,6 @@ struct Base {
     good: PathBuf,
     /// A checkpoint record of the `small` model size.
     small: PathBuf,
-}
-
-fn shard_bytes(tokens: &[u16]) -> Vec<u8> {
-    let mut header = [0i32; 256];
-    header[0] = 20240520;
-    header[1] = 1;
-    header[2] = tokens.len() as i32;
-    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
-    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
-    bytes
 }
 
 fn tokens(n: usize) -> Vec<u16> {

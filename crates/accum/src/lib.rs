@@ -15,12 +15,11 @@
 //! assert_eq!((sync.rank(), sync.world_size(), grads), (0, 1, vec![1.0, 2.0]));
 //! ```
 
-mod flat;
 #[cfg(feature = "mpi")]
 mod mpi_sync;
 mod sync;
 
-pub use flat::{BUCKET_ELEMENTS, all_reduce_gradients, all_reduce_gradients_in_buckets};
 #[cfg(feature = "mpi")]
 pub use mpi_sync::MpiSync;
+pub use sync::{BUCKET_ELEMENTS, all_reduce_gradients, all_reduce_gradients_in_buckets};
 pub use sync::{GradSync, LocalSync, SyncError};

@@ -1,4 +1,5 @@
-//! Atomic file writes, and the temporaries that killed writers leave behind.
+//! Atomic file writes, the temporaries that killed writers leave behind, and the SHA-256 that
+//! proves a file is the one written.
 //!
 //! A file is written to `.NAME.tmp-PID` in its folder, fsynced and renamed over `NAME`: a reader
 //! sees the old file or the new one, never a partial one. A writer killed mid-write (SIGKILL, a
@@ -43,6 +44,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The PID of the writer of a temporary file named `.NAME.tmp-PID`, or `None` for any other
@@ -94,6 +104,14 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_of_a_known_text() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn writes_atomically_and_leaves_no_temporary() {

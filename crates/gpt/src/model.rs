@@ -1,19 +1,240 @@
-//! The record's GPT.
+//! The record's GPT in one file, in the record's order: weightless RMSNorm, rotary, attention
+//! (QK-norm, rotary, value residual), the ReLU² MLP, the block with its x0 skip, the model with its
+//! untied, soft-capped head, and the checked batch it reads. Every linear layer is a
+//! [`CastedLinear`] and every dtype comes from the model's [`PrecisionPolicy`].
 
 use brainfloat_precision::{
     CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy,
     RoleMap, softcap,
 };
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
-use burn::tensor::{Device, FloatDType, Int, Tensor};
+use burn::tensor::activation::relu;
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
-use crate::batch::Batch;
-use crate::block::Block;
 use crate::config::GptConfig;
 use crate::error::GptError;
-use crate::norm::rms_norm;
-use crate::rotary::Rotary;
+
+// ----------------------------------------------------------------------------------------------
+// Weightless RMSNorm
+
+/// PyTorch's `F.rms_norm` default eps for fp32 (machine epsilon), used for every input dtype.
+pub const RMS_NORM_EPS: f64 = f32::EPSILON as f64;
+
+/// `x / sqrt(mean(x²) + eps)` over the last axis, without a weight. Computed in fp32 and rounded
+/// to the input's dtype once, as PyTorch does for bf16; fused on flex, where the backward keeps
+/// the input and one fp32 statistic per row ([`brainfloat_ops::rms_norm`]).
+pub fn rms_norm<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    brainfloat_ops::rms_norm(x, RMS_NORM_EPS)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Rotary position embeddings, half-split layout
+
+/// cos and sin tables for rotary embeddings, `[1, T, 1, head_dim/2]` each, in the activation
+/// dtype.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rotary {
+    /// Tables for positions `0..seq_len`: `inv_freq = 1/base^(2i/d)` and the angles `t·inv_freq`
+    /// in fp32, cos and sin rounded to `dtype`, as the reference does.
+    pub fn new(
+        seq_len: usize,
+        head_dim: usize,
+        base: f64,
+        dtype: FloatDType,
+        device: &Device,
+    ) -> Self {
+        let half = head_dim / 2;
+        let base = base as f32;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let angles: Vec<f32> = (0..seq_len)
+            .flat_map(|t| inv_freq.iter().map(move |f| t as f32 * f))
+            .collect();
+        let table = |values: Vec<f32>| {
+            Tensor::<4>::from_data(
+                TensorData::new(values, [1, seq_len, 1, half]),
+                (device, DType::F32),
+            )
+            .cast(dtype)
+        };
+        Self {
+            cos: table(angles.iter().map(|a| a.cos()).collect()),
+            sin: table(angles.iter().map(|a| a.sin()).collect()),
+        }
+    }
+
+    /// Rotates `x` `[B, T, H, head_dim]`: with `x = [x1, x2]` split in halves,
+    /// `y = [x1·cos + x2·sin, −x1·sin + x2·cos]`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if let Some(rotated) = brainfloat_ops::rotary(x.clone(), self.cos.clone(), self.sin.clone())
+        {
+            return rotated; // fused, where the backend has the kernel (flex)
+        }
+        let [b, t, h, d] = x.dims();
+        let half = d / 2;
+        let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..half]);
+        let x2 = x.slice([0..b, 0..t, 0..h, half..d]);
+        let y1 = x1.clone() * self.cos.clone() + x2.clone() * self.sin.clone();
+        let y2 = x1 * self.sin.clone().neg() + x2 * self.cos.clone();
+        Tensor::cat(vec![y1, y2], 3)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Causal self-attention with QK-norm, rotary and the value residual
+
+/// The record's attention: q, k, v, o CastedLinear without bias, `v = (1−λ)·v + λ·v1` with `v1`
+/// block 0's values, weightless RMSNorm on q and k, rotary, causal scaled dot product.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention {
+    /// Query projection.
+    pub c_q: CastedLinear,
+    /// Key projection.
+    pub c_k: CastedLinear,
+    /// Value projection.
+    pub c_v: CastedLinear,
+    /// Output projection (zero-initialised).
+    pub c_proj: CastedLinear,
+    /// Value-residual mix λ (a scalar; stored as `[1]`, saved as PyTorch's 0-d tensor).
+    pub lamb: Param<Tensor<1>>,
+    #[module(skip)]
+    n_head: usize,
+}
+
+impl CausalSelfAttention {
+    /// A new attention layer of width `d_model` with `n_head` heads.
+    pub fn new(d_model: usize, n_head: usize, device: &Device) -> Self {
+        let linear = CastedLinearConfig::new(d_model, d_model);
+        Self {
+            c_q: linear.init(device),
+            c_k: linear.init(device),
+            c_v: linear.init(device),
+            c_proj: linear.clone().with_zero_init(true).init(device),
+            lamb: Param::from_tensor(Tensor::from_floats([0.5], device)),
+            n_head,
+        }
+    }
+
+    /// `x` `[B, T, C]` (normalised) → `(y, v1)`; `v1` is `None` in block 0, which provides it.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        v1: Option<Tensor<4>>,
+        rotary: &Rotary,
+        policy: &PrecisionPolicy,
+    ) -> (Tensor<3>, Tensor<4>) {
+        let [b, t, c] = x.dims();
+        let heads = [b, t, self.n_head, c / self.n_head];
+        let q = self.c_q.forward_under(x.clone(), policy).reshape(heads);
+        let k = self.c_k.forward_under(x.clone(), policy).reshape(heads);
+        let v = self.c_v.forward_under(x, policy).reshape(heads);
+
+        let v1 = v1.unwrap_or_else(|| v.clone());
+        let lamb = self
+            .lamb
+            .val()
+            .cast(policy.activation())
+            .reshape([1, 1, 1, 1]);
+        let v = lamb.clone().neg().add_scalar(1.0) * v + lamb * v1.clone();
+
+        let q = rotary.apply(rms_norm(q));
+        let k = rotary.apply(rms_norm(k));
+
+        // [B, H, T, hd], matmul operands in the policy's matmul dtype.
+        let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(policy.matmul());
+        let y = brainfloat_ops::causal_attention(to_heads(q), to_heads(k), to_heads(v));
+        let y = y
+            .cast(policy.activation())
+            .swap_dims(1, 2)
+            .reshape([b, t, c]);
+        (self.c_proj.forward_under(y, policy), v1)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// The MLP: 4× width, ReLU², no bias
+
+/// `c_proj(relu(c_fc(x))²)`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Up projection, `[4C, C]`.
+    pub c_fc: CastedLinear,
+    /// Down projection, `[C, 4C]` (zero-initialised).
+    pub c_proj: CastedLinear,
+}
+
+impl Mlp {
+    /// A new MLP of width `d_model`.
+    pub fn new(d_model: usize, device: &Device) -> Self {
+        Self {
+            c_fc: CastedLinearConfig::new(d_model, 4 * d_model).init(device),
+            c_proj: CastedLinearConfig::new(4 * d_model, d_model)
+                .with_zero_init(true)
+                .init(device),
+        }
+    }
+
+    /// `x` `[B, T, C]` → `[B, T, C]`.
+    pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
+        let up = self.c_fc.forward_under(x, policy);
+        // Fused where the backend has the kernel (flex).
+        let hidden = brainfloat_ops::relu_square(up.clone()).unwrap_or_else(|| relu(up).square());
+        self.c_proj.forward_under(hidden, policy)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// One block
+
+/// `x = λ0·x + λ1·x0; x += attn(norm(x)); x += mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// `[λ0, λ1]`, the x0-skip mix (init `[1, 0]`).
+    pub lambdas: Param<Tensor<1>>,
+    /// Attention.
+    pub attn: CausalSelfAttention,
+    /// MLP.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// A new block.
+    pub fn new(d_model: usize, n_head: usize, device: &Device) -> Self {
+        Self {
+            lambdas: Param::from_tensor(Tensor::from_floats([1.0, 0.0], device)),
+            attn: CausalSelfAttention::new(d_model, n_head, device),
+            mlp: Mlp::new(d_model, device),
+        }
+    }
+
+    /// `x`, `x0` `[B, T, C]` in the activation dtype → `(x, v1)`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        x0: Tensor<3>,
+        v1: Option<Tensor<4>>,
+        rotary: &Rotary,
+        policy: &PrecisionPolicy,
+    ) -> (Tensor<3>, Tensor<4>) {
+        let lambdas = self.lambdas.val().cast(policy.activation());
+        let lambda = |i: usize| lambdas.clone().narrow(0, i, 1).reshape([1, 1, 1]);
+        let x = lambda(0) * x + lambda(1) * x0;
+        let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, policy);
+        let x = x + y;
+        let x = x.clone() + self.mlp.forward(rms_norm(x), policy);
+        (x, v1)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// The model
 
 /// Embedding and blocks, named as in PyTorch's `transformer` ModuleDict.
 #[derive(Module, Debug)]
@@ -188,6 +409,67 @@ impl Gpt {
             });
         }
         Ok(())
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// A batch of token ids, checked before it reaches the model
+
+/// Inputs and next-token targets, `[B, T]` each.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Input token ids.
+    pub inputs: Tensor<2, Int>,
+    /// Target token ids (the inputs shifted by one).
+    pub targets: Tensor<2, Int>,
+    /// Largest token id in the batch, checked against the model's vocabulary.
+    pub max_token: u32,
+}
+
+impl Batch {
+    /// Builds a batch from a window of `B·T + 1` consecutive tokens, as the reference loader
+    /// reads them: row `b` of the inputs is `window[b·T .. b·T + T]`, its targets the same shifted
+    /// by one.
+    pub fn from_window<T: Copy + Into<u32>>(
+        window: &[T],
+        batch_size: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> Result<Self, GptError> {
+        if batch_size == 0 || seq_len == 0 {
+            return Err(GptError::InvalidBatch {
+                reason: format!(
+                    "batch size {batch_size} and sequence length {seq_len} must both be at least 1"
+                ),
+            });
+        }
+        let needed = batch_size * seq_len + 1;
+        if window.len() != needed {
+            return Err(GptError::InvalidBatch {
+                reason: format!(
+                    "a window for {batch_size} sequences of {seq_len} tokens holds {needed} \
+                     tokens, got {}",
+                    window.len()
+                ),
+            });
+        }
+        let ids: Vec<u32> = window.iter().map(|&t| t.into()).collect();
+        let n = needed - 1;
+        let max_token = ids.iter().copied().max().unwrap_or(0);
+        let tensor = |slice: &[u32]| {
+            let data: Vec<i32> = slice.iter().map(|&t| t as i32).collect();
+            Tensor::<2, Int>::from_data(TensorData::new(data, [batch_size, seq_len]), device)
+        };
+        Ok(Self {
+            inputs: tensor(&ids[..n]),
+            targets: tensor(&ids[1..]),
+            max_token,
+        })
+    }
+
+    /// `[B, T]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.inputs.dims()
     }
 }
 

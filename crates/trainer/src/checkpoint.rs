@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use brainfloat_data::{LoaderPosition, write_atomic};
+use brainfloat_data::{LoaderPosition, sha256_hex, write_atomic};
 use brainfloat_gpt::{Gpt, serialize_tensors, tensor_data};
 use brainfloat_precision::named_params;
 use burn::tensor::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -60,13 +59,6 @@ pub struct Restored {
     pub optimizer: RecordOptimizer,
 }
 
-fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn checkpoint_error(path: &Path, problem: impl Into<String>) -> TrainError {
     TrainError::Checkpoint {
         path: path.to_path_buf(),
@@ -94,7 +86,7 @@ pub fn save_checkpoint(
         write_atomic(&path, bytes).map_err(|err| checkpoint_error(&path, err.to_string()))?;
         Ok(FileDigest {
             file: name,
-            sha256: digest(bytes),
+            sha256: sha256_hex(bytes),
         })
     };
     let model_bytes = model
@@ -147,7 +139,7 @@ fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
     let path = dir.join(&file.file);
     let bytes = std::fs::read(&path)
         .map_err(|err| checkpoint_error(&path, format!("cannot read: {err}")))?;
-    if digest(&bytes) != file.sha256 {
+    if sha256_hex(&bytes) != file.sha256 {
         return Err(checkpoint_error(
             &path,
             "SHA-256 does not match the checkpoint record: the file is corrupt or was replaced",

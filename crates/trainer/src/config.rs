@@ -2,7 +2,6 @@
 //! (`BRAINFLOAT__TRAIN__STEPS=100`) and the command line (`train.steps=100`), validated with
 //! errors that name the key.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use brainfloat_gpt::GptConfig;
@@ -180,21 +179,14 @@ pub struct TrainConfig {
 }
 
 /// A configuration that cannot be used: the key and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config {key}: {problem}")]
 pub struct ConfigError {
     /// The key (`train.steps`), or the file.
     pub key: String,
     /// What is wrong.
     pub problem: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config {}: {}", self.key, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {

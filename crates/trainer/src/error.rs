@@ -1,7 +1,6 @@
 //! Errors of a training run.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use brainfloat_accum::SyncError;
 use brainfloat_data::DataError;
@@ -10,15 +9,19 @@ use brainfloat_gpt::GptError;
 use crate::config::ConfigError;
 
 /// Why a run could not start or had to stop.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The configuration.
-    Config(ConfigError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The data.
-    Data(DataError),
+    #[error(transparent)]
+    Data(#[from] DataError),
     /// The model or its weights.
-    Model(GptError),
+    #[error(transparent)]
+    Model(#[from] GptError),
     /// A checkpoint that cannot be written or read.
+    #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint {
         /// The file.
         path: PathBuf,
@@ -26,6 +29,7 @@ pub enum TrainError {
         problem: String,
     },
     /// The output folder.
+    #[error("output folder {}: {problem}", path.display())]
     Output {
         /// The folder.
         path: PathBuf,
@@ -33,9 +37,11 @@ pub enum TrainError {
         problem: String,
     },
     /// The data-parallel ranks could not exchange gradients or losses.
-    Sync(SyncError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     /// The loss or the gradient norm of a step stopped being a number; the step's update was
     /// not applied.
+    #[error("{}", non_finite(*step, *loss, *grad_norm, last_checkpoint.as_deref()))]
     NonFinite {
         /// The step.
         step: usize,
@@ -48,65 +54,18 @@ pub enum TrainError {
     },
 }
 
-impl fmt::Display for TrainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Config(err) => err.fmt(f),
-            Self::Data(err) => err.fmt(f),
-            Self::Model(err) => err.fmt(f),
-            Self::Sync(err) => err.fmt(f),
-            Self::Checkpoint { path, problem } => {
-                write!(f, "checkpoint {}: {problem}", path.display())
-            }
-            Self::Output { path, problem } => {
-                write!(f, "output folder {}: {problem}", path.display())
-            }
-            Self::NonFinite {
-                step,
-                loss,
-                grad_norm,
-                last_checkpoint,
-            } => {
-                if loss.is_finite() {
-                    write!(
-                        f,
-                        "gradient norm is {grad_norm} at step {step} (the loss was finite); \
-                         stopped without applying it"
-                    )?;
-                } else {
-                    write!(f, "training loss is {loss} at step {step}; stopped")?;
-                }
-                match last_checkpoint {
-                    Some(path) => write!(f, " (last good checkpoint: {})", path.display()),
-                    None => write!(f, " (no checkpoint was written before it)"),
-                }
-            }
-        }
-    }
-}
-
-impl std::error::Error for TrainError {}
-
-impl From<ConfigError> for TrainError {
-    fn from(err: ConfigError) -> Self {
-        Self::Config(err)
-    }
-}
-
-impl From<DataError> for TrainError {
-    fn from(err: DataError) -> Self {
-        Self::Data(err)
-    }
-}
-
-impl From<SyncError> for TrainError {
-    fn from(err: SyncError) -> Self {
-        Self::Sync(err)
-    }
-}
-
-impl From<GptError> for TrainError {
-    fn from(err: GptError) -> Self {
-        Self::Model(err)
+/// What stopped at a non-finite step, and where to go back to.
+fn non_finite(step: usize, loss: f64, grad_norm: f64, last_checkpoint: Option<&Path>) -> String {
+    let what = if loss.is_finite() {
+        format!(
+            "gradient norm is {grad_norm} at step {step} (the loss was finite); stopped without \
+             applying it"
+        )
+    } else {
+        format!("training loss is {loss} at step {step}; stopped")
+    };
+    match last_checkpoint {
+        Some(path) => format!("{what} (last good checkpoint: {})", path.display()),
+        None => format!("{what} (no checkpoint was written before it)"),
     }
 }

@@ -20,13 +20,10 @@ mod checkpoint;
 mod config;
 mod error;
 pub mod memory;
-mod muon;
 mod optim;
 mod output;
-mod plugin;
 pub mod plugins;
 mod resume;
-mod schedule;
 mod trainer;
 
 pub use checkpoint::{
@@ -38,10 +35,10 @@ pub use config::{
     ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
 };
 pub use error::TrainError;
-pub use muon::{NS_COEFFICIENTS, newton_schulz};
+pub use optim::TrapezoidalSchedule;
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
+pub use optim::{NS_COEFFICIENTS, newton_schulz};
 pub use output::{LOCK_FILE, OutputFolder};
-pub use plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+pub use plugins::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 pub use resume::{ResumeNote, model_notes, resume_notes};
-pub use schedule::TrapezoidalSchedule;
 pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

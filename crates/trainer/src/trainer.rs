@@ -15,11 +15,11 @@ use burn::tensor::Device;
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, record_name, save_checkpoint};
 use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
+use crate::optim::TrapezoidalSchedule;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
 use crate::output::OutputFolder;
-use crate::plugin::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+use crate::plugins::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
 use crate::resume::resume_notes;
-use crate::schedule::TrapezoidalSchedule;
 
 /// How a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
