@@ -49,7 +49,7 @@ fn every_dtype_follows_the_design_table() {
         assert_eq!(linear.count(), 2 * 6 + 1);
 
         let batch = golden_batch(0, &device);
-        let (hidden, boundaries) = model.hidden_states(batch.inputs.clone());
+        let (hidden, boundaries) = model.hidden_states(batch.inputs().clone());
         assert_eq!(boundaries.len(), 2);
         for (i, x) in boundaries.iter().enumerate() {
             assert_eq!(

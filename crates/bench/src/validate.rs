@@ -165,7 +165,7 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
             .collect(),
     );
 
-    let (hidden, boundaries) = model.hidden_states(batch.inputs.clone());
+    let (hidden, boundaries) = model.hidden_states(batch.inputs().clone());
     let mut activations: Vec<(String, DType)> = boundaries
         .iter()
         .enumerate()

@@ -3,6 +3,8 @@
 //! untied, soft-capped head, and the checked batch it reads. Every linear layer is a
 //! [`CastedLinear`] and every dtype comes from the model's [`PrecisionPolicy`].
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use brainfloat_precision::{
     CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy,
     RoleMap, softcap,
@@ -87,6 +89,12 @@ impl Rotary {
     }
 }
 
+/// Element `i` of a learned vector (the record's `lambdas[i]`, or the one-element `lamb`), in
+/// `dtype`, shaped to broadcast against a rank-`D` activation.
+fn scalar<const D: usize>(param: &Param<Tensor<1>>, i: usize, dtype: FloatDType) -> Tensor<D> {
+    param.val().narrow(0, i, 1).cast(dtype).reshape([1; D])
+}
+
 // ----------------------------------------------------------------------------------------------
 // Causal self-attention with QK-norm, rotary and the value residual
 
@@ -137,11 +145,8 @@ impl CausalSelfAttention {
         let v = self.c_v.forward_under(x, policy).reshape(heads);
 
         let v1 = v1.unwrap_or_else(|| v.clone());
-        let lamb = self
-            .lamb
-            .val()
-            .cast(policy.activation())
-            .reshape([1, 1, 1, 1]);
+        // The record: v = (1 - lamb) * v + lamb * v1.
+        let lamb = scalar::<4>(&self.lamb, 0, policy.activation());
         let v = lamb.clone().neg().add_scalar(1.0) * v + lamb * v1.clone();
 
         let q = rotary.apply(rms_norm(q));
@@ -223,8 +228,8 @@ impl Block {
         rotary: &Rotary,
         policy: &PrecisionPolicy,
     ) -> (Tensor<3>, Tensor<4>) {
-        let lambdas = self.lambdas.val().cast(policy.activation());
-        let lambda = |i: usize| lambdas.clone().narrow(0, i, 1).reshape([1, 1, 1]);
+        // The record: x = lambdas[0] * x + lambdas[1] * x0.
+        let lambda = |i| scalar::<3>(&self.lambdas, i, policy.activation());
         let x = lambda(0) * x + lambda(1) * x0;
         let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, policy);
         let x = x + y;
@@ -257,6 +262,38 @@ pub struct Gpt {
     config: GptConfig,
     #[module(skip)]
     policy: PrecisionPolicy,
+    #[module(skip)]
+    rotary: RotaryCache,
+}
+
+/// The rotary tables of the last sequence length, dtype and device the model ran with: built
+/// on the host once, not at every forward pass. Shared by the model's clones (the tables are
+/// constants, outside autodiff).
+#[derive(Debug, Clone, Default)]
+struct RotaryCache(Arc<Mutex<Option<(usize, FloatDType, Device, Rotary)>>>);
+
+impl RotaryCache {
+    /// The tables for `seq_len` positions of `config`'s heads in `dtype` on `device`.
+    fn get(
+        &self,
+        config: &GptConfig,
+        seq_len: usize,
+        dtype: FloatDType,
+        device: &Device,
+    ) -> Rotary {
+        let mut cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*cached {
+            Some((len, d, dev, rotary)) if *len == seq_len && *d == dtype && dev == device => {
+                rotary.clone()
+            }
+            _ => {
+                let rotary =
+                    Rotary::new(seq_len, config.head_dim(), config.rope_base, dtype, device);
+                *cached = Some((seq_len, dtype, device.clone(), rotary.clone()));
+                rotary
+            }
+        }
+    }
 }
 
 /// Every parameter's role, stated once for the whole model: it decides the parameter's storage
@@ -305,6 +342,7 @@ impl GptConfig {
                 .init(device),
             config: self.clone(),
             policy: PrecisionPolicy::fp32(),
+            rotary: RotaryCache::default(),
         })
     }
 }
@@ -333,13 +371,9 @@ impl Gpt {
         let policy = &self.policy;
         let seq_len = inputs.dims()[1];
         let device = inputs.device();
-        let rotary = Rotary::new(
-            seq_len,
-            self.config.head_dim(),
-            self.config.rope_base,
-            policy.activation(),
-            &device,
-        );
+        let rotary = self
+            .rotary
+            .get(&self.config, seq_len, policy.activation(), &device);
         let x = self
             .transformer
             .wte
@@ -418,12 +452,9 @@ impl Gpt {
 /// Inputs and next-token targets, `[B, T]` each.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Input token ids.
-    pub inputs: Tensor<2, Int>,
-    /// Target token ids (the inputs shifted by one).
-    pub targets: Tensor<2, Int>,
-    /// Largest token id in the batch, checked against the model's vocabulary.
-    pub max_token: u32,
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    max_token: u32,
 }
 
 impl Batch {
@@ -465,6 +496,21 @@ impl Batch {
             targets: tensor(&ids[1..]),
             max_token,
         })
+    }
+
+    /// Input token ids `[B, T]`.
+    pub fn inputs(&self) -> &Tensor<2, Int> {
+        &self.inputs
+    }
+
+    /// Target token ids `[B, T]` (the inputs shifted by one).
+    pub fn targets(&self) -> &Tensor<2, Int> {
+        &self.targets
+    }
+
+    /// Largest token id in the batch (the model checks it against its vocabulary).
+    pub fn max_token(&self) -> u32 {
+        self.max_token
     }
 
     /// `[B, T]`.
