@@ -20,6 +20,7 @@ use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
 use brainfloat_data::shard_bytes;
+use brainfloat_trainer::MetricsLine;
 use safetensors::{Dtype, SafeTensors};
 
 const BIN: &str = env!("CARGO_BIN_EXE_brainfloat");
@@ -648,14 +649,11 @@ fn check(base: &Base, case: &Case) -> Verdict {
 /// Losses by step from a metrics file, the last line of each step winning (a resumed run
 /// repeats the steps after its checkpoint).
 fn curve(metrics: &Path) -> BTreeMap<u64, f64> {
-    let mut out = BTreeMap::new();
-    for line in std::fs::read_to_string(metrics).unwrap_or_default().lines() {
-        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-        if let (Some(step), Some(loss)) = (value["step"].as_u64(), value["loss"].as_f64()) {
-            out.insert(step, loss);
-        }
-    }
-    out
+    let lines = MetricsLine::read_all(metrics).unwrap_or_default();
+    lines
+        .into_iter()
+        .filter_map(|line| Some((line.step as u64, line.loss?)))
+        .collect()
 }
 
 /// One kill/resume trial's outcome.

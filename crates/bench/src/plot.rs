@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use brainfloat_trainer::ParamGroup;
+use brainfloat_trainer::{MetricsLine, ParamGroup};
 use plotters::prelude::*;
 
 use crate::distribution::{MIXED, Part};
@@ -23,12 +23,12 @@ impl Curves {
     /// Reads `path`; the label is the name of its folder.
     pub fn read(path: &Path) -> Result<Self, String> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
-        for record in read_metrics(path)? {
-            let step = record["step"].as_f64().unwrap_or_default();
-            if let Some(loss) = record["loss"].as_f64() {
+        for line in read_metrics(path)? {
+            let step = line.step as f64;
+            if let Some(loss) = line.loss {
                 train.push((step, loss));
             }
-            if let Some(loss) = record["val_loss"].as_f64() {
+            if let Some(loss) = line.val_loss {
                 val.push((step, loss));
             }
         }
@@ -61,17 +61,9 @@ fn run_label(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Every JSON line of a metrics file.
-fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("metrics {}: cannot read: {err}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(number, line)| {
-            serde_json::from_str(line)
-                .map_err(|err| format!("metrics {} line {}: {err}", path.display(), number + 1))
-        })
-        .collect()
+/// Every line of a metrics file.
+fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
+    MetricsLine::read_all(path).map_err(|err| err.to_string())
 }
 
 /// One run's lost-update probe: per parameter group, `(step, fraction lost)`.
@@ -86,11 +78,13 @@ impl LostUpdateCurves {
     /// Reads the `lost_updates` of every probed step in a metrics file.
     pub fn read(path: &Path) -> Result<Self, String> {
         let mut groups = vec![Vec::new(); ParamGroup::ALL.len()];
-        for record in read_metrics(path)? {
-            let step = record["step"].as_f64().unwrap_or_default();
+        for line in read_metrics(path)? {
+            let Some(fractions) = &line.lost_updates else {
+                continue;
+            };
             for (group, series) in ParamGroup::ALL.iter().zip(&mut groups) {
-                if let Some(fraction) = record["lost_updates"][group.name()].as_f64() {
-                    series.push((step, fraction));
+                if let Some(Some(fraction)) = fractions.get(group.name()) {
+                    series.push((line.step as f64, *fraction));
                 }
             }
         }

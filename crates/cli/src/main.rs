@@ -14,7 +14,7 @@ use brainfloat_bench::{
     BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, measured_peak,
     run_bench,
 };
-use brainfloat_data::{prepare_sotu, shard_paths, text_files, tokenize_to_shards};
+use brainfloat_data::{shard_paths, text_files, tokenize_to_shards};
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
@@ -24,8 +24,10 @@ use brainfloat_trainer::{
 use burn::tensor::{DType, Device, FloatDType};
 use clap::{Args, Parser, Subcommand};
 
+mod corpus;
 mod stop;
 
+use corpus::prepare_sotu;
 use stop::StopRequest;
 
 /// Counts heap bytes so that metrics and the benchmark report measured peak memory.

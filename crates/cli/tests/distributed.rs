@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use brainfloat_trainer::MetricsLine;
 use burn::tensor::bf16;
 use safetensors::{Dtype, SafeTensors};
 
@@ -143,13 +144,10 @@ fn max_relative_difference(a: &Path, b: &Path, step: usize) -> f64 {
 
 /// `(loss, grad_norm)` of every step of a run's metrics.
 fn step_metrics(dir: &Path) -> Vec<(f64, f64)> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
+    MetricsLine::read_all(&dir.join("metrics.jsonl"))
         .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Some((v["loss"].as_f64()?, v["grad_norm"].as_f64()?))
-        })
+        .into_iter()
+        .filter_map(|line| Some((line.loss?, line.grad_norm?)))
         .collect()
 }
 

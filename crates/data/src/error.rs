@@ -13,7 +13,8 @@ pub struct DataError {
 }
 
 impl DataError {
-    pub(crate) fn new(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+    /// The error `problem` about `path`.
+    pub fn new(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             problem: problem.into(),

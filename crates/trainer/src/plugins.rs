@@ -1,14 +1,15 @@
 //! The built-in plugins: logs, metrics, progress, checkpoint cadence and stop-on-request.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::memory;
@@ -102,7 +103,7 @@ impl MetricsPlugin {
         Self { path, out: None }
     }
 
-    fn write(&mut self, line: serde_json::Value) -> Result<(), TrainError> {
+    fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
         let error = |err: std::io::Error| TrainError::Output {
             path: self.path.clone(),
             problem: format!("cannot write metrics: {err}"),
@@ -118,6 +119,7 @@ impl MetricsPlugin {
                 self.out.insert(BufWriter::new(file))
             }
         };
+        let line = serde_json::to_string(line).expect("a metrics line serializes");
         writeln!(out, "{line}")
             .and_then(|_| out.flush())
             .map_err(error)
@@ -126,42 +128,102 @@ impl MetricsPlugin {
 
 impl Plugin for MetricsPlugin {
     fn on_step(&mut self, s: &StepStats) -> Result<Action, TrainError> {
-        let mut line = json!({
-            "step": s.step,
-            "loss": s.loss,
-            "lr": s.lr_multiplier,
-            "step_time_ms": s.step_time.as_secs_f64() * 1e3,
-            "tokens_per_sec": s.tokens_per_sec,
-            "grad_norm": s.grad_norm,
-            "sync_ms": s.sync_time.as_secs_f64() * 1e3,
-        });
-        if s.skipped {
-            line["skipped"] = true.into();
-        }
-        if let Some(probe) = &s.lost_updates {
-            let fractions: serde_json::Map<_, _> = ParamGroup::ALL
-                .iter()
-                .map(|g| (g.name().to_string(), json!(probe.fraction(*g))))
-                .collect();
-            line["lost_updates"] = fractions.into();
-        }
-        if let Some(heap) = memory::heap() {
-            line["heap_peak_bytes"] = heap.peak.into();
-            memory::reset_heap_peak();
-        }
-        if let Some(rss) = memory::rss() {
-            line["rss_bytes"] = rss.current.into();
-        }
-        self.write(line)?;
+        let heap_peak_bytes = memory::heap().map(|heap| heap.peak as u64);
+        memory::reset_heap_peak();
+        let line = MetricsLine {
+            step: s.step,
+            loss: Some(s.loss),
+            lr: Some(s.lr_multiplier),
+            step_time_ms: Some(s.step_time.as_secs_f64() * 1e3),
+            tokens_per_sec: Some(s.tokens_per_sec),
+            grad_norm: Some(s.grad_norm),
+            sync_ms: Some(s.sync_time.as_secs_f64() * 1e3),
+            skipped: s.skipped,
+            lost_updates: s.lost_updates.map(|probe| {
+                ParamGroup::ALL
+                    .iter()
+                    .map(|g| (g.name().to_string(), probe.fraction(*g)))
+                    .collect()
+            }),
+            heap_peak_bytes,
+            rss_bytes: memory::rss().map(|rss| rss.current as u64),
+            ..MetricsLine::default()
+        };
+        self.write(&line)?;
         Ok(Action::Continue)
     }
 
     fn on_eval(&mut self, e: &EvalStats) -> Result<(), TrainError> {
-        self.write(json!({
-            "step": e.step,
-            "val_loss": e.val_loss,
-            "val_tokens_per_sec": e.tokens_per_sec,
-        }))
+        self.write(&MetricsLine {
+            step: e.step,
+            val_loss: Some(e.val_loss),
+            val_tokens_per_sec: Some(e.tokens_per_sec),
+            ..MetricsLine::default()
+        })
+    }
+}
+
+/// One line of `metrics.jsonl`: a training step's figures, or an evaluation's (`val_*`).
+/// Written by [`MetricsPlugin`], read by `plot`; a figure a line does not have is left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Mean training loss of the step over micro-batches and ranks (`null` when not finite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Learning-rate multiplier of the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Wall time of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_time_ms: Option<f64>,
+    /// This rank's tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    /// Global gradient norm (after scaling for accumulation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Time in the gradient all-reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ms: Option<f64>,
+    /// The step's update was dropped for a non-finite loss or gradient.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// The lost-update probe: per group name, the fraction of non-zero updates lost (`null`:
+    /// none was non-zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_updates: Option<BTreeMap<String, Option<f64>>>,
+    /// Peak heap bytes since the previous step (binaries that count their heap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_peak_bytes: Option<u64>,
+    /// Resident set size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// Validation loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_tokens_per_sec: Option<f64>,
+}
+
+impl MetricsLine {
+    /// Every line of the metrics file `path`; an error names the file and the line.
+    pub fn read_all(path: &Path) -> Result<Vec<Self>, TrainError> {
+        let error = |problem: String| TrainError::Output {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| error(format!("cannot read metrics: {err}")))?;
+        text.lines()
+            .enumerate()
+            .map(|(number, line)| {
+                serde_json::from_str(line)
+                    .map_err(|err| error(format!("metrics line {}: {err}", number + 1)))
+            })
+            .collect()
     }
 }
 

