@@ -270,7 +270,10 @@ pub struct Gpt {
 /// on the host once, not at every forward pass. Shared by the model's clones (the tables are
 /// constants, outside autodiff).
 #[derive(Debug, Clone, Default)]
-struct RotaryCache(Arc<Mutex<Option<(usize, FloatDType, Device, Rotary)>>>);
+struct RotaryCache(Arc<Mutex<Option<CachedRotary>>>);
+
+/// Tables and what they were built for: sequence length, dtype, device.
+type CachedRotary = (usize, FloatDType, Device, Rotary);
 
 impl RotaryCache {
     /// The tables for `seq_len` positions of `config`'s heads in `dtype` on `device`.
