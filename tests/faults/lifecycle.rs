@@ -499,3 +499,37 @@ pub fn mpirun_sigterm(base: &Base, seed: &mut u64) -> Vec<Outcome> {
     });
     out
 }
+
+/// A 1-rank bf16 checkpoint at step 2 resumed on 2 ranks under mpirun: a warning names the rank
+/// count and what it means for the data, and the run completes.
+#[cfg(feature = "mpi")]
+pub fn changed_rank_count(base: &Base) -> Outcome {
+    let folder = "resume/changed_train.ranks";
+    copy_checkpoint(&base.dir.join("resume/from_bf16"), &base.dir.join(folder));
+    let output = mpirun(
+        base,
+        folder,
+        &[
+            "train.steps=4",
+            "train.warmdown_steps=1",
+            "output.checkpoint_every=2",
+        ],
+    )
+    .arg("--resume")
+    .output()
+    .unwrap();
+    let note = "train.ranks changed since the checkpoint: 1 → 2: the data continues at the \
+                checkpoint's position";
+    Outcome {
+        case: "resume a 1-rank checkpoint on 2 ranks (mpirun)".into(),
+        expected: "a warning `train.ranks … 1 → 2: the data continues at the checkpoint's \
+                   position…`; the run completes"
+            .into(),
+        happened: format!(
+            "exit {:?}; `{}`",
+            output.status.code(),
+            line_with(&output, "changed since the checkpoint")
+        ),
+        ok: output.status.success() && stderr(&output).contains(note) && !panicked(&output),
+    }
+}

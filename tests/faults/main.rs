@@ -1068,6 +1068,8 @@ fn main() -> ExitCode {
     outcomes.extend(lifecycle::two_trainers(&base));
     outcomes.extend(lifecycle::stale_temporaries(&base));
     #[cfg(feature = "mpi")]
+    outcomes.push(lifecycle::changed_rank_count(&base));
+    #[cfg(feature = "mpi")]
     outcomes.extend(lifecycle::mpirun_sigterm(&base, &mut seed));
     let _ = writeln!(
         report,
