@@ -859,6 +859,46 @@ fn signal_and_non_finite_checks(base: &Base) -> Vec<(String, bool, String)> {
         output.status.code() == Some(130) && record.is_file(),
         last_line(&output),
     ));
+    // A second SIGTERM does not wait for the step or a checkpoint. Sent as soon as the run says
+    // it got the first (two signals sent together would merge into one); steps of 256
+    // sequences (~100 ms) leave the first no time to finish its step and checkpoint meanwhile.
+    let args = base.train_args(
+        "out_sigterm_twice",
+        &[
+            "train.steps=100000",
+            "train.warmdown_steps=0",
+            "train.batch_size=256",
+            "output.checkpoint_every=0",
+            "eval.every=0",
+        ],
+    );
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = base.dir.join("out_sigterm_twice");
+    lifecycle::wait_for_steps(&dir.join("metrics.jsonl"), 2);
+    let pid = child.id() as i32;
+    // SAFETY: signals our own child, not yet waited for.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let said = std::io::BufRead::lines(stderr)
+        .map_while(Result::ok)
+        .any(|line| line.contains("stopping after this step"));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    out.push((
+        "a second SIGTERM exits at once: status 143, no checkpoint written".to_string(),
+        said && status.code() == Some(143) && newest_checkpoint(&dir) == 0,
+        format!(
+            "status {:?}, newest checkpoint step {}",
+            status.code(),
+            newest_checkpoint(&dir)
+        ),
+    ));
     // Non-finite: stop (default) and skip.
     let args = base.train_args("out_nan_stop", &[]);
     let output = run(&args, &[("BRAINFLOAT_INJECT_NON_FINITE", "loss@3")]);
