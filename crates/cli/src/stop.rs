@@ -29,7 +29,9 @@ impl StopRequest {
         std::thread::spawn(move || {
             for signal in signals.forever() {
                 if seen.signal.swap(signal, Ordering::SeqCst) != 0 {
-                    std::process::exit(exit_code(signal));
+                    // `_exit`: no destructors or atexit handlers, which would run while the main
+                    // thread is still inside a tensor op (libtorch's crash the process then).
+                    signal_hook::low_level::exit(exit_code(signal));
                 }
                 seen.flag.store(true, Ordering::SeqCst);
                 eprintln!(
