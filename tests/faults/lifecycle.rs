@@ -195,6 +195,26 @@ pub fn changed_keys(base: &Base) -> Vec<Outcome> {
     out
 }
 
+/// Starts a run of 100,000 steps into `out` (no evaluation, no periodic checkpoint, `extra`
+/// overrides last), stderr piped, and waits until it has written `lines` metrics lines.
+pub fn spawn_long_run(base: &Base, out: &str, extra: &[&str], lines: usize) -> Child {
+    let mut sets = vec![
+        "train.steps=100000",
+        "train.warmdown_steps=0",
+        "output.checkpoint_every=0",
+        "eval.every=0",
+    ];
+    sets.extend(extra);
+    let child = Command::new(BIN)
+        .args(base.train_args(out, &sets))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&base.dir.join(out).join("metrics.jsonl"), lines);
+    child
+}
+
 /// Waits (up to a minute) until `metrics` has `lines` lines.
 pub fn wait_for_steps(metrics: &Path, lines: usize) {
     let started = Instant::now();
@@ -215,20 +235,8 @@ fn terminate(child: Child) -> Output {
 /// A long run holds `out_busy`; a second trainer on it stops at start naming the first one's
 /// pid and writes nothing; `eval` of its checkpoint and `plot` of its metrics work meanwhile.
 pub fn two_trainers(base: &Base) -> Vec<Outcome> {
-    let sets = [
-        "train.steps=100000",
-        "train.warmdown_steps=0",
-        "output.checkpoint_every=2",
-        "eval.every=0",
-    ];
-    let first = Command::new(BIN)
-        .args(base.train_args("out_busy", &sets))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_long_run(base, "out_busy", &["output.checkpoint_every=2"], 3);
     let dir = base.dir.join("out_busy");
-    wait_for_steps(&dir.join("metrics.jsonl"), 3);
     let metrics_before = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
     let mut args = base.train_args("out_busy", &["train.precision=fp32"]);
     args.extend(["--precision".into(), "fp32".into()]);

@@ -827,28 +827,8 @@ fn signal_and_non_finite_checks(base: &Base) -> Vec<(String, bool, String)> {
             .to_string()
     };
     // SIGINT: the current step ends, a checkpoint is written, exit status 130; then resume.
-    let args = base.train_args(
-        "out_sigint",
-        &[
-            "train.steps=100000",
-            "train.warmdown_steps=0",
-            "output.checkpoint_every=0",
-            "eval.every=0",
-        ],
-    );
-    let child = Command::new(BIN)
-        .args(&args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = lifecycle::spawn_long_run(base, "out_sigint", &[], 3);
     let metrics = base.dir.join("out_sigint/metrics.jsonl");
-    let started = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // SAFETY: sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = child.wait_with_output().unwrap();
@@ -862,24 +842,9 @@ fn signal_and_non_finite_checks(base: &Base) -> Vec<(String, bool, String)> {
     // A second SIGTERM does not wait for the step or a checkpoint. Sent as soon as the run says
     // it got the first (two signals sent together would merge into one); steps of 256
     // sequences (~100 ms) leave the first no time to finish its step and checkpoint meanwhile.
-    let args = base.train_args(
-        "out_sigterm_twice",
-        &[
-            "train.steps=100000",
-            "train.warmdown_steps=0",
-            "train.batch_size=256",
-            "output.checkpoint_every=0",
-            "eval.every=0",
-        ],
-    );
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        lifecycle::spawn_long_run(base, "out_sigterm_twice", &["train.batch_size=256"], 2);
     let dir = base.dir.join("out_sigterm_twice");
-    lifecycle::wait_for_steps(&dir.join("metrics.jsonl"), 2);
     let pid = child.id() as i32;
     // SAFETY: signals our own child, not yet waited for.
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -300,11 +300,10 @@ impl Trainer {
                 // Every rank checkpoints and stops at the same step as the others (a signal
                 // may reach one rank only; checkpoint plugins run on rank 0 alone), or a rank
                 // would wait for the others in a collective they never enter.
-                let any_rank = |sync: &mut Box<dyn GradSync>, flag: bool| {
-                    sync.mean(f64::from(u8::from(flag))).map(|mean| mean > 0.0)
-                };
-                checkpoint = any_rank(&mut self.sync, checkpoint)?;
-                stop = any_rank(&mut self.sync, stop)?;
+                // One collective for both flags: a flag's mean is above 0 if any rank set it.
+                let mut flags = [f32::from(u8::from(checkpoint)), f32::from(u8::from(stop))];
+                self.sync.all_reduce_mean(&mut flags)?;
+                (checkpoint, stop) = (flags[0] > 0.0, flags[1] > 0.0);
             }
             let every = self.config.eval.every;
             let last = self.step == self.config.train.steps;
@@ -438,7 +437,7 @@ impl Trainer {
     /// computed without autodiff; each rank reads its slice and the means are averaged.
     pub fn evaluate(&mut self) -> Result<EvalStats, TrainError> {
         let (world, rank) = (self.sync.world_size(), self.sync.rank());
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (local, tokens) = validation_loss_of_rank(
             &self.model.valid(),
             &self.config,
