@@ -15,7 +15,7 @@ use burn::tensor::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the trainer does: freed blocks are reused, not handed back to the OS each time.
-    brainfloat_trainer::memory::retain_freed_memory(true);
+    brainfloat_memory::retain_freed_memory(true);
     let device = Device::flex().autodiff();
     let small = std::env::args().nth(1).is_some_and(|size| size == "small");
     let (mut config, batch, seq) = if small {

@@ -7,6 +7,9 @@ use std::path::Path;
 use brainfloat_gpt::GptConfig;
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_tests::*;
+use brainfloat_trainer::{
+    load_weights, save_weights, weights_from_safetensors, weights_to_safetensors,
+};
 use safetensors::SafeTensors;
 
 /// Every tensor of a safetensors file: name → (dtype, shape, bytes).
@@ -29,7 +32,7 @@ fn tensors(bytes: &[u8]) -> HashMap<String, (String, Vec<usize>, Vec<u8>)> {
 fn pytorch_weights_round_trip_bit_exactly_with_their_names_and_layouts() {
     let golden = std::fs::read(golden_dir().join("init.safetensors")).unwrap();
     let (model, _) = golden_model(&PrecisionPolicy::fp32());
-    let saved = model.to_safetensors().unwrap();
+    let saved = weights_to_safetensors(&model).unwrap();
     // Same names, dtypes, shapes ([out, in], 0-d lamb) and bytes as the file PyTorch wrote.
     assert_eq!(tensors(&saved), tensors(&golden));
     let file = SafeTensors::deserialize(&saved).unwrap();
@@ -50,8 +53,8 @@ fn bf16_models_round_trip_bit_exactly_through_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let (model, device) = golden_model(&PrecisionPolicy::bf16());
-    model.save_safetensors(&path).unwrap();
-    model.save_safetensors(&path).unwrap(); // over an existing file
+    save_weights(&model, &path).unwrap();
+    save_weights(&model, &path).unwrap(); // over an existing file
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "no temporary file is left behind");
 
@@ -67,15 +70,15 @@ fn bf16_models_round_trip_bit_exactly_through_a_file() {
         &device,
     )
     .unwrap();
-    let loaded = fresh.load_safetensors(&path).unwrap();
-    assert_eq!(loaded.to_safetensors().unwrap(), saved);
+    let loaded = load_weights(fresh, &path).unwrap();
+    assert_eq!(weights_to_safetensors(&loaded).unwrap(), saved);
 }
 
 fn load_error(bytes: &[u8]) -> String {
     let (model, _) = golden_model(&PrecisionPolicy::fp32());
-    match model.load_safetensors_bytes(bytes) {
+    match weights_from_safetensors(model, bytes) {
         Ok(_) => panic!("loaded a file that does not match the model"),
-        Err(err) => err,
+        Err(err) => err.to_string(),
     }
 }
 
@@ -138,8 +141,7 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
     // Weights of another model size: every mismatch is named.
     let device = brainfloat_test_support::test_device();
     let wider = GptConfig::new(512, 2, 2, 128, 32).init(&device).unwrap();
-    let err = wider
-        .load_safetensors(&golden_dir().join("init.safetensors"))
+    let err = load_weights(wider, &golden_dir().join("init.safetensors"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("init.safetensors"), "{err}");
@@ -150,10 +152,8 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
         "{err}"
     );
 
-    let err = golden_config()
-        .init(&device)
-        .unwrap()
-        .load_safetensors(Path::new("/nonexistent/model.safetensors"))
+    let model = golden_config().init(&device).unwrap();
+    let err = load_weights(model, Path::new("/nonexistent/model.safetensors"))
         .unwrap_err()
         .to_string();
     assert!(

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use brainfloat_gpt::{Batch, Gpt, GptConfig};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
+use brainfloat_trainer::load_weights;
 use burn::tensor::{Device, Tensor};
 
 /// `tests/fixtures/golden`: weights, tokens and the numbers of the PyTorch reference.
@@ -31,11 +32,8 @@ pub fn golden_config() -> GptConfig {
 /// The golden weights under `policy`, on the autodiff flex device.
 pub fn golden_model(policy: &PrecisionPolicy) -> (Gpt, Device) {
     let device = brainfloat_test_support::test_device().autodiff();
-    let model = golden_config()
-        .init(&device)
-        .unwrap()
-        .load_safetensors(&golden_dir().join("init.safetensors"))
-        .unwrap();
+    let model = golden_config().init(&device).unwrap();
+    let model = load_weights(model, &golden_dir().join("init.safetensors")).unwrap();
     (apply_policy(model, policy, &device).unwrap(), device)
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::error::{BenchError, read_json};
 use crate::report::BenchReport;
 
 /// Step times of the same model in PyTorch, as `scripts/pytorch_reference.py --json` writes
@@ -45,10 +46,8 @@ impl PytorchReference {
     }
 
     /// Reads `scripts/pytorch_reference.py`'s JSON.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
-        serde_json::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))
+    pub fn read(path: &Path) -> Result<Self, BenchError> {
+        read_json(path)
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod compare;
 mod distribution;
+mod error;
 mod matmul;
 mod peak;
 pub mod plot;
@@ -31,7 +32,10 @@ mod stats;
 pub mod validate;
 
 pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
-pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
+pub use distribution::{
+    DistributionRow, MIXED, Part, measure_distribution, part_bytes, step_memory,
+};
+pub use error::BenchError;
 pub use matmul::{
     MatmulResult, MatmulShape, PEAK_SIDE, bench_matmuls, measured_peak, model_matmul_shapes,
     time_matmul,

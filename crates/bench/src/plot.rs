@@ -7,6 +7,7 @@ use brainfloat_trainer::{MetricsLine, ParamGroup};
 use plotters::prelude::*;
 
 use crate::distribution::{MIXED, Part};
+use crate::error::BenchError;
 use crate::report::BenchReport;
 
 /// One run's curves read from its `metrics.jsonl`.
@@ -21,7 +22,7 @@ pub struct Curves {
 
 impl Curves {
     /// Reads `path`; the label is the name of its folder.
-    pub fn read(path: &Path) -> Result<Self, String> {
+    pub fn read(path: &Path) -> Result<Self, BenchError> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for line in read_metrics(path)? {
             let step = line.step as f64;
@@ -62,8 +63,8 @@ fn run_label(path: &Path) -> String {
 }
 
 /// Every line of a metrics file.
-fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, String> {
-    MetricsLine::read_all(path).map_err(|err| err.to_string())
+fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, BenchError> {
+    Ok(MetricsLine::read_all(path)?)
 }
 
 /// One run's lost-update probe: per parameter group, `(step, fraction lost)`.
@@ -76,7 +77,7 @@ pub struct LostUpdateCurves {
 
 impl LostUpdateCurves {
     /// Reads the `lost_updates` of every probed step in a metrics file.
-    pub fn read(path: &Path) -> Result<Self, String> {
+    pub fn read(path: &Path) -> Result<Self, BenchError> {
         let mut groups = vec![Vec::new(); ParamGroup::ALL.len()];
         for line in read_metrics(path)? {
             let Some(fractions) = &line.lost_updates else {
@@ -89,10 +90,10 @@ impl LostUpdateCurves {
             }
         }
         if groups.iter().all(Vec::is_empty) {
-            return Err(format!(
-                "metrics {}: no lost_updates (was eval.lost_update_every 0?)",
-                path.display()
-            ));
+            return Err(BenchError::File {
+                path: path.to_path_buf(),
+                problem: "no lost_updates in the metrics (was eval.lost_update_every 0?)".into(),
+            });
         }
         Ok(Self {
             label: run_label(path),
@@ -107,8 +108,8 @@ pub const LOST_FLOOR: f64 = 1e-7;
 
 /// One panel per run, one line per parameter group: the fraction of each step's non-zero updates
 /// below half a bf16 ulp of their weight, on a log axis.
-pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), String> {
-    let error = |err: String| format!("plot {}: {err}", out.display());
+pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), BenchError> {
+    let error = plot_error(out);
     let max_step = runs
         .iter()
         .flat_map(|r| r.groups.iter().flatten())
@@ -160,8 +161,8 @@ pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), St
 /// One horizontal bar per preset of a benchmark, split into weights, gradients, optimizer state
 /// and activations; fp32 segments solid, bf16 light, the measured activations (dtypes mixed)
 /// grey.
-pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), String> {
-    let error = |err: String| format!("plot {}: {err}", out.display());
+pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), BenchError> {
+    let error = plot_error(out);
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     let total =
         |p: &crate::report::PresetResult| p.distribution.iter().map(|r| mib(r.bytes)).sum::<f64>();
@@ -249,8 +250,8 @@ const PART_COLORS: [RGBColor; 4] = [
 /// Draws every run's training loss (line) and validation loss (points) in one chart, and below
 /// it each run's training loss minus the first run's, step by step (the curves of precision
 /// presets overlap at the top; the bottom shows by how much they differ).
-pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), String> {
-    let error = |err: String| format!("plot {}: {err}", out.display());
+pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), BenchError> {
+    let error = plot_error(out);
     let all = || runs.iter().flat_map(|r| r.train.iter().chain(&r.val));
     let max_step = all().map(|p| p.0).fold(1.0, f64::max);
     let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
@@ -291,8 +292,16 @@ pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), Strin
         .border_style(BLACK)
         .draw()
         .map_err(|e| error(e.to_string()))?;
-    draw_differences(runs, &bottom, max_step).map_err(error)?;
+    draw_differences(runs, &bottom, max_step).map_err(&error)?;
     root.present().map_err(|e| error(e.to_string()))
+}
+
+/// The error of drawing into `out`, from what plotters said.
+fn plot_error(out: &Path) -> impl Fn(String) -> BenchError + '_ {
+    move |problem| BenchError::Plot {
+        path: out.to_path_buf(),
+        problem,
+    }
 }
 
 const PALETTE: [RGBColor; 6] = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];

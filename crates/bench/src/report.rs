@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::distribution::{DistributionRow, Part, part_bytes};
+use crate::error::{BenchError, read_json};
 use crate::matmul::MatmulResult;
 use crate::peak::Peak;
 use crate::stats::Spread;
@@ -356,10 +357,8 @@ impl BenchReport {
     }
 
     /// Reads a report written by [`write`](Self::write).
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| format!("report {}: cannot read: {err}", path.display()))?;
-        serde_json::from_str(&text).map_err(|err| format!("report {}: {err}", path.display()))
+    pub fn read(path: &Path) -> Result<Self, BenchError> {
+        read_json(path)
     }
 }
 

@@ -2,7 +2,8 @@
 //! after the other, then timed with the presets interleaved step by step.
 
 use brainfloat_backend::{Backend, MemoryMeasure};
-use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer, memory};
+use brainfloat_memory as memory;
+use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer};
 use burn::tensor::{Device, FloatDType};
 
 use crate::distribution::measure_distribution;

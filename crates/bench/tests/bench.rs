@@ -10,8 +10,8 @@ use brainfloat_bench::{
     BenchOptions, BenchReport, MIXED, Part, Peak, PytorchReference, comparison_markdown,
     part_bytes, run_bench,
 };
+use brainfloat_memory::{self as memory, CountingAllocator};
 use brainfloat_test_support::{test_backend, test_device};
-use brainfloat_trainer::memory::{self, CountingAllocator};
 
 // This test binary counts its heap, as the `brainfloat` binary does.
 #[global_allocator]
@@ -238,7 +238,7 @@ fn the_metrics_stream_carries_the_probe_and_the_heap_peak() {
     let config = common::config(dir.path(), "bf16", &["eval.lost_update_every=2"]);
     let mut trainer = Trainer::new(config, &test_device(), Start::Fresh)
         .unwrap()
-        .with_plugin(MetricsPlugin::new(path.clone()));
+        .with_plugin(MetricsPlugin::new(path.clone()).with_memory(brainfloat_bench::step_memory));
     trainer.run().unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .unwrap()

@@ -12,14 +12,15 @@ use brainfloat_bench::plot::{
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{
     BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, measured_peak,
-    run_bench,
+    run_bench, step_memory,
 };
 use brainfloat_data::{shard_paths, text_files, tokenize_to_shards};
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
 use brainfloat_trainer::{
-    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, model_notes, validation_loss,
+    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, load_weights, model_notes,
+    validation_loss,
 };
 use burn::tensor::{DType, Device, FloatDType};
 use clap::{Args, Parser, Subcommand};
@@ -32,8 +33,7 @@ use stop::StopRequest;
 
 /// Counts heap bytes so that metrics and the benchmark report measured peak memory.
 #[global_allocator]
-static HEAP: brainfloat_trainer::memory::CountingAllocator =
-    brainfloat_trainer::memory::CountingAllocator;
+static HEAP: brainfloat_memory::CountingAllocator = brainfloat_memory::CountingAllocator;
 
 /// What `--resume` without a value stands for: the output folder's newest checkpoint.
 const NEWEST: &str = "newest";
@@ -213,7 +213,7 @@ struct DataArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    brainfloat_trainer::memory::retain_freed_memory(true);
+    brainfloat_memory::retain_freed_memory(true);
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
@@ -364,7 +364,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     if leader {
         trainer = trainer
             .with_plugin(LogPlugin::new(log_every))
-            .with_plugin(MetricsPlugin::new(metrics))
+            .with_plugin(MetricsPlugin::new(metrics).with_memory(step_memory))
             .with_plugin(CheckpointPlugin::new(every, steps));
         if progress {
             trainer = trainer.with_plugin(ProgressPlugin::default());
@@ -425,9 +425,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
         }
         restored.model
     } else {
-        model
-            .load_safetensors(&args.checkpoint)
-            .map_err(|e| e.to_string())?
+        load_weights(model, &args.checkpoint).map_err(|e| e.to_string())?
     };
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -468,21 +466,24 @@ fn data(args: DataArgs) -> Result<(), String> {
 
 fn plot(args: PlotArgs) -> Result<(), String> {
     if let Some(report) = &args.report {
-        plot_distribution(&BenchReport::read(report)?, &args.out)?;
+        let report = BenchReport::read(report).map_err(|e| e.to_string())?;
+        plot_distribution(&report, &args.out).map_err(|e| e.to_string())?;
     } else if args.lost_updates {
         let runs = args
             .metrics
             .iter()
             .map(|path| LostUpdateCurves::read(path))
-            .collect::<Result<Vec<_>, _>>()?;
-        plot_lost_updates(&runs, &args.out)?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        plot_lost_updates(&runs, &args.out).map_err(|e| e.to_string())?;
     } else {
         let runs = args
             .metrics
             .iter()
             .map(|path| Curves::read(path))
-            .collect::<Result<Vec<_>, _>>()?;
-        plot_losses(&runs, &args.out, &args.title)?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        plot_losses(&runs, &args.out, &args.title).map_err(|e| e.to_string())?;
     }
     println!("wrote {}", args.out.display());
     Ok(())
@@ -536,9 +537,10 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         &curves,
         &args.out.join(&loss_file),
         "training loss per preset (benchmark steps)",
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let memory_file = format!("{stem}_memory.svg");
-    plot_distribution(&report, &args.out.join(&memory_file))?;
+    plot_distribution(&report, &args.out.join(&memory_file)).map_err(|e| e.to_string())?;
     report.figures = vec![
         Figure {
             title: "loss per preset".into(),
@@ -562,12 +564,14 @@ fn compare(args: CompareArgs) -> Result<(), String> {
         .reports
         .iter()
         .map(|path| BenchReport::read(path))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let pytorch = args
         .pytorch
         .iter()
         .map(|path| PytorchReference::read(path))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let table = comparison_markdown(&reports, &pytorch);
     print!("{table}");
     if let Some(path) = &args.out {

@@ -1,10 +1,8 @@
 //! Errors of the GPT crate.
 
-use std::path::PathBuf;
-
 use brainfloat_precision::PrecisionError;
 
-/// What went wrong building, feeding, saving or loading a GPT.
+/// What went wrong building or feeding a GPT.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
     /// A size name that is not one of [`SIZES`](crate::SIZES).
@@ -30,12 +28,4 @@ pub enum GptError {
     /// The precision policy cannot be applied.
     #[error(transparent)]
     Precision(#[from] PrecisionError),
-    /// A checkpoint that cannot be read or does not match the model.
-    #[error("checkpoint {}: {reason}", path.display())]
-    Checkpoint {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
 }

@@ -3,9 +3,10 @@
 //! Rotary (half-split), QK-norm, ReLU² MLP, value residual, x0 skip with learnable lambdas,
 //! weightless RMSNorm, an untied head and the logit soft-cap, with the record's initialisation.
 //! Every linear layer is a [`CastedLinear`](brainfloat_precision::CastedLinear) and every dtype
-//! comes from the model's [`PrecisionPolicy`](brainfloat_precision::PrecisionPolicy). Weights
-//! load and save as safetensors under the PyTorch state-dict names, so the same file moves
-//! between this model and the PyTorch one.
+//! comes from the model's [`PrecisionPolicy`](brainfloat_precision::PrecisionPolicy). Its
+//! parameters carry the PyTorch state-dict names (`transformer.h.0.attn.c_q.weight`), so
+//! `brainfloat-trainer`'s checkpoint module moves weights between this model and the PyTorch
+//! one.
 //!
 //! ```
 //! use brainfloat_gpt::{Batch, GptConfig};
@@ -25,12 +26,10 @@
 //! assert_eq!(w.grad(&grads).unwrap().dtype(), DType::F32); // fp32 master-weight gradient
 //! ```
 
-mod checkpoint;
 mod config;
 mod error;
 mod model;
 
-pub use checkpoint::{serialize_tensors, tensor_data};
 pub use config::{GptConfig, SIZES};
 pub use error::GptError;
 pub use model::{

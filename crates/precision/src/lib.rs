@@ -35,7 +35,6 @@
 mod casted_linear;
 mod convert;
 mod error;
-mod loss;
 mod lost_update;
 mod named;
 mod path;
@@ -44,9 +43,9 @@ mod report;
 mod role;
 
 pub use casted_linear::{CastedLinear, CastedLinearConfig};
+pub use casted_linear::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
-pub use loss::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use lost_update::{half_bf16_ulp, lost_updates};
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;

@@ -80,30 +80,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// A config value that is not one of the names its key accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not one of {}", .choices.join(", "))]
+pub struct UnknownChoice {
+    /// The value given.
+    pub value: String,
+    /// The names the key accepts.
+    pub choices: Vec<&'static str>,
+}
+
 /// `value` as one of `choices` (name, variant), or an error listing the names.
-fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+fn one_of<T: Copy>(value: &str, choices: &[(&'static str, T)]) -> Result<T, UnknownChoice> {
     choices
         .iter()
         .find(|(name, _)| *name == value)
         .map(|(_, choice)| *choice)
-        .ok_or_else(|| {
-            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-            format!("`{value}` is not one of {}", names.join(", "))
+        .ok_or_else(|| UnknownChoice {
+            value: value.to_string(),
+            choices: choices.iter().map(|(name, _)| *name).collect(),
         })
 }
 
 impl TryFrom<String> for NonFinitePolicy {
-    type Error = String;
+    type Error = UnknownChoice;
 
-    fn try_from(value: String) -> Result<Self, String> {
+    fn try_from(value: String) -> Result<Self, UnknownChoice> {
         one_of(&value, &[("stop", Self::Stop), ("skip", Self::Skip)])
     }
 }
 
 impl TryFrom<String> for LogFormat {
-    type Error = String;
+    type Error = UnknownChoice;
 
-    fn try_from(value: String) -> Result<Self, String> {
+    fn try_from(value: String) -> Result<Self, UnknownChoice> {
         one_of(&value, &[("human", Self::Human), ("json", Self::Json)])
     }
 }

@@ -69,3 +69,22 @@ fn non_finite(step: usize, loss: f64, grad_norm: f64, last_checkpoint: Option<&P
         None => format!("{what} (no checkpoint was written before it)"),
     }
 }
+
+/// Why a tensor file (weights or optimizer state, safetensors) does not fit what loads it:
+/// every problem found (missing, unexpected, misshapen or non-float tensors), so that one
+/// attempt names them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct TensorFileError {
+    /// One sentence per problem.
+    pub problems: Vec<String>,
+}
+
+impl TensorFileError {
+    /// An error of one problem.
+    pub fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}

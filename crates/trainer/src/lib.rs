@@ -19,7 +19,6 @@
 mod checkpoint;
 mod config;
 mod error;
-pub mod memory;
 mod optim;
 mod output;
 pub mod plugins;
@@ -28,19 +27,22 @@ mod trainer;
 
 pub use checkpoint::{
     CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, latest_checkpoint, load_checkpoint,
-    record_name, save_checkpoint,
+    load_weights, record_name, save_checkpoint, save_weights, weights_from_safetensors,
+    weights_to_safetensors,
 };
 pub use config::{
     ConfigChange, ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat,
     ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
+    UnknownChoice,
 };
-pub use error::TrainError;
+pub use error::{TensorFileError, TrainError};
 pub use optim::TrapezoidalSchedule;
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
 pub use optim::{NS_COEFFICIENTS, newton_schulz};
 pub use output::{LOCK_FILE, OutputFolder};
 pub use plugins::{
-    Action, CheckpointInfo, EvalStats, MetricsLine, Plugin, RunInfo, RunSummary, StepStats,
+    Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
+    StepStats,
 };
 pub use resume::{ResumeNote, model_notes, resume_notes};
 pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

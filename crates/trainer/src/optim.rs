@@ -12,6 +12,8 @@ use burn::module::{ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
 
+use crate::error::TensorFileError;
+
 /// The optimizer group of a parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamGroup {
@@ -225,9 +227,9 @@ impl RecordOptimizer {
     pub fn load_state(
         &mut self,
         names: &[String],
-        mut tensor: impl FnMut(&str) -> Result<Tensor<1>, String>,
+        mut tensor: impl FnMut(&str) -> Result<Tensor<1>, TensorFileError>,
         steps: &BTreeMap<String, i32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), TensorFileError> {
         self.states.clear();
         for name in names {
             if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
@@ -235,9 +237,9 @@ impl RecordOptimizer {
                 self.states
                     .insert(param.to_string(), ParamState::Muon { momentum_buffer });
             } else if let Some(param) = name.strip_suffix(&format!(".{EXP_AVG}")) {
-                let count = *steps
-                    .get(param)
-                    .ok_or_else(|| format!("no Adam step count for {param}"))?;
+                let count = *steps.get(param).ok_or_else(|| {
+                    TensorFileError::one(format!("no Adam step count for {param}"))
+                })?;
                 let state = ParamState::Adam {
                     steps: count,
                     moment_1: tensor(name)?,
@@ -245,7 +247,9 @@ impl RecordOptimizer {
                 };
                 self.states.insert(param.to_string(), state);
             } else if !name.ends_with(&format!(".{EXP_AVG_SQ}")) {
-                return Err(format!("unknown optimizer state tensor {name}"));
+                return Err(TensorFileError::one(format!(
+                    "unknown optimizer state tensor {name}"
+                )));
             }
         }
         Ok(())

@@ -12,7 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::memory;
 use crate::optim::LostUpdates;
 use crate::optim::ParamGroup;
 
@@ -90,17 +89,38 @@ impl Plugin for LogPlugin {
 
 /// One JSON line per step (`step`, `loss`, `lr`, `step_time_ms`, `tokens_per_sec`,
 /// `grad_norm`, `sync_ms` of the gradient all-reduce; `skipped` on dropped steps; `lost_updates`
-/// per group on probed steps; `heap_peak_bytes` of the step when the binary counts its heap,
-/// `rss_bytes` where the OS tells) and per evaluation (`step`, `val_loss`), appended to a file.
+/// per group on probed steps; `heap_peak_bytes` and `rss_bytes` when the binary measures them,
+/// [`MetricsPlugin::with_memory`]) and per evaluation (`step`, `val_loss`), appended to a file.
 pub struct MetricsPlugin {
     path: PathBuf,
     out: Option<BufWriter<File>>,
+    read_memory: Option<Box<dyn FnMut() -> MemoryReading>>,
+}
+
+/// The process's memory after a step, as the binary measures it (the library counts nothing
+/// itself: a counting allocator is the binary's choice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// Most heap bytes in use during the step.
+    pub heap_peak_bytes: Option<u64>,
+    /// Resident set size now.
+    pub rss_bytes: Option<u64>,
 }
 
 impl MetricsPlugin {
     /// Appends to `path` (created if missing, so a resumed run continues the same file).
     pub fn new(path: PathBuf) -> Self {
-        Self { path, out: None }
+        Self {
+            path,
+            out: None,
+            read_memory: None,
+        }
+    }
+
+    /// Adds the memory `read_memory` returns, called once after each step, to each step's line.
+    pub fn with_memory(mut self, read_memory: impl FnMut() -> MemoryReading + 'static) -> Self {
+        self.read_memory = Some(Box::new(read_memory));
+        self
     }
 
     fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
@@ -128,8 +148,11 @@ impl MetricsPlugin {
 
 impl Plugin for MetricsPlugin {
     fn on_step(&mut self, s: &StepStats) -> Result<Action, TrainError> {
-        let heap_peak_bytes = memory::heap().map(|heap| heap.peak as u64);
-        memory::reset_heap_peak();
+        let memory = self
+            .read_memory
+            .as_mut()
+            .map(|read| read())
+            .unwrap_or_default();
         let line = MetricsLine {
             step: s.step,
             loss: Some(s.loss),
@@ -145,8 +168,8 @@ impl Plugin for MetricsPlugin {
                     .map(|g| (g.name().to_string(), probe.fraction(*g)))
                     .collect()
             }),
-            heap_peak_bytes,
-            rss_bytes: memory::rss().map(|rss| rss.current as u64),
+            heap_peak_bytes: memory.heap_peak_bytes,
+            rss_bytes: memory.rss_bytes,
             ..MetricsLine::default()
         };
         self.write(&line)?;

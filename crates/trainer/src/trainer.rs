@@ -12,7 +12,9 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 
-use crate::checkpoint::{latest_checkpoint, load_checkpoint, record_name, save_checkpoint};
+use crate::checkpoint::{
+    latest_checkpoint, load_checkpoint, load_weights, record_name, save_checkpoint,
+};
 use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::optim::TrapezoidalSchedule;
@@ -178,7 +180,7 @@ impl Trainer {
         match start {
             Start::Fresh => {}
             Start::Init(path) => {
-                trainer.model = trainer.model.clone().load_safetensors(&path)?;
+                trainer.model = load_weights(trainer.model.clone(), &path)?;
             }
             Start::Resume(path) => trainer.resume(path)?,
         }

@@ -1,11 +1,13 @@
 //! Memory as measured, not estimated: heap bytes through a counting global allocator (current
 //! and peak since the last reset) and the process's resident set from the OS.
 //!
-//! A binary opts in with one line; until then [`heap`] returns `None`:
+//! Only binaries that measure memory depend on this crate (the `brainfloat` binary and the
+//! benchmark); the libraries take what they need to know as values. A binary opts in with one
+//! line; until then [`heap`] returns `None`:
 //!
 //! ```ignore
 //! #[global_allocator]
-//! static HEAP: brainfloat_trainer::memory::CountingAllocator = brainfloat_trainer::memory::CountingAllocator;
+//! static HEAP: brainfloat_memory::CountingAllocator = brainfloat_memory::CountingAllocator;
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -85,6 +87,14 @@ pub fn heap() -> Option<HeapStats> {
 /// Starts a new peak from the bytes in use now.
 pub fn reset_heap_peak() {
     PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// The heap peak since the previous call (or reset), then a new peak from the bytes in use
+/// now: what one training step allocated at most. `None` without [`CountingAllocator`].
+pub fn take_heap_peak() -> Option<u64> {
+    let peak = heap()?.peak as u64;
+    reset_heap_peak();
+    Some(peak)
 }
 
 /// The process's resident set, from `/proc/self/status`.
