@@ -15,6 +15,7 @@ use burn::tensor::{DType, Device};
 fn expected_storage(preset: Preset, component: Component) -> DType {
     use Component::*;
     match (preset, component) {
+        (Preset::Bf16Pure | Preset::Bf16Sr | Preset::Bf16Kahan, _) => DType::BF16,
         (Preset::Bf16, Embedding | Scalars | Other) => DType::BF16,
         _ => DType::F32,
     }
@@ -31,7 +32,7 @@ fn assert_storage_dtypes(preset: Preset, tensors: &[NamedTensor], what: &str) {
 /// The design's table: activation dtype under each preset.
 fn expected_activation(preset: Preset) -> DType {
     match preset {
-        Preset::Bf16 => DType::BF16,
+        Preset::Bf16 | Preset::Bf16Pure | Preset::Bf16Sr | Preset::Bf16Kahan => DType::BF16,
         Preset::Fp32 | Preset::Autocast => DType::F32,
     }
 }
@@ -43,8 +44,8 @@ fn every_dtype_follows_the_design_table() {
         let params = named_params(&model);
         assert_eq!(params.len(), 18);
         assert_storage_dtypes(preset, &params, "parameter");
-        // CastedLinear master weights are fp32 in every preset; the record's bf16 goes
-        // to embedding and scalars only.
+        // CastedLinear master weights are fp32 in the record's presets (its bf16 goes to
+        // embedding and scalars only) and bf16 in the pure ones.
         let linear = params.iter().filter(|p| p.component == Component::Linear);
         assert_eq!(linear.count(), 2 * 6 + 1);
 
@@ -182,7 +183,8 @@ fn invalid_inputs_say_what_is_wrong() {
     let err = "bf15".parse::<PrecisionPolicy>().unwrap_err();
     assert_eq!(
         message(&err),
-        "unknown precision preset `bf15` (valid: fp32, autocast, bf16)"
+        "unknown precision preset `bf15` (valid: fp32, autocast, bf16, bf16-pure, bf16-sr, \
+         bf16-kahan)"
     );
 
     // ndarray has no bf16: the policy is refused before any tensor is touched. (ndarray is

@@ -6,6 +6,7 @@
 //! cargo xtask train                       # the embedded tiny config, bf16, on the SOTU corpus
 //! cargo xtask train --precision fp32 --set train.steps=100
 //! cargo xtask bench --steps 20            # fp32 vs autocast vs bf16 → docs/results/
+//! cargo xtask study                       # six presets × 3 seeds → docs/results/convergence.md
 //! cargo xtask validate                    # build, tests, and the bf16 pipeline's checks
 //! cargo xtask train --ranks 2             # two data-parallel ranks under mpirun (OpenMPI)
 //! cargo xtask train --ranks 8 --hostfile hosts   # ranks across the machines of a hostfile
@@ -21,10 +22,11 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "train",
     "eval",
     "bench",
+    "study",
     "validate",
     "data",
     "plot",

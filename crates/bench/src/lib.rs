@@ -29,6 +29,7 @@ mod report;
 mod run;
 mod short_run;
 mod stats;
+mod study;
 pub mod validate;
 
 pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
@@ -44,4 +45,5 @@ pub use peak::Peak;
 pub use report::{BenchReport, Figure, MemoryResult, ModelInfo, PresetResult};
 pub use run::{BenchOptions, run_bench};
 pub use short_run::short_run_config;
-pub use stats::Spread;
+pub use stats::{Spread, mean_and_sd};
+pub use study::{StudyOptions, StudyReport, StudyRun, run_study};

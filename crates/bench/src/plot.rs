@@ -9,6 +9,8 @@ use plotters::prelude::*;
 use crate::distribution::{MIXED, Part};
 use crate::error::BenchError;
 use crate::report::BenchReport;
+use crate::stats::mean_and_sd;
+use crate::study::{StudyReport, StudyRun};
 
 /// One run's curves read from its `metrics.jsonl`.
 pub struct Curves {
@@ -350,4 +352,144 @@ fn draw_differences(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Steps a training-loss curve of [`plot_convergence`] is averaged over (at most a fifth of the
+/// run): single steps of a small batch are too noisy to compare presets by.
+pub const CONVERGENCE_SMOOTHING: usize = 20;
+
+/// The convergence study in two panels: each preset's validation loss over training, and its
+/// training loss minus the reference preset's (paired by seed, a moving mean over
+/// [`CONVERGENCE_SMOOTHING`] steps); each a line for the mean over the seeds and a band of ± one
+/// standard deviation.
+pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchError> {
+    let error = plot_error(out);
+    let reference = report.presets.first().cloned().unwrap_or_default();
+    let window = CONVERGENCE_SMOOTHING.min(report.steps / 5).max(1);
+    // Per preset: (step, values over the seeds) for the validation loss and the smoothed
+    // training-loss difference to the reference.
+    let series = |preset: &str, of: &dyn Fn(&StudyRun) -> Vec<(usize, f64)>| {
+        let runs: Vec<Vec<(usize, f64)>> = report.runs_of(preset).map(of).collect();
+        let steps: Vec<usize> = runs
+            .first()
+            .map(|r| r.iter().map(|p| p.0).collect())
+            .unwrap_or_default();
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                (
+                    *step as f64,
+                    runs.iter().map(|r| r[i].1).collect::<Vec<f64>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let reference_train: Vec<Vec<f64>> = report
+        .runs_of(&reference)
+        .map(|r| moving_mean(&r.train, window))
+        .collect();
+    let val = |r: &StudyRun| r.val.clone();
+    let difference = |r: &StudyRun| {
+        let seed = report.seeds.iter().position(|s| *s == r.seed).unwrap_or(0);
+        moving_mean(&r.train, window)
+            .iter()
+            .zip(reference_train.get(seed).into_iter().flatten())
+            .enumerate()
+            .map(|(i, (v, w))| (i + window, v - w))
+            .collect()
+    };
+    let panels: Vec<Vec<Vec<(f64, Vec<f64>)>>> =
+        [&val as &dyn Fn(&StudyRun) -> Vec<(usize, f64)>, &difference]
+            .into_iter()
+            .map(|of| report.presets.iter().map(|p| series(p, of)).collect())
+            .collect();
+    let root = SVGBackend::new(out, (900, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
+    let (top, bottom) = root.split_vertically(450);
+    let titles = [
+        "validation loss (mean ± sd over seeds)".to_string(),
+        format!("training loss − {reference}'s, paired by seed ({window}-step mean)"),
+    ];
+    for ((area, title), panel) in [top, bottom].iter().zip(&titles).zip(&panels) {
+        draw_bands(area, title, &report.presets, panel, report.steps as f64).map_err(&error)?;
+    }
+    root.present().map_err(|e| error(e.to_string()))
+}
+
+/// Means of `window` consecutive losses, one per full window.
+fn moving_mean(curve: &[(usize, f64)], window: usize) -> Vec<f64> {
+    curve
+        .windows(window)
+        .map(|w| w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        .collect()
+}
+
+/// One chart: per preset, the mean line and a ± sd band of `(x, values over seeds)`.
+fn draw_bands(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    presets: &[String],
+    panel: &[Vec<(f64, Vec<f64>)>],
+    max_x: f64,
+) -> Result<(), String> {
+    let stats: Vec<Vec<(f64, f64, f64)>> = panel
+        .iter()
+        .map(|points| {
+            points
+                .iter()
+                .map(|(x, values)| {
+                    let (mean, sd) = mean_and_sd(values);
+                    (*x, mean, if sd.is_nan() { 0.0 } else { sd })
+                })
+                .collect()
+        })
+        .collect();
+    let (lo, hi) = stats
+        .iter()
+        .flatten()
+        .filter(|p| p.1.is_finite())
+        .fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+            (lo.min(p.1 - p.2), hi.max(p.1 + p.2))
+        });
+    // Nothing finite to draw (a diverged run): a unit range, so that the axes still draw.
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
+    let margin = ((hi - lo) * 0.05).max(1e-4);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_x, (lo - margin)..(hi + margin))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for ((preset, points), color) in presets.iter().zip(&stats).zip(PALETTE.iter().cycle()) {
+        let color = *color;
+        let band: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.0, p.1 + p.2))
+            .chain(points.iter().rev().map(|p| (p.0, p.1 - p.2)))
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                band,
+                color.mix(0.15).filled(),
+            )))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color))
+            .map_err(|e| e.to_string())?
+            .label(preset.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }

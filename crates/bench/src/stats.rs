@@ -50,6 +50,17 @@ impl Spread {
     }
 }
 
+/// Mean and sample standard deviation (n − 1 in the denominator; 0 for one value, NaN for none).
+pub fn mean_and_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, if values.is_empty() { f64::NAN } else { 0.0 });
+    }
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, variance.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +77,15 @@ mod tests {
         assert_eq!((s.p25, s.median, s.p75), (1.75, 2.5, 3.25));
         assert_eq!(Spread::of(&[]), None);
         assert_eq!(Spread::of(&[1.0, f64::NAN]), None);
+    }
+
+    #[test]
+    fn mean_and_sample_standard_deviation() {
+        // numpy.std([2, 4, 4, 4, 5, 5, 7, 9], ddof=1) = 2.138089935299395
+        let (mean, sd) = mean_and_sd(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(mean, 5.0);
+        assert!((sd - 2.138089935299395).abs() < 1e-12);
+        assert_eq!(mean_and_sd(&[3.0]), (3.0, 0.0));
+        assert!(mean_and_sd(&[]).1.is_nan());
     }
 }

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use brainfloat_accum::{GradSync, LocalSync};
 use brainfloat_backend::{BACKEND_VAR, Backend};
 use brainfloat_bench::plot::{
-    Curves, LostUpdateCurves, plot_distribution, plot_losses, plot_lost_updates,
+    Curves, LostUpdateCurves, plot_convergence, plot_distribution, plot_losses, plot_lost_updates,
 };
 use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use brainfloat_bench::{
-    BenchOptions, BenchReport, Figure, Peak, PytorchReference, comparison_markdown, measured_peak,
-    run_bench, step_memory,
+    BenchOptions, BenchReport, Figure, Peak, PytorchReference, StudyOptions, comparison_markdown,
+    measured_peak, run_bench, run_study, step_memory,
 };
 use brainfloat_data::{shard_paths, text_files, tokenize_to_shards};
 use brainfloat_trainer::plugins::{
@@ -68,6 +68,36 @@ enum Command {
     Plot(PlotArgs),
     /// One table from benchmark reports of several backends, with PyTorch's figures beside.
     Compare(CompareArgs),
+    /// Train every preset from several seeds: final validation loss, mean ± sd, and the curves.
+    Study(StudyArgs),
+}
+
+#[derive(Args)]
+struct StudyArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Presets, comma-separated; the first is the reference of the differences.
+    #[arg(
+        long,
+        default_value = "fp32,autocast,bf16,bf16-pure,bf16-sr,bf16-kahan",
+        value_delimiter = ','
+    )]
+    presets: Vec<String>,
+    /// Seeds, comma-separated.
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Optimizer steps per run.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// Evaluate every this many steps (and after the last).
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Folder of the report (JSON, Markdown, SVG).
+    #[arg(long, default_value = "docs/results")]
+    out: PathBuf,
+    /// File stem of the report.
+    #[arg(long, default_value = "convergence")]
+    name: String,
 }
 
 #[derive(Args)]
@@ -222,6 +252,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Plot(args) => plot(args),
         Command::Compare(args) => compare(args),
+        Command::Study(args) => study(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -505,10 +536,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             .parse::<brainfloat_precision::PrecisionPolicy>()
             .map_err(|err| format!("--presets: {err}"))?;
     }
-    let command = std::iter::once("cargo xtask".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     let options = BenchOptions {
         presets: args.presets,
         baseline: args.baseline,
@@ -557,6 +585,60 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     println!("{}", report.to_markdown());
     println!("wrote {} and {}", md.display(), json.display());
     Ok(())
+}
+
+fn study(args: StudyArgs) -> Result<(), String> {
+    let (config, device) = prepare(&args.run)?;
+    ensure_default_corpus(&config)?;
+    for preset in &args.presets {
+        preset
+            .parse::<brainfloat_precision::PrecisionPolicy>()
+            .map_err(|err| format!("--presets: {err}"))?;
+    }
+    let options = StudyOptions {
+        presets: args.presets,
+        seeds: args.seeds,
+        steps: args.steps as usize,
+        eval_every: args.eval_every,
+        machine: args.run.backend.machine(),
+        command: command_line(),
+    };
+    let total = options.presets.len() * options.seeds.len();
+    let mut done = 0;
+    let report = run_study(&config, &device, &options, |run| {
+        done += 1;
+        eprintln!(
+            "study {done}/{total}: {} seed {}: final val loss {:.4} ({:.0} s)",
+            run.preset,
+            run.seed,
+            run.final_val_loss(),
+            run.seconds
+        );
+    })
+    .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|err| format!("{}: cannot create: {err}", args.out.display()))?;
+    let figure = args.out.join(format!("{}.svg", args.name));
+    plot_convergence(&report, &figure).map_err(|e| e.to_string())?;
+    let (json, md) = report
+        .write(&args.out, &args.name)
+        .map_err(|err| format!("{}: cannot write the report: {err}", args.out.display()))?;
+    print!("{}", report.to_markdown(&format!("{}.svg", args.name)));
+    println!(
+        "wrote {}, {} and {}",
+        md.display(),
+        json.display(),
+        figure.display()
+    );
+    Ok(())
+}
+
+/// The command as a user would type it, for reports.
+fn command_line() -> String {
+    std::iter::once("cargo xtask".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn compare(args: CompareArgs) -> Result<(), String> {

@@ -16,6 +16,9 @@
 //! - [`rotary`]: rotary position embeddings and their backward in one pass.
 //! - [`relu_square`] and [`relu_square_backward`]: the MLP's ReLU², one pass each way.
 //! - [`accumulate`] and [`widen`]: fp32 sums of bf16 parts.
+//! - [`round_stochastic_into`] and [`kahan_add`]: writing fp32 updates into bf16 storage
+//!   without losing the small ones (stochastic rounding with counter-based random bits, Kahan
+//!   compensation).
 //!
 //! All run on all cores (rayon). [`KernelPath::active`] says which path runs; the environment
 //! variable [`PATH_VAR`]` = portable` forces the portable one (for tests on CPUs that have
@@ -43,6 +46,7 @@ mod path;
 mod relu_square;
 mod rms_norm;
 mod rotary;
+mod rounding;
 mod softmax;
 
 pub use accumulate::{accumulate, widen};
@@ -55,4 +59,5 @@ pub use path::{KernelPath, PATH_VAR};
 pub use relu_square::{relu_square, relu_square_backward};
 pub use rms_norm::{rms_norm, rms_norm_backward};
 pub use rotary::rotary;
+pub use rounding::{kahan_add, random_bits, round_stochastic, round_stochastic_into, rounding_key};
 pub use softmax::{causal_softmax, causal_softmax_backward};

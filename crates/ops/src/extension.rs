@@ -179,6 +179,24 @@ pub trait KernelBackend: Backend {
     )> {
         None
     }
+
+    /// `values` (fp32) rounded to bf16 stochastically, element `i` with the random bits
+    /// `brainfloat_kernels::random_bits(key, i)`. `None` on backends without the kernel: the
+    /// caller rounds on the host with the same kernel, so every backend rounds alike.
+    fn round_stochastic(_values: FloatTensor<Self>, _key: u64) -> Option<FloatTensor<Self>> {
+        None
+    }
+
+    /// Kahan-compensated `weight + delta` for a bf16 `weight` and `compensation` and an fp32
+    /// `delta`: the new weight and compensation (`brainfloat_kernels::kahan_add`). `None` on
+    /// backends without the kernel (compose it from Burn's ops there).
+    fn kahan_add(
+        _weight: FloatTensor<Self>,
+        _compensation: FloatTensor<Self>,
+        _delta: FloatTensor<Self>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        None
+    }
 }
 
 #[cfg(feature = "tch")]

@@ -192,6 +192,43 @@ impl KernelBackend for Flex {
         with_elem!(x.dtype(), T => rms_norm_backward_typed::<T>(&x, &inv_rms, &grad))
             .unwrap_or_else(|| panic!("rms_norm_backward: unsupported dtype {:?}", x.dtype()))
     }
+
+    fn round_stochastic(values: FlexTensor, key: u64) -> Option<FlexTensor> {
+        if values.dtype() != DType::F32 {
+            return None;
+        }
+        let values = values.to_contiguous();
+        let source: &[f32] = contiguous_values(&values);
+        let mut rounded = vec![bf16::ZERO; source.len()];
+        brainfloat_kernels::round_stochastic_into(source, &mut rounded, key);
+        Some(tensor_of(
+            rounded,
+            values.layout().shape().to_vec(),
+            DType::BF16,
+        ))
+    }
+
+    fn kahan_add(
+        weight: FlexTensor,
+        compensation: FlexTensor,
+        delta: FlexTensor,
+    ) -> Option<(FlexTensor, FlexTensor)> {
+        let dtypes = [weight.dtype(), compensation.dtype(), delta.dtype()];
+        if dtypes != [DType::BF16, DType::BF16, DType::F32] {
+            return None;
+        }
+        let (mut weight, mut compensation) = (weight.to_contiguous(), compensation.to_contiguous());
+        let delta = delta.to_contiguous();
+        let n = weight.layout().num_elements();
+        let range = |t: &FlexTensor| t.layout().start_offset()..t.layout().start_offset() + n;
+        let (w, c) = (range(&weight), range(&compensation));
+        brainfloat_kernels::kahan_add(
+            &mut weight.storage_mut::<bf16>()[w],
+            &mut compensation.storage_mut::<bf16>()[c],
+            contiguous_values::<f32>(&delta),
+        );
+        Some((weight, compensation))
+    }
 }
 
 /// `tensor`, copied to a contiguous layout only when a stride is negative (a flipped view),

@@ -31,11 +31,11 @@ mod extension;
 mod flex;
 
 pub use attention::{causal_attention, runs_kernels};
-pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR};
+pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
 
 use burn::backend::Dispatch;
-use burn::tensor::{FloatDType, Int, Tensor};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
 /// `lhs · rhs` over the last two dimensions (`[.., m, k] × [.., k, n]`, the same leading
 /// dimensions): a native bf16 GEMM with fp32 accumulation on flex for bf16 operands, Burn's
@@ -184,4 +184,63 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
         x.into_dispatch(),
         eps,
     ))
+}
+
+/// `values` rounded to bf16 stochastically: each element up or down with probability by its
+/// distance, so that `E[rounded] = value` (`brainfloat_kernels::round_stochastic`). The random
+/// bits of element `i` are `random_bits(key, i)`: the same on every backend, on flex in one
+/// parallel pass, elsewhere through the host. Outside autodiff (values).
+pub fn round_stochastic<const D: usize>(values: Tensor<D>, key: u64) -> Tensor<D> {
+    let values = values.cast(FloatDType::F32);
+    let device = values.device();
+    if runs_kernels(&device) {
+        let rounded = <Dispatch as KernelBackend>::round_stochastic(values.into_dispatch(), key);
+        return Tensor::from_dispatch(rounded.expect("flex rounds fp32 values"));
+    }
+    let dims = values.dims();
+    let host = values
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("an fp32 tensor reads back as f32");
+    let mut rounded = vec![brainfloat_kernels::bf16::ZERO; host.len()];
+    brainfloat_kernels::round_stochastic_into(&host, &mut rounded, key);
+    Tensor::from_data(TensorData::new(rounded, dims), (&device, DType::BF16))
+}
+
+/// `weight + delta` with Kahan compensation, for a bf16 `weight` and `compensation` and an fp32
+/// `delta`: the compensation carries what each rounding to bf16 lost into the next addition
+/// (`brainfloat_kernels::kahan_add`: `c = compensation + delta`, `weight' = bf16(weight + c)`,
+/// `compensation' = bf16(c − (weight' − weight))`). One pass on flex; the same arithmetic with
+/// Burn's ops elsewhere. Returns the new weight and compensation. Outside autodiff (values).
+///
+/// # Panics
+/// When the dtypes are not bf16, bf16 and fp32.
+pub fn kahan_add<const D: usize>(
+    weight: Tensor<D>,
+    compensation: Tensor<D>,
+    delta: Tensor<D>,
+) -> (Tensor<D>, Tensor<D>) {
+    let dtypes = [weight.dtype(), compensation.dtype(), delta.dtype()];
+    assert_eq!(
+        dtypes,
+        [DType::BF16, DType::BF16, DType::F32],
+        "kahan_add: a bf16 weight and compensation and an fp32 delta"
+    );
+    if runs_kernels(&weight.device()) {
+        let (weight, compensation) = <Dispatch as KernelBackend>::kahan_add(
+            weight.into_dispatch(),
+            compensation.into_dispatch(),
+            delta.into_dispatch(),
+        )
+        .expect("flex adds bf16 weights with Kahan compensation");
+        return (
+            Tensor::from_dispatch(weight),
+            Tensor::from_dispatch(compensation),
+        );
+    }
+    let old = weight.cast(FloatDType::F32);
+    let carried = compensation.cast(FloatDType::F32) + delta;
+    let new = (old.clone() + carried.clone()).cast(FloatDType::BF16);
+    let applied = new.clone().cast(FloatDType::F32) - old;
+    (new, (carried - applied).cast(FloatDType::BF16))
 }

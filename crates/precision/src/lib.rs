@@ -46,9 +46,13 @@ pub use casted_linear::{CastedLinear, CastedLinearConfig};
 pub use casted_linear::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
-pub use lost_update::{half_bf16_ulp, lost_updates};
+pub use lost_update::{
+    compensation_in_half_ulps, half_bf16_ulp, lost_updates, stochastic_rounded_away,
+};
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;
-pub use policy::{ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, dtype_name, parse_dtype};
+pub use policy::{
+    ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, UpdateRounding, dtype_name, parse_dtype,
+};
 pub use report::{PrecisionReport, ReportRow, dtype_info};
 pub use role::{ParamRole, ParamRoles, RoleMap};

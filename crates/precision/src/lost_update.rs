@@ -1,4 +1,6 @@
-//! The lost-update probe: which fp32 master-weight updates bf16 storage would have lost.
+//! The lost-update probe: which fp32 master-weight updates bf16 storage would have lost; under
+//! stochastic rounding, how many were rounded away against how many were expected to be; under
+//! Kahan, how large the carried compensation is.
 
 /// Half a bf16 unit in the last place of `w`: an update smaller than this leaves `w` unchanged
 /// when `w` is stored in bf16 (round to nearest). bf16 keeps 8 significant bits, so for a normal
@@ -32,6 +34,59 @@ pub fn lost_updates(weights: &[f32], deltas: &[f32]) -> (usize, usize) {
         }
     }
     (lost, updated)
+}
+
+/// What stochastic rounding did with the non-zero updates `deltas` to the bf16 `weights`
+/// (widened to fp32), given the stored results `updated`: how many were rounded away (the
+/// weight came back unchanged) and how many were expected to be — the sum over updates of the
+/// probability that `weight − delta` rounds back to `weight` (`1 −` its distance from `weight`
+/// over the gap, when `weight` is one of its two bf16 neighbours; 0 otherwise). Returns
+/// `(rounded_away, expected, updated)`.
+pub fn stochastic_rounded_away(
+    weights: &[f32],
+    deltas: &[f32],
+    updated: &[f32],
+) -> (usize, f64, usize) {
+    assert!(
+        weights.len() == deltas.len() && updated.len() == deltas.len(),
+        "one update and one result per weight"
+    );
+    let (mut away, mut expected, mut count) = (0, 0.0f64, 0);
+    for ((&w, &delta), &new) in weights.iter().zip(deltas).zip(updated) {
+        if delta == 0.0 {
+            continue;
+        }
+        count += 1;
+        away += usize::from(new == w);
+        let target = (w - delta).to_bits();
+        // The 16 bits bf16 drops: the target's place between its neighbours, in 2⁻¹⁶ of the gap.
+        let up_probability = (target & 0xFFFF) as f64 / 65536.0;
+        let below = target & 0xFFFF_0000;
+        expected += if w.to_bits() == below {
+            1.0 - up_probability
+        } else if w.to_bits() == below + 0x1_0000 {
+            up_probability
+        } else {
+            0.0
+        };
+    }
+    (away, expected, count)
+}
+
+/// Kahan's compensation in units of half a bf16 ulp of its weight: the sum over elements of
+/// `|compensation| / half_ulp(weight)` and the number of elements (the mean is their ratio; by
+/// construction it is at most about 1).
+pub fn compensation_in_half_ulps(weights: &[f32], compensation: &[f32]) -> (f64, usize) {
+    assert_eq!(
+        weights.len(),
+        compensation.len(),
+        "one compensation per weight"
+    );
+    weights
+        .iter()
+        .zip(compensation)
+        .filter_map(|(&w, &c)| Some((c.abs() / half_bf16_ulp(w)?) as f64))
+        .fold((0.0, 0), |(sum, n), v| (sum + v, n + 1))
 }
 
 #[cfg(test)]
@@ -81,5 +136,26 @@ mod tests {
         assert_eq!(lost_updates(&weights, &deltas), (4, 7));
         // Zero updates are not updates.
         assert_eq!(lost_updates(&[1.0, 2.0], &[0.0, -0.0]), (0, 0));
+    }
+
+    #[test]
+    fn stochastic_rounding_counts_against_the_probability_of_staying() {
+        // w = 1 (gap above 2⁻⁷, below 2⁻⁸): +¼ of the gap above stays with p = ¾; −½ of the
+        // gap below stays with p = ½; a whole gap up never stays.
+        let (up, down) = (2f32.powi(-7), 2f32.powi(-8));
+        let weights = [1.0f32, 1.0, 1.0, 1.0];
+        let deltas = [-0.25 * up, 0.5 * down, -up, 0.0];
+        let updated = [1.0f32, 1.0 - down, 1.0 + up, 1.0];
+        let (away, expected, count) = stochastic_rounded_away(&weights, &deltas, &updated);
+        assert_eq!((away, count), (1, 3));
+        assert!((expected - (0.75 + 0.5 + 0.0)).abs() < 1e-12, "{expected}");
+    }
+
+    #[test]
+    fn compensation_is_measured_in_half_ulps() {
+        let (sum, n) =
+            compensation_in_half_ulps(&[1.0, 2.0, f32::NAN], &[2f32.powi(-9), -2f32.powi(-7), 1.0]);
+        assert_eq!(n, 2);
+        assert!((sum - 1.5).abs() < 1e-12, "{sum}");
     }
 }

@@ -76,8 +76,25 @@ impl FromStr for Component {
     }
 }
 
-/// The three presets of the design: the fp32 reference, the record's autocast baseline and the
-/// record itself.
+/// How an optimizer step writes a new value into bf16 storage (weights and optimizer state);
+/// values stored in fp32 are written exactly whatever the rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpdateRounding {
+    /// Round to nearest, what storing into a bf16 tensor does: an update below half an ulp of
+    /// its weight is lost.
+    Nearest,
+    /// Stochastic rounding of every new weight and optimizer-state value: up or down with
+    /// probability by distance, so that small updates survive on average. The random bits come
+    /// from (seed, step, parameter, element), so a resumed run rounds as the uninterrupted one.
+    Stochastic,
+    /// Kahan summation: a bf16 compensation buffer per bf16 parameter carries each update's
+    /// rounding error into the next update; optimizer state rounds to nearest.
+    Kahan,
+}
+
+/// The presets: the fp32 reference, the record's autocast baseline, the record itself, and
+/// three pure-bf16 presets (weights, gradients and optimizer state all bf16) that differ in how
+/// updates are rounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Preset {
     /// Everything in fp32.
@@ -86,11 +103,28 @@ pub enum Preset {
     Autocast,
     /// The record: bf16 activations, embedding and scalars; fp32 CastedLinear master weights.
     Bf16,
+    /// Every parameter in bf16 (the record's dtypes with `linear=bf16`), updates rounded to
+    /// nearest: the naive baseline.
+    Bf16Pure,
+    /// [`Preset::Bf16Pure`]'s storage with stochastic rounding ([`UpdateRounding::Stochastic`]).
+    Bf16Sr,
+    /// [`Preset::Bf16Pure`]'s storage with Kahan compensation ([`UpdateRounding::Kahan`]).
+    Bf16Kahan,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 3] = [Preset::Fp32, Preset::Autocast, Preset::Bf16];
+    pub const ALL: [Preset; 6] = [
+        Preset::Fp32,
+        Preset::Autocast,
+        Preset::Bf16,
+        Preset::Bf16Pure,
+        Preset::Bf16Sr,
+        Preset::Bf16Kahan,
+    ];
+
+    /// The record's three presets: those the PyTorch reference computes too.
+    pub const RECORD: [Preset; 3] = [Preset::Fp32, Preset::Autocast, Preset::Bf16];
 
     /// The preset's name, as parsed.
     pub fn name(self) -> &'static str {
@@ -98,6 +132,18 @@ impl Preset {
             Preset::Fp32 => "fp32",
             Preset::Autocast => "autocast",
             Preset::Bf16 => "bf16",
+            Preset::Bf16Pure => "bf16-pure",
+            Preset::Bf16Sr => "bf16-sr",
+            Preset::Bf16Kahan => "bf16-kahan",
+        }
+    }
+
+    /// How the preset's optimizer rounds updates into bf16 storage.
+    pub fn update_rounding(self) -> UpdateRounding {
+        match self {
+            Preset::Bf16Sr => UpdateRounding::Stochastic,
+            Preset::Bf16Kahan => UpdateRounding::Kahan,
+            _ => UpdateRounding::Nearest,
         }
     }
 }
@@ -141,14 +187,15 @@ impl PrecisionPolicy {
     /// The policy of a preset, without overrides.
     pub fn preset(preset: Preset) -> Self {
         use FloatDType::{BF16, F32};
-        let (embedding, scalars, matmul, activation) = match preset {
-            Preset::Fp32 => (F32, F32, F32, F32),
-            Preset::Autocast => (F32, F32, BF16, F32),
-            Preset::Bf16 => (BF16, BF16, BF16, BF16),
+        let (linear, embedding, scalars, matmul, activation) = match preset {
+            Preset::Fp32 => (F32, F32, F32, F32, F32),
+            Preset::Autocast => (F32, F32, F32, BF16, F32),
+            Preset::Bf16 => (F32, BF16, BF16, BF16, BF16),
+            Preset::Bf16Pure | Preset::Bf16Sr | Preset::Bf16Kahan => (BF16, BF16, BF16, BF16, BF16),
         };
         Self {
             preset,
-            linear: F32,
+            linear,
             embedding,
             scalars,
             matmul,
@@ -222,6 +269,11 @@ impl PrecisionPolicy {
     /// Dtype of activations.
     pub fn activation(&self) -> FloatDType {
         self.activation
+    }
+
+    /// How the optimizer rounds updates into bf16 storage (the preset's).
+    pub fn update_rounding(&self) -> UpdateRounding {
+        self.preset.update_rounding()
     }
 
     /// Dtype of the loss: always fp32.
@@ -334,6 +386,9 @@ mod tests {
             (Preset::Fp32, [F32, F32, F32, F32, F32]),
             (Preset::Autocast, [F32, F32, F32, BF16, F32]),
             (Preset::Bf16, [F32, BF16, BF16, BF16, BF16]),
+            (Preset::Bf16Pure, [BF16, BF16, BF16, BF16, BF16]),
+            (Preset::Bf16Sr, [BF16, BF16, BF16, BF16, BF16]),
+            (Preset::Bf16Kahan, [BF16, BF16, BF16, BF16, BF16]),
         ];
         for (preset, [linear, embedding, scalars, matmul, activation]) in table {
             let p = PrecisionPolicy::preset(preset);
@@ -344,6 +399,30 @@ mod tests {
             assert_eq!(p.activation(), activation, "{preset}");
             assert_eq!(p.loss(), F32, "{preset}");
         }
+    }
+
+    #[test]
+    fn the_pure_presets_share_storage_and_differ_in_rounding() {
+        let pure: PrecisionPolicy = "bf16-pure".parse().unwrap();
+        let record_with_bf16_linears: PrecisionPolicy = "bf16,linear=bf16".parse().unwrap();
+        for c in Component::ALL {
+            assert_eq!(pure.dtype(c), record_with_bf16_linears.dtype(c), "{c}");
+        }
+        assert_eq!(pure.update_rounding(), UpdateRounding::Nearest);
+        assert_eq!(
+            record_with_bf16_linears.update_rounding(),
+            UpdateRounding::Nearest
+        );
+        let sr: PrecisionPolicy = "bf16-sr,embedding=fp32".parse().unwrap();
+        assert_eq!(sr.update_rounding(), UpdateRounding::Stochastic);
+        assert_eq!((sr.embedding(), sr.linear()), (F32, BF16));
+        assert_eq!(sr.to_string(), "bf16-sr,embedding=fp32");
+        let kahan: PrecisionPolicy = "bf16-kahan".parse().unwrap();
+        assert_eq!(kahan.update_rounding(), UpdateRounding::Kahan);
+        assert_eq!(
+            PrecisionPolicy::bf16().update_rounding(),
+            UpdateRounding::Nearest
+        );
     }
 
     #[test]

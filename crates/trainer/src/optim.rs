@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use brainfloat_ops::matmul;
 use brainfloat_precision::{
-    ACCUMULATION_DTYPE, ParamPath, ParamRole, ParamRoles, RoleMap, lost_updates,
+    ACCUMULATION_DTYPE, ParamPath, ParamRole, ParamRoles, RoleMap, UpdateRounding,
+    compensation_in_half_ulps, lost_updates, stochastic_rounded_away,
 };
 use burn::module::{ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::error::TensorFileError;
 
@@ -53,10 +54,13 @@ impl ParamGroup {
 
 /// The lost-update probe of one optimizer step: per group, how many element updates were
 /// non-zero and how many of those were below half a bf16 ulp of their weight (lost to bf16
-/// storage; see [`lost_updates`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// storage; see [`lost_updates`]). Under stochastic rounding the count is of updates rounded
+/// away, with the number expected beside it; under Kahan, the compensation's size.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LostUpdates {
     counts: [(usize, usize); 4],
+    expected: [Option<f64>; 4],
+    compensation: [(f64, usize); 4],
 }
 
 impl LostUpdates {
@@ -76,6 +80,33 @@ impl LostUpdates {
     pub fn fraction(&self, group: ParamGroup) -> Option<f64> {
         let (lost, updated) = self.counts(group);
         (updated > 0).then(|| lost as f64 / updated as f64)
+    }
+
+    /// Adds `expected` updates that stochastic rounding was expected to round away to `group`
+    /// (their count went to [`add`](Self::add)).
+    pub fn add_expected(&mut self, group: ParamGroup, expected: f64) {
+        let slot = &mut self.expected[group.index()];
+        *slot = Some(slot.unwrap_or(0.0) + expected);
+    }
+
+    /// Under stochastic rounding: the fraction of `group`'s non-zero updates expected to be
+    /// rounded away (compare [`fraction`](Self::fraction)); `None` otherwise.
+    pub fn expected_fraction(&self, group: ParamGroup) -> Option<f64> {
+        let (_, updated) = self.counts(group);
+        Some(self.expected[group.index()]? / updated.max(1) as f64)
+    }
+
+    /// Adds Kahan compensation of `count` elements, `sum` half-ulps in all, to `group`.
+    pub fn add_compensation(&mut self, group: ParamGroup, sum: f64, count: usize) {
+        let slot = &mut self.compensation[group.index()];
+        slot.0 += sum;
+        slot.1 += count;
+    }
+
+    /// Under Kahan: `group`'s mean |compensation| in half ulps of its weight; `None` otherwise.
+    pub fn compensation_half_ulps(&self, group: ParamGroup) -> Option<f64> {
+        let (sum, count) = self.compensation[group.index()];
+        (count > 0).then(|| sum / count as f64)
     }
 }
 
@@ -117,6 +148,10 @@ pub struct RecordOptimizerConfig {
     pub ns_steps: usize,
     /// Dtype of the Newton–Schulz iteration (bf16 in the record).
     pub ns_dtype: FloatDType,
+    /// How new values are written into bf16 weights and state (the policy's).
+    pub rounding: UpdateRounding,
+    /// Seed of stochastic rounding's random bits (the run's seed).
+    pub seed: u64,
 }
 
 impl Default for RecordOptimizerConfig {
@@ -133,6 +168,8 @@ impl Default for RecordOptimizerConfig {
             muon_momentum_warmup: 500,
             ns_steps: 5,
             ns_dtype: FloatDType::BF16,
+            rounding: UpdateRounding::Nearest,
+            seed: 0,
         }
     }
 }
@@ -165,6 +202,8 @@ enum ParamState {
 pub struct RecordOptimizer {
     config: RecordOptimizerConfig,
     states: HashMap<String, ParamState>,
+    /// Kahan compensation per bf16 parameter, under [`UpdateRounding::Kahan`].
+    compensation: HashMap<String, Tensor<1>>,
     grad_squares: Vec<Tensor<1>>,
     probe: Option<LostUpdates>,
 }
@@ -174,6 +213,16 @@ pub struct RecordOptimizer {
 const EXP_AVG: &str = "exp_avg";
 const EXP_AVG_SQ: &str = "exp_avg_sq";
 const MOMENTUM_BUFFER: &str = "momentum_buffer";
+const KAHAN_COMPENSATION: &str = "kahan_compensation";
+
+/// Which stream of stochastic rounding's random bits a written tensor draws from.
+#[derive(Clone, Copy)]
+enum Stream {
+    Weight = 0,
+    Moment1 = 1,
+    Moment2 = 2,
+    MomentumBuffer = 3,
+}
 
 impl RecordOptimizer {
     /// A fresh optimizer.
@@ -181,6 +230,7 @@ impl RecordOptimizer {
         Self {
             config,
             states: HashMap::new(),
+            compensation: HashMap::new(),
             grad_squares: Vec::new(),
             probe: None,
         }
@@ -198,8 +248,9 @@ impl RecordOptimizer {
         self.probe.take()
     }
 
-    /// Every state tensor, flattened, named `<parameter>.exp_avg`, `.exp_avg_sq` (Adam) or
-    /// `.momentum_buffer` (Muon), and the Adam step count of each parameter.
+    /// Every state tensor, flattened, named `<parameter>.exp_avg`, `.exp_avg_sq` (Adam),
+    /// `.momentum_buffer` (Muon) or `.kahan_compensation` (Kahan), and the Adam step count of
+    /// each parameter.
     pub fn state(&self) -> (Vec<(String, Tensor<1>)>, BTreeMap<String, i32>) {
         let mut tensors = Vec::new();
         let mut steps = BTreeMap::new();
@@ -219,6 +270,9 @@ impl RecordOptimizer {
                 }
             }
         }
+        for (name, compensation) in &self.compensation {
+            tensors.push((format!("{name}.{KAHAN_COMPENSATION}"), compensation.clone()));
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         (tensors, steps)
     }
@@ -231,8 +285,11 @@ impl RecordOptimizer {
         steps: &BTreeMap<String, i32>,
     ) -> Result<(), TensorFileError> {
         self.states.clear();
+        self.compensation.clear();
         for name in names {
-            if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
+            if let Some(param) = name.strip_suffix(&format!(".{KAHAN_COMPENSATION}")) {
+                self.compensation.insert(param.to_string(), tensor(name)?);
+            } else if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
                 let momentum_buffer = tensor(name)?;
                 self.states
                     .insert(param.to_string(), ParamState::Muon { momentum_buffer });
@@ -279,6 +336,7 @@ impl RecordOptimizer {
             grad_scale,
             lr_multiplier,
             momentum,
+            step,
             path: ParamPath::default(),
         });
         let squares = std::mem::take(&mut self.grad_squares);
@@ -289,6 +347,7 @@ impl RecordOptimizer {
         (model, grad_norm)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn update<const D: usize>(
         &mut self,
         name: String,
@@ -297,6 +356,7 @@ impl RecordOptimizer {
         grad: Tensor<D>,
         lr_multiplier: f64,
         momentum: f64,
+        step: usize,
     ) -> Tensor<D> {
         let dims = value.dims();
         let numel = dims.iter().product::<usize>();
@@ -309,7 +369,27 @@ impl RecordOptimizer {
                 ParamGroup::Scalars => c.scalar_lr,
                 ParamGroup::Matrices => c.matrix_lr,
             };
-        let fusable = group != ParamGroup::Matrices && self.probe.is_none();
+        // Stochastic rounding and Kahan apply to bf16 storage: the update is computed in fp32
+        // and written by the policy's rounding. fp32 storage is written exactly either way.
+        let state_dtype = FloatDType::from(value.dtype());
+        let rounding = if value.dtype() == DType::BF16 {
+            c.rounding
+        } else {
+            UpdateRounding::Nearest
+        };
+        let compute = match rounding {
+            UpdateRounding::Nearest => state_dtype,
+            UpdateRounding::Stochastic | UpdateRounding::Kahan => FloatDType::F32,
+        };
+        let stream = {
+            let (seed, parameter) = (c.seed, name_hash(&name));
+            move |stream: Stream| {
+                brainfloat_ops::rounding_key(&[seed, step as u64, parameter, stream as u64])
+            }
+        };
+        let fusable = group != ParamGroup::Matrices
+            && self.probe.is_none()
+            && rounding == UpdateRounding::Nearest;
         if fusable && brainfloat_ops::runs_kernels(&value.device()) {
             // One fused pass where the backend has the kernel; the lost-update probe needs the
             // update itself, so probed steps take the op-by-op path below. Parameter and moments
@@ -344,25 +424,29 @@ impl RecordOptimizer {
         }
         self.grad_squares
             .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
+        let zeros = in_dtype(grad.zeros_like(), state_dtype);
+        let grad = in_dtype(grad, compute);
         let delta = if group == ParamGroup::Matrices {
             let buffer = match self.states.remove(&name) {
                 Some(ParamState::Muon { momentum_buffer }) => {
-                    momentum_buffer.mul_scalar(momentum) + grad.clone()
+                    in_dtype(momentum_buffer, compute).mul_scalar(momentum) + grad.clone()
                 }
                 _ => grad.clone(),
             };
-            let nesterov = grad + buffer.clone().mul_scalar(momentum);
+            let buffer = store(buffer, state_dtype, rounding, || {
+                stream(Stream::MomentumBuffer)
+            });
+            let nesterov = grad + in_dtype(buffer.clone(), compute).mul_scalar(momentum);
             let (rows, cols) = (dims[0], dims[1]);
             let ortho = newton_schulz(nesterov.reshape([rows, cols]), c.ns_steps, c.ns_dtype);
             let shape_factor = (rows as f64 / cols as f64).max(1.0).sqrt();
             self.states.insert(
-                name,
+                name.clone(),
                 ParamState::Muon {
                     momentum_buffer: buffer,
                 },
             );
-            ortho
-                .cast(FloatDType::from(value.dtype()))
+            in_dtype(ortho, compute)
                 .reshape([numel])
                 .mul_scalar(lr * shape_factor)
         } else {
@@ -373,21 +457,25 @@ impl RecordOptimizer {
                     moment_1,
                     moment_2,
                 }) => (steps, moment_1, moment_2),
-                _ => (0, grad.zeros_like(), grad.zeros_like()),
+                _ => (0, zeros.clone(), zeros),
             };
             let steps = steps + 1;
-            let moment_1 = moment_1.mul_scalar(beta_1) + grad.clone().mul_scalar(1.0 - beta_1);
-            let moment_2 = moment_2.mul_scalar(beta_2) + grad.square().mul_scalar(1.0 - beta_2);
+            let moment_1 = in_dtype(moment_1, compute).mul_scalar(beta_1)
+                + grad.clone().mul_scalar(1.0 - beta_1);
+            let moment_2 = in_dtype(moment_2, compute).mul_scalar(beta_2)
+                + grad.square().mul_scalar(1.0 - beta_2);
+            // The update uses the moments as stored, as the fused kernel does.
+            let moment_1 = store(moment_1, state_dtype, rounding, || stream(Stream::Moment1));
+            let moment_2 = store(moment_2, state_dtype, rounding, || stream(Stream::Moment2));
             let correction_1 = 1.0 - beta_1.powi(steps);
             let correction_2 = 1.0 - beta_2.powi(steps);
-            let denom = moment_2
-                .clone()
+            let denom = in_dtype(moment_2.clone(), compute)
                 .sqrt()
                 .div_scalar(correction_2.sqrt())
                 .add_scalar(c.adam_eps);
-            let delta = (moment_1.clone() / denom).mul_scalar(lr / correction_1);
+            let delta = (in_dtype(moment_1.clone(), compute) / denom).mul_scalar(lr / correction_1);
             self.states.insert(
-                name,
+                name.clone(),
                 ParamState::Adam {
                     steps,
                     moment_1,
@@ -397,12 +485,78 @@ impl RecordOptimizer {
             delta
         };
         let value = value.reshape([numel]);
-        if let Some(probe) = &mut self.probe {
-            let (lost, updated) = lost_updates(&host_f32(&value), &host_f32(&delta));
-            probe.add(group, lost, updated);
+        // Under stochastic rounding the probe compares what happened with what was expected,
+        // so it needs the weights before and after.
+        let probed = self
+            .probe
+            .is_some()
+            .then(|| (host_f32(&value), host_f32(&delta)));
+        let updated = match rounding {
+            UpdateRounding::Nearest => value - delta,
+            UpdateRounding::Stochastic => brainfloat_ops::round_stochastic(
+                value.cast(FloatDType::F32) - delta,
+                stream(Stream::Weight),
+            ),
+            UpdateRounding::Kahan => {
+                let compensation = match self.compensation.remove(&name) {
+                    Some(compensation) => compensation,
+                    None => value.zeros_like(),
+                };
+                let (updated, compensation) =
+                    brainfloat_ops::kahan_add(value, compensation, delta.neg());
+                self.compensation.insert(name.clone(), compensation);
+                updated
+            }
+        };
+        if let (Some(probe), Some((weights, deltas))) = (&mut self.probe, probed) {
+            if rounding == UpdateRounding::Stochastic {
+                let (away, expected, count) =
+                    stochastic_rounded_away(&weights, &deltas, &host_f32(&updated));
+                probe.add(group, away, count);
+                probe.add_expected(group, expected);
+            } else {
+                let (lost, count) = lost_updates(&weights, &deltas);
+                probe.add(group, lost, count);
+            }
+            if let Some(compensation) = self.compensation.get(&name) {
+                let (sum, count) =
+                    compensation_in_half_ulps(&host_f32(&updated), &host_f32(compensation));
+                probe.add_compensation(group, sum, count);
+            }
         }
-        (value - delta).reshape(dims)
+        updated.reshape(dims)
     }
+}
+
+/// `tensor` in `dtype`: itself when it has it already (no pass over it), cast otherwise.
+fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+    if tensor.dtype() == DType::from(dtype) {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
+}
+
+/// A new optimizer-state value written into its storage `dtype`: stochastically rounded under
+/// [`UpdateRounding::Stochastic`] (the random bits of `key()`), to nearest otherwise.
+fn store(
+    values: Tensor<1>,
+    dtype: FloatDType,
+    rounding: UpdateRounding,
+    key: impl FnOnce() -> u64,
+) -> Tensor<1> {
+    match rounding {
+        UpdateRounding::Stochastic => brainfloat_ops::round_stochastic(values, key()),
+        UpdateRounding::Nearest | UpdateRounding::Kahan => in_dtype(values, dtype),
+    }
+}
+
+/// FNV-1a of a parameter's name: the parameter's word in its rounding streams' keys (names are
+/// what a checkpoint keeps, so a resumed run draws the same bits).
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01B3)
+    })
 }
 
 /// The values of `tensor` as fp32 on the host (exact for bf16 and fp32).
@@ -422,6 +576,7 @@ struct StepMapper<'a> {
     grad_scale: f64,
     lr_multiplier: f64,
     momentum: f64,
+    step: usize,
     path: ParamPath,
 }
 
@@ -458,6 +613,7 @@ impl ModuleMapper for StepMapper<'_> {
             grad,
             self.lr_multiplier,
             self.momentum,
+            self.step,
         );
         let mut tensor = Tensor::from_inner(updated);
         if require_grad {

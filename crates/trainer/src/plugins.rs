@@ -162,12 +162,23 @@ impl Plugin for MetricsPlugin {
             grad_norm: Some(s.grad_norm),
             sync_ms: Some(s.sync_time.as_secs_f64() * 1e3),
             skipped: s.skipped,
-            lost_updates: s.lost_updates.map(|probe| {
-                ParamGroup::ALL
-                    .iter()
-                    .map(|g| (g.name().to_string(), probe.fraction(*g)))
-                    .collect()
-            }),
+            lost_updates: s.lost_updates.map(|probe| per_group(|g| probe.fraction(g))),
+            rounded_away_expected: s
+                .lost_updates
+                .filter(|probe| {
+                    ParamGroup::ALL
+                        .iter()
+                        .any(|g| probe.expected_fraction(*g).is_some())
+                })
+                .map(|probe| per_group(|g| probe.expected_fraction(g))),
+            kahan_compensation: s
+                .lost_updates
+                .filter(|probe| {
+                    ParamGroup::ALL
+                        .iter()
+                        .any(|g| probe.compensation_half_ulps(*g).is_some())
+                })
+                .map(|probe| per_group(|g| probe.compensation_half_ulps(g))),
             heap_peak_bytes: memory.heap_peak_bytes,
             rss_bytes: memory.rss_bytes,
             ..MetricsLine::default()
@@ -217,6 +228,14 @@ pub struct MetricsLine {
     /// none was non-zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_updates: Option<BTreeMap<String, Option<f64>>>,
+    /// Under stochastic rounding, on probed steps: per group name, the fraction of non-zero
+    /// updates expected to be rounded away (`lost_updates` is the fraction that was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounded_away_expected: Option<BTreeMap<String, Option<f64>>>,
+    /// Under Kahan, on probed steps: per group name, the mean |compensation| in half bf16 ulps
+    /// of its weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kahan_compensation: Option<BTreeMap<String, Option<f64>>>,
     /// Peak heap bytes since the previous step (binaries that count their heap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap_peak_bytes: Option<u64>,
@@ -229,6 +248,14 @@ pub struct MetricsLine {
     /// Validation tokens per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_tokens_per_sec: Option<f64>,
+}
+
+/// A value per parameter group, by group name.
+fn per_group(value: impl Fn(ParamGroup) -> Option<f64>) -> BTreeMap<String, Option<f64>> {
+    ParamGroup::ALL
+        .iter()
+        .map(|g| (g.name().to_string(), value(*g)))
+        .collect()
 }
 
 impl MetricsLine {

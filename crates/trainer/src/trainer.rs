@@ -539,6 +539,8 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
         muon_momentum: o.muon_momentum,
         ns_steps: o.ns_steps,
         ns_dtype: policy.matmul(),
+        rounding: policy.update_rounding(),
+        seed: config.train.seed,
         ..RecordOptimizerConfig::default()
     }
 }
