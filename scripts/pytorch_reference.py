@@ -81,31 +81,45 @@ class Attention(nn.Module):
         return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c)), v1
 
 
+class MLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.c_fc, self.c_proj = CastedLinear(dim, 4 * dim), CastedLinear(4 * dim, dim, zero=True)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
 class Block(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
         self.attn = Attention(dim, heads)
-        self.c_fc, self.c_proj = CastedLinear(dim, 4 * dim), CastedLinear(4 * dim, dim, zero=True)
+        self.mlp = MLP(dim)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))
 
     def forward(self, x, x0, v1):
         x = self.lambdas[0] * x + self.lambdas[1] * x0
         y, v1 = self.attn(rms_norm(x), v1)
         x = x + y
-        return x + self.c_proj(F.relu(self.c_fc(rms_norm(x))).square()), v1
+        return x + self.mlp(rms_norm(x)), v1
 
 
 class GPT(nn.Module):
     def __init__(self, vocab, layers, heads, dim):
         super().__init__()
-        self.wte = nn.Embedding(vocab, dim)
-        self.h = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        # The record's module names, so that state dicts (and brainfloat's weights files) match.
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab, dim),
+                h=nn.ModuleList(Block(dim, heads) for _ in range(layers)),
+            )
+        )
         self.lm_head = CastedLinear(dim, vocab, zero=True)
 
     def forward(self, idx, targets):
-        x = x0 = rms_norm(self.wte(idx))
+        x = x0 = rms_norm(self.transformer.wte(idx))
         v1 = None
-        for block in self.h:
+        for block in self.transformer.h:
             x, v1 = block(x, x0, v1)
         logits = self.lm_head(rms_norm(x))
         logits = 30 * torch.tanh(logits / 30)
@@ -146,11 +160,11 @@ def build(preset, args):
         for m in model.modules():
             if isinstance(m, CastedLinear):
                 m.float()
-    matrices = [p for n, p in model.h.named_parameters() if p.ndim == 2]
-    scalars = [p for n, p in model.h.named_parameters() if p.ndim < 2]
+    matrices = [p for n, p in model.transformer.h.named_parameters() if p.ndim == 2]
+    scalars = [p for n, p in model.transformer.h.named_parameters() if p.ndim < 2]
     adam = dict(betas=(0.9, 0.95), eps=1e-8, fused=False)
     optimizers = [
-        torch.optim.Adam([model.wte.weight], lr=0.3, **adam),
+        torch.optim.Adam([model.transformer.wte.weight], lr=0.3, **adam),
         torch.optim.Adam([model.lm_head.weight], lr=0.002, **adam),
         torch.optim.Adam(scalars, lr=0.02, **adam),
         Muon(matrices),

@@ -161,3 +161,65 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
         "{err}"
     );
 }
+
+/// The torch environment `cargo xtask test` installs (scripts/setup-torch).
+fn torch_python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/torch-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which installs PyTorch",
+        python.display()
+    );
+    python
+}
+
+/// A pure-bf16 weights file is PyTorch's: the record's PyTorch GPT (scripts/pytorch_reference.py)
+/// loads it with `strict=True`, every parameter bf16, and computes the loss we compute from it
+/// on the golden batch, to bf16 agreement.
+#[test]
+fn pure_bf16_weights_load_in_pytorch_and_give_our_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, device) = golden_model(&"bf16-pure".parse::<PrecisionPolicy>().unwrap());
+    let weights = dir.path().join("model.safetensors");
+    save_weights(&model, &weights).unwrap();
+    let batch = golden_batch(0, &device);
+    let ours = scalar(model.forward(&batch).unwrap());
+    let rows = |t: burn::tensor::Tensor<2, burn::tensor::Int>| -> Vec<Vec<i64>> {
+        let [b, t_len] = t.dims();
+        let flat: Vec<i64> = t.into_data().convert::<i64>().try_to_vec().unwrap();
+        (0..b)
+            .map(|i| flat[i * t_len..(i + 1) * t_len].to_vec())
+            .collect()
+    };
+    let tokens = serde_json::json!({
+        "heads": 2,
+        "inputs": rows(batch.inputs().clone()),
+        "targets": rows(batch.targets().clone()),
+    });
+    let tokens_path = dir.path().join("tokens.json");
+    std::fs::write(&tokens_path, tokens.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/load_weights.py");
+    let output = std::process::Command::new(torch_python())
+        .arg(&script)
+        .arg(&weights)
+        .arg(&tokens_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "PyTorch refused the file: {stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["parameters"], 18);
+    for (name, dtype) in report["dtypes"].as_object().unwrap() {
+        assert_eq!(dtype, "bfloat16", "{name}");
+    }
+    let theirs = report["loss"].as_f64().unwrap();
+    println!(
+        "bf16-pure loss: ours {ours:.6}, PyTorch {theirs:.6}, rel {:.2e}",
+        rel(ours, theirs)
+    );
+    // Measured 1.2e-4 (flex): the same bf16 arithmetic, in another order.
+    assert!(rel(ours, theirs) <= 5e-4, "ours {ours} vs PyTorch {theirs}");
+}

@@ -358,6 +358,9 @@ fn draw_differences(
 /// run): single steps of a small batch are too noisy to compare presets by.
 pub const CONVERGENCE_SMOOTHING: usize = 20;
 
+/// One preset's curve over the seeds: per x, the value of every seed.
+type SeedCurves = Vec<(f64, Vec<f64>)>;
+
 /// The convergence study in two panels: each preset's validation loss over training, and its
 /// training loss minus the reference preset's (paired by seed, a moving mean over
 /// [`CONVERGENCE_SMOOTHING`] steps); each a line for the mean over the seeds and a band of ± one
@@ -399,7 +402,7 @@ pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchErr
             .map(|(i, (v, w))| (i + window, v - w))
             .collect()
     };
-    let panels: Vec<Vec<Vec<(f64, Vec<f64>)>>> =
+    let panels: Vec<Vec<SeedCurves>> =
         [&val as &dyn Fn(&StudyRun) -> Vec<(usize, f64)>, &difference]
             .into_iter()
             .map(|of| report.presets.iter().map(|p| series(p, of)).collect())
@@ -430,7 +433,7 @@ fn draw_bands(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
     presets: &[String],
-    panel: &[Vec<(f64, Vec<f64>)>],
+    panel: &[SeedCurves],
     max_x: f64,
 ) -> Result<(), String> {
     let stats: Vec<Vec<(f64, f64, f64)>> = panel
