@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use crate::elem::Float;
+use crate::rounding::random_bits;
 
 /// The hyper-parameters of one Adam step (PyTorch's `Adam`, no weight decay).
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +18,9 @@ pub struct AdamStep {
     pub eps: f64,
     /// The step number, from 1: bias corrections `1 − βᵗ`.
     pub step: i32,
+    /// Stochastic rounding of the stored values: the keys of the parameter's, the first and the
+    /// second moment's streams ([`random_bits`]`(key, element)`); `None` rounds to nearest.
+    pub stochastic: Option<[u64; 3]>,
 }
 
 /// Elements per parallel task.
@@ -24,8 +28,9 @@ const ELEMENTS_PER_TASK: usize = 1 << 15;
 
 /// `m1 = β1·m1 + (1−β1)·g`, `m2 = β2·m2 + (1−β2)·g²`,
 /// `param −= lr/(1−β1ᵗ) · m1 / (√m2/√(1−β2ᵗ) + eps)`, in place, in fp32 with each stored value
-/// rounded once to its slice's dtype (the updated moments are used as stored, as the
-/// op-by-op update does). Returns `Σ g²` (accumulated in float64) for the gradient norm.
+/// rounded once to its slice's dtype — to nearest, or stochastically with
+/// [`AdamStep::stochastic`] (the updated moments are used as stored, as the op-by-op update
+/// does). Returns `Σ g²` (accumulated in float64) for the gradient norm.
 ///
 /// # Panics
 /// When the slices' lengths differ.
@@ -53,17 +58,37 @@ pub fn adam_update<P: Float, G: Float, S: Float>(
                 .par_chunks_mut(ELEMENTS_PER_TASK)
                 .zip(moment_2.par_chunks_mut(ELEMENTS_PER_TASK)),
         )
-        .map(|((param, grad), (moment_1, moment_2))| {
+        .enumerate()
+        .map(|(task, ((param, grad), (moment_1, moment_2)))| {
+            let first = (task * ELEMENTS_PER_TASK) as u64;
             let mut square_sum = 0.0f64;
-            for (((p, g), m1), m2) in param.iter_mut().zip(grad).zip(moment_1).zip(moment_2) {
+            let elements = param.iter_mut().zip(grad).zip(moment_1).zip(moment_2);
+            for (i, (((p, g), m1), m2)) in elements.enumerate() {
                 let g = g.to_f32();
                 square_sum += (g * g) as f64;
-                let new_m1 = S::round(m1.to_f32() * beta_1 + g * (1.0 - beta_1));
-                let new_m2 = S::round(m2.to_f32() * beta_2 + g * g * (1.0 - beta_2));
-                let denom = new_m2.sqrt() / correction_2_sqrt + eps;
-                *p = P::from_f32(p.to_f32() - new_m1 / denom * step_size);
-                *m1 = S::from_f32(new_m1);
-                *m2 = S::from_f32(new_m2);
+                let new_m1 = m1.to_f32() * beta_1 + g * (1.0 - beta_1);
+                let new_m2 = m2.to_f32() * beta_2 + g * g * (1.0 - beta_2);
+                // Each stored value is rounded once; the update uses the moments as stored.
+                let (stored_m1, stored_m2) = match step.stochastic {
+                    None => (S::from_f32(new_m1), S::from_f32(new_m2)),
+                    Some([_, key_1, key_2]) => {
+                        let index = first + i as u64;
+                        (
+                            S::from_f32_stochastic(new_m1, random_bits(key_1, index)),
+                            S::from_f32_stochastic(new_m2, random_bits(key_2, index)),
+                        )
+                    }
+                };
+                let denom = stored_m2.to_f32().sqrt() / correction_2_sqrt + eps;
+                let new_p = p.to_f32() - stored_m1.to_f32() / denom * step_size;
+                *p = match step.stochastic {
+                    None => P::from_f32(new_p),
+                    Some([key, ..]) => {
+                        P::from_f32_stochastic(new_p, random_bits(key, first + i as u64))
+                    }
+                };
+                *m1 = stored_m1;
+                *m2 = stored_m2;
             }
             square_sum
         })
@@ -87,6 +112,7 @@ mod tests {
             betas: (0.9, 0.95),
             eps: 1e-8,
             step: 3,
+            stochastic: None,
         };
         let (mut param, mut m1, mut m2) = (param0.clone(), vec![0.1f32; n], vec![0.2f32; n]);
         let squares = adam_update(&mut param, &grad, &mut m1, &mut m2, &step);
@@ -119,11 +145,51 @@ mod tests {
             betas: (0.9, 0.95),
             eps: 1e-8,
             step: 1,
+            stochastic: None,
         };
         adam_update(&mut param, &grad, &mut m1, &mut m2, &step);
         // Step 1: m̂1 = g, m̂2 = g², so the update is lr·sign(g): 1 − 0.1 = 0.9 in bf16.
         assert_eq!(m1[0], bf16::from_f32(0.05));
         assert_eq!(m2[0], bf16::from_f32(0.05 * 0.25));
         assert_eq!(param[0], bf16::from_f32(0.9));
+    }
+
+    #[test]
+    fn stochastic_rounding_keeps_updates_below_half_an_ulp_on_average() {
+        // Step 1 moves every weight by lr·sign(g) = 1e-4, a 39th of half an ulp of 1.0: round to
+        // nearest keeps every weight; stochastic rounding moves about 1 in 39 of them down by
+        // the gap below 1.0 (2⁻⁸), so that the mean moves by the update.
+        let n = 200_003;
+        let grad = vec![bf16::from_f32(0.5); n];
+        let step = |stochastic| AdamStep {
+            lr: 1e-4,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            step: 1,
+            stochastic,
+        };
+        let run = |stochastic| {
+            let mut param = vec![bf16::ONE; n];
+            let (mut m1, mut m2) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
+            adam_update(&mut param, &grad, &mut m1, &mut m2, &step(stochastic));
+            param
+        };
+        assert!(
+            run(None).iter().all(|p| *p == bf16::ONE),
+            "nearest loses it"
+        );
+        let keys = Some([11, 12, 13]);
+        let param = run(keys);
+        assert_eq!(param, run(keys), "the same keys round the same way");
+        let mean_move = param.iter().map(|p| 1.0 - p.to_f32() as f64).sum::<f64>() / n as f64;
+        // Each weight moves by 0 or 2⁻⁸ (p = 1e-4 / 2⁻⁸): the mean's standard deviation is
+        // 2⁻⁸ · √(p(1−p)/n); 5σ.
+        let gap = 2f64.powi(-8);
+        let p = 1e-4 / gap;
+        let bound = 5.0 * gap * (p * (1.0 - p) / n as f64).sqrt();
+        assert!(
+            (mean_move - 1e-4).abs() <= bound,
+            "{mean_move} vs 1e-4 ± {bound}"
+        );
     }
 }

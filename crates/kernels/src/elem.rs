@@ -13,6 +13,9 @@ pub trait Float: Copy + Send + Sync + 'static {
     fn round(value: f32) -> f32 {
         Self::from_f32(value).to_f32()
     }
+    /// Rounds an fp32 value to this type stochastically with 16 random `bits`
+    /// ([`round_stochastic`](crate::round_stochastic)); exact for fp32.
+    fn from_f32_stochastic(value: f32, bits: u16) -> Self;
 }
 
 impl Float for f32 {
@@ -22,6 +25,10 @@ impl Float for f32 {
     }
     #[inline(always)]
     fn from_f32(value: f32) -> Self {
+        value
+    }
+    #[inline(always)]
+    fn from_f32_stochastic(value: f32, _bits: u16) -> Self {
         value
     }
 }
@@ -35,6 +42,10 @@ impl Float for bf16 {
     #[inline(always)]
     fn from_f32(value: f32) -> Self {
         bf16::from_bits((round_to_bf16_bits(value) >> 16) as u16)
+    }
+    #[inline(always)]
+    fn from_f32_stochastic(value: f32, bits: u16) -> Self {
+        crate::round_stochastic(value, bits)
     }
 }
 

@@ -171,6 +171,7 @@ pub trait KernelBackend: Backend {
         _betas: (f64, f64),
         _eps: f64,
         _step: i32,
+        _stochastic: Option<[u64; 3]>,
     ) -> Option<(
         FloatTensor<Self>,
         FloatTensor<Self>,

@@ -168,6 +168,7 @@ impl KernelBackend for Flex {
         betas: (f64, f64),
         eps: f64,
         step: i32,
+        stochastic: Option<[u64; 3]>,
     ) -> Option<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)> {
         let dtype = param.dtype();
         if [&grad, &moment_1, &moment_2]
@@ -181,6 +182,7 @@ impl KernelBackend for Flex {
             betas,
             eps,
             step,
+            stochastic,
         };
         let tensors = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
         with_elem!(dtype, T => adam_typed::<T>(tensors, &step))

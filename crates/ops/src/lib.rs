@@ -145,8 +145,10 @@ pub struct AdamUpdate<const D: usize> {
 }
 
 /// One Adam step (PyTorch's, no weight decay; `step` counts from 1) of `param` with its
-/// gradient and moments, in one fused pass on flex when all four share a dtype. `None` on
-/// backends without the kernel (compose the update from Burn's ops there).
+/// gradient and moments, in one fused pass on flex when all four share a dtype; the stored
+/// values rounded to nearest, or stochastically with the streams `stochastic` (the keys of the
+/// parameter's, the first and the second moment's random bits). `None` on backends without the
+/// kernel (compose the update from Burn's ops there).
 #[allow(clippy::too_many_arguments)]
 pub fn fused_adam<const D: usize>(
     param: Tensor<D>,
@@ -157,6 +159,7 @@ pub fn fused_adam<const D: usize>(
     betas: (f64, f64),
     eps: f64,
     step: i32,
+    stochastic: Option<[u64; 3]>,
 ) -> Option<AdamUpdate<D>> {
     let (param, moment_1, moment_2, grad_square_sum) = <Dispatch as KernelBackend>::adam_step(
         param.into_dispatch(),
@@ -167,6 +170,7 @@ pub fn fused_adam<const D: usize>(
         betas,
         eps,
         step,
+        stochastic,
     )?;
     Some(AdamUpdate {
         param: Tensor::from_dispatch(param),

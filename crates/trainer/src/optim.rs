@@ -389,7 +389,7 @@ impl RecordOptimizer {
         };
         let fusable = group != ParamGroup::Matrices
             && self.probe.is_none()
-            && rounding == UpdateRounding::Nearest;
+            && rounding != UpdateRounding::Kahan;
         if fusable && brainfloat_ops::runs_kernels(&value.device()) {
             // One fused pass where the backend has the kernel; the lost-update probe needs the
             // update itself, so probed steps take the op-by-op path below. Parameter and moments
@@ -411,6 +411,8 @@ impl RecordOptimizer {
                 c.adam_betas,
                 c.adam_eps,
                 steps + 1,
+                (rounding == UpdateRounding::Stochastic)
+                    .then(|| [Stream::Weight, Stream::Moment1, Stream::Moment2].map(stream)),
             )
             .expect("flex fuses Adam for a parameter, gradient and moments of one float dtype");
             self.grad_squares.push(update.grad_square_sum);
