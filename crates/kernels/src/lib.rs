@@ -59,5 +59,7 @@ pub use path::{KernelPath, PATH_VAR};
 pub use relu_square::{relu_square, relu_square_backward};
 pub use rms_norm::{rms_norm, rms_norm_backward};
 pub use rotary::rotary;
-pub use rounding::{kahan_add, random_bits, round_stochastic, round_stochastic_into, rounding_key};
+pub use rounding::{
+    kahan_add, random_bits, round_stochastic, round_stochastic_into, rounding_key, stochastic_axpby,
+};
 pub use softmax::{causal_softmax, causal_softmax_backward};

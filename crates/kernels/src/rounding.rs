@@ -76,6 +76,31 @@ pub fn round_stochastic_into(values: &[f32], out: &mut [bf16], key: u64) {
         });
 }
 
+/// `y = SR(a·y + b·x)` in place for a bf16 `y` and `x` of either float type, computed in fp32
+/// (`a·y` then `+ b·x`) and rounded stochastically with the stream `key`, element `i` drawing
+/// [`random_bits`]`(key, i)`: a momentum buffer's update (`a` the momentum, `b = 1`) or a
+/// weight's (`a = 1`, `b = −lr`) in one pass on all cores.
+///
+/// # Panics
+/// When the slices' lengths differ.
+pub fn stochastic_axpby<X: Float>(y: &mut [bf16], x: &[X], a: f32, b: f32, key: u64) {
+    assert_eq!(
+        y.len(),
+        x.len(),
+        "stochastic_axpby: y and x must have the same length"
+    );
+    y.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(x.par_chunks(ELEMENTS_PER_TASK))
+        .enumerate()
+        .for_each(|(task, (y, x))| {
+            let first = (task * ELEMENTS_PER_TASK) as u64;
+            for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
+                let value = a * y.to_f32() + b * x.to_f32();
+                *y = round_stochastic(value, random_bits(key, first + i as u64));
+            }
+        });
+}
+
 /// Adds `delta` to the bf16 `weight` with Kahan compensation: `compensation` carries what each
 /// addition's rounding lost into the next one, so that many updates below half an ulp of the
 /// weight add up. Per element, in fp32: `c = compensation + delta`, `w' = bf16(weight + c)`,
@@ -213,6 +238,25 @@ mod tests {
         (0..n as u64)
             .map(|i| scale * (0.05 + 0.9 * (random_bits(99, i) as f32 / 65536.0)))
             .collect()
+    }
+
+    #[test]
+    fn axpby_rounds_the_fp32_result_with_the_streams_bits() {
+        let n = 70_001;
+        let y0: Vec<bf16> = (0..n)
+            .map(|i| bf16::from_f32((i as f32 * 0.37).sin()))
+            .collect();
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 1e-3).collect();
+        let mut y = y0.clone();
+        stochastic_axpby(&mut y, &x, 0.95, -0.5, 77);
+        for i in 0..n {
+            let want = 0.95 * y0[i].to_f32() + -0.5 * x[i];
+            assert_eq!(
+                y[i],
+                round_stochastic(want, random_bits(77, i as u64)),
+                "{i}"
+            );
+        }
     }
 
     #[test]

@@ -188,6 +188,19 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// `SR(a·y + b·x)` for a bf16 `y` and a float `x` of the same shape, in fp32, rounded
+    /// stochastically with the stream `key` (`brainfloat_kernels::stochastic_axpby`). `None` on
+    /// backends without the kernel (the caller composes it, rounding on the host).
+    fn stochastic_axpby(
+        _y: FloatTensor<Self>,
+        _x: FloatTensor<Self>,
+        _a: f32,
+        _b: f32,
+        _key: u64,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// Kahan-compensated `weight + delta` for a bf16 `weight` and `compensation` and an fp32
     /// `delta`: the new weight and compensation (`brainfloat_kernels::kahan_add`). `None` on
     /// backends without the kernel (compose it from Burn's ops there).

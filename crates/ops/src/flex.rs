@@ -210,6 +210,26 @@ impl KernelBackend for Flex {
         ))
     }
 
+    fn stochastic_axpby(
+        y: FlexTensor,
+        x: FlexTensor,
+        a: f32,
+        b: f32,
+        key: u64,
+    ) -> Option<FlexTensor> {
+        if y.dtype() != DType::BF16 {
+            return None;
+        }
+        let (mut y, x) = (y.to_contiguous(), x.to_contiguous());
+        let n = y.layout().num_elements();
+        let start = y.layout().start_offset();
+        let target = &mut y.storage_mut::<bf16>()[start..start + n];
+        with_elem!(x.dtype(), T => {
+            brainfloat_kernels::stochastic_axpby::<T>(target, contiguous_values(&x), a, b, key)
+        })?;
+        Some(y)
+    }
+
     fn kahan_add(
         weight: FlexTensor,
         compensation: FlexTensor,

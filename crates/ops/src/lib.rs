@@ -211,6 +211,36 @@ pub fn round_stochastic<const D: usize>(values: Tensor<D>, key: u64) -> Tensor<D
     Tensor::from_data(TensorData::new(rounded, dims), (&device, DType::BF16))
 }
 
+/// `SR(a·y + b·x)`: `y` (bf16) scaled and `x` (bf16 or fp32) added in fp32, the result rounded
+/// to bf16 stochastically with the random bits `random_bits(key, i)` of element `i`: one
+/// parallel pass on flex; Burn's ops and [`round_stochastic`] (through the host) elsewhere, bit
+/// for bit the same. A momentum buffer's update (`a` the momentum, `b = 1`) or a weight's
+/// (`a = 1`, `b = −lr`). Outside autodiff (values).
+///
+/// # Panics
+/// When `y` is not bf16.
+pub fn stochastic_axpby<const D: usize>(
+    y: Tensor<D>,
+    x: Tensor<D>,
+    a: f32,
+    b: f32,
+    key: u64,
+) -> Tensor<D> {
+    assert_eq!(y.dtype(), DType::BF16, "stochastic_axpby: y must be bf16");
+    if runs_kernels(&y.device()) && matches!(x.dtype(), DType::BF16 | DType::F32) {
+        let result = <Dispatch as KernelBackend>::stochastic_axpby(
+            y.into_dispatch(),
+            x.into_dispatch(),
+            a,
+            b,
+            key,
+        );
+        return Tensor::from_dispatch(result.expect("flex computes bf16 axpby"));
+    }
+    let value = y.cast(FloatDType::F32).mul_scalar(a) + x.cast(FloatDType::F32).mul_scalar(b);
+    round_stochastic(value, key)
+}
+
 /// `weight + delta` with Kahan compensation, for a bf16 `weight` and `compensation` and an fp32
 /// `delta`: the compensation carries what each rounding to bf16 lost into the next addition
 /// (`brainfloat_kernels::kahan_add`: `c = compensation + delta`, `weight' = bf16(weight + c)`,

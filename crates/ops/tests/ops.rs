@@ -411,3 +411,25 @@ fn kahan_addition_is_the_kernels_on_every_backend() {
     assert_eq!(bf16_values(w), want_w);
     assert_eq!(bf16_values(c), want_c);
 }
+
+/// `stochastic_axpby` rounds `a·y + b·x` (fp32) as the kernel does, bit for bit, on any backend,
+/// for an fp32 and a bf16 `x`.
+#[test]
+fn stochastic_axpby_is_the_kernels_on_every_backend() {
+    let device = test_device();
+    let n = 50_001;
+    let y: Vec<f32> = spread_values(n);
+    let x: Vec<f32> = spread_values(n).iter().rev().map(|v| v * 1e-2).collect();
+    let key = brainfloat_ops::rounding_key(&[9]);
+    for x_dtype in [FloatDType::F32, FloatDType::BF16] {
+        let y_tensor =
+            Tensor::<1>::from_data(TensorData::new(y.clone(), [n]), &device).cast(FloatDType::BF16);
+        let x_tensor =
+            Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &device).cast(x_dtype);
+        let x_values = values(x_tensor.clone());
+        let got = brainfloat_ops::stochastic_axpby(y_tensor.clone(), x_tensor, 0.9, -3.0, key);
+        let mut want = bf16_values(y_tensor);
+        brainfloat_kernels::stochastic_axpby(&mut want, &x_values, 0.9, -3.0, key);
+        assert_eq!(bf16_values(got), want, "x in {x_dtype:?}");
+    }
+}

@@ -428,16 +428,29 @@ impl RecordOptimizer {
             .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
         let zeros = in_dtype(grad.zeros_like(), state_dtype);
         let grad = in_dtype(grad, compute);
-        let delta = if group == ParamGroup::Matrices {
-            let buffer = match self.states.remove(&name) {
-                Some(ParamState::Muon { momentum_buffer }) => {
-                    in_dtype(momentum_buffer, compute).mul_scalar(momentum) + grad.clone()
+        // The update is `scale · direction`, applied below by the preset's rounding.
+        let (direction, scale) = if group == ParamGroup::Matrices {
+            let buffer = match (self.states.remove(&name), rounding) {
+                // One pass: SR(momentum · buffer + grad).
+                (Some(ParamState::Muon { momentum_buffer }), UpdateRounding::Stochastic) => {
+                    brainfloat_ops::stochastic_axpby(
+                        momentum_buffer,
+                        grad.clone(),
+                        momentum as f32,
+                        1.0,
+                        stream(Stream::MomentumBuffer),
+                    )
                 }
-                _ => grad.clone(),
+                (Some(ParamState::Muon { momentum_buffer }), _) => store(
+                    in_dtype(momentum_buffer, compute).mul_scalar(momentum) + grad.clone(),
+                    state_dtype,
+                    rounding,
+                    || stream(Stream::MomentumBuffer),
+                ),
+                _ => store(grad.clone(), state_dtype, rounding, || {
+                    stream(Stream::MomentumBuffer)
+                }),
             };
-            let buffer = store(buffer, state_dtype, rounding, || {
-                stream(Stream::MomentumBuffer)
-            });
             let nesterov = grad + in_dtype(buffer.clone(), compute).mul_scalar(momentum);
             let (rows, cols) = (dims[0], dims[1]);
             let ortho = newton_schulz(nesterov.reshape([rows, cols]), c.ns_steps, c.ns_dtype);
@@ -448,9 +461,7 @@ impl RecordOptimizer {
                     momentum_buffer: buffer,
                 },
             );
-            in_dtype(ortho, compute)
-                .reshape([numel])
-                .mul_scalar(lr * shape_factor)
+            (ortho.reshape([numel]), lr * shape_factor)
         } else {
             let (beta_1, beta_2) = c.adam_betas;
             let (steps, moment_1, moment_2) = match self.states.remove(&name) {
@@ -475,7 +486,7 @@ impl RecordOptimizer {
                 .sqrt()
                 .div_scalar(correction_2.sqrt())
                 .add_scalar(c.adam_eps);
-            let delta = (in_dtype(moment_1.clone(), compute) / denom).mul_scalar(lr / correction_1);
+            let direction = in_dtype(moment_1.clone(), compute) / denom;
             self.states.insert(
                 name.clone(),
                 ParamState::Adam {
@@ -484,19 +495,24 @@ impl RecordOptimizer {
                     moment_2,
                 },
             );
-            delta
+            (direction, lr / correction_1)
         };
         let value = value.reshape([numel]);
+        let delta = |direction: Tensor<1>| in_dtype(direction, compute).mul_scalar(scale);
         // Under stochastic rounding the probe compares what happened with what was expected,
         // so it needs the weights before and after.
         let probed = self
             .probe
             .is_some()
-            .then(|| (host_f32(&value), host_f32(&delta)));
+            .then(|| (host_f32(&value), host_f32(&delta(direction.clone()))));
         let updated = match rounding {
-            UpdateRounding::Nearest => value - delta,
-            UpdateRounding::Stochastic => brainfloat_ops::round_stochastic(
-                value.cast(FloatDType::F32) - delta,
+            UpdateRounding::Nearest => value - delta(direction),
+            // One pass: SR(value − scale · direction).
+            UpdateRounding::Stochastic => brainfloat_ops::stochastic_axpby(
+                value,
+                direction,
+                1.0,
+                -scale as f32,
                 stream(Stream::Weight),
             ),
             UpdateRounding::Kahan => {
@@ -505,7 +521,7 @@ impl RecordOptimizer {
                     None => value.zeros_like(),
                 };
                 let (updated, compensation) =
-                    brainfloat_ops::kahan_add(value, compensation, delta.neg());
+                    brainfloat_ops::kahan_add(value, compensation, delta(direction).neg());
                 self.compensation.insert(name.clone(), compensation);
                 updated
             }
