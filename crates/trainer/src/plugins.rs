@@ -165,20 +165,10 @@ impl Plugin for MetricsPlugin {
             lost_updates: s.lost_updates.map(|probe| per_group(|g| probe.fraction(g))),
             rounded_away_expected: s
                 .lost_updates
-                .filter(|probe| {
-                    ParamGroup::ALL
-                        .iter()
-                        .any(|g| probe.expected_fraction(*g).is_some())
-                })
-                .map(|probe| per_group(|g| probe.expected_fraction(g))),
+                .and_then(|probe| any_group(|g| probe.expected_fraction(g))),
             kahan_compensation: s
                 .lost_updates
-                .filter(|probe| {
-                    ParamGroup::ALL
-                        .iter()
-                        .any(|g| probe.compensation_half_ulps(*g).is_some())
-                })
-                .map(|probe| per_group(|g| probe.compensation_half_ulps(g))),
+                .and_then(|probe| any_group(|g| probe.compensation_half_ulps(g))),
             heap_peak_bytes: memory.heap_peak_bytes,
             rss_bytes: memory.rss_bytes,
             ..MetricsLine::default()
@@ -256,6 +246,12 @@ fn per_group(value: impl Fn(ParamGroup) -> Option<f64>) -> BTreeMap<String, Opti
         .iter()
         .map(|g| (g.name().to_string(), value(*g)))
         .collect()
+}
+
+/// [`per_group`], or `None` when no group has a value (a figure of another rounding).
+fn any_group(value: impl Fn(ParamGroup) -> Option<f64>) -> Option<BTreeMap<String, Option<f64>>> {
+    let values = per_group(value);
+    values.values().any(Option::is_some).then_some(values)
 }
 
 impl MetricsLine {
