@@ -162,15 +162,24 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
     );
 }
 
-/// The torch environment `cargo xtask test` installs (scripts/setup-torch).
-fn torch_python() -> std::path::PathBuf {
+/// The torch environment `cargo xtask test` installs (scripts/setup-torch). Under
+/// `cargo xtask test` (which sets `BRAINFLOAT_BACKEND`) its absence is a failure; a plain
+/// `cargo test`, which installs nothing, skips the PyTorch check and says so.
+fn torch_python() -> Option<std::path::PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/torch-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
     assert!(
-        python.exists(),
-        "{} is missing: run the tests with `cargo xtask test`, which installs PyTorch",
+        std::env::var_os("BRAINFLOAT_BACKEND").is_none(),
+        "{} is missing: `cargo xtask test` installs PyTorch first",
         python.display()
     );
-    python
+    eprintln!(
+        "skipped: no PyTorch at {} (run `cargo xtask test`)",
+        python.display()
+    );
+    None
 }
 
 /// A pure-bf16 weights file is PyTorch's: the record's PyTorch GPT (scripts/pytorch_reference.py)
@@ -178,6 +187,9 @@ fn torch_python() -> std::path::PathBuf {
 /// on the golden batch, to bf16 agreement.
 #[test]
 fn pure_bf16_weights_load_in_pytorch_and_give_our_loss() {
+    let Some(python) = torch_python() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let (model, device) = golden_model(&"bf16-pure".parse::<PrecisionPolicy>().unwrap());
     let weights = dir.path().join("model.safetensors");
@@ -199,7 +211,7 @@ fn pure_bf16_weights_load_in_pytorch_and_give_our_loss() {
     let tokens_path = dir.path().join("tokens.json");
     std::fs::write(&tokens_path, tokens.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/load_weights.py");
-    let output = std::process::Command::new(torch_python())
+    let output = std::process::Command::new(python)
         .arg(&script)
         .arg(&weights)
         .arg(&tokens_path)
@@ -220,6 +232,6 @@ fn pure_bf16_weights_load_in_pytorch_and_give_our_loss() {
         "bf16-pure loss: ours {ours:.6}, PyTorch {theirs:.6}, rel {:.2e}",
         rel(ours, theirs)
     );
-    // Measured 1.2e-4 (flex): the same bf16 arithmetic, in another order.
+    // Measured 1.2e-4 (flex), 4.4e-5 (tch): the same bf16 arithmetic, in another order.
     assert!(rel(ours, theirs) <= 5e-4, "ours {ours} vs PyTorch {theirs}");
 }
