@@ -347,13 +347,7 @@ impl BenchReport {
 
     /// Writes `<stem>.json` and `<stem>.md` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir)?;
-        let json = dir.join(format!("{stem}.json"));
-        let md = dir.join(format!("{stem}.md"));
-        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&json, text + "\n")?;
-        std::fs::write(&md, self.to_markdown())?;
-        Ok((json, md))
+        write_json_and_markdown(dir, stem, self, &self.to_markdown())
     }
 
     /// Reads a report written by [`write`](Self::write).
@@ -367,4 +361,21 @@ fn mib(bytes: Option<u64>) -> String {
     bytes.map_or("–".into(), |b| {
         format!("{:.1}", b as f64 / (1u64 << 20) as f64)
     })
+}
+
+/// Writes `value` as `<stem>.json` and `markdown` as `<stem>.md` into `dir` (created if
+/// missing); returns their paths. Every report of the bench crate is written this way.
+pub(crate) fn write_json_and_markdown<T: Serialize>(
+    dir: &Path,
+    stem: &str,
+    value: &T,
+    markdown: &str,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let json = dir.join(format!("{stem}.json"));
+    let md = dir.join(format!("{stem}.md"));
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&json, text + "\n")?;
+    std::fs::write(&md, markdown)?;
+    Ok((json, md))
 }

@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, read_json};
+use crate::report::write_json_and_markdown;
 use crate::short_run::short_run_config;
 use crate::stats::mean_and_sd;
 
@@ -144,12 +145,7 @@ impl StudyReport {
 
     /// Writes `<stem>.json` and `<stem>.md` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
-        let json = dir.join(format!("{stem}.json"));
-        let md = dir.join(format!("{stem}.md"));
-        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&json, text + "\n")?;
-        std::fs::write(&md, self.to_markdown(&format!("{stem}.svg")))?;
-        Ok((json, md))
+        write_json_and_markdown(dir, stem, self, &self.to_markdown(&format!("{stem}.svg")))
     }
 
     /// Reads a report written by [`write`](Self::write).

@@ -426,7 +426,6 @@ impl RecordOptimizer {
         }
         self.grad_squares
             .push(grad.clone().cast(ACCUMULATION_DTYPE).square().sum());
-        let zeros = in_dtype(grad.zeros_like(), state_dtype);
         let grad = in_dtype(grad, compute);
         // The update is `scale · direction`, applied below by the preset's rounding.
         let (direction, scale) = if group == ParamGroup::Matrices {
@@ -470,7 +469,12 @@ impl RecordOptimizer {
                     moment_1,
                     moment_2,
                 }) => (steps, moment_1, moment_2),
-                _ => (0, zeros.clone(), zeros),
+                // Fresh moments, made only here (not on every step): zeros of the state's dtype.
+                _ => {
+                    let zeros =
+                        Tensor::<1>::zeros([numel], (&grad.device(), DType::from(state_dtype)));
+                    (0, zeros.clone(), zeros)
+                }
             };
             let steps = steps + 1;
             let moment_1 = in_dtype(moment_1, compute).mul_scalar(beta_1)
@@ -498,15 +502,16 @@ impl RecordOptimizer {
             (direction, lr / correction_1)
         };
         let value = value.reshape([numel]);
-        let delta = |direction: Tensor<1>| in_dtype(direction, compute).mul_scalar(scale);
+        let delta =
+            |direction: Tensor<1>, scale: f64| in_dtype(direction, compute).mul_scalar(scale);
         // Under stochastic rounding the probe compares what happened with what was expected,
         // so it needs the weights before and after.
         let probed = self
             .probe
             .is_some()
-            .then(|| (host_f32(&value), host_f32(&delta(direction.clone()))));
+            .then(|| (host_f32(&value), host_f32(&delta(direction.clone(), scale))));
         let updated = match rounding {
-            UpdateRounding::Nearest => value - delta(direction),
+            UpdateRounding::Nearest => value - delta(direction, scale),
             // One pass: SR(value − scale · direction).
             UpdateRounding::Stochastic => brainfloat_ops::stochastic_axpby(
                 value,
@@ -521,7 +526,7 @@ impl RecordOptimizer {
                     None => value.zeros_like(),
                 };
                 let (updated, compensation) =
-                    brainfloat_ops::kahan_add(value, compensation, delta(direction).neg());
+                    brainfloat_ops::kahan_add(value, compensation, delta(direction, -scale));
                 self.compensation.insert(name.clone(), compensation);
                 updated
             }
