@@ -120,6 +120,7 @@ fn fp32_attention_matches_a_float64_reference() {
         Some(tensor(&v1, [b, t, h, hd])),
         &rotary,
         &policy,
+        None,
     );
     let y = values(y);
 

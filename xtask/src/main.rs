@@ -16,15 +16,17 @@
 //! cargo xtask test --backend flex         # … on one backend only
 //! cargo xtask reliability                 # the fault suite → docs/reliability.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
+//! cargo xtask generate --checkpoint runs/tiny/step_000150.json --prompt "The economy"
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
 //! ```
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 10] = [
     "train",
     "eval",
+    "generate",
     "bench",
     "study",
     "validate",
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
         "test" => test(&args[1..]),
         "reliability" => reliability(),
         "train" if value_of(&args, "--ranks").is_some() => distributed_train(&backend, &args),
-        _ => cargo(&["run", "--quiet"], &backend).map(|mut run| {
+        _ => cargo(&["run"], &backend).map(|mut run| {
             run.arg("--").args(&args);
             status(&mut run)
         }),
@@ -181,7 +183,7 @@ fn distributed_train(backend: &str, args: &[String]) -> Result<bool, String> {
     if ranks.parse::<usize>().map_or(true, |n| n == 0) {
         return Err(format!("--ranks wants a number of ranks, got `{ranks}`"));
     }
-    let mut build = cargo(&["build", "--quiet"], backend)?;
+    let mut build = cargo(&["build"], backend)?;
     build.args(["--features", "mpi"]);
     if !status(&mut build) {
         return Ok(false);
@@ -319,7 +321,7 @@ fn validate(backend: &str, args: &[String]) -> Result<bool, String> {
     }
     let json = Path::new("target").join("validate.json");
     let _ = std::fs::remove_file(&json);
-    let mut run = cargo(&["run", "--quiet"], backend)?;
+    let mut run = cargo(&["run"], backend)?;
     run.arg("--")
         .args(args.iter().filter(|a| *a != "--skip-tests"))
         .arg("--json")

@@ -14,13 +14,16 @@ use brainfloat_bench::{
     BenchOptions, BenchReport, Figure, Peak, PytorchReference, StudyOptions, comparison_markdown,
     measured_peak, run_bench, run_study, step_memory,
 };
+use brainfloat_data::Gpt2Tokenizer;
 use brainfloat_data::{shard_paths, text_files, tokenize_to_shards};
+use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
+use brainfloat_gpt::Gpt;
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
 use brainfloat_trainer::{
-    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, load_weights, model_notes,
-    validation_loss,
+    ConfigSource, LogFormat, Start, TrainConfig, Trainer, init_model, load_checkpoint_weights,
+    load_weights, model_notes, read_record, validation_loss,
 };
 use burn::tensor::{DType, Device, FloatDType};
 use clap::{Args, Parser, Subcommand};
@@ -58,6 +61,8 @@ enum Command {
     Train(TrainArgs),
     /// Print the validation loss of a checkpoint or of PyTorch-named weights.
     Eval(EvalArgs),
+    /// Generate text from a checkpoint or PyTorch-named weights, streamed as it is produced.
+    Generate(GenerateArgs),
     /// Fetch and tokenize the default corpus, or tokenize your own text.
     Data(DataArgs),
     /// Measure fp32, autocast and bf16 side by side: time, memory, loss, utilisation.
@@ -226,6 +231,42 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// A checkpoint record (step_*.json: the model's shape and precision come from it) or a
+    /// safetensors file of PyTorch-named weights (the shape comes from --config).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text to continue; `-` (or no --prompt with text piped in) reads standard input.
+    /// Empty: start from <|endoftext|>.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Draw only from the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Draw only from the most likely tokens whose probabilities add up to p (nucleus).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Seed of the draws: the same seed, checkpoint and settings give the same text.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Go on past <|endoftext|> (printed as such) instead of stopping there.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Recompute the whole context for every token instead of using the KV cache (the same
+    /// tokens, slower: for comparison).
+    #[arg(long)]
+    no_kv_cache: bool,
+}
+
+#[derive(Args)]
 struct DataArgs {
     /// Where the shards go.
     #[arg(long, default_value = "data/sotu")]
@@ -247,6 +288,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Generate(args) => generate_text(args),
         Command::Data(args) => data(args),
         Command::Bench(args) => bench(args),
         Command::Validate(args) => validate(args),
@@ -437,27 +479,42 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
 }
 
+/// Whether `path` names a checkpoint record (`step_*.json`) rather than a weights file.
+fn is_record(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+}
+
+/// The model of `checkpoint` under `config`'s precision policy, and `config` with the model's
+/// shape: a record's shape is the record's (whatever `config` says), a safetensors file's is
+/// `config`'s (the file carries none). A record of another precision is converted, and said so.
+fn load_model(
+    checkpoint: &Path,
+    mut config: TrainConfig,
+    device: &Device,
+) -> Result<(Gpt, TrainConfig), String> {
+    if !is_record(checkpoint) {
+        let model = init_model(&config, device).map_err(|e| e.to_string())?;
+        let model = load_weights(model, checkpoint).map_err(|e| e.to_string())?;
+        return Ok((model, config));
+    }
+    let record = read_record(checkpoint).map_err(|e| e.to_string())?;
+    config.model = record.config.model.clone();
+    config.validate().map_err(|e| e.to_string())?;
+    let model = init_model(&config, device).map_err(|e| e.to_string())?;
+    let (record, model) = load_checkpoint_weights(checkpoint, model).map_err(|e| e.to_string())?;
+    for note in model_notes(&record.config, &config) {
+        tracing::warn!("{}: {note}", checkpoint.display());
+    }
+    Ok((model, config))
+}
+
 fn eval(args: EvalArgs) -> Result<(), String> {
     let (mut config, device) = prepare(&args.run)?;
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let model = init_model(&config, &device).map_err(|e| e.to_string())?;
+    let (model, config) = load_model(&args.checkpoint, config, &device)?;
     let policy = *model.policy();
-    let is_record = args.checkpoint.extension().is_some_and(|e| e == "json");
-    let model = if is_record {
-        let optimizer = brainfloat_trainer::RecordOptimizer::new(Default::default());
-        let restored =
-            brainfloat_trainer::load_checkpoint(&args.checkpoint, model, optimizer, &device)
-                .map_err(|e| e.to_string())?;
-        // As a resume would: a checkpoint of another precision is converted, and said so.
-        for note in model_notes(&restored.record.config, &config) {
-            tracing::warn!("evaluating {}: {note}", args.checkpoint.display());
-        }
-        restored.model
-    } else {
-        load_weights(model, &args.checkpoint).map_err(|e| e.to_string())?
-    };
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let (loss, tokens) =
@@ -466,6 +523,92 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     println!(
         "val_loss {loss:.6} ({tokens} tokens of {}, policy {policy}, {tokens_per_sec:.0} tokens/s)",
         config.data.val.display()
+    );
+    Ok(())
+}
+
+/// `generate`: the prompt, then the model's text as it comes (stdout), then the speed (stderr).
+fn generate_text(args: GenerateArgs) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut config = load_config(&args.run)?;
+    init_logs(config.output.log_format, true);
+    let device = device(args.run.backend)?;
+    // A record's own precision, unless --precision says otherwise.
+    if is_record(&args.checkpoint) && args.run.precision.is_none() {
+        config.train.precision = read_record(&args.checkpoint)
+            .map_err(|e| e.to_string())?
+            .config
+            .train
+            .precision;
+    }
+    let (model, _) = load_model(&args.checkpoint, config, &device)?;
+    let policy = *model.policy();
+    let model = inference_model(model, &device).map_err(|err| err.to_string())?;
+    let from_stdin = match args.prompt.as_deref() {
+        Some(text) => text == "-",
+        None => !std::io::stdin().is_terminal(),
+    };
+    let prompt = if from_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|err| format!("cannot read the prompt from standard input: {err}"))?;
+        text
+    } else {
+        args.prompt.unwrap_or_default()
+    };
+    let tokenizer = Gpt2Tokenizer::new();
+    let prompt_tokens = tokenizer.encode(&prompt);
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_at_end_of_text: !args.ignore_eos,
+        kv_cache: !args.no_kv_cache,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let generation = generate(
+        &model,
+        &tokenizer,
+        &prompt_tokens,
+        &options,
+        &device,
+        |text| {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+        },
+    )
+    .map_err(|err| err.to_string())?;
+    let _ = writeln!(out);
+    let config = model.config();
+    let end = if generation.stopped_at_end_of_text {
+        ", stopped at <|endoftext|>"
+    } else {
+        ""
+    };
+    let slides = match generation.slides {
+        0 => String::new(),
+        n => format!(
+            ", context slid {n} time(s) at the model's maximum of {}",
+            config.max_seq_len
+        ),
+    };
+    eprintln!(
+        "{} tokens in {:.2} s: {:.1} tokens/s (prompt {} tokens, first token after {:.0} ms; \
+         KV cache {}, policy {}){end}{slides}",
+        generation.tokens.len(),
+        generation.elapsed.as_secs_f64(),
+        generation.tokens_per_sec(),
+        generation.prompt_tokens,
+        generation.prefill.as_secs_f64() * 1e3,
+        if options.kv_cache { "on" } else { "off" },
+        policy,
     );
     Ok(())
 }

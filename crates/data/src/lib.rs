@@ -27,4 +27,6 @@ pub use loader::{DistributedLoader, LoaderPosition, shard_paths};
 pub use loader::{
     HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, Shard, shard_bytes, write_shard,
 };
-pub use tokenize::{CorpusStats, END_OF_TEXT, Gpt2Tokenizer, text_files, tokenize_to_shards};
+pub use tokenize::{
+    CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, text_files, tokenize_to_shards,
+};

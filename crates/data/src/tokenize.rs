@@ -9,6 +9,10 @@ use crate::loader::write_shard;
 /// GPT-2's `<|endoftext|>`, written before every document as llm.c's data scripts do.
 pub const END_OF_TEXT: u16 = 50256;
 
+/// Ids the GPT-2 tokenizer knows: `0..50257` (`<|endoftext|>` the last). Models pad their
+/// vocabulary beyond it (the record's 50304); those ids are never text.
+pub const GPT2_VOCAB: usize = 50257;
+
 /// A GPT-2 (r50k_base) tokenizer.
 pub struct Gpt2Tokenizer {
     bpe: tiktoken_rs::CoreBPE,
@@ -29,6 +33,18 @@ impl Gpt2Tokenizer {
         std::iter::once(END_OF_TEXT)
             .chain(tokens.into_iter().map(|t| t as u16))
             .collect()
+    }
+
+    /// The tokens of `text`, with no `<|endoftext|>` before them (special-token text is
+    /// encoded as ordinary text).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_ordinary(text)
+    }
+
+    /// The bytes of one token (a token may hold part of a UTF-8 character); `None` for an id
+    /// outside the tokenizer's [`GPT2_VOCAB`].
+    pub fn token_bytes(&self, token: u32) -> Option<Vec<u8>> {
+        self.bpe.decode_bytes(&[token]).ok()
     }
 
     /// Text of `tokens` (lossy for partial UTF-8).

@@ -57,6 +57,19 @@ impl GptConfig {
         }
     }
 
+    /// The shape in words: `4 layers × 256 wide, 4 heads of 64, context 256, vocabulary 50304`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} layers × {} wide, {} heads of {}, context {}, vocabulary {}",
+            self.n_layer,
+            self.d_model,
+            self.n_head,
+            self.head_dim(),
+            self.max_seq_len,
+            self.vocab_size
+        )
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_head
@@ -65,8 +78,8 @@ impl GptConfig {
     /// Checks that the shape is buildable: non-zero sizes, width divisible into heads, an even
     /// head width for rotary, a positive soft-cap.
     pub fn validate(&self) -> Result<(), GptError> {
-        let invalid = |reason: String| Err(GptError::InvalidConfig { reason });
-        for (name, value) in [
+        let invalid = |field, reason: String| Err(GptError::InvalidConfig { field, reason });
+        for (field, value) in [
             ("vocab_size", self.vocab_size),
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
@@ -74,28 +87,46 @@ impl GptConfig {
             ("max_seq_len", self.max_seq_len),
         ] {
             if value == 0 {
-                return invalid(format!("{name} must be at least 1"));
+                return invalid(field, format!("{field} must be at least 1"));
             }
         }
         if !self.d_model.is_multiple_of(self.n_head) {
-            return invalid(format!(
-                "d_model {} is not divisible by n_head {}",
-                self.d_model, self.n_head
-            ));
+            return invalid(
+                "d_model",
+                format!(
+                    "d_model {} is not divisible by n_head {}",
+                    self.d_model, self.n_head
+                ),
+            );
         }
         if !self.head_dim().is_multiple_of(2) {
-            return invalid(format!(
-                "head dimension {} must be even for rotary embeddings",
-                self.head_dim()
-            ));
+            return invalid(
+                "n_head",
+                format!(
+                    "head dimension {} (d_model {} / n_head {}) must be even for rotary \
+                     embeddings",
+                    self.head_dim(),
+                    self.d_model,
+                    self.n_head
+                ),
+            );
         }
-        if self.logit_softcap.is_nan() || self.logit_softcap <= 0.0 {
-            return invalid(format!(
-                "logit_softcap must be positive, got {}",
-                self.logit_softcap
-            ));
+        for (field, value) in [
+            ("logit_softcap", self.logit_softcap),
+            ("rope_base", self.rope_base),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return invalid(field, format!("{field} must be positive, got {value}"));
+            }
         }
         Ok(())
+    }
+
+    /// Forward FLOPs per generated token at context length `context`: one pass of every matmul
+    /// (`2 · matmul_params`) and attention's two products over the context
+    /// (`4 · n_layer · d_model · context`).
+    pub fn inference_flops_per_token(&self, context: usize) -> u64 {
+        2 * self.matmul_params() as u64 + 4 * (self.n_layer * self.d_model * context) as u64
     }
 
     /// Parameters that take part in matrix products: the blocks' linears and the head (the
@@ -167,16 +198,31 @@ mod tests {
             ),
             (
                 GptConfig::new(512, 2, 64, 64, 32),
-                "head dimension 1 must be even",
+                "head dimension 1 (d_model 64 / n_head 64) must be even",
             ),
             (
                 GptConfig::tiny().with_logit_softcap(0.0),
                 "logit_softcap must be positive",
             ),
+            (
+                GptConfig::tiny().with_rope_base(f64::NAN),
+                "rope_base must be positive",
+            ),
         ];
-        for (config, message) in cases {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(message), "{err}");
+        let fields = [
+            "vocab_size",
+            "d_model",
+            "n_head",
+            "logit_softcap",
+            "rope_base",
+        ];
+        for ((config, message), field) in cases.into_iter().zip(fields) {
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, GptError::InvalidConfig { field: f, .. } if *f == field),
+                "{err:?} names {field}"
+            );
+            assert!(err.to_string().contains(message), "{err}");
         }
     }
 }

@@ -16,8 +16,19 @@ pub enum GptError {
     /// A model shape that cannot be built.
     #[error("invalid model config: {reason}")]
     InvalidConfig {
+        /// The [`GptConfig`](crate::GptConfig) field at fault (`d_model`, `n_head`, ...).
+        field: &'static str,
         /// Why.
         reason: String,
+    },
+    /// Tokens beyond the model's longest sequence (`max_seq_len`), from a batch or a
+    /// generation's context.
+    #[error("{tokens} positions exceed the model's maximum sequence length of {max_seq_len}")]
+    TooLong {
+        /// Positions asked for.
+        tokens: usize,
+        /// The model's maximum.
+        max_seq_len: usize,
     },
     /// A batch that does not fit the model.
     #[error("invalid batch: {reason}")]

@@ -33,5 +33,6 @@ mod model;
 pub use config::{GptConfig, SIZES};
 pub use error::GptError;
 pub use model::{
-    Batch, Block, CausalSelfAttention, Gpt, Mlp, RMS_NORM_EPS, Rotary, Transformer, rms_norm,
+    Batch, Block, CausalSelfAttention, Gpt, KvCache, LayerCache, Mlp, RMS_NORM_EPS, Rotary,
+    Transformer, rms_norm,
 };

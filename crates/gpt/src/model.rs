@@ -72,6 +72,14 @@ impl Rotary {
         }
     }
 
+    /// The tables of positions `start..start + len` (a generation step's new positions).
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        Self {
+            cos: self.cos.clone().narrow(1, start, len),
+            sin: self.sin.clone().narrow(1, start, len),
+        }
+    }
+
     /// Rotates `x` `[B, T, H, head_dim]`: with `x = [x1, x2]` split in halves,
     /// `y = [x1·cos + x2·sin, −x1·sin + x2·cos]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
@@ -131,12 +139,15 @@ impl CausalSelfAttention {
     }
 
     /// `x` `[B, T, C]` (normalised) → `(y, v1)`; `v1` is `None` in block 0, which provides it.
+    /// With `past`, the `T` positions follow the ones it holds: their keys and values are
+    /// appended to it and the queries attend to all of them (`rotary` covers the new positions).
     pub fn forward(
         &self,
         x: Tensor<3>,
         v1: Option<Tensor<4>>,
         rotary: &Rotary,
         policy: &PrecisionPolicy,
+        past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         let [b, t, c] = x.dims();
         let heads = [b, t, self.n_head, c / self.n_head];
@@ -154,7 +165,11 @@ impl CausalSelfAttention {
 
         // [B, H, T, hd], matmul operands in the policy's matmul dtype.
         let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(policy.matmul());
-        let y = brainfloat_ops::causal_attention(to_heads(q), to_heads(k), to_heads(v));
+        let (k, v) = match past {
+            Some(past) => past.append(to_heads(k), to_heads(v)),
+            None => (to_heads(k), to_heads(v)),
+        };
+        let y = brainfloat_ops::causal_attention(to_heads(q), k, v);
         let y = y
             .cast(policy.activation())
             .swap_dims(1, 2)
@@ -219,7 +234,8 @@ impl Block {
         }
     }
 
-    /// `x`, `x0` `[B, T, C]` in the activation dtype → `(x, v1)`.
+    /// `x`, `x0` `[B, T, C]` in the activation dtype → `(x, v1)`; `past` as in
+    /// [`CausalSelfAttention::forward`].
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -227,11 +243,14 @@ impl Block {
         v1: Option<Tensor<4>>,
         rotary: &Rotary,
         policy: &PrecisionPolicy,
+        past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         // The record: x = lambdas[0] * x + lambdas[1] * x0.
         let lambda = |i| scalar::<3>(&self.lambdas, i, policy.activation());
         let x = lambda(0) * x + lambda(1) * x0;
-        let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, policy);
+        let (y, v1) = self
+            .attn
+            .forward(rms_norm(x.clone()), v1, rotary, policy, past);
         let x = x + y;
         let x = x.clone() + self.mlp.forward(rms_norm(x), policy);
         (x, v1)
@@ -371,12 +390,25 @@ impl Gpt {
     /// The final hidden states `[B, T, C]` (after the last RMSNorm) in the activation dtype, and
     /// the residual stream after each block (for inspecting dtypes at block boundaries).
     pub fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-        let policy = &self.policy;
         let seq_len = inputs.dims()[1];
-        let device = inputs.device();
-        let rotary = self
-            .rotary
-            .get(&self.config, seq_len, policy.activation(), &device);
+        let rotary = self.rotary.get(
+            &self.config,
+            seq_len,
+            self.policy.activation(),
+            &inputs.device(),
+        );
+        self.run_blocks(inputs, &rotary, None)
+    }
+
+    /// The embedding, the blocks and the final norm over `inputs` at the positions `rotary`
+    /// covers; with `cache`, each block's keys and values go into (and come from) its layer.
+    fn run_blocks(
+        &self,
+        inputs: Tensor<2, Int>,
+        rotary: &Rotary,
+        mut cache: Option<&mut KvCache>,
+    ) -> (Tensor<3>, Vec<Tensor<3>>) {
+        let policy = &self.policy;
         let x = self
             .transformer
             .wte
@@ -386,13 +418,56 @@ impl Gpt {
         let mut x = x0.clone();
         let mut v1 = None;
         let mut boundaries = Vec::with_capacity(self.transformer.h.len());
-        for block in &self.transformer.h {
-            let (out, v) = block.forward(x, x0.clone(), v1, &rotary, policy);
+        for (index, block) in self.transformer.h.iter().enumerate() {
+            let past = cache.as_mut().map(|cache| cache.layer(index));
+            let (out, v) = block.forward(x, x0.clone(), v1, rotary, policy, past);
             x = out;
             v1 = Some(v);
             boundaries.push(x.clone());
         }
         (rms_norm(x), boundaries)
+    }
+
+    /// The soft-capped fp32 logits `[B, vocab]` of the position after the last of `inputs`
+    /// `[B, T]`: what generation samples from.
+    ///
+    /// Without `cache`, `inputs` is the whole context and every position is computed. With it,
+    /// `inputs` are the positions after those the cache holds: only they are computed, their
+    /// keys and values appended (one position per generated token after the prompt). Refused
+    /// when the context would pass the model's `max_seq_len` or an id is outside its vocabulary.
+    pub fn next_token_logits(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, GptError> {
+        let [batch, new] = inputs.dims();
+        let start = cache.as_ref().map_or(0, |cache| cache.len());
+        let max_seq_len = self.config.max_seq_len;
+        if start + new > max_seq_len {
+            return Err(GptError::TooLong {
+                tokens: start + new,
+                max_seq_len,
+            });
+        }
+        if new == 0 {
+            return Err(GptError::InvalidBatch {
+                reason: "no input positions to predict from".into(),
+            });
+        }
+        let largest = inputs.clone().max().into_scalar::<i64>();
+        self.check_token(largest)?;
+        let device = inputs.device();
+        let activation = self.policy.activation();
+        // Tables for the longest context once, narrowed to the new positions at every step.
+        let rotary = self
+            .rotary
+            .get(&self.config, max_seq_len, activation, &device)
+            .narrow(start, new);
+        let (hidden, _) = self.run_blocks(inputs, &rotary, cache);
+        let last = hidden.narrow(1, new - 1, 1);
+        let logits = self.lm_head.forward_under(last, &self.policy);
+        let logits = softcap(logits, self.config.logit_softcap).cast(FloatDType::F32);
+        Ok(logits.reshape([batch, self.config.vocab_size]))
     }
 
     /// Soft-capped logits `[B, T, vocab]` in fp32, for evaluation and sampling. The soft-cap runs
@@ -435,17 +510,95 @@ impl Gpt {
                 ),
             });
         }
-        if batch.max_token as usize >= self.config.vocab_size {
+        self.check_token(batch.max_token as i64)
+    }
+
+    /// Refuses a token id outside the vocabulary.
+    fn check_token(&self, largest: i64) -> Result<(), GptError> {
+        let vocab = self.config.vocab_size;
+        if largest >= vocab as i64 {
             return Err(GptError::InvalidBatch {
                 reason: format!(
-                    "token id {} is outside the model's vocabulary of {} (ids 0..{})",
-                    batch.max_token,
-                    self.config.vocab_size,
-                    self.config.vocab_size - 1
+                    "token id {largest} is outside the model's vocabulary of {vocab} (ids 0..{})",
+                    vocab - 1
                 ),
             });
         }
         Ok(())
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// The key-value cache of generation
+
+/// The keys and values of the positions a model has run, per block, so that each generated
+/// token costs one new position instead of the whole prefix ([`Gpt::next_token_logits`]).
+/// Keys are stored after QK-norm and rotary, values after the value-residual mix, both
+/// `[B, H, T, head_dim]` in the policy's matmul dtype: exactly what attention reads.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+/// One block's part of a [`KvCache`].
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    keys_values: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|layer| layer.keys_values.as_ref())
+            .map_or(0, |(keys, _)| keys.dims()[2])
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The dtype keys and values are held in (the policy's matmul dtype); `None` when empty.
+    pub fn dtype(&self) -> Option<DType> {
+        self.layers
+            .first()
+            .and_then(|layer| layer.keys_values.as_ref())
+            .map(|(keys, _)| keys.dtype())
+    }
+
+    /// Forgets every position (a new context).
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+
+    /// Block `index`'s part, created empty on first use.
+    fn layer(&mut self, index: usize) -> &mut LayerCache {
+        if self.layers.len() <= index {
+            self.layers.resize_with(index + 1, LayerCache::default);
+        }
+        &mut self.layers[index]
+    }
+}
+
+impl LayerCache {
+    /// Appends the new positions' `keys` and `values` and returns all of them.
+    fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let all = match self.keys_values.take() {
+            Some((past_keys, past_values)) => (
+                Tensor::cat(vec![past_keys, keys], 2),
+                Tensor::cat(vec![past_values, values], 2),
+            ),
+            None => (keys, values),
+        };
+        self.keys_values = Some(all.clone());
+        all
     }
 }
 

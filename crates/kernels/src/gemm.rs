@@ -126,6 +126,9 @@ pub fn gemm_on(path: KernelPath, a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Ou
     if m == 0 || n == 0 {
         return;
     }
+    if m == 1 {
+        return row_times_matrix(a, b, c);
+    }
     match (path, c) {
         (_, Output::Bf16(c)) if k == 0 => c.fill(bf16::ZERO),
         // vdpbf16ps needs no copies: gemmkit packs the bf16 operands in pairs along k.
@@ -145,6 +148,67 @@ pub fn gemm_on(path: KernelPath, a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Ou
             round_into(&accumulator, c);
         }
     }
+}
+
+/// Columns of `B` per parallel task of [`row_times_matrix`].
+const COLUMNS_PER_TASK: usize = 256;
+
+/// `c = a·b` for a single row `a` (`1 × k`): one fp32 dot product per column of `b`, the
+/// columns spread over the cores. A generation step multiplies one row by every weight, and a
+/// GEMM kernel would pack the whole of `b` (for the head, 50304 × d) for that one row.
+fn row_times_matrix(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
+    let [_, k] = a.dims();
+    let row: Vec<f32> = (0..k).map(|i| a.at(0, i).to_f32()).collect();
+    // Column `j` of `b`: contiguous when `b` is a transposed `[n, k]` weight (row stride 1).
+    let column_dot = |j: usize| -> f32 {
+        if b.row_stride == 1 {
+            dot(&row, &b.data[j * b.col_stride..][..k])
+        } else {
+            (0..k).map(|i| row[i] * b.at(i, j).to_f32()).sum()
+        }
+    };
+    match c {
+        Output::Bf16(c) => {
+            c.par_chunks_mut(COLUMNS_PER_TASK)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    for (offset, out) in out.iter_mut().enumerate() {
+                        *out = bf16::from_f32(column_dot(task * COLUMNS_PER_TASK + offset));
+                    }
+                })
+        }
+        Output::F32(c) => c
+            .par_chunks_mut(COLUMNS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                for (offset, out) in out.iter_mut().enumerate() {
+                    *out = column_dot(task * COLUMNS_PER_TASK + offset);
+                }
+            }),
+    }
+}
+
+/// `Σ row[i]·column[i]` in fp32 over 16 interleaved partial sums (products of bf16 values are
+/// exact in fp32; the lanes let the compiler vectorise).
+fn dot(row: &[f32], column: &[bf16]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let (row_body, row_tail) = row.split_at(row.len() / LANES * LANES);
+    let (column_body, column_tail) = column.split_at(row_body.len());
+    for (r, c) in row_body
+        .chunks_exact(LANES)
+        .zip(column_body.chunks_exact(LANES))
+    {
+        for lane in 0..LANES {
+            lanes[lane] += r[lane] * c[lane].to_f32();
+        }
+    }
+    let tail: f32 = row_tail
+        .iter()
+        .zip(column_tail)
+        .map(|(r, c)| r * c.to_f32())
+        .sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// brainfloat's own AVX512-BF16 kernel ([`crate::dot_bf16`]), for comparison with gemmkit's.

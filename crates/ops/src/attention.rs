@@ -17,14 +17,32 @@ pub fn runs_kernels(device: &Device) -> bool {
     )
 }
 
-/// `softmax(q·kᵀ/√d + causal mask)·v` over `[B, H, T, d]` (queries aligned with the last keys).
+/// Whether `device` keeps tensors in CPU memory that the optimizer's kernels (stochastic
+/// rounding, Kahan, the fused Adam step) update in place: flex, and libtorch on the CPU.
+pub fn optimizer_kernels(device: &Device) -> bool {
+    match device.as_dispatch().clone().inner() {
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)] // burn-tch's device: its CPU is the one these kernels serve
+        DispatchDevice::LibTorch(burn::backend::libtorch::LibTorchDevice::Cpu) => true,
+        _ => false,
+    }
+}
+
+/// `softmax(q·kᵀ/√d + causal mask)·v` over `[B, H, Tq, d]` queries and `[B, H, Tk, d]` keys
+/// and values, the queries aligned with the last keys (query `i` sees keys up to
+/// `i + Tk − Tq`: a generation step's new positions after the cached ones).
 ///
 /// On flex with bf16 operands it is written out so that both products run as native bf16
 /// GEMMs ([`matmul`]) around a fused causal softmax (fp32 inside, one pass per row each way);
 /// Burn's `attention` would widen the products to fp32, and under autodiff falls back to
-/// unfused ops anyway. Elsewhere (libtorch's SDPA, fp32) it is Burn's `attention`.
+/// unfused ops anyway. Elsewhere (libtorch's SDPA, fp32) it is Burn's `attention` when
+/// `Tq = Tk`; with fewer queries than keys the mask is explicit, because backends align
+/// `is_causal` differently (libtorch from the top-left, flex from the bottom-right).
 pub fn causal_attention(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>) -> Tensor<4> {
-    if query.dtype() != DType::BF16 || !runs_kernels(&query.device()) {
+    let fused = query.dtype() == DType::BF16 && runs_kernels(&query.device());
+    let (queries, keys) = (query.dims()[2], key.dims()[2]);
+    if !fused && queries == keys {
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -35,10 +53,14 @@ pub fn causal_attention(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>) -> T
     let head_dim = query.dims()[3];
     let scale = 1.0 / (head_dim as f64).sqrt();
     let scores = matmul(query, key.swap_dims(2, 3));
-    let probabilities = Tensor::from_dispatch(
-        <Dispatch as KernelBackend>::causal_softmax(scores.clone().into_dispatch(), scale)
-            .unwrap_or_else(|| masked_softmax(scores, scale).into_dispatch()),
-    );
+    let probabilities = if fused {
+        Tensor::from_dispatch(
+            <Dispatch as KernelBackend>::causal_softmax(scores.clone().into_dispatch(), scale)
+                .unwrap_or_else(|| masked_softmax(scores, scale).into_dispatch()),
+        )
+    } else {
+        masked_softmax(scores, scale)
+    };
     matmul(probabilities, value)
 }
 

@@ -29,8 +29,10 @@ mod attention;
 pub mod autodiff;
 mod extension;
 mod flex;
+#[cfg(feature = "tch")]
+mod libtorch;
 
-pub use attention::{causal_attention, runs_kernels};
+pub use attention::{causal_attention, optimizer_kernels, runs_kernels};
 pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
 
@@ -145,7 +147,8 @@ pub struct AdamUpdate<const D: usize> {
 }
 
 /// One Adam step (PyTorch's, no weight decay; `step` counts from 1) of `param` with its
-/// gradient and moments, in one fused pass on flex when all four share a dtype; the stored
+/// gradient and moments, in one fused pass on flex and libtorch's CPU when all four share a
+/// dtype; the stored
 /// values rounded to nearest, or stochastically with the streams `stochastic` (the keys of the
 /// parameter's, the first and the second moment's random bits). `None` on backends without the
 /// kernel (compose the update from Burn's ops there).
@@ -192,14 +195,15 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
 
 /// `values` rounded to bf16 stochastically: each element up or down with probability by its
 /// distance, so that `E[rounded] = value` (`brainfloat_kernels::round_stochastic`). The random
-/// bits of element `i` are `random_bits(key, i)`: the same on every backend, on flex in one
-/// parallel pass, elsewhere through the host. Outside autodiff (values).
+/// bits of element `i` are `random_bits(key, i)`: the same on every backend, in one parallel
+/// pass over the tensor's buffer on flex and on libtorch's CPU, elsewhere through the host.
+/// Outside autodiff (values).
 pub fn round_stochastic<const D: usize>(values: Tensor<D>, key: u64) -> Tensor<D> {
     let values = values.cast(FloatDType::F32);
     let device = values.device();
-    if runs_kernels(&device) {
+    if optimizer_kernels(&device) {
         let rounded = <Dispatch as KernelBackend>::round_stochastic(values.into_dispatch(), key);
-        return Tensor::from_dispatch(rounded.expect("flex rounds fp32 values"));
+        return Tensor::from_dispatch(rounded.expect("the CPU backends round fp32 values"));
     }
     let dims = values.dims();
     let host = values
@@ -227,7 +231,7 @@ pub fn stochastic_axpby<const D: usize>(
     key: u64,
 ) -> Tensor<D> {
     assert_eq!(y.dtype(), DType::BF16, "stochastic_axpby: y must be bf16");
-    if runs_kernels(&y.device()) && matches!(x.dtype(), DType::BF16 | DType::F32) {
+    if optimizer_kernels(&y.device()) && matches!(x.dtype(), DType::BF16 | DType::F32) {
         let result = <Dispatch as KernelBackend>::stochastic_axpby(
             y.into_dispatch(),
             x.into_dispatch(),
@@ -235,7 +239,7 @@ pub fn stochastic_axpby<const D: usize>(
             b,
             key,
         );
-        return Tensor::from_dispatch(result.expect("flex computes bf16 axpby"));
+        return Tensor::from_dispatch(result.expect("the CPU backends compute bf16 axpby"));
     }
     let value = y.cast(FloatDType::F32).mul_scalar(a) + x.cast(FloatDType::F32).mul_scalar(b);
     round_stochastic(value, key)
@@ -244,8 +248,8 @@ pub fn stochastic_axpby<const D: usize>(
 /// `weight + delta` with Kahan compensation, for a bf16 `weight` and `compensation` and an fp32
 /// `delta`: the compensation carries what each rounding to bf16 lost into the next addition
 /// (`brainfloat_kernels::kahan_add`: `c = compensation + delta`, `weight' = bf16(weight + c)`,
-/// `compensation' = bf16(c − (weight' − weight))`). One pass on flex; the same arithmetic with
-/// Burn's ops elsewhere. Returns the new weight and compensation. Outside autodiff (values).
+/// `compensation' = bf16(c − (weight' − weight))`). One pass on flex and libtorch's CPU; the
+/// same arithmetic with Burn's ops elsewhere. Returns the new weight and compensation. Outside autodiff (values).
 ///
 /// # Panics
 /// When the dtypes are not bf16, bf16 and fp32.
@@ -260,13 +264,13 @@ pub fn kahan_add<const D: usize>(
         [DType::BF16, DType::BF16, DType::F32],
         "kahan_add: a bf16 weight and compensation and an fp32 delta"
     );
-    if runs_kernels(&weight.device()) {
+    if optimizer_kernels(&weight.device()) {
         let (weight, compensation) = <Dispatch as KernelBackend>::kahan_add(
             weight.into_dispatch(),
             compensation.into_dispatch(),
             delta.into_dispatch(),
         )
-        .expect("flex adds bf16 weights with Kahan compensation");
+        .expect("the CPU backends add bf16 weights with Kahan compensation");
         return (
             Tensor::from_dispatch(weight),
             Tensor::from_dispatch(compensation),

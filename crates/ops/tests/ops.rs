@@ -216,6 +216,51 @@ fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
     }
 }
 
+/// Fewer queries than keys (a generation step after cached positions): the queries are the
+/// last ones, so their rows equal the last rows of the full attention, in fp32 (to summation
+/// order) and bf16 (to bf16 rounding), on every backend. libtorch aligns `is_causal` from the
+/// top-left, flex from the bottom-right: the explicit mask must make both the latter.
+#[test]
+fn queries_after_cached_keys_attend_like_the_last_rows_of_full_attention() {
+    let device = test_device();
+    let dims = [1, 2, 13, 8];
+    let values_of = |seed: usize| -> Vec<f32> {
+        (0..dims.iter().product::<usize>())
+            .map(|i| ((i * 7919 + seed * 104_729) % 1009) as f32 / 300.0 - 1.68)
+            .collect()
+    };
+    // Measured: flex 0 (the same kernels row by row); libtorch 2.2e-7 (fp32) and 5.5e-3 (bf16)
+    // of the scale, its SDPA against the explicit mask. A top-left mask is off by O(1).
+    for (dtype, tolerance) in [(FloatDType::F32, 2e-6), (FloatDType::BF16, 2e-2)] {
+        let make = |seed| {
+            Tensor::<4>::from_data(
+                TensorData::new(values_of(seed), dims),
+                (&device, DType::F32),
+            )
+            .cast(dtype)
+        };
+        let (q, k, v) = (make(1), make(2), make(3));
+        let full = values(causal_attention(q.clone(), k.clone(), v.clone()));
+        for new in [1, 4] {
+            let last = q.clone().narrow(2, dims[2] - new, new);
+            let y = causal_attention(last, k.clone(), v.clone());
+            assert_eq!(y.dtype(), DType::from(dtype));
+            assert_eq!(y.dims(), [1, 2, new, 8]);
+            let y = values(y);
+            let rows = |t: &[f32], head: usize| {
+                let per_head = dims[2] * 8;
+                t[head * per_head + (dims[2] - new) * 8..(head + 1) * per_head].to_vec()
+            };
+            for head in 0..2 {
+                let want = rows(&full, head);
+                let got = &y[head * new * 8..(head + 1) * new * 8];
+                let error = relative_error(got, &want);
+                assert!(error <= tolerance, "{dtype:?}, {new} queries: {error:e}");
+            }
+        }
+    }
+}
+
 /// Rotary written with Burn's ops, as the model has it where there is no kernel.
 fn rotary_reference(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     let half = x.dims()[3] / 2;

@@ -230,6 +230,14 @@ impl PrecisionPolicy {
         self
     }
 
+    /// The policy to run a trained model under: linear weights stored in the matmul dtype, the
+    /// dtype the forward pass casts them to at every use. Master weights serve the optimizer's
+    /// small updates; without one, the cast is the same rounding done once, so the logits are
+    /// the same and generation does not convert every weight for every token.
+    pub fn for_inference(self) -> Self {
+        self.with(Component::Linear, self.matmul)
+    }
+
     /// The preset this policy started from.
     pub fn base_preset(&self) -> Preset {
         self.preset

@@ -363,16 +363,8 @@ fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
     Ok(bytes)
 }
 
-/// Reads the checkpoint whose record is `path` into `model` (already built with the run's
-/// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256. Weights and
-/// optimizer state take the run's dtypes: each state tensor its parameter's, so a checkpoint
-/// of another precision policy is converted (see [`crate::resume`]).
-pub fn load_checkpoint(
-    path: &Path,
-    model: Gpt,
-    mut optimizer: RecordOptimizer,
-    device: &Device,
-) -> Result<Restored, TrainError> {
+/// The checkpoint record `path`, checked to be one of this version.
+pub fn read_record(path: &Path) -> Result<CheckpointRecord, TrainError> {
     let text =
         std::fs::read(path).map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
     let record: CheckpointRecord = serde_json::from_slice(&text)
@@ -386,11 +378,36 @@ pub fn load_checkpoint(
             ),
         ));
     }
+    Ok(record)
+}
+
+/// The weights of the checkpoint whose record is `path`, read into `model` (built with the
+/// record's shape: `record.config.gpt()`) after their SHA-256 is verified; the optimizer state
+/// is not read. For evaluation and generation.
+pub fn load_checkpoint_weights(
+    path: &Path,
+    model: Gpt,
+) -> Result<(CheckpointRecord, Gpt), TrainError> {
+    let record = read_record(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let model_bytes = read_verified(dir, &record.model)?;
     let model = weights_from_safetensors(model, &model_bytes)
         .map_err(|err| checkpoint_error(&dir.join(&record.model.file), err))?;
+    Ok((record, model))
+}
 
+/// Reads the checkpoint whose record is `path` into `model` (already built with the run's
+/// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256. Weights and
+/// optimizer state take the run's dtypes: each state tensor its parameter's, so a checkpoint
+/// of another precision policy is converted (see [`crate::resume`]).
+pub fn load_checkpoint(
+    path: &Path,
+    model: Gpt,
+    mut optimizer: RecordOptimizer,
+    device: &Device,
+) -> Result<Restored, TrainError> {
+    let (record, model) = load_checkpoint_weights(path, model)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     let optim_path = dir.join(&record.optimizer.file);
     let optim_bytes = read_verified(dir, &record.optimizer)?;
     let file = SafeTensors::deserialize(&optim_bytes)

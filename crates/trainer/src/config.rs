@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_gpt::GptConfig;
+use brainfloat_gpt::{GptConfig, GptError};
 use brainfloat_precision::PrecisionPolicy;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -12,14 +12,32 @@ use serde::{Deserialize, Serialize};
 /// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "BRAINFLOAT";
 
-/// The model section.
+/// The model section: a named size, and any of its shape's values replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// `tiny`, `small` or `speedrun`.
+    /// `tiny`, `small` or `speedrun`: the shape the keys below start from.
     pub size: String,
     /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
     pub vocab_size: Option<usize>,
+    /// Transformer blocks, replacing the size's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_layer: Option<usize>,
+    /// Attention heads, replacing the size's (`d_model / n_head` must be even).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_head: Option<usize>,
+    /// Model width, replacing the size's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_model: Option<usize>,
+    /// Longest sequence, replacing the size's (the rotary tables' length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seq_len: Option<usize>,
+    /// Logit soft-cap, replacing the record's 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_softcap: Option<f64>,
+    /// Rotary base, replacing the record's 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_base: Option<f64>,
 }
 
 /// The data section.
@@ -154,6 +172,24 @@ pub struct EvalSection {
     /// never. It reads every weight and update back to the host (docs/benchmark.md: its cost).
     #[serde(default)]
     pub lost_update_every: usize,
+    /// Generate a sample at the evaluations of every this many steps (and at the end); 0 (the
+    /// default) = never. It goes to the log and to the metrics stream.
+    #[serde(default)]
+    pub sample_every: usize,
+    /// The text samples continue.
+    #[serde(default = "default_sample_prompt")]
+    pub sample_prompt: String,
+    /// Tokens per sample.
+    #[serde(default = "default_sample_tokens")]
+    pub sample_tokens: usize,
+}
+
+fn default_sample_prompt() -> String {
+    "The state of the Union is".into()
+}
+
+fn default_sample_tokens() -> usize {
+    48
 }
 
 /// The output section.
@@ -303,13 +339,25 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// The model's shape.
+    /// The model's shape: the named size with the section's replacements, checked (an error
+    /// names the key at fault).
     pub fn gpt(&self) -> Result<GptConfig, ConfigError> {
-        let mut gpt = GptConfig::from_size(&self.model.size)
-            .map_err(|err| invalid("model.size", err.to_string()))?;
-        if let Some(vocab) = self.model.vocab_size {
-            gpt.vocab_size = vocab;
-        }
+        let m = &self.model;
+        let size =
+            GptConfig::from_size(&m.size).map_err(|err| invalid("model.size", err.to_string()))?;
+        let gpt = GptConfig {
+            vocab_size: m.vocab_size.unwrap_or(size.vocab_size),
+            n_layer: m.n_layer.unwrap_or(size.n_layer),
+            n_head: m.n_head.unwrap_or(size.n_head),
+            d_model: m.d_model.unwrap_or(size.d_model),
+            max_seq_len: m.max_seq_len.unwrap_or(size.max_seq_len),
+            logit_softcap: m.logit_softcap.unwrap_or(size.logit_softcap),
+            rope_base: m.rope_base.unwrap_or(size.rope_base),
+        };
+        gpt.validate().map_err(|err| match err {
+            GptError::InvalidConfig { field, reason } => invalid(&format!("model.{field}"), reason),
+            other => invalid("model", other.to_string()),
+        })?;
         Ok(gpt)
     }
 
@@ -349,6 +397,12 @@ impl TrainConfig {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if self.eval.sample_every > 0 && self.eval.sample_tokens == 0 {
+            return Err(invalid(
+                "eval.sample_tokens",
+                "must be at least 1 when eval.sample_every is on",
+            ));
         }
         let o = &self.optim;
         let rates = [
@@ -395,14 +449,12 @@ impl TrainConfig {
             ));
         }
         let gpt = self.gpt()?;
-        gpt.validate()
-            .map_err(|err| invalid("model", err.to_string()))?;
         if t.seq_len > gpt.max_seq_len {
             return Err(invalid(
                 "train.seq_len",
                 format!(
-                    "{} is longer than the {} model's maximum of {}",
-                    t.seq_len, self.model.size, gpt.max_seq_len
+                    "{} is longer than the model's maximum of {} (model.max_seq_len)",
+                    t.seq_len, gpt.max_seq_len
                 ),
             ));
         }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_accum::SyncError;
 use brainfloat_data::DataError;
+use brainfloat_generate::GenerateError;
 use brainfloat_gpt::GptError;
 
 use crate::config::ConfigError;
@@ -20,6 +21,9 @@ pub enum TrainError {
     /// The model or its weights.
     #[error(transparent)]
     Model(#[from] GptError),
+    /// A sample during training could not be generated.
+    #[error("sample: {0}")]
+    Generate(#[from] GenerateError),
     /// A checkpoint that cannot be written or read.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint {

@@ -27,8 +27,8 @@ mod trainer;
 
 pub use checkpoint::{
     CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, latest_checkpoint, load_checkpoint,
-    load_weights, record_name, save_checkpoint, save_weights, weights_from_safetensors,
-    weights_to_safetensors,
+    load_checkpoint_weights, load_weights, read_record, record_name, save_checkpoint, save_weights,
+    weights_from_safetensors, weights_to_safetensors,
 };
 pub use config::{
     ConfigChange, ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat,
@@ -42,7 +42,7 @@ pub use optim::{NS_COEFFICIENTS, newton_schulz};
 pub use output::{LOCK_FILE, OutputFolder};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
-    StepStats,
+    SampleStats, StepStats,
 };
 pub use resume::{ResumeNote, model_notes, resume_notes};
 pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};

@@ -390,7 +390,7 @@ impl RecordOptimizer {
         let fusable = group != ParamGroup::Matrices
             && self.probe.is_none()
             && rounding != UpdateRounding::Kahan;
-        if fusable && brainfloat_ops::runs_kernels(&value.device()) {
+        if fusable && brainfloat_ops::optimizer_kernels(&value.device()) {
             // One fused pass where the backend has the kernel; the lost-update probe needs the
             // update itself, so probed steps take the op-by-op path below. Parameter and moments
             // are moved in, not cloned: as their only owner the kernel updates them in place.
@@ -414,7 +414,9 @@ impl RecordOptimizer {
                 (rounding == UpdateRounding::Stochastic)
                     .then(|| [Stream::Weight, Stream::Moment1, Stream::Moment2].map(stream)),
             )
-            .expect("flex fuses Adam for a parameter, gradient and moments of one float dtype");
+            .expect(
+                "the CPU backends fuse Adam for a parameter, gradient and moments of one dtype",
+            );
             self.grad_squares.push(update.grad_square_sum);
             let state = ParamState::Adam {
                 steps: steps + 1,

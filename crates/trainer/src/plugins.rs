@@ -34,6 +34,8 @@ impl Plugin for LogPlugin {
     fn on_train_start(&mut self, info: &RunInfo) -> Result<(), TrainError> {
         tracing::info!(
             params = info.num_params,
+            model = %info.shape,
+            mflop_per_token = format!("{:.1}", info.flops_per_token as f64 / 1e6),
             policy = %info.policy,
             tokens_per_step = info.tokens_per_step,
             from_step = info.start_step,
@@ -66,6 +68,17 @@ impl Plugin for LogPlugin {
             tokens = e.tokens,
             tokens_per_sec = format!("{:.0}", e.tokens_per_sec),
             "eval"
+        );
+        Ok(())
+    }
+
+    fn on_sample(&mut self, s: &SampleStats) -> Result<(), TrainError> {
+        // Debug-quoted: the sample's newlines stay on the log's one line.
+        tracing::info!(
+            step = s.step,
+            tokens_per_sec = format!("{:.0}", s.tokens_per_sec),
+            "sample: {:?}",
+            format!("{}{}", s.prompt, s.text)
         );
         Ok(())
     }
@@ -185,6 +198,14 @@ impl Plugin for MetricsPlugin {
             ..MetricsLine::default()
         })
     }
+
+    fn on_sample(&mut self, s: &SampleStats) -> Result<(), TrainError> {
+        self.write(&MetricsLine {
+            step: s.step,
+            sample: Some(format!("{}{}", s.prompt, s.text)),
+            ..MetricsLine::default()
+        })
+    }
 }
 
 /// One line of `metrics.jsonl`: a training step's figures, or an evaluation's (`val_*`).
@@ -238,6 +259,9 @@ pub struct MetricsLine {
     /// Validation tokens per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_tokens_per_sec: Option<f64>,
+    /// A sample of text (prompt and continuation), on the steps `eval.sample_every` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
 }
 
 /// A value per parameter group, by group name.
@@ -377,6 +401,10 @@ pub struct RunInfo {
     pub tokens_per_step: usize,
     /// Number of model parameters.
     pub num_params: usize,
+    /// The model's shape, in words (`4 layers × 256 wide, 4 heads of 64, ...`).
+    pub shape: String,
+    /// Training FLOPs per token at the run's sequence length (forward and backward, analytic).
+    pub flops_per_token: u64,
     /// The precision policy, as a string.
     pub policy: String,
     /// The run's output folder.
@@ -419,6 +447,21 @@ pub struct EvalStats {
     /// Validation tokens read.
     pub tokens: usize,
     /// Validation tokens per second (forward passes on this rank, wall time).
+    pub tokens_per_sec: f64,
+}
+
+/// A sample of text from the model during training (`eval.sample_every`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleStats {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The prompt it continues.
+    pub prompt: String,
+    /// The generated text (after the prompt).
+    pub text: String,
+    /// Tokens generated.
+    pub tokens: usize,
+    /// Generated tokens per second.
     pub tokens_per_sec: f64,
 }
 
@@ -476,6 +519,11 @@ pub trait Plugin {
         Ok(())
     }
     /// After a checkpoint is written.
+    /// A sample was generated (after the evaluation of its step).
+    fn on_sample(&mut self, _sample: &SampleStats) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     fn on_checkpoint(&mut self, _checkpoint: &CheckpointInfo) -> Result<(), TrainError> {
         Ok(())
     }

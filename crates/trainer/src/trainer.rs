@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
-use brainfloat_data::{DistributedLoader, LoaderPosition, shard_paths};
+use brainfloat_data::{DistributedLoader, Gpt2Tokenizer, LoaderPosition, shard_paths};
+use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::module::Module;
@@ -20,7 +21,9 @@ use crate::error::TrainError;
 use crate::optim::TrapezoidalSchedule;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
 use crate::output::OutputFolder;
-use crate::plugins::{Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, StepStats};
+use crate::plugins::{
+    Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, SampleStats, StepStats,
+};
 use crate::resume::resume_notes;
 
 /// How a run starts.
@@ -50,8 +53,56 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     skipped_steps: usize,
     injected: Vec<(NonFinite, usize)>,
+    /// Rank 0's samples during training (`eval.sample_every`), when on.
+    samples: Option<SamplePrompt>,
     /// Rank 0's claim on the output folder, held for the run.
     _output: Option<OutputFolder>,
+}
+
+/// The tokenizer and the tokenized prompt of the samples during training.
+struct SamplePrompt {
+    tokenizer: Gpt2Tokenizer,
+    prompt: Vec<u32>,
+}
+
+/// How samples during training are drawn: nanoGPT's `sample.py` defaults (temperature 0.8,
+/// top-k 200), from the run's seed, so that samples of one run differ only by the weights.
+const SAMPLE_TEMPERATURE: f32 = 0.8;
+/// See [`SAMPLE_TEMPERATURE`].
+const SAMPLE_TOP_K: usize = 200;
+
+impl SamplePrompt {
+    /// The config's sample prompt, checked against the model's context.
+    fn new(config: &TrainConfig) -> Result<Self, TrainError> {
+        let tokenizer = Gpt2Tokenizer::new();
+        let prompt = tokenizer.encode(&config.eval.sample_prompt);
+        let gpt = config.gpt()?;
+        let outside = prompt.iter().find(|id| **id as usize >= gpt.vocab_size);
+        let problem = if prompt.len() >= gpt.max_seq_len {
+            Some(format!(
+                "is {} tokens; the model's maximum sequence length is {} and a sample needs \
+                 room after it",
+                prompt.len(),
+                gpt.max_seq_len
+            ))
+        } else if prompt.is_empty() && gpt.vocab_size <= brainfloat_data::END_OF_TEXT as usize {
+            Some("is empty and the model has no <|endoftext|> to start from".into())
+        } else {
+            outside.map(|id| {
+                format!(
+                    "has the GPT-2 token {id}, outside the model's vocabulary of {}",
+                    gpt.vocab_size
+                )
+            })
+        };
+        if let Some(problem) = problem {
+            return Err(TrainError::Config(ConfigError {
+                key: "eval.sample_prompt".into(),
+                problem,
+            }));
+        }
+        Ok(Self { tokenizer, prompt })
+    }
 }
 
 /// Where a fault injection puts a non-finite value.
@@ -154,6 +205,9 @@ impl Trainer {
         // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
         loader(val_paths.clone())?;
 
+        let samples = (config.eval.sample_every > 0 && sync.is_leader())
+            .then(|| SamplePrompt::new(&config))
+            .transpose()?;
         let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
         let schedule = TrapezoidalSchedule::new(
             config.train.steps,
@@ -175,6 +229,7 @@ impl Trainer {
             last_checkpoint: None,
             skipped_steps: 0,
             injected: injections()?,
+            samples,
             _output: output,
         };
         match start {
@@ -275,11 +330,14 @@ impl Trainer {
 
     /// Runs the remaining steps, evaluating and checkpointing as configured and as plugins ask.
     pub fn run(&mut self) -> Result<RunSummary, TrainError> {
+        let gpt = self.model.config();
         let info = RunInfo {
             start_step: self.step,
             total_steps: self.config.train.steps,
             tokens_per_step: self.config.tokens_per_step(),
             num_params: self.model.num_params(),
+            shape: gpt.describe(),
+            flops_per_token: gpt.training_flops_per_token(self.config.train.seq_len),
             policy: self.model.policy().to_string(),
             dir: self.config.output.dir.clone(),
         };
@@ -485,7 +543,52 @@ impl Trainer {
     fn evaluate_and_report(&mut self) -> Result<(), TrainError> {
         let eval = self.evaluate()?;
         self.last_val_loss = Some(eval.val_loss);
-        self.each(|p| p.on_eval(&eval))
+        self.each(|p| p.on_eval(&eval))?;
+        let every = self.config.eval.sample_every;
+        let last = self.step == self.config.train.steps;
+        if every > 0
+            && (last || self.step.is_multiple_of(every))
+            && let Some(sample) = self.sample()?
+        {
+            self.each(|p| p.on_sample(&sample))?;
+        }
+        Ok(())
+    }
+
+    /// A sample of `eval.sample_tokens` tokens after `eval.sample_prompt` from the model as it
+    /// is now (rank 0; `None` elsewhere and when samples are off).
+    pub fn sample(&mut self) -> Result<Option<SampleStats>, TrainError> {
+        let Some(samples) = &self.samples else {
+            return Ok(None);
+        };
+        let options = GenerateOptions {
+            max_tokens: self.config.eval.sample_tokens,
+            sampling: Sampling {
+                temperature: SAMPLE_TEMPERATURE,
+                top_k: Some(SAMPLE_TOP_K),
+                top_p: None,
+                seed: self.config.train.seed,
+            },
+            stop_at_end_of_text: true,
+            kv_cache: true,
+        };
+        let device = self.device.clone().inner();
+        let model = inference_model(self.model.valid(), &device)?;
+        let generation = generate(
+            &model,
+            &samples.tokenizer,
+            &samples.prompt,
+            &options,
+            &device,
+            |_| {},
+        )?;
+        Ok(Some(SampleStats {
+            step: self.step,
+            prompt: self.config.eval.sample_prompt.clone(),
+            tokens: generation.tokens.len(),
+            tokens_per_sec: generation.tokens_per_sec(),
+            text: generation.text,
+        }))
     }
 
     /// Writes a checkpoint of the current step and tells the plugins; on ranks other than 0,

@@ -23,6 +23,7 @@ fn errors_name_their_key_and_overrides_apply_in_order() {
     // One test: the environment override must not leak into the other cases.
     the_shipped_presets_are_valid();
     bad_values_name_their_key();
+    shape_keys_replace_the_sizes_values();
     environment_then_command_line_override_the_file();
 }
 
@@ -79,8 +80,39 @@ fn bad_values_name_their_key() {
         (
             None,
             &["train.seq_len=65"],
-            "config train.seq_len: 65 is longer than the tiny model's maximum of 64",
+            "config train.seq_len: 65 is longer than the model's maximum of 64 (model.max_seq_len)",
         ),
+        (
+            None,
+            &["model.n_head=3"],
+            "config model.d_model: d_model 64 is not divisible by n_head 3",
+        ),
+        (
+            None,
+            &["model.d_model=96", "model.n_head=32"],
+            "config model.n_head: head dimension 3 (d_model 96 / n_head 32) must be even",
+        ),
+        (
+            None,
+            &["model.n_layer=0"],
+            "config model.n_layer: n_layer must be at least 1",
+        ),
+        (
+            None,
+            &["model.max_seq_len=0"],
+            "config model.max_seq_len: max_seq_len must be at least 1",
+        ),
+        (
+            None,
+            &["model.logit_softcap=-1"],
+            "config model.logit_softcap: logit_softcap must be positive, got -1",
+        ),
+        (
+            None,
+            &["model.rope_base=0"],
+            "config model.rope_base: rope_base must be positive, got 0",
+        ),
+        (None, &["model.n_heads=4"], "unknown field `n_heads`"),
         (
             None,
             &["train.grad_accum_steps=3"],
@@ -130,6 +162,37 @@ fn bad_values_name_their_key() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, "config /nonexistent/run.toml: config file not found");
+}
+
+/// Shape keys replace the named size's values, one by one; the rest stays the size's.
+fn shape_keys_replace_the_sizes_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = load(
+        dir.path(),
+        |t| t,
+        &[
+            "model.n_layer=3",
+            "model.n_head=4",
+            "model.d_model=48",
+            "model.max_seq_len=96",
+            "model.logit_softcap=15",
+            "model.rope_base=500",
+        ],
+    )
+    .unwrap();
+    let gpt = config.gpt().unwrap();
+    let expected = brainfloat_gpt::GptConfig::new(gpt.vocab_size, 3, 4, 48, 96)
+        .with_logit_softcap(15.0)
+        .with_rope_base(500.0);
+    assert_eq!(gpt, expected);
+    assert_eq!(gpt.head_dim(), 12);
+    let width_only = load(dir.path(), |t| t, &["model.d_model=128"]).unwrap();
+    let gpt = width_only.gpt().unwrap();
+    let tiny = brainfloat_gpt::GptConfig::tiny();
+    assert_eq!(
+        (gpt.n_layer, gpt.n_head, gpt.d_model, gpt.max_seq_len),
+        (tiny.n_layer, tiny.n_head, 128, tiny.max_seq_len)
+    );
 }
 
 fn environment_then_command_line_override_the_file() {

@@ -5,9 +5,10 @@ mod common;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use brainfloat_trainer::plugins::CheckpointPlugin;
+use brainfloat_trainer::plugins::{CheckpointPlugin, MetricsPlugin};
 use brainfloat_trainer::{
-    Action, CheckpointInfo, EvalStats, Plugin, Start, StepStats, TrainError, Trainer,
+    Action, CheckpointInfo, EvalStats, MetricsLine, Plugin, SampleStats, Start, StepStats,
+    TrainError, Trainer, init_model, load_checkpoint_weights, read_record, validation_loss,
     weights_to_safetensors,
 };
 use burn::tensor::DType;
@@ -216,6 +217,125 @@ impl Plugin for Recorder {
         self.0.borrow_mut().push(format!("checkpoint {}", c.step));
         Ok(())
     }
+    fn on_sample(&mut self, s: &SampleStats) -> Result<(), TrainError> {
+        self.0
+            .borrow_mut()
+            .push(format!("sample {} {}:{}", s.step, s.tokens, s.text));
+        Ok(())
+    }
+}
+
+/// `eval.sample_every`: a sample after the evaluations of its steps and at the end, in the
+/// plugins' calls and in the metrics stream; the same run samples the same text; a prompt the
+/// model cannot read is refused before training.
+#[test]
+fn samples_come_at_their_evaluations_and_into_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = brainfloat_test_support::test_device();
+    let run = |folder: &str| {
+        let folder = format!("output.dir={}", dir.path().join(folder).display());
+        let sampling = [
+            "train.steps=7",
+            "train.warmdown_steps=2",
+            "eval.sample_every=6",
+            "eval.sample_prompt=in",
+            "eval.sample_tokens=5",
+            folder.as_str(),
+        ];
+        let config = common::config(dir.path(), "bf16", &sampling);
+        let metrics = config.output.dir.join("metrics.jsonl");
+        let recorder = Recorder::default();
+        let mut trainer = Trainer::new(config, &device, Start::Fresh)
+            .unwrap()
+            .with_plugin(recorder.clone())
+            .with_plugin(MetricsPlugin::new(metrics.clone()));
+        trainer.run().unwrap();
+        drop(trainer);
+        let events = recorder.0.borrow().clone();
+        let samples: Vec<String> = events
+            .into_iter()
+            .filter(|e| e.starts_with("sample"))
+            .collect();
+        let lines = MetricsLine::read_all(&metrics).unwrap();
+        let sampled: Vec<(usize, String)> = lines
+            .into_iter()
+            .filter_map(|l| l.sample.map(|s| (l.step, s)))
+            .collect();
+        (samples, sampled)
+    };
+    let (samples, sampled) = run("first");
+    // Evaluations at 3, 6 and 7 (the end); samples at 6 and at the end.
+    assert_eq!(samples.len(), 2, "{samples:?}");
+    assert!(samples[0].starts_with("sample 6 5:") && samples[1].starts_with("sample 7 5:"));
+    assert_eq!(sampled.iter().map(|s| s.0).collect::<Vec<_>>(), [6, 7]);
+    assert!(
+        sampled
+            .iter()
+            .all(|(_, text)| text.starts_with("in") && text.len() > 2)
+    );
+    assert_eq!(run("second").1, sampled, "a run's samples are reproducible");
+
+    let folder = format!("output.dir={}", dir.path().join("refused").display());
+    let config = common::config(
+        dir.path(),
+        "bf16",
+        &[
+            "eval.sample_every=2",
+            "eval.sample_prompt=The state",
+            &folder,
+        ],
+    );
+    let err = Trainer::new(config, &device, Start::Fresh)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        err,
+        "config eval.sample_prompt: has the GPT-2 token 1181, outside the model's vocabulary of 512"
+    );
+}
+
+/// A model of a shape no named size has (`model.*` keys) trains, checkpoints, resumes, and its
+/// checkpoint evaluates and generates with the shape the record carries.
+#[test]
+fn a_custom_shape_trains_resumes_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = brainfloat_test_support::test_device();
+    let shape = [
+        "model.n_layer=3",
+        "model.n_head=4",
+        "model.d_model=32",
+        "model.max_seq_len=48",
+        "model.rope_base=1000",
+        "train.steps=4",
+        "train.warmdown_steps=1",
+    ];
+    let config = common::config(dir.path(), "bf16", &shape);
+    let mut first = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+    assert_eq!(first.model().config().n_layer, 3);
+    assert_eq!(first.model().transformer.h.len(), 3);
+    assert_eq!(first.model().config().head_dim(), 8);
+    for _ in 0..2 {
+        first.train_step().unwrap();
+    }
+    let record = first.checkpoint().unwrap();
+    drop(first);
+    let mut resumed = Trainer::new(config.clone(), &device, Start::Resume(None)).unwrap();
+    assert_eq!(resumed.step(), 2);
+    let summary = resumed.run().unwrap();
+    assert_eq!(summary.steps, 4);
+    assert!(summary.val_loss.unwrap().is_finite());
+    drop(resumed);
+
+    // The record carries the shape: a tiny-sized model refuses the weights, the record's loads.
+    let tiny = init_model(&common::config(dir.path(), "bf16", &[]), &device).unwrap();
+    assert!(load_checkpoint_weights(&record, tiny).is_err());
+    let saved = read_record(&record).unwrap();
+    let model = init_model(&saved.config, &device).unwrap();
+    let (_, model) = load_checkpoint_weights(&record, model).unwrap();
+    let paths = brainfloat_data::shard_paths(&config.data.val).unwrap();
+    let (loss, _) = validation_loss(&model, &config, paths, &device).unwrap();
+    assert!(loss.is_finite() && loss < 6.3, "val loss {loss}");
 }
 
 #[test]
