@@ -4,6 +4,7 @@
 // the only use outside `brainfloat-backend`.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
+use brainfloat_kernels::AdamStep;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata, backend_extension};
 
@@ -162,17 +163,13 @@ pub trait KernelBackend: Backend {
     /// fused kernel, the same dtype): the updated parameter, moments, and `Σ grad²` as an fp32
     /// `[1]`. `None` where the backend has no fused kernel (the caller composes it from Burn's
     /// ops).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::type_complexity)]
     fn adam_step(
         _param: FloatTensor<Self>,
         _grad: FloatTensor<Self>,
         _moment_1: FloatTensor<Self>,
         _moment_2: FloatTensor<Self>,
-        _lr: f64,
-        _betas: (f64, f64),
-        _eps: f64,
-        _step: i32,
-        _stochastic: Option<[u64; 3]>,
+        _step: AdamStep,
     ) -> Option<(
         FloatTensor<Self>,
         FloatTensor<Self>,

@@ -164,11 +164,7 @@ impl KernelBackend for Flex {
         grad: FlexTensor,
         moment_1: FlexTensor,
         moment_2: FlexTensor,
-        lr: f64,
-        betas: (f64, f64),
-        eps: f64,
-        step: i32,
-        stochastic: Option<[u64; 3]>,
+        step: AdamStep,
     ) -> Option<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)> {
         let dtype = param.dtype();
         if [&grad, &moment_1, &moment_2]
@@ -177,13 +173,6 @@ impl KernelBackend for Flex {
         {
             return None;
         }
-        let step = AdamStep {
-            lr,
-            betas,
-            eps,
-            step,
-            stochastic,
-        };
         let tensors = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
         with_elem!(dtype, T => adam_typed::<T>(tensors, &step))
     }

@@ -164,16 +164,19 @@ pub fn fused_adam<const D: usize>(
     step: i32,
     stochastic: Option<[u64; 3]>,
 ) -> Option<AdamUpdate<D>> {
-    let (param, moment_1, moment_2, grad_square_sum) = <Dispatch as KernelBackend>::adam_step(
-        param.into_dispatch(),
-        grad.into_dispatch(),
-        moment_1.into_dispatch(),
-        moment_2.into_dispatch(),
+    let step = brainfloat_kernels::AdamStep {
         lr,
         betas,
         eps,
         step,
         stochastic,
+    };
+    let (param, moment_1, moment_2, grad_square_sum) = <Dispatch as KernelBackend>::adam_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        step,
     )?;
     Some(AdamUpdate {
         param: Tensor::from_dispatch(param),

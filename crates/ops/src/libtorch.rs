@@ -74,26 +74,9 @@ impl KernelBackend for LibTorch {
         grad: TchTensor,
         moment_1: TchTensor,
         moment_2: TchTensor,
-        lr: f64,
-        betas: (f64, f64),
-        eps: f64,
-        step: i32,
-        stochastic: Option<[u64; 3]>,
+        step: AdamStep,
     ) -> Option<(TchTensor, TchTensor, TchTensor, TchTensor)> {
         let kind = param.tensor.kind();
-        if [&grad, &moment_1, &moment_2]
-            .iter()
-            .any(|t| t.tensor.kind() != kind)
-        {
-            return None;
-        }
-        let step = AdamStep {
-            lr,
-            betas,
-            eps,
-            step,
-            stochastic,
-        };
         let grad = on_cpu(&grad, kind)?;
         let [param, moment_1, moment_2] = [
             owned(param, kind)?,
