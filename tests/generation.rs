@@ -303,6 +303,20 @@ fn a_prompt_longer_than_the_model_is_refused() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("give a prompt"), "{err}");
+    // An id the model has no embedding for.
+    let err = generate(
+        &model,
+        &Gpt2Tokenizer::new(),
+        &[464, 600],
+        &options(Sampling::GREEDY, 4, true),
+        &device,
+        |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the prompt has the GPT-2 token 600, outside the model's vocabulary of 512"
+    );
     // The model itself refuses a cache that would pass its maximum.
     let mut cache = KvCache::new();
     model

@@ -484,12 +484,14 @@ fn is_record(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
 
-/// The model of `checkpoint` under `config`'s precision policy, and `config` with the model's
-/// shape: a record's shape is the record's (whatever `config` says), a safetensors file's is
-/// `config`'s (the file carries none). A record of another precision is converted, and said so.
+/// The model of `checkpoint` and `config` with the model's shape: a record's shape is the
+/// record's (whatever `config` says), a safetensors file's is `config`'s (the file carries
+/// none). The policy is `config`'s, or with `record_precision` a record's own; a record of
+/// another precision is converted, and said so.
 fn load_model(
     checkpoint: &Path,
     mut config: TrainConfig,
+    record_precision: bool,
     device: &Device,
 ) -> Result<(Gpt, TrainConfig), String> {
     if !is_record(checkpoint) {
@@ -499,9 +501,12 @@ fn load_model(
     }
     let record = read_record(checkpoint).map_err(|e| e.to_string())?;
     config.model = record.config.model.clone();
+    if record_precision {
+        config.train.precision = record.config.train.precision.clone();
+    }
     config.validate().map_err(|e| e.to_string())?;
     let model = init_model(&config, device).map_err(|e| e.to_string())?;
-    let (record, model) = load_checkpoint_weights(checkpoint, model).map_err(|e| e.to_string())?;
+    let model = load_checkpoint_weights(checkpoint, &record, model).map_err(|e| e.to_string())?;
     for note in model_notes(&record.config, &config) {
         tracing::warn!("{}: {note}", checkpoint.display());
     }
@@ -513,7 +518,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let (model, config) = load_model(&args.checkpoint, config, &device)?;
+    let (model, config) = load_model(&args.checkpoint, config, false, &device)?;
     let policy = *model.policy();
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -530,18 +535,12 @@ fn eval(args: EvalArgs) -> Result<(), String> {
 /// `generate`: the prompt, then the model's text as it comes (stdout), then the speed (stderr).
 fn generate_text(args: GenerateArgs) -> Result<(), String> {
     use std::io::{Read, Write};
-    let mut config = load_config(&args.run)?;
+    let config = load_config(&args.run)?;
     init_logs(config.output.log_format, true);
     let device = device(args.run.backend)?;
     // A record's own precision, unless --precision says otherwise.
-    if is_record(&args.checkpoint) && args.run.precision.is_none() {
-        config.train.precision = read_record(&args.checkpoint)
-            .map_err(|e| e.to_string())?
-            .config
-            .train
-            .precision;
-    }
-    let (model, _) = load_model(&args.checkpoint, config, &device)?;
+    let record_precision = args.run.precision.is_none();
+    let (model, _) = load_model(&args.checkpoint, config, record_precision, &device)?;
     let policy = *model.policy();
     let model = inference_model(model, &device).map_err(|err| err.to_string())?;
     let from_stdin = match args.prompt.as_deref() {

@@ -25,6 +25,16 @@ pub enum GenerateError {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// A prompt token the model has no embedding for.
+    #[error(
+        "the prompt has the GPT-2 token {token}, outside the model's vocabulary of {vocab_size}"
+    )]
+    OutsideVocabulary {
+        /// The token id.
+        token: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
     /// A sampling setting out of its range.
     #[error("{setting}: {problem}")]
     Sampling {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use brainfloat_data::{END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer};
-use brainfloat_gpt::{Gpt, GptError, KvCache};
+use brainfloat_gpt::{Gpt, GptConfig, GptError, KvCache};
 use brainfloat_precision::apply_policy;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -69,19 +69,7 @@ pub fn generate(
     let config = model.config();
     let (vocab_size, max_seq_len) = (config.vocab_size, config.max_seq_len);
     let end_of_text = END_OF_TEXT as u32;
-    let mut context = prompt.to_vec();
-    if context.is_empty() {
-        if vocab_size <= end_of_text as usize {
-            return Err(GenerateError::EmptyPrompt { vocab_size });
-        }
-        context.push(end_of_text);
-    }
-    if context.len() > max_seq_len {
-        return Err(GenerateError::PromptTooLong {
-            tokens: context.len(),
-            max_seq_len,
-        });
-    }
+    let mut context = first_context(prompt, config)?;
     let mut sampler = Sampler::new(options.sampling, vocab_size.min(GPT2_VOCAB))?;
     let started = Instant::now();
     let mut generation = Generation {
@@ -136,6 +124,30 @@ pub fn generate(
     emit(stream.finish(), &mut generation);
     generation.elapsed = started.elapsed();
     Ok(generation)
+}
+
+/// The context generation starts from: the prompt, or `<|endoftext|>` for an empty one.
+/// Refused: a prompt longer than the model's `max_seq_len`, with an id outside its vocabulary,
+/// or empty on a model without `<|endoftext|>`. What [`generate`] checks first; a trainer checks
+/// its sample prompt with it before training starts.
+pub fn first_context(prompt: &[u32], config: &GptConfig) -> Result<Vec<u32>, GenerateError> {
+    let (vocab_size, max_seq_len) = (config.vocab_size, config.max_seq_len);
+    if prompt.len() > max_seq_len {
+        return Err(GenerateError::PromptTooLong {
+            tokens: prompt.len(),
+            max_seq_len,
+        });
+    }
+    if let Some(&token) = prompt.iter().find(|id| **id as usize >= vocab_size) {
+        return Err(GenerateError::OutsideVocabulary { token, vocab_size });
+    }
+    if !prompt.is_empty() {
+        return Ok(prompt.to_vec());
+    }
+    if vocab_size <= END_OF_TEXT as usize {
+        return Err(GenerateError::EmptyPrompt { vocab_size });
+    }
+    Ok(vec![END_OF_TEXT as u32])
 }
 
 /// `model` converted for generation on `device`: its linear weights stored in the dtype its

@@ -34,6 +34,6 @@ mod sampler;
 mod utf8;
 
 pub use error::GenerateError;
-pub use generator::{GenerateOptions, Generation, generate, inference_model};
+pub use generator::{GenerateOptions, Generation, first_context, generate, inference_model};
 pub use sampler::{Sampler, Sampling};
 pub use utf8::Utf8Stream;

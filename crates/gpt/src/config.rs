@@ -122,13 +122,6 @@ impl GptConfig {
         Ok(())
     }
 
-    /// Forward FLOPs per generated token at context length `context`: one pass of every matmul
-    /// (`2 · matmul_params`) and attention's two products over the context
-    /// (`4 · n_layer · d_model · context`).
-    pub fn inference_flops_per_token(&self, context: usize) -> u64 {
-        2 * self.matmul_params() as u64 + 4 * (self.n_layer * self.d_model * context) as u64
-    }
-
     /// Parameters that take part in matrix products: the blocks' linears and the head (the
     /// embedding is a lookup).
     pub fn matmul_params(&self) -> usize {

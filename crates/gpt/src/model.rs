@@ -464,17 +464,23 @@ impl Gpt {
             .get(&self.config, max_seq_len, activation, &device)
             .narrow(start, new);
         let (hidden, _) = self.run_blocks(inputs, &rotary, cache);
-        let last = hidden.narrow(1, new - 1, 1);
-        let logits = self.lm_head.forward_under(last, &self.policy);
-        let logits = softcap(logits, self.config.logit_softcap).cast(FloatDType::F32);
+        let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))
     }
 
     /// Soft-capped logits `[B, T, vocab]` in fp32, for evaluation and sampling. The soft-cap runs
     /// in the activation dtype, then the logits are cast to fp32, as in the record.
     pub fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-        let logits = self.raw_logits(batch)?;
-        Ok(softcap(logits, self.config.logit_softcap).cast(FloatDType::F32))
+        self.check(batch)?;
+        let (hidden, _) = self.hidden_states(batch.inputs.clone());
+        Ok(self.head(hidden))
+    }
+
+    /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
+    /// activation dtype, then cast to the policy's loss dtype (fp32), as in the record.
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = self.lm_head.forward_under(hidden, &self.policy);
+        softcap(logits, self.config.logit_softcap).cast(self.policy.loss())
     }
 
     /// The record's loss: mean fp32 cross-entropy of the soft-capped logits over all `B·T`
@@ -491,13 +497,6 @@ impl Gpt {
             Some(self.config.logit_softcap),
             &self.policy,
         ))
-    }
-
-    /// Logits before the soft-cap, in the activation dtype.
-    fn raw_logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-        self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs.clone());
-        Ok(self.lm_head.forward_under(hidden, &self.policy))
     }
 
     fn check(&self, batch: &Batch) -> Result<(), GptError> {
@@ -554,10 +553,7 @@ impl KvCache {
 
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|layer| layer.keys_values.as_ref())
-            .map_or(0, |(keys, _)| keys.dims()[2])
+        self.first_keys().map_or(0, |keys| keys.dims()[2])
     }
 
     /// Whether no position is held.
@@ -567,10 +563,13 @@ impl KvCache {
 
     /// The dtype keys and values are held in (the policy's matmul dtype); `None` when empty.
     pub fn dtype(&self) -> Option<DType> {
-        self.layers
-            .first()
-            .and_then(|layer| layer.keys_values.as_ref())
-            .map(|(keys, _)| keys.dtype())
+        self.first_keys().map(Tensor::dtype)
+    }
+
+    /// The first block's keys: every block holds the same positions in the same dtype.
+    fn first_keys(&self) -> Option<&Tensor<4>> {
+        let layer = self.layers.first()?;
+        layer.keys_values.as_ref().map(|(keys, _)| keys)
     }
 
     /// Forgets every position (a new context).

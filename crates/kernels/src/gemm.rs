@@ -168,24 +168,21 @@ fn row_times_matrix(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
         }
     };
     match c {
-        Output::Bf16(c) => {
-            c.par_chunks_mut(COLUMNS_PER_TASK)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    for (offset, out) in out.iter_mut().enumerate() {
-                        *out = bf16::from_f32(column_dot(task * COLUMNS_PER_TASK + offset));
-                    }
-                })
-        }
-        Output::F32(c) => c
-            .par_chunks_mut(COLUMNS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, out)| {
-                for (offset, out) in out.iter_mut().enumerate() {
-                    *out = column_dot(task * COLUMNS_PER_TASK + offset);
-                }
-            }),
+        Output::Bf16(c) => fill_columns(c, |j| bf16::from_f32(column_dot(j))),
+        Output::F32(c) => fill_columns(c, column_dot),
     }
+}
+
+/// `out[j] = value(j)` for every column `j`, [`COLUMNS_PER_TASK`] columns per parallel task.
+fn fill_columns<T: Send>(out: &mut [T], value: impl Fn(usize) -> T + Sync) {
+    out.par_chunks_mut(COLUMNS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * COLUMNS_PER_TASK;
+            for (offset, out) in chunk.iter_mut().enumerate() {
+                *out = value(first + offset);
+            }
+        });
 }
 
 /// `Σ row[i]·column[i]` in fp32 over 16 interleaved partial sums (products of bf16 values are

@@ -30,6 +30,9 @@ impl KernelBackend for LibTorch {
 
     fn stochastic_axpby(y: TchTensor, x: TchTensor, a: f32, b: f32, key: u64) -> Option<TchTensor> {
         let x_kind = x.tensor.kind();
+        if !matches!(x_kind, Kind::BFloat16 | Kind::Float) {
+            return None;
+        }
         let x = on_cpu(&x, x_kind)?;
         let y = owned(y, Kind::BFloat16)?;
         // SAFETY: `y` is this call's own contiguous CPU bf16 buffer (`owned`), `x` a distinct
@@ -40,10 +43,7 @@ impl KernelBackend for LibTorch {
                 Kind::BFloat16 => {
                     brainfloat_kernels::stochastic_axpby(target, elements::<bf16>(&x), a, b, key)
                 }
-                Kind::Float => {
-                    brainfloat_kernels::stochastic_axpby(target, elements::<f32>(&x), a, b, key)
-                }
-                _ => return None,
+                _ => brainfloat_kernels::stochastic_axpby(target, elements::<f32>(&x), a, b, key),
             }
         }
         Some(TchTensor::new(y))

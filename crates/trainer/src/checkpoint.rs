@@ -381,19 +381,18 @@ pub fn read_record(path: &Path) -> Result<CheckpointRecord, TrainError> {
     Ok(record)
 }
 
-/// The weights of the checkpoint whose record is `path`, read into `model` (built with the
-/// record's shape: `record.config.gpt()`) after their SHA-256 is verified; the optimizer state
-/// is not read. For evaluation and generation.
+/// The weights of the checkpoint whose record `record` was read from `path`, read into `model`
+/// (built with the record's shape: `record.config.gpt()`) after their SHA-256 is verified; the
+/// optimizer state is not read. For evaluation and generation.
 pub fn load_checkpoint_weights(
     path: &Path,
+    record: &CheckpointRecord,
     model: Gpt,
-) -> Result<(CheckpointRecord, Gpt), TrainError> {
-    let record = read_record(path)?;
+) -> Result<Gpt, TrainError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let model_bytes = read_verified(dir, &record.model)?;
-    let model = weights_from_safetensors(model, &model_bytes)
-        .map_err(|err| checkpoint_error(&dir.join(&record.model.file), err))?;
-    Ok((record, model))
+    weights_from_safetensors(model, &model_bytes)
+        .map_err(|err| checkpoint_error(&dir.join(&record.model.file), err))
 }
 
 /// Reads the checkpoint whose record is `path` into `model` (already built with the run's
@@ -406,7 +405,8 @@ pub fn load_checkpoint(
     mut optimizer: RecordOptimizer,
     device: &Device,
 ) -> Result<Restored, TrainError> {
-    let (record, model) = load_checkpoint_weights(path, model)?;
+    let record = read_record(path)?;
+    let model = load_checkpoint_weights(path, &record, model)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let optim_path = dir.join(&record.optimizer.file);
     let optim_bytes = read_verified(dir, &record.optimizer)?;

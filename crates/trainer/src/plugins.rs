@@ -78,7 +78,7 @@ impl Plugin for LogPlugin {
             step = s.step,
             tokens_per_sec = format!("{:.0}", s.tokens_per_sec),
             "sample: {:?}",
-            format!("{}{}", s.prompt, s.text)
+            s.full_text()
         );
         Ok(())
     }
@@ -202,7 +202,7 @@ impl Plugin for MetricsPlugin {
     fn on_sample(&mut self, s: &SampleStats) -> Result<(), TrainError> {
         self.write(&MetricsLine {
             step: s.step,
-            sample: Some(format!("{}{}", s.prompt, s.text)),
+            sample: Some(s.full_text()),
             ..MetricsLine::default()
         })
     }
@@ -463,6 +463,13 @@ pub struct SampleStats {
     pub tokens: usize,
     /// Generated tokens per second.
     pub tokens_per_sec: f64,
+}
+
+impl SampleStats {
+    /// The prompt and its continuation, as a reader sees them.
+    pub fn full_text(&self) -> String {
+        format!("{}{}", self.prompt, self.text)
+    }
 }
 
 /// A written checkpoint.

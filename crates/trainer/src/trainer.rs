@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
 use brainfloat_data::{DistributedLoader, Gpt2Tokenizer, LoaderPosition, shard_paths};
-use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
+use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::module::Module;
@@ -72,35 +72,14 @@ const SAMPLE_TEMPERATURE: f32 = 0.8;
 const SAMPLE_TOP_K: usize = 200;
 
 impl SamplePrompt {
-    /// The config's sample prompt, checked against the model's context.
+    /// The config's sample prompt, checked against the model as generation will check it.
     fn new(config: &TrainConfig) -> Result<Self, TrainError> {
         let tokenizer = Gpt2Tokenizer::new();
         let prompt = tokenizer.encode(&config.eval.sample_prompt);
-        let gpt = config.gpt()?;
-        let outside = prompt.iter().find(|id| **id as usize >= gpt.vocab_size);
-        let problem = if prompt.len() >= gpt.max_seq_len {
-            Some(format!(
-                "is {} tokens; the model's maximum sequence length is {} and a sample needs \
-                 room after it",
-                prompt.len(),
-                gpt.max_seq_len
-            ))
-        } else if prompt.is_empty() && gpt.vocab_size <= brainfloat_data::END_OF_TEXT as usize {
-            Some("is empty and the model has no <|endoftext|> to start from".into())
-        } else {
-            outside.map(|id| {
-                format!(
-                    "has the GPT-2 token {id}, outside the model's vocabulary of {}",
-                    gpt.vocab_size
-                )
-            })
-        };
-        if let Some(problem) = problem {
-            return Err(TrainError::Config(ConfigError {
-                key: "eval.sample_prompt".into(),
-                problem,
-            }));
-        }
+        first_context(&prompt, &config.gpt()?).map_err(|err| ConfigError {
+            key: "eval.sample_prompt".into(),
+            problem: err.to_string(),
+        })?;
         Ok(Self { tokenizer, prompt })
     }
 }

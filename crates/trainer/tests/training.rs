@@ -291,7 +291,8 @@ fn samples_come_at_their_evaluations_and_into_the_metrics() {
         .to_string();
     assert_eq!(
         err,
-        "config eval.sample_prompt: has the GPT-2 token 1181, outside the model's vocabulary of 512"
+        "config eval.sample_prompt: the prompt has the GPT-2 token 1181, outside the model's \
+         vocabulary of 512"
     );
 }
 
@@ -328,11 +329,11 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
     drop(resumed);
 
     // The record carries the shape: a tiny-sized model refuses the weights, the record's loads.
-    let tiny = init_model(&common::config(dir.path(), "bf16", &[]), &device).unwrap();
-    assert!(load_checkpoint_weights(&record, tiny).is_err());
     let saved = read_record(&record).unwrap();
+    let tiny = init_model(&common::config(dir.path(), "bf16", &[]), &device).unwrap();
+    assert!(load_checkpoint_weights(&record, &saved, tiny).is_err());
     let model = init_model(&saved.config, &device).unwrap();
-    let (_, model) = load_checkpoint_weights(&record, model).unwrap();
+    let model = load_checkpoint_weights(&record, &saved, model).unwrap();
     let paths = brainfloat_data::shard_paths(&config.data.val).unwrap();
     let (loss, _) = validation_loss(&model, &config, paths, &device).unwrap();
     assert!(loss.is_finite() && loss < 6.3, "val loss {loss}");
