@@ -1,22 +1,45 @@
-//! Where one training step's time goes: forward, backward and optimizer, per precision preset,
-//! for the tiny (default) or small model on GPT-2's vocabulary.
+//! Where one training step's time and memory go: forward, backward and optimizer, per
+//! precision preset, for the tiny (default) or small model on GPT-2's vocabulary, on the backend
+//! `BRAINFLOAT_BACKEND` names (flex when unset).
 //!
 //! ```text
 //! cargo run --release -p brainfloat-examples --example step_timing [-- small [PRESET]]
 //! ```
+//!
+//! Memory is the peak of the resident set during each phase over what was resident before the
+//! preset's model was built, with freed blocks handed back to the OS (as the benchmark measures
+//! it): on libtorch, whose tensors live outside Rust's allocator, it is the one measure there is.
+//! After the optimizer, `kept` is what stays resident between steps.
 
 use std::time::Instant;
 
+use brainfloat_backend::Backend;
 use brainfloat_gpt::{Batch, GptConfig};
+use brainfloat_memory as memory;
 use brainfloat_precision::{PrecisionPolicy, Preset, apply_policy};
 use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig};
 use burn::optim::GradientsParams;
-use burn::tensor::Device;
+
+/// Runs `phase`, returning its result, its milliseconds and the peak of the resident set
+/// during it over `baseline` (bytes), in MiB.
+fn measured<T>(baseline: usize, phase: impl FnOnce() -> T) -> (T, f64, f64) {
+    memory::release_free_memory();
+    memory::reset_rss_peak();
+    let start = Instant::now();
+    let result = phase();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let peak = memory::rss().map_or(0, |r| r.peak);
+    (result, ms, mib(peak.saturating_sub(baseline)))
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // As the trainer does: freed blocks are reused, not handed back to the OS each time.
-    brainfloat_memory::retain_freed_memory(true);
-    let device = Device::flex().autodiff();
+    memory::retain_freed_memory(false);
+    let backend = Backend::from_env()?;
+    let device = backend.device()?.autodiff();
     let small = std::env::args().nth(1).is_some_and(|size| size == "small");
     let (mut config, batch, seq) = if small {
         (GptConfig::small(), 8, 256)
@@ -29,10 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let data = Batch::from_window(&window, batch, seq, &device)?;
     let only: Option<Preset> = std::env::args().nth(2).map(|p| p.parse()).transpose()?;
+    println!("backend {backend}: time (ms) and resident-set peak (MiB) per phase");
     for preset in Preset::ALL
         .into_iter()
         .filter(|p| only.is_none_or(|o| o == *p))
     {
+        memory::release_free_memory();
+        let baseline = memory::rss().map_or(0, |r| r.current);
         let policy = PrecisionPolicy::preset(preset);
         let mut model = apply_policy(config.init(&device)?, &policy, &device)?;
         let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
@@ -40,21 +66,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         });
         for step in 0..4 {
-            let t0 = Instant::now();
-            let loss = model.forward(&data)?;
+            let (loss, forward_ms, forward_mib) = measured(baseline, || {
+                let loss = model.forward(&data)?;
+                device.sync()?;
+                Ok::<_, Box<dyn std::error::Error>>(loss)
+            });
+            let loss = loss?;
             let value = loss.clone().detach().into_scalar::<f32>();
-            let t1 = Instant::now();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            device.sync()?;
-            let t2 = Instant::now();
-            (model, _) = optimizer.step(model, grads, 1.0, 1.0, step);
-            device.sync()?;
-            let t3 = Instant::now();
+            let (grads, backward_ms, backward_mib) = measured(baseline, || {
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                device.sync().map(|_| grads)
+            });
+            let grads = grads?;
+            let ((stepped, synced), optimizer_ms, optimizer_mib) = measured(baseline, || {
+                let (stepped, _) = optimizer.step(model, grads, 1.0, 1.0, step);
+                (stepped, device.sync())
+            });
+            synced?;
+            model = stepped;
+            memory::release_free_memory();
+            let kept = mib(memory::rss()
+                .map_or(0, |r| r.current)
+                .saturating_sub(baseline));
             println!(
-                "{preset:<8} step {step}: loss {value:.4}  forward {:>6.0} ms  backward {:>6.0} ms  optimizer {:>6.0} ms",
-                (t1 - t0).as_secs_f64() * 1e3,
-                (t2 - t1).as_secs_f64() * 1e3,
-                (t3 - t2).as_secs_f64() * 1e3
+                "{preset:<10} step {step}: loss {value:.4}  forward {forward_ms:>6.0} ms {forward_mib:>6.0} MiB  \
+                 backward {backward_ms:>6.0} ms {backward_mib:>6.0} MiB  \
+                 optimizer {optimizer_ms:>6.0} ms {optimizer_mib:>6.0} MiB  kept {kept:>6.0} MiB"
             );
         }
     }

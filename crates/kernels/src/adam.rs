@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::elem::Float;
-use crate::rounding::random_bits;
+use crate::rounding::{BITS_PER_BLOCK, fill_random_bits};
 
 /// The hyper-parameters of one Adam step (PyTorch's `Adam`, no weight decay).
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +19,8 @@ pub struct AdamStep {
     /// The step number, from 1: bias corrections `1 − βᵗ`.
     pub step: i32,
     /// Stochastic rounding of the stored values: the keys of the parameter's, the first and the
-    /// second moment's streams ([`random_bits`]`(key, element)`); `None` rounds to nearest.
+    /// second moment's streams ([`random_bits`](crate::random_bits)`(key, element)`); `None`
+    /// rounds to nearest.
     pub stochastic: Option<[u64; 3]>,
 }
 
@@ -60,35 +61,44 @@ pub fn adam_update<P: Float, G: Float, S: Float>(
         )
         .enumerate()
         .map(|(task, ((param, grad), (moment_1, moment_2)))| {
-            let first = (task * ELEMENTS_PER_TASK) as u64;
             let mut square_sum = 0.0f64;
-            let elements = param.iter_mut().zip(grad).zip(moment_1).zip(moment_2);
-            for (i, (((p, g), m1), m2)) in elements.enumerate() {
-                let g = g.to_f32();
-                square_sum += (g * g) as f64;
-                let new_m1 = m1.to_f32() * beta_1 + g * (1.0 - beta_1);
-                let new_m2 = m2.to_f32() * beta_2 + g * g * (1.0 - beta_2);
-                // Each stored value is rounded once; the update uses the moments as stored.
-                let (stored_m1, stored_m2) = match step.stochastic {
-                    None => (S::from_f32(new_m1), S::from_f32(new_m2)),
-                    Some([_, key_1, key_2]) => {
-                        let index = first + i as u64;
-                        (
-                            S::from_f32_stochastic(new_m1, random_bits(key_1, index)),
-                            S::from_f32_stochastic(new_m2, random_bits(key_2, index)),
-                        )
+            // The random bits of the parameter's and the moments' streams, a block at a time.
+            let mut bits = [[0u16; BITS_PER_BLOCK]; 3];
+            let blocks = param
+                .chunks_mut(BITS_PER_BLOCK)
+                .zip(grad.chunks(BITS_PER_BLOCK))
+                .zip(moment_1.chunks_mut(BITS_PER_BLOCK))
+                .zip(moment_2.chunks_mut(BITS_PER_BLOCK));
+            for (block, (((param, grad), moment_1), moment_2)) in blocks.enumerate() {
+                if let Some(keys) = step.stochastic {
+                    let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
+                    for (key, bits) in keys.into_iter().zip(&mut bits) {
+                        fill_random_bits(key, first, &mut bits[..param.len()]);
                     }
-                };
-                let denom = stored_m2.to_f32().sqrt() / correction_2_sqrt + eps;
-                let new_p = p.to_f32() - stored_m1.to_f32() / denom * step_size;
-                *p = match step.stochastic {
-                    None => P::from_f32(new_p),
-                    Some([key, ..]) => {
-                        P::from_f32_stochastic(new_p, random_bits(key, first + i as u64))
-                    }
-                };
-                *m1 = stored_m1;
-                *m2 = stored_m2;
+                }
+                let elements = param.iter_mut().zip(grad).zip(moment_1).zip(moment_2);
+                for (i, (((p, g), m1), m2)) in elements.enumerate() {
+                    let g = g.to_f32();
+                    square_sum += (g * g) as f64;
+                    let new_m1 = m1.to_f32() * beta_1 + g * (1.0 - beta_1);
+                    let new_m2 = m2.to_f32() * beta_2 + g * g * (1.0 - beta_2);
+                    // Each stored value is rounded once; the update uses the moments as stored.
+                    let (stored_m1, stored_m2) = match step.stochastic {
+                        None => (S::from_f32(new_m1), S::from_f32(new_m2)),
+                        Some(_) => (
+                            S::from_f32_stochastic(new_m1, bits[1][i]),
+                            S::from_f32_stochastic(new_m2, bits[2][i]),
+                        ),
+                    };
+                    let denom = stored_m2.to_f32().sqrt() / correction_2_sqrt + eps;
+                    let new_p = p.to_f32() - stored_m1.to_f32() / denom * step_size;
+                    *p = match step.stochastic {
+                        None => P::from_f32(new_p),
+                        Some(_) => P::from_f32_stochastic(new_p, bits[0][i]),
+                    };
+                    *m1 = stored_m1;
+                    *m2 = stored_m2;
+                }
             }
             square_sum
         })
@@ -191,5 +201,46 @@ mod tests {
             (mean_move - 1e-4).abs() <= bound,
             "{mean_move} vs 1e-4 ± {bound}"
         );
+    }
+
+    /// Element `i` of each stored tensor draws `random_bits(key, i)` of its stream, wherever the
+    /// element falls among the kernel's parallel tasks and blocks of drawn bits (a ragged
+    /// length over several of each), as written out one element at a time.
+    #[test]
+    fn stochastic_rounding_draws_each_element_s_own_bits() {
+        use crate::random_bits;
+        let n = 70_001;
+        let grad: Vec<bf16> = (0..n)
+            .map(|i| bf16::from_f32(((i * 37) % 101) as f32 / 50.0 - 1.0))
+            .collect();
+        let param0: Vec<bf16> = (0..n)
+            .map(|i| bf16::from_f32(((i * 11) % 97) as f32 / 97.0))
+            .collect();
+        let keys = [5, 6, 7];
+        let step = AdamStep {
+            lr: 1e-3,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            step: 3,
+            stochastic: Some(keys),
+        };
+        let (mut param, mut m1, mut m2) = (param0.clone(), param0.clone(), param0.clone());
+        adam_update(&mut param, &grad, &mut m1, &mut m2, &step);
+        let step_size = (1e-3 / (1.0 - 0.9f64.powi(3))) as f32;
+        let correction_2_sqrt = (1.0 - 0.95f64.powi(3)).sqrt() as f32;
+        for i in 0..n {
+            let (g, old) = (grad[i].to_f32(), param0[i].to_f32());
+            let bits = |stream: usize| random_bits(keys[stream], i as u64);
+            let want_m1 = bf16::from_f32_stochastic(old * 0.9 + g * (1.0 - 0.9), bits(1));
+            let want_m2 = bf16::from_f32_stochastic(old * 0.95 + g * g * (1.0 - 0.95), bits(2));
+            let denom = want_m2.to_f32().sqrt() / correction_2_sqrt + 1e-8;
+            let want_p = old - want_m1.to_f32() / denom * step_size;
+            let want_p = bf16::from_f32_stochastic(want_p, bits(0));
+            assert_eq!(
+                [m1[i], m2[i], param[i]],
+                [want_m1, want_m2, want_p],
+                "element {i}"
+            );
+        }
     }
 }

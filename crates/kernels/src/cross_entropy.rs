@@ -9,6 +9,8 @@ use rayon::prelude::*;
 
 use crate::elem::Float;
 use crate::math::{exp, lane_fold, tanh};
+#[cfg(target_arch = "x86_64")]
+use crate::path::avx512;
 
 /// The largest soft-cap that can stand in for the row maximum: `e^(−2·40)` is still a normal
 /// fp32 number.
@@ -33,40 +35,91 @@ pub fn softcapped_cross_entropy<T: Float>(
     mean_over: usize,
     grad: Option<&mut [MaybeUninit<T>]>,
 ) -> f64 {
-    assert!(vocab > 0, "cross_entropy: an empty vocabulary");
-    assert_eq!(
-        logits.len(),
-        targets.len() * vocab,
-        "cross_entropy: rows × vocab"
-    );
-    assert!(
-        targets.iter().all(|t| *t < vocab),
-        "cross_entropy: a target outside the vocabulary of {vocab}"
-    );
-    let row = RowLoss {
-        vocab,
-        cap,
-        mean_over: mean_over as f32,
-    };
-    let rows_per_task = targets
-        .len()
-        .div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
-        .max(1);
-    let logit_chunks = logits.par_chunks(rows_per_task * vocab);
-    let target_chunks = targets.par_chunks(rows_per_task);
+    let row = RowLoss::new(logits.len(), vocab, targets, cap, mean_over);
+    let task = row.rows_per_task(targets.len());
+    let target_chunks = targets.par_chunks(task);
     match grad {
         Some(grad) => {
             assert_eq!(grad.len(), logits.len(), "cross_entropy: gradient length");
-            logit_chunks
+            logits
+                .par_chunks(task * vocab)
+                .zip(grad.par_chunks_mut(task * vocab))
                 .zip(target_chunks)
-                .zip(grad.par_chunks_mut(rows_per_task * vocab))
-                .map(|((logits, targets), grad)| row.rows(logits, targets, Some(grad)))
+                .map(|((logits, grad), targets)| {
+                    let rows = logits.chunks(vocab).zip(grad.chunks_mut(vocab));
+                    row.rows(
+                        rows.map(|(logits, grad)| Apart(logits, Some(grad))),
+                        targets,
+                    )
+                })
                 .sum()
         }
-        None => logit_chunks
+        None => logits
+            .par_chunks(task * vocab)
             .zip(target_chunks)
-            .map(|(logits, targets)| row.rows(logits, targets, None))
+            .map(|(logits, targets)| {
+                row.rows(logits.chunks(vocab).map(|l| Apart(l, None)), targets)
+            })
             .sum(),
+    }
+}
+
+/// [`softcapped_cross_entropy`] with the gradient written over the logits: each row is read
+/// whole before its gradient is written, so a backend that owns the logits' buffer needs no
+/// second logits-sized one.
+///
+/// # Panics
+/// As [`softcapped_cross_entropy`].
+pub fn softcapped_cross_entropy_in_place<T: Float>(
+    logits: &mut [T],
+    vocab: usize,
+    targets: &[usize],
+    cap: Option<f32>,
+    mean_over: usize,
+) -> f64 {
+    let row = RowLoss::new(logits.len(), vocab, targets, cap, mean_over);
+    let task = row.rows_per_task(targets.len());
+    logits
+        .par_chunks_mut(task * vocab)
+        .zip(targets.par_chunks(task))
+        .map(|(logits, targets)| row.rows(logits.chunks_mut(vocab).map(InPlace), targets))
+        .sum()
+}
+
+/// Where one row's logits are read and its gradient written.
+trait RowBuffers<T> {
+    /// The row's logits.
+    fn logits(&self) -> &[T];
+    /// Where its gradient goes, if asked for; read [`logits`](Self::logits) first.
+    fn grad(&mut self) -> Option<&mut [MaybeUninit<T>]>;
+}
+
+/// Logits and gradient in two buffers.
+struct Apart<'a, T>(&'a [T], Option<&'a mut [MaybeUninit<T>]>);
+
+impl<T> RowBuffers<T> for Apart<'_, T> {
+    fn logits(&self) -> &[T] {
+        self.0
+    }
+
+    fn grad(&mut self) -> Option<&mut [MaybeUninit<T>]> {
+        self.1.as_deref_mut()
+    }
+}
+
+/// The gradient over the logits.
+struct InPlace<'a, T>(&'a mut [T]);
+
+impl<T> RowBuffers<T> for InPlace<'_, T> {
+    fn logits(&self) -> &[T] {
+        self.0
+    }
+
+    fn grad(&mut self) -> Option<&mut [MaybeUninit<T>]> {
+        let (ptr, len) = (self.0.as_mut_ptr(), self.0.len());
+        // SAFETY: `MaybeUninit<T>` has `T`'s layout; the slice is the row's own exclusive
+        // borrow, and the kernel writes only initialised `T`s through it, so the row stays valid.
+        Some(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<T>>(), len) })
     }
 }
 
@@ -79,29 +132,52 @@ struct RowLoss {
 }
 
 impl RowLoss {
-    /// Rows of one task: the loss summed over them (each divided by `mean_over`).
-    fn rows<T: Float>(
-        &self,
-        logits: &[T],
+    /// The constants, after checking the shapes and targets.
+    fn new(
+        len: usize,
+        vocab: usize,
         targets: &[usize],
-        mut grad: Option<&mut [MaybeUninit<T>]>,
+        cap: Option<f32>,
+        mean_over: usize,
+    ) -> Self {
+        assert!(vocab > 0, "cross_entropy: an empty vocabulary");
+        assert_eq!(len, targets.len() * vocab, "cross_entropy: rows × vocab");
+        assert!(
+            targets.iter().all(|t| *t < vocab),
+            "cross_entropy: a target outside the vocabulary of {vocab}"
+        );
+        Self {
+            vocab,
+            cap,
+            mean_over: mean_over as f32,
+        }
+    }
+
+    /// Rows per parallel task.
+    fn rows_per_task(&self, rows: usize) -> usize {
+        rows.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
+            .max(1)
+    }
+
+    /// Rows of one task: the loss summed over them (each divided by `mean_over`).
+    fn rows<T: Float, B: RowBuffers<T>>(
+        &self,
+        rows: impl Iterator<Item = B>,
+        targets: &[usize],
     ) -> f64 {
         // Per row: the capped logits (then their exponentials) and the tanh values.
         let mut capped = vec![0.0f32; self.vocab];
         let mut tanh_values = vec![0.0f32; if self.cap.is_some() { self.vocab } else { 0 }];
         let mut total = 0.0f64;
-        for (r, (logits, &target)) in logits.chunks(self.vocab).zip(targets).enumerate() {
-            let grad = grad
-                .as_deref_mut()
-                .map(|g| &mut g[r * self.vocab..(r + 1) * self.vocab]);
+        for (buffers, &target) in rows.zip(targets) {
             let scratch = (&mut capped[..], &mut tanh_values[..]);
             #[cfg(target_arch = "x86_64")]
             if avx512() {
                 // SAFETY: the CPU reports every feature `row_avx512` is compiled for.
-                total += unsafe { self.row_avx512(logits, target, scratch, grad) };
+                total += unsafe { self.row_avx512(buffers, target, scratch) };
                 continue;
             }
-            total += self.row(logits, target, scratch, grad);
+            total += self.row(buffers, target, scratch);
         }
         total
     }
@@ -112,26 +188,25 @@ impl RowLoss {
     /// The CPU must support AVX-512 F, BW, DQ and VL.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-    unsafe fn row_avx512<T: Float>(
+    unsafe fn row_avx512<T: Float, B: RowBuffers<T>>(
         &self,
-        logits: &[T],
+        buffers: B,
         target: usize,
         scratch: (&mut [f32], &mut [f32]),
-        grad: Option<&mut [MaybeUninit<T>]>,
     ) -> f64 {
-        self.row(logits, target, scratch, grad)
+        self.row(buffers, target, scratch)
     }
 
     /// One row: fills the first scratch row with `e^(c − shift)` and the second with the tanh
-    /// values, writes the gradient if asked, returns the row's loss over `mean_over`.
+    /// values, then writes the gradient if asked, returns the row's loss over `mean_over`.
     #[inline(always)]
-    fn row<T: Float>(
+    fn row<T: Float, B: RowBuffers<T>>(
         &self,
-        logits: &[T],
+        mut buffers: B,
         target: usize,
         (capped, tanh_values): (&mut [f32], &mut [f32]),
-        grad: Option<&mut [MaybeUninit<T>]>,
     ) -> f64 {
+        let logits = buffers.logits();
         match self.cap {
             Some(cap) => {
                 for ((c, t), z) in capped.iter_mut().zip(tanh_values.iter_mut()).zip(logits) {
@@ -157,7 +232,8 @@ impl RowLoss {
         }
         let sum = lane_fold(capped, 0.0, |a, b| a + b);
         let loss = (sum.ln() - picked) / self.mean_over;
-        if let Some(grad) = grad {
+        // The logits are not read past this point: the gradient may overwrite them.
+        if let Some(grad) = buffers.grad() {
             // (e/sum − onehot)/N · slope with both divisions as multiplications by reciprocals.
             // They stay separate: 1/N is exact for a power-of-two N, so that N rows on one rank
             // and N/2 on each of two ranks (then averaged) give the same bits.
@@ -184,17 +260,6 @@ impl RowLoss {
         }
         loss as f64
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl")
-    })
 }
 
 #[cfg(test)]
@@ -251,6 +316,17 @@ mod tests {
                 unsafe { grad.set_len(logits.len()) };
                 let without = softcapped_cross_entropy(&logits, vocab, &targets, cap, rows, None);
                 assert_eq!(loss, without, "the gradient does not change the loss");
+                let mut in_place = logits.clone();
+                let loss_in_place =
+                    softcapped_cross_entropy_in_place(&mut in_place, vocab, &targets, cap, rows);
+                assert_eq!(loss, loss_in_place, "in place: the same loss");
+                assert!(
+                    in_place
+                        .iter()
+                        .zip(&grad)
+                        .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
+                    "in place: the same gradient, bit for bit"
+                );
                 assert!(
                     (loss - want).abs() <= tolerance * want.abs().max(1.0),
                     "{vocab} {cap:?}: {loss} vs {want}"

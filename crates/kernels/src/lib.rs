@@ -9,7 +9,8 @@
 //! - [`rms_norm`] and [`rms_norm_backward`]: RMSNorm over the last dimension that keeps one
 //!   fp32 statistic per row and reads and writes the activation dtype only.
 //! - [`softcapped_cross_entropy`]: the record's soft-capped fp32 loss over logits rows and its
-//!   gradient in one pass per row, with vectorised `exp` and `tanh`.
+//!   gradient in one pass per row, with vectorised `exp` and `tanh`; written over the logits by
+//!   [`softcapped_cross_entropy_in_place`].
 //! - [`adam_update`]: one Adam step of a parameter and its moments in one pass.
 //! - [`causal_softmax`] and [`causal_softmax_backward`]: attention's masked softmax, fp32
 //!   inside, one pass per row each way.
@@ -51,7 +52,9 @@ mod softmax;
 
 pub use accumulate::{accumulate, widen};
 pub use adam::{AdamStep, adam_update};
-pub use cross_entropy::{MAX_SHIFT_CAP, softcapped_cross_entropy};
+pub use cross_entropy::{
+    MAX_SHIFT_CAP, softcapped_cross_entropy, softcapped_cross_entropy_in_place,
+};
 pub use elem::Float;
 pub use gemm::{Matrix, Output, fp32_gemm, gemm, gemm_on, gemm_own};
 pub use half::bf16;

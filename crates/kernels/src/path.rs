@@ -50,3 +50,15 @@ impl KernelPath {
         }
     }
 }
+/// Whether this CPU has the AVX-512 subsets (F, BW, DQ, VL) the kernels' `#[target_feature]`
+/// loops are compiled for (16 fp32 lanes, 8 lanes of 64-bit multiplies).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+    })
+}

@@ -41,6 +41,40 @@ pub fn random_bits(key: u64, index: u64) -> u16 {
     (mix64(key ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 48) as u16
 }
 
+/// Elements whose random bits are drawn at once ([`fill_random_bits`]): three streams of them
+/// fit in a few KiB of stack.
+pub(crate) const BITS_PER_BLOCK: usize = 1024;
+
+/// `out[j] = random_bits(key, first + j)`: the hash vectorised (eight 64-bit multiplies per
+/// instruction) where the CPU has AVX-512, the same bits either way. Drawing a block of bits
+/// before the arithmetic that uses them keeps a kernel's own loop as it was.
+pub(crate) fn fill_random_bits(key: u64, first: u64, out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::path::avx512() {
+        // SAFETY: the CPU reports every feature `fill_random_bits_avx512` is compiled for.
+        unsafe { fill_random_bits_avx512(key, first, out) };
+        return;
+    }
+    fill_random_bits_portable(key, first, out);
+}
+
+#[inline(always)]
+fn fill_random_bits_portable(key: u64, first: u64, out: &mut [u16]) {
+    for (j, bits) in out.iter_mut().enumerate() {
+        *bits = random_bits(key, first + j as u64);
+    }
+}
+
+/// [`fill_random_bits`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, DQ and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn fill_random_bits_avx512(key: u64, first: u64, out: &mut [u16]) {
+    fill_random_bits_portable(key, first, out);
+}
+
 /// `value` rounded to bf16 up or down, away from zero with probability (the 16 bits bf16 drops
 /// from `|value|`) / 2¹⁶, given 16 uniform random `bits`. Values on the bf16 grid are kept
 /// exactly; NaN stays NaN and ±∞ stays ±∞; a finite value within one ulp of the largest bf16
@@ -69,9 +103,17 @@ pub fn round_stochastic_into(values: &[f32], out: &mut [bf16], key: u64) {
         .zip(values.par_chunks(ELEMENTS_PER_TASK))
         .enumerate()
         .for_each(|(task, (out, values))| {
-            let first = (task * ELEMENTS_PER_TASK) as u64;
-            for (i, (out, value)) in out.iter_mut().zip(values).enumerate() {
-                *out = round_stochastic(*value, random_bits(key, first + i as u64));
+            let mut bits = [0u16; BITS_PER_BLOCK];
+            let blocks = out
+                .chunks_mut(BITS_PER_BLOCK)
+                .zip(values.chunks(BITS_PER_BLOCK));
+            for (block, (out, values)) in blocks.enumerate() {
+                let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
+                let bits = &mut bits[..out.len()];
+                fill_random_bits(key, first, bits);
+                for ((out, value), bits) in out.iter_mut().zip(values).zip(bits.iter()) {
+                    *out = round_stochastic(*value, *bits);
+                }
             }
         });
 }
@@ -93,10 +135,16 @@ pub fn stochastic_axpby<X: Float>(y: &mut [bf16], x: &[X], a: f32, b: f32, key: 
         .zip(x.par_chunks(ELEMENTS_PER_TASK))
         .enumerate()
         .for_each(|(task, (y, x))| {
-            let first = (task * ELEMENTS_PER_TASK) as u64;
-            for (i, (y, x)) in y.iter_mut().zip(x).enumerate() {
-                let value = a * y.to_f32() + b * x.to_f32();
-                *y = round_stochastic(value, random_bits(key, first + i as u64));
+            let mut bits = [0u16; BITS_PER_BLOCK];
+            let blocks = y.chunks_mut(BITS_PER_BLOCK).zip(x.chunks(BITS_PER_BLOCK));
+            for (block, (y, x)) in blocks.enumerate() {
+                let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
+                let bits = &mut bits[..y.len()];
+                fill_random_bits(key, first, bits);
+                for ((y, x), bits) in y.iter_mut().zip(x).zip(bits.iter()) {
+                    let value = a * y.to_f32() + b * x.to_f32();
+                    *y = round_stochastic(value, *bits);
+                }
             }
         });
 }
@@ -306,5 +354,19 @@ mod tests {
         let got = weight[0].to_f32() as f64 + compensation[0].to_f32() as f64;
         let want = 1.0 + 10_000.0 * 1e-4f32 as f64;
         assert!((got - want).abs() <= 0.04 * (want - 1.0), "{got} vs {want}");
+    }
+
+    /// The block-drawn bits are `random_bits` element by element, on this CPU's path, from any
+    /// first index and over a ragged length.
+    #[test]
+    fn drawn_blocks_of_bits_are_each_element_s_bits() {
+        for (first, len) in [(0u64, 1usize), (3, 1023), (1 << 40, 2500)] {
+            let mut bits = vec![0u16; len];
+            fill_random_bits(99, first, &mut bits);
+            let want: Vec<u16> = (0..len as u64)
+                .map(|j| random_bits(99, first + j))
+                .collect();
+            assert_eq!(bits, want, "first {first}, length {len}");
+        }
     }
 }

@@ -17,9 +17,10 @@ pub fn runs_kernels(device: &Device) -> bool {
     )
 }
 
-/// Whether `device` keeps tensors in CPU memory that the optimizer's kernels (stochastic
-/// rounding, Kahan, the fused Adam step) update in place: flex, and libtorch on the CPU.
-pub fn optimizer_kernels(device: &Device) -> bool {
+/// Whether `device` keeps tensors in CPU memory that brainfloat's kernels read and update in
+/// place — stochastic rounding, Kahan, the fused Adam step, the fused loss, fp32 accumulation:
+/// flex, and libtorch on the CPU (whose other ops stay libtorch's).
+pub fn host_kernels(device: &Device) -> bool {
     match device.as_dispatch().clone().inner() {
         DispatchDevice::Flex(_) => true,
         #[cfg(feature = "tch")]

@@ -103,7 +103,7 @@ impl KernelBackend for Flex {
         if sum.dtype() != DType::F32 || sum.layout().shape() != part.layout().shape() {
             return None;
         }
-        let mut sum = sum.to_contiguous();
+        let mut sum = owned_contiguous(sum);
         let start = sum.layout().start_offset();
         let target = &mut sum.storage_mut::<f32>()[start..start + n];
         with_elem!(part.dtype(), T => {
@@ -153,9 +153,9 @@ impl KernelBackend for Flex {
         mean_over: usize,
         with_grad: bool,
     ) -> Option<(FlexTensor, Option<FlexTensor>)> {
-        let logits = logits.to_contiguous();
+        let logits = owned_contiguous(logits);
         with_elem!(logits.dtype(), T => {
-            cross_entropy_typed::<T>(&logits, &targets, cap, mean_over, with_grad)
+            cross_entropy_typed::<T>(logits, &targets, cap, mean_over, with_grad)
         })
     }
 
@@ -173,7 +173,7 @@ impl KernelBackend for Flex {
         {
             return None;
         }
-        let tensors = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
+        let tensors = [param, grad, moment_1, moment_2].map(owned_contiguous);
         with_elem!(dtype, T => adam_typed::<T>(tensors, &step))
     }
 
@@ -209,7 +209,7 @@ impl KernelBackend for Flex {
         if y.dtype() != DType::BF16 {
             return None;
         }
-        let (mut y, x) = (y.to_contiguous(), x.to_contiguous());
+        let (mut y, x) = (owned_contiguous(y), x.to_contiguous());
         let n = y.layout().num_elements();
         let start = y.layout().start_offset();
         let target = &mut y.storage_mut::<bf16>()[start..start + n];
@@ -228,7 +228,8 @@ impl KernelBackend for Flex {
         if dtypes != [DType::BF16, DType::BF16, DType::F32] {
             return None;
         }
-        let (mut weight, mut compensation) = (weight.to_contiguous(), compensation.to_contiguous());
+        let (mut weight, mut compensation) =
+            (owned_contiguous(weight), owned_contiguous(compensation));
         let delta = delta.to_contiguous();
         let n = weight.layout().num_elements();
         let range = |t: &FlexTensor| t.layout().start_offset()..t.layout().start_offset() + n;
@@ -239,6 +240,17 @@ impl KernelBackend for Flex {
             contiguous_values::<f32>(&delta),
         );
         Some((weight, compensation))
+    }
+}
+
+/// `tensor` itself when contiguous, else a contiguous copy. Taking the tensor (rather than
+/// `to_contiguous(&self)`, which clones the handle) leaves its buffer with no second owner, so
+/// that a kernel writing through `storage_mut` updates it in place instead of copying it first.
+fn owned_contiguous(tensor: FlexTensor) -> FlexTensor {
+    if tensor.is_contiguous() {
+        tensor
+    } else {
+        tensor.to_contiguous()
     }
 }
 
@@ -366,36 +378,33 @@ fn indices(targets: &FlexTensor) -> Vec<usize> {
     }
 }
 
+/// The loss, and with `with_grad` its gradient written over the logits' own buffer (copied
+/// first only when another tensor shares it).
 fn cross_entropy_typed<T: Elem>(
-    logits: &FlexTensor,
+    mut logits: FlexTensor,
     targets: &FlexTensor,
     cap: Option<f64>,
     mean_over: usize,
     with_grad: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let dims = logits.layout().shape().to_vec();
-    let vocab = *dims.last().expect("logits [N, V]");
-    let values: &[T] = contiguous_values(logits);
+    let vocab = *logits.layout().shape().last().expect("logits [N, V]");
     let targets = indices(targets);
-    // A logits-sized gradient, written whole by the kernel: no clearing pass first.
-    let mut grad = with_grad.then(|| Vec::<T>::with_capacity(values.len()));
-    let loss = brainfloat_kernels::softcapped_cross_entropy(
-        values,
-        vocab,
-        &targets,
-        cap.map(|c| c as f32),
-        mean_over,
-        grad.as_mut()
-            .map(|g| &mut g.spare_capacity_mut()[..values.len()]),
-    );
-    if let Some(grad) = &mut grad {
-        // SAFETY: the kernel wrote every one of the `values.len()` elements.
-        unsafe { grad.set_len(values.len()) };
+    let cap = cap.map(|c| c as f32);
+    let loss = |value: f64| tensor_of(vec![value as f32], vec![1], DType::F32);
+    if !with_grad {
+        let values: &[T] = contiguous_values(&logits);
+        let value = brainfloat_kernels::softcapped_cross_entropy(
+            values, vocab, &targets, cap, mean_over, None,
+        );
+        return (loss(value), None);
     }
-    (
-        tensor_of(vec![loss as f32], vec![1], DType::F32),
-        grad.map(|g| tensor_of(g, dims, logits.dtype())),
-    )
+    let n = logits.layout().num_elements();
+    let start = logits.layout().start_offset();
+    let values = &mut logits.storage_mut::<T>()[start..start + n];
+    let value = brainfloat_kernels::softcapped_cross_entropy_in_place(
+        values, vocab, &targets, cap, mean_over,
+    );
+    (loss(value), Some(logits))
 }
 
 /// [`brainfloat_kernels::adam_update`] in place on `[param, grad, moment_1, moment_2]`
@@ -474,4 +483,70 @@ fn rotary_typed<T: Elem>(
         &mut y,
     );
     tensor_of(y, dims, x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(values: &[f32], dtype: DType) -> FlexTensor {
+        let n = values.len();
+        match dtype {
+            DType::BF16 => tensor_of(
+                values.iter().map(|v| bf16::from_f32(*v)).collect(),
+                vec![n],
+                dtype,
+            ),
+            _ => tensor_of(values.to_vec(), vec![n], dtype),
+        }
+    }
+
+    /// Where a tensor's elements start.
+    fn address(tensor: &FlexTensor) -> *const u8 {
+        match tensor.dtype() {
+            DType::BF16 => tensor.storage::<bf16>().as_ptr().cast(),
+            _ => tensor.storage::<f32>().as_ptr().cast(),
+        }
+    }
+
+    /// The kernels that write their result into an input do so in that input's own buffer when
+    /// they hold its only handle (no logits-, weight- or state-sized copy first), and leave a
+    /// buffer that another handle shares untouched.
+    #[test]
+    fn kernels_update_a_buffer_they_alone_hold_in_place() {
+        let values = [0.5f32, -1.0, 2.0, 0.25];
+        let sum = tensor(&values, DType::F32);
+        let at = address(&sum);
+        let sum = Flex::accumulate_f32(sum, tensor(&values, DType::BF16)).unwrap();
+        assert_eq!(address(&sum), at, "accumulate_f32");
+
+        let y = tensor(&values, DType::BF16);
+        let at = address(&y);
+        let y = Flex::stochastic_axpby(y, tensor(&values, DType::F32), 0.5, 1.0, 7).unwrap();
+        assert_eq!(address(&y), at, "stochastic_axpby");
+
+        let (weight, compensation) = (tensor(&values, DType::BF16), tensor(&[0.0; 4], DType::BF16));
+        let at = [address(&weight), address(&compensation)];
+        let (weight, compensation) =
+            Flex::kahan_add(weight, compensation, tensor(&values, DType::F32)).unwrap();
+        assert_eq!([address(&weight), address(&compensation)], at, "kahan_add");
+
+        let logits = tensor_of(values.to_vec(), vec![2, 2], DType::F32);
+        let targets = tensor_of(vec![1i64, 0], vec![2], DType::I64);
+        let at = address(&logits);
+        let (_, grad) =
+            Flex::softcapped_cross_entropy(logits, targets.clone(), Some(30.0), 2, true).unwrap();
+        assert_eq!(
+            address(&grad.unwrap()),
+            at,
+            "the loss's gradient over its logits"
+        );
+
+        // A shared buffer is copied, not written.
+        let logits = tensor_of(values.to_vec(), vec![2, 2], DType::F32);
+        let (_, grad) =
+            Flex::softcapped_cross_entropy(logits.clone(), targets, None, 2, true).unwrap();
+        assert_ne!(address(&grad.unwrap()), address(&logits));
+        assert_eq!(logits.storage::<f32>(), values);
+    }
 }

@@ -32,7 +32,7 @@ mod flex;
 #[cfg(feature = "tch")]
 mod libtorch;
 
-pub use attention::{causal_attention, optimizer_kernels, runs_kernels};
+pub use attention::{causal_attention, host_kernels, runs_kernels};
 pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
 
@@ -56,24 +56,31 @@ pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
 
 /// The record's loss over logits rows `[N, V]` (values outside autodiff) against `targets`
 /// `[N]`: `Σ_rows (logsumexp(c) − c[target]) / mean_over`, `c = cap·tanh(z/cap)`, as an fp32
-/// `[1]`, and with `with_grad` its gradient with respect to the logits in their dtype — one
-/// fused pass per row on flex. `None` on backends without the fused kernel (compose it from
-/// Burn's ops there).
+/// `[1]`, and with `with_grad` its gradient with respect to the logits in their dtype, written
+/// over the logits' buffer when this is its only handle — one fused pass per row on flex and
+/// libtorch's CPU for bf16 and fp32 logits. Elsewhere the logits come back as the error:
+/// compose the loss from Burn's ops there.
+// The error is the caller's own logits handed back (a tensor handle, as the result holds).
+#[allow(clippy::type_complexity, clippy::result_large_err)]
 pub fn fused_cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     cap: Option<f64>,
     mean_over: usize,
     with_grad: bool,
-) -> Option<(Tensor<1>, Option<Tensor<2>>)> {
+) -> Result<(Tensor<1>, Option<Tensor<2>>), Tensor<2>> {
+    if !host_kernels(&logits.device()) || !matches!(logits.dtype(), DType::BF16 | DType::F32) {
+        return Err(logits);
+    }
     let (loss, grad) = <Dispatch as KernelBackend>::softcapped_cross_entropy(
         logits.into_dispatch(),
         targets.into_dispatch(),
         cap,
         mean_over,
         with_grad,
-    )?;
-    Some((Tensor::from_dispatch(loss), grad.map(Tensor::from_dispatch)))
+    )
+    .expect("the CPU backends compute the loss of bf16 and fp32 logits");
+    Ok((Tensor::from_dispatch(loss), grad.map(Tensor::from_dispatch)))
 }
 
 /// Rotary embeddings of `x` `[batch, positions, heads, head_dim]` (half-split:
@@ -107,9 +114,10 @@ pub fn attach_gradient<const D: usize>(
 
 /// `sum + part` in fp32, or `part` widened to fp32 when `sum` is `None`: partial results (a
 /// chunked product's bf16 parts) added up without intermediate rounding, in one parallel pass
-/// on flex, with Burn's cast and add elsewhere. Outside autodiff (values).
+/// on flex and libtorch's CPU (in place, with no widened copy of the part), with Burn's cast
+/// and add elsewhere. Outside autodiff (values).
 pub fn accumulate_f32<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Tensor<D> {
-    if !runs_kernels(&part.device()) {
+    if !host_kernels(&part.device()) {
         let part = part.cast(FloatDType::F32);
         return match sum {
             Some(sum) => sum + part,
@@ -123,7 +131,7 @@ pub fn accumulate_f32<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -
         }
         None => <Dispatch as KernelBackend>::widen_f32(part.into_dispatch()),
     };
-    Tensor::from_dispatch(total.expect("flex accumulates fp32 sums of float parts"))
+    Tensor::from_dispatch(total.expect("the CPU backends accumulate fp32 sums of float parts"))
 }
 
 /// `relu(x)²`, the record's MLP activation: one fused pass each way on flex (the input is kept
@@ -204,7 +212,7 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
 pub fn round_stochastic<const D: usize>(values: Tensor<D>, key: u64) -> Tensor<D> {
     let values = values.cast(FloatDType::F32);
     let device = values.device();
-    if optimizer_kernels(&device) {
+    if host_kernels(&device) {
         let rounded = <Dispatch as KernelBackend>::round_stochastic(values.into_dispatch(), key);
         return Tensor::from_dispatch(rounded.expect("the CPU backends round fp32 values"));
     }
@@ -234,7 +242,7 @@ pub fn stochastic_axpby<const D: usize>(
     key: u64,
 ) -> Tensor<D> {
     assert_eq!(y.dtype(), DType::BF16, "stochastic_axpby: y must be bf16");
-    if optimizer_kernels(&y.device()) && matches!(x.dtype(), DType::BF16 | DType::F32) {
+    if host_kernels(&y.device()) && matches!(x.dtype(), DType::BF16 | DType::F32) {
         let result = <Dispatch as KernelBackend>::stochastic_axpby(
             y.into_dispatch(),
             x.into_dispatch(),
@@ -267,7 +275,7 @@ pub fn kahan_add<const D: usize>(
         [DType::BF16, DType::BF16, DType::F32],
         "kahan_add: a bf16 weight and compensation and an fp32 delta"
     );
-    if optimizer_kernels(&weight.device()) {
+    if host_kernels(&weight.device()) {
         let (weight, compensation) = <Dispatch as KernelBackend>::kahan_add(
             weight.into_dispatch(),
             compensation.into_dispatch(),

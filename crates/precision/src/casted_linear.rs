@@ -162,13 +162,26 @@ pub fn softcapped_cross_entropy(
     targets: Tensor<2, Int>,
     cap: Option<f64>,
 ) -> Tensor<1> {
+    loss_by(FusedLoss::compute, logits, targets, cap)
+}
+
+/// A way to compute the loss of logits rows and its gradient ([`FusedLoss::compute`]).
+type ComputeLoss = fn(Tensor<2>, Tensor<1, Int>, Option<f64>, bool, usize) -> FusedLoss;
+
+/// [`softcapped_cross_entropy`] with the loss and its gradient computed by `compute`.
+fn loss_by(
+    compute: ComputeLoss,
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    cap: Option<f64>,
+) -> Tensor<1> {
     let [batch, seq, vocab] = logits.dims();
     let logits = logits.reshape([batch * seq, vocab]);
     let targets = targets.reshape([batch * seq]);
     if !logits.is_tracked() {
-        return FusedLoss::compute(logits, targets, cap, false, batch * seq).loss;
+        return compute(logits, targets, cap, false, batch * seq).loss;
     }
-    let fused = FusedLoss::compute(
+    let fused = compute(
         logits.clone().inner(),
         targets.inner(),
         cap,
@@ -222,8 +235,10 @@ impl CastedLinear {
         self.chunked_cross_entropy(hidden, targets, cap, policy, LOGITS_PER_CHUNK)
     }
 
-    /// [`softcapped_cross_entropy`](Self::softcapped_cross_entropy) with `logits_per_chunk`.
-    fn chunked_cross_entropy(
+    /// [`softcapped_cross_entropy`](Self::softcapped_cross_entropy) with `logits_per_chunk`
+    /// logits at a time instead of [`LOGITS_PER_CHUNK`]: smaller chunks keep less memory and
+    /// run smaller products (the `head_chunks` example measures the trade).
+    pub fn chunked_cross_entropy(
         &self,
         hidden: Tensor<3>,
         targets: Tensor<2, Int>,
@@ -314,8 +329,8 @@ struct FusedLoss {
 
 impl FusedLoss {
     /// `logits` `[N, V]` are values outside autodiff, rows of a batch of `batch_rows` that the
-    /// loss averages over: every step below moves its input, so backends that can (libtorch)
-    /// update the one tensor in place.
+    /// loss averages over: one fused pass per row where the backend has the kernel (flex,
+    /// libtorch's CPU), [`composed`](Self::composed) from Burn's ops elsewhere.
     fn compute(
         logits: Tensor<2>,
         targets: Tensor<1, Int>,
@@ -323,16 +338,28 @@ impl FusedLoss {
         with_grad: bool,
         batch_rows: usize,
     ) -> Self {
-        // One fused pass per row where the backend has the kernel (flex).
-        if let Some((loss, grad)) = brainfloat_ops::fused_cross_entropy(
-            logits.clone(),
+        // The logits move in: the gradient can take over their buffer.
+        match brainfloat_ops::fused_cross_entropy(
+            logits,
             targets.clone(),
             cap,
             batch_rows,
             with_grad,
         ) {
-            return Self { loss, grad };
+            Ok((loss, grad)) => Self { loss, grad },
+            Err(logits) => Self::composed(logits, targets, cap, with_grad, batch_rows),
         }
+    }
+
+    /// [`compute`](Self::compute) with Burn's ops: every step below moves its input, so
+    /// backends that can (libtorch) update the one tensor in place.
+    fn composed(
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        cap: Option<f64>,
+        with_grad: bool,
+        batch_rows: usize,
+    ) -> Self {
         let dtype = FloatDType::from(logits.dtype());
         let [rows, _] = logits.dims();
         let targets = targets.unsqueeze_dim::<2>(1);
@@ -506,7 +533,20 @@ mod loss_tests {
         rows.sum::<f64>() / targets.len() as f64
     }
 
-    fn loss(logits: &[f32], dtype: DType, targets: &[i64], cap: Option<f64>) -> (f64, DType) {
+    /// The two ways the loss is computed: the backend's fused kernel where it has one (flex,
+    /// libtorch's CPU), and Burn's ops, which GPUs run.
+    const ROUTES: [(&str, ComputeLoss); 2] = [
+        ("fused", FusedLoss::compute),
+        ("composed", FusedLoss::composed),
+    ];
+
+    fn loss(
+        compute: ComputeLoss,
+        logits: &[f32],
+        dtype: DType,
+        targets: &[i64],
+        cap: Option<f64>,
+    ) -> (f64, DType) {
         let device = brainfloat_test_support::test_device();
         let vocab = logits.len() / targets.len();
         let logits = Tensor::<3>::from_data(
@@ -517,7 +557,7 @@ mod loss_tests {
             TensorData::new(targets.to_vec(), [1, targets.len()]),
             &device,
         );
-        let loss = softcapped_cross_entropy(logits, targets, cap);
+        let loss = loss_by(compute, logits, targets, cap);
         let dtype = loss.dtype();
         (loss.into_scalar::<f32>() as f64, dtype)
     }
@@ -527,23 +567,26 @@ mod loss_tests {
         let logits = [0.5f32, -1.25, 3.0, 0.0, 2.0, 2.0, -4.0, 1.5];
         let targets = [2i64, 0];
         let as_f64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
-        for cap in [None, Some(30.0), Some(2.0)] {
+        for (cap, (route, compute)) in [None, Some(30.0), Some(2.0)]
+            .into_iter()
+            .flat_map(|cap| ROUTES.map(|route| (cap, route)))
+        {
             let want = reference(&as_f64, 4, &[2, 0], cap);
-            let (fp32, dtype) = loss(&logits, DType::F32, &targets, cap);
+            let (fp32, dtype) = loss(compute, &logits, DType::F32, &targets, cap);
             assert_eq!(dtype, DType::F32);
             // Shifted by the cap, the two terms of a token's loss are up to 2·cap in size:
             // their fp32 rounding, not the method, bounds the agreement.
             let rounding = cap.map_or(0.0, |c| 2.0 * c * f32::EPSILON as f64);
             assert!(
                 (fp32 - want).abs() <= 1e-6 * want + rounding,
-                "{cap:?}: {fp32} vs {want}"
+                "{route} {cap:?}: {fp32} vs {want}"
             );
             // These logits are exact in bf16; only the bf16 soft-cap rounds.
-            let (bf16, dtype) = loss(&logits, DType::BF16, &targets, cap);
+            let (bf16, dtype) = loss(compute, &logits, DType::BF16, &targets, cap);
             assert_eq!(dtype, DType::F32);
             assert!(
                 (bf16 - want).abs() / want <= 1e-2,
-                "{cap:?}: {bf16} vs {want}"
+                "{route} {cap:?}: {bf16} vs {want}"
             );
         }
     }
@@ -585,7 +628,10 @@ mod loss_tests {
         let as_f64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
         for cap in [None, Some(30.0), Some(2.0), Some(50.0)] {
             let want = reference_grad(&as_f64, 4, &[2, 0, 3], cap);
-            for (dtype, tolerance) in [(DType::F32, 1e-6), (DType::BF16, 1e-2)] {
+            for ((dtype, tolerance), (route, compute)) in [(DType::F32, 1e-6), (DType::BF16, 1e-2)]
+                .into_iter()
+                .flat_map(|dtype| ROUTES.map(|route| (dtype, route)))
+            {
                 let z = Tensor::<3>::from_data(
                     TensorData::new(logits.to_vec(), [1, 3, 4]),
                     (&device, dtype),
@@ -593,12 +639,12 @@ mod loss_tests {
                 .require_grad();
                 let targets =
                     Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [1, 3]), &device);
-                let loss = softcapped_cross_entropy(z.clone(), targets, cap);
+                let loss = loss_by(compute, z.clone(), targets, cap);
                 let want_loss = reference(&as_f64, 4, &[2, 0, 3], cap);
                 let value = loss.clone().into_scalar::<f32>() as f64;
                 assert!(
                     (value - want_loss).abs() <= tolerance * want_loss,
-                    "{cap:?} {dtype:?}: {value} vs {want_loss}"
+                    "{route} {cap:?} {dtype:?}: {value} vs {want_loss}"
                 );
                 let grads = loss.backward();
                 let grad = z.grad(&grads).unwrap();
@@ -613,7 +659,7 @@ mod loss_tests {
                 for (i, (g, w)) in grad.iter().zip(&want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() <= tolerance * scale,
-                        "{cap:?} {dtype:?} [{i}]: {g} vs {w}"
+                        "{route} {cap:?} {dtype:?} [{i}]: {g} vs {w}"
                     );
                 }
             }
@@ -709,10 +755,12 @@ mod loss_tests {
     fn stays_finite_and_exact_for_huge_logits() {
         // exp(1e4) overflows any float; the max shift keeps the loss exact.
         let logits = [1.0e4f32, 0.0, -1.0e4, 1.0e4 - 2.0];
-        let (value, _) = loss(&logits, DType::F32, &[3], None);
         let want = reference(&logits.map(|x| x as f64), 4, &[3], None);
-        assert!(value.is_finite());
-        assert!((value - want).abs() <= 1e-5, "{value} vs {want}");
+        for (route, compute) in ROUTES {
+            let (value, _) = loss(compute, &logits, DType::F32, &[3], None);
+            assert!(value.is_finite(), "{route}");
+            assert!((value - want).abs() <= 1e-5, "{route}: {value} vs {want}");
+        }
         assert!((want - (2.0 + (1.0 + (-2.0f64).exp()).ln())).abs() < 1e-12);
     }
 

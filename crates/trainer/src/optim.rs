@@ -390,7 +390,7 @@ impl RecordOptimizer {
         let fusable = group != ParamGroup::Matrices
             && self.probe.is_none()
             && rounding != UpdateRounding::Kahan;
-        if fusable && brainfloat_ops::optimizer_kernels(&value.device()) {
+        if fusable && brainfloat_ops::host_kernels(&value.device()) {
             // One fused pass where the backend has the kernel; the lost-update probe needs the
             // update itself, so probed steps take the op-by-op path below. Parameter and moments
             // are moved in, not cloned: as their only owner the kernel updates them in place.
