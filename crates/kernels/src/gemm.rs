@@ -90,7 +90,7 @@ impl<'a, T> Matrix<'a, T> {
     }
 }
 
-/// Where [`gemm`] writes `C`: a row-major `m × n` slice in bf16 (rounded once from the fp32
+/// Where [`gemm()`] writes `C`: a row-major `m × n` slice in bf16 (rounded once from the fp32
 /// accumulator, as PyTorch's bf16 matmul does) or in fp32 (the accumulator itself).
 #[derive(Debug)]
 pub enum Output<'a> {
@@ -117,7 +117,7 @@ pub fn gemm(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
     gemm_on(KernelPath::active(), a, b, c)
 }
 
-/// [`gemm`] on the given path. [`KernelPath::Avx512Bf16`] on a CPU without AVX512-BF16 runs
+/// [`gemm()`] on the given path. [`KernelPath::Avx512Bf16`] on a CPU without AVX512-BF16 runs
 /// gemmkit's widening kernels instead (still correct).
 pub fn gemm_on(path: KernelPath, a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
     let ([m, k], [k_b, n]) = (a.dims(), b.dims());
@@ -208,10 +208,10 @@ fn dot(row: &[f32], column: &[bf16]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// brainfloat's own AVX512-BF16 kernel ([`crate::dot_bf16`]), for comparison with gemmkit's.
+/// brainfloat's own AVX512-BF16 kernel (`dot_bf16`), for comparison with gemmkit's.
 ///
 /// # Panics
-/// As [`gemm`]; also when the CPU lacks AVX512-BF16.
+/// As [`gemm()`]; also when the CPU lacks AVX512-BF16.
 pub fn gemm_own(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Output<'_>) {
     let ([m, k], [k_b, n]) = (a.dims(), b.dims());
     assert_eq!(k, k_b, "gemm: A is {m}×{k} but B is {k_b}×{n}");
@@ -246,7 +246,7 @@ fn widened_gemm(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: &mut [f32]) {
 }
 
 /// `c = a·b` for row-major fp32 `a` (m×k), `b` (k×n), `c` (m×n): the `gemm` crate's kernel
-/// (flex's fp32 matmul), on every core above [`PARALLEL_WORK`].
+/// (flex's fp32 matmul), on every core above `PARALLEL_WORK`.
 ///
 /// # Panics
 /// When a slice's length is not its shape's.

@@ -8,7 +8,7 @@ use brainfloat_kernels::AdamStep;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata, backend_extension};
 
-/// brainfloat's ops as a Burn backend extension. Flex runs the kernels ([`crate::flex`]);
+/// brainfloat's ops as a Burn backend extension. Flex runs the kernels (`crate::flex`);
 /// libtorch on the CPU runs the optimizer's kernels and the fused loss on its own buffers
 /// (`crate::libtorch`) and keeps its ops for the rest; every other backend uses the default
 /// bodies, written with Burn's own ops; `Autodiff` adds the hand-written backward passes
