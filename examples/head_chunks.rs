@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use brainfloat_backend::Backend;
 use brainfloat_memory as memory;
-use brainfloat_precision::{CastedLinearConfig, LOGITS_PER_CHUNK, PrecisionPolicy, cast_params};
+use brainfloat_precision::{
+    CastedLinearConfig, LOGITS_PER_CHUNK, PrecisionPolicy, cast_params, rows_per_chunk,
+};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 
 /// The `small` model's head and batch.
@@ -77,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "| {} Mi | {} | {:.0} | {:.0} |",
             chunk >> 20,
-            (BATCH * SEQ).div_ceil((BATCH * SEQ * VOCAB).div_ceil(*chunk)),
+            rows_per_chunk(BATCH * SEQ, VOCAB, *chunk),
             times[i][ROUNDS / 2],
             growth[i] as f64 / (1 << 20) as f64
         );

@@ -9,7 +9,10 @@
 //! Memory is the peak of the resident set during each phase over what was resident before the
 //! preset's model was built, with freed blocks handed back to the OS (as the benchmark measures
 //! it): on libtorch, whose tensors live outside Rust's allocator, it is the one measure there is.
-//! After the optimizer, `kept` is what stays resident between steps.
+//! After the optimizer, `kept` is what stays resident between steps. The times are taken with
+//! freed blocks handed back too, which costs page faults the trainer (which keeps them, see
+//! `brainfloat_memory::retain_freed_memory`) does not pay: on libtorch they read slower than
+//! its steps; compare them with each other, not with the benchmark's.
 
 use std::time::Instant;
 

@@ -50,6 +50,7 @@ impl KernelPath {
         }
     }
 }
+
 /// Whether this CPU has the AVX-512 subsets (F, BW, DQ, VL) the kernels' `#[target_feature]`
 /// loops are compiled for (16 fp32 lanes, 8 lanes of 64-bit multiplies).
 #[cfg(target_arch = "x86_64")]

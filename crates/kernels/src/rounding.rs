@@ -99,23 +99,7 @@ pub fn round_stochastic_into(values: &[f32], out: &mut [bf16], key: u64) {
         out.len(),
         "round_stochastic_into: input and output must have the same length"
     );
-    out.par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(values.par_chunks(ELEMENTS_PER_TASK))
-        .enumerate()
-        .for_each(|(task, (out, values))| {
-            let mut bits = [0u16; BITS_PER_BLOCK];
-            let blocks = out
-                .chunks_mut(BITS_PER_BLOCK)
-                .zip(values.chunks(BITS_PER_BLOCK));
-            for (block, (out, values)) in blocks.enumerate() {
-                let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
-                let bits = &mut bits[..out.len()];
-                fill_random_bits(key, first, bits);
-                for ((out, value), bits) in out.iter_mut().zip(values).zip(bits.iter()) {
-                    *out = round_stochastic(*value, *bits);
-                }
-            }
-        });
+    write_rounded(out, values, key, |_, value| *value);
 }
 
 /// `y = SR(a·y + b·x)` in place for a bf16 `y` and `x` of either float type, computed in fp32
@@ -131,19 +115,31 @@ pub fn stochastic_axpby<X: Float>(y: &mut [bf16], x: &[X], a: f32, b: f32, key: 
         x.len(),
         "stochastic_axpby: y and x must have the same length"
     );
-    y.par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(x.par_chunks(ELEMENTS_PER_TASK))
+    write_rounded(y, x, key, |y, x| a * y.to_f32() + b * x.to_f32());
+}
+
+/// `out[i] = round_stochastic(value(out[i], input[i]), random_bits(key, i))` on all cores, the
+/// bits drawn a block at a time ([`fill_random_bits`]).
+fn write_rounded<X: Sync>(
+    out: &mut [bf16],
+    input: &[X],
+    key: u64,
+    value: impl Fn(bf16, &X) -> f32 + Sync,
+) {
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(input.par_chunks(ELEMENTS_PER_TASK))
         .enumerate()
-        .for_each(|(task, (y, x))| {
+        .for_each(|(task, (out, input))| {
             let mut bits = [0u16; BITS_PER_BLOCK];
-            let blocks = y.chunks_mut(BITS_PER_BLOCK).zip(x.chunks(BITS_PER_BLOCK));
-            for (block, (y, x)) in blocks.enumerate() {
+            let blocks = out
+                .chunks_mut(BITS_PER_BLOCK)
+                .zip(input.chunks(BITS_PER_BLOCK));
+            for (block, (out, input)) in blocks.enumerate() {
                 let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
-                let bits = &mut bits[..y.len()];
+                let bits = &mut bits[..out.len()];
                 fill_random_bits(key, first, bits);
-                for ((y, x), bits) in y.iter_mut().zip(x).zip(bits.iter()) {
-                    let value = a * y.to_f32() + b * x.to_f32();
-                    *y = round_stochastic(value, *bits);
+                for ((out, x), bits) in out.iter_mut().zip(input).zip(bits.iter()) {
+                    *out = round_stochastic(value(*out, x), *bits);
                 }
             }
         });

@@ -146,7 +146,8 @@ pub trait KernelBackend: Backend {
 
     /// The record's loss over logits rows `[N, V]` against `targets` `[N]`, outside autodiff:
     /// `Σ_rows (logsumexp(c) − c[target]) / mean_over` with `c = cap·tanh(z/cap)` (fp32 `[1]`),
-    /// and with `with_grad` its gradient with respect to the logits, in their dtype.
+    /// and with `with_grad` its gradient with respect to the logits, in their dtype (written
+    /// over the logits' buffer where the backend can).
     ///
     /// `None` where the backend has no fused kernel for it: the caller composes it from Burn's
     /// ops (`brainfloat_precision::softcapped_cross_entropy`).

@@ -97,9 +97,16 @@ impl KernelBackend for LibTorch {
     }
 
     fn widen_f32(part: TchTensor) -> Option<TchTensor> {
-        let kind = part.tensor.kind();
-        (part.tensor.device() == Device::Cpu && matches!(kind, Kind::BFloat16 | Kind::Float))
-            .then(|| TchTensor::new(part.tensor.to_kind(Kind::Float)))
+        if part.tensor.device() != Device::Cpu {
+            return None;
+        }
+        // An fp32 part is the sum already: `to_kind` would hand back a second handle on its
+        // buffer, which the in-place accumulation must not write through.
+        match part.tensor.kind() {
+            Kind::Float => Some(part),
+            Kind::BFloat16 => Some(TchTensor::new(part.tensor.to_kind(Kind::Float))),
+            _ => None,
+        }
     }
 
     fn softcapped_cross_entropy(

@@ -259,12 +259,9 @@ impl CastedLinear {
         let targets = targets.reshape([rows]).inner();
 
         let vocab = weight_value.dims()[0];
-        let chunks = (rows * vocab)
-            .div_ceil(logits_per_chunk)
-            .clamp(1, rows.max(1));
-        let chunk_rows = rows.div_ceil(chunks);
+        let chunk_rows = rows_per_chunk(rows, vocab, logits_per_chunk);
         let mut loss: Option<Tensor<1>> = None;
-        let mut grad_hidden = Vec::with_capacity(chunks);
+        let mut grad_hidden = Vec::with_capacity(rows.div_ceil(chunk_rows.max(1)));
         let mut grad_weight: Option<Tensor<2>> = None;
         let mut grad_bias: Option<Tensor<1>> = None;
         for start in (0..rows).step_by(chunk_rows.max(1)) {
@@ -310,6 +307,15 @@ impl CastedLinear {
         }
         with_gradients(loss, pairs)
     }
+}
+
+/// Rows of logits per chunk of [`CastedLinear::chunked_cross_entropy`]: `rows` split into as
+/// few equal chunks as keep each within `logits_per_chunk` logits (one row at least).
+pub fn rows_per_chunk(rows: usize, vocab: usize, logits_per_chunk: usize) -> usize {
+    let chunks = (rows * vocab)
+        .div_ceil(logits_per_chunk)
+        .clamp(1, rows.max(1));
+    rows.div_ceil(chunks)
 }
 
 /// Logits computed at once by [`CastedLinear::softcapped_cross_entropy`]: 32 Mi values (128 MiB

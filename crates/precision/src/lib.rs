@@ -43,7 +43,9 @@ mod report;
 mod role;
 
 pub use casted_linear::{CastedLinear, CastedLinearConfig};
-pub use casted_linear::{LOGITS_PER_CHUNK, cross_entropy_fp32, softcap, softcapped_cross_entropy};
+pub use casted_linear::{
+    LOGITS_PER_CHUNK, cross_entropy_fp32, rows_per_chunk, softcap, softcapped_cross_entropy,
+};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
 pub use lost_update::{
