@@ -2,8 +2,8 @@
 
 On a CPU without native bf16 dot products (no AVX512-BF16, no AMX), libtorch computes a bf16
 matmul through an fp32 product the size of its output and converts it: the peak is the bf16
-result plus twice its size again. This is the part of the head's working set on `tch` that
-brainfloat cannot reach (docs/precision.md).
+result plus twice its size again. On such a CPU brainfloat runs its own GEMM on libtorch's
+buffers instead (docs/kernels.md, "libtorch without native bf16").
 
     target/torch-venv/bin/python scripts/gemm_scratch.py
 

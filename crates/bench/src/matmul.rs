@@ -83,7 +83,8 @@ pub fn time_matmul(shape: &MatmulShape, dtype: FloatDType, reps: usize, device: 
     for rep in 0..=reps {
         sync(device);
         let started = Instant::now();
-        // The op the model runs: native bf16 on flex, Burn's matmul elsewhere.
+        // The op the model runs: brainfloat's bf16 GEMM on flex (and on libtorch's CPU without
+        // native bf16), Burn's matmul elsewhere.
         let product = brainfloat_ops::matmul(lhs.clone(), rhs.clone());
         sync(device);
         if rep > 0 {

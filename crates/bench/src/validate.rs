@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use brainfloat_data::shard_paths;
 use brainfloat_precision::{Component, named_grads, named_params};
 use brainfloat_trainer::{
-    RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model, load_checkpoint,
-    validation_loss,
+    RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model_with_seed,
+    load_checkpoint, validation_loss,
 };
 use burn::module::Module;
 use burn::tensor::{DType, Device};
@@ -242,8 +242,7 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
 fn checkpoint_round_trip(trainer: &mut Trainer, device: &Device) -> Result<Check, TrainError> {
     let path = trainer.checkpoint()?;
     let config = trainer.config().clone();
-    device.seed(config.train.seed.wrapping_add(1));
-    let other = init_model(&config, device)?;
+    let other = init_model_with_seed(&config, device, config.train.seed.wrapping_add(1))?;
     let fresh = RecordOptimizer::new(Default::default());
     let restored = load_checkpoint(&path, other, fresh, device)?;
     let bits = |t: &burn::tensor::Tensor<1>| t.to_data().as_bytes().to_vec();

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use crate::elem::Float;
+use crate::ordered::ordered_sum;
 use crate::rounding::{BITS_PER_BLOCK, fill_random_bits};
 
 /// The hyper-parameters of one Adam step (PyTorch's `Adam`, no weight decay).
@@ -47,11 +48,8 @@ pub fn adam_update<P: Float, G: Float, S: Float>(
         grad.len() == n && moment_1.len() == n && moment_2.len() == n,
         "adam_update: parameter, gradient and moments must have the same length"
     );
-    let (beta_1, beta_2) = (step.betas.0 as f32, step.betas.1 as f32);
-    let step_size = (step.lr / (1.0 - step.betas.0.powi(step.step))) as f32;
-    let correction_2_sqrt = (1.0 - step.betas.1.powi(step.step)).sqrt() as f32;
-    let eps = step.eps as f32;
-    param
+    let coefficients = Coefficients::of(step);
+    let partials = param
         .par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(grad.par_chunks(ELEMENTS_PER_TASK))
         .zip(
@@ -76,33 +74,146 @@ pub fn adam_update<P: Float, G: Float, S: Float>(
                         fill_random_bits(key, first, &mut bits[..param.len()]);
                     }
                 }
-                let elements = param.iter_mut().zip(grad).zip(moment_1).zip(moment_2);
-                for (i, (((p, g), m1), m2)) in elements.enumerate() {
-                    let g = g.to_f32();
-                    square_sum += (g * g) as f64;
-                    let new_m1 = m1.to_f32() * beta_1 + g * (1.0 - beta_1);
-                    let new_m2 = m2.to_f32() * beta_2 + g * g * (1.0 - beta_2);
-                    // Each stored value is rounded once; the update uses the moments as stored.
-                    let (stored_m1, stored_m2) = match step.stochastic {
-                        None => (S::from_f32(new_m1), S::from_f32(new_m2)),
-                        Some(_) => (
-                            S::from_f32_stochastic(new_m1, bits[1][i]),
-                            S::from_f32_stochastic(new_m2, bits[2][i]),
-                        ),
-                    };
-                    let denom = stored_m2.to_f32().sqrt() / correction_2_sqrt + eps;
-                    let new_p = p.to_f32() - stored_m1.to_f32() / denom * step_size;
-                    *p = match step.stochastic {
-                        None => P::from_f32(new_p),
-                        Some(_) => P::from_f32_stochastic(new_p, bits[0][i]),
-                    };
-                    *m1 = stored_m1;
-                    *m2 = stored_m2;
-                }
+                let block = Block {
+                    param,
+                    grad,
+                    moment_1,
+                    moment_2,
+                };
+                let stochastic = step.stochastic.is_some();
+                square_sum += update_block(block, &coefficients, stochastic.then_some(&bits));
             }
             square_sum
-        })
-        .sum()
+        });
+    ordered_sum(partials)
+}
+
+/// The fp32 constants of one step's update.
+struct Coefficients {
+    beta_1: f32,
+    beta_2: f32,
+    /// `lr / (1 − β1ᵗ)`.
+    step_size: f32,
+    /// `√(1 − β2ᵗ)`.
+    correction_2_sqrt: f32,
+    eps: f32,
+}
+
+impl Coefficients {
+    fn of(step: &AdamStep) -> Self {
+        Self {
+            beta_1: step.betas.0 as f32,
+            beta_2: step.betas.1 as f32,
+            step_size: (step.lr / (1.0 - step.betas.0.powi(step.step))) as f32,
+            correction_2_sqrt: (1.0 - step.betas.1.powi(step.step)).sqrt() as f32,
+            eps: step.eps as f32,
+        }
+    }
+}
+
+/// Up to [`BITS_PER_BLOCK`] elements of each tensor, the same ones of each.
+struct Block<'a, P, G, S> {
+    param: &'a mut [P],
+    grad: &'a [G],
+    moment_1: &'a mut [S],
+    moment_2: &'a mut [S],
+}
+
+/// The update of one block, with `bits` (parameter's, first and second moment's streams)
+/// stochastically, and the block's `Σ g²`: compiled for AVX-512 where the CPU has it (the loop
+/// vectorises: it has no branch, and `Σ g²` is kept in lanes), portable elsewhere.
+fn update_block<P: Float, G: Float, S: Float>(
+    block: Block<'_, P, G, S>,
+    coefficients: &Coefficients,
+    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::path::avx512() {
+        // SAFETY: the CPU reports every feature `update_block_avx512` is compiled for.
+        return unsafe { update_block_avx512(block, coefficients, bits) };
+    }
+    update_block_portable(block, coefficients, bits)
+}
+
+/// [`update_block`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, DQ and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn update_block_avx512<P: Float, G: Float, S: Float>(
+    block: Block<'_, P, G, S>,
+    coefficients: &Coefficients,
+    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
+) -> f64 {
+    update_block_portable(block, coefficients, bits)
+}
+
+#[inline(always)]
+fn update_block_portable<P: Float, G: Float, S: Float>(
+    block: Block<'_, P, G, S>,
+    coefficients: &Coefficients,
+    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
+) -> f64 {
+    let square_sum = square_sum_of(block.grad);
+    match bits {
+        None => update_elements::<false, P, G, S>(block, coefficients, &[[0; BITS_PER_BLOCK]; 3]),
+        Some(bits) => update_elements::<true, P, G, S>(block, coefficients, bits),
+    }
+    square_sum
+}
+
+/// `Σ g²` in float64 over eight interleaved partial sums (each square as the update's fp32 `g·g`).
+#[inline(always)]
+fn square_sum_of<G: Float>(grad: &[G]) -> f64 {
+    const LANES: usize = 8;
+    let square = |g: &G| {
+        let g = g.to_f32();
+        (g * g) as f64
+    };
+    let mut lanes = [0.0f64; LANES];
+    let chunks = grad.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(square).sum();
+    for chunk in chunks {
+        for (lane, g) in lanes.iter_mut().zip(chunk) {
+            *lane += square(g);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// The elementwise update: each stored value rounded once to its slice's dtype (to nearest, or
+/// with `STOCHASTIC` by its stream's bits); the step uses the moments as stored.
+#[inline(always)]
+fn update_elements<const STOCHASTIC: bool, P: Float, G: Float, S: Float>(
+    block: Block<'_, P, G, S>,
+    c: &Coefficients,
+    bits: &[[u16; BITS_PER_BLOCK]; 3],
+) {
+    let n = block.param.len();
+    // One length for every slice, so that the loop indexes without bounds checks.
+    let (param, grad) = (block.param, &block.grad[..n]);
+    let (moment_1, moment_2) = (&mut block.moment_1[..n], &mut block.moment_2[..n]);
+    let [param_bits, moment_1_bits, moment_2_bits] = bits.each_ref().map(|b| &b[..n]);
+    fn store<T: Float, const STOCHASTIC: bool>(value: f32, bits: u16) -> T {
+        if STOCHASTIC {
+            T::from_f32_stochastic(value, bits)
+        } else {
+            T::from_f32(value)
+        }
+    }
+    for i in 0..n {
+        let g = grad[i].to_f32();
+        let new_m1 = moment_1[i].to_f32() * c.beta_1 + g * (1.0 - c.beta_1);
+        let new_m2 = moment_2[i].to_f32() * c.beta_2 + g * g * (1.0 - c.beta_2);
+        let stored_m1: S = store::<S, STOCHASTIC>(new_m1, moment_1_bits[i]);
+        let stored_m2: S = store::<S, STOCHASTIC>(new_m2, moment_2_bits[i]);
+        let denom = stored_m2.to_f32().sqrt() / c.correction_2_sqrt + c.eps;
+        let new_p = param[i].to_f32() - stored_m1.to_f32() / denom * c.step_size;
+        param[i] = store::<P, STOCHASTIC>(new_p, param_bits[i]);
+        moment_1[i] = stored_m1;
+        moment_2[i] = stored_m2;
+    }
 }
 
 #[cfg(test)]

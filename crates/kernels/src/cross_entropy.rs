@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::elem::Float;
 use crate::math::{exp, lane_fold, tanh};
+use crate::ordered::ordered_sum;
 #[cfg(target_arch = "x86_64")]
 use crate::path::avx512;
 
@@ -41,26 +42,23 @@ pub fn softcapped_cross_entropy<T: Float>(
     match grad {
         Some(grad) => {
             assert_eq!(grad.len(), logits.len(), "cross_entropy: gradient length");
-            logits
-                .par_chunks(task * vocab)
-                .zip(grad.par_chunks_mut(task * vocab))
-                .zip(target_chunks)
-                .map(|((logits, grad), targets)| {
-                    let rows = logits.chunks(vocab).zip(grad.chunks_mut(vocab));
-                    row.rows(
-                        rows.map(|(logits, grad)| Apart(logits, Some(grad))),
-                        targets,
-                    )
-                })
-                .sum()
+            ordered_sum(
+                logits
+                    .par_chunks(task * vocab)
+                    .zip(grad.par_chunks_mut(task * vocab))
+                    .zip(target_chunks)
+                    .map(|((logits, grad), targets)| {
+                        let rows = logits.chunks(vocab).zip(grad.chunks_mut(vocab));
+                        row.rows(
+                            rows.map(|(logits, grad)| Apart(logits, Some(grad))),
+                            targets,
+                        )
+                    }),
+            )
         }
-        None => logits
-            .par_chunks(task * vocab)
-            .zip(target_chunks)
-            .map(|(logits, targets)| {
-                row.rows(logits.chunks(vocab).map(|l| Apart(l, None)), targets)
-            })
-            .sum(),
+        None => ordered_sum(logits.par_chunks(task * vocab).zip(target_chunks).map(
+            |(logits, targets)| row.rows(logits.chunks(vocab).map(|l| Apart(l, None)), targets),
+        )),
     }
 }
 
@@ -79,11 +77,12 @@ pub fn softcapped_cross_entropy_in_place<T: Float>(
 ) -> f64 {
     let row = RowLoss::new(logits.len(), vocab, targets, cap, mean_over);
     let task = row.rows_per_task(targets.len());
-    logits
-        .par_chunks_mut(task * vocab)
-        .zip(targets.par_chunks(task))
-        .map(|(logits, targets)| row.rows(logits.chunks_mut(vocab).map(InPlace), targets))
-        .sum()
+    ordered_sum(
+        logits
+            .par_chunks_mut(task * vocab)
+            .zip(targets.par_chunks(task))
+            .map(|(logits, targets)| row.rows(logits.chunks_mut(vocab).map(InPlace), targets)),
+    )
 }
 
 /// Where one row's logits are read and its gradient written.

@@ -3,9 +3,10 @@
 //! reference on ragged shapes.
 //!
 //! - [`gemm`]: `C = A·B` with bf16 operands, fp32 accumulation and a bf16 or fp32 result; any
-//!   strides, so transposed operands cost nothing. On a CPU with AVX512-BF16 it runs
-//!   `vdpbf16ps` through the `gemmkit` crate; elsewhere (or when [`KernelPath::Portable`] is
-//!   forced) it widens the operands to fp32 once and runs the `gemm` crate's fp32 GEMM (flex's).
+//!   strides, so transposed operands cost nothing. It runs the `gemmkit` crate's kernels:
+//!   `vdpbf16ps` on a CPU with AVX512-BF16, fp32 kernels on bf16 panels widened as they are
+//!   packed elsewhere; [`KernelPath::Portable`] (forced) widens the operands whole and runs the
+//!   `gemm` crate's fp32 GEMM (flex's).
 //! - [`rms_norm`] and [`rms_norm_backward`]: RMSNorm over the last dimension that keeps one
 //!   fp32 statistic per row and reads and writes the activation dtype only.
 //! - [`softcapped_cross_entropy`]: the record's soft-capped fp32 loss over logits rows and its
@@ -21,9 +22,8 @@
 //!   without losing the small ones (stochastic rounding with counter-based random bits, Kahan
 //!   compensation).
 //!
-//! All run on all cores (rayon). [`KernelPath::active`] says which path runs; the environment
-//! variable [`PATH_VAR`]` = portable` forces the portable one (for tests on CPUs that have
-//! AVX512-BF16, CI's included).
+//! All run on all cores (rayon). [`KernelPath::active`] says which GEMM runs; the environment
+//! variable [`PATH_VAR`]` = portable` forces the portable one (for tests).
 //!
 //! ```
 //! use brainfloat_kernels::{Matrix, Output, gemm};
@@ -43,6 +43,7 @@ mod dot_bf16;
 mod elem;
 mod gemm;
 mod math;
+mod ordered;
 mod path;
 mod relu_square;
 mod rms_norm;
@@ -56,7 +57,7 @@ pub use cross_entropy::{
     MAX_SHIFT_CAP, softcapped_cross_entropy, softcapped_cross_entropy_in_place,
 };
 pub use elem::Float;
-pub use gemm::{Matrix, Output, fp32_gemm, gemm, gemm_on, gemm_own};
+pub use gemm::{Matrix, MatrixStack, Output, batched_gemm, fp32_gemm, gemm, gemm_on, gemm_own};
 pub use half::bf16;
 pub use path::{KernelPath, PATH_VAR};
 pub use relu_square::{relu_square, relu_square_backward};

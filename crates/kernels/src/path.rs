@@ -3,34 +3,40 @@
 
 use std::sync::OnceLock;
 
-/// Set to `portable` to force the portable path on a CPU that has AVX512-BF16 (for tests).
+/// Set to `portable` to force the portable path (for tests: no CPU runs it otherwise).
 pub const PATH_VAR: &str = "BRAINFLOAT_KERNELS";
 
-/// The two implementations of the bf16 kernels.
+/// The two implementations of the bf16 GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
-    /// x86-64 AVX512-BF16: `vdpbf16ps` multiplies bf16 pairs into fp32 accumulators.
-    Avx512Bf16,
-    /// Any CPU: bf16 widened to fp32 (exactly), fp32 arithmetic, rounded once to bf16 at the end.
+    /// The `gemmkit` crate's kernels, chosen for the CPU at run time: `vdpbf16ps` (bf16 pairs
+    /// into fp32 accumulators) with AVX512-BF16, its widening fp32 kernels (AVX-512F, AVX2 with
+    /// FMA, NEON) elsewhere. bf16 results are rounded and stored a register tile at a time.
+    Gemmkit,
+    /// Any CPU: both operands widened to fp32 (exactly) whole, the `gemm` crate's fp32 GEMM
+    /// (flex's) into an fp32 product the output's size, rounded once to bf16 at the end. Slower
+    /// and larger than [`KernelPath::Gemmkit`] on every CPU measured (docs/kernels.md); kept as
+    /// an independent implementation to check it against.
     Portable,
 }
 
 impl KernelPath {
-    /// The path this process runs: AVX512-BF16 when the CPU has it and [`PATH_VAR`] does not
-    /// say `portable`. Decided on the first call.
+    /// The path this process runs: [`KernelPath::Gemmkit`] unless [`PATH_VAR`] says
+    /// `portable`. Decided on the first call.
     pub fn active() -> Self {
         static ACTIVE: OnceLock<KernelPath> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
             let forced = std::env::var(PATH_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("portable"));
-            if !forced && Self::cpu_has_avx512_bf16() {
-                Self::Avx512Bf16
-            } else {
+            if forced {
                 Self::Portable
+            } else {
+                Self::Gemmkit
             }
         })
     }
 
-    /// Whether this CPU can run [`KernelPath::Avx512Bf16`].
+    /// Whether this CPU has AVX512-BF16 (`vdpbf16ps`): gemmkit's bf16 kernels then multiply
+    /// bf16 natively, and so do libtorch's (oneDNN).
     pub fn cpu_has_avx512_bf16() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -42,10 +48,10 @@ impl KernelPath {
         }
     }
 
-    /// The name used in reports: `avx512-bf16` or `portable`.
+    /// The name used in reports: `gemmkit` or `portable`.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Avx512Bf16 => "avx512-bf16",
+            Self::Gemmkit => "gemmkit",
             Self::Portable => "portable",
         }
     }

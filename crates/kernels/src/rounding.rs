@@ -81,11 +81,15 @@ unsafe fn fill_random_bits_avx512(key: u64, first: u64, out: &mut [u16]) {
 /// may round to infinity, as a round-to-nearest addition there would.
 #[inline(always)]
 pub fn round_stochastic(value: f32, bits: u16) -> bf16 {
-    if !value.is_finite() {
-        return bf16::from_f32(value);
-    }
-    // The sign bit is apart from the magnitude's bits, so the carry rounds the magnitude.
-    let rounded = value.to_bits().wrapping_add(bits as u32) & 0xFFFF_0000;
+    let value_bits = value.to_bits();
+    // The sign bit is apart from the magnitude's bits, so the carry rounds the magnitude; ±∞
+    // has no low bits to carry. A NaN is kept a quiet NaN (as `bf16::from_f32` keeps it): a
+    // carry out of its payload would reach the sign. Branch-free, so that loops vectorise.
+    let rounded = if value.is_nan() {
+        value_bits | 0x0040_0000
+    } else {
+        value_bits.wrapping_add(bits as u32) & 0xFFFF_0000
+    };
     bf16::from_bits((rounded >> 16) as u16)
 }
 
@@ -138,11 +142,48 @@ fn write_rounded<X: Sync>(
                 let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
                 let bits = &mut bits[..out.len()];
                 fill_random_bits(key, first, bits);
-                for ((out, x), bits) in out.iter_mut().zip(input).zip(bits.iter()) {
-                    *out = round_stochastic(value(*out, x), *bits);
-                }
+                write_block(out, input, bits, &value);
             }
         });
+}
+
+/// One block of [`write_rounded`] with its bits drawn: compiled for AVX-512 where the CPU has it
+/// (the loop has no branch, so it vectorises), portable elsewhere.
+fn write_block<X>(out: &mut [bf16], input: &[X], bits: &[u16], value: &impl Fn(bf16, &X) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::path::avx512() {
+        // SAFETY: the CPU reports every feature `write_block_avx512` is compiled for.
+        unsafe { write_block_avx512(out, input, bits, value) };
+        return;
+    }
+    write_block_portable(out, input, bits, value);
+}
+
+/// [`write_block`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, DQ and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn write_block_avx512<X>(
+    out: &mut [bf16],
+    input: &[X],
+    bits: &[u16],
+    value: &impl Fn(bf16, &X) -> f32,
+) {
+    write_block_portable(out, input, bits, value);
+}
+
+#[inline(always)]
+fn write_block_portable<X>(
+    out: &mut [bf16],
+    input: &[X],
+    bits: &[u16],
+    value: &impl Fn(bf16, &X) -> f32,
+) {
+    for ((out, x), bits) in out.iter_mut().zip(input).zip(bits) {
+        *out = round_stochastic(value(*out, x), *bits);
+    }
 }
 
 /// Adds `delta` to the bf16 `weight` with Kahan compensation: `compensation` carries what each
@@ -244,7 +285,15 @@ mod tests {
                 assert_eq!(r.to_f32().to_bits(), value.to_bits(), "{value:e}");
             }
         }
-        assert!(round_stochastic(f32::NAN, 0xFFFF).is_nan());
+        // A NaN whose payload is all ones would carry into the sign if it were rounded.
+        for nan in [
+            f32::NAN,
+            f32::from_bits(0x7FFF_FFFF),
+            f32::from_bits(0xFFFF_FFFF),
+        ] {
+            let r = round_stochastic(nan, 0xFFFF);
+            assert!(r.is_nan() && r.is_sign_negative() == nan.is_sign_negative());
+        }
     }
 
     #[test]

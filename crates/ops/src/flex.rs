@@ -1,11 +1,10 @@
 //! The flex implementation: bf16 matmuls and RMSNorm on brainfloat's kernels.
 
-use brainfloat_kernels::{AdamStep, Float, Matrix, Output, bf16, gemm};
+use brainfloat_kernels::{AdamStep, Float, MatrixStack, batched_gemm, bf16};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{DType, Flex};
 use burn::tensor::{Bytes, Shape};
-use rayon::prelude::*;
 
 use crate::extension::KernelBackend;
 
@@ -277,30 +276,7 @@ fn tensor_of<E: bytemuck::NoUninit + Send + Sync>(
     )
 }
 
-/// The matrix `index` (row-major over the leading dimensions) of `tensor` `[.., rows, cols]` as
-/// a strided view into its storage.
-fn matrix_view(tensor: &FlexTensor, index: usize) -> Matrix<'_, bf16> {
-    let layout = tensor.layout();
-    let (dims, strides) = (layout.shape(), layout.strides());
-    let rank = strides.len();
-    let mut offset = layout.start_offset();
-    let mut rest = index;
-    for axis in (0..rank - 2).rev() {
-        offset += (rest % dims[axis]) * strides[axis] as usize;
-        rest /= dims[axis];
-    }
-    let storage: &[bf16] = tensor.storage();
-    Matrix::new(
-        &storage[offset..],
-        dims[rank - 2],
-        dims[rank - 1],
-        strides[rank - 2] as usize,
-        strides[rank - 1] as usize,
-    )
-}
-
-/// `[.., m, k] · [.., k, n]` in bf16: one GEMM per leading index, the leading indices in
-/// parallel (each GEMM also spreads over the cores when it is large enough).
+/// `[.., m, k] · [.., k, n]` in bf16 (`brainfloat_kernels::batched_gemm`).
 fn bf16_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
     let (l, r) = (lhs.layout().shape(), rhs.layout().shape());
     let rank = l.num_dims();
@@ -308,17 +284,31 @@ fn bf16_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
         rank >= 2 && r.num_dims() == rank && l[..rank - 2] == r[..rank - 2],
         "matmul: {l:?} × {r:?}"
     );
-    let (m, n) = (l[rank - 2], r[rank - 1]);
-    let batch: usize = l[..rank - 2].iter().product();
-    let mut out = vec![bf16::ZERO; batch * m * n];
-    if m * n > 0 {
-        out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| {
-            gemm(matrix_view(lhs, i), matrix_view(rhs, i), Output::Bf16(c));
-        });
-    }
     let mut dims = l[..rank - 2].to_vec();
-    dims.extend([m, n]);
+    dims.extend([l[rank - 2], r[rank - 1]]);
+    let mut out = vec![bf16::ZERO; dims.iter().product()];
+    let (lhs_strides, rhs_strides) = (strides(lhs), strides(rhs));
+    batched_gemm(
+        MatrixStack::new(storage_from_offset(lhs), l, &lhs_strides),
+        MatrixStack::new(storage_from_offset(rhs), r, &rhs_strides),
+        &mut out,
+    );
     tensor_of(out, dims, DType::BF16)
+}
+
+/// A tensor's strides (non-negative: see [`readable`]).
+fn strides(tensor: &FlexTensor) -> Vec<usize> {
+    tensor
+        .layout()
+        .strides()
+        .iter()
+        .map(|s| *s as usize)
+        .collect()
+}
+
+/// A tensor's storage from its first element on.
+fn storage_from_offset(tensor: &FlexTensor) -> &[bf16] {
+    &tensor.storage()[tensor.layout().start_offset()..]
 }
 
 fn rms_norm_typed<T: Elem>(x: &FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {

@@ -1,8 +1,16 @@
 //! The libtorch implementation: on the CPU, the optimizer's kernels (stochastic rounding, the
 //! fused Adam step, Kahan addition), the head's fused loss and the fp32 sum of its weight's
-//! gradient run on libtorch's own buffers, with no copy to the host and back; every other op
-//! stays libtorch's (the extension's default bodies). On a GPU they answer `None` and the
-//! callers compose them from Burn's ops.
+//! gradient run on libtorch's own buffers, with no copy to the host and back; so do bf16
+//! matmuls on a CPU without native bf16 dot products. Every other op stays libtorch's (the
+//! extension's default bodies). On a GPU they answer `None` and the callers compose them from
+//! Burn's ops.
+//!
+//! The matmul matters for time and memory: without AVX512-BF16 (or AMX), libtorch makes a bf16
+//! product through an fp32 one the output's size, at about 55 GFLOP/s on 2 cores of an Intel
+//! Xeon, where brainfloat's GEMM (gemmkit's widening kernels, which round each register tile
+//! straight to bf16) runs 140–170 GFLOP/s on the head's products (docs/kernels.md). With
+//! native bf16, libtorch's oneDNN is as fast as gemmkit (360–416 against 319–405 GFLOP/s on
+//! an AMD EPYC) and keeps its matmuls.
 //!
 //! The fused loss matters for memory more than for time: composed from libtorch's ops, each
 //! chunk of logits passes through several logits-sized fp32 temporaries (the soft-cap, the
@@ -12,13 +20,21 @@
 // burn-tch is deprecated upstream; this module exists to serve it.
 #![allow(deprecated)]
 
-use brainfloat_kernels::{AdamStep, Float, bf16};
+use brainfloat_kernels::{AdamStep, Float, KernelPath, MatrixStack, batched_gemm, bf16};
 use burn::backend::libtorch::{LibTorch, TchTensor};
+use burn::backend::ops::FloatTensorOps;
 use tch::{Device, Kind};
 
 use crate::extension::KernelBackend;
 
 impl KernelBackend for LibTorch {
+    fn matmul(lhs: TchTensor, rhs: TchTensor) -> TchTensor {
+        if KernelPath::cpu_has_avx512_bf16() {
+            return LibTorch::float_matmul(lhs, rhs);
+        }
+        bf16_matmul(&lhs, &rhs).unwrap_or_else(|| LibTorch::float_matmul(lhs, rhs))
+    }
+
     fn round_stochastic(values: TchTensor, key: u64) -> Option<TchTensor> {
         let values = on_cpu(&values, Kind::Float)?;
         let rounded = tch::Tensor::empty(values.size(), (Kind::BFloat16, Device::Cpu));
@@ -224,6 +240,79 @@ impl KernelBackend for LibTorch {
     }
 }
 
+/// `[.., m, k] · [.., k, n]` on the CPU in bf16 with brainfloat's GEMM, read from libtorch's
+/// buffers through their strides (the backward's transposed views cost no copy) into a new
+/// contiguous bf16 tensor. `None` unless both are CPU bf16 tensors of one rank ≥ 2 with the
+/// same leading dimensions (libtorch broadcasts those; the kernel does not).
+fn bf16_matmul(lhs: &TchTensor, rhs: &TchTensor) -> Option<TchTensor> {
+    let (lhs, rhs) = (&lhs.tensor, &rhs.tensor);
+    let (l, r) = (dims(lhs), dims(rhs));
+    let rank = l.len();
+    let multipliable = rank >= 2
+        && r.len() == rank
+        && l[..rank - 2] == r[..rank - 2]
+        && l[rank - 1] == r[rank - 2]
+        && [lhs, rhs]
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::BFloat16);
+    if !multipliable {
+        return None;
+    }
+    let mut out_dims = l[..rank - 2].to_vec();
+    out_dims.extend([l[rank - 2], r[rank - 1]]);
+    let shape: Vec<i64> = out_dims.iter().map(|d| *d as i64).collect();
+    let out = tch::Tensor::empty(shape, (Kind::BFloat16, Device::Cpu));
+    let (lhs_strides, rhs_strides) = (strides(lhs)?, strides(rhs)?);
+    // SAFETY: both operands are CPU bf16 tensors (checked above) read through their own sizes
+    // and strides; `out` is new, contiguous, bf16 and seen by nothing else.
+    unsafe {
+        batched_gemm(
+            MatrixStack::new(strided_elements(lhs, &l, &lhs_strides), &l, &lhs_strides),
+            MatrixStack::new(strided_elements(rhs, &r, &rhs_strides), &r, &rhs_strides),
+            elements_mut::<bf16>(&out),
+        );
+    }
+    Some(TchTensor::new(out))
+}
+
+/// A tensor's sizes.
+fn dims(tensor: &tch::Tensor) -> Vec<usize> {
+    tensor.size().iter().map(|d| *d as usize).collect()
+}
+
+/// A tensor's strides in elements; `None` if one is negative (libtorch makes none).
+fn strides(tensor: &tch::Tensor) -> Option<Vec<usize>> {
+    tensor
+        .stride()
+        .iter()
+        .map(|s| usize::try_from(*s).ok())
+        .collect()
+}
+
+/// The elements a strided view reaches, from its first (`data_ptr`, storage offset included) to
+/// its last: `1 + Σ (size − 1)·stride` of them, none when it is empty.
+///
+/// # Safety
+/// `tensor` is on the CPU, of element type `T`, with these `dims` and `strides`, and no mutable
+/// view of its buffer is alive.
+unsafe fn strided_elements<'a, T>(
+    tensor: &'a tch::Tensor,
+    dims: &[usize],
+    strides: &[usize],
+) -> &'a [T] {
+    if dims.contains(&0) {
+        return &[];
+    }
+    let len = 1 + dims
+        .iter()
+        .zip(strides)
+        .map(|(d, s)| (d - 1) * s)
+        .sum::<usize>();
+    // SAFETY: the caller's guarantee; libtorch's view of a non-empty tensor reaches exactly
+    // these elements of its storage.
+    unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const T, len) }
+}
+
 /// `tensor` as a contiguous CPU tensor of `kind` (itself, or a contiguous copy when strided);
 /// `None` on another device or of another kind.
 fn on_cpu(tensor: &TchTensor, kind: Kind) -> Option<tch::Tensor> {
@@ -280,6 +369,91 @@ mod tests {
 
     fn tensor(values: &[f32], kind: Kind) -> TchTensor {
         TchTensor::new(tch::Tensor::from_slice(values).to_kind(kind))
+    }
+
+    /// A CPU bf16 tensor of `dims` with deterministic values in [−2, 2).
+    fn bf16_values(dims: &[i64], seed: i64) -> tch::Tensor {
+        let len: i64 = dims.iter().product();
+        let values: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 4001) as f32 / 1000.0 - 2.0)
+            .collect();
+        tch::Tensor::from_slice(&values)
+            .view(dims)
+            .to_kind(Kind::BFloat16)
+    }
+
+    /// brainfloat's GEMM on libtorch's buffers against libtorch's fp32 matmul of the same bf16
+    /// values, on ragged shapes, batched, through transposed and sliced views (strides and a
+    /// storage offset): within one bf16 rounding of the fp32 product, bf16 out, libtorch's
+    /// shape.
+    #[test]
+    fn the_bf16_matmul_on_libtorchs_buffers_matches_its_fp32_product() {
+        let cases: Vec<(tch::Tensor, tch::Tensor)> = vec![
+            (bf16_values(&[3, 5], 1), bf16_values(&[5, 7], 2)),
+            (bf16_values(&[17, 64], 3), bf16_values(&[33, 64], 4).tr()),
+            (bf16_values(&[64, 17], 5).tr(), bf16_values(&[64, 255], 6)),
+            (bf16_values(&[1, 256], 7), bf16_values(&[1000, 256], 8).tr()),
+            (bf16_values(&[4, 9, 33], 9), bf16_values(&[4, 33, 12], 10)),
+            (
+                bf16_values(&[2, 3, 8, 16], 11),
+                bf16_values(&[2, 3, 5, 16], 12).transpose(-1, -2),
+            ),
+            // A slice: its first element at a storage offset, its rows a stride apart.
+            (
+                bf16_values(&[10, 40], 13).narrow(0, 3, 6).narrow(1, 5, 30),
+                bf16_values(&[30, 20], 14),
+            ),
+        ];
+        for (lhs, rhs) in cases {
+            let want = lhs.to_kind(Kind::Float).matmul(&rhs.to_kind(Kind::Float));
+            let got = bf16_matmul(&TchTensor::new(lhs.shallow_clone()), &TchTensor::new(rhs))
+                .expect("CPU bf16 operands")
+                .tensor;
+            assert_eq!(got.kind(), Kind::BFloat16);
+            assert_eq!(got.size(), want.size());
+            let (got, want) = (
+                Vec::<f32>::try_from(got.to_kind(Kind::Float).view([-1])).unwrap(),
+                Vec::<f32>::try_from(want.view([-1])).unwrap(),
+            );
+            let scale = want.iter().map(|w| w.abs()).fold(0.0f32, f32::max);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // One rounding to bf16 (2⁻⁸ relative) of an fp32 sum; fp32 summation orders
+                // differ by a few fp32 ulp of the largest term.
+                let bound = w.abs() * 2f32.powi(-8) + 1e-5 * scale;
+                assert!((g - w).abs() <= bound, "{:?} [{i}]: {g} vs {w}", lhs.size());
+            }
+        }
+    }
+
+    #[test]
+    fn the_bf16_matmul_on_libtorchs_buffers_leaves_what_it_cannot_run_to_libtorch() {
+        let run = |lhs: tch::Tensor, rhs: tch::Tensor| {
+            bf16_matmul(&TchTensor::new(lhs), &TchTensor::new(rhs)).map(|t| t.tensor.size())
+        };
+        // fp32 operands, mixed kinds, broadcast leading dimensions, mismatched inner ones.
+        let fp32 = |dims: &[i64]| bf16_values(dims, 0).to_kind(Kind::Float);
+        assert_eq!(run(fp32(&[2, 3]), fp32(&[3, 2])), None);
+        assert_eq!(run(bf16_values(&[2, 3], 0), fp32(&[3, 2])), None);
+        assert_eq!(
+            run(bf16_values(&[2, 2, 3], 0), bf16_values(&[1, 3, 2], 0)),
+            None
+        );
+        assert_eq!(run(bf16_values(&[2, 3], 0), bf16_values(&[4, 2], 0)), None);
+        // An empty inner dimension is a product of zeros, an empty outer one an empty product.
+        let zeros = bf16_matmul(
+            &TchTensor::new(bf16_values(&[2, 0], 0)),
+            &TchTensor::new(bf16_values(&[0, 3], 0)),
+        )
+        .unwrap()
+        .tensor;
+        assert_eq!(
+            Vec::<f32>::try_from(zeros.to_kind(Kind::Float).view([-1])).unwrap(),
+            [0.0; 6]
+        );
+        assert_eq!(
+            run(bf16_values(&[0, 4], 0), bf16_values(&[4, 3], 0)),
+            Some(vec![0, 3])
+        );
     }
 
     /// As on flex: a kernel writes its result into an input's own buffer when it holds the

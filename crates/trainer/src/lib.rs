@@ -45,4 +45,6 @@ pub use plugins::{
     SampleStats, StepStats,
 };
 pub use resume::{ResumeNote, model_notes, resume_notes};
-pub use trainer::{INJECT_NON_FINITE, Start, Trainer, init_model, validation_loss};
+pub use trainer::{
+    INJECT_NON_FINITE, Start, Trainer, init_model, init_model_with_seed, validation_loss,
+};

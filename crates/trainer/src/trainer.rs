@@ -2,6 +2,7 @@
 //! group, the schedule, evaluation, checkpoints, and the plugins.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
@@ -168,7 +169,6 @@ impl Trainer {
         let device = device.clone().autodiff();
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are opened.
-        device.seed(config.train.seed);
         let model = init_model(&config, &device)?;
 
         // Headers now; token ids when a loader first opens a shard (not the whole dataset here).
@@ -602,11 +602,29 @@ impl Trainer {
     }
 }
 
-/// The config's model, initialised on `device` (from its current seed) and converted to the
+/// The config's model, initialised on `device` from the config's seed and converted to the
 /// config's precision policy.
 pub fn init_model(config: &TrainConfig, device: &Device) -> Result<Gpt, TrainError> {
-    let model = config.gpt()?.init(device)?;
-    apply_policy(model, &config.policy()?, device).map_err(|err| TrainError::Model(err.into()))
+    init_model_with_seed(config, device, config.train.seed)
+}
+
+/// [`init_model`] from another `seed`.
+///
+/// Burn's random stream belongs to the device and so to the whole process: seeding it and
+/// drawing the initial weights are one critical section, so that models built at the same time
+/// on other threads (tests, a study's presets) cannot draw from the middle of this seed's
+/// stream. Burn initialises a parameter when it is first read, so the section ends after the
+/// policy has converted (and so read) every one.
+pub fn init_model_with_seed(
+    config: &TrainConfig,
+    device: &Device,
+    seed: u64,
+) -> Result<Gpt, TrainError> {
+    static DEVICE_STREAM: Mutex<()> = Mutex::new(());
+    let (gpt, policy) = (config.gpt()?, config.policy()?);
+    let _drawing = DEVICE_STREAM.lock().unwrap_or_else(PoisonError::into_inner);
+    device.seed(seed);
+    apply_policy(gpt.init(device)?, &policy, device).map_err(|err| TrainError::Model(err.into()))
 }
 
 fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOptimizerConfig {

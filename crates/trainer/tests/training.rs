@@ -49,6 +49,27 @@ fn micro_steps_equal_one_step_on_the_concatenated_batch() {
     assert!(relative <= 1e-5, "updates differ by {relative}");
 }
 
+/// Burn's random stream is the process's: models initialised on several threads at once each
+/// get their seed's weights, not draws from the middle of another's stream.
+#[test]
+fn models_built_at_the_same_time_get_their_seeds_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = brainfloat_test_support::test_device();
+    let config = common::config(dir.path(), "bf16", &[]);
+    let weights = || weights_to_safetensors(&init_model(&config, &device).unwrap()).unwrap();
+    let alone = weights();
+    std::thread::scope(|scope| {
+        let built: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| (0..5).map(|_| weights()).collect::<Vec<_>>()))
+            .collect();
+        for thread in built {
+            for (i, got) in thread.join().unwrap().into_iter().enumerate() {
+                assert!(got == alone, "model {i} of a thread");
+            }
+        }
+    });
+}
+
 #[test]
 fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
     // The pure presets too: stochastic rounding draws its bits from (seed, step, parameter,
