@@ -398,7 +398,7 @@ pub fn load_checkpoint_weights(
 /// Reads the checkpoint whose record is `path` into `model` (already built with the run's
 /// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256. Weights and
 /// optimizer state take the run's dtypes: each state tensor its parameter's, so a checkpoint
-/// of another precision policy is converted (see [`crate::resume`]).
+/// of another precision policy is converted (see the `resume` module).
 pub fn load_checkpoint(
     path: &Path,
     model: Gpt,
