@@ -50,25 +50,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Round 0 warms up.
     for round in 0..=ROUNDS {
         for (i, &chunk) in chunks.iter().enumerate() {
-            memory::release_free_memory();
-            memory::reset_rss_peak();
-            let before = memory::rss().map_or(0, |r| r.current);
-            let start = Instant::now();
-            let loss = head.chunked_cross_entropy(
-                hidden.clone(),
-                targets.clone(),
-                Some(30.0),
-                &policy,
-                chunk,
-            );
-            let grads = loss.backward();
-            hidden.grad(&grads).expect("hidden is tracked").into_data();
-            let ms = start.elapsed().as_secs_f64() * 1e3;
-            let peak = memory::rss().map_or(0, |r| r.peak);
+            let (ms, span) = memory::rss_during(|| {
+                let start = Instant::now();
+                let loss = head.chunked_cross_entropy(
+                    hidden.clone(),
+                    targets.clone(),
+                    Some(30.0),
+                    &policy,
+                    chunk,
+                );
+                let grads = loss.backward();
+                hidden.grad(&grads).expect("hidden is tracked").into_data();
+                start.elapsed().as_secs_f64() * 1e3
+            });
             if round > 0 {
                 times[i].push(ms);
             }
-            growth[i] = growth[i].max(peak.saturating_sub(before));
+            let span_growth = span.map_or(0, |s| s.peak.saturating_sub(s.before));
+            growth[i] = growth[i].max(span_growth);
         }
     }
     println!("backend {backend}, preset {preset}: the head of `small`, forward and backward");

@@ -26,12 +26,12 @@ use burn::optim::GradientsParams;
 /// Runs `phase`, returning its result, its milliseconds and the peak of the resident set
 /// during it over `baseline` (bytes), in MiB.
 fn measured<T>(baseline: usize, phase: impl FnOnce() -> T) -> (T, f64, f64) {
-    memory::release_free_memory();
-    memory::reset_rss_peak();
-    let start = Instant::now();
-    let result = phase();
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    let peak = memory::rss().map_or(0, |r| r.peak);
+    let ((result, ms), span) = memory::rss_during(|| {
+        let start = Instant::now();
+        let result = phase();
+        (result, start.elapsed().as_secs_f64() * 1e3)
+    });
+    let peak = span.map_or(0, |s| s.peak);
     (result, ms, mib(peak.saturating_sub(baseline)))
 }
 

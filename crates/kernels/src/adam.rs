@@ -68,20 +68,20 @@ pub fn adam_update<P: Float, G: Float, S: Float>(
                 .zip(moment_1.chunks_mut(BITS_PER_BLOCK))
                 .zip(moment_2.chunks_mut(BITS_PER_BLOCK));
             for (block, (((param, grad), moment_1), moment_2)) in blocks.enumerate() {
-                if let Some(keys) = step.stochastic {
-                    let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
+                let first = (task * ELEMENTS_PER_TASK + block * BITS_PER_BLOCK) as u64;
+                let drawn = step.stochastic.map(|keys| {
                     for (key, bits) in keys.into_iter().zip(&mut bits) {
                         fill_random_bits(key, first, &mut bits[..param.len()]);
                     }
-                }
+                    &bits
+                });
                 let block = Block {
                     param,
                     grad,
                     moment_1,
                     moment_2,
                 };
-                let stochastic = step.stochastic.is_some();
-                square_sum += update_block(block, &coefficients, stochastic.then_some(&bits));
+                square_sum += update_block(block, &coefficients, drawn);
             }
             square_sum
         });

@@ -597,11 +597,12 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..40 {
                         let nested: Vec<Vec<bf16>> = operands.par_iter().map(product).collect();
-                        for (i, (got, want)) in nested.iter().zip(alone).enumerate() {
+                        for ((got, want), (m, k, n, layout, ..)) in
+                            nested.iter().zip(alone).zip(operands)
+                        {
                             assert!(
                                 got == want,
-                                "thread {thread} round {round}: shape {:?}",
-                                shapes[i]
+                                "thread {thread} round {round}: {m}×{k}×{n}, transposed {layout:?}"
                             );
                         }
                     }

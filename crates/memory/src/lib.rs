@@ -131,6 +131,33 @@ pub fn reset_rss_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The resident set around one piece of work ([`rss_during`]), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssSpan {
+    /// Resident just before the work, with freed memory handed back.
+    pub before: usize,
+    /// The most resident during the work.
+    pub peak: usize,
+}
+
+/// Runs `work` with the allocator's free memory handed back to the OS first and the
+/// resident-set peak reset: its result, and the resident set just before it and at its highest
+/// during it; `None` where the OS does not tell.
+pub fn rss_during<T>(work: impl FnOnce() -> T) -> (T, Option<RssSpan>) {
+    release_free_memory();
+    let reset = reset_rss_peak();
+    let before = rss();
+    let result = work();
+    let span = match (before, rss()) {
+        (Some(before), Some(after)) if reset => Some(RssSpan {
+            before: before.current,
+            peak: after.peak,
+        }),
+        _ => None,
+    };
+    (result, span)
+}
+
 /// Returns memory the allocator holds but no longer uses to the OS, so that the resident set
 /// of what runs next starts from what is live (glibc's `malloc_trim`; nothing elsewhere).
 pub fn release_free_memory() {
@@ -199,8 +226,12 @@ pub fn retaining_freed_memory() -> bool {
 mod tests {
     use super::*;
 
+    /// The resident set is the process's: the tests that measure it run one at a time.
+    static RESIDENT_SET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn rss_is_read_and_its_peak_covers_a_touched_buffer() {
+        let _alone = RESIDENT_SET.lock().unwrap_or_else(|e| e.into_inner());
         let Some(before) = rss() else {
             return; // not Linux: nothing to read
         };
@@ -217,6 +248,23 @@ mod tests {
             "{before:?} {after:?}"
         );
         drop(buffer);
+    }
+
+    /// The span's peak covers what the work touched and freed again; its start is below it.
+    #[test]
+    fn rss_during_reports_the_peak_of_its_work() {
+        let _alone = RESIDENT_SET.lock().unwrap_or_else(|e| e.into_inner());
+        let ((), span) = rss_during(|| {
+            let mut buffer = vec![0u8; 64 << 20];
+            for page in buffer.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            std::hint::black_box(&buffer);
+        });
+        let Some(span) = span else {
+            return; // not Linux, or the peak cannot be reset: nothing to read
+        };
+        assert!(span.peak >= span.before + (60 << 20), "{span:?}");
     }
 
     #[test]

@@ -20,12 +20,29 @@
 // burn-tch is deprecated upstream; this module exists to serve it.
 #![allow(deprecated)]
 
-use brainfloat_kernels::{AdamStep, Float, KernelPath, MatrixStack, batched_gemm, bf16};
+use brainfloat_kernels::{AdamStep, KernelPath, MatrixStack, batched_gemm, bf16};
 use burn::backend::libtorch::{LibTorch, TchTensor};
 use burn::backend::ops::FloatTensorOps;
 use tch::{Device, Kind};
 
 use crate::extension::KernelBackend;
+
+/// `$body` with the type `$T` bound to the element type of `$kind`, one that [`kernel_kind`]
+/// returned: bf16 or fp32 (flex's `with_elem!` for libtorch's kinds).
+macro_rules! with_kind {
+    ($kind:expr, $T:ident => $body:expr) => {
+        match $kind {
+            Kind::BFloat16 => {
+                type $T = bf16;
+                $body
+            }
+            _ => {
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
 
 impl KernelBackend for LibTorch {
     fn matmul(lhs: TchTensor, rhs: TchTensor) -> TchTensor {
@@ -51,22 +68,16 @@ impl KernelBackend for LibTorch {
     }
 
     fn stochastic_axpby(y: TchTensor, x: TchTensor, a: f32, b: f32, key: u64) -> Option<TchTensor> {
-        let x_kind = x.tensor.kind();
-        if !matches!(x_kind, Kind::BFloat16 | Kind::Float) {
-            return None;
-        }
+        let x_kind = kernel_kind(&x)?;
         let x = on_cpu(&x, x_kind)?;
         let y = owned(y, Kind::BFloat16)?;
         // SAFETY: `y` is this call's own contiguous CPU bf16 buffer (`owned`), `x` a distinct
         // contiguous CPU tensor of the kind it is read as, both of one size.
         unsafe {
             let target = elements_mut::<bf16>(&y);
-            match x_kind {
-                Kind::BFloat16 => {
-                    brainfloat_kernels::stochastic_axpby(target, elements::<bf16>(&x), a, b, key)
-                }
-                _ => brainfloat_kernels::stochastic_axpby(target, elements::<f32>(&x), a, b, key),
-            }
+            with_kind!(x_kind, X => {
+                brainfloat_kernels::stochastic_axpby(target, elements::<X>(&x), a, b, key)
+            })
         }
         Some(TchTensor::new(y))
     }
@@ -92,10 +103,8 @@ impl KernelBackend for LibTorch {
     }
 
     fn accumulate_f32(sum: TchTensor, part: TchTensor) -> Option<TchTensor> {
-        let part_kind = part.tensor.kind();
-        if !matches!(part_kind, Kind::BFloat16 | Kind::Float)
-            || sum.tensor.size() != part.tensor.size()
-        {
+        let part_kind = kernel_kind(&part)?;
+        if sum.tensor.size() != part.tensor.size() {
             return None;
         }
         let part = on_cpu(&part, part_kind)?;
@@ -104,10 +113,7 @@ impl KernelBackend for LibTorch {
         // distinct contiguous CPU tensor of the kind it is read as, both of one size.
         unsafe {
             let target = elements_mut::<f32>(&sum);
-            match part_kind {
-                Kind::BFloat16 => brainfloat_kernels::accumulate(target, elements::<bf16>(&part)),
-                _ => brainfloat_kernels::accumulate(target, elements::<f32>(&part)),
-            }
+            with_kind!(part_kind, P => brainfloat_kernels::accumulate(target, elements::<P>(&part)))
         }
         Some(TchTensor::new(sum))
     }
@@ -132,8 +138,8 @@ impl KernelBackend for LibTorch {
         mean_over: usize,
         with_grad: bool,
     ) -> Option<(TchTensor, Option<TchTensor>)> {
-        let kind = logits.tensor.kind();
-        if !matches!(kind, Kind::BFloat16 | Kind::Float) || logits.tensor.dim() != 2 {
+        let kind = kernel_kind(&logits)?;
+        if logits.tensor.dim() != 2 {
             return None;
         }
         let vocab = logits.tensor.size()[1] as usize;
@@ -143,30 +149,6 @@ impl KernelBackend for LibTorch {
             .iter()
             .map(|t| *t as usize)
             .collect();
-        /// The loss of `logits`, with `in_place` its gradient written over them.
-        ///
-        /// # Safety
-        /// `logits` is contiguous on the CPU, of `T`s, and with `in_place` this call's own.
-        unsafe fn run<T: Float>(
-            logits: &tch::Tensor,
-            in_place: bool,
-            (vocab, targets, cap, mean_over): (usize, &[usize], Option<f32>, usize),
-        ) -> f64 {
-            // SAFETY: the caller's guarantee.
-            unsafe {
-                if in_place {
-                    let values = elements_mut::<T>(logits);
-                    brainfloat_kernels::softcapped_cross_entropy_in_place(
-                        values, vocab, targets, cap, mean_over,
-                    )
-                } else {
-                    let values = elements::<T>(logits);
-                    brainfloat_kernels::softcapped_cross_entropy(
-                        values, vocab, targets, cap, mean_over, None,
-                    )
-                }
-            }
-        }
         // The gradient is written over the logits: their own buffer when this is its only
         // handle (the head hands each chunk over), a copy otherwise.
         let logits = if with_grad {
@@ -174,14 +156,21 @@ impl KernelBackend for LibTorch {
         } else {
             on_cpu(&logits, kind)?
         };
-        let problem = (vocab, &targets[..], cap.map(|c| c as f32), mean_over);
-        // SAFETY: `owned` made `logits` this call's own contiguous CPU buffer of `kind`,
-        // `on_cpu` a contiguous CPU tensor of it.
+        let cap = cap.map(|c| c as f32);
+        // SAFETY: `owned` made `logits` this call's own contiguous CPU buffer of `kind` (the
+        // only view of it while the gradient is written), `on_cpu` a contiguous CPU tensor of it.
         let value = unsafe {
-            match kind {
-                Kind::BFloat16 => run::<bf16>(&logits, with_grad, problem),
-                _ => run::<f32>(&logits, with_grad, problem),
-            }
+            with_kind!(kind, T => if with_grad {
+                let values = elements_mut::<T>(&logits);
+                brainfloat_kernels::softcapped_cross_entropy_in_place(
+                    values, vocab, &targets, cap, mean_over,
+                )
+            } else {
+                let values = elements::<T>(&logits);
+                brainfloat_kernels::softcapped_cross_entropy(
+                    values, vocab, &targets, cap, mean_over, None,
+                )
+            })
         };
         let loss = TchTensor::new(tch::Tensor::from_slice(&[value as f32]));
         Some((loss, with_grad.then(|| TchTensor::new(logits))))
@@ -194,41 +183,23 @@ impl KernelBackend for LibTorch {
         moment_2: TchTensor,
         step: AdamStep,
     ) -> Option<(TchTensor, TchTensor, TchTensor, TchTensor)> {
-        let kind = param.tensor.kind();
+        let kind = kernel_kind(&param)?;
         let grad = on_cpu(&grad, kind)?;
         let [param, moment_1, moment_2] = [
             owned(param, kind)?,
             owned(moment_1, kind)?,
             owned(moment_2, kind)?,
         ];
-        /// The update in the buffers' element type.
-        ///
-        /// # Safety
-        /// As for [`elements_mut`]: each tensor contiguous on the CPU, of `T`s, of one size,
-        /// the three updated ones this call's own.
-        unsafe fn run<T: Float>(
-            [param, grad, moment_1, moment_2]: [&tch::Tensor; 4],
-            step: &AdamStep,
-        ) -> f64 {
-            // SAFETY: the caller's guarantee.
-            unsafe {
-                brainfloat_kernels::adam_update(
-                    elements_mut::<T>(param),
-                    elements::<T>(grad),
-                    elements_mut::<T>(moment_1),
-                    elements_mut::<T>(moment_2),
-                    step,
-                )
-            }
-        }
-        let tensors = [&param, &grad, &moment_1, &moment_2];
-        // SAFETY: `owned` and `on_cpu` made each contiguous on the CPU with the kind `T` is.
+        // SAFETY: `owned` and `on_cpu` made each tensor contiguous on the CPU, of `kind`, the
+        // three updated ones this call's own (no other view of their buffers is alive).
         let squares = unsafe {
-            match kind {
-                Kind::BFloat16 => run::<bf16>(tensors, &step),
-                Kind::Float => run::<f32>(tensors, &step),
-                _ => return None,
-            }
+            with_kind!(kind, T => brainfloat_kernels::adam_update(
+                elements_mut::<T>(&param),
+                elements::<T>(&grad),
+                elements_mut::<T>(&moment_1),
+                elements_mut::<T>(&moment_2),
+                &step,
+            ))
         };
         let squares = tch::Tensor::from_slice(&[squares as f32]);
         Some((
@@ -311,6 +282,12 @@ unsafe fn strided_elements<'a, T>(
     // SAFETY: the caller's guarantee; libtorch's view of a non-empty tensor reaches exactly
     // these elements of its storage.
     unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const T, len) }
+}
+
+/// The tensor's kind when the kernels run on it: bf16 or fp32.
+fn kernel_kind(tensor: &TchTensor) -> Option<Kind> {
+    let kind = tensor.tensor.kind();
+    matches!(kind, Kind::BFloat16 | Kind::Float).then_some(kind)
 }
 
 /// `tensor` as a contiguous CPU tensor of `kind` (itself, or a contiguous copy when strided);
