@@ -7,6 +7,8 @@ against PyTorch's on the same machine in the same hour. Needs only torch (script
 
     target/torch-venv/bin/python scripts/pytorch_reference.py --steps 10 --json out.json
     target/torch-venv/bin/python scripts/pytorch_reference.py --compile --json compiled.json
+    python3 scripts/pytorch_reference.py --device cuda --compile --layers 12 --heads 6 \
+        --dim 768 --batch 64 --seq 1024 --accum 8      # the speedrun config on one GPU
 
 `--compile` runs the model's forward through torch.compile (inductor), as the record does; the
 backward is then compiled too (AOTAutograd). Compilation happens in the warm-up steps, which
@@ -50,8 +52,8 @@ class Rotary(nn.Module):
         self.inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
 
     def forward(self, x):
-        t = torch.arange(x.shape[1], dtype=torch.float32)
-        angles = torch.outer(t, self.inv_freq)
+        t = torch.arange(x.shape[1], dtype=torch.float32, device=x.device)
+        angles = torch.outer(t, self.inv_freq.to(x.device))
         cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
@@ -154,7 +156,7 @@ class Muon(torch.optim.Optimizer):
 
 def build(preset, args):
     torch.manual_seed(1337)
-    model = GPT(args.vocab, args.layers, args.heads, args.dim)
+    model = GPT(args.vocab, args.layers, args.heads, args.dim).to(args.device)
     if preset == "bf16":
         model = model.bfloat16()
         for m in model.modules():
@@ -172,17 +174,20 @@ def build(preset, args):
     return model, optimizers
 
 
-def step(model, optimizers, preset, batch, forward=None):
+def step(model, optimizers, preset, batch, accum, forward=None):
     inputs, targets = batch
     context = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
+        torch.autocast(inputs.device.type, dtype=torch.bfloat16)
         if preset == "autocast"
         else contextlib.nullcontext()
     )
     start = time.perf_counter()
-    with context:
-        loss = (forward or model)(inputs, targets)
-    loss.backward()
+    # `accum` micro-steps on the same batch, each loss scaled by 1/accum, as brainfloat's
+    # gradient accumulation does (the timing does not depend on which tokens they are).
+    for _ in range(accum):
+        with context:
+            loss = (model if forward is None else forward)(inputs, targets)
+        (loss / accum).backward()
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
@@ -201,13 +206,15 @@ def main():
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--accum", type=int, default=1, help="micro-steps per optimizer step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)
-    batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    batch = tuple(t.contiguous().to(args.device) for t in (tokens[:, :-1], tokens[:, 1:]))
     presets = args.presets.split(",")
     runs = {p: build(p, args) for p in presets}
     # One compiled forward per preset: autocast and the bf16 cast change the traced graph.
@@ -215,17 +222,24 @@ def main():
     times = {p: [] for p in presets}
     for preset in presets:
         for _ in range(args.warmup):
-            step(*runs[preset], preset, batch, forwards[preset])
+            step(*runs[preset], preset, batch, args.accum, forwards[preset])
     # Interleaved like brainfloat's bench: round r starts with preset r mod len(presets).
     for r in range(args.steps):
         for i in range(len(presets)):
             preset = presets[(r + i) % len(presets)]
-            times[preset].append(step(*runs[preset], preset, batch, forwards[preset])[0])
-    tokens_per_step = args.batch * args.seq
+            times[preset].append(
+                step(*runs[preset], preset, batch, args.accum, forwards[preset])[0]
+            )
+    tokens_per_step = args.batch * args.seq * args.accum
     result = {
         "torch": torch.__version__,
         "compiled": args.compile,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        # The process's peak (all its presets): run one preset per process for a preset's own.
+        "cuda_peak_allocated_mib": (
+            torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
+        ),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "tokens_per_step": tokens_per_step,
         "presets": {
@@ -238,7 +252,9 @@ def main():
         },
     }
     mode = "torch.compile" if args.compile else "eager"
-    print(f"PyTorch {torch.__version__} ({mode}), {torch.get_num_threads()} threads")
+    print(f"PyTorch {torch.__version__} ({mode}) on {result['device']}, {torch.get_num_threads()} threads")
+    if result["cuda_peak_allocated_mib"] is not None:
+        print(f"peak CUDA memory allocated: {result['cuda_peak_allocated_mib']:.0f} MiB")
     for p, r in result["presets"].items():
         print(f"{p:9} {r['step_time_ms_median']:8.1f} ms/step  {r['tokens_per_sec']:7.1f} tokens/s")
     if args.json:
