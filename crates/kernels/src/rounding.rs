@@ -35,10 +35,22 @@ pub fn rounding_key(words: &[u64]) -> u64 {
     })
 }
 
-/// 16 uniform random bits for element `index` of the stream `key`.
+/// Elements whose bits come from one hash: the four 16-bit quarters of one 64-bit output.
+const ELEMENTS_PER_HASH: u64 = 4;
+
+/// The 64 random bits shared by elements `4·group … 4·group + 3` of the stream `key`.
+#[inline(always)]
+fn group_bits(key: u64, group: u64) -> u64 {
+    mix64(key ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// 16 uniform random bits for element `index` of the stream `key`: quarter `index mod 4` of
+/// the hash of `(key, index / 4)`. Four elements share one hash (a quarter of the multiplies);
+/// each quarter of a SplitMix64 output is uniform and independent of the others.
 #[inline(always)]
 pub fn random_bits(key: u64, index: u64) -> u16 {
-    (mix64(key ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 48) as u16
+    let quarter = index % ELEMENTS_PER_HASH;
+    (group_bits(key, index / ELEMENTS_PER_HASH) >> (16 * quarter)) as u16
 }
 
 /// Elements whose random bits are drawn at once ([`fill_random_bits`]): three streams of them
@@ -60,8 +72,33 @@ pub(crate) fn fill_random_bits(key: u64, first: u64, out: &mut [u16]) {
 
 #[inline(always)]
 fn fill_random_bits_portable(key: u64, first: u64, out: &mut [u16]) {
-    for (j, bits) in out.iter_mut().enumerate() {
+    // Element by element up to the first whole group, then a hash per four elements.
+    let lead = ((ELEMENTS_PER_HASH - first % ELEMENTS_PER_HASH) % ELEMENTS_PER_HASH) as usize;
+    let (lead, grouped) = out.split_at_mut(lead.min(out.len()));
+    for (j, bits) in lead.iter_mut().enumerate() {
         *bits = random_bits(key, first + j as u64);
+    }
+    let first = first + lead.len() as u64;
+    let first_group = first / ELEMENTS_PER_HASH;
+    let tail_first = first + (grouped.len() as u64 / ELEMENTS_PER_HASH) * ELEMENTS_PER_HASH;
+    let mut groups = grouped.chunks_exact_mut(ELEMENTS_PER_HASH as usize);
+    for (g, quarters) in (&mut groups).enumerate() {
+        let hash = group_bits(key, first_group + g as u64);
+        if cfg!(target_endian = "little") {
+            // One 8-byte store instead of four shifted 2-byte ones (which vectorise into
+            // shuffles; 4 ms of Adam's 25 on 25.8 M elements). On a little-endian CPU quarter
+            // `q` of the stored word is bits 16q..16q+16 of `hash`, as below.
+            // SAFETY: `quarters` is exactly four `u16`s, eight writable bytes that nothing else
+            // borrows; the store is unaligned, and every bit pattern is a valid `u16`.
+            unsafe { quarters.as_mut_ptr().cast::<u64>().write_unaligned(hash) };
+        } else {
+            for (q, bits) in quarters.iter_mut().enumerate() {
+                *bits = (hash >> (16 * q)) as u16;
+            }
+        }
+    }
+    for (j, bits) in groups.into_remainder().iter_mut().enumerate() {
+        *bits = random_bits(key, tail_first + j as u64);
     }
 }
 
@@ -405,13 +442,30 @@ mod tests {
     /// first index and over a ragged length.
     #[test]
     fn drawn_blocks_of_bits_are_each_element_s_bits() {
-        for (first, len) in [(0u64, 1usize), (3, 1023), (1 << 40, 2500)] {
+        let cases = [(0u64, 1usize), (1, 2), (2, 9), (3, 1023), (6, 4), (1 << 40, 2500)];
+        for (first, len) in cases {
             let mut bits = vec![0u16; len];
             fill_random_bits(99, first, &mut bits);
             let want: Vec<u16> = (0..len as u64)
                 .map(|j| random_bits(99, first + j))
                 .collect();
             assert_eq!(bits, want, "first {first}, length {len}");
+        }
+    }
+
+    /// The four elements that share a hash get independent bits: neighbours' bits are
+    /// uncorrelated, for every pair of quarters, within five standard errors.
+    #[test]
+    fn elements_sharing_a_hash_draw_uncorrelated_bits() {
+        const GROUPS: u64 = 100_000;
+        let key = rounding_key(&[5]);
+        for (a, b) in [(0, 1), (1, 2), (2, 3), (0, 3)] {
+            let centred = |q: u64, g: u64| random_bits(key, 4 * g + q) as f64 / 65536.0 - 0.5;
+            let covariance: f64 = (0..GROUPS).map(|g| centred(a, g) * centred(b, g)).sum::<f64>();
+            // Each centred draw has variance 1/12, so the correlation's standard error is 1/√n.
+            let correlation = covariance / GROUPS as f64 * 12.0;
+            let bound = 5.0 / (GROUPS as f64).sqrt();
+            assert!(correlation.abs() < bound, "quarters {a} and {b}: {correlation}");
         }
     }
 }
