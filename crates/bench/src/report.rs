@@ -139,13 +139,19 @@ impl BenchReport {
         self.presets.iter().find(|p| p.preset == preset)
     }
 
-    /// Fills every preset's ratios to the baseline (the first preset if the baseline is absent).
+    /// Fills every preset's ratios to the baseline. A baseline that is not among the presets
+    /// becomes the first preset, and the report names it: `--presets bf16,bf16-sr` under the
+    /// default baseline `autocast` gives ratios to `bf16`, said so.
     pub fn compute_ratios(&mut self) {
-        let baseline = self
-            .preset(&self.baseline)
-            .or(self.presets.first())
-            .map(PresetResult::ratio_figures);
-        let Some(baseline) = baseline else { return };
+        let Some(first) = self.presets.first() else {
+            return;
+        };
+        if self.preset(&self.baseline).is_none() {
+            self.baseline = first.preset.clone();
+        }
+        let Some(baseline) = self.preset(&self.baseline).map(PresetResult::ratio_figures) else {
+            return;
+        };
         for preset in &mut self.presets {
             preset.ratios = preset
                 .ratio_figures()
@@ -378,4 +384,65 @@ pub(crate) fn write_json_and_markdown<T: Serialize>(
     std::fs::write(&json, text + "\n")?;
     std::fs::write(&md, markdown)?;
     Ok((json, md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preset(name: &str, step_ms: f64) -> PresetResult {
+        PresetResult {
+            preset: name.into(),
+            step_time_ms: Spread::of(&[step_ms]).unwrap(),
+            tokens_per_sec: 1000.0 / step_ms,
+            achieved_gflops: 1.0,
+            mfu: 0.5,
+            val_loss: 4.0,
+            memory: MemoryResult::default(),
+            distribution: Vec::new(),
+            losses: Vec::new(),
+            ratios: BTreeMap::new(),
+        }
+    }
+
+    fn report(baseline: &str, presets: Vec<PresetResult>) -> BenchReport {
+        BenchReport {
+            command: "cargo xtask bench".into(),
+            backend: "flex".into(),
+            machine: "test machine".into(),
+            model: ModelInfo {
+                size: "tiny".into(),
+                params: 1,
+                vocab_size: 1,
+                tokens_per_step: 1,
+                seq_len: 1,
+                flops_per_token: 1,
+            },
+            warmup_steps: 1,
+            timed_steps: 1,
+            baseline: baseline.into(),
+            peak: Peak::stated(1.0),
+            bf16_peak: None,
+            presets,
+            matmuls: Vec::new(),
+            figures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_the_baseline_or_to_the_first_preset_named_as_such() {
+        let mut present = report("bf16", vec![preset("fp32", 300.0), preset("bf16", 100.0)]);
+        present.compute_ratios();
+        assert_eq!(present.baseline, "bf16");
+        assert_eq!(present.presets[0].ratios["step_time"], 3.0);
+
+        let mut absent = report(
+            "autocast",
+            vec![preset("bf16", 200.0), preset("bf16-sr", 100.0)],
+        );
+        absent.compute_ratios();
+        assert_eq!(absent.baseline, "bf16");
+        assert_eq!(absent.presets[1].ratios["step_time"], 0.5);
+        assert!(absent.to_markdown().contains("Ratios are to `bf16`."));
+    }
 }

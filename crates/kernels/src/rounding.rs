@@ -442,7 +442,14 @@ mod tests {
     /// first index and over a ragged length.
     #[test]
     fn drawn_blocks_of_bits_are_each_element_s_bits() {
-        let cases = [(0u64, 1usize), (1, 2), (2, 9), (3, 1023), (6, 4), (1 << 40, 2500)];
+        let cases = [
+            (0u64, 1usize),
+            (1, 2),
+            (2, 9),
+            (3, 1023),
+            (6, 4),
+            (1 << 40, 2500),
+        ];
         for (first, len) in cases {
             let mut bits = vec![0u16; len];
             fill_random_bits(99, first, &mut bits);
@@ -461,11 +468,16 @@ mod tests {
         let key = rounding_key(&[5]);
         for (a, b) in [(0, 1), (1, 2), (2, 3), (0, 3)] {
             let centred = |q: u64, g: u64| random_bits(key, 4 * g + q) as f64 / 65536.0 - 0.5;
-            let covariance: f64 = (0..GROUPS).map(|g| centred(a, g) * centred(b, g)).sum::<f64>();
+            let covariance: f64 = (0..GROUPS)
+                .map(|g| centred(a, g) * centred(b, g))
+                .sum::<f64>();
             // Each centred draw has variance 1/12, so the correlation's standard error is 1/√n.
             let correlation = covariance / GROUPS as f64 * 12.0;
             let bound = 5.0 / (GROUPS as f64).sqrt();
-            assert!(correlation.abs() < bound, "quarters {a} and {b}: {correlation}");
+            assert!(
+                correlation.abs() < bound,
+                "quarters {a} and {b}: {correlation}"
+            );
         }
     }
 }

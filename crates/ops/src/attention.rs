@@ -37,13 +37,27 @@ pub fn host_kernels(device: &Device) -> bool {
 /// On flex with bf16 operands it is written out so that both products run as native bf16
 /// GEMMs ([`matmul`]) around a fused causal softmax (fp32 inside, one pass per row each way);
 /// Burn's `attention` would widen the products to fp32, and under autodiff falls back to
-/// unfused ops anyway. Elsewhere (libtorch's SDPA, fp32) it is Burn's `attention` when
-/// `Tq = Tk`; with fewer queries than keys the mask is explicit, because backends align
-/// `is_causal` differently (libtorch from the top-left, flex from the bottom-right).
+/// unfused ops anyway. Elsewhere, when `Tq = Tk`, it is one fused kernel where the backend
+/// has one with its own backward ([`KernelBackend::causal_attention`]: libtorch's SDPA, flash
+/// attention on a GPU, where Burn's autodiff would keep the `T × T` scores of a dozen unfused
+/// ops), else Burn's `attention`; with fewer queries than keys the mask is explicit, because
+/// backends align `is_causal` differently (libtorch from the top-left, flex from the
+/// bottom-right).
 pub fn causal_attention(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>) -> Tensor<4> {
     let fused = query.dtype() == DType::BF16 && runs_kernels(&query.device());
     let (queries, keys) = (query.dims()[2], key.dims()[2]);
     if !fused && queries == keys {
+        // One kernel with its own backward where the backend has it (libtorch: no T × T
+        // scores kept for the backward); Burn's attention otherwise.
+        let attended = <Dispatch as KernelBackend>::causal_attention(
+            query.clone().into_dispatch(),
+            key.clone().into_dispatch(),
+            value.clone().into_dispatch(),
+            false,
+        );
+        if let Some((output, _)) = attended {
+            return Tensor::from_dispatch(output);
+        }
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,

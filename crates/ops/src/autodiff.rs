@@ -8,6 +8,8 @@
 //! - RMSNorm: the state is the input and one fp32 statistic per row, not fp32 copies of the
 //!   activations.
 //! - causal softmax: the state is the fp32 probabilities; the backward is one pass per row.
+//! - causal attention (libtorch): the state is what the inner backend's fused kernel keeps for
+//!   its own backward (libtorch's graph of `scaled_dot_product_attention`), not the scores.
 //! - rotary: the state is the tables; the gradient is the inverse rotation.
 //! - ReLU²: the state is the input; one pass each way.
 //! - attached gradients: a loss computed outside autodiff hands the gradients computed with
@@ -69,6 +71,46 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
             }
             OpsKind::UnTracked(prep) => {
                 Some(prep.finish(B::causal_softmax(scores.into_primitive(), scale)?))
+            }
+        }
+    }
+
+    fn causal_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        _with_backward: bool,
+    ) -> Option<(
+        FloatTensor<Self>,
+        Option<(
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+        )>,
+    )> {
+        match CausalAttentionBackward
+            .prepare::<C>([query.node(), key.node(), value.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (
+                    query.into_primitive(),
+                    key.into_primitive(),
+                    value.into_primitive(),
+                );
+                let (output, saved) = B::causal_attention(q, k, v, true)?;
+                Some((prep.finish(saved?, output), None))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (q, k, v) = (
+                    query.into_primitive(),
+                    key.into_primitive(),
+                    value.into_primitive(),
+                );
+                let (output, _) = B::causal_attention(q, k, v, false)?;
+                Some((prep.finish(output), None))
             }
         }
     }
@@ -216,6 +258,32 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for CausalSoftmaxBackward {
         one_input_backward::<B, _>(ops, grads, |probs, grad| {
             B::causal_softmax_backward(probs, grad, self.scale).expect(FUSED_FORWARD)
         });
+    }
+}
+
+/// The backward step of [`KernelBackend::causal_attention`]: the inner backend's own.
+#[derive(Debug)]
+struct CausalAttentionBackward;
+
+impl<B: Backend + KernelBackend> Backward<B, 3> for CausalAttentionBackward {
+    /// What the forward saved for its backward: query, key, value and output.
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (q, k, v, output) = ops.state;
+        let (grad_q, grad_k, grad_v) =
+            B::causal_attention_backward(q, k, v, output, grad).expect(FUSED_FORWARD);
+        for (node, grad) in ops.parents.into_iter().zip([grad_q, grad_k, grad_v]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
     }
 }
 

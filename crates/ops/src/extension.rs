@@ -117,6 +117,45 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// Causal self-attention `softmax(q·kᵀ/√d + mask)·v` over `[B, H, T, d]` queries, keys
+    /// and values of one length `T`, as one kernel with a backward of its own (libtorch's
+    /// `scaled_dot_product_attention`: flash attention on a GPU, which keeps no `T × T` scores
+    /// for the backward). With `with_backward`, also what [`causal_attention_backward`]
+    /// needs, opaque to the caller: `(q, k, v, output)` as that backward's own handles (under
+    /// `Autodiff` the flag is ignored: whether the inputs are tracked decides). `None` where
+    /// the backend has no such kernel (the caller composes attention from Burn's ops).
+    ///
+    /// [`causal_attention_backward`]: Self::causal_attention_backward
+    #[allow(clippy::type_complexity)]
+    fn causal_attention(
+        _query: FloatTensor<Self>,
+        _key: FloatTensor<Self>,
+        _value: FloatTensor<Self>,
+        _with_backward: bool,
+    ) -> Option<(
+        FloatTensor<Self>,
+        Option<(
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+        )>,
+    )> {
+        None
+    }
+
+    /// The gradients of [`causal_attention`](Self::causal_attention)'s query, key and value
+    /// from what its forward saved and the output's gradient.
+    fn causal_attention_backward(
+        _query: FloatTensor<Self>,
+        _key: FloatTensor<Self>,
+        _value: FloatTensor<Self>,
+        _output: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
+        None
+    }
+
     /// Rotary embeddings of `x` `[batch, positions, heads, head_dim]` (half-split) with the
     /// tables `cos` and `sin` `[1, positions, 1, head_dim / 2]`, all one dtype; `inverse`
     /// rotates back (the gradient). `None` where the backend has no fused kernel (the caller

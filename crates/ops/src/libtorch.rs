@@ -52,6 +52,58 @@ impl KernelBackend for LibTorch {
         bf16_matmul(&lhs, &rhs).unwrap_or_else(|| LibTorch::float_matmul(lhs, rhs))
     }
 
+    fn causal_attention(
+        query: TchTensor,
+        key: TchTensor,
+        value: TchTensor,
+        with_backward: bool,
+    ) -> Option<(
+        TchTensor,
+        Option<(TchTensor, TchTensor, TchTensor, TchTensor)>,
+    )> {
+        let attend = |q: &tch::Tensor, k: &tch::Tensor, v: &tch::Tensor| {
+            let no_mask = None::<tch::Tensor>;
+            tch::Tensor::scaled_dot_product_attention(q, k, v, no_mask, 0.0, true, None, false)
+        };
+        if !with_backward {
+            let output = tch::no_grad(|| attend(&query.tensor, &key.tensor, &value.tensor));
+            return Some((TchTensor::new(output), None));
+        }
+        // libtorch's autograd records the kernel and what its backward needs: the inputs as
+        // leaves that require a gradient, the output attached to them. Burn gets the output
+        // detached, so nothing after this op enters libtorch's graph. Every handle shares its
+        // buffer's `Storage` with Burn's, so that Burn never updates a buffer in place that
+        // the backward still reads (libtorch would refuse the modified saved tensor).
+        let leaf = |t: &TchTensor| {
+            let leaf = t.tensor.detach().set_requires_grad(true);
+            TchTensor::from_existing(leaf, t.storage.clone())
+        };
+        let (q, k, v) = (leaf(&query), leaf(&key), leaf(&value));
+        let attached = tch::with_grad(|| attend(&q.tensor, &k.tensor, &v.tensor));
+        let output = TchTensor::new(attached.detach());
+        let attached = TchTensor::from_existing(attached, output.storage.clone());
+        Some((output, Some((q, k, v, attached))))
+    }
+
+    fn causal_attention_backward(
+        query: TchTensor,
+        key: TchTensor,
+        value: TchTensor,
+        output: TchTensor,
+        grad: TchTensor,
+    ) -> Option<(TchTensor, TchTensor, TchTensor)> {
+        // The vector-Jacobian product through libtorch's graph: the gradient of
+        // `Σ output ⊙ grad` (with `grad` a constant) is exactly `grad` at the output.
+        let inputs = [&query.tensor, &key.tensor, &value.tensor];
+        let mut grads = tch::with_grad(|| {
+            let surrogate = (&output.tensor * grad.tensor.detach()).sum(None::<Kind>);
+            tch::Tensor::run_backward(&[surrogate], &inputs, false, false)
+        })
+        .into_iter()
+        .map(TchTensor::new);
+        Some((grads.next()?, grads.next()?, grads.next()?))
+    }
+
     fn round_stochastic(values: TchTensor, key: u64) -> Option<TchTensor> {
         let values = on_cpu(&values, Kind::Float)?;
         let rounded = tch::Tensor::empty(values.size(), (Kind::BFloat16, Device::Cpu));
