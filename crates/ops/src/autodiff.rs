@@ -89,26 +89,21 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
             FloatTensor<Self>,
         )>,
     )> {
-        match CausalAttentionBackward
+        let prepared = CausalAttentionBackward
             .prepare::<C>([query.node(), key.node(), value.node()])
             .compute_bound()
-            .stateful()
-        {
+            .stateful();
+        let (q, k, v) = (
+            query.into_primitive(),
+            key.into_primitive(),
+            value.into_primitive(),
+        );
+        match prepared {
             OpsKind::Tracked(prep) => {
-                let (q, k, v) = (
-                    query.into_primitive(),
-                    key.into_primitive(),
-                    value.into_primitive(),
-                );
                 let (output, saved) = B::causal_attention(q, k, v, true)?;
                 Some((prep.finish(saved?, output), None))
             }
             OpsKind::UnTracked(prep) => {
-                let (q, k, v) = (
-                    query.into_primitive(),
-                    key.into_primitive(),
-                    value.into_primitive(),
-                );
                 let (output, _) = B::causal_attention(q, k, v, false)?;
                 Some((prep.finish(output), None))
             }

@@ -199,27 +199,28 @@ fn attention_and_gradients([q, k, v]: &[Tensor<4>; 3], ours: bool) -> [Vec<f32>;
     [values(y), grad(&q), grad(&k), grad(&v)]
 }
 
-/// Each of output, grad q, grad k and grad v within `tolerance` of the reference's.
-fn assert_attention_agrees(ours: &[Vec<f32>; 4], reference: &[Vec<f32>; 4], tolerance: f64) {
+/// Output, grad q, grad k and grad v of [`causal_attention`] on `dtype` inputs each within
+/// `tolerance` (relative to the scale) of [`attention_reference`]'s.
+fn assert_attention_agrees(dtype: FloatDType, tolerance: f64) {
+    let inputs = attention_inputs(dtype);
+    let ours = attention_and_gradients(&inputs, true);
+    let reference = attention_and_gradients(&inputs, false);
     for (name, (o, r)) in ["output", "grad q", "grad k", "grad v"]
         .iter()
-        .zip(ours.iter().zip(reference))
+        .zip(ours.iter().zip(&reference))
     {
         let error = relative_error(o, r);
-        assert!(error <= tolerance, "{name}: {error:e}");
+        assert!(error <= tolerance, "{dtype:?} {name}: {error:e}");
     }
 }
 
 #[test]
 fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
-    let inputs = attention_inputs(FloatDType::BF16);
-    let ours = attention_and_gradients(&inputs, true);
-    let reference = attention_and_gradients(&inputs, false);
     // bf16 scores, probabilities and outputs each round to 8 bits: measured 4.8e-3 (output) to
     // 1.1e-2 (grad q) of the scale on flex; libtorch's fused SDPA with its own backward 2.9e-3
     // to 7.3e-3 (Burn's unfused attention there measured up to 2.5e-2). The dtype assertions
     // keep an fp32 path out.
-    assert_attention_agrees(&ours, &reference, 3e-2);
+    assert_attention_agrees(FloatDType::BF16, 3e-2);
 }
 
 /// In fp32 the fused attention (libtorch's SDPA and its own backward on tch; Burn's attention
@@ -227,10 +228,7 @@ fn causal_attention_and_its_gradients_match_fp32_ops_to_bf16_rounding() {
 /// scale on tch (grad q), 6.3e-7 on flex.
 #[test]
 fn causal_attention_and_its_gradients_in_fp32_match_burns_ops() {
-    let inputs = attention_inputs(FloatDType::F32);
-    let ours = attention_and_gradients(&inputs, true);
-    let reference = attention_and_gradients(&inputs, false);
-    assert_attention_agrees(&ours, &reference, 1e-5);
+    assert_attention_agrees(FloatDType::F32, 1e-5);
 }
 
 /// Fewer queries than keys (a generation step after cached positions): the queries are the
