@@ -143,15 +143,11 @@ impl BenchReport {
     /// becomes the first preset, and the report names it: `--presets bf16,bf16-sr` under the
     /// default baseline `autocast` gives ratios to `bf16`, said so.
     pub fn compute_ratios(&mut self) {
-        let Some(first) = self.presets.first() else {
+        let Some(base) = self.preset(&self.baseline).or(self.presets.first()) else {
             return;
         };
-        if self.preset(&self.baseline).is_none() {
-            self.baseline = first.preset.clone();
-        }
-        let Some(baseline) = self.preset(&self.baseline).map(PresetResult::ratio_figures) else {
-            return;
-        };
+        let baseline = base.ratio_figures();
+        self.baseline = base.preset.clone();
         for preset in &mut self.presets {
             preset.ratios = preset
                 .ratio_figures()

@@ -466,7 +466,7 @@ mod tests {
     fn elements_sharing_a_hash_draw_uncorrelated_bits() {
         const GROUPS: u64 = 100_000;
         let key = rounding_key(&[5]);
-        for (a, b) in [(0, 1), (1, 2), (2, 3), (0, 3)] {
+        for (a, b) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)] {
             let centred = |q: u64, g: u64| random_bits(key, 4 * g + q) as f64 / 65536.0 - 0.5;
             let covariance: f64 = (0..GROUPS)
                 .map(|g| centred(a, g) * centred(b, g))

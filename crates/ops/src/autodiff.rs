@@ -23,7 +23,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, FloatDType, TensorMetadata};
 use burn::tensor::Shape;
 
-use crate::extension::KernelBackend;
+use crate::extension::{KernelBackend, SavedAttention};
 
 impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -80,15 +80,7 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         key: FloatTensor<Self>,
         value: FloatTensor<Self>,
         _with_backward: bool,
-    ) -> Option<(
-        FloatTensor<Self>,
-        Option<(
-            FloatTensor<Self>,
-            FloatTensor<Self>,
-            FloatTensor<Self>,
-            FloatTensor<Self>,
-        )>,
-    )> {
+    ) -> Option<(FloatTensor<Self>, Option<SavedAttention<Self>>)> {
         let prepared = CausalAttentionBackward
             .prepare::<C>([query.node(), key.node(), value.node()])
             .compute_bound()
@@ -261,13 +253,8 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for CausalSoftmaxBackward {
 struct CausalAttentionBackward;
 
 impl<B: Backend + KernelBackend> Backward<B, 3> for CausalAttentionBackward {
-    /// What the forward saved for its backward: query, key, value and output.
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-    );
+    /// What the forward saved for its backward.
+    type State = SavedAttention<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);

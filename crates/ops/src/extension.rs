@@ -8,6 +8,16 @@ use brainfloat_kernels::AdamStep;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata, backend_extension};
 
+/// What [`KernelBackend::causal_attention`] keeps for its backward: query, key, value and
+/// output as the backend's own handles. (The trait spells the tuple out: the extension macro
+/// reads its signatures as written.)
+pub(crate) type SavedAttention<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+);
+
 /// brainfloat's ops as a Burn backend extension. Flex runs the kernels (`crate::flex`);
 /// libtorch on the CPU runs the optimizer's kernels and the fused loss on its own buffers
 /// (`crate::libtorch`) and keeps its ops for the rest; every other backend uses the default

@@ -25,7 +25,7 @@ use burn::backend::libtorch::{LibTorch, TchTensor};
 use burn::backend::ops::FloatTensorOps;
 use tch::{Device, Kind};
 
-use crate::extension::KernelBackend;
+use crate::extension::{KernelBackend, SavedAttention};
 
 /// `$body` with the type `$T` bound to the element type of `$kind`, one that [`kernel_kind`]
 /// returned: bf16 or fp32 (flex's `with_elem!` for libtorch's kinds).
@@ -57,10 +57,7 @@ impl KernelBackend for LibTorch {
         key: TchTensor,
         value: TchTensor,
         with_backward: bool,
-    ) -> Option<(
-        TchTensor,
-        Option<(TchTensor, TchTensor, TchTensor, TchTensor)>,
-    )> {
+    ) -> Option<(TchTensor, Option<SavedAttention<Self>>)> {
         let attend = |q: &tch::Tensor, k: &tch::Tensor, v: &tch::Tensor| {
             let no_mask = None::<tch::Tensor>;
             tch::Tensor::scaled_dot_product_attention(q, k, v, no_mask, 0.0, true, None, false)
