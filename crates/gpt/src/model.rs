@@ -11,7 +11,6 @@ use brainfloat_precision::{
 };
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::GptConfig;
@@ -83,17 +82,7 @@ impl Rotary {
     /// Rotates `x` `[B, T, H, head_dim]`: with `x = [x1, x2]` split in halves,
     /// `y = [x1·cos + x2·sin, −x1·sin + x2·cos]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        if let Some(rotated) = brainfloat_ops::rotary(x.clone(), self.cos.clone(), self.sin.clone())
-        {
-            return rotated; // fused, where the backend has the kernel (flex)
-        }
-        let [b, t, h, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..half]);
-        let x2 = x.slice([0..b, 0..t, 0..h, half..d]);
-        let y1 = x1.clone() * self.cos.clone() + x2.clone() * self.sin.clone();
-        let y2 = x1 * self.sin.clone().neg() + x2 * self.cos.clone();
-        Tensor::cat(vec![y1, y2], 3)
+        brainfloat_ops::rotary(x, self.cos.clone(), self.sin.clone())
     }
 }
 
@@ -204,8 +193,7 @@ impl Mlp {
     /// `x` `[B, T, C]` → `[B, T, C]`.
     pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
         let up = self.c_fc.forward_under(x, policy);
-        // Fused where the backend has the kernel (flex).
-        let hidden = brainfloat_ops::relu_square(up.clone()).unwrap_or_else(|| relu(up).square());
+        let hidden = brainfloat_ops::relu_square(up);
         self.c_proj.forward_under(hidden, policy)
     }
 }
@@ -622,6 +610,18 @@ impl Batch {
         seq_len: usize,
         device: &Device,
     ) -> Result<Self, GptError> {
+        let mut batches = Self::from_windows(&[window], batch_size, seq_len, device)?;
+        Ok(batches.pop().expect("one batch per window"))
+    }
+
+    /// A batch per window ([`from_window`](Self::from_window)), all of them sent to the
+    /// device in one copy: a step's micro-batches, with no transfer between its micro-steps.
+    pub fn from_windows<T: Copy + Into<u32>>(
+        windows: &[&[T]],
+        batch_size: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> Result<Vec<Self>, GptError> {
         if batch_size == 0 || seq_len == 0 {
             return Err(GptError::InvalidBatch {
                 reason: format!(
@@ -630,7 +630,7 @@ impl Batch {
             });
         }
         let needed = batch_size * seq_len + 1;
-        if window.len() != needed {
+        if let Some(window) = windows.iter().find(|w| w.len() != needed) {
             return Err(GptError::InvalidBatch {
                 reason: format!(
                     "a window for {batch_size} sequences of {seq_len} tokens holds {needed} \
@@ -639,18 +639,27 @@ impl Batch {
                 ),
             });
         }
-        let ids: Vec<u32> = window.iter().map(|&t| t.into()).collect();
+        let ids: Vec<i32> = windows
+            .iter()
+            .flat_map(|w| w.iter().map(|&t| t.into() as i32))
+            .collect();
+        let all =
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [windows.len(), needed]), device);
         let n = needed - 1;
-        let max_token = ids.iter().copied().max().unwrap_or(0);
-        let tensor = |slice: &[u32]| {
-            let data: Vec<i32> = slice.iter().map(|&t| t as i32).collect();
-            Tensor::<2, Int>::from_data(TensorData::new(data, [batch_size, seq_len]), device)
-        };
-        Ok(Self {
-            inputs: tensor(&ids[..n]),
-            targets: tensor(&ids[1..]),
-            max_token,
-        })
+        let batches = windows.iter().enumerate().map(|(i, window)| {
+            let row = all.clone().narrow(0, i, 1).reshape([needed]);
+            let rows = |start: usize| {
+                row.clone()
+                    .narrow(0, start, n)
+                    .reshape([batch_size, seq_len])
+            };
+            Self {
+                inputs: rows(0),
+                targets: rows(1),
+                max_token: window.iter().map(|&t| t.into()).max().unwrap_or(0),
+            }
+        });
+        Ok(batches.collect())
     }
 
     /// Input token ids `[B, T]`.

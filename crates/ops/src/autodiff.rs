@@ -8,19 +8,22 @@
 //! - RMSNorm: the state is the input and one fp32 statistic per row, not fp32 copies of the
 //!   activations.
 //! - causal softmax: the state is the fp32 probabilities; the backward is one pass per row.
-//! - causal attention (libtorch): the state is what the inner backend's fused kernel keeps for
-//!   its own backward (libtorch's graph of `scaled_dot_product_attention`), not the scores.
+//! - causal attention: the state is what the inner backend's forward keeps for its own
+//!   backward (libtorch's graph of `scaled_dot_product_attention`; elsewhere the fp32
+//!   probabilities), not Burn's graph of a dozen ops.
 //! - rotary: the state is the tables; the gradient is the inverse rotation.
 //! - ReLU²: the state is the input; one pass each way.
 //! - attached gradients: a loss computed outside autodiff hands the gradients computed with
 //!   it to the tensors it came from, with no surrogate products in the graph.
+//! - values (the loss, the optimizer's kernels, fp32 sums): run by the inner backend, untracked.
 
+use brainfloat_kernels::AdamStep;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, FloatDType, TensorMetadata};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, FloatDType, TensorMetadata};
 use burn::tensor::Shape;
 
 use crate::extension::{KernelBackend, SavedAttention};
@@ -58,7 +61,7 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         }
     }
 
-    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> Option<FloatTensor<Self>> {
+    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         let backward = CausalSoftmaxBackward { scale };
         match backward
             .prepare::<C>([scores.node()])
@@ -66,11 +69,11 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (probs, exact) = B::causal_softmax_with_probs(scores.into_primitive(), scale)?;
-                Some(prep.finish(exact, probs))
+                let (probs, exact) = B::causal_softmax_with_probs(scores.into_primitive(), scale);
+                prep.finish(exact, probs)
             }
             OpsKind::UnTracked(prep) => {
-                Some(prep.finish(B::causal_softmax(scores.into_primitive(), scale)?))
+                prep.finish(B::causal_softmax(scores.into_primitive(), scale))
             }
         }
     }
@@ -80,7 +83,7 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         key: FloatTensor<Self>,
         value: FloatTensor<Self>,
         _with_backward: bool,
-    ) -> Option<(FloatTensor<Self>, Option<SavedAttention<Self>>)> {
+    ) -> (FloatTensor<Self>, Option<SavedAttention<Self>>) {
         let prepared = CausalAttentionBackward
             .prepare::<C>([query.node(), key.node(), value.node()])
             .compute_bound()
@@ -92,12 +95,13 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         );
         match prepared {
             OpsKind::Tracked(prep) => {
-                let (output, saved) = B::causal_attention(q, k, v, true)?;
-                Some((prep.finish(saved?, output), None))
+                let (output, saved) = B::causal_attention(q, k, v, true);
+                let saved = saved.expect("asked for what the backward needs");
+                (prep.finish(saved, output), None)
             }
             OpsKind::UnTracked(prep) => {
-                let (output, _) = B::causal_attention(q, k, v, false)?;
-                Some((prep.finish(output), None))
+                let (output, _) = B::causal_attention(q, k, v, false);
+                (prep.finish(output), None)
             }
         }
     }
@@ -107,7 +111,7 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
         inverse: bool,
-    ) -> Option<FloatTensor<Self>> {
+    ) -> FloatTensor<Self> {
         // The tables are constants: only `x` gets a gradient.
         let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
         match (RotaryBackward { inverse })
@@ -116,11 +120,11 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::rotary(x.into_primitive(), cos.clone(), sin.clone(), inverse)?;
-                Some(prep.finish((cos, sin), y))
+                let y = B::rotary(x.into_primitive(), cos.clone(), sin.clone(), inverse);
+                prep.finish((cos, sin), y)
             }
             OpsKind::UnTracked(prep) => {
-                Some(prep.finish(B::rotary(x.into_primitive(), cos, sin, inverse)?))
+                prep.finish(B::rotary(x.into_primitive(), cos, sin, inverse))
             }
         }
     }
@@ -141,7 +145,7 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         }
     }
 
-    fn relu_square(x: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+    fn relu_square(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match ReluSquareBackward
             .prepare::<C>([x.node()])
             .compute_bound()
@@ -149,11 +153,91 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
-                let y = B::relu_square(x.clone())?;
-                Some(prep.finish(x, y))
+                let y = B::relu_square(x.clone());
+                prep.finish(x, y)
             }
-            OpsKind::UnTracked(prep) => Some(prep.finish(B::relu_square(x.into_primitive())?)),
+            OpsKind::UnTracked(prep) => prep.finish(B::relu_square(x.into_primitive())),
         }
+    }
+
+    // The ops below work on values outside autodiff: the inner backend runs them (its kernel
+    // where it has one) and the results are untracked.
+
+    fn accumulate_f32(sum: FloatTensor<Self>, part: FloatTensor<Self>) -> FloatTensor<Self> {
+        value::<B, C>(B::accumulate_f32(inner::<B, C>(sum), inner::<B, C>(part)))
+    }
+
+    fn widen_f32(part: FloatTensor<Self>) -> FloatTensor<Self> {
+        value::<B, C>(B::widen_f32(inner::<B, C>(part)))
+    }
+
+    fn softcapped_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        cap: Option<f64>,
+        mean_over: usize,
+        with_grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (loss, grad) =
+            B::softcapped_cross_entropy(inner::<B, C>(logits), targets, cap, mean_over, with_grad);
+        (value::<B, C>(loss), grad.map(value::<B, C>))
+    }
+
+    fn adam_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let [param, grad, moment_1, moment_2] =
+            [param, grad, moment_1, moment_2].map(inner::<B, C>);
+        let (param, moment_1, moment_2, squares) =
+            B::adam_step(param, grad, moment_1, moment_2, step);
+        (
+            value::<B, C>(param),
+            value::<B, C>(moment_1),
+            value::<B, C>(moment_2),
+            value::<B, C>(squares),
+        )
+    }
+
+    fn round_stochastic(values: FloatTensor<Self>, key: u64) -> FloatTensor<Self> {
+        value::<B, C>(B::round_stochastic(inner::<B, C>(values), key))
+    }
+
+    fn stochastic_axpby(
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        a: f32,
+        b: f32,
+        key: u64,
+    ) -> FloatTensor<Self> {
+        value::<B, C>(B::stochastic_axpby(
+            inner::<B, C>(y),
+            inner::<B, C>(x),
+            a,
+            b,
+            key,
+        ))
+    }
+
+    fn kahan_add(
+        weight: FloatTensor<Self>,
+        compensation: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (weight, compensation) = B::kahan_add(
+            inner::<B, C>(weight),
+            inner::<B, C>(compensation),
+            inner::<B, C>(delta),
+        );
+        (value::<B, C>(weight), value::<B, C>(compensation))
     }
 
     fn rms_norm_with_stats(
@@ -170,6 +254,16 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
     ) -> FloatTensor<Self> {
         unreachable!("called by the backward pass on the inner backend only")
     }
+}
+
+/// The inner backend's tensor of a value outside autodiff.
+fn inner<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<Autodiff<B, C>>) -> FloatTensor<B> {
+    <Autodiff<B, C> as AutodiffBackend>::inner(tensor)
+}
+
+/// An inner backend's result as an untracked autodiff tensor.
+fn value<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
+    <Autodiff<B, C> as AutodiffBackend>::from_inner(tensor)
 }
 
 /// The backward step of [`KernelBackend::matmul`].
@@ -213,9 +307,6 @@ fn one_input_backward<B: Backend, S>(
     }
 }
 
-/// What a fused op's backward says when the inner backend lost its kernel between the passes.
-const FUSED_FORWARD: &str = "the forward pass ran the fused kernel on this backend";
-
 /// The backward step of [`KernelBackend::rms_norm`].
 #[derive(Debug)]
 struct RmsNormBackward;
@@ -243,7 +334,7 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for CausalSoftmaxBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         one_input_backward::<B, _>(ops, grads, |probs, grad| {
-            B::causal_softmax_backward(probs, grad, self.scale).expect(FUSED_FORWARD)
+            B::causal_softmax_backward(probs, grad, self.scale)
         });
     }
 }
@@ -258,9 +349,8 @@ impl<B: Backend + KernelBackend> Backward<B, 3> for CausalAttentionBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (q, k, v, output) = ops.state;
-        let (grad_q, grad_k, grad_v) =
-            B::causal_attention_backward(q, k, v, output, grad).expect(FUSED_FORWARD);
+        let (q, k, v, saved) = ops.state;
+        let (grad_q, grad_k, grad_v) = B::causal_attention_backward(q, k, v, saved, grad);
         for (node, grad) in ops.parents.into_iter().zip([grad_q, grad_k, grad_v]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -281,7 +371,7 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         one_input_backward::<B, _>(ops, grads, |(cos, sin), grad| {
-            B::rotary(grad, cos, sin, !self.inverse).expect(FUSED_FORWARD)
+            B::rotary(grad, cos, sin, !self.inverse)
         });
     }
 }
@@ -295,9 +385,7 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for ReluSquareBackward {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        one_input_backward::<B, _>(ops, grads, |x, grad| {
-            B::relu_square_backward(x, grad).expect(FUSED_FORWARD)
-        });
+        one_input_backward::<B, _>(ops, grads, |x, grad| B::relu_square_backward(x, grad));
     }
 }
 

@@ -6,11 +6,14 @@
 
 use brainfloat_kernels::AdamStep;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata, backend_extension};
+use burn::backend::{Backend, backend_extension};
 
-/// What [`KernelBackend::causal_attention`] keeps for its backward: query, key, value and
-/// output as the backend's own handles. (The trait spells the tuple out: the extension macro
-/// reads its signatures as written.)
+use crate::composed;
+
+/// What [`KernelBackend::causal_attention`] keeps for its backward: query, key and value, and
+/// one tensor of the backend's choosing (libtorch: its attached output; the composed op: the
+/// fp32 probabilities). (The trait spells the tuple out: the extension macro reads its
+/// signatures as written.)
 pub(crate) type SavedAttention<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
@@ -18,11 +21,14 @@ pub(crate) type SavedAttention<B> = (
     FloatTensor<B>,
 );
 
-/// brainfloat's ops as a Burn backend extension. Flex runs the kernels (`crate::flex`);
-/// libtorch on the CPU runs the optimizer's kernels and the fused loss on its own buffers
-/// (`crate::libtorch`) and keeps its ops for the rest; every other backend uses the default
-/// bodies, written with Burn's own ops; `Autodiff` adds the hand-written backward passes
-/// ([`crate::autodiff`]).
+/// brainfloat's ops as a Burn backend extension: one method per op, each returning its result
+/// on every backend. The default bodies are the ops written with Burn's own ops
+/// ([`crate::composed`]); a backend overrides an op where it has a kernel for it and falls back
+/// to the composed op for what its kernel does not cover (a dtype, a device). Flex runs
+/// brainfloat's kernels (`crate::flex`); libtorch runs its fused attention everywhere and, on
+/// the CPU, the optimizer's kernels and the fused loss on its own buffers (`crate::libtorch`);
+/// `Autodiff` adds the hand-written backward passes and hands value-only ops to the inner
+/// backend ([`crate::autodiff`]).
 #[backend_extension(
     Flex,
     Autodiff,
@@ -46,15 +52,7 @@ pub trait KernelBackend: Backend {
         x: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dtype, last) = (FloatDType::from(x.dtype()), x.rank() - 1);
-        let x = Self::float_cast(x, FloatDType::F32);
-        let mean_square = Self::float_mean_dim(Self::float_mul(x.clone(), x.clone()), last);
-        let inv_rms = Self::float_recip(Self::float_sqrt(Self::float_add_scalar(
-            mean_square,
-            Scalar::from(eps),
-        )));
-        let y = Self::float_cast(Self::float_mul(x, inv_rms.clone()), dtype);
-        (y, inv_rms)
+        composed::rms_norm_with_stats::<Self>(x, eps)
     }
 
     /// The gradient of [`rms_norm`](Self::rms_norm) with respect to `x`, from `x`, its saved
@@ -64,14 +62,7 @@ pub trait KernelBackend: Backend {
         inv_rms: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let (dtype, last) = (FloatDType::from(x.dtype()), x.rank() - 1);
-        let x = Self::float_cast(x, FloatDType::F32);
-        let grad = Self::float_cast(grad, FloatDType::F32);
-        let mean_dot = Self::float_mean_dim(Self::float_mul(x.clone(), grad.clone()), last);
-        let coefficient =
-            Self::float_mul(Self::float_mul(inv_rms.clone(), inv_rms.clone()), mean_dot);
-        let dx = Self::float_sub(grad, Self::float_mul(x, coefficient));
-        Self::float_cast(Self::float_mul(dx, inv_rms), dtype)
+        composed::rms_norm_backward::<Self>(x, inv_rms, grad)
     }
 
     /// `loss` with `grad` attached as the gradient of `tracked`: the value of `loss`, whose
@@ -86,63 +77,58 @@ pub trait KernelBackend: Backend {
     }
 
     /// `sum + part` in fp32: partial results of any float dtype added up without rounding
-    /// (`sum` is fp32). `None` where the backend has no fused kernel (the caller casts and adds
-    /// with Burn's ops).
-    fn accumulate_f32(
-        _sum: FloatTensor<Self>,
-        _part: FloatTensor<Self>,
-    ) -> Option<FloatTensor<Self>> {
-        None
+    /// (`sum` is fp32), in place where the backend can. Outside autodiff (values).
+    fn accumulate_f32(sum: FloatTensor<Self>, part: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::accumulate_f32::<Self>(sum, part)
     }
 
     /// `part` widened to fp32, the first term of [`accumulate_f32`](Self::accumulate_f32).
-    fn widen_f32(_part: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
-        None
+    fn widen_f32(part: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::to_f32::<Self>(part)
     }
 
     /// `softmax(scale · scores)` over the last dimension of `scores` `[.., queries, keys]` with
     /// the causal mask (query `i` sees keys up to `i + keys − queries`), fp32 inside, in the
-    /// scores' dtype. `None` where the backend has no fused kernel (the caller composes it from
-    /// Burn's ops).
-    fn causal_softmax(_scores: FloatTensor<Self>, _scale: f64) -> Option<FloatTensor<Self>> {
-        None
+    /// scores' dtype.
+    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        composed::causal_softmax::<Self>(scores, scale)
     }
 
     /// [`causal_softmax`](Self::causal_softmax) and the same probabilities in fp32, which its
     /// backward needs.
     fn causal_softmax_with_probs(
-        _scores: FloatTensor<Self>,
-        _scale: f64,
-    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        None
+        scores: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::causal_softmax_with_probs::<Self>(scores, scale)
     }
 
     /// The gradient of [`causal_softmax`](Self::causal_softmax)'s input from its fp32
-    /// probabilities and its output's gradient: `scale · P ⊙ (dP − Σ_j dP_j·P_j)`.
+    /// probabilities and its output's gradient: `scale · P ⊙ (dP − Σ_j dP_j·P_j)`, in the
+    /// gradient's dtype.
     fn causal_softmax_backward(
-        _probs: FloatTensor<Self>,
-        _grad: FloatTensor<Self>,
-        _scale: f64,
-    ) -> Option<FloatTensor<Self>> {
-        None
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed::causal_softmax_backward::<Self>(probs, grad, scale)
     }
 
-    /// Causal self-attention `softmax(q·kᵀ/√d + mask)·v` over `[B, H, T, d]` queries, keys
-    /// and values of one length `T`, as one kernel with a backward of its own (libtorch's
-    /// `scaled_dot_product_attention`: flash attention on a GPU, which keeps no `T × T` scores
-    /// for the backward). With `with_backward`, also what [`causal_attention_backward`]
-    /// needs, opaque to the caller: `(q, k, v, output)` as that backward's own handles (under
-    /// `Autodiff` the flag is ignored: whether the inputs are tracked decides). `None` where
-    /// the backend has no such kernel (the caller composes attention from Burn's ops).
+    /// Causal self-attention `softmax(q·kᵀ/√d + mask)·v` over `[B, H, Tq, d]` queries and
+    /// `[B, H, Tk, d]` keys and values, the queries aligned with the last keys (query `i` sees
+    /// keys up to `i + Tk − Tq`), with a backward of its own: no graph of Burn's unfused ops
+    /// and their `T × T` temporaries kept. With `with_backward`, also what
+    /// [`causal_attention_backward`] needs, opaque to the caller (under `Autodiff` the flag
+    /// is ignored: whether the inputs are tracked decides).
     ///
     /// [`causal_attention_backward`]: Self::causal_attention_backward
     #[allow(clippy::type_complexity)]
     fn causal_attention(
-        _query: FloatTensor<Self>,
-        _key: FloatTensor<Self>,
-        _value: FloatTensor<Self>,
-        _with_backward: bool,
-    ) -> Option<(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        with_backward: bool,
+    ) -> (
         FloatTensor<Self>,
         Option<(
             FloatTensor<Self>,
@@ -150,115 +136,105 @@ pub trait KernelBackend: Backend {
             FloatTensor<Self>,
             FloatTensor<Self>,
         )>,
-    )> {
-        None
+    ) {
+        composed::causal_attention::<Self>(query, key, value, with_backward)
     }
 
     /// The gradients of [`causal_attention`](Self::causal_attention)'s query, key and value
     /// from what its forward saved and the output's gradient.
     fn causal_attention_backward(
-        _query: FloatTensor<Self>,
-        _key: FloatTensor<Self>,
-        _value: FloatTensor<Self>,
-        _output: FloatTensor<Self>,
-        _grad: FloatTensor<Self>,
-    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
-        None
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::causal_attention_backward::<Self>(query, key, value, saved, grad)
     }
 
     /// Rotary embeddings of `x` `[batch, positions, heads, head_dim]` (half-split) with the
-    /// tables `cos` and `sin` `[1, positions, 1, head_dim / 2]`, all one dtype; `inverse`
-    /// rotates back (the gradient). `None` where the backend has no fused kernel (the caller
-    /// composes it from Burn's ops).
+    /// tables `cos` and `sin` `[1, positions, 1, head_dim / 2]`; `inverse` rotates back (the
+    /// gradient).
     fn rotary(
-        _x: FloatTensor<Self>,
-        _cos: FloatTensor<Self>,
-        _sin: FloatTensor<Self>,
-        _inverse: bool,
-    ) -> Option<FloatTensor<Self>> {
-        None
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        composed::rotary::<Self>(x, cos, sin, inverse)
     }
 
-    /// The MLP activation `relu(x)²`. `None` where the backend has no fused kernel (the caller
-    /// composes it from Burn's ops).
-    fn relu_square(_x: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
-        None
+    /// The MLP activation `relu(x)²`.
+    fn relu_square(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::relu_square::<Self>(x)
     }
 
     /// The gradient of [`relu_square`](Self::relu_square): `grad · 2·relu(x)`.
-    fn relu_square_backward(
-        _x: FloatTensor<Self>,
-        _grad: FloatTensor<Self>,
-    ) -> Option<FloatTensor<Self>> {
-        None
+    fn relu_square_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::relu_square_backward::<Self>(x, grad)
     }
 
     /// The record's loss over logits rows `[N, V]` against `targets` `[N]`, outside autodiff:
     /// `Σ_rows (logsumexp(c) − c[target]) / mean_over` with `c = cap·tanh(z/cap)` (fp32 `[1]`),
     /// and with `with_grad` its gradient with respect to the logits, in their dtype (written
     /// over the logits' buffer where the backend can).
-    ///
-    /// `None` where the backend has no fused kernel for it: the caller composes it from Burn's
-    /// ops (`brainfloat_precision::softcapped_cross_entropy`).
     fn softcapped_cross_entropy(
-        _logits: FloatTensor<Self>,
-        _targets: IntTensor<Self>,
-        _cap: Option<f64>,
-        _mean_over: usize,
-        _with_grad: bool,
-    ) -> Option<(FloatTensor<Self>, Option<FloatTensor<Self>>)> {
-        None
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        cap: Option<f64>,
+        mean_over: usize,
+        with_grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        composed::softcapped_cross_entropy::<Self>(logits, targets, cap, mean_over, with_grad)
     }
 
-    /// One Adam step of `param` with its gradient and moments (all the same shape and, for the
-    /// fused kernel, the same dtype): the updated parameter, moments, and `Σ grad²` as an fp32
-    /// `[1]`. `None` where the backend has no fused kernel (the caller composes it from Burn's
-    /// ops).
+    /// One Adam step of `param` with its gradient and moments (all the same shape): the
+    /// updated parameter, moments, and `Σ grad²` as an fp32 `[1]`. Outside autodiff (values).
     #[allow(clippy::type_complexity)]
     fn adam_step(
-        _param: FloatTensor<Self>,
-        _grad: FloatTensor<Self>,
-        _moment_1: FloatTensor<Self>,
-        _moment_2: FloatTensor<Self>,
-        _step: AdamStep,
-    ) -> Option<(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
-    )> {
-        None
+    ) {
+        composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
     }
 
     /// `values` (fp32) rounded to bf16 stochastically, element `i` with the random bits
-    /// `brainfloat_kernels::random_bits(key, i)`. `None` on backends without the kernel: the
-    /// caller rounds on the host with the same kernel, so every backend rounds alike.
-    fn round_stochastic(_values: FloatTensor<Self>, _key: u64) -> Option<FloatTensor<Self>> {
-        None
+    /// `brainfloat_kernels::random_bits(key, i)`, the same on every backend (by default through
+    /// the host, with the same kernel). Outside autodiff (values).
+    fn round_stochastic(values: FloatTensor<Self>, key: u64) -> FloatTensor<Self> {
+        composed::round_stochastic::<Self>(values, key)
     }
 
     /// `SR(a·y + b·x)` for a bf16 `y` and a float `x` of the same shape, in fp32, rounded
-    /// stochastically with the stream `key` (`brainfloat_kernels::stochastic_axpby`). `None` on
-    /// backends without the kernel (the caller composes it, rounding on the host).
+    /// stochastically with the stream `key` (`brainfloat_kernels::stochastic_axpby`). Outside
+    /// autodiff (values).
     fn stochastic_axpby(
-        _y: FloatTensor<Self>,
-        _x: FloatTensor<Self>,
-        _a: f32,
-        _b: f32,
-        _key: u64,
-    ) -> Option<FloatTensor<Self>> {
-        None
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        a: f32,
+        b: f32,
+        key: u64,
+    ) -> FloatTensor<Self> {
+        composed::stochastic_axpby::<Self>(y, x, a, b, key)
     }
 
     /// Kahan-compensated `weight + delta` for a bf16 `weight` and `compensation` and an fp32
-    /// `delta`: the new weight and compensation (`brainfloat_kernels::kahan_add`). `None` on
-    /// backends without the kernel (compose it from Burn's ops there).
+    /// `delta`: the new weight and compensation (`brainfloat_kernels::kahan_add`). Outside
+    /// autodiff (values).
     fn kahan_add(
-        _weight: FloatTensor<Self>,
-        _compensation: FloatTensor<Self>,
-        _delta: FloatTensor<Self>,
-    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        None
+        weight: FloatTensor<Self>,
+        compensation: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::kahan_add::<Self>(weight, compensation, delta)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The flex implementation: bf16 matmuls and RMSNorm on brainfloat's kernels.
+//! The flex implementation: every op on brainfloat's kernels for bf16 and fp32 tensors (the
+//! composed op for any other dtype).
 
 use brainfloat_kernels::{AdamStep, Float, MatrixStack, batched_gemm, bf16};
 use burn::backend::flex::{FlexTensor, Layout};
@@ -6,6 +7,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{DType, Flex};
 use burn::tensor::{Bytes, Shape};
 
+use crate::composed;
 use crate::extension::KernelBackend;
 
 /// An element type the kernels run on, as stored in a flex tensor: bf16 or fp32.
@@ -42,26 +44,26 @@ impl KernelBackend for Flex {
     fn rms_norm_with_stats(x: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
         let x = x.to_contiguous();
         with_elem!(x.dtype(), T => rms_norm_typed::<T>(&x, eps))
-            .unwrap_or_else(|| panic!("rms_norm: unsupported dtype {:?}", x.dtype()))
+            .unwrap_or_else(|| composed::rms_norm_with_stats::<Self>(x, eps))
     }
 
-    fn causal_softmax(scores: FlexTensor, scale: f64) -> Option<FlexTensor> {
-        causal_softmax_typed(&scores.to_contiguous(), scale, false).map(|(probs, _)| probs)
+    fn causal_softmax(scores: FlexTensor, scale: f64) -> FlexTensor {
+        let scores = scores.to_contiguous();
+        match causal_softmax_typed(&scores, scale, false) {
+            Some((probs, _)) => probs,
+            None => composed::causal_softmax::<Self>(scores, scale),
+        }
     }
 
-    fn causal_softmax_with_probs(
-        scores: FlexTensor,
-        scale: f64,
-    ) -> Option<(FlexTensor, FlexTensor)> {
-        let (probs, exact) = causal_softmax_typed(&scores.to_contiguous(), scale, true)?;
-        Some((probs, exact.expect("asked for")))
+    fn causal_softmax_with_probs(scores: FlexTensor, scale: f64) -> (FlexTensor, FlexTensor) {
+        let scores = scores.to_contiguous();
+        match causal_softmax_typed(&scores, scale, true) {
+            Some((probs, exact)) => (probs, exact.expect("asked for")),
+            None => composed::causal_softmax_with_probs::<Self>(scores, scale),
+        }
     }
 
-    fn causal_softmax_backward(
-        probs: FlexTensor,
-        grad: FlexTensor,
-        scale: f64,
-    ) -> Option<FlexTensor> {
+    fn causal_softmax_backward(probs: FlexTensor, grad: FlexTensor, scale: f64) -> FlexTensor {
         fn run<T: Elem>(probs: &FlexTensor, grad: &FlexTensor, scale: f64) -> FlexTensor {
             let dims = grad.layout().shape().to_vec();
             let [queries, keys] = [dims[dims.len() - 2], dims[dims.len() - 1]];
@@ -79,48 +81,52 @@ impl KernelBackend for Flex {
             tensor_of(out, dims, T::dtype())
         }
         let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
+        if probs.dtype() != DType::F32 {
+            return composed::causal_softmax_backward::<Self>(probs, grad, scale);
+        }
         with_elem!(grad.dtype(), T => run::<T>(&probs, &grad, scale))
+            .unwrap_or_else(|| composed::causal_softmax_backward::<Self>(probs, grad, scale))
     }
 
-    fn rotary(
-        x: FlexTensor,
-        cos: FlexTensor,
-        sin: FlexTensor,
-        inverse: bool,
-    ) -> Option<FlexTensor> {
+    fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, inverse: bool) -> FlexTensor {
         let dtype = x.dtype();
         if cos.dtype() != dtype || sin.dtype() != dtype {
-            return None;
+            return composed::rotary::<Self>(x, cos, sin, inverse);
         }
         let [x, cos, sin] = [x, cos, sin].map(|t| t.to_contiguous());
         with_elem!(dtype, T => rotary_typed::<T>(&x, &cos, &sin, inverse))
+            .unwrap_or_else(|| composed::rotary::<Self>(x, cos, sin, inverse))
     }
 
-    fn accumulate_f32(sum: FlexTensor, part: FlexTensor) -> Option<FlexTensor> {
+    fn accumulate_f32(sum: FlexTensor, part: FlexTensor) -> FlexTensor {
         let part = part.to_contiguous();
         let n = part.layout().num_elements();
-        if sum.dtype() != DType::F32 || sum.layout().shape() != part.layout().shape() {
-            return None;
+        let fits = sum.dtype() == DType::F32 && sum.layout().shape() == part.layout().shape();
+        if !fits || !matches!(part.dtype(), DType::BF16 | DType::F32) {
+            return composed::accumulate_f32::<Self>(sum, part);
         }
         let mut sum = owned_contiguous(sum);
         let start = sum.layout().start_offset();
         let target = &mut sum.storage_mut::<f32>()[start..start + n];
         with_elem!(part.dtype(), T => {
             brainfloat_kernels::accumulate::<T>(target, contiguous_values(&part))
-        })?;
-        Some(sum)
+        });
+        sum
     }
 
-    fn widen_f32(part: FlexTensor) -> Option<FlexTensor> {
+    fn widen_f32(part: FlexTensor) -> FlexTensor {
         let part = part.to_contiguous();
         let dims = part.layout().shape().to_vec();
         let widened = with_elem!(part.dtype(), T => {
             brainfloat_kernels::widen::<T>(contiguous_values(&part))
-        })?;
-        Some(tensor_of(widened, dims, DType::F32))
+        });
+        match widened {
+            Some(widened) => tensor_of(widened, dims, DType::F32),
+            None => composed::to_f32::<Self>(part),
+        }
     }
 
-    fn relu_square(x: FlexTensor) -> Option<FlexTensor> {
+    fn relu_square(x: FlexTensor) -> FlexTensor {
         fn run<T: Elem>(x: &FlexTensor) -> FlexTensor {
             let values: &[T] = contiguous_values(x);
             let mut y = vec![T::from_f32(0.0); values.len()];
@@ -128,10 +134,10 @@ impl KernelBackend for Flex {
             tensor_of(y, x.layout().shape().to_vec(), T::dtype())
         }
         let x = x.to_contiguous();
-        with_elem!(x.dtype(), T => run::<T>(&x))
+        with_elem!(x.dtype(), T => run::<T>(&x)).unwrap_or_else(|| composed::relu_square::<Self>(x))
     }
 
-    fn relu_square_backward(x: FlexTensor, grad: FlexTensor) -> Option<FlexTensor> {
+    fn relu_square_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
         fn run<T: Elem>(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
             let values: &[T] = contiguous_values(x);
             let mut dx = vec![T::from_f32(0.0); values.len()];
@@ -139,10 +145,11 @@ impl KernelBackend for Flex {
             tensor_of(dx, x.layout().shape().to_vec(), T::dtype())
         }
         if x.dtype() != grad.dtype() {
-            return None;
+            return composed::relu_square_backward::<Self>(x, grad);
         }
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         with_elem!(x.dtype(), T => run::<T>(&x, &grad))
+            .unwrap_or_else(|| composed::relu_square_backward::<Self>(x, grad))
     }
 
     fn softcapped_cross_entropy(
@@ -151,11 +158,17 @@ impl KernelBackend for Flex {
         cap: Option<f64>,
         mean_over: usize,
         with_grad: bool,
-    ) -> Option<(FlexTensor, Option<FlexTensor>)> {
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        if !matches!(logits.dtype(), DType::BF16 | DType::F32) {
+            return composed::softcapped_cross_entropy::<Self>(
+                logits, targets, cap, mean_over, with_grad,
+            );
+        }
         let logits = owned_contiguous(logits);
         with_elem!(logits.dtype(), T => {
             cross_entropy_typed::<T>(logits, &targets, cap, mean_over, with_grad)
         })
+        .expect("a bf16 or fp32 loss")
     }
 
     fn adam_step(
@@ -164,49 +177,37 @@ impl KernelBackend for Flex {
         moment_1: FlexTensor,
         moment_2: FlexTensor,
         step: AdamStep,
-    ) -> Option<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)> {
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let dtype = param.dtype();
-        if [&grad, &moment_1, &moment_2]
+        let one_dtype = [&grad, &moment_1, &moment_2]
             .iter()
-            .any(|t| t.dtype() != dtype)
-        {
-            return None;
+            .all(|t| t.dtype() == dtype);
+        if !one_dtype || !matches!(dtype, DType::BF16 | DType::F32) {
+            return composed::adam_step::<Self>(param, grad, moment_1, moment_2, step);
         }
         let tensors = [param, grad, moment_1, moment_2].map(owned_contiguous);
-        with_elem!(dtype, T => adam_typed::<T>(tensors, &step))
+        with_elem!(dtype, T => adam_typed::<T>(tensors, &step)).expect("a bf16 or fp32 step")
     }
 
     fn rms_norm_backward(x: FlexTensor, inv_rms: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let inv_rms = inv_rms.to_contiguous();
         with_elem!(x.dtype(), T => rms_norm_backward_typed::<T>(&x, &inv_rms, &grad))
-            .unwrap_or_else(|| panic!("rms_norm_backward: unsupported dtype {:?}", x.dtype()))
+            .unwrap_or_else(|| composed::rms_norm_backward::<Self>(x, inv_rms, grad))
     }
 
-    fn round_stochastic(values: FlexTensor, key: u64) -> Option<FlexTensor> {
-        if values.dtype() != DType::F32 {
-            return None;
-        }
+    fn round_stochastic(values: FlexTensor, key: u64) -> FlexTensor {
+        let values = composed::to_f32::<Self>(values);
         let values = values.to_contiguous();
         let source: &[f32] = contiguous_values(&values);
         let mut rounded = vec![bf16::ZERO; source.len()];
         brainfloat_kernels::round_stochastic_into(source, &mut rounded, key);
-        Some(tensor_of(
-            rounded,
-            values.layout().shape().to_vec(),
-            DType::BF16,
-        ))
+        tensor_of(rounded, values.layout().shape().to_vec(), DType::BF16)
     }
 
-    fn stochastic_axpby(
-        y: FlexTensor,
-        x: FlexTensor,
-        a: f32,
-        b: f32,
-        key: u64,
-    ) -> Option<FlexTensor> {
-        if y.dtype() != DType::BF16 {
-            return None;
+    fn stochastic_axpby(y: FlexTensor, x: FlexTensor, a: f32, b: f32, key: u64) -> FlexTensor {
+        if y.dtype() != DType::BF16 || !matches!(x.dtype(), DType::BF16 | DType::F32) {
+            return composed::stochastic_axpby::<Self>(y, x, a, b, key);
         }
         let (mut y, x) = (owned_contiguous(y), x.to_contiguous());
         let n = y.layout().num_elements();
@@ -214,18 +215,18 @@ impl KernelBackend for Flex {
         let target = &mut y.storage_mut::<bf16>()[start..start + n];
         with_elem!(x.dtype(), T => {
             brainfloat_kernels::stochastic_axpby::<T>(target, contiguous_values(&x), a, b, key)
-        })?;
-        Some(y)
+        });
+        y
     }
 
     fn kahan_add(
         weight: FlexTensor,
         compensation: FlexTensor,
         delta: FlexTensor,
-    ) -> Option<(FlexTensor, FlexTensor)> {
+    ) -> (FlexTensor, FlexTensor) {
         let dtypes = [weight.dtype(), compensation.dtype(), delta.dtype()];
         if dtypes != [DType::BF16, DType::BF16, DType::F32] {
-            return None;
+            return composed::kahan_add::<Self>(weight, compensation, delta);
         }
         let (mut weight, mut compensation) =
             (owned_contiguous(weight), owned_contiguous(compensation));
@@ -238,7 +239,7 @@ impl KernelBackend for Flex {
             &mut compensation.storage_mut::<bf16>()[c],
             contiguous_values::<f32>(&delta),
         );
-        Some((weight, compensation))
+        (weight, compensation)
     }
 }
 
@@ -507,25 +508,25 @@ mod tests {
         let values = [0.5f32, -1.0, 2.0, 0.25];
         let sum = tensor(&values, DType::F32);
         let at = address(&sum);
-        let sum = Flex::accumulate_f32(sum, tensor(&values, DType::BF16)).unwrap();
+        let sum = Flex::accumulate_f32(sum, tensor(&values, DType::BF16));
         assert_eq!(address(&sum), at, "accumulate_f32");
 
         let y = tensor(&values, DType::BF16);
         let at = address(&y);
-        let y = Flex::stochastic_axpby(y, tensor(&values, DType::F32), 0.5, 1.0, 7).unwrap();
+        let y = Flex::stochastic_axpby(y, tensor(&values, DType::F32), 0.5, 1.0, 7);
         assert_eq!(address(&y), at, "stochastic_axpby");
 
         let (weight, compensation) = (tensor(&values, DType::BF16), tensor(&[0.0; 4], DType::BF16));
         let at = [address(&weight), address(&compensation)];
         let (weight, compensation) =
-            Flex::kahan_add(weight, compensation, tensor(&values, DType::F32)).unwrap();
+            Flex::kahan_add(weight, compensation, tensor(&values, DType::F32));
         assert_eq!([address(&weight), address(&compensation)], at, "kahan_add");
 
         let logits = tensor_of(values.to_vec(), vec![2, 2], DType::F32);
         let targets = tensor_of(vec![1i64, 0], vec![2], DType::I64);
         let at = address(&logits);
         let (_, grad) =
-            Flex::softcapped_cross_entropy(logits, targets.clone(), Some(30.0), 2, true).unwrap();
+            Flex::softcapped_cross_entropy(logits, targets.clone(), Some(30.0), 2, true);
         assert_eq!(
             address(&grad.unwrap()),
             at,
@@ -534,8 +535,7 @@ mod tests {
 
         // A shared buffer is copied, not written.
         let logits = tensor_of(values.to_vec(), vec![2, 2], DType::F32);
-        let (_, grad) =
-            Flex::softcapped_cross_entropy(logits.clone(), targets, None, 2, true).unwrap();
+        let (_, grad) = Flex::softcapped_cross_entropy(logits.clone(), targets, None, 2, true);
         assert_ne!(address(&grad.unwrap()), address(&logits));
         assert_eq!(logits.storage::<f32>(), values);
     }

@@ -1,9 +1,9 @@
 //! The libtorch implementation: on the CPU, the optimizer's kernels (stochastic rounding, the
 //! fused Adam step, Kahan addition), the head's fused loss and the fp32 sum of its weight's
 //! gradient run on libtorch's own buffers, with no copy to the host and back; so do bf16
-//! matmuls on a CPU without native bf16 dot products. Every other op stays libtorch's (the
-//! extension's default bodies). On a GPU they answer `None` and the callers compose them from
-//! Burn's ops.
+//! matmuls on a CPU without native bf16 dot products. Attention is libtorch's fused SDPA with
+//! its own backward on every device. Every other op, and these on a GPU, is the composed op
+//! (the extension's default bodies on libtorch's ops).
 //!
 //! The matmul matters for time and memory: without AVX512-BF16 (or AMX), libtorch makes a bf16
 //! product through an fp32 one the output's size, at about 55 GFLOP/s on 2 cores of an Intel
@@ -25,6 +25,7 @@ use burn::backend::libtorch::{LibTorch, TchTensor};
 use burn::backend::ops::FloatTensorOps;
 use tch::{Device, Kind};
 
+use crate::composed;
 use crate::extension::{KernelBackend, SavedAttention};
 
 /// `$body` with the type `$T` bound to the element type of `$kind`, one that [`kernel_kind`]
@@ -57,14 +58,19 @@ impl KernelBackend for LibTorch {
         key: TchTensor,
         value: TchTensor,
         with_backward: bool,
-    ) -> Option<(TchTensor, Option<SavedAttention<Self>>)> {
+    ) -> (TchTensor, Option<SavedAttention<Self>>) {
+        // libtorch aligns `is_causal` from the top-left: with fewer queries than keys (a
+        // generation step after cached keys) the mask must be explicit.
+        if query.tensor.size()[2] != key.tensor.size()[2] {
+            return composed::causal_attention::<Self>(query, key, value, with_backward);
+        }
         let attend = |q: &tch::Tensor, k: &tch::Tensor, v: &tch::Tensor| {
             let no_mask = None::<tch::Tensor>;
             tch::Tensor::scaled_dot_product_attention(q, k, v, no_mask, 0.0, true, None, false)
         };
         if !with_backward {
             let output = tch::no_grad(|| attend(&query.tensor, &key.tensor, &value.tensor));
-            return Some((TchTensor::new(output), None));
+            return (TchTensor::new(output), None);
         }
         // libtorch's autograd records the kernel and what its backward needs: the inputs as
         // leaves that require a gradient, the output attached to them. Burn gets the output
@@ -79,30 +85,42 @@ impl KernelBackend for LibTorch {
         let attached = tch::with_grad(|| attend(&q.tensor, &k.tensor, &v.tensor));
         let output = TchTensor::new(attached.detach());
         let attached = TchTensor::from_existing(attached, output.storage.clone());
-        Some((output, Some((q, k, v, attached))))
+        (output, Some((q, k, v, attached)))
     }
 
     fn causal_attention_backward(
         query: TchTensor,
         key: TchTensor,
         value: TchTensor,
-        output: TchTensor,
+        saved: TchTensor,
         grad: TchTensor,
-    ) -> Option<(TchTensor, TchTensor, TchTensor)> {
+    ) -> (TchTensor, TchTensor, TchTensor) {
+        // What the composed forward saved is its fp32 probabilities, not an output attached to
+        // libtorch's graph.
+        if !saved.tensor.requires_grad() {
+            return composed::causal_attention_backward::<Self>(query, key, value, saved, grad);
+        }
         // The vector-Jacobian product through libtorch's graph: the gradient of
         // `Σ output ⊙ grad` (with `grad` a constant) is exactly `grad` at the output.
         let inputs = [&query.tensor, &key.tensor, &value.tensor];
-        let mut grads = tch::with_grad(|| {
-            let surrogate = (&output.tensor * grad.tensor.detach()).sum(None::<Kind>);
+        let [grad_q, grad_k, grad_v]: [tch::Tensor; 3] = tch::with_grad(|| {
+            let surrogate = (&saved.tensor * grad.tensor.detach()).sum(None::<Kind>);
             tch::Tensor::run_backward(&[surrogate], &inputs, false, false)
         })
-        .into_iter()
-        .map(TchTensor::new);
-        Some((grads.next()?, grads.next()?, grads.next()?))
+        .try_into()
+        .expect("one gradient per input");
+        (
+            TchTensor::new(grad_q),
+            TchTensor::new(grad_k),
+            TchTensor::new(grad_v),
+        )
     }
 
-    fn round_stochastic(values: TchTensor, key: u64) -> Option<TchTensor> {
-        let values = on_cpu(&values, Kind::Float)?;
+    fn round_stochastic(values: TchTensor, key: u64) -> TchTensor {
+        if !on_host(&[&values]) {
+            return composed::round_stochastic::<Self>(values, key);
+        }
+        let values = values.tensor.to_kind(Kind::Float).contiguous();
         let rounded = tch::Tensor::empty(values.size(), (Kind::BFloat16, Device::Cpu));
         // SAFETY: `values` is a contiguous CPU f32 tensor and `rounded` a new contiguous CPU
         // bf16 one of the same size, which nothing else can see yet.
@@ -113,13 +131,16 @@ impl KernelBackend for LibTorch {
                 key,
             )
         };
-        Some(TchTensor::new(rounded))
+        TchTensor::new(rounded)
     }
 
-    fn stochastic_axpby(y: TchTensor, x: TchTensor, a: f32, b: f32, key: u64) -> Option<TchTensor> {
-        let x_kind = kernel_kind(&x)?;
-        let x = on_cpu(&x, x_kind)?;
-        let y = owned(y, Kind::BFloat16)?;
+    fn stochastic_axpby(y: TchTensor, x: TchTensor, a: f32, b: f32, key: u64) -> TchTensor {
+        let runs = on_host(&[&y, &x]) && y.tensor.kind() == Kind::BFloat16;
+        let Some(x_kind) = kernel_kind(&x).filter(|_| runs) else {
+            return composed::stochastic_axpby::<Self>(y, x, a, b, key);
+        };
+        let x = x.tensor.contiguous();
+        let y = owned(y);
         // SAFETY: `y` is this call's own contiguous CPU bf16 buffer (`owned`), `x` a distinct
         // contiguous CPU tensor of the kind it is read as, both of one size.
         unsafe {
@@ -128,17 +149,21 @@ impl KernelBackend for LibTorch {
                 brainfloat_kernels::stochastic_axpby(target, elements::<X>(&x), a, b, key)
             })
         }
-        Some(TchTensor::new(y))
+        TchTensor::new(y)
     }
 
     fn kahan_add(
         weight: TchTensor,
         compensation: TchTensor,
         delta: TchTensor,
-    ) -> Option<(TchTensor, TchTensor)> {
-        let delta = on_cpu(&delta, Kind::Float)?;
-        let weight = owned(weight, Kind::BFloat16)?;
-        let compensation = owned(compensation, Kind::BFloat16)?;
+    ) -> (TchTensor, TchTensor) {
+        let kinds = [&weight, &compensation, &delta].map(|t| t.tensor.kind());
+        let runs = kinds == [Kind::BFloat16, Kind::BFloat16, Kind::Float];
+        if !runs || !on_host(&[&weight, &compensation, &delta]) {
+            return composed::kahan_add::<Self>(weight, compensation, delta);
+        }
+        let delta = delta.tensor.contiguous();
+        let (weight, compensation) = (owned(weight), owned(compensation));
         // SAFETY: weight and compensation are this call's own contiguous CPU bf16 buffers,
         // delta a contiguous CPU f32 tensor, all of one size.
         unsafe {
@@ -148,35 +173,33 @@ impl KernelBackend for LibTorch {
                 elements::<f32>(&delta),
             )
         };
-        Some((TchTensor::new(weight), TchTensor::new(compensation)))
+        (TchTensor::new(weight), TchTensor::new(compensation))
     }
 
-    fn accumulate_f32(sum: TchTensor, part: TchTensor) -> Option<TchTensor> {
-        let part_kind = kernel_kind(&part)?;
-        if sum.tensor.size() != part.tensor.size() {
-            return None;
-        }
-        let part = on_cpu(&part, part_kind)?;
-        let sum = owned(sum, Kind::Float)?;
+    fn accumulate_f32(sum: TchTensor, part: TchTensor) -> TchTensor {
+        let runs = on_host(&[&sum, &part])
+            && sum.tensor.kind() == Kind::Float
+            && sum.tensor.size() == part.tensor.size();
+        let Some(part_kind) = kernel_kind(&part).filter(|_| runs) else {
+            return composed::accumulate_f32::<Self>(sum, part);
+        };
+        let part = part.tensor.contiguous();
+        let sum = owned(sum);
         // SAFETY: `sum` is this call's own contiguous CPU f32 buffer (`owned`), `part` a
         // distinct contiguous CPU tensor of the kind it is read as, both of one size.
         unsafe {
             let target = elements_mut::<f32>(&sum);
             with_kind!(part_kind, P => brainfloat_kernels::accumulate(target, elements::<P>(&part)))
         }
-        Some(TchTensor::new(sum))
+        TchTensor::new(sum)
     }
 
-    fn widen_f32(part: TchTensor) -> Option<TchTensor> {
-        if part.tensor.device() != Device::Cpu {
-            return None;
-        }
+    fn widen_f32(part: TchTensor) -> TchTensor {
         // An fp32 part is the sum already: `to_kind` would hand back a second handle on its
         // buffer, which the in-place accumulation must not write through.
         match part.tensor.kind() {
-            Kind::Float => Some(part),
-            Kind::BFloat16 => Some(TchTensor::new(part.tensor.to_kind(Kind::Float))),
-            _ => None,
+            Kind::Float => part,
+            _ => TchTensor::new(part.tensor.to_kind(Kind::Float)),
         }
     }
 
@@ -186,14 +209,16 @@ impl KernelBackend for LibTorch {
         cap: Option<f64>,
         mean_over: usize,
         with_grad: bool,
-    ) -> Option<(TchTensor, Option<TchTensor>)> {
-        let kind = kernel_kind(&logits)?;
-        if logits.tensor.dim() != 2 {
-            return None;
-        }
+    ) -> (TchTensor, Option<TchTensor>) {
+        let runs = on_host(&[&logits, &targets]) && logits.tensor.dim() == 2;
+        let Some(kind) = kernel_kind(&logits).filter(|_| runs) else {
+            return composed::softcapped_cross_entropy::<Self>(
+                logits, targets, cap, mean_over, with_grad,
+            );
+        };
         let vocab = logits.tensor.size()[1] as usize;
-        let targets = on_cpu(&targets, Kind::Int64)?;
-        // SAFETY: `on_cpu` made `targets` a contiguous CPU i64 tensor.
+        let targets = targets.tensor.to_kind(Kind::Int64).contiguous();
+        // SAFETY: `targets` is a contiguous CPU i64 tensor.
         let targets: Vec<usize> = unsafe { elements::<i64>(&targets) }
             .iter()
             .map(|t| *t as usize)
@@ -201,13 +226,13 @@ impl KernelBackend for LibTorch {
         // The gradient is written over the logits: their own buffer when this is its only
         // handle (the head hands each chunk over), a copy otherwise.
         let logits = if with_grad {
-            owned(logits, kind)?
+            owned(logits)
         } else {
-            on_cpu(&logits, kind)?
+            logits.tensor.contiguous()
         };
         let cap = cap.map(|c| c as f32);
         // SAFETY: `owned` made `logits` this call's own contiguous CPU buffer of `kind` (the
-        // only view of it while the gradient is written), `on_cpu` a contiguous CPU tensor of it.
+        // only view of it while the gradient is written); without the gradient it is read only.
         let value = unsafe {
             with_kind!(kind, T => if with_grad {
                 let values = elements_mut::<T>(&logits);
@@ -222,7 +247,7 @@ impl KernelBackend for LibTorch {
             })
         };
         let loss = TchTensor::new(tch::Tensor::from_slice(&[value as f32]));
-        Some((loss, with_grad.then(|| TchTensor::new(logits))))
+        (loss, with_grad.then(|| TchTensor::new(logits)))
     }
 
     fn adam_step(
@@ -231,16 +256,19 @@ impl KernelBackend for LibTorch {
         moment_1: TchTensor,
         moment_2: TchTensor,
         step: AdamStep,
-    ) -> Option<(TchTensor, TchTensor, TchTensor, TchTensor)> {
-        let kind = kernel_kind(&param)?;
-        let grad = on_cpu(&grad, kind)?;
-        let [param, moment_1, moment_2] = [
-            owned(param, kind)?,
-            owned(moment_1, kind)?,
-            owned(moment_2, kind)?,
-        ];
-        // SAFETY: `owned` and `on_cpu` made each tensor contiguous on the CPU, of `kind`, the
-        // three updated ones this call's own (no other view of their buffers is alive).
+    ) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
+        let kind = param.tensor.kind();
+        let runs = on_host(&[&param, &grad, &moment_1, &moment_2])
+            && [&grad, &moment_1, &moment_2]
+                .iter()
+                .all(|t| t.tensor.kind() == kind);
+        if !runs || kernel_kind(&param).is_none() {
+            return composed::adam_step::<Self>(param, grad, moment_1, moment_2, step);
+        }
+        let grad = grad.tensor.contiguous();
+        let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
+        // SAFETY: each tensor is contiguous on the CPU and of `kind`, the three updated ones
+        // this call's own (`owned`: no other view of their buffers is alive).
         let squares = unsafe {
             with_kind!(kind, T => brainfloat_kernels::adam_update(
                 elements_mut::<T>(&param),
@@ -251,12 +279,12 @@ impl KernelBackend for LibTorch {
             ))
         };
         let squares = tch::Tensor::from_slice(&[squares as f32]);
-        Some((
+        (
             TchTensor::new(param),
             TchTensor::new(moment_1),
             TchTensor::new(moment_2),
             TchTensor::new(squares),
-        ))
+        )
     }
 }
 
@@ -339,26 +367,21 @@ fn kernel_kind(tensor: &TchTensor) -> Option<Kind> {
     matches!(kind, Kind::BFloat16 | Kind::Float).then_some(kind)
 }
 
-/// `tensor` as a contiguous CPU tensor of `kind` (itself, or a contiguous copy when strided);
-/// `None` on another device or of another kind.
-fn on_cpu(tensor: &TchTensor, kind: Kind) -> Option<tch::Tensor> {
-    let t = &tensor.tensor;
-    (t.device() == Device::Cpu && t.kind() == kind).then(|| t.contiguous())
+/// Whether every tensor lives in CPU memory, which the kernels read and write.
+fn on_host(tensors: &[&TchTensor]) -> bool {
+    tensors.iter().all(|t| t.tensor.device() == Device::Cpu)
 }
 
-/// A contiguous CPU buffer of `tensor`'s values of `kind` that this call alone holds, to be
-/// updated in place: the tensor's own when this handle is its only owner (Burn's `can_mut`:
-/// the optimizer hands its state over), a copy otherwise. `None` on another device or kind.
-fn owned(tensor: TchTensor, kind: Kind) -> Option<tch::Tensor> {
-    if tensor.tensor.device() != Device::Cpu || tensor.tensor.kind() != kind {
-        return None;
-    }
+/// A contiguous CPU buffer of `tensor`'s values that this call alone holds, to be updated in
+/// place: the tensor's own when this handle is its only owner (Burn's `can_mut`: the optimizer
+/// hands its state over), a copy otherwise. The tensor is on the CPU ([`on_host`]).
+fn owned(tensor: TchTensor) -> tch::Tensor {
     if tensor.can_mut() && tensor.tensor.is_contiguous() {
-        return Some(tensor.tensor);
+        return tensor.tensor;
     }
-    let mut copy = tch::Tensor::empty(tensor.tensor.size(), (kind, Device::Cpu));
+    let mut copy = tch::Tensor::empty(tensor.tensor.size(), (tensor.tensor.kind(), Device::Cpu));
     copy.copy_(&tensor.tensor);
-    Some(copy)
+    copy
 }
 
 /// The elements of `tensor`.
@@ -489,25 +512,23 @@ mod tests {
         let values = [0.5f32, -1.0, 2.0, 0.25];
         let sum = tensor(&values, Kind::Float);
         let at = sum.tensor.data_ptr();
-        let sum = LibTorch::accumulate_f32(sum, tensor(&values, Kind::BFloat16)).unwrap();
+        let sum = LibTorch::accumulate_f32(sum, tensor(&values, Kind::BFloat16));
         assert_eq!(sum.tensor.data_ptr(), at, "accumulate_f32");
 
         let y = tensor(&values, Kind::BFloat16);
         let at = y.tensor.data_ptr();
-        let y = LibTorch::stochastic_axpby(y, tensor(&values, Kind::Float), 0.5, 1.0, 7).unwrap();
+        let y = LibTorch::stochastic_axpby(y, tensor(&values, Kind::Float), 0.5, 1.0, 7);
         assert_eq!(y.tensor.data_ptr(), at, "stochastic_axpby");
 
         let logits = TchTensor::new(tch::Tensor::from_slice(&values).view([2, 2]));
         let targets = TchTensor::new(tch::Tensor::from_slice(&[1i64, 0]));
         let at = logits.tensor.data_ptr();
         let (_, grad) =
-            LibTorch::softcapped_cross_entropy(logits, targets.clone(), Some(30.0), 2, true)
-                .unwrap();
+            LibTorch::softcapped_cross_entropy(logits, targets.clone(), Some(30.0), 2, true);
         assert_eq!(grad.unwrap().tensor.data_ptr(), at, "the loss's gradient");
 
         let logits = TchTensor::new(tch::Tensor::from_slice(&values).view([2, 2]));
-        let (_, grad) =
-            LibTorch::softcapped_cross_entropy(logits.clone(), targets, None, 2, true).unwrap();
+        let (_, grad) = LibTorch::softcapped_cross_entropy(logits.clone(), targets, None, 2, true);
         assert_ne!(grad.unwrap().tensor.data_ptr(), logits.tensor.data_ptr());
         assert_eq!(
             Vec::<f32>::try_from(logits.tensor.view([-1])).unwrap(),

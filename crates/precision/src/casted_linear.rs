@@ -14,7 +14,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 
 use crate::policy::{ACCUMULATION_DTYPE, PrecisionPolicy};
 use crate::role::{ParamRole, ParamRoles, RoleMap};
@@ -322,9 +322,6 @@ pub fn rows_per_chunk(rows: usize, vocab: usize, logits_per_chunk: usize) -> usi
 /// in fp32), so the `small` model's 2048 × 50304 logits come in 4 chunks of 512 rows.
 pub const LOGITS_PER_CHUNK: usize = 32 << 20;
 
-/// The largest soft-cap that can stand in for the row maximum (the fused kernel's rule too).
-const MAX_SHIFT_CAP: f64 = brainfloat_ops::MAX_SHIFT_CAP as f64;
-
 /// The loss of a batch of logits and, when asked, its gradient with respect to them.
 struct FusedLoss {
     /// The rows' share of the batch's mean cross-entropy, fp32 `[1]`.
@@ -335,8 +332,9 @@ struct FusedLoss {
 
 impl FusedLoss {
     /// `logits` `[N, V]` are values outside autodiff, rows of a batch of `batch_rows` that the
-    /// loss averages over: one fused pass per row where the backend has the kernel (flex,
-    /// libtorch's CPU), [`composed`](Self::composed) from Burn's ops elsewhere.
+    /// loss averages over ([`brainfloat_ops::softcapped_cross_entropy`]: one fused pass per
+    /// row where the backend has the kernel). The logits move in: the gradient can take over
+    /// their buffer.
     fn compute(
         logits: Tensor<2>,
         targets: Tensor<1, Int>,
@@ -344,74 +342,9 @@ impl FusedLoss {
         with_grad: bool,
         batch_rows: usize,
     ) -> Self {
-        // The logits move in: the gradient can take over their buffer.
-        match brainfloat_ops::fused_cross_entropy(
-            logits,
-            targets.clone(),
-            cap,
-            batch_rows,
-            with_grad,
-        ) {
-            Ok((loss, grad)) => Self { loss, grad },
-            Err(logits) => Self::composed(logits, targets, cap, with_grad, batch_rows),
-        }
-    }
-
-    /// [`compute`](Self::compute) with Burn's ops: every step below moves its input, so
-    /// backends that can (libtorch) update the one tensor in place.
-    fn composed(
-        logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-        cap: Option<f64>,
-        with_grad: bool,
-        batch_rows: usize,
-    ) -> Self {
-        let dtype = FloatDType::from(logits.dtype());
-        let [rows, _] = logits.dims();
-        let targets = targets.unsqueeze_dim::<2>(1);
-        // The soft-cap rounds to the logits' dtype after each op, as in the record; `tanh` is
-        // kept for the soft-cap's derivative.
-        let (capped, tanh) = match cap {
-            Some(cap) => {
-                let tanh = logits.div_scalar(cap).tanh();
-                (tanh.clone().mul_scalar(cap), Some(tanh))
-            }
-            None => (logits, None),
-        };
-        let capped = capped.cast(ACCUMULATION_DTYPE);
-        // Log-sum-exp is shifted by an upper bound of each row: the cap itself when there is a
-        // small one (|capped| ≤ cap, so exp stays within [e^(−2·cap), 1], normal in fp32 for
-        // cap ≤ 40), saving a pass for the maximum; else the row's maximum.
-        let shifted = match cap {
-            Some(cap) if cap <= MAX_SHIFT_CAP => capped.sub_scalar(cap),
-            _ => {
-                let max = capped.clone().max_dim(1);
-                capped - max
-            }
-        };
-        let picked = shifted.clone().gather(1, targets.clone());
-        let exp = shifted.exp();
-        let sum_exp = exp.clone().sum_dim(1);
-        let loss = (sum_exp.clone().log() - picked)
-            .sum()
-            .div_scalar(batch_rows as f64);
-        if !with_grad {
-            return Self { loss, grad: None };
-        }
-        let device = exp.device();
-        let minus_one =
-            Tensor::<2>::full([rows, 1], -1.0, (&device, DType::from(ACCUMULATION_DTYPE)));
-        let grad = (exp / sum_exp)
-            .scatter(1, targets, minus_one, IndexingUpdateOp::Add)
-            .div_scalar(batch_rows as f64);
-        let grad = match tanh {
-            Some(tanh) => grad * tanh.cast(ACCUMULATION_DTYPE).square().neg().add_scalar(1.0),
-            None => grad,
-        };
-        Self {
-            loss,
-            grad: Some(grad.cast(dtype)),
-        }
+        let (loss, grad) =
+            brainfloat_ops::softcapped_cross_entropy(logits, targets, cap, batch_rows, with_grad);
+        Self { loss, grad }
     }
 }
 
@@ -523,7 +456,7 @@ mod tests {
 #[cfg(test)]
 mod loss_tests {
     use super::*;
-    use burn::tensor::TensorData;
+    use burn::tensor::{DType, TensorData};
 
     /// Cross-entropy in float64, written out: `logsumexp(z) − z[target]`, max-shifted.
     fn reference(logits: &[f64], vocab: usize, targets: &[usize], cap: Option<f64>) -> f64 {
@@ -539,12 +472,33 @@ mod loss_tests {
         rows.sum::<f64>() / targets.len() as f64
     }
 
-    /// The two ways the loss is computed: the backend's fused kernel where it has one (flex,
-    /// libtorch's CPU), and Burn's ops, which GPUs run.
-    const ROUTES: [(&str, ComputeLoss); 2] = [
-        ("fused", FusedLoss::compute),
-        ("composed", FusedLoss::composed),
-    ];
+    /// [`FusedLoss::compute`] with Burn's ops: the composed op, which backends without the
+    /// kernel run.
+    fn composed(
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        cap: Option<f64>,
+        with_grad: bool,
+        batch_rows: usize,
+    ) -> FusedLoss {
+        use burn::backend::Dispatch;
+        let (loss, grad) = brainfloat_ops::composed::softcapped_cross_entropy::<Dispatch>(
+            logits.into_dispatch(),
+            targets.into_dispatch(),
+            cap,
+            batch_rows,
+            with_grad,
+        );
+        FusedLoss {
+            loss: Tensor::from_dispatch(loss),
+            grad: grad.map(Tensor::from_dispatch),
+        }
+    }
+
+    /// The two ways the loss is computed: the backend's op (a fused kernel on flex and
+    /// libtorch's CPU), and the composed op, which GPUs run.
+    const ROUTES: [(&str, ComputeLoss); 2] =
+        [("fused", FusedLoss::compute), ("composed", composed)];
 
     fn loss(
         compute: ComputeLoss,

@@ -390,10 +390,11 @@ impl RecordOptimizer {
         let fusable = group != ParamGroup::Matrices
             && self.probe.is_none()
             && rounding != UpdateRounding::Kahan;
-        if fusable && brainfloat_ops::host_kernels(&value.device()) {
-            // One fused pass where the backend has the kernel; the lost-update probe needs the
-            // update itself, so probed steps take the op-by-op path below. Parameter and moments
-            // are moved in, not cloned: as their only owner the kernel updates them in place.
+        if fusable {
+            // One op (a fused pass where the backend has the kernel); the lost-update probe
+            // needs the update itself, so probed steps take the op-by-op path below. Parameter
+            // and moments are moved in, not cloned: as their only owner a kernel updates them in
+            // place.
             let (steps, moment_1, moment_2) = match self.states.remove(&name) {
                 Some(ParamState::Adam {
                     steps,
@@ -402,7 +403,7 @@ impl RecordOptimizer {
                 }) => (steps, moment_1, moment_2),
                 _ => (0, grad.zeros_like(), grad.zeros_like()),
             };
-            let update = brainfloat_ops::fused_adam(
+            let update = brainfloat_ops::adam_step(
                 value.reshape([numel]),
                 grad,
                 moment_1,
@@ -413,9 +414,6 @@ impl RecordOptimizer {
                 steps + 1,
                 (rounding == UpdateRounding::Stochastic)
                     .then(|| [Stream::Weight, Stream::Moment1, Stream::Moment2].map(stream)),
-            )
-            .expect(
-                "the CPU backends fuse Adam for a parameter, gradient and moments of one dtype",
             );
             self.grad_squares.push(update.grad_square_sum);
             let state = ParamState::Adam {

@@ -12,7 +12,7 @@ use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::{
     latest_checkpoint, load_checkpoint, load_weights, record_name, save_checkpoint,
@@ -391,9 +391,13 @@ impl Trainer {
         let (poison_loss, poison_grads) = (inject(NonFinite::Loss), inject(NonFinite::Gradient));
         let mut accumulator = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(accum_steps);
-        for _ in 0..accum_steps {
-            let window = self.train.next_window()?;
-            let batch = Batch::from_window(&window, micro, seq_len, &self.device)?;
+        // The step's tokens go to the device in one copy, and its losses come back in one read
+        // after the update: no host sync between micro-steps.
+        let windows = (0..accum_steps)
+            .map(|_| self.train.next_window())
+            .collect::<Result<Vec<_>, _>>()?;
+        let windows: Vec<&[u16]> = windows.iter().map(Vec::as_slice).collect();
+        for batch in Batch::from_windows(&windows, micro, seq_len, &self.device)? {
             let mut loss = self.model.forward(&batch)?;
             if poison_loss {
                 loss = loss.mul_scalar(f64::NAN);
@@ -424,9 +428,12 @@ impl Trainer {
             lr_multiplier,
             self.step,
         );
-        let losses: Vec<f64> = losses
+        let losses: Vec<f64> = Tensor::cat(losses, 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("the losses are fp32")
             .into_iter()
-            .map(|l| l.into_scalar::<f32>() as f64)
+            .map(f64::from)
             .collect();
         let loss = self
             .sync
