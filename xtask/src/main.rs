@@ -12,7 +12,8 @@
 //! cargo xtask train --ranks 8 --hostfile hosts   # ranks across the machines of a hostfile
 //! cargo xtask train --backend tch         # libtorch on the CPU (installs PyTorch 2.9 once)
 //! cargo xtask bench --backend tch --config configs/small.toml
-//! cargo xtask test                        # install what the tests need, run them on flex and tch
+//! cargo xtask test                        # install what the tests need, run them on flex and tch,
+//!                                         # and check that the `cuda` feature compiles
 //! cargo xtask test --backend flex         # … on one backend only
 //! cargo xtask reliability                 # the fault suite → docs/reliability.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
@@ -133,13 +134,59 @@ fn test(args: &[String]) -> Result<bool, String> {
         eprintln!("xtask: the test suite on backend `{backend}`");
         let mut tests = suite_command(backend)?;
         tests.args(&extra);
-        results.push((backend, status(&mut tests)));
+        results.push((format!("test suite on `{backend}`"), status(&mut tests)));
     }
-    for (backend, passed) in &results {
+    if value_of(args, "--backend").is_none() {
+        eprintln!("xtask: the `cuda` feature compiles without GitHub");
+        results.push(("`cuda` feature compiles".to_string(), cuda_compiles()));
+    }
+    for (what, passed) in &results {
         let result = if *passed { "passed" } else { "FAILED" };
-        eprintln!("xtask: test suite on `{backend}`: {result}");
+        eprintln!("xtask: {what}: {result}");
     }
     Ok(results.iter().all(|(_, passed)| *passed))
+}
+
+/// The crate whose build script downloads LLVM from GitHub; upstream cubecl-cuda pulls it in,
+/// the copy in `third_party/cubecl-cuda` does not.
+const LLVM_DOWNLOADER: &str = "tracel-llvm-bundler";
+
+/// Burn's CUDA backend type-checks (no GPU or CUDA toolkit needed: cudarc loads CUDA at run
+/// time), and nothing in its build graph downloads from outside the package registries.
+fn cuda_compiles() -> bool {
+    let tree = cargo_command()
+        .args(["tree", "--package", "brainfloat-cli", "--features", "cuda"])
+        .args(["--edges", "normal,build", "--prefix", "none"])
+        .output();
+    match tree {
+        Ok(tree) if tree.status.success() => {
+            let downloader = String::from_utf8_lossy(&tree.stdout)
+                .lines()
+                .any(|line| line.starts_with(LLVM_DOWNLOADER));
+            if downloader {
+                eprintln!(
+                    "error: the `cuda` feature depends on {LLVM_DOWNLOADER} again: is the \
+                     [patch.crates-io] of third_party/cubecl-cuda still in Cargo.toml?"
+                );
+                return false;
+            }
+        }
+        Ok(tree) => {
+            eprintln!(
+                "error: cargo tree: {}",
+                String::from_utf8_lossy(&tree.stderr)
+            );
+            return false;
+        }
+        Err(err) => {
+            eprintln!("error: cannot run cargo tree: {err}");
+            return false;
+        }
+    }
+    let Ok(mut check) = cargo(&["check"], "cuda") else {
+        return false;
+    };
+    status(&mut check)
 }
 
 /// The fault suite (`tests/faults/main.rs`, with the test build: its mpirun cases included) on
