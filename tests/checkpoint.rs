@@ -83,27 +83,11 @@ fn load_error(bytes: &[u8]) -> String {
 }
 
 /// The golden file with its tensors edited by `edit`.
-fn edited(
-    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) -> Vec<u8> {
-    let golden = std::fs::read(golden_dir().join("init.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&golden).unwrap();
-    let mut list: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    edit(&mut list);
-    let views: Vec<_> = list
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).unwrap()
+fn edited(edit: impl FnOnce(&mut Vec<TensorEntry>)) -> Vec<u8> {
+    edited_tensors(
+        &std::fs::read(golden_dir().join("init.safetensors")).unwrap(),
+        edit,
+    )
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub fn golden_expected() -> serde_json::Value {
 /// The golden token shard, read by the data crate's shard reader.
 pub fn golden_tokens() -> Vec<u16> {
     let shard = brainfloat_data::Shard::open(&golden_dir().join("tokens.bin")).unwrap();
-    shard.window(0, shard.len())
+    shard.window(0, shard.len()).unwrap()
 }
 
 /// The golden model's shape: vocab 512, 2 layers, width 64, 2 heads, sequences of 32.
@@ -62,4 +62,28 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
 /// `|a − b| / |b|`.
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
+}
+
+/// A tensor of a safetensors file: name, dtype, shape, bytes.
+pub type TensorEntry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// The safetensors file `bytes` with its tensors rewritten by `edit` (written without metadata).
+pub fn edited_tensors(bytes: &[u8], edit: impl FnOnce(&mut Vec<TensorEntry>)) -> Vec<u8> {
+    let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let mut list: Vec<TensorEntry> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut list);
+    let views: Vec<_> = list
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
 }

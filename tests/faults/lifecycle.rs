@@ -94,8 +94,8 @@ pub fn precision_resumes(base: &Base) -> Vec<Outcome> {
             let output = run(&args, &[]);
             let dir = base.dir.join(&folder);
             let (model, optim) = (
-                dir.join("step_000004.model.safetensors"),
-                dir.join("step_000004.optim.safetensors"),
+                crate::data_file(&dir.join("step_000004.json"), "model"),
+                crate::data_file(&dir.join("step_000004.json"), "optim"),
             );
             let want = embedding_dtype(to);
             let wte = "transformer.wte.weight";
@@ -540,4 +540,87 @@ pub fn changed_rank_count(base: &Base) -> Outcome {
         ),
         ok: output.status.success() && stderr(&output).contains(note) && !panicked(&output),
     }
+}
+
+/// Rank 0 refuses to start (a fresh run into a folder holding another run's checkpoints) under
+/// mpirun: every rank ends within a minute with the reason, none waits in a collective.
+#[cfg(feature = "mpi")]
+pub fn mpirun_rank0_fails_at_start(base: &Base) -> (String, bool, String) {
+    let folder = "h_mpi_start";
+    copy_checkpoint(&base.dir.join("resume/from_bf16"), &base.dir.join(folder));
+    let started = Instant::now();
+    let (output, hung) = within_a_minute(&mut mpirun(
+        base,
+        folder,
+        &["train.steps=4", "train.warmdown_steps=1"],
+    ));
+    (
+        "rank 0 fails at start under mpirun: every rank ends (MPI_Abort), the reason named".into(),
+        !hung
+            && !output.status.success()
+            && stderr(&output).contains("holds the checkpoints of another run")
+            && stderr(&output).contains("stopping all ranks"),
+        format!(
+            "after {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            line_with(&output, "stopping all ranks")
+        ),
+    )
+}
+
+/// Two ranks launched with different seeds (one `mpirun` of two programs): they refuse to
+/// start, naming what they disagree on, before the first step.
+#[cfg(feature = "mpi")]
+pub fn mpirun_ranks_disagree(base: &Base) -> (String, bool, String) {
+    use std::os::unix::process::CommandExt;
+    let folder = "h_mpi_disagree";
+    let mut command = Command::new("mpirun");
+    command
+        .process_group(0)
+        .arg("--oversubscribe")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (i, seed) in ["train.seed=1", "train.seed=2"].into_iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command
+            .args(["-np", "1", BIN])
+            .args(base.train_args(folder, &["train.ranks=2", seed]));
+    }
+    let started = Instant::now();
+    let (output, hung) = within_a_minute(&mut command);
+    (
+        "two ranks with different configs refuse to start, naming the difference".into(),
+        !hung
+            && !output.status.success()
+            && stderr(&output).contains("the ranks disagree on the config")
+            && newest_checkpoint(&base.dir.join(folder)) == 0,
+        format!(
+            "after {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            line_with(&output, "disagree")
+        ),
+    )
+}
+
+/// Runs `command` (in its own process group) for up to a minute: its output, and whether it
+/// hung (then its whole group is killed).
+#[cfg(feature = "mpi")]
+fn within_a_minute(command: &mut Command) -> (Output, bool) {
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap();
+    while started.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hung = child.try_wait().unwrap().is_none();
+    if hung {
+        // SAFETY: signals the process group of our own child.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    }
+    (child.wait_with_output().unwrap(), hung)
 }

@@ -10,6 +10,8 @@
 
 #[path = "../../crates/trainer/tests/common/mod.rs"]
 mod common;
+mod fuzz;
+mod history;
 mod lifecycle;
 
 use std::collections::BTreeMap;
@@ -20,10 +22,21 @@ use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
 use brainfloat_data::shard_bytes;
+use brainfloat_tests::{TensorEntry, edited_tensors};
 use brainfloat_trainer::MetricsLine;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 const BIN: &str = env!("CARGO_BIN_EXE_brainfloat");
+
+/// The `which` ("model" or "optim") data file that the checkpoint record `record` names.
+fn data_file(record_path: &Path, which: &str) -> PathBuf {
+    let record = brainfloat_trainer::read_record(record_path).unwrap();
+    let file = match which {
+        "model" => record.model.file,
+        _ => record.optimizer.file,
+    };
+    record_path.with_file_name(file)
+}
 
 /// The valid files every case starts from.
 struct Base {
@@ -124,31 +137,48 @@ impl Base {
     }
 
     /// The good checkpoint's weights rewritten by `edit` (name, dtype, shape, bytes).
-    fn edited_weights(
+    fn edited_weights(&self, name: &str, edit: impl Fn(&mut Vec<TensorEntry>)) -> String {
+        let bytes = std::fs::read(data_file(&self.good, "model")).unwrap();
+        self.file(name, &edited_tensors(&bytes, edit))
+    }
+
+    /// A copy of the good checkpoint in `folder` whose `which` data file is rewritten by
+    /// `edit` and whose record, edited by `record`, carries the new file's SHA-256: damage
+    /// that the checksum does not catch. The record's path.
+    fn consistent_checkpoint(
         &self,
-        name: &str,
-        edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+        folder: &str,
+        which: &str,
+        edit: impl Fn(&mut Vec<TensorEntry>),
+        record: impl Fn(&mut serde_json::Value),
     ) -> String {
-        let model = self.good.with_file_name("step_000002.model.safetensors");
-        let bytes = std::fs::read(model).unwrap();
-        let tensors = SafeTensors::deserialize(&bytes).unwrap();
-        let mut list: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-            .collect();
-        edit(&mut list);
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = list
-            .iter()
-            .map(|(n, d, s, b)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-                )
-            })
-            .collect();
-        let out = safetensors::serialize(views, None).unwrap();
-        self.file(name, &out)
+        self.damaged_checkpoint(folder, |dir| {
+            let record_path = dir.join("step_000002.json");
+            let path = data_file(&record_path, which);
+            let bytes = edited_tensors(&std::fs::read(&path).unwrap(), &edit);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+            let key = if which == "model" {
+                "model"
+            } else {
+                "optimizer"
+            };
+            json[key]["sha256"] = brainfloat_data::sha256_hex(&bytes).into();
+            record(&mut json);
+            std::fs::write(&record_path, serde_json::to_vec(&json).unwrap()).unwrap();
+        })
+    }
+
+    /// A copy of the good checkpoint in `folder` with its record edited by `edit`.
+    fn edited_record(&self, folder: &str, edit: impl Fn(&mut serde_json::Value, &Path)) -> String {
+        self.damaged_checkpoint(folder, |dir| {
+            let record_path = dir.join("step_000002.json");
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+            edit(&mut json, dir);
+            std::fs::write(&record_path, serde_json::to_vec(&json).unwrap()).unwrap();
+        })
     }
 }
 
@@ -436,8 +466,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         init(&dtype, "out_w3"),
         &["lm_head.weight", "I32"],
     );
-    let model = b.good.with_file_name("step_000002.model.safetensors");
-    let bytes = std::fs::read(&model).unwrap();
+    let bytes = std::fs::read(data_file(&b.good, "model")).unwrap();
     let truncated = b.file("w_truncated.safetensors", &bytes[..bytes.len() / 2]);
     add(
         &mut cases,
@@ -455,7 +484,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         &[&not_safetensors],
     );
     let flipped = b.damaged_checkpoint("c_flip", |dir| {
-        let path = dir.join("step_000002.model.safetensors");
+        let path = data_file(&dir.join("step_000002.json"), "model");
         let mut bytes = std::fs::read(&path).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x10;
@@ -466,29 +495,29 @@ fn corpus(b: &Base) -> Vec<Case> {
         "checkpoint",
         "bit-flipped model file (checksum)",
         resume(&flipped, "out_c1"),
-        &["step_000002.model.safetensors", "SHA-256"],
+        &["step_000002.", ".model.safetensors", "SHA-256"],
     );
     let cut = b.damaged_checkpoint("c_cut", |dir| {
-        let path = dir.join("step_000002.optim.safetensors");
+        let path = data_file(&dir.join("step_000002.json"), "optim");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(path, &bytes[..bytes.len() - 100]).unwrap();
     });
     add(
         &mut cases,
         "checkpoint",
-        "truncated optimizer file (checksum)",
+        "truncated optimizer file (length against its header)",
         resume(&cut, "out_c2"),
-        &["step_000002.optim.safetensors", "SHA-256"],
+        &["step_000002.", ".optim.safetensors", "header declares"],
     );
     let gone = b.damaged_checkpoint("c_gone", |dir| {
-        std::fs::remove_file(dir.join("step_000002.model.safetensors")).unwrap();
+        std::fs::remove_file(data_file(&dir.join("step_000002.json"), "model")).unwrap();
     });
     add(
         &mut cases,
         "checkpoint",
         "record whose model file is missing",
         resume(&gone, "out_c3"),
-        &["step_000002.model.safetensors"],
+        &["step_000002.", ".model.safetensors"],
     );
     let garbled = b.damaged_checkpoint("c_json", |dir| {
         std::fs::write(dir.join("step_000002.json"), b"{ not json").unwrap();
@@ -518,6 +547,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         resume(&empty, "out_c6"),
         &["no checkpoint to resume from"],
     );
+    checkpoint_trust_cases(b, &mut cases, &resume);
     let mut eval = vec![
         "eval".to_string(),
         "--config".into(),
@@ -557,6 +587,349 @@ fn corpus(b: &Base) -> Vec<Case> {
     cases
 }
 
+/// Checkpoints and weights that pass their checksums but must not be trusted: files outside the
+/// record's folder, sizes that disagree with headers, shapes no machine holds, optimizer state
+/// that does not fit the model, weights that are not numbers; and a fresh run into another
+/// run's folder.
+fn checkpoint_trust_cases(
+    b: &Base,
+    cases: &mut Vec<Case>,
+    resume: &dyn Fn(&str, &str) -> Vec<String>,
+) {
+    let confined = [
+        (
+            "record naming an absolute path (/dev/zero)",
+            "t_abs",
+            "/dev/zero".to_string(),
+        ),
+        (
+            "record naming a file outside its folder (..)",
+            "t_dotdot",
+            {
+                let good = data_file(&b.good, "model");
+                format!("../good/{}", good.file_name().unwrap().to_string_lossy())
+            },
+        ),
+    ];
+    for (name, folder, file) in confined {
+        let record = b.edited_record(folder, |json, _| {
+            json["model"]["file"] = file.clone().into()
+        });
+        add(
+            cases,
+            "checkpoint",
+            name,
+            resume(&record, &format!("out_{folder}")),
+            &[&file, "not a file beside it"],
+        );
+    }
+    let record = b.edited_record("t_link", |json, dir| {
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.safetensors")).unwrap();
+        json["model"]["file"] = "zero.safetensors".into();
+    });
+    add(
+        cases,
+        "checkpoint",
+        "record naming a symbolic link to a device",
+        resume(&record, "out_t_link"),
+        &["zero.safetensors", "not a regular file"],
+    );
+    let record = b.damaged_checkpoint("t_padded", |dir| {
+        let path = data_file(&dir.join("step_000002.json"), "model");
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        std::io::Write::write_all(&mut file, &[0u8; 4096]).unwrap();
+    });
+    add(
+        cases,
+        "checkpoint",
+        "model file longer than its header declares",
+        resume(&record, "out_t_padded"),
+        &[".model.safetensors", "header declares"],
+    );
+    add(
+        cases,
+        "checkpoint",
+        "resume from a device (/dev/zero) as the record",
+        resume("/dev/zero", "out_t_dev"),
+        &["/dev/zero", "not a regular file"],
+    );
+    let huge = b.file("t_huge.json", &vec![b' '; 17 << 20]);
+    add(
+        cases,
+        "checkpoint",
+        "record of 17 MiB",
+        resume(&huge, "out_t_huge"),
+        &[&huge, "not a checkpoint record"],
+    );
+    let mut eval_dev = vec![
+        "eval".to_string(),
+        "--config".into(),
+        b.config.display().to_string(),
+    ];
+    eval_dev.extend(["--checkpoint".into(), "/dev/zero".into()]);
+    add(
+        cases,
+        "checkpoint",
+        "eval of a device (/dev/zero) as weights",
+        eval_dev,
+        &["/dev/zero", "not a regular file"],
+    );
+    // A 1 KB record whose shape needs 100 TB: refused with the numbers, nothing allocated.
+    let record = b.edited_record("t_wide", |json, _| {
+        json["config"]["model"]["d_model"] = 1_048_576.into();
+    });
+    let mut eval = vec![
+        "eval".to_string(),
+        "--config".into(),
+        b.config.display().to_string(),
+    ];
+    eval.extend(["--checkpoint".into(), record.clone()]);
+    add(
+        cases,
+        "checkpoint",
+        "eval of a record asking for d_model = 1048576",
+        eval,
+        &[&record, "needs at least", "GiB of memory is available"],
+    );
+    add(
+        cases,
+        "config",
+        "training a model no machine holds (d_model = 1048576)",
+        b.train_args("out_t_wide", &["model.d_model=1048576"]),
+        &["needs at least", "for training"],
+    );
+    // Optimizer state that passes its checksum but does not fit the model.
+    let head = "lm_head.weight";
+    /// Name, folder, the state's edit, the record's edit, what the error must say.
+    type OptimCase<'a> = (
+        &'a str,
+        &'a str,
+        Box<dyn Fn(&mut Vec<TensorEntry>)>,
+        Box<dyn Fn(&mut serde_json::Value)>,
+        &'a str,
+    );
+    let optim_cases: Vec<OptimCase> = vec![
+        (
+            "optimizer state of the wrong length",
+            "t_o_len",
+            Box::new(move |l: &mut Vec<TensorEntry>| {
+                let t = l
+                    .iter_mut()
+                    .find(|t| t.0 == format!("{head}.exp_avg"))
+                    .unwrap();
+                t.3.truncate(t.3.len() - 4 * 8);
+                t.2 = vec![t.3.len() / 4];
+            }),
+            Box::new(|_: &mut serde_json::Value| {}),
+            "lm_head.weight.exp_avg holds",
+        ),
+        (
+            "optimizer state missing a tensor",
+            "t_o_missing",
+            Box::new(move |l: &mut Vec<TensorEntry>| {
+                l.retain(|t| t.0 != format!("{head}.exp_avg_sq"));
+            }),
+            Box::new(|_: &mut serde_json::Value| {}),
+            "missing lm_head.weight.exp_avg_sq",
+        ),
+        (
+            "optimizer state of a parameter the model lacks",
+            "t_o_extra",
+            Box::new(|l: &mut Vec<TensorEntry>| {
+                let mut extra = l[0].clone();
+                extra.0 = "transformer.h.9.attn.c_q.weight.momentum_buffer".into();
+                l.push(extra);
+            }),
+            Box::new(|_: &mut serde_json::Value| {}),
+            "belongs to no parameter",
+        ),
+        (
+            "optimizer state of rank 2",
+            "t_o_rank",
+            Box::new(move |l: &mut Vec<TensorEntry>| {
+                let t = l
+                    .iter_mut()
+                    .find(|t| t.0 == format!("{head}.exp_avg"))
+                    .unwrap();
+                t.2 = vec![2, t.2[0] / 2];
+            }),
+            Box::new(|_: &mut serde_json::Value| {}),
+            "optimizer state tensors are flat",
+        ),
+        (
+            "Adam step count 0",
+            "t_o_steps",
+            Box::new(|_: &mut Vec<TensorEntry>| {}),
+            Box::new(move |json: &mut serde_json::Value| {
+                json["adam_steps"][head] = 0.into();
+            }),
+            "Adam step count 0 for lm_head.weight",
+        ),
+    ];
+    for (name, folder, edit, record_edit, expect) in optim_cases {
+        let record = b.consistent_checkpoint(folder, "optim", edit, record_edit);
+        add(
+            cases,
+            "checkpoint",
+            name,
+            resume(&record, &format!("out_{folder}")),
+            &[".optim.safetensors", expect],
+        );
+    }
+    // Weights that are not numbers, through --init and through a checkpoint.
+    let nan = |l: &mut Vec<TensorEntry>| {
+        for t in l.iter_mut() {
+            if t.1 == Dtype::F32 {
+                t.3 = f32::NAN.to_le_bytes().repeat(t.3.len() / 4);
+            }
+        }
+    };
+    let weights = b.edited_weights("w_nan.safetensors", nan);
+    let mut args = b.train_args("out_w_nan", &[]);
+    args.extend(["--init".into(), weights.clone()]);
+    add(
+        cases,
+        "checkpoint",
+        "weights that are all NaN (--init)",
+        args,
+        &[&weights, "holds NaN at element 0"],
+    );
+    let record = b.consistent_checkpoint("t_nan", "model", nan, |_| {});
+    add(
+        cases,
+        "checkpoint",
+        "checkpoint whose weights are all NaN (checksum right)",
+        resume(&record, "out_t_nan"),
+        &[".model.safetensors", "holds NaN"],
+    );
+    // More records that lie about their files, their format or their optimizer state.
+    let record = b.edited_record("t_dir", |json, dir| {
+        std::fs::create_dir(dir.join("sub.safetensors")).unwrap();
+        json["model"]["file"] = "sub.safetensors".into();
+    });
+    add(
+        cases,
+        "checkpoint",
+        "record naming a folder as its model file",
+        resume(&record, "out_t_dir"),
+        &["sub.safetensors", "not a regular file"],
+    );
+    let record = b.edited_record("t_format", |json, _| json["format"] = 99.into());
+    add(
+        cases,
+        "checkpoint",
+        "record of a newer format (99)",
+        resume(&record, "out_t_format"),
+        &[&record, "checkpoint format 99"],
+    );
+    let record = b.edited_record("t_steps_gone", |json, _| {
+        json["adam_steps"]
+            .as_object_mut()
+            .unwrap()
+            .remove("lm_head.weight");
+    });
+    add(
+        cases,
+        "checkpoint",
+        "record without Adam's step count of a parameter",
+        resume(&record, "out_t_steps_gone"),
+        &[
+            ".optim.safetensors",
+            "no Adam step count for lm_head.weight",
+        ],
+    );
+    let record = b.edited_record("t_steps_ahead", |json, _| {
+        json["adam_steps"]["lm_head.weight"] = 99.into()
+    });
+    add(
+        cases,
+        "checkpoint",
+        "Adam step count beyond the record's step (99 after 2)",
+        resume(&record, "out_t_steps_ahead"),
+        &[
+            ".optim.safetensors",
+            "Adam step count 99 for lm_head.weight after 2 optimizer steps",
+        ],
+    );
+    // Shards that are not files: read until memory runs out, were they read.
+    for (name, folder, shard) in [
+        (
+            "training shard that is a device (/dev/zero)",
+            "out_s_dev",
+            "/dev/zero".to_string(),
+        ),
+        (
+            "training shard that is a folder",
+            "out_s_dir",
+            b.dir.join("t_dir").display().to_string(),
+        ),
+    ] {
+        let set = format!("data.train={shard}");
+        add(
+            cases,
+            "shard",
+            name,
+            b.train_args(folder, &[&set]),
+            &[&shard, "not a regular file"],
+        );
+    }
+    // Evaluation and generation check what they load as training does.
+    let weights = b.dir.join("w_nan.safetensors").display().to_string();
+    let mut eval_nan = vec![
+        "eval".to_string(),
+        "--config".into(),
+        b.config.display().to_string(),
+    ];
+    eval_nan.extend(["--checkpoint".into(), weights.clone()]);
+    add(
+        cases,
+        "checkpoint",
+        "eval of weights that are all NaN",
+        eval_nan,
+        &[&weights, "holds NaN at element 0"],
+    );
+    let wide = b.dir.join("t_wide/step_000002.json").display().to_string();
+    let mut generate = vec![
+        "generate".to_string(),
+        "--config".into(),
+        b.config.display().to_string(),
+    ];
+    generate.extend([
+        "--checkpoint".into(),
+        wide.clone(),
+        "--prompt".into(),
+        "The".into(),
+    ]);
+    add(
+        cases,
+        "checkpoint",
+        "generate from a record asking for d_model = 1048576",
+        generate,
+        &[&wide, "needs at least"],
+    );
+    // A fresh run into a folder holding another run's checkpoints (its snapshot proves it is
+    // left as it was).
+    let other = b.damaged_checkpoint("other_run", |_| {});
+    let folder = Path::new(&other)
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    add(
+        cases,
+        "output",
+        "fresh run into a folder holding another run's checkpoints",
+        b.train_args(&folder, &[]),
+        &[
+            "holds the checkpoints of another run",
+            "--resume",
+            "--overwrite",
+        ],
+    );
+}
+
 /// Every file under `dir` except the cases' output folders: size and a content hash.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
     let mut out = BTreeMap::new();
@@ -565,10 +938,18 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
                 if !name.starts_with("out_") && name != "trials" {
                     stack.push(path);
                 }
+            } else if kind.is_symlink() {
+                // The link itself, not what it points at (a device, for one case).
+                let target = std::fs::read_link(&path).unwrap_or_default();
+                let bytes = target.as_os_str().as_encoded_bytes();
+                out.insert(path, (bytes.len() as u64, bytes.len() as u64));
             } else {
                 let bytes = std::fs::read(&path).unwrap_or_default();
                 let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
@@ -589,8 +970,26 @@ struct Verdict {
     first_line: String,
 }
 
+/// The names of the checkpoint files (`step_*`) in the output folder that `args` name.
+fn checkpoint_files(base: &Base, args: &[String]) -> std::collections::BTreeSet<String> {
+    let dir = base.dir.join(
+        args.iter()
+            .find_map(|a| a.strip_prefix("output.dir="))
+            .map_or("none", |d| d),
+    );
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("step_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn check(base: &Base, case: &Case) -> Verdict {
     let before = snapshot(&base.dir);
+    let checkpoints_before = checkpoint_files(base, &case.args);
     let mut command = Command::new(BIN);
     command
         .args(&case.args)
@@ -621,19 +1020,7 @@ fn check(base: &Base, case: &Case) -> Verdict {
     let exited_with_error = output.status.code().is_some_and(|c| c != 0);
     let names_it = case.expect.iter().all(|e| error_line.contains(e.as_str()));
     let after = snapshot(&base.dir);
-    let wrote_checkpoint = std::fs::read_dir(
-        base.dir.join(
-            case.args
-                .iter()
-                .find_map(|a| a.strip_prefix("output.dir="))
-                .map_or("none", |d| d),
-        ),
-    )
-    .map(|d| {
-        d.flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("step_"))
-    })
-    .unwrap_or(false);
+    let wrote_checkpoint = checkpoint_files(base, &case.args) != checkpoints_before;
     Verdict {
         clear: exited_with_error && names_it && !panicked,
         panicked,
@@ -1125,18 +1512,71 @@ fn main() -> ExitCode {
         let line = for_table(&base, line);
         let _ = writeln!(report, "| {name} | {} | `{line}` |", yes_no(*passed));
     }
-    let signals_ok = signals.iter().all(|s| s.1);
-    let tried = cases.len() + outcomes.len() + signals.len() + trials_run;
-    let passed = clear + as_expected + signals.iter().filter(|s| s.1).count() + reproduced;
+    let histories = history::history_checks(&base);
+    let _ = writeln!(
+        report,
+        "\n## Checkpoint history, kill points, data and storage that change, stops within grace\n\n\
+         A checkpoint of step N is its record `step_N.json`, written last, and two data files \
+         whose names are unique to the write (`step_N.<write>.model.safetensors`); every record \
+         carries the run's identity. The kill points are compiled in only with the `testing` \
+         feature (`BRAINFLOAT_KILL_AT=<point>@<step>`), which production builds never enable.\n\n\
+         | check | result | what it saw |\n|---|---|---|"
+    );
+    for (name, passed, line) in &histories {
+        let line = for_table(&base, line);
+        let _ = writeln!(report, "| {name} | {} | `{line}` |", yes_no(*passed));
+        if !passed {
+            eprintln!("FAILED: {name}: {line}");
+        }
+    }
+    let fuzzed = fuzz::fuzz_parsers(&base);
+    let _ = writeln!(
+        report,
+        "\n## Fuzzing the parsers of outside bytes\n\n\
+         Each parser gets inputs made by mutating a valid one (bytes flipped, cut, repeated, \
+         overwritten with boundary values; a fixed seed, so the run repeats), in this process \
+         under `catch_unwind`: a crash is a panic or an abort; an input may be accepted or \
+         refused with an error.\n\n\
+         | parser | inputs tried | refused with an error | accepted | crashes |\n|---|---:|---:|---:|---:|"
+    );
+    for target in &fuzzed {
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} |",
+            target.name, target.tried, target.refused, target.accepted, target.crashes
+        );
+        if target.crashes > 0 {
+            eprintln!(
+                "FAILED: fuzzing {}: {} crashes; first: {}",
+                target.name, target.crashes, target.first_crash
+            );
+        }
+    }
+    let crashes: usize = fuzzed.iter().map(|t| t.crashes).sum();
+    let fuzz_inputs: usize = fuzzed.iter().map(|t| t.tried).sum();
+    let _ = writeln!(
+        report,
+        "\n**Fuzzing: {} parsers, {fuzz_inputs} inputs, {crashes} crashes.**",
+        fuzzed.len()
+    );
+    let signals_ok = signals.iter().all(|s| s.1) && histories.iter().all(|s| s.1) && crashes == 0;
+    let tried = cases.len() + outcomes.len() + signals.len() + histories.len() + trials_run;
+    let passed = clear
+        + as_expected
+        + signals.iter().filter(|s| s.1).count()
+        + histories.iter().filter(|s| s.1).count()
+        + reproduced;
     let _ = writeln!(
         report,
         "\n## Summary\n\n**{tried} cases tried ({} bad inputs, {} resume and folder cases, {} \
-         signal and non-finite checks, {trials_run} kill and SIGTERM trials): {passed} as \
-         expected; panics: {panics}; files modified by a refused input: {modified}; curves \
-         reproduced: {reproduced} of {trials_run}.**",
+         signal and non-finite checks, {} checkpoint-history, storage and grace checks, \
+         {trials_run} kill and SIGTERM trials): {passed} as expected; panics: {panics}; files \
+         modified by a refused input: {modified}; curves reproduced: {reproduced} of \
+         {trials_run}; fuzzing: {fuzz_inputs} inputs, {crashes} crashes.**",
         cases.len(),
         outcomes.len(),
-        signals.len()
+        signals.len(),
+        histories.len()
     );
     if let Ok(path) = std::env::var("BRAINFLOAT_RELIABILITY_REPORT") {
         std::fs::write(&path, &report).unwrap();

@@ -59,7 +59,10 @@ impl MpiSync {
                          a collective; a rank has died or hangs. Stopping this rank.",
                         timeout.as_secs()
                     );
-                    std::process::exit(WATCHDOG_EXIT);
+                    // `_exit`: the main thread is inside MPI or a tensor op, and exit handlers and
+                    // destructors run under it crash (libtorch) or wait (MPI_Finalize) there.
+                    // SAFETY: `_exit` ends the process at once; it touches no Rust state.
+                    unsafe { libc::_exit(WATCHDOG_EXIT) };
                 }
             }
         });
@@ -120,4 +123,16 @@ impl GradSync for MpiSync {
     fn abort(&mut self, code: i32) {
         self.world.abort(code)
     }
+
+    fn aborter(&self) -> Option<fn(i32)> {
+        Some(abort_world)
+    }
+}
+
+/// `MPI_Abort` on `MPI_COMM_WORLD`: mpirun ends every rank with `code`.
+fn abort_world(code: i32) {
+    // SAFETY: reached only through an `MpiSync`, which initialised MPI; MPI_COMM_WORLD is
+    // valid from then until finalisation, and MPI_Abort does not return on success.
+    unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code) };
+    std::process::abort()
 }

@@ -43,6 +43,13 @@ pub trait GradSync {
     /// collective for this one. Returns on a single rank, where there is nobody to stop.
     fn abort(&mut self, code: i32);
 
+    /// [`abort`](Self::abort) as a function that needs no access to this sync: for a failure
+    /// while the sync is held elsewhere (a trainer that did not finish starting). `None` on a
+    /// single rank.
+    fn aborter(&self) -> Option<fn(i32)> {
+        None
+    }
+
     /// Whether this rank writes logs, metrics and checkpoints (rank 0).
     fn is_leader(&self) -> bool {
         self.rank() == 0

@@ -92,6 +92,14 @@ pub enum BackendError {
         /// What was asked for.
         name: String,
     },
+    /// A GPU backend whose device could not be used (no driver library, no GPU).
+    #[error("backend `{backend}` cannot use its device: {problem}")]
+    Unavailable {
+        /// The backend asked for.
+        backend: Backend,
+        /// What its driver said.
+        problem: String,
+    },
     /// A backend whose Cargo feature this binary was built without.
     #[error(
         "this binary was built without the `{feature}` feature that backend `{backend}` needs; \
@@ -161,15 +169,56 @@ impl Backend {
             #[allow(deprecated)]
             Self::TchCuda(index) => {
                 #[cfg(feature = "tch")]
-                return Ok(Device::libtorch_cuda(index));
+                return self.probed(Device::libtorch_cuda(index));
                 let _ = index;
                 not_built("tch")
             }
             Self::Cuda(index) => {
                 #[cfg(feature = "cuda")]
-                return Ok(Device::cuda(index));
+                return self.probed(Device::cuda(index));
                 let _ = index;
                 not_built("cuda")
+            }
+        }
+    }
+
+    /// `device` once a one-element tensor was made on it: a GPU backend loads its driver
+    /// lazily and panics when it cannot (no libcuda, no GPU, a bad index), which is said here as
+    /// an error instead of a backtrace in the middle of building the model.
+    #[allow(dead_code)] // only GPU backends probe
+    fn probed(self, device: Device) -> Result<Device, BackendError> {
+        use std::sync::{Arc, Mutex};
+        // The driver's own words come from the panic of its runner thread; the caller only
+        // sees that thread's channel close. The hook keeps the first message of any thread.
+        let first = Arc::new(Mutex::new(None::<String>));
+        let seen = Arc::clone(&first);
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+            if let (Ok(mut first), Some(message)) = (seen.lock(), message) {
+                first.get_or_insert(message);
+            }
+        }));
+        let made = std::panic::catch_unwind(|| {
+            burn::tensor::Tensor::<1>::from_floats([0.0], &device).into_data()
+        });
+        std::panic::set_hook(hook);
+        match made {
+            Ok(_) => Ok(device),
+            Err(_) => {
+                let message = first
+                    .lock()
+                    .ok()
+                    .and_then(|first| first.clone())
+                    .unwrap_or_else(|| "its driver failed".into());
+                Err(BackendError::Unavailable {
+                    backend: self,
+                    problem: message,
+                })
             }
         }
     }

@@ -213,6 +213,10 @@ struct TrainArgs {
     /// Resume from a checkpoint record (step_*.json), a folder, or the run's newest checkpoint.
     #[arg(long, num_args = 0..=1, default_missing_value = NEWEST)]
     resume: Option<PathBuf>,
+    /// Start afresh in an output folder that holds another run's checkpoints, moving them and
+    /// its metrics into a subfolder (output.overwrite = true).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Under mpirun: seconds a rank waits in one collective before it declares a peer dead.
     #[arg(long, default_value_t = 120)]
     sync_timeout: u64,
@@ -352,6 +356,51 @@ fn device(backend: Backend) -> Result<Device, String> {
     backend.device().map_err(|err| err.to_string())
 }
 
+/// Bytes per parameter that holding a model's weights takes at least: fp32 masters (bf16
+/// weights are made from them).
+const WEIGHTS_BYTES_PER_PARAM: u64 = 4;
+
+/// Bytes per parameter that training takes at least: fp32 weights and gradients, and two fp32
+/// moments of Adam (Muon keeps one; activations come on top).
+const TRAINING_BYTES_PER_PARAM: u64 = 16;
+
+/// Refuses, before any tensor is allocated, a model that cannot fit in this machine's memory
+/// on a backend whose tensors live there (flex, libtorch on the CPU): its parameter count times
+/// `bytes_per_param`, a lower bound of what `purpose` takes, against the memory available to
+/// this process. A GPU's own memory is not known here, so GPU backends are not checked.
+fn check_fits(
+    backend: Backend,
+    config: &TrainConfig,
+    bytes_per_param: u64,
+    purpose: &str,
+) -> Result<(), String> {
+    use brainfloat_backend::MemoryMeasure;
+    if !matches!(
+        backend.memory_measure(),
+        MemoryMeasure::Heap | MemoryMeasure::ResidentSet
+    ) {
+        return Ok(());
+    }
+    let gpt = config.gpt().map_err(|err| err.to_string())?;
+    let params = gpt.num_params() as u64;
+    let needed = params.saturating_mul(bytes_per_param);
+    let Some(available) = brainfloat_memory::available_memory() else {
+        return Ok(());
+    };
+    if needed <= available {
+        return Ok(());
+    }
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    Err(format!(
+        "the model ({}: {params} parameters) needs at least {:.1} GiB for {purpose} \
+         ({bytes_per_param} bytes per parameter), and {:.1} GiB of memory is available; nothing \
+         was allocated",
+        gpt.describe(),
+        gib(needed),
+        gib(available)
+    ))
+}
+
 /// Fetches the default corpus when the config points at it and its shards are missing.
 fn ensure_default_corpus(config: &TrainConfig) -> Result<(), String> {
     let dir = config.data.train.parent().unwrap_or(Path::new("."));
@@ -401,18 +450,37 @@ fn grad_sync(timeout_s: u64) -> Result<Box<dyn GradSync>, String> {
     }
 }
 
-fn train(args: TrainArgs) -> Result<(), String> {
+fn train(mut args: TrainArgs) -> Result<(), String> {
     // First, so that a signal during start-up still ends with a checkpoint after one step.
     let stop = StopRequest::install()?;
+    if args.overwrite {
+        args.run.overrides.push("output.overwrite=true".into());
+    }
     let config = load_config(&args.run)?;
     let mut sync = grad_sync(args.sync_timeout)?;
-    let (rank, leader) = (sync.rank(), sync.is_leader());
+    let (rank, leader, world) = (sync.rank(), sync.is_leader(), sync.world_size());
     init_logs(config.output.log_format, leader);
+    // A leader that cannot fetch the corpus ends every rank: the others would wait for it
+    // forever in the unwatched wait below. (The trainer does the same for its own start.)
+    let aborter = sync.aborter();
+    let fail_all = |err: String| -> String {
+        if let Some(abort) = aborter {
+            eprintln!("error: rank {rank} of {world}: {err}; stopping all ranks");
+            abort(1);
+        }
+        err
+    };
     if leader {
-        ensure_default_corpus(&config)?;
+        ensure_default_corpus(&config).map_err(fail_all)?;
     }
     // Everyone waits for the leader's corpus (unwatched: a fetch may take minutes).
     sync.wait_for_leader().map_err(|err| err.to_string())?;
+    check_fits(
+        args.run.backend,
+        &config,
+        TRAINING_BYTES_PER_PARAM,
+        "training",
+    )?;
     let device = device(args.run.backend)?;
     let start = match (args.init, args.resume) {
         (Some(path), _) => Start::Init(path),
@@ -428,7 +496,6 @@ fn train(args: TrainArgs) -> Result<(), String> {
     } else {
         (steps / 20).max(1)
     };
-    let world = sync.world_size();
     // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
     // the same averaged values, so every rank decides the same.
     let mut trainer = Trainer::distributed(config, &device, start, sync)
@@ -492,9 +559,11 @@ fn load_model(
     checkpoint: &Path,
     mut config: TrainConfig,
     record_precision: bool,
-    device: &Device,
+    backend: Backend,
 ) -> Result<(Gpt, TrainConfig), String> {
+    let device = &device(backend)?;
     if !is_record(checkpoint) {
+        check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")?;
         let model = init_model(&config, device).map_err(|e| e.to_string())?;
         let model = load_weights(model, checkpoint).map_err(|e| e.to_string())?;
         return Ok((model, config));
@@ -505,6 +574,8 @@ fn load_model(
         config.train.precision = record.config.train.precision.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
+    check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")
+        .map_err(|err| format!("{}: {err}", checkpoint.display()))?;
     let model = init_model(&config, device).map_err(|e| e.to_string())?;
     let model = load_checkpoint_weights(checkpoint, &record, model).map_err(|e| e.to_string())?;
     for note in model_notes(&record.config, &config) {
@@ -518,7 +589,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let (model, config) = load_model(&args.checkpoint, config, false, &device)?;
+    let (model, config) = load_model(&args.checkpoint, config, false, args.run.backend)?;
     let policy = *model.policy();
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -540,7 +611,7 @@ fn generate_text(args: GenerateArgs) -> Result<(), String> {
     let device = device(args.run.backend)?;
     // A record's own precision, unless --precision says otherwise.
     let record_precision = args.run.precision.is_none();
-    let (model, _) = load_model(&args.checkpoint, config, record_precision, &device)?;
+    let (model, _) = load_model(&args.checkpoint, config, record_precision, args.run.backend)?;
     let policy = *model.policy();
     let model = inference_model(model, &device).map_err(|err| err.to_string())?;
     let from_stdin = match args.prompt.as_deref() {

@@ -1,12 +1,14 @@
-//! Stopping a run on a signal. The first SIGINT (Ctrl-C) or SIGTERM (what SLURM, Kubernetes and
-//! systemd send before SIGKILL) lets the step finish, writes a checkpoint and exits with
-//! 128 + the signal's number (130, 143); a second one exits at once. Under mpirun every rank
+//! Stopping a run on a signal. The first SIGINT (Ctrl-C), SIGTERM (what SLURM, Kubernetes and
+//! systemd send before SIGKILL) or SIGUSR1 (what SLURM's `--signal=USR1@<seconds>` sends ahead of
+//! a job's time limit) lets the step finish, writes a checkpoint (before any evaluation, which an
+//! evaluation in progress abandons) and exits with 128 + the signal's number (130, 143, 138); a
+//! second one exits at once. Under mpirun every rank
 //! stops at the same step: the trainer averages the stop flag over the ranks each step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 /// The signal that asked the run to stop, once one has.
@@ -17,10 +19,10 @@ pub struct StopRequest {
 }
 
 impl StopRequest {
-    /// Handles SIGINT and SIGTERM from now on.
+    /// Handles SIGINT, SIGTERM and SIGUSR1 from now on.
     pub fn install() -> Result<Self, String> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])
-            .map_err(|err| format!("cannot handle SIGINT and SIGTERM: {err}"))?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+            .map_err(|err| format!("cannot handle SIGINT, SIGTERM and SIGUSR1: {err}"))?;
         let request = Self {
             signal: Arc::new(AtomicI32::new(0)),
             flag: Arc::new(AtomicBool::new(false)),
@@ -66,6 +68,7 @@ fn name(signal: i32) -> &'static str {
     match signal {
         SIGINT => "Ctrl-C (SIGINT)",
         SIGTERM => "SIGTERM",
+        SIGUSR1 => "SIGUSR1",
         _ => "a signal",
     }
 }

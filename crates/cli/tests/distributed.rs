@@ -102,7 +102,9 @@ fn train(ranks: usize, args: &[String]) {
 
 /// Every weight of a checkpoint's model file, as f64, by name.
 fn weights(dir: &Path, step: usize) -> Vec<(String, Vec<f64>)> {
-    let bytes = std::fs::read(dir.join(format!("step_{step:06}.model.safetensors"))).unwrap();
+    let record =
+        brainfloat_trainer::read_record(&dir.join(format!("step_{step:06}.json"))).unwrap();
+    let bytes = std::fs::read(dir.join(record.model.file)).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let mut out: Vec<(String, Vec<f64>)> = tensors
         .tensors()

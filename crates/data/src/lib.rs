@@ -21,9 +21,9 @@ mod error;
 mod loader;
 mod tokenize;
 
-pub use atomic::{remove_stale_temporaries, sha256_hex, write_atomic};
+pub use atomic::{remove_stale_temporaries, sha256_hex, temporary_path, write_atomic};
 pub use error::DataError;
-pub use loader::{DistributedLoader, LoaderPosition, shard_paths};
+pub use loader::{DistributedLoader, LoaderPosition, ShardIdentity, shard_paths};
 pub use loader::{
     HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, Shard, shard_bytes, write_shard,
 };

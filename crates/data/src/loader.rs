@@ -4,11 +4,11 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_atomic;
@@ -120,6 +120,14 @@ impl DistributedLoader {
         &self.paths
     }
 
+    /// Every shard's [`ShardIdentity`], in reading order.
+    pub fn identities(&self) -> Result<Vec<ShardIdentity>, DataError> {
+        self.paths
+            .iter()
+            .map(|path| Shard::open(path)?.identity())
+            .collect()
+    }
+
     /// Where the next window starts.
     pub fn position(&self) -> LoaderPosition {
         self.position
@@ -166,11 +174,12 @@ impl DistributedLoader {
         })
     }
 
-    /// The next window of `B·T + 1` tokens (inputs are the first `B·T`, targets the last).
+    /// The next window of `B·T + 1` tokens (inputs are the first `B·T`, targets the last). A
+    /// shard that shrank since it was opened is an error naming it.
     pub fn next_window(&mut self) -> Result<Vec<u16>, DataError> {
         let window = self
             .shard
-            .window(self.position.offset, self.batch_size * self.seq_len + 1);
+            .window(self.position.offset, self.batch_size * self.seq_len + 1)?;
         let offset = self.position.offset + self.stride();
         let next = if offset + self.stride() + 1 > self.shard.len() {
             LoaderPosition {
@@ -239,14 +248,31 @@ pub const HEADER_WORDS: usize = 256;
 /// Header length in bytes.
 pub const HEADER_BYTES: usize = HEADER_WORDS * 4;
 
-/// A validated shard, memory-mapped.
+/// A validated shard, read with positional reads: not memory-mapped, because a mapped file
+/// truncated by another process kills the reader with SIGBUS, where a read returns an error.
 #[derive(Debug)]
 pub struct Shard {
     path: PathBuf,
-    map: Mmap,
+    file: File,
     len: usize,
     modified: Option<SystemTime>,
 }
+
+/// What a checkpoint remembers of a training shard, to tell on resume whether the data position
+/// it recorded still points into the same tokens: the file's name, its token count and the
+/// SHA-256 of its header (cheap to compute on a set of large shards).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardIdentity {
+    /// The file name (without its folder: a moved data set is the same set).
+    pub file: String,
+    /// Tokens it holds.
+    pub tokens: usize,
+    /// SHA-256 of its header, hex.
+    pub header_sha256: String,
+}
+
+/// Tokens read per `read_exact_at` when scanning a whole shard.
+const SCAN_TOKENS: usize = 1 << 20;
 
 /// A shard whose every token was found below a vocabulary size: the file (by path, length and
 /// modification time, so a rewritten file is checked again) and that size.
@@ -262,17 +288,23 @@ impl Shard {
     pub fn open(path: &Path) -> Result<Self, DataError> {
         let error = |problem: String| DataError::new(path, problem);
         let file = File::open(path).map_err(|err| error(format!("cannot open: {err}")))?;
-        // SAFETY: the map is read-only; a shard modified by another process while we read it
-        // gives wrong tokens, not memory unsafety for the u8 reads done here.
-        let map = unsafe { Mmap::map(&file) }.map_err(|err| error(format!("cannot map: {err}")))?;
-        let modified = file.metadata().and_then(|m| m.modified()).ok();
-        if map.len() < HEADER_BYTES {
+        let metadata = file
+            .metadata()
+            .map_err(|err| error(format!("cannot read its size: {err}")))?;
+        if !metadata.is_file() {
+            return Err(error("not a regular file".to_string()));
+        }
+        let modified = metadata.modified().ok();
+        let file_len = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
+        if file_len < HEADER_BYTES {
             return Err(error(format!(
-                "truncated header: {} bytes, a shard starts with a {HEADER_BYTES}-byte header",
-                map.len()
+                "truncated header: {file_len} bytes, a shard starts with a {HEADER_BYTES}-byte header"
             )));
         }
-        let word = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().unwrap());
+        let mut header = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|err| error(format!("cannot read the header: {err}")))?;
+        let word = |i: usize| i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap());
         if word(0) != SHARD_MAGIC {
             return Err(error(format!(
                 "wrong magic number {} (expected {SHARD_MAGIC}): not an llm.c / modded-nanogpt \
@@ -287,7 +319,7 @@ impl Shard {
             )));
         }
         let count = word(2);
-        let payload = map.len() - HEADER_BYTES;
+        let payload = file_len - HEADER_BYTES;
         if !payload.is_multiple_of(2) {
             return Err(error(format!(
                 "odd token payload of {payload} bytes: tokens are 2-byte uint16"
@@ -302,9 +334,26 @@ impl Shard {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            map,
+            file,
             len: count as usize,
             modified,
+        })
+    }
+
+    /// The shard's [`ShardIdentity`].
+    pub fn identity(&self) -> Result<ShardIdentity, DataError> {
+        let mut header = [0u8; HEADER_BYTES];
+        self.file
+            .read_exact_at(&mut header, 0)
+            .map_err(|err| DataError::new(&self.path, format!("cannot read the header: {err}")))?;
+        Ok(ShardIdentity {
+            file: self
+                .path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            tokens: self.len,
+            header_sha256: crate::atomic::sha256_hex(&header),
         })
     }
 
@@ -324,37 +373,62 @@ impl Shard {
     }
 
     /// The token at `index`.
-    pub fn token(&self, index: usize) -> u16 {
-        let at = HEADER_BYTES + 2 * index;
-        u16::from_le_bytes([self.map[at], self.map[at + 1]])
+    pub fn token(&self, index: usize) -> Result<u16, DataError> {
+        Ok(self.window(index, 1)?[0])
     }
 
-    /// Tokens `start .. start + len`, copied out.
-    pub fn window(&self, start: usize, len: usize) -> Vec<u16> {
-        let bytes = &self.map[HEADER_BYTES + 2 * start..HEADER_BYTES + 2 * (start + len)];
-        bytes
+    /// Tokens `start .. start + len`, read from the file. A range past the tokens the header
+    /// declared, or a read cut short because the file shrank since it was opened, is an error
+    /// naming the shard.
+    pub fn window(&self, start: usize, len: usize) -> Result<Vec<u16>, DataError> {
+        if start.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(DataError::new(
+                &self.path,
+                format!(
+                    "tokens {start}..{} asked of a shard of {} tokens",
+                    start.saturating_add(len),
+                    self.len
+                ),
+            ));
+        }
+        let mut bytes = vec![0u8; 2 * len];
+        self.file
+            .read_exact_at(&mut bytes, (HEADER_BYTES + 2 * start) as u64)
+            .map_err(|err| {
+                let now = self.file.metadata().map(|m| m.len()).ok();
+                let problem = match now {
+                    Some(now) if now < (HEADER_BYTES + 2 * self.len) as u64 => format!(
+                        "the file changed while training read it: {now} bytes now, {} when \
+                         opened; a shard must not be rewritten or truncated during a run",
+                        HEADER_BYTES + 2 * self.len
+                    ),
+                    _ => format!("cannot read tokens {start}..{}: {err}", start + len),
+                };
+                DataError::new(&self.path, problem)
+            })?;
+        Ok(bytes
             .chunks_exact(2)
             .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-            .collect()
+            .collect())
     }
 
     /// Checks that every token id is below `vocab_size`; the error gives the first bad id and
     /// its position.
     pub fn check_vocab(&self, vocab_size: usize) -> Result<(), DataError> {
-        let payload = &self.map[HEADER_BYTES..HEADER_BYTES + 2 * self.len];
-        let bad = payload
-            .chunks_exact(2)
-            .position(|pair| u16::from_le_bytes([pair[0], pair[1]]) as usize >= vocab_size);
-        match bad {
-            Some(i) => Err(DataError::new(
-                &self.path,
-                format!(
-                    "token id {} at position {i} is outside the vocabulary of {vocab_size}",
-                    self.token(i)
-                ),
-            )),
-            None => Ok(()),
+        for start in (0..self.len).step_by(SCAN_TOKENS) {
+            let tokens = self.window(start, SCAN_TOKENS.min(self.len - start))?;
+            if let Some(i) = tokens.iter().position(|&t| usize::from(t) >= vocab_size) {
+                return Err(DataError::new(
+                    &self.path,
+                    format!(
+                        "token id {} at position {} is outside the vocabulary of {vocab_size}",
+                        tokens[i],
+                        start + i
+                    ),
+                ));
+            }
         }
+        Ok(())
     }
 
     /// [`check_vocab`](Self::check_vocab), once per file and size in this process: a shard

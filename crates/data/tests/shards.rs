@@ -29,8 +29,8 @@ fn shards_round_trip() {
     let path = shard_with(dir.path(), "a.bin", &tokens);
     let shard = Shard::open(&path).unwrap();
     assert_eq!(shard.len(), 1000);
-    assert_eq!(shard.window(0, 1000), tokens);
-    assert_eq!(shard.token(999), tokens[999]);
+    assert_eq!(shard.window(0, 1000).unwrap(), tokens);
+    assert_eq!(shard.token(999).unwrap(), tokens[999]);
     assert_eq!(
         std::fs::metadata(&path).unwrap().len() as usize,
         HEADER_BYTES + 2000
@@ -48,7 +48,7 @@ fn the_golden_fixture_is_a_valid_shard() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tokens.bin");
     let shard = Shard::open(&path).unwrap();
     assert_eq!(shard.len(), 1025);
-    assert_eq!(shard.token(0), 1);
+    assert_eq!(shard.token(0).unwrap(), 1);
     shard.check_vocab(512).unwrap();
 }
 
@@ -105,6 +105,43 @@ fn token_ids_beyond_the_vocabulary_are_found() {
         err.ends_with("token id 50304 at position 2 is outside the vocabulary of 50304"),
         "{err}"
     );
+}
+
+#[test]
+fn a_shard_truncated_after_it_was_opened_is_an_error_naming_it_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<u16> = (0..10_000).map(|i| (i % 500) as u16).collect();
+    let path = shard_with(dir.path(), "t.bin", &tokens);
+    let mut loader = DistributedLoader::new(vec![path.clone()], 4, 16, 0, 1).unwrap();
+    assert_eq!(loader.next_window().unwrap(), tokens[..65]);
+    // Another process cuts the file short (a memory map would die of SIGBUS here).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1100)
+        .unwrap();
+    let err = loader.next_window().unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("changed while training read it: 1100 bytes now, 21024 when opened"),
+        "{err}"
+    );
+    let shard = Shard::open(&path).unwrap_err().to_string();
+    assert!(shard.contains("header says 10000 tokens"), "{shard}");
+}
+
+#[test]
+fn a_window_past_the_declared_tokens_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(&shard_with(dir.path(), "w.bin", &[1, 2, 3])).unwrap();
+    assert_eq!(shard.window(1, 2).unwrap(), [2, 3]);
+    let err = shard.window(2, 2).unwrap_err().to_string();
+    assert!(
+        err.contains("tokens 2..4 asked of a shard of 3 tokens"),
+        "{err}"
+    );
+    assert!(shard.window(usize::MAX, 2).is_err());
 }
 
 /// The reference's loader, transcribed: which (shard, offset) each rank reads, step by step.

@@ -42,10 +42,10 @@ fn text_files_become_train_and_val_shards() {
     // Document 4 (the 5th) is the validation one.
     let tokenizer = Gpt2Tokenizer::new();
     assert_eq!(
-        tokenizer.decode(&val.window(1, val.len() - 1)),
+        tokenizer.decode(&val.window(1, val.len() - 1).unwrap()),
         "Document number 4."
     );
-    assert_eq!(train.token(0), END_OF_TEXT);
+    assert_eq!(train.token(0).unwrap(), END_OF_TEXT);
     train.check_vocab(50257).unwrap();
 
     let err = text_files(&dir.path().join("shards"))

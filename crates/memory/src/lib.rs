@@ -11,6 +11,7 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
@@ -124,6 +125,33 @@ pub fn rss() -> Option<RssStats> {
         current: field("VmRSS:")?,
         peak: field("VmHWM:")?,
     })
+}
+
+/// The memory this process could still take, in bytes: the kernel's `MemAvailable`, lowered
+/// to the room left under a cgroup v2 limit (`memory.max` − `memory.current`, what a container's
+/// limit is); `None` where `/proc` does not tell (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        * 1024;
+    let cgroup = |file: &str| -> Option<u64> {
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let room = cgroup("memory.max")
+        .zip(cgroup("memory.current"))
+        .map(|(max, current)| max.saturating_sub(current));
+    Some(room.map_or(available, |room| room.min(available)))
 }
 
 /// Resets the resident-set peak to the current size (Linux ≥ 4.0); `false` if refused.

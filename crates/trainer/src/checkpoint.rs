@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use brainfloat_data::{LoaderPosition, sha256_hex, write_atomic};
+use brainfloat_data::{LoaderPosition, ShardIdentity, sha256_hex, write_atomic};
 use brainfloat_gpt::Gpt;
 use brainfloat_precision::{ParamPath, named_params};
 use burn::module::{Module, ModuleMapper, Param};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::{TensorFileError, TrainError};
+use crate::faults::FaultPoint;
 use crate::optim::RecordOptimizer;
 
 fn checkpoint_error(path: &Path, problem: impl ToString) -> TrainError {
@@ -51,8 +52,7 @@ pub fn save_weights(model: &Gpt, path: &Path) -> Result<(), TrainError> {
 /// tensor is cast to the dtype the parameter has now; every parameter must be present with its
 /// shape, and the file must hold nothing else.
 pub fn load_weights(model: Gpt, path: &Path) -> Result<Gpt, TrainError> {
-    let bytes =
-        std::fs::read(path).map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
+    let bytes = read_safetensors(path)?;
     weights_from_safetensors(model, &bytes).map_err(|err| checkpoint_error(path, err))
 }
 
@@ -207,6 +207,16 @@ impl WeightLoader<'_> {
             ));
         }
         let data = tensor_data(&view, name, shape).map_err(|err| err.to_string())?;
+        if let Some((index, value)) = data
+            .iter::<f32>()
+            .enumerate()
+            .find(|(_, value)| !value.is_finite())
+        {
+            return Err(format!(
+                "tensor {name} holds {value} at element {index}: weights must be finite (a run \
+                 from them would only produce NaN)"
+            ));
+        }
         let dtype = data.dtype();
         let device = param.lazy_device();
         let target = FloatDType::from(param.dtype());
@@ -240,8 +250,15 @@ impl ModuleMapper for WeightLoader<'_> {
     }
 }
 
-/// Version of the checkpoint record.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Version of the checkpoint record: 2 adds the run's identity, the shards and file names
+/// unique to each write; records of version 1 still load.
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+/// The oldest record version that loads.
+const OLDEST_FORMAT: u32 = 1;
+
+/// A record is a few KiB of JSON; anything this large is not one.
+const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 /// A file of a checkpoint and its SHA-256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,10 +274,16 @@ pub struct FileDigest {
 pub struct CheckpointRecord {
     /// [`CHECKPOINT_FORMAT`].
     pub format: u32,
+    /// The run that wrote it: made at a fresh start, kept on resume. `None` in version 1.
+    #[serde(default)]
+    pub run: Option<String>,
     /// Optimizer steps completed.
     pub step: usize,
     /// Where each rank's loader continues, by rank.
     pub loader: Vec<LoaderPosition>,
+    /// The training shards the positions point into. Empty in version 1.
+    #[serde(default)]
+    pub shards: Vec<ShardIdentity>,
     /// The precision policy of the run.
     pub policy: String,
     /// The run's configuration.
@@ -283,77 +306,226 @@ pub struct Restored {
     pub optimizer: RecordOptimizer,
 }
 
+/// A new random identity, for a run or one checkpoint write: 16 hex digits from the standard
+/// library's OS-seeded hasher keys, the time and the process.
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
 /// The record's file name for `step`.
 pub fn record_name(step: usize) -> String {
     format!("step_{step:06}.json")
 }
 
-/// Writes the checkpoint of `step` into `dir`: weights, optimizer state, then the record.
-/// Returns the record's path.
+/// The step of a record's file name (`step_<digits>.json`), `None` for any other name.
+pub fn record_step(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step_")?.strip_suffix(".json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The checkpoint records in `dir` (regular files named `step_<N>.json`), newest step first;
+/// steps compare as numbers, so step 1,000,000 is newer than step 999,999.
+pub fn checkpoint_records(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut records: Vec<(usize, PathBuf)> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        .filter_map(|entry| {
+            let step = record_step(&entry.file_name().to_string_lossy())?;
+            Some((step, entry.path()))
+        })
+        .collect();
+    records.sort_by(|a, b| b.cmp(a));
+    records
+}
+
+/// The newest checkpoint record in `dir`, if any (not verified: see [`load_checkpoint`]).
+pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
+    checkpoint_records(dir)
+        .into_iter()
+        .next()
+        .map(|(_, path)| path)
+}
+
+/// Writes the checkpoint of `step` into `dir`: weights, optimizer state, then the record, each
+/// file atomically and fsynced with its folder. The data files' names are unique to this write
+/// (`step_N.<write>.model.safetensors`), so a record always names the files written with it,
+/// even when a step is written again; a write that fails removes what it wrote. Returns the
+/// record's path.
 pub fn save_checkpoint(
     dir: &Path,
     model: &Gpt,
     optimizer: &RecordOptimizer,
     step: usize,
-    loader: Vec<LoaderPosition>,
-    config: &TrainConfig,
+    run: &RunState,
 ) -> Result<PathBuf, TrainError> {
-    let write = |name: String, bytes: &[u8]| -> Result<FileDigest, TrainError> {
+    let write_id = random_id();
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut write = |name: String, bytes: &[u8]| -> Result<FileDigest, TrainError> {
         let path = dir.join(&name);
         write_atomic(&path, bytes).map_err(|err| checkpoint_error(&path, err))?;
+        written.push(path);
         Ok(FileDigest {
             file: name,
             sha256: sha256_hex(bytes),
         })
     };
-    let model_bytes = weights_to_safetensors(model).map_err(|err| checkpoint_error(dir, err))?;
-    let model_file = write(format!("step_{step:06}.model.safetensors"), &model_bytes)?;
+    let result = (|| {
+        let model_bytes =
+            weights_to_safetensors(model).map_err(|err| checkpoint_error(dir, err))?;
+        let model_file = write(
+            format!("step_{step:06}.{write_id}.model.safetensors"),
+            &model_bytes,
+        )?;
+        drop(model_bytes);
+        crate::faults::point(FaultPoint::AfterModel, step);
+        let (state, adam_steps) = optimizer.state();
+        let state = state
+            .into_iter()
+            .map(|(name, tensor)| {
+                let shape = tensor.dims().to_vec();
+                (name, tensor.into_data(), shape)
+            })
+            .collect();
+        let optim_bytes = serialize_tensors(state).map_err(|err| checkpoint_error(dir, err))?;
+        let optim_file = write(
+            format!("step_{step:06}.{write_id}.optim.safetensors"),
+            &optim_bytes,
+        )?;
+        let record = CheckpointRecord {
+            format: CHECKPOINT_FORMAT,
+            run: Some(run.id.clone()),
+            step,
+            loader: run.loader.clone(),
+            shards: run.shards.clone(),
+            policy: model.policy().to_string(),
+            config: run.config.clone(),
+            adam_steps,
+            model: model_file,
+            optimizer: optim_file,
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
+        let path = dir.join(record_name(step));
+        crate::faults::point(FaultPoint::BeforeRecord, step);
+        write_atomic(&path, &json).map_err(|err| checkpoint_error(&path, err))?;
+        crate::faults::point(FaultPoint::AfterRecord, step);
+        Ok(path)
+    })();
+    if result.is_err() {
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
 
-    let (state, adam_steps) = optimizer.state();
-    let state = state
-        .into_iter()
-        .map(|(name, tensor)| {
-            let shape = tensor.dims().to_vec();
-            (name, tensor.into_data(), shape)
-        })
-        .collect();
-    let optim_bytes = serialize_tensors(state).map_err(|err| checkpoint_error(dir, err))?;
-    let optim_file = write(format!("step_{step:06}.optim.safetensors"), &optim_bytes)?;
+/// What a checkpoint records of the run besides the model and optimizer.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// The run's identity.
+    pub id: String,
+    /// Where each rank's loader continues, by rank.
+    pub loader: Vec<LoaderPosition>,
+    /// The training shards.
+    pub shards: Vec<ShardIdentity>,
+    /// The run's configuration.
+    pub config: TrainConfig,
+}
 
-    let record = CheckpointRecord {
-        format: CHECKPOINT_FORMAT,
-        step,
-        loader,
-        policy: model.policy().to_string(),
-        config: config.clone(),
-        adam_steps,
-        model: model_file,
-        optimizer: optim_file,
-    };
-    let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
-    let path = dir.join(record_name(step));
-    write_atomic(&path, &json).map_err(|err| checkpoint_error(&path, err))?;
+/// `file` of a record in `dir`, confined there: a plain file name (no folder, no `..`, not
+/// absolute) of a regular file (not a link, a device or a folder).
+fn confined(dir: &Path, file: &str) -> Result<PathBuf, TrainError> {
+    let mut parts = Path::new(file).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) {
+        return Err(checkpoint_error(
+            &dir.join(file),
+            format!(
+                "the record names `{file}`, not a file beside it: a record's files are plain \
+                 names in its own folder"
+            ),
+        ));
+    }
+    let path = dir.join(file);
+    let metadata = std::fs::symlink_metadata(&path)
+        .map_err(|err| checkpoint_error(&path, format!("cannot read: {err}")))?;
+    if !metadata.is_file() {
+        return Err(checkpoint_error(&path, "not a regular file"));
+    }
     Ok(path)
 }
 
-/// The newest complete checkpoint record in `dir`, if any.
-pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
-    let mut records: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("step_") && name.ends_with(".json")
-        })
-        .collect();
-    records.sort();
-    records.pop()
+/// The length a safetensors file at `path` must have: its 8-byte header length, the header,
+/// and the end of the furthest tensor the header declares. Read from the header alone, so a
+/// file of the wrong size is refused before it is read.
+fn declared_safetensors_len(path: &Path) -> Result<u64, String> {
+    use std::io::Read;
+    /// safetensors' own limit on a header.
+    const MAX_HEADER: u64 = 100_000_000;
+    let mut file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| "not a safetensors file: shorter than its 8-byte header length".to_string())?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER {
+        return Err(format!(
+            "not a safetensors file: header of {header_len} bytes declared"
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| "truncated inside its safetensors header".to_string())?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|err| format!("not a safetensors file: its header is not JSON ({err})"))?;
+    let end = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(_, tensor)| tensor["data_offsets"][1].as_u64())
+        .try_fold(0u64, |end, tensor_end| tensor_end.map(|e| end.max(e)))
+        .ok_or("not a safetensors file: a tensor without data offsets")?;
+    Ok(8 + header_len + end)
+}
+
+/// The bytes of the safetensors file `path`, read only once it is known to be a regular file
+/// of exactly the length its header declares (not a device, not cut short, not padded).
+fn read_safetensors(path: &Path) -> Result<Vec<u8>, TrainError> {
+    let metadata = std::fs::metadata(path)
+        .map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
+    if !metadata.is_file() {
+        return Err(checkpoint_error(path, "not a regular file"));
+    }
+    let declared = declared_safetensors_len(path).map_err(|err| checkpoint_error(path, err))?;
+    if metadata.len() != declared {
+        return Err(checkpoint_error(
+            path,
+            format!(
+                "{} bytes, its header declares {declared}: the file is truncated or was \
+                 replaced",
+                metadata.len()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))
 }
 
 fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
-    let path = dir.join(&file.file);
-    let bytes = std::fs::read(&path)
-        .map_err(|err| checkpoint_error(&path, format!("cannot read: {err}")))?;
+    let path = confined(dir, &file.file)?;
+    let bytes = read_safetensors(&path)?;
     if sha256_hex(&bytes) != file.sha256 {
         return Err(checkpoint_error(
             &path,
@@ -365,15 +537,29 @@ fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
 
 /// The checkpoint record `path`, checked to be one of this version.
 pub fn read_record(path: &Path) -> Result<CheckpointRecord, TrainError> {
+    let metadata = std::fs::metadata(path)
+        .map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
+    if !metadata.is_file() {
+        return Err(checkpoint_error(path, "not a regular file"));
+    }
+    if metadata.len() > MAX_RECORD_BYTES {
+        return Err(checkpoint_error(
+            path,
+            format!(
+                "{} bytes: not a checkpoint record (a record is a few KiB of JSON)",
+                metadata.len()
+            ),
+        ));
+    }
     let text =
         std::fs::read(path).map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
     let record: CheckpointRecord = serde_json::from_slice(&text)
         .map_err(|err| checkpoint_error(path, format!("not a checkpoint record: {err}")))?;
-    if record.format != CHECKPOINT_FORMAT {
+    if !(OLDEST_FORMAT..=CHECKPOINT_FORMAT).contains(&record.format) {
         return Err(checkpoint_error(
             path,
             format!(
-                "checkpoint format {} (expected {CHECKPOINT_FORMAT})",
+                "checkpoint format {} (this build reads {OLDEST_FORMAT} to {CHECKPOINT_FORMAT})",
                 record.format
             ),
         ));
@@ -413,10 +599,16 @@ pub fn load_checkpoint(
     let file = SafeTensors::deserialize(&optim_bytes)
         .map_err(|err| checkpoint_error(&optim_path, format!("not safetensors: {err}")))?;
     let names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
-    let param_dtypes: BTreeMap<String, DType> = named_params(&model)
-        .into_iter()
-        .map(|p| (p.name, p.tensor.dtype()))
+    let params = named_params(&model);
+    let param_dtypes: BTreeMap<String, DType> = params
+        .iter()
+        .map(|p| (p.name.clone(), p.tensor.dtype()))
         .collect();
+    let param_numel: BTreeMap<String, usize> = params
+        .iter()
+        .map(|p| (p.name.clone(), p.shape.iter().product()))
+        .collect();
+    drop(params);
     optimizer
         .load_state(
             &names,
@@ -424,6 +616,12 @@ pub fn load_checkpoint(
                 let view = file
                     .tensor(name)
                     .map_err(|_| TensorFileError::one(format!("missing {name}")))?;
+                if view.shape().len() != 1 {
+                    return Err(TensorFileError::one(format!(
+                        "state {name} has shape {:?}; optimizer state tensors are flat (rank 1)",
+                        view.shape()
+                    )));
+                }
                 let data = tensor_data(&view, name, view.shape().to_vec())?;
                 // `param.exp_avg` → `param`: the state takes its parameter's dtype.
                 let param = name.rsplit_once('.').map_or(name, |(param, _)| param);
@@ -432,10 +630,83 @@ pub fn load_checkpoint(
             },
             &record.adam_steps,
         )
+        .and_then(|()| optimizer.check_state(&param_numel, record.step))
         .map_err(|problem| checkpoint_error(&optim_path, problem))?;
     Ok(Restored {
         record,
         model,
         optimizer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_names_give_their_steps_as_numbers() {
+        assert_eq!(record_step("step_000150.json"), Some(150));
+        assert_eq!(record_step("step_1000000.json"), Some(1_000_000));
+        assert_eq!(record_step("step_.json"), None);
+        assert_eq!(record_step("step_12a.json"), None);
+        assert_eq!(record_step("step_000150.w.model.safetensors"), None);
+        let dir = tempfile::tempdir().unwrap();
+        for step in [999_999, 1_000_000, 2] {
+            std::fs::write(dir.path().join(record_name(step)), b"{}").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(record_name(5_000_000))).unwrap();
+        let steps: Vec<usize> = checkpoint_records(dir.path())
+            .into_iter()
+            .map(|(step, _)| step)
+            .collect();
+        assert_eq!(
+            steps,
+            [1_000_000, 999_999, 2],
+            "numbers, newest first, files only"
+        );
+    }
+
+    #[test]
+    fn a_records_files_are_plain_names_of_regular_files_in_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.safetensors"), b"x").unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+        assert!(confined(dir.path(), "a.safetensors").is_ok());
+        for (file, problem) in [
+            ("/dev/zero", "not a file beside it"),
+            ("../a.safetensors", "not a file beside it"),
+            ("sub/a.safetensors", "not a file beside it"),
+            ("", "not a file beside it"),
+            ("zero", "not a regular file"),
+            ("absent", "cannot read"),
+        ] {
+            let err = confined(dir.path(), file).unwrap_err().to_string();
+            assert!(err.contains(problem), "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_safetensors_length_comes_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let data = TensorData::new(vec![1.0f32, 2.0, 3.0], [3]);
+        let bytes = serialize_tensors(vec![("t".into(), data, vec![3])]).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(declared_safetensors_len(&path), Ok(bytes.len() as u64));
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(
+            read_safetensors(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("header declares")
+        );
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(
+            declared_safetensors_len(&path)
+                .unwrap_err()
+                .contains("header of")
+        );
+    }
 }

@@ -75,6 +75,14 @@ pub struct TrainSection {
     /// What a non-finite loss or gradient does (the bad update is never applied).
     #[serde(default)]
     pub on_non_finite: NonFinitePolicy,
+    /// With `on_non_finite = "skip"`: the run ends with an error after this many skipped steps
+    /// in a row (a run that only skips trains nothing); 0 = no limit.
+    #[serde(default = "default_max_skipped_steps")]
+    pub max_skipped_steps: usize,
+}
+
+fn default_max_skipped_steps() -> usize {
+    10
 }
 
 /// What a step with a non-finite loss or gradient norm does; its update is dropped either way.
@@ -204,6 +212,14 @@ pub struct OutputSection {
     pub log_format: LogFormat,
     /// Show a progress bar when stderr is a terminal.
     pub progress: bool,
+    /// Keep only the newest this many checkpoints, removing older ones after each new one is
+    /// written; 0 = keep all.
+    #[serde(default)]
+    pub keep_last: usize,
+    /// A fresh run into a folder holding checkpoints moves them into a subfolder
+    /// (`replaced-<run>`) instead of refusing to start.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// A whole run's configuration.

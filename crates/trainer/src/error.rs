@@ -43,6 +43,21 @@ pub enum TrainError {
     /// The data-parallel ranks could not exchange gradients or losses.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// `train.max_skipped_steps` steps in a row were skipped for non-finite values: the run
+    /// trains nothing any more.
+    #[error(
+        "{steps} steps in a row skipped for a non-finite loss or gradient, up to step {step} \
+         (train.max_skipped_steps); the weights are not what diverged from here{}",
+        last_checkpoint.as_ref().map(|p| format!(" (last good checkpoint: {})", p.display())).unwrap_or_default()
+    )]
+    OnlySkipping {
+        /// Steps skipped in a row.
+        steps: usize,
+        /// The last of them.
+        step: usize,
+        /// The last good checkpoint, kept.
+        last_checkpoint: Option<PathBuf>,
+    },
     /// The loss or the gradient norm of a step stopped being a number; the step's update was
     /// not applied.
     #[error("{}", non_finite(*step, *loss, *grad_norm, last_checkpoint.as_deref()))]

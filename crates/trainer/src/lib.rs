@@ -19,6 +19,8 @@
 mod checkpoint;
 mod config;
 mod error;
+mod faults;
+mod history;
 mod optim;
 mod output;
 pub mod plugins;
@@ -26,9 +28,10 @@ mod resume;
 mod trainer;
 
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, latest_checkpoint, load_checkpoint,
-    load_checkpoint_weights, load_weights, read_record, record_name, save_checkpoint, save_weights,
-    weights_from_safetensors, weights_to_safetensors,
+    CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, RunState, checkpoint_records,
+    latest_checkpoint, load_checkpoint, load_checkpoint_weights, load_weights, read_record,
+    record_name, record_step, save_checkpoint, save_weights, weights_from_safetensors,
+    weights_to_safetensors,
 };
 pub use config::{
     ConfigChange, ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat,
@@ -36,6 +39,8 @@ pub use config::{
     UnknownChoice,
 };
 pub use error::{TensorFileError, TrainError};
+pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
+pub use history::{keep_last, remove_orphans, set_aside};
 pub use optim::TrapezoidalSchedule;
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
 pub use optim::{NS_COEFFICIENTS, newton_schulz};
@@ -45,6 +50,4 @@ pub use plugins::{
     SampleStats, StepStats,
 };
 pub use resume::{ResumeNote, model_notes, resume_notes};
-pub use trainer::{
-    INJECT_NON_FINITE, Start, Trainer, init_model, init_model_with_seed, validation_loss,
-};
+pub use trainer::{Start, Trainer, init_model, init_model_with_seed, validation_loss};

@@ -312,6 +312,60 @@ impl RecordOptimizer {
         Ok(())
     }
 
+    /// Checks state just loaded against the model's parameters (`numel` by name) after `step`
+    /// optimizer steps: no state of a parameter the model lacks, each tensor the length of its
+    /// parameter, Adam's step counts between 1 and `step`, and state for every parameter or for
+    /// none (a run whose every step was skipped). Every problem is named, so that one attempt lists them all.
+    pub fn check_state(
+        &self,
+        numel: &BTreeMap<String, usize>,
+        step: usize,
+    ) -> Result<(), TensorFileError> {
+        let mut problems = Vec::new();
+        let (tensors, steps) = self.state();
+        for (name, tensor) in &tensors {
+            let param = name
+                .rsplit_once('.')
+                .map_or(name.as_str(), |(param, _)| param);
+            match numel.get(param) {
+                None => problems.push(format!("state {name} belongs to no parameter of the model")),
+                Some(&expected) if tensor.dims()[0] != expected => problems.push(format!(
+                    "state {name} holds {} values, its parameter {expected}",
+                    tensor.dims()[0]
+                )),
+                Some(_) => {}
+            }
+        }
+        for (param, &count) in &steps {
+            if count < 1 || count as usize > step.max(1) {
+                problems.push(format!(
+                    "Adam step count {count} for {param} after {step} optimizer steps (1 to \
+                     {step} expected)"
+                ));
+            }
+        }
+        // None at all is a run whose every step was skipped; some but not all is damage.
+        if step > 0 && !self.states.is_empty() {
+            let missing: Vec<&str> = numel
+                .keys()
+                .filter(|param| !self.states.contains_key(*param))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "no optimizer state for {} parameter(s) after {step} steps: {}",
+                    missing.len(),
+                    missing.join(", ")
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TensorFileError { problems })
+        }
+    }
+
     /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
     /// (`1/grad_accum_steps`, in the gradient's dtype), every group's rate by `lr_multiplier`.
     /// Returns the updated model and the global L2 norm of the scaled gradients.

@@ -108,7 +108,11 @@ impl Drop for OutputFolder {
 
 /// The free space of `dir`'s file system (statvfs) and the file-size limit (`ulimit -f`) against
 /// one checkpoint: a full disk fails in the first second, not at the first checkpoint.
-fn check_room(dir: &Path, checkpoint_bytes: u64, largest_file: u64) -> Result<(), TrainError> {
+pub(crate) fn check_room(
+    dir: &Path,
+    checkpoint_bytes: u64,
+    largest_file: u64,
+) -> Result<(), TrainError> {
     let stats = rustix::fs::statvfs(dir)
         .map_err(|err| output_error(dir, format!("cannot read the free space: {err}")))?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);

@@ -146,9 +146,11 @@ impl MetricsPlugin {
             None => {
                 let file = OpenOptions::new()
                     .create(true)
+                    .read(true)
                     .append(true)
                     .open(&self.path)
                     .map_err(error)?;
+                drop_torn_line(&file, &self.path).map_err(error)?;
                 self.out.insert(BufWriter::new(file))
             }
         };
@@ -157,6 +159,38 @@ impl MetricsPlugin {
             .and_then(|_| out.flush())
             .map_err(error)
     }
+}
+
+/// Cuts a last line that a killed writer left without its newline, so that the lines appended
+/// now do not continue it.
+fn drop_torn_line(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Back from the end, a block at a time, to the last newline.
+    let mut end = len;
+    let mut block = vec![0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(newline) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + newline as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+                tracing::warn!(
+                    "{}: removed a last line cut short ({} bytes) before appending",
+                    path.display(),
+                    len - keep
+                );
+            }
+            return Ok(());
+        }
+        end = start;
+    }
+    file.set_len(0)
 }
 
 impl Plugin for MetricsPlugin {
@@ -279,7 +313,9 @@ fn any_group(value: impl Fn(ParamGroup) -> Option<f64>) -> Option<BTreeMap<Strin
 }
 
 impl MetricsLine {
-    /// Every line of the metrics file `path`; an error names the file and the line.
+    /// Every line of the metrics file `path`; an error names the file and the line. A last
+    /// line without its newline that does not parse was cut short by a killed writer: it is
+    /// left out, with a warning.
     pub fn read_all(path: &Path) -> Result<Vec<Self>, TrainError> {
         let error = |problem: String| TrainError::Output {
             path: path.to_path_buf(),
@@ -287,13 +323,27 @@ impl MetricsLine {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|err| error(format!("cannot read metrics: {err}")))?;
-        text.lines()
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        let torn = &text[complete.len()..];
+        let mut lines: Vec<Self> = complete
+            .lines()
             .enumerate()
             .map(|(number, line)| {
                 serde_json::from_str(line)
                     .map_err(|err| error(format!("metrics line {}: {err}", number + 1)))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        match serde_json::from_str(torn) {
+            Ok(line) => lines.push(line),
+            Err(_) if !torn.trim().is_empty() => tracing::warn!(
+                "{}: left out its last line, cut short ({} bytes without a newline): its \
+                 writer was killed mid-line",
+                path.display(),
+                torn.len()
+            ),
+            Err(_) => {}
+        }
+        Ok(lines)
     }
 }
 
@@ -377,11 +427,15 @@ impl StopOnFlag {
 
 impl Plugin for StopOnFlag {
     fn on_step(&mut self, _: &StepStats) -> Result<Action, TrainError> {
-        Ok(if self.flag.load(Ordering::SeqCst) {
+        Ok(if self.stop_requested() {
             Action::Stop
         } else {
             Action::Continue
         })
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
     }
 }
 
@@ -537,5 +591,53 @@ pub trait Plugin {
     /// After the last step (not called when a plugin stopped the run).
     fn on_train_end(&mut self, _summary: &RunSummary) -> Result<(), TrainError> {
         Ok(())
+    }
+    /// Whether the run was asked to stop (polled during an evaluation, which a request
+    /// abandons).
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(step: usize) -> EvalStats {
+        EvalStats {
+            step,
+            val_loss: 1.5,
+            tokens: 64,
+            tokens_per_sec: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_torn_last_metrics_line_is_left_out_when_read_and_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut metrics = MetricsPlugin::new(path.clone());
+        metrics.on_eval(&eval(1)).unwrap();
+        drop(metrics);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"step\": 2, \"val_lo");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(MetricsLine::read_all(&path).unwrap().len(), 1);
+
+        let mut metrics = MetricsPlugin::new(path.clone());
+        metrics.on_eval(&eval(2)).unwrap();
+        drop(metrics);
+        let steps: Vec<usize> = MetricsLine::read_all(&path)
+            .unwrap()
+            .into_iter()
+            .map(|line| line.step)
+            .collect();
+        assert_eq!(steps, [1, 2]);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\n"));
+
+        // A broken line that is not the last one is still an error naming it.
+        std::fs::write(&path, "{\"step\": 1\n{\"step\": 2, \"val_loss\": 1.0}\n").unwrap();
+        let err = MetricsLine::read_all(&path).unwrap_err().to_string();
+        assert!(err.contains("metrics line 1"), "{err}");
     }
 }

@@ -6,7 +6,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
-use brainfloat_data::{DistributedLoader, Gpt2Tokenizer, LoaderPosition, shard_paths};
+use brainfloat_data::{
+    DistributedLoader, Gpt2Tokenizer, LoaderPosition, ShardIdentity, shard_paths,
+};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
@@ -15,10 +17,13 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::{
-    latest_checkpoint, load_checkpoint, load_weights, record_name, save_checkpoint,
+    RunState, checkpoint_records, load_checkpoint, load_weights, random_id, record_name,
+    save_checkpoint,
 };
 use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
+use crate::faults::{NonFinite, injections};
+use crate::history::{keep_last, remove_orphans, set_aside};
 use crate::optim::TrapezoidalSchedule;
 use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
 use crate::output::OutputFolder;
@@ -53,7 +58,13 @@ pub struct Trainer {
     sync: Box<dyn GradSync>,
     last_checkpoint: Option<PathBuf>,
     skipped_steps: usize,
+    /// Steps skipped since the last applied one (`train.max_skipped_steps`).
+    skipped_in_a_row: usize,
     injected: Vec<(NonFinite, usize)>,
+    /// The run's identity, in every checkpoint record: made at a fresh start, kept on resume.
+    run_id: String,
+    /// The training shards' identities, recorded with each checkpoint.
+    shards: Vec<ShardIdentity>,
     /// Rank 0's samples during training (`eval.sample_every`), when on.
     samples: Option<SamplePrompt>,
     /// Rank 0's claim on the output folder, held for the run.
@@ -85,43 +96,6 @@ impl SamplePrompt {
     }
 }
 
-/// Where a fault injection puts a non-finite value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NonFinite {
-    Loss,
-    Gradient,
-}
-
-/// A testing switch, not a setting: this environment variable injects non-finite values so that
-/// the fault suite can exercise `train.on_non_finite` through the binary. `loss@3,grad@5` makes
-/// step 3's loss NaN and step 5's gradients NaN (1-based steps); unset, it costs nothing.
-pub const INJECT_NON_FINITE: &str = "BRAINFLOAT_INJECT_NON_FINITE";
-
-fn injections() -> Result<Vec<(NonFinite, usize)>, TrainError> {
-    let Ok(text) = std::env::var(INJECT_NON_FINITE) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .filter(|item| !item.trim().is_empty())
-        .map(|item| {
-            let parsed = item.trim().split_once('@').and_then(|(what, step)| {
-                let what = match what {
-                    "loss" => NonFinite::Loss,
-                    "grad" => NonFinite::Gradient,
-                    _ => return None,
-                };
-                Some((what, step.parse().ok()?))
-            });
-            parsed.ok_or_else(|| {
-                TrainError::Config(ConfigError {
-                    key: INJECT_NON_FINITE.into(),
-                    problem: format!("`{item}` is not loss@STEP or grad@STEP"),
-                })
-            })
-        })
-        .collect()
-}
-
 impl Trainer {
     /// Prepares a run on `device` (an autodiff device is made from it): checks the output folder
     /// is writable, builds the model under the config's policy, opens and validates every shard,
@@ -133,12 +107,55 @@ impl Trainer {
     /// [`new`](Self::new) for one rank of a data-parallel run: reads this rank's slice of the
     /// data, averages gradients (fp32) and losses over the ranks of `sync` once per step, and
     /// writes checkpoints only on rank 0. `train.ranks` must be the number of ranks.
+    ///
+    /// A rank that fails here, under several ranks, ends them all (`GradSync::abort`, after
+    /// logging why): the others wait for it in a collective, and dropping its sync would
+    /// finalize MPI, which waits for them in turn.
     pub fn distributed(
         config: TrainConfig,
         device: &Device,
         start: Start,
         sync: Box<dyn GradSync>,
     ) -> Result<Self, TrainError> {
+        let mut held = Some(sync);
+        let started =
+            Self::assemble(config, device, &mut held).and_then(|mut trainer| {
+                match trainer.start(start) {
+                    Ok(()) => Ok(trainer),
+                    Err(err) => {
+                        held = Some(trainer.into_sync());
+                        Err(err)
+                    }
+                }
+            });
+        started.map_err(|err| {
+            if let Some(mut sync) = held.filter(|sync| sync.world_size() > 1) {
+                tracing::error!(
+                    "rank {} of {}: {err}; stopping all ranks",
+                    sync.rank(),
+                    sync.world_size()
+                );
+                sync.abort(1);
+            }
+            err
+        })
+    }
+
+    /// The trainer's sync, everything else dropped (the output folder's claim released).
+    fn into_sync(self) -> Box<dyn GradSync> {
+        self.sync
+    }
+
+    /// Builds the trainer; `held` keeps the sync until the trainer takes it, so that a failure
+    /// before then leaves it with the caller.
+    fn assemble(
+        config: TrainConfig,
+        device: &Device,
+        held: &mut Option<Box<dyn GradSync>>,
+    ) -> Result<Self, TrainError> {
+        let sync = held
+            .as_deref()
+            .expect("the sync is held until the trainer takes it");
         config.validate()?;
         if config.train.ranks != sync.world_size() {
             return Err(TrainError::Config(ConfigError {
@@ -181,19 +198,21 @@ impl Trainer {
                 .with_vocab(gpt.vocab_size)
         };
         let train = loader(train_paths)?;
+        let shards = train.identities()?;
         // Fails now, not at the first evaluation, if the val shards cannot fill one batch.
         loader(val_paths.clone())?;
 
         let samples = (config.eval.sample_every > 0 && sync.is_leader())
             .then(|| SamplePrompt::new(&config))
             .transpose()?;
+        let injected = injections()?;
         let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
         let schedule = TrapezoidalSchedule::new(
             config.train.steps,
             config.train.warmup_steps,
             config.train.warmdown_steps,
         );
-        let mut trainer = Self {
+        let trainer = Self {
             config,
             device,
             model,
@@ -204,41 +223,176 @@ impl Trainer {
             step: 0,
             plugins: Vec::new(),
             last_val_loss: None,
-            sync,
+            sync: held
+                .take()
+                .expect("the sync is held until the trainer takes it"),
             last_checkpoint: None,
             skipped_steps: 0,
-            injected: injections()?,
+            skipped_in_a_row: 0,
+            injected,
+            run_id: random_id(),
+            shards,
             samples,
             _output: output,
         };
-        match start {
-            Start::Fresh => {}
-            Start::Init(path) => {
-                trainer.model = load_weights(trainer.model.clone(), &path)?;
-            }
-            Start::Resume(path) => trainer.resume(path)?,
-        }
         Ok(trainer)
     }
 
-    fn resume(&mut self, path: Option<PathBuf>) -> Result<(), TrainError> {
-        let dir = &self.config.output.dir;
-        let path = match path {
-            Some(path) if path.is_dir() => latest_checkpoint(&path),
-            Some(path) => Some(path),
-            None => latest_checkpoint(dir),
+    /// Starts the model as `start` says (rank 0 first clears what failed writes left), then
+    /// checks that every rank agrees on where it starts.
+    fn start(&mut self, start: Start) -> Result<(), TrainError> {
+        if self.sync.is_leader() {
+            for orphan in remove_orphans(&self.config.output.dir)? {
+                tracing::info!(
+                    file = %orphan.display(),
+                    "removed a file no checkpoint record names (a write that did not finish)"
+                );
+            }
         }
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: dir.clone(),
-            problem: "no checkpoint to resume from (no step_*.json record)".into(),
-        })?;
-        let fresh = RecordOptimizer::new(optimizer_config(&self.config, self.model.policy()));
-        let restored = load_checkpoint(
-            &path,
-            self.model.clone(),
-            fresh,
-            &self.device.clone().inner(),
-        )?;
+        match start {
+            Start::Fresh => self.claim_fresh()?,
+            Start::Init(path) => {
+                self.claim_fresh()?;
+                self.model = load_weights(self.model.clone(), &path)?;
+            }
+            Start::Resume(path) => self.resume(path)?,
+        }
+        self.check_ranks_agree()
+    }
+
+    /// Under several ranks, one check before the first step that every rank runs the same
+    /// config from the same step with the same gradient buckets (the parameters' names,
+    /// shapes and dtypes in order): ranks that disagree would average unrelated numbers or
+    /// wait in different collectives. Each is compared as a SHA-256 prefix, sent in exact
+    /// 32-bit halves through the fp64 mean.
+    fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
+        let world = self.sync.world_size();
+        if world == 1 {
+            return Ok(());
+        }
+        let digest = |text: &str| -> u64 {
+            let hex = brainfloat_data::sha256_hex(text.as_bytes());
+            u64::from_str_radix(&hex[..16], 16).expect("hex digits")
+        };
+        let config = serde_json::to_string(&self.config).expect("the config serializes");
+        let layout: String = brainfloat_precision::named_params(&self.model)
+            .into_iter()
+            .map(|p| format!("{} {:?} {:?};", p.name, p.shape, p.tensor.dtype()))
+            .chain([format!("buckets of {}", brainfloat_accum::BUCKET_ELEMENTS)])
+            .collect();
+        let checks = [
+            ("the config", digest(&config)),
+            ("the step it starts from", self.step as u64),
+            ("the gradient buckets' layout", digest(&layout)),
+        ];
+        let mut disagree = Vec::new();
+        for (what, value) in checks {
+            let mut differs = false;
+            for half in [value >> 32, value & 0xffff_ffff] {
+                let mean = self.sync.mean(half as f64)?;
+                differs |= mean != half as f64;
+            }
+            // A rank can match a mean that others do not: whether any rank differs is a
+            // collective of its own.
+            if self.sync.mean(f64::from(u8::from(differs)))? > 0.0 {
+                disagree.push(what);
+            }
+        }
+        if disagree.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::Sync(brainfloat_accum::SyncError {
+            rank: self.sync.rank(),
+            world_size: world,
+            problem: format!(
+                "the ranks disagree on {} (step {} here): every rank must run the same binary \
+                 with the same config and checkpoint",
+                disagree.join(", "),
+                self.step
+            ),
+        }))
+    }
+
+    /// A fresh start (rank 0): an output folder holding checkpoints belongs to another run, whose
+    /// `--resume` would otherwise pick this run's checkpoints or the other way round. Refused,
+    /// unless `output.overwrite` moves them (and its metrics) into a subfolder.
+    fn claim_fresh(&mut self) -> Result<(), TrainError> {
+        if !self.sync.is_leader() {
+            return Ok(());
+        }
+        let dir = &self.config.output.dir;
+        let Some((step, newest)) = checkpoint_records(dir).into_iter().next() else {
+            return Ok(());
+        };
+        let other = crate::checkpoint::read_record(&newest)
+            .ok()
+            .and_then(|record| record.run)
+            .unwrap_or_else(|| "unknown".to_string());
+        if !self.config.output.overwrite {
+            return Err(TrainError::Output {
+                path: dir.clone(),
+                problem: format!(
+                    "holds the checkpoints of another run (run {other}, newest: step {step}); \
+                     continue it with --resume, set another output.dir, or start over with \
+                     --overwrite (output.overwrite = true), which moves them into a subfolder"
+                ),
+            });
+        }
+        if let Some(to) = set_aside(dir, None, &format!("replaced-{other}"))? {
+            tracing::warn!(
+                "output.overwrite: moved run {other}'s checkpoints and metrics to {}",
+                to.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, path: Option<PathBuf>) -> Result<(), TrainError> {
+        let dir = self.config.output.dir.clone();
+        // An explicit record is that record; a folder (or none: the output folder) is its
+        // newest checkpoint that verifies, older ones tried in turn.
+        let (candidates, explicit) = match path {
+            Some(path) if path.is_dir() => (checkpoint_records(&path), false),
+            Some(path) => (vec![(0, path)], true),
+            None => (checkpoint_records(&dir), false),
+        };
+        let searched = dir.clone();
+        if candidates.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: searched,
+                problem: "no checkpoint to resume from (no step_*.json record)".into(),
+            });
+        }
+        let mut problems = Vec::new();
+        let mut restored = None;
+        for (_, path) in candidates {
+            let fresh = RecordOptimizer::new(optimizer_config(&self.config, self.model.policy()));
+            match load_checkpoint(
+                &path,
+                self.model.clone(),
+                fresh,
+                &self.device.clone().inner(),
+            ) {
+                Ok(found) => {
+                    restored = Some((path, found));
+                    break;
+                }
+                Err(err @ TrainError::Checkpoint { .. }) if !explicit => {
+                    tracing::warn!(
+                        "cannot resume {}: {err}; trying the checkpoint before it",
+                        path.display()
+                    );
+                    problems.push(err.to_string());
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let Some((path, restored)) = restored else {
+            return Err(TrainError::Checkpoint {
+                path: searched,
+                problem: format!("no checkpoint verifies: {}", problems.join("; ")),
+            });
+        };
         let position =
             restored
                 .record
@@ -265,10 +419,59 @@ impl Trainer {
             Some(own) if loader.len() == self.sync.world_size() => self.train.seek(*own)?,
             _ => self.train.seek_from_rank0(position)?,
         }
+        self.explain_changed_shards(&path, &restored.record.shards);
+        if let Some(run) = restored.record.run.clone() {
+            self.run_id = run;
+        }
         self.model = restored.model;
         self.optimizer = restored.optimizer;
         self.step = restored.record.step;
+        if self.sync.is_leader() {
+            // Later checkpoints would be what the next `--resume` continues: this run's future
+            // starts here, so they go aside (kept, not deleted).
+            let superseded = format!("superseded-after-step-{}", self.step);
+            if let Some(to) = set_aside(&dir, Some(self.step), &superseded)? {
+                tracing::warn!(
+                    "resumed step {} of {}: moved the later checkpoints to {}",
+                    self.step,
+                    dir.display(),
+                    to.display()
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Warns when the training shards differ from those a checkpoint recorded: its data
+    /// position then points into other tokens than the original run's.
+    fn explain_changed_shards(&self, path: &std::path::Path, recorded: &[ShardIdentity]) {
+        if recorded.is_empty() || recorded == self.shards {
+            return;
+        }
+        let name = |s: &ShardIdentity| format!("{} ({} tokens)", s.file, s.tokens);
+        let changed: Vec<String> = recorded
+            .iter()
+            .zip(&self.shards)
+            .enumerate()
+            .filter(|(_, (then, now))| then != now)
+            .map(|(i, (then, now))| format!("shard {i} was {}, is {}", name(then), name(now)))
+            .collect();
+        let count = if recorded.len() == self.shards.len() {
+            String::new()
+        } else {
+            format!(
+                "{} shards then, {} now; ",
+                recorded.len(),
+                self.shards.len()
+            )
+        };
+        tracing::warn!(
+            "resuming {}: the training shards changed since the checkpoint ({count}{}): its \
+             data position now points into other tokens, so the batches differ from the \
+             original run's",
+            path.display(),
+            changed.join(", ")
+        );
     }
 
     /// Adds a plugin; plugins are called in the order they were added.
@@ -344,10 +547,14 @@ impl Trainer {
                 self.sync.all_reduce_mean(&mut flags)?;
                 (checkpoint, stop) = (flags[0] > 0.0, flags[1] > 0.0);
             }
-            let every = self.config.eval.every;
-            let last = self.step == self.config.train.steps;
-            if last || (every > 0 && self.step.is_multiple_of(every)) {
-                self.evaluate_and_report()?;
+            // A stop request is answered before evaluation and sampling, which may take longer
+            // than the grace a scheduler gives between SIGTERM and SIGKILL.
+            if !stop {
+                let every = self.config.eval.every;
+                let last = self.step == self.config.train.steps;
+                if last || (every > 0 && self.step.is_multiple_of(every)) {
+                    stop = !self.evaluate_and_report()?;
+                }
             }
             if checkpoint || stop {
                 self.checkpoint()?;
@@ -459,8 +666,18 @@ impl Trainer {
                 });
             }
             self.skipped_steps += 1;
+            self.skipped_in_a_row += 1;
+            let limit = self.config.train.max_skipped_steps;
+            if limit > 0 && self.skipped_in_a_row >= limit {
+                return Err(TrainError::OnlySkipping {
+                    steps: self.skipped_in_a_row,
+                    step: self.step + 1,
+                    last_checkpoint: self.last_checkpoint.clone(),
+                });
+            }
         } else {
             self.model = model;
+            self.skipped_in_a_row = 0;
         }
         self.step += 1;
         let step_time = started.elapsed();
@@ -490,13 +707,43 @@ impl Trainer {
             self.val_paths.clone(),
             &self.device.clone().inner(),
             (rank, world),
-        )?;
+            &|| false,
+        )?
+        .expect("never abandoned");
         Ok(EvalStats {
             step: self.step,
             val_loss: self.sync.mean(local)?,
             tokens: tokens * world,
             tokens_per_sec: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
         })
+    }
+
+    /// [`evaluate`](Self::evaluate), abandoned (`None`) when a plugin reports a stop request
+    /// between two batches, with one rank only.
+    fn evaluate_unless_stopped(&mut self) -> Result<Option<EvalStats>, TrainError> {
+        let (world, rank) = (self.sync.world_size(), self.sync.rank());
+        if world > 1 {
+            return self.evaluate().map(Some);
+        }
+        let started = Instant::now();
+        let plugins = &self.plugins;
+        let Some((local, tokens)) = validation_loss_of_rank(
+            &self.model.valid(),
+            &self.config,
+            self.val_paths.clone(),
+            &self.device.clone().inner(),
+            (rank, world),
+            &|| plugins.iter().any(|p| p.stop_requested()),
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EvalStats {
+            step: self.step,
+            val_loss: local,
+            tokens,
+            tokens_per_sec: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        }))
     }
 
     /// Every rank's data position, by rank (a collective: every rank calls it). Sent as exact
@@ -526,8 +773,14 @@ impl Trainer {
         self.sync.abort(code);
     }
 
-    fn evaluate_and_report(&mut self) -> Result<(), TrainError> {
-        let eval = self.evaluate()?;
+    /// Evaluates, tells the plugins, and samples when due; `false` when a stop request
+    /// abandoned the evaluation (one rank alone: under several, the step's stop flag is shared
+    /// before evaluation starts, so that no rank leaves the others in a collective).
+    fn evaluate_and_report(&mut self) -> Result<bool, TrainError> {
+        let Some(eval) = self.evaluate_unless_stopped()? else {
+            tracing::warn!(step = self.step, "evaluation abandoned on a stop request");
+            return Ok(false);
+        };
         self.last_val_loss = Some(eval.val_loss);
         self.each(|p| p.on_eval(&eval))?;
         let every = self.config.eval.sample_every;
@@ -538,7 +791,7 @@ impl Trainer {
         {
             self.each(|p| p.on_sample(&sample))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A sample of `eval.sample_tokens` tokens after `eval.sample_prompt` from the model as it
@@ -591,14 +844,20 @@ impl Trainer {
         if !self.sync.is_leader() {
             return Ok(self.config.output.dir.join(record_name(self.step)));
         }
-        let path = save_checkpoint(
-            &self.config.output.dir,
-            &self.model,
-            &self.optimizer,
-            self.step,
-            positions,
-            &self.config,
-        )?;
+        let dir = &self.config.output.dir;
+        // The disk may have filled since the start: refused now, with the last checkpoint kept.
+        let params = self.model.num_params() as u64;
+        crate::output::check_room(dir, params * 12, params * 8)?;
+        let run = RunState {
+            id: self.run_id.clone(),
+            loader: positions,
+            shards: self.shards.clone(),
+            config: self.config.clone(),
+        };
+        let path = save_checkpoint(dir, &self.model, &self.optimizer, self.step, &run)?;
+        for removed in keep_last(dir, self.config.output.keep_last)? {
+            tracing::info!(record = %removed.display(), "output.keep_last: removed an older checkpoint");
+        }
         self.last_checkpoint = Some(path.clone());
         let info = CheckpointInfo {
             step: self.step,
@@ -661,7 +920,8 @@ pub fn validation_loss(
     val_paths: Vec<PathBuf>,
     device: &Device,
 ) -> Result<(f64, usize), TrainError> {
-    validation_loss_of_rank(model, config, val_paths, device, (0, 1))
+    validation_loss_of_rank(model, config, val_paths, device, (0, 1), &|| false)
+        .map(|loss| loss.expect("never abandoned"))
 }
 
 /// [`validation_loss`] of rank `rank` of `world` ranks: the rank's slice of the same
@@ -672,15 +932,19 @@ fn validation_loss_of_rank(
     val_paths: Vec<PathBuf>,
     device: &Device,
     (rank, world): (usize, usize),
-) -> Result<(f64, usize), TrainError> {
+    abandon: &dyn Fn() -> bool,
+) -> Result<Option<(f64, usize)>, TrainError> {
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
     let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?
         .with_vocab(config.gpt()?.vocab_size)?;
     let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
     let mut total = 0.0;
     for _ in 0..batches {
+        if abandon() {
+            return Ok(None);
+        }
         let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, device)?;
         total += model.forward(&batch)?.into_scalar::<f32>() as f64;
     }
-    Ok((total / batches as f64, batches * micro * seq_len))
+    Ok(Some((total / batches as f64, batches * micro * seq_len)))
 }

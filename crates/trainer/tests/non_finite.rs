@@ -37,18 +37,26 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     assert_eq!((summary.skipped_steps, summary.steps), (2, 6));
     assert!(summary.val_loss.unwrap().is_finite());
 
-    // stop: the run ends at step 2 with a clear error, weights untouched.
+    // stop: the run ends at step 2 with a clear error naming the last good checkpoint,
+    // weights untouched, nothing of the bad step saved.
     drop(trainer); // a folder takes one trainer at a time
-    let config = common::config(dir.path(), "fp32", &[]);
+    let elsewhere = format!("output.dir={}", dir.path().join("stop").display());
+    let config = common::config(dir.path(), "fp32", &[&elsewhere]);
     let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
     trainer.train_step().unwrap();
+    let kept = trainer.checkpoint().unwrap();
     let before = common::flat_params(&trainer);
     let err = trainer.train_step().unwrap_err().to_string();
     assert!(
         err.starts_with("training loss is NaN at step 2; stopped"),
         "{err}"
     );
+    assert!(
+        err.contains(&format!("last good checkpoint: {}", kept.display())),
+        "{err}"
+    );
     assert_eq!(common::flat_params(&trainer), before);
+    assert!(!dir.path().join("stop/step_000002.json").exists());
 
     // A bad injection is a clear error.
     drop(trainer);
