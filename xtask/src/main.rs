@@ -16,6 +16,7 @@
 //!                                         # and check that the `cuda` feature compiles
 //! cargo xtask test --backend flex         # … on one backend only
 //! cargo xtask reliability                 # the fault suite → docs/reliability.md
+//! cargo xtask compare docs/results/bench_small_{flex,tch}.json --out docs/results/cpu_small.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask generate --checkpoint runs/tiny/step_000150.json --prompt "The economy"
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
@@ -24,7 +25,7 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "train",
     "eval",
     "generate",
@@ -33,6 +34,7 @@ const COMMANDS: [&str; 10] = [
     "validate",
     "data",
     "plot",
+    "compare",
     "test",
     "reliability",
 ];

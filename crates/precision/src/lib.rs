@@ -7,8 +7,10 @@
 //!   cast to the input's dtype at use, so gradients and optimizer state stay fp32 while the
 //!   matmul runs in bf16;
 //! - [`PrecisionPolicy`]: the dtype of every component (master weights, embeddings, scalars,
-//!   matmul operands, activations; the loss is always fp32), from the presets `fp32`, `autocast`
-//!   and `bf16`, with per-component overrides;
+//!   matmul operands, activations; the loss is always fp32), from the presets `fp32`,
+//!   `autocast`, `bf16`, `bf16-pure`, `bf16-sr` and `bf16-kahan` (the last three keep weights,
+//!   gradients and optimizer state in bf16, their updates rounded to nearest, stochastically or
+//!   with Kahan compensation), with per-component overrides;
 //! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
 //!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
 //! - [`lost_updates`]: which fp32 master-weight updates bf16 storage would lose;
