@@ -1094,20 +1094,9 @@ fn temporaries(dir: &Path) -> std::collections::BTreeSet<String> {
 
 /// The newest checkpoint record's step in `dir`, 0 without one.
 fn newest_checkpoint(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_prefix("step_")?
-                        .strip_suffix(".json")?
-                        .parse()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+    brainfloat_trainer::checkpoint_records(dir)
+        .first()
+        .map_or(0, |(step, _)| *step)
 }
 
 /// A pseudo-random delay of 40–300 ms after `startup` (a linear congruential generator).

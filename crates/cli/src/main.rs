@@ -560,8 +560,8 @@ fn load_model(
     mut config: TrainConfig,
     record_precision: bool,
     backend: Backend,
+    device: &Device,
 ) -> Result<(Gpt, TrainConfig), String> {
-    let device = &device(backend)?;
     if !is_record(checkpoint) {
         check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")?;
         let model = init_model(&config, device).map_err(|e| e.to_string())?;
@@ -589,7 +589,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let (model, config) = load_model(&args.checkpoint, config, false, args.run.backend)?;
+    let (model, config) = load_model(&args.checkpoint, config, false, args.run.backend, &device)?;
     let policy = *model.policy();
     let paths = shard_paths(&config.data.val).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -611,7 +611,13 @@ fn generate_text(args: GenerateArgs) -> Result<(), String> {
     let device = device(args.run.backend)?;
     // A record's own precision, unless --precision says otherwise.
     let record_precision = args.run.precision.is_none();
-    let (model, _) = load_model(&args.checkpoint, config, record_precision, args.run.backend)?;
+    let (model, _) = load_model(
+        &args.checkpoint,
+        config,
+        record_precision,
+        args.run.backend,
+        &device,
+    )?;
     let policy = *model.policy();
     let model = inference_model(model, &device).map_err(|err| err.to_string())?;
     let from_stdin = match args.prompt.as_deref() {
