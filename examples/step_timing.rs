@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             let grads = grads?;
             let ((stepped, synced), optimizer_ms, optimizer_mib) = measured(baseline, || {
-                let (stepped, _) = optimizer.step(model, grads, 1.0, 1.0, step);
+                let stepped = optimizer.step(model, grads, 1.0, 1.0, step);
                 (stepped, device.sync())
             });
             synced?;

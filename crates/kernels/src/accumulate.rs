@@ -30,6 +30,36 @@ pub fn widen<T: Float>(part: &[T]) -> Vec<f32> {
     out
 }
 
+/// `Σ v²` in float64, each square as fp32 `v·v` (as Adam's kernel sums a gradient's squares), in
+/// parallel: a tensor's squared L2 norm without a widened copy of it.
+pub fn square_sum<T: Float>(values: &[T]) -> f64 {
+    values
+        .par_chunks(ELEMENTS_PER_TASK)
+        .map(square_sum_of)
+        .collect::<Vec<f64>>()
+        .into_iter()
+        .sum()
+}
+
+/// `Σ g²` in float64 over eight interleaved partial sums (each square as the update's fp32 `g·g`).
+#[inline(always)]
+pub(crate) fn square_sum_of<G: Float>(grad: &[G]) -> f64 {
+    const LANES: usize = 8;
+    let square = |g: &G| {
+        let g = g.to_f32();
+        (g * g) as f64
+    };
+    let mut lanes = [0.0f64; LANES];
+    let chunks = grad.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(square).sum();
+    for chunk in chunks {
+        for (lane, g) in lanes.iter_mut().zip(chunk) {
+            *lane += square(g);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +74,41 @@ mod tests {
         accumulate(&mut sum, &part);
         for (i, s) in sum.iter().enumerate() {
             assert_eq!(*s, 2.0 * part[i].to_f32(), "{i}");
+        }
+    }
+
+    /// The parallel sum in order of chunks agrees with float64 summing fp32 squares, for bf16
+    /// and fp32 and lengths around the chunk size and the lanes.
+    #[test]
+    fn square_sum_matches_float64() {
+        for n in [
+            0,
+            7,
+            8,
+            9,
+            ELEMENTS_PER_TASK - 1,
+            ELEMENTS_PER_TASK + 13,
+            3 * ELEMENTS_PER_TASK,
+        ] {
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+                .collect();
+            let want: f64 = values.iter().map(|&v| (v * v) as f64).sum();
+            let got = square_sum(&values);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "fp32 {n}: {got} vs {want}"
+            );
+            let halves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+            let want: f64 = halves
+                .iter()
+                .map(|v| (v.to_f32() * v.to_f32()) as f64)
+                .sum();
+            let got = square_sum(&halves);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "bf16 {n}: {got} vs {want}"
+            );
         }
     }
 }

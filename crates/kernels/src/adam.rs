@@ -155,31 +155,12 @@ fn update_block_portable<P: Float, G: Float, S: Float>(
     coefficients: &Coefficients,
     bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
 ) -> f64 {
-    let square_sum = square_sum_of(block.grad);
+    let square_sum = crate::accumulate::square_sum_of(block.grad);
     match bits {
         None => update_elements::<false, P, G, S>(block, coefficients, &[[0; BITS_PER_BLOCK]; 3]),
         Some(bits) => update_elements::<true, P, G, S>(block, coefficients, bits),
     }
     square_sum
-}
-
-/// `Σ g²` in float64 over eight interleaved partial sums (each square as the update's fp32 `g·g`).
-#[inline(always)]
-fn square_sum_of<G: Float>(grad: &[G]) -> f64 {
-    const LANES: usize = 8;
-    let square = |g: &G| {
-        let g = g.to_f32();
-        (g * g) as f64
-    };
-    let mut lanes = [0.0f64; LANES];
-    let chunks = grad.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(square).sum();
-    for chunk in chunks {
-        for (lane, g) in lanes.iter_mut().zip(chunk) {
-            *lane += square(g);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// The elementwise update: each stored value rounded once to its slice's dtype (to nearest, or

@@ -51,7 +51,7 @@ mod rotary;
 mod rounding;
 mod softmax;
 
-pub use accumulate::{accumulate, widen};
+pub use accumulate::{accumulate, square_sum, widen};
 pub use adam::{AdamStep, adam_update};
 pub use cross_entropy::{
     MAX_SHIFT_CAP, softcapped_cross_entropy, softcapped_cross_entropy_in_place,

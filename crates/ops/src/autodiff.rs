@@ -207,6 +207,10 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         )
     }
 
+    fn square_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        value::<B, C>(B::square_sum(inner::<B, C>(x)))
+    }
+
     fn round_stochastic(values: FloatTensor<Self>, key: u64) -> FloatTensor<Self> {
         value::<B, C>(B::round_stochastic(inner::<B, C>(values), key))
     }

@@ -359,6 +359,12 @@ pub fn adam_step<B: KernelBackend>(
     (param, moment_1, moment_2, B::float_sum(square))
 }
 
+/// [`KernelBackend::square_sum`]: widened, squared, summed.
+pub fn square_sum<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let x = to_f32::<B>(x);
+    B::float_sum(B::float_mul(x.clone(), x))
+}
+
 /// [`KernelBackend::round_stochastic`] through the host: the values read back, rounded by the
 /// kernel (`brainfloat_kernels::round_stochastic_into`), and written to the device, so that
 /// every backend draws the same bits.

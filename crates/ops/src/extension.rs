@@ -206,6 +206,13 @@ pub trait KernelBackend: Backend {
         composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
     }
 
+    /// `Σ x²` of `x`, each square in fp32, as an fp32 `[1]`: a gradient's contribution to the
+    /// global norm, without a widened copy of it where the backend has the kernel. Outside
+    /// autodiff (values).
+    fn square_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::square_sum::<Self>(x)
+    }
+
     /// `values` (fp32) rounded to bf16 stochastically, element `i` with the random bits
     /// `brainfloat_kernels::random_bits(key, i)`, the same on every backend (by default through
     /// the host, with the same kernel). Outside autodiff (values).

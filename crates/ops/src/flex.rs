@@ -196,6 +196,16 @@ impl KernelBackend for Flex {
             .unwrap_or_else(|| composed::rms_norm_backward::<Self>(x, inv_rms, grad))
     }
 
+    fn square_sum(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        let sum =
+            with_elem!(x.dtype(), T => brainfloat_kernels::square_sum::<T>(contiguous_values(&x)));
+        match sum {
+            Some(sum) => tensor_of(vec![sum as f32], vec![1], DType::F32),
+            None => composed::square_sum::<Self>(x),
+        }
+    }
+
     fn round_stochastic(values: FlexTensor, key: u64) -> FlexTensor {
         let values = composed::to_f32::<Self>(values);
         let values = values.to_contiguous();

@@ -187,6 +187,12 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
     ))
 }
 
+/// `Σ x²` of `x` with each square in fp32, as an fp32 `[1]`: one parallel pass over the
+/// buffer on flex, Burn's ops elsewhere. Outside autodiff (values).
+pub fn square_sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::square_sum(x.into_dispatch()))
+}
+
 /// `values` rounded to bf16 stochastically: each element up or down with probability by its
 /// distance, so that `E[rounded] = value` (`brainfloat_kernels::round_stochastic`). The random
 /// bits of element `i` are `random_bits(key, i)`: the same on every backend, in one parallel

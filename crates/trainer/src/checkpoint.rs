@@ -611,6 +611,7 @@ pub fn load_checkpoint(
     drop(params);
     optimizer
         .load_state(
+            &model,
             &names,
             |name| {
                 let view = file

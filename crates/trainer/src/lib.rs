@@ -25,6 +25,7 @@ mod optim;
 mod output;
 pub mod plugins;
 mod resume;
+mod schedule;
 mod trainer;
 
 pub use checkpoint::{
@@ -41,13 +42,15 @@ pub use config::{
 pub use error::{TensorFileError, TrainError};
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
 pub use history::{keep_last, remove_orphans, set_aside};
-pub use optim::TrapezoidalSchedule;
-pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig};
-pub use optim::{NS_COEFFICIENTS, newton_schulz};
+pub use optim::{
+    LostUpdates, NS_COEFFICIENTS, ParamGroup, RecordOptimizer, RecordOptimizerConfig, grad_norm,
+    newton_schulz,
+};
 pub use output::{LOCK_FILE, OutputFolder};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
     SampleStats, StepStats,
 };
 pub use resume::{ResumeNote, model_notes, resume_notes};
+pub use schedule::TrapezoidalSchedule;
 pub use trainer::{Start, Trainer, init_model, init_model_with_seed, validation_loss};

@@ -10,7 +10,7 @@
 //! - anything else (rates, evaluation, data paths): applied from the resumed step on.
 
 use crate::config::{ConfigChange, TrainConfig};
-use crate::optim::TrapezoidalSchedule;
+use crate::schedule::TrapezoidalSchedule;
 use brainfloat_data::LoaderPosition;
 
 /// What a changed key does to the model a run loads: said by `eval` too.

@@ -24,13 +24,13 @@ use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::faults::{NonFinite, injections};
 use crate::history::{keep_last, remove_orphans, set_aside};
-use crate::optim::TrapezoidalSchedule;
-use crate::optim::{RecordOptimizer, RecordOptimizerConfig};
+use crate::optim::{RecordOptimizer, RecordOptimizerConfig, grad_norm};
 use crate::output::OutputFolder;
 use crate::plugins::{
     Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, SampleStats, StepStats,
 };
 use crate::resume::resume_notes;
+use crate::schedule::TrapezoidalSchedule;
 
 /// How a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub enum Start {
 pub struct Trainer {
     config: TrainConfig,
     device: Device,
-    model: Gpt,
+    model: Owned<Gpt>,
     optimizer: RecordOptimizer,
     schedule: TrapezoidalSchedule,
     train: DistributedLoader,
@@ -69,6 +69,36 @@ pub struct Trainer {
     samples: Option<SamplePrompt>,
     /// Rank 0's claim on the output folder, held for the run.
     _output: Option<OutputFolder>,
+}
+
+/// A value that a method can take by value and put back: the model during an optimizer step,
+/// which then holds the only handle to each parameter and updates it in place.
+struct Owned<T>(Option<T>);
+
+impl<T> Owned<T> {
+    fn new(value: T) -> Self {
+        Self(Some(value))
+    }
+
+    /// Replaces the value with `f` of it.
+    fn update(&mut self, f: impl FnOnce(T) -> T) {
+        let value = self.0.take().expect("a value, outside an update");
+        self.0 = Some(f(value));
+    }
+}
+
+impl<T> std::ops::Deref for Owned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("a value, outside an update")
+    }
+}
+
+impl<T> std::ops::DerefMut for Owned<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("a value, outside an update")
+    }
 }
 
 /// The tokenizer and the tokenized prompt of the samples during training.
@@ -215,7 +245,7 @@ impl Trainer {
         let trainer = Self {
             config,
             device,
-            model,
+            model: Owned::new(model),
             optimizer,
             schedule,
             train,
@@ -253,7 +283,7 @@ impl Trainer {
             Start::Fresh => self.claim_fresh()?,
             Start::Init(path) => {
                 self.claim_fresh()?;
-                self.model = load_weights(self.model.clone(), &path)?;
+                *self.model = load_weights(self.model.clone(), &path)?;
             }
             Start::Resume(path) => self.resume(path)?,
         }
@@ -275,7 +305,7 @@ impl Trainer {
             u64::from_str_radix(&hex[..16], 16).expect("hex digits")
         };
         let config = serde_json::to_string(&self.config).expect("the config serializes");
-        let layout: String = brainfloat_precision::named_params(&self.model)
+        let layout: String = brainfloat_precision::named_params(&*self.model)
             .into_iter()
             .map(|p| format!("{} {:?} {:?};", p.name, p.shape, p.tensor.dtype()))
             .chain([format!("buckets of {}", brainfloat_accum::BUCKET_ELEMENTS)])
@@ -423,7 +453,7 @@ impl Trainer {
         if let Some(run) = restored.record.run.clone() {
             self.run_id = run;
         }
-        self.model = restored.model;
+        *self.model = restored.model;
         self.optimizer = restored.optimizer;
         self.step = restored.record.step;
         if self.sync.is_leader() {
@@ -610,31 +640,21 @@ impl Trainer {
                 loss = loss.mul_scalar(f64::NAN);
             }
             losses.push(loss.clone().detach());
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
+            let grads = GradientsParams::from_grads(loss.backward(), &*self.model);
+            accumulator.accumulate(&*self.model, grads);
         }
         let lr_multiplier = self.schedule.multiplier(self.step);
-        let probe_every = self.config.eval.lost_update_every;
-        if probe_every > 0 && self.step.is_multiple_of(probe_every) {
-            self.optimizer.probe_next_step();
-        }
         let sync_started = Instant::now();
-        let grads = all_reduce_gradients(&self.model, accumulator.grads(), self.sync.as_mut())?;
+        let grads = all_reduce_gradients(&*self.model, accumulator.grads(), self.sync.as_mut())?;
         let sync_time = sync_started.elapsed();
         let grad_scale = if poison_grads {
             f64::NAN
         } else {
             1.0 / accum_steps as f64
         };
-        // Tensors are shared handles: keeping the state before the update costs nothing.
-        let before = self.optimizer.clone();
-        let (model, grad_norm) = self.optimizer.step(
-            self.model.clone(),
-            grads,
-            grad_scale,
-            lr_multiplier,
-            self.step,
-        );
+        // Checked before the update, so that a bad step is never applied and nothing is kept
+        // aside to undo it: a second handle to the weights would make every in-place update copy.
+        let grad_norm = grad_norm(&*self.model, &grads, grad_scale);
         let losses: Vec<f64> = Tensor::cat(losses, 0)
             .into_data()
             .try_to_vec::<f32>()
@@ -647,8 +667,6 @@ impl Trainer {
             .mean(losses.iter().sum::<f64>() / accum_steps as f64)?;
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
         if skipped {
-            // The update is never applied: the model stays, the optimizer state is restored.
-            self.optimizer = before;
             let policy = self.config.train.on_non_finite;
             tracing::warn!(
                 step = self.step + 1,
@@ -676,7 +694,15 @@ impl Trainer {
                 });
             }
         } else {
-            self.model = model;
+            let probe_every = self.config.eval.lost_update_every;
+            if probe_every > 0 && self.step.is_multiple_of(probe_every) {
+                self.optimizer.probe_next_step();
+            }
+            let step = self.step;
+            self.model.update(|model| {
+                self.optimizer
+                    .step(model, grads, grad_scale, lr_multiplier, step)
+            });
             self.skipped_in_a_row = 0;
         }
         self.step += 1;

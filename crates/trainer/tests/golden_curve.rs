@@ -41,7 +41,7 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
                     .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
             }
             curve.push(last_loss);
-            (model, _) = optimizer.step(
+            model = optimizer.step(
                 model,
                 accumulator.grads(),
                 1.0 / grad_accum_steps as f64,

@@ -1,0 +1,166 @@
+//! The one writer of new values into a parameter and its optimizer state, by the policy's
+//! rounding: to nearest, stochastically, or with Kahan compensation.
+
+use brainfloat_precision::UpdateRounding;
+use burn::tensor::{DType, FloatDType, Tensor};
+
+use super::ParamGroup;
+use super::probe::{LostUpdates, WrittenUpdate};
+
+/// Which stream of stochastic rounding's random bits a written tensor draws from.
+#[derive(Clone, Copy)]
+pub(super) enum Stream {
+    Weight = 0,
+    Moment1 = 1,
+    Moment2 = 2,
+    MomentumBuffer = 3,
+}
+
+/// Writes one parameter's step: its new state values and its new weights.
+pub(super) struct Writer<'a> {
+    /// The parameter's storage dtype (its state's too).
+    storage: FloatDType,
+    /// The rounding of this parameter: the policy's for bf16 storage; fp32 is written exactly.
+    rounding: UpdateRounding,
+    /// Seed, step and parameter: the first three words of each stream's key.
+    key: [u64; 3],
+    /// Kahan's compensation of this parameter, under [`UpdateRounding::Kahan`].
+    pub compensation: Option<Tensor<1>>,
+    /// The lost-update probe, when this step is observed, and the parameter's group.
+    observer: Option<(&'a mut LostUpdates, ParamGroup)>,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(
+        storage: DType,
+        policy: UpdateRounding,
+        key: [u64; 3],
+        compensation: Option<Tensor<1>>,
+        observer: Option<(&'a mut LostUpdates, ParamGroup)>,
+    ) -> Self {
+        let rounding = if storage == DType::BF16 {
+            policy
+        } else {
+            UpdateRounding::Nearest
+        };
+        Self {
+            storage: FloatDType::from(storage),
+            rounding,
+            key,
+            compensation,
+            observer,
+        }
+    }
+
+    /// The dtype updates are computed in: the storage's when they round to nearest; fp32 when
+    /// stochastic rounding or Kahan carries what bf16 would drop.
+    pub fn compute(&self) -> FloatDType {
+        match self.rounding {
+            UpdateRounding::Nearest => self.storage,
+            UpdateRounding::Stochastic | UpdateRounding::Kahan => FloatDType::F32,
+        }
+    }
+
+    /// Whether a fused update (one kernel writing weights and state) may stand in for the
+    /// writer: not under Kahan, which has no fused kernel, nor when observed, since the
+    /// observer needs the update itself.
+    pub fn fusable(&self) -> bool {
+        self.observer.is_none() && self.rounding != UpdateRounding::Kahan
+    }
+
+    /// The keys of `streams` under stochastic rounding, for a fused kernel; `None` otherwise.
+    pub fn stochastic_keys<const N: usize>(&self, streams: [Stream; N]) -> Option<[u64; N]> {
+        (self.rounding == UpdateRounding::Stochastic).then(|| streams.map(|s| self.key(s)))
+    }
+
+    fn key(&self, stream: Stream) -> u64 {
+        let [seed, step, parameter] = self.key;
+        brainfloat_ops::rounding_key(&[seed, step, parameter, stream as u64])
+    }
+
+    /// A new state value (computed in [`compute`](Self::compute)) stored: stochastically
+    /// rounded under stochastic rounding, to nearest otherwise.
+    pub fn state(&self, values: Tensor<1>, stream: Stream) -> Tensor<1> {
+        match self.rounding {
+            UpdateRounding::Stochastic => {
+                brainfloat_ops::round_stochastic(values, self.key(stream))
+            }
+            UpdateRounding::Nearest | UpdateRounding::Kahan => in_dtype(values, self.storage),
+        }
+    }
+
+    /// `a·y + x` stored as a state value; one pass under stochastic rounding.
+    pub fn state_axpy(&self, y: Tensor<1>, x: Tensor<1>, a: f64, stream: Stream) -> Tensor<1> {
+        match self.rounding {
+            UpdateRounding::Stochastic => {
+                brainfloat_ops::stochastic_axpby(y, x, a as f32, 1.0, self.key(stream))
+            }
+            _ => self.state(in_dtype(y, self.compute()).mul_scalar(a) + x, stream),
+        }
+    }
+
+    /// The weights `value − scale·direction`, written by the rounding (and shown to the
+    /// observer, if any).
+    pub fn weights(&mut self, value: Tensor<1>, direction: Tensor<1>, scale: f64) -> Tensor<1> {
+        let compute = self.compute();
+        let delta = |scale: f64| in_dtype(direction.clone(), compute).mul_scalar(scale);
+        let seen = self
+            .observer
+            .is_some()
+            .then(|| (host_f32(&value), host_f32(&delta(scale))));
+        let updated = match self.rounding {
+            UpdateRounding::Nearest => value - delta(scale),
+            // One pass: SR(value − scale · direction).
+            UpdateRounding::Stochastic => brainfloat_ops::stochastic_axpby(
+                value,
+                direction.clone(),
+                1.0,
+                -scale as f32,
+                self.key(Stream::Weight),
+            ),
+            UpdateRounding::Kahan => {
+                let compensation = self
+                    .compensation
+                    .take()
+                    .unwrap_or_else(|| value.zeros_like());
+                let (updated, compensation) =
+                    brainfloat_ops::kahan_add(value, compensation, delta(-scale));
+                self.compensation = Some(compensation);
+                updated
+            }
+        };
+        if let (Some((probe, group)), Some((before, delta))) = (&mut self.observer, seen) {
+            let compensation = self.compensation.as_ref().map(host_f32);
+            probe.observe(
+                *group,
+                &WrittenUpdate {
+                    rounding: self.rounding,
+                    before: &before,
+                    delta: &delta,
+                    after: &host_f32(&updated),
+                    compensation: compensation.as_deref(),
+                },
+            );
+        }
+        updated
+    }
+}
+
+/// `tensor` in `dtype`: itself when it has it already (no pass over it), cast otherwise.
+pub(super) fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+    if tensor.dtype() == DType::from(dtype) {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
+}
+
+/// The values of `tensor` as fp32 on the host (exact for bf16 and fp32).
+fn host_f32(tensor: &Tensor<1>) -> Vec<f32> {
+    tensor
+        .clone()
+        .cast(FloatDType::F32)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("an fp32 tensor reads back as f32")
+}
