@@ -2,7 +2,7 @@
 //! activation, loss and gradient (asserted against the design's table), bf16 against fp32, and
 //! training steps that learn.
 
-use brainfloat_gpt::{Batch, GptConfig};
+use brainfloat_gpt::{Batch, GptConfig, ModelSize};
 use brainfloat_precision::{
     Component, NamedTensor, PrecisionPolicy, PrecisionReport, Preset, apply_policy, named_grads,
     named_params,
@@ -220,7 +220,7 @@ fn invalid_inputs_say_what_is_wrong() {
     let err = Batch::from_window(&[1u32; 10], 2, 8, &device).unwrap_err();
     assert!(message(&err).contains("holds 17 tokens, got 10"), "{err}");
 
-    let err = GptConfig::from_size("huge").unwrap_err();
+    let err = "huge".parse::<ModelSize>().unwrap_err();
     assert!(message(&err).contains("tiny, small, speedrun"), "{err}");
     let err = GptConfig::new(512, 2, 3, 64, 32).init(&device).unwrap_err();
     assert!(message(&err).contains("not divisible by n_head 3"), "{err}");

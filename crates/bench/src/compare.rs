@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use brainfloat_gpt::ModelSize;
+use brainfloat_precision::{PrecisionPolicy, Preset};
 use serde::Deserialize;
 
 use crate::error::{BenchError, read_json};
@@ -102,9 +104,9 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         "\n| backend | model | bf16 / fp32 step time | bf16 / autocast step time | bf16 / autocast \
          peak memory | peak memory measured as |\n|---|---|---:|---:|---:|---|\n",
     );
-    let mut groups: Vec<(&str, &str)> = Vec::new();
+    let mut groups: Vec<(&str, ModelSize)> = Vec::new();
     for report in reports {
-        let key = (report.backend.as_str(), report.model.size.as_str());
+        let key = (report.backend.as_str(), report.model.size);
         if !groups.contains(&key) {
             groups.push(key);
         }
@@ -115,7 +117,8 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
             .filter(|r| r.backend == backend && r.model.size == size)
             .flat_map(|r| &r.presets)
             .collect();
-        let figure = |preset: &str, of: fn(&crate::PresetResult) -> Option<f64>| {
+        let figure = |preset: Preset, of: fn(&crate::PresetResult) -> Option<f64>| {
+            let preset = PrecisionPolicy::preset(preset);
             presets
                 .iter()
                 .find(|p| p.preset == preset)
@@ -126,9 +129,12 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         let _ = writeln!(
             md,
             "| {backend} | {size} | {} | {} | {} | {} |",
-            ratio(figure("bf16", time), figure("fp32", time)),
-            ratio(figure("bf16", time), figure("autocast", time)),
-            ratio(figure("bf16", memory), figure("autocast", memory)),
+            ratio(figure(Preset::Bf16, time), figure(Preset::Fp32, time)),
+            ratio(figure(Preset::Bf16, time), figure(Preset::Autocast, time)),
+            ratio(
+                figure(Preset::Bf16, memory),
+                figure(Preset::Autocast, memory)
+            ),
             presets
                 .first()
                 .map_or("", |p| p.memory.peak_measure.as_str()),
@@ -159,7 +165,11 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         md.push_str(&"---:|".repeat(pytorch.len()));
         md.push('\n');
         for report in reports {
-            let Some(bf16) = report.presets.iter().find(|p| p.preset == "bf16") else {
+            let Some(bf16) = report
+                .presets
+                .iter()
+                .find(|p| p.preset == PrecisionPolicy::bf16())
+            else {
                 continue;
             };
             let _ = write!(md, "| {} | {} | |", report.backend, report.model.size);

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{MetricsLine, ParamGroup};
 use plotters::prelude::*;
 
@@ -182,7 +183,11 @@ pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), BenchEr
         .y_label_area_size(90)
         .build_cartesian_2d(0.0..widest * 1.45, 0.0..n as f64)
         .map_err(|e| error(e.to_string()))?;
-    let names: Vec<String> = report.presets.iter().map(|p| p.preset.clone()).collect();
+    let names: Vec<String> = report
+        .presets
+        .iter()
+        .map(|p| p.preset.to_string())
+        .collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -367,11 +372,15 @@ type SeedCurves = Vec<(f64, Vec<f64>)>;
 /// standard deviation.
 pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchError> {
     let error = plot_error(out);
-    let reference = report.presets.first().cloned().unwrap_or_default();
+    let reference = report
+        .presets
+        .first()
+        .copied()
+        .unwrap_or(PrecisionPolicy::fp32());
     let window = CONVERGENCE_SMOOTHING.min(report.steps / 5).max(1);
     // Per preset: (step, values over the seeds) for the validation loss and the smoothed
     // training-loss difference to the reference.
-    let series = |preset: &str, of: &dyn Fn(&StudyRun) -> Vec<(usize, f64)>| {
+    let series = |preset: PrecisionPolicy, of: &dyn Fn(&StudyRun) -> Vec<(usize, f64)>| {
         let runs: Vec<Vec<(usize, f64)>> = report.runs_of(preset).map(of).collect();
         let steps: Vec<usize> = runs
             .first()
@@ -389,7 +398,7 @@ pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchErr
             .collect::<Vec<_>>()
     };
     let reference_train: Vec<Vec<f64>> = report
-        .runs_of(&reference)
+        .runs_of(reference)
         .map(|r| moving_mean(&r.train, window))
         .collect();
     let val = |r: &StudyRun| r.val.clone();
@@ -405,7 +414,7 @@ pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchErr
     let panels: Vec<Vec<SeedCurves>> =
         [&val as &dyn Fn(&StudyRun) -> Vec<(usize, f64)>, &difference]
             .into_iter()
-            .map(|of| report.presets.iter().map(|p| series(p, of)).collect())
+            .map(|of| report.presets.iter().map(|p| series(*p, of)).collect())
             .collect();
     let root = SVGBackend::new(out, (900, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
@@ -432,7 +441,7 @@ fn moving_mean(curve: &[(usize, f64)], window: usize) -> Vec<f64> {
 fn draw_bands(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
-    presets: &[String],
+    presets: &[PrecisionPolicy],
     panel: &[SeedCurves],
     max_x: f64,
 ) -> Result<(), String> {
@@ -486,7 +495,7 @@ fn draw_bands(
         chart
             .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color))
             .map_err(|e| e.to_string())?
-            .label(preset.as_str())
+            .label(preset.to_string())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use brainfloat_gpt::ModelSize;
+use brainfloat_precision::PrecisionPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::distribution::{DistributionRow, Part, part_bytes};
@@ -17,7 +19,7 @@ use crate::stats::Spread;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Size name (`tiny`, `small`, `speedrun`).
-    pub size: String,
+    pub size: ModelSize,
     /// Parameters.
     pub params: usize,
     /// Vocabulary size.
@@ -56,7 +58,7 @@ pub struct MemoryResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresetResult {
     /// The precision policy.
-    pub preset: String,
+    pub preset: PrecisionPolicy,
     /// Wall time of the timed steps, in milliseconds.
     pub step_time_ms: Spread,
     /// Tokens per second at the median step time.
@@ -108,7 +110,7 @@ pub struct BenchReport {
     /// Timed steps per preset.
     pub timed_steps: usize,
     /// The preset ratios are taken against.
-    pub baseline: String,
+    pub baseline: PrecisionPolicy,
     /// The peak behind MFU of presets whose matmuls run in fp32.
     pub peak: Peak,
     /// The peak behind MFU of presets whose matmuls run in bf16 (`autocast`, `bf16`); `peak`
@@ -135,7 +137,7 @@ pub struct Figure {
 
 impl BenchReport {
     /// The result of `preset`.
-    pub fn preset(&self, preset: &str) -> Option<&PresetResult> {
+    pub fn preset(&self, preset: PrecisionPolicy) -> Option<&PresetResult> {
         self.presets.iter().find(|p| p.preset == preset)
     }
 
@@ -143,11 +145,11 @@ impl BenchReport {
     /// becomes the first preset, and the report names it: `--presets bf16,bf16-sr` under the
     /// default baseline `autocast` gives ratios to `bf16`, said so.
     pub fn compute_ratios(&mut self) {
-        let Some(base) = self.preset(&self.baseline).or(self.presets.first()) else {
+        let Some(base) = self.preset(self.baseline).or(self.presets.first()) else {
             return;
         };
         let baseline = base.ratio_figures();
-        self.baseline = base.preset.clone();
+        self.baseline = base.preset;
         for preset in &mut self.presets {
             preset.ratios = preset
                 .ratio_figures()
@@ -212,7 +214,7 @@ impl BenchReport {
     }
 
     fn preset_names(&self) -> String {
-        let names: Vec<&str> = self.presets.iter().map(|p| p.preset.as_str()).collect();
+        let names: Vec<String> = self.presets.iter().map(|p| p.preset.to_string()).collect();
         names.join(" vs ")
     }
 
@@ -388,7 +390,7 @@ mod tests {
 
     fn preset(name: &str, step_ms: f64) -> PresetResult {
         PresetResult {
-            preset: name.into(),
+            preset: name.parse().unwrap(),
             step_time_ms: Spread::of(&[step_ms]).unwrap(),
             tokens_per_sec: 1000.0 / step_ms,
             achieved_gflops: 1.0,
@@ -407,7 +409,7 @@ mod tests {
             backend: "flex".into(),
             machine: "test machine".into(),
             model: ModelInfo {
-                size: "tiny".into(),
+                size: ModelSize::Tiny,
                 params: 1,
                 vocab_size: 1,
                 tokens_per_step: 1,
@@ -416,7 +418,7 @@ mod tests {
             },
             warmup_steps: 1,
             timed_steps: 1,
-            baseline: baseline.into(),
+            baseline: baseline.parse().unwrap(),
             peak: Peak::stated(1.0),
             bf16_peak: None,
             presets,
@@ -429,7 +431,7 @@ mod tests {
     fn ratios_are_to_the_baseline_or_to_the_first_preset_named_as_such() {
         let mut present = report("bf16", vec![preset("fp32", 300.0), preset("bf16", 100.0)]);
         present.compute_ratios();
-        assert_eq!(present.baseline, "bf16");
+        assert_eq!(present.baseline, PrecisionPolicy::bf16());
         assert_eq!(present.presets[0].ratios["step_time"], 3.0);
 
         let mut absent = report(
@@ -437,7 +439,7 @@ mod tests {
             vec![preset("bf16", 200.0), preset("bf16-sr", 100.0)],
         );
         absent.compute_ratios();
-        assert_eq!(absent.baseline, "bf16");
+        assert_eq!(absent.baseline, PrecisionPolicy::bf16());
         assert_eq!(absent.presets[1].ratios["step_time"], 0.5);
         assert!(absent.to_markdown().contains("Ratios are to `bf16`."));
     }

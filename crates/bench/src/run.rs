@@ -3,6 +3,7 @@
 
 use brainfloat_backend::{Backend, MemoryMeasure};
 use brainfloat_memory as memory;
+use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer};
 use burn::tensor::{Device, FloatDType};
 
@@ -17,9 +18,9 @@ use crate::stats::Spread;
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Precision policies to compare, in order.
-    pub presets: Vec<String>,
+    pub presets: Vec<PrecisionPolicy>,
     /// The preset ratios are taken against (the seed's baseline is `autocast`).
-    pub baseline: String,
+    pub baseline: PrecisionPolicy,
     /// Untimed steps per preset before timing (at least 1: the optimizer state is made then).
     pub warmup_steps: usize,
     /// Timed steps per preset.
@@ -78,7 +79,7 @@ pub fn run_bench(
     let mut contenders = Vec::with_capacity(options.presets.len());
     for preset in &options.presets {
         tracing::info!(preset = %preset, warmup, "building and warming up");
-        contenders.push(warm_up(&config, preset, device, options.backend, warmup)?);
+        contenders.push(warm_up(&config, *preset, device, options.backend, warmup)?);
     }
     for round in 0..options.steps {
         if round % 5 == 0 {
@@ -92,7 +93,7 @@ pub fn run_bench(
 
     let gpt = config.gpt()?;
     let model = ModelInfo {
-        size: config.model.size.clone(),
+        size: config.model.size,
         params: gpt.num_params(),
         vocab_size: gpt.vocab_size,
         tokens_per_step: config.tokens_per_step(),
@@ -102,7 +103,7 @@ pub fn run_bench(
     let mut presets = Vec::with_capacity(contenders.len());
     for (preset, contender) in options.presets.iter().zip(contenders) {
         tracing::info!(preset = %preset, "evaluating");
-        presets.push(finish(preset, contender, &model, options, device)?);
+        presets.push(finish(*preset, contender, &model, options, device)?);
     }
     tracing::info!("matmul micro-benchmark");
     let shapes = model_matmul_shapes(&gpt, config.micro_batch_size() * config.train.seq_len);
@@ -127,15 +128,15 @@ pub fn run_bench(
 /// Builds `preset`'s trainer and runs its warm-up steps, measuring the heap it keeps.
 fn warm_up(
     config: &TrainConfig,
-    preset: &str,
+    preset: PrecisionPolicy,
     device: &Device,
     backend: Backend,
     steps: usize,
 ) -> Result<Contender, TrainError> {
     let mut config = config.clone();
-    config.train.precision = preset.to_string();
+    config.train.precision = preset;
     // The presets' trainers live side by side: one output folder each (each claims its own).
-    config.output.dir = config.output.dir.join(preset);
+    config.output.dir = config.output.dir.join(preset.to_string());
     // Memory is measured with freed blocks handed back, so that the resident set is what is
     // live; the timed steps run with the process's own setting.
     let retaining = memory::retaining_freed_memory();
@@ -213,7 +214,7 @@ fn timed_step(contender: &mut Contender, device: &Device) -> Result<(), TrainErr
 
 /// Validation loss, memory distribution and the derived figures of one contender.
 fn finish(
-    preset: &str,
+    preset: PrecisionPolicy,
     mut contender: Contender,
     model: &ModelInfo,
     options: &BenchOptions,
@@ -248,7 +249,7 @@ fn finish(
         _ => None,
     };
     Ok(PresetResult {
-        preset: preset.to_string(),
+        preset,
         step_time_ms,
         tokens_per_sec,
         achieved_gflops,

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use brainfloat_gpt::ModelSize;
+use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{Start, TrainConfig, TrainError, Trainer};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -18,7 +20,7 @@ use crate::stats::mean_and_sd;
 #[derive(Debug, Clone)]
 pub struct StudyOptions {
     /// Precision policies, in report order; the first is the reference of the differences.
-    pub presets: Vec<String>,
+    pub presets: Vec<PrecisionPolicy>,
     /// Seeds of the initial weights (and of stochastic rounding).
     pub seeds: Vec<u64>,
     /// Optimizer steps per run (the schedule's warmdown keeps its share of the config's).
@@ -35,7 +37,7 @@ pub struct StudyOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyRun {
     /// The precision policy.
-    pub preset: String,
+    pub preset: PrecisionPolicy,
     /// `train.seed`.
     pub seed: u64,
     /// `(step, training loss)` of every step, from 1.
@@ -60,8 +62,8 @@ pub struct StudyReport {
     pub command: String,
     /// The machine, for the report.
     pub machine: String,
-    /// Model size name.
-    pub model: String,
+    /// Model size.
+    pub model: ModelSize,
     /// Optimizer steps per run.
     pub steps: usize,
     /// Tokens per optimizer step.
@@ -69,7 +71,7 @@ pub struct StudyReport {
     /// Validation tokens per evaluation.
     pub val_tokens: usize,
     /// The presets, in order; the first is the reference.
-    pub presets: Vec<String>,
+    pub presets: Vec<PrecisionPolicy>,
     /// The seeds.
     pub seeds: Vec<u64>,
     /// One run per preset and seed.
@@ -89,7 +91,7 @@ pub fn run_study(
         for &seed in &options.seeds {
             let folder = format!("study/{preset}-seed{seed}");
             let mut run_config = short_run_config(config, options.steps, &folder);
-            run_config.train.precision = preset.clone();
+            run_config.train.precision = *preset;
             run_config.train.seed = seed;
             let run = train_one(run_config, device, options.eval_every)?;
             progress(&run);
@@ -99,7 +101,7 @@ pub fn run_study(
     Ok(StudyReport {
         command: options.command.clone(),
         machine: options.machine.clone(),
-        model: config.model.size.clone(),
+        model: config.model.size,
         steps: options.steps,
         tokens_per_step: config.train.batch_size * config.train.seq_len,
         val_tokens: config.eval.tokens,
@@ -115,7 +117,7 @@ fn train_one(
     eval_every: usize,
 ) -> Result<StudyRun, TrainError> {
     let (preset, seed, steps) = (
-        config.train.precision.clone(),
+        config.train.precision,
         config.train.seed,
         config.train.steps,
     );
@@ -139,7 +141,7 @@ fn train_one(
 
 impl StudyReport {
     /// The runs of `preset`, in seed order.
-    pub fn runs_of<'a>(&'a self, preset: &'a str) -> impl Iterator<Item = &'a StudyRun> + 'a {
+    pub fn runs_of(&self, preset: PrecisionPolicy) -> impl Iterator<Item = &StudyRun> + '_ {
         self.runs.iter().filter(move |r| r.preset == preset)
     }
 
@@ -157,8 +159,12 @@ impl StudyReport {
     /// deviation) and its difference to the first preset's, paired by seed; `figure` is the
     /// curves' SVG beside the Markdown.
     pub fn to_markdown(&self, figure: &str) -> String {
-        let reference = self.presets.first().map(String::as_str).unwrap_or("fp32");
-        let finals = |preset: &str| -> Vec<f64> {
+        let reference = self
+            .presets
+            .first()
+            .copied()
+            .unwrap_or(PrecisionPolicy::fp32());
+        let finals = |preset: PrecisionPolicy| -> Vec<f64> {
             self.runs_of(preset).map(StudyRun::final_val_loss).collect()
         };
         let mut text = format!(
@@ -180,7 +186,7 @@ impl StudyReport {
         );
         let reference_finals = finals(reference);
         for preset in &self.presets {
-            let values = finals(preset);
+            let values = finals(*preset);
             let (mean, sd) = mean_and_sd(&values);
             let differences: Vec<f64> = values
                 .iter()
@@ -193,7 +199,7 @@ impl StudyReport {
                 .map(|v| format!("{v:.4}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let minutes = self.runs_of(preset).map(|r| r.seconds).sum::<f64>()
+            let minutes = self.runs_of(*preset).map(|r| r.seconds).sum::<f64>()
                 / values.len().max(1) as f64
                 / 60.0;
             text.push_str(&format!(

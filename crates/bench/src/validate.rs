@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use brainfloat_data::shard_paths;
-use brainfloat_precision::{Component, named_grads, named_params};
+use brainfloat_precision::{Component, PrecisionPolicy, named_grads, named_params};
 use brainfloat_trainer::{
     RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model_with_seed,
     load_checkpoint, validation_loss,
@@ -63,15 +63,15 @@ struct BriefRun {
 
 fn brief_run(
     config: &TrainConfig,
-    precision: &str,
+    precision: PrecisionPolicy,
     device: &Device,
 ) -> Result<BriefRun, TrainError> {
     let mut config = config.clone();
-    config.train.precision = precision.into();
-    config.output.dir = config.output.dir.join(precision);
+    config.train.precision = precision;
+    config.output.dir = config.output.dir.join(precision.to_string());
     let mut trainer = Trainer::new(config, device, Start::Fresh)?;
     let initial_val = trainer.evaluate()?.val_loss;
-    tracing::info!(precision, initial_val, "training briefly");
+    tracing::info!(%precision, initial_val, "training briefly");
     while trainer.step() < trainer.config().train.steps {
         trainer.train_step()?;
     }
@@ -92,8 +92,8 @@ pub fn validate_pipeline(
 ) -> Result<Vec<Check>, TrainError> {
     let config = short_run_config(config, steps.max(1), "validate");
 
-    let fp32 = brief_run(&config, "fp32", device)?;
-    let mut bf16 = brief_run(&config, "bf16", device)?;
+    let fp32 = brief_run(&config, PrecisionPolicy::fp32(), device)?;
+    let mut bf16 = brief_run(&config, PrecisionPolicy::bf16(), device)?;
     let mut checks = Vec::new();
     for (name, run) in [("fp32 learns", &fp32), ("bf16 learns", &bf16)] {
         let fall = 1.0 - run.final_val / run.initial_val;

@@ -11,6 +11,7 @@ use brainfloat_bench::{
     part_bytes, run_bench,
 };
 use brainfloat_memory::{self as memory, CountingAllocator};
+use brainfloat_precision::PrecisionPolicy;
 use brainfloat_test_support::{test_backend, test_device};
 
 // This test binary counts its heap, as the `brainfloat` binary does.
@@ -26,10 +27,14 @@ fn exclusive_heap() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn policy(name: &str) -> PrecisionPolicy {
+    name.parse().expect("a preset")
+}
+
 fn options(presets: &[&str]) -> BenchOptions {
     BenchOptions {
-        presets: presets.iter().map(|p| p.to_string()).collect(),
-        baseline: "autocast".into(),
+        presets: presets.iter().map(|p| policy(p)).collect(),
+        baseline: policy("autocast"),
         warmup_steps: 1,
         steps: 3,
         matmul_reps: 1,
@@ -56,7 +61,11 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         &options(&["fp32", "autocast", "bf16"]),
     )
     .unwrap();
-    let names: Vec<&str> = report.presets.iter().map(|p| p.preset.as_str()).collect();
+    let names: Vec<String> = report
+        .presets
+        .iter()
+        .map(|p| p.preset.to_string())
+        .collect();
     assert_eq!(names, ["fp32", "autocast", "bf16"]);
     let m = &report.model;
     assert_eq!(m.tokens_per_step, 4 * 32);
@@ -65,7 +74,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         config.gpt().unwrap().training_flops_per_token(32)
     );
 
-    let baseline = report.preset("autocast").unwrap();
+    let baseline = report.preset(policy("autocast")).unwrap();
     for p in &report.presets {
         assert_eq!(p.step_time_ms.count, 3, "{}", p.preset);
         assert_eq!(p.losses.len(), 4, "warm-up and timed steps");
@@ -78,7 +87,11 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
             m.flops_per_token as f64 * tokens_per_sec / 1e9
         ));
         // Each preset against the peak of its matmul dtype: fp32's 100, bf16's 400.
-        let peak = if p.preset == "fp32" { 100.0 } else { 400.0 };
+        let peak = if p.preset == policy("fp32") {
+            100.0
+        } else {
+            400.0
+        };
         assert!(close(p.mfu, p.achieved_gflops / peak), "{}", p.preset);
         assert!(close(
             p.ratios["step_time"],
@@ -136,7 +149,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     }
     // Only bf16 stores parameters (embedding, scalars) in bf16; activations are one measured row.
     let dtypes = |preset: &str| -> Vec<String> {
-        let p = report.preset(preset).unwrap();
+        let p = report.preset(policy(preset)).unwrap();
         p.distribution
             .iter()
             .filter(|r| r.part == Part::Weights)
@@ -152,7 +165,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         .filter(|r| r.part == Part::Activations);
     assert!(activation_rows.map(|r| r.dtype.as_str()).eq([MIXED]));
     // Same init and data: the presets' first losses agree within bf16 tolerance.
-    let first = |p: &str| report.preset(p).unwrap().losses[0];
+    let first = |p: &str| report.preset(policy(p)).unwrap().losses[0];
     assert!((first("bf16") / first("fp32") - 1.0).abs() < 1e-2);
 
     assert_eq!(report.matmuls.len(), 12);
@@ -190,7 +203,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         std::slice::from_ref(&report),
         std::slice::from_ref(&pytorch),
     );
-    let time = |p: &str| report.preset(p).unwrap().step_time_ms.median;
+    let time = |p: &str| report.preset(policy(p)).unwrap().step_time_ms.median;
     let backend = test_backend().to_string();
     for needle in [
         format!("| {backend} | tiny | bf16 | {:.1} |", time("bf16")),
@@ -203,7 +216,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
         "| PyTorch 2.9.0 eager | – | 0.500 | – |".into(),
         format!(
             "| {backend} | tiny | | {:.3} |",
-            report.preset("bf16").unwrap().tokens_per_sec / 1280.0
+            report.preset(policy("bf16")).unwrap().tokens_per_sec / 1280.0
         ),
     ] {
         assert!(table.contains(&needle), "missing {needle:?} in\n{table}");

@@ -18,6 +18,7 @@ use brainfloat_data::Gpt2Tokenizer;
 use brainfloat_data::{shard_paths, text_files, tokenize_to_shards};
 use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
 use brainfloat_gpt::Gpt;
+use brainfloat_precision::{PrecisionPolicy, Preset};
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
@@ -87,7 +88,7 @@ struct StudyArgs {
         default_value = "fp32,autocast,bf16,bf16-pure,bf16-sr,bf16-kahan",
         value_delimiter = ','
     )]
-    presets: Vec<String>,
+    presets: Vec<Preset>,
     /// Seeds, comma-separated.
     #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
     seeds: Vec<u64>,
@@ -150,10 +151,10 @@ struct BenchArgs {
     warmup: u64,
     /// Presets to compare, comma-separated.
     #[arg(long, default_value = "fp32,autocast,bf16", value_delimiter = ',')]
-    presets: Vec<String>,
+    presets: Vec<Preset>,
     /// The preset ratios are taken against.
     #[arg(long, default_value = "autocast")]
-    baseline: String,
+    baseline: Preset,
     /// Peak GFLOP/s of fp32 matmuls for MFU (default: measured, a dense 2048³ product).
     #[arg(long)]
     peak_gflops: Option<f64>,
@@ -190,7 +191,7 @@ struct RunArgs {
     config: Option<PathBuf>,
     /// Precision policy, replacing train.precision: fp32, autocast, bf16 (+ overrides).
     #[arg(long)]
-    precision: Option<String>,
+    precision: Option<PrecisionPolicy>,
     /// Backend: flex (CPU), tch (libtorch CPU), tch-cuda[:N] (libtorch GPU), cuda[:N] (Burn's
     /// CUDA); all but flex need the binary built with their feature (`cargo xtask` does it).
     #[arg(long, env = BACKEND_VAR, default_value = "flex")]
@@ -318,13 +319,14 @@ fn load_config(run: &RunArgs) -> Result<TrainConfig, String> {
         },
     };
     let mut overrides = run.overrides.clone();
-    if let Some(precision) = &run.precision {
-        overrides.push(format!("train.precision={precision}"));
-    }
     if let Some(format) = &run.log_format {
         overrides.push(format!("output.log_format={format}"));
     }
-    TrainConfig::load(&source, &overrides).map_err(|err| err.to_string())
+    let mut config = TrainConfig::load(&source, &overrides).map_err(|err| err.to_string())?;
+    if let Some(precision) = run.precision {
+        config.train.precision = precision;
+    }
+    Ok(config)
 }
 
 /// Logs on stderr; ranks other than the leader log warnings and errors only.
@@ -571,7 +573,7 @@ fn load_model(
     let record = read_record(checkpoint).map_err(|e| e.to_string())?;
     config.model = record.config.model.clone();
     if record_precision {
-        config.train.precision = record.config.train.precision.clone();
+        config.train.precision = record.config.train.precision;
     }
     config.validate().map_err(|e| e.to_string())?;
     check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")
@@ -750,15 +752,14 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let bf16_peak = device
         .supports_dtype(DType::BF16)
         .then(|| peak_of(args.bf16_peak_gflops, FloatDType::BF16));
-    for preset in &args.presets {
-        preset
-            .parse::<brainfloat_precision::PrecisionPolicy>()
-            .map_err(|err| format!("--presets: {err}"))?;
-    }
     let command = command_line();
     let options = BenchOptions {
-        presets: args.presets,
-        baseline: args.baseline,
+        presets: args
+            .presets
+            .into_iter()
+            .map(PrecisionPolicy::preset)
+            .collect(),
+        baseline: PrecisionPolicy::preset(args.baseline),
         warmup_steps: args.warmup as usize,
         steps: args.steps as usize,
         matmul_reps: args.matmul_reps,
@@ -778,7 +779,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let curves: Vec<Curves> = report
         .presets
         .iter()
-        .map(|p| Curves::from_losses(&p.preset, &p.losses, Some(p.val_loss)))
+        .map(|p| Curves::from_losses(&p.preset.to_string(), &p.losses, Some(p.val_loss)))
         .collect();
     plot_losses(
         &curves,
@@ -809,13 +810,12 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 fn study(args: StudyArgs) -> Result<(), String> {
     let (config, device) = prepare(&args.run)?;
     ensure_default_corpus(&config)?;
-    for preset in &args.presets {
-        preset
-            .parse::<brainfloat_precision::PrecisionPolicy>()
-            .map_err(|err| format!("--presets: {err}"))?;
-    }
     let options = StudyOptions {
-        presets: args.presets,
+        presets: args
+            .presets
+            .into_iter()
+            .map(PrecisionPolicy::preset)
+            .collect(),
         seeds: args.seeds,
         steps: args.steps as usize,
         eval_every: args.eval_every,

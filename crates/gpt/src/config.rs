@@ -25,8 +25,74 @@ pub struct GptConfig {
     pub rope_base: f64,
 }
 
-/// Named sizes, for [`GptConfig::from_size`].
-pub const SIZES: [&str; 3] = ["tiny", "small", "speedrun"];
+/// The record's GPT in a named size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ModelSize {
+    /// [`GptConfig::tiny`].
+    Tiny,
+    /// [`GptConfig::small`].
+    Small,
+    /// [`GptConfig::speedrun`].
+    Speedrun,
+}
+
+impl ModelSize {
+    /// Every size, smallest first.
+    pub const ALL: [ModelSize; 3] = [ModelSize::Tiny, ModelSize::Small, ModelSize::Speedrun];
+
+    /// The size's name, as parsed.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelSize::Tiny => "tiny",
+            ModelSize::Small => "small",
+            ModelSize::Speedrun => "speedrun",
+        }
+    }
+
+    /// The size's shape.
+    pub fn config(self) -> GptConfig {
+        match self {
+            ModelSize::Tiny => GptConfig::tiny(),
+            ModelSize::Small => GptConfig::small(),
+            ModelSize::Speedrun => GptConfig::speedrun(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ModelSize {
+    type Err = GptError;
+
+    fn from_str(name: &str) -> Result<Self, GptError> {
+        ModelSize::ALL
+            .into_iter()
+            .find(|size| size.name() == name)
+            .ok_or_else(|| GptError::UnknownSize {
+                name: name.to_string(),
+                valid: ModelSize::ALL.map(ModelSize::name).join(", "),
+            })
+    }
+}
+
+impl TryFrom<String> for ModelSize {
+    type Error = GptError;
+
+    fn try_from(name: String) -> Result<Self, GptError> {
+        name.parse()
+    }
+}
+
+impl From<ModelSize> for String {
+    fn from(size: ModelSize) -> String {
+        size.name().to_string()
+    }
+}
 
 impl GptConfig {
     /// 2 layers, width 64, 2 heads of 32, vocabulary 512, sequences up to 64: for tests.
@@ -42,19 +108,6 @@ impl GptConfig {
     /// The record: 12 layers, width 768, 6 heads of 128, vocabulary 50304, sequences of 1024.
     pub fn speedrun() -> Self {
         Self::new(50304, 12, 6, 768, 1024)
-    }
-
-    /// One of [`SIZES`] by name.
-    pub fn from_size(name: &str) -> Result<Self, GptError> {
-        match name {
-            "tiny" => Ok(Self::tiny()),
-            "small" => Ok(Self::small()),
-            "speedrun" => Ok(Self::speedrun()),
-            _ => Err(GptError::UnknownSize {
-                name: name.to_string(),
-                valid: SIZES.join(", "),
-            }),
-        }
     }
 
     /// The shape in words: `4 layers × 256 wide, 4 heads of 64, context 256, vocabulary 50304`.

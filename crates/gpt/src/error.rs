@@ -5,7 +5,7 @@ use brainfloat_precision::PrecisionError;
 /// What went wrong building or feeding a GPT.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
-    /// A size name that is not one of [`SIZES`](crate::SIZES).
+    /// A size name that is not one of [`ModelSize::ALL`](crate::ModelSize::ALL).
     #[error("unknown model size `{name}` (valid: {valid})")]
     UnknownSize {
         /// The name given.

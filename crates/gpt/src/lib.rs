@@ -30,7 +30,7 @@ mod config;
 mod error;
 mod model;
 
-pub use config::{GptConfig, SIZES};
+pub use config::{GptConfig, ModelSize};
 pub use error::GptError;
 pub use model::{
     Batch, Block, CausalSelfAttention, Gpt, KvCache, LayerCache, Mlp, RMS_NORM_EPS, Rotary,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::{DType, Device, FloatDType};
+use serde::{Deserialize, Serialize};
 
 use crate::error::PrecisionError;
 
@@ -95,7 +96,8 @@ pub enum UpdateRounding {
 /// The presets: the fp32 reference, the record's autocast baseline, the record itself, and
 /// three pure-bf16 presets (weights, gradients and optimizer state all bf16) that differ in how
 /// updates are rounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Preset {
     /// Everything in fp32.
     Fp32,
@@ -173,7 +175,8 @@ impl FromStr for Preset {
 ///
 /// Built from a [`Preset`], optionally with per-component overrides, or parsed from a string
 /// such as `"bf16"` or `"bf16,embedding=fp32"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PrecisionPolicy {
     preset: Preset,
     linear: FloatDType,
@@ -382,6 +385,29 @@ impl FromStr for PrecisionPolicy {
         Ok(policy)
     }
 }
+
+/// Presets and policies are written as they are parsed (`"bf16,embedding=fp32"`), in configs,
+/// checkpoint records and reports alike.
+macro_rules! serde_as_text {
+    ($type:ty) => {
+        impl TryFrom<String> for $type {
+            type Error = PrecisionError;
+
+            fn try_from(text: String) -> Result<Self, PrecisionError> {
+                text.parse()
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(value: $type) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
+serde_as_text!(Preset);
+serde_as_text!(PrecisionPolicy);
 
 #[cfg(test)]
 mod tests {

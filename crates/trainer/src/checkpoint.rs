@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_data::{LoaderPosition, ShardIdentity, sha256_hex, write_atomic};
 use brainfloat_gpt::Gpt;
-use brainfloat_precision::{ParamPath, named_params};
+use brainfloat_precision::{ParamPath, PrecisionPolicy, named_params};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use safetensors::tensor::TensorView;
@@ -285,7 +285,7 @@ pub struct CheckpointRecord {
     #[serde(default)]
     pub shards: Vec<ShardIdentity>,
     /// The precision policy of the run.
-    pub policy: String,
+    pub policy: PrecisionPolicy,
     /// The run's configuration.
     pub config: TrainConfig,
     /// Adam's step count per parameter.
@@ -411,7 +411,7 @@ pub fn save_checkpoint(
             step,
             loader: run.loader.clone(),
             shards: run.shards.clone(),
-            policy: model.policy().to_string(),
+            policy: *model.policy(),
             config: run.config.clone(),
             adam_steps,
             model: model_file,

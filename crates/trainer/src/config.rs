@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_gpt::{GptConfig, GptError};
+use brainfloat_gpt::{GptConfig, GptError, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ pub const ENV_PREFIX: &str = "BRAINFLOAT";
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// `tiny`, `small` or `speedrun`: the shape the keys below start from.
-    pub size: String,
+    pub size: ModelSize,
     /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
     pub vocab_size: Option<usize>,
     /// Transformer blocks, replacing the size's.
@@ -70,8 +70,9 @@ pub struct TrainSection {
     pub warmdown_steps: usize,
     /// Seed of the model's initialisation.
     pub seed: u64,
-    /// Precision policy: `fp32`, `autocast`, `bf16`, with optional overrides.
-    pub precision: String,
+    /// Precision policy: a preset (`fp32`, `autocast`, `bf16`, `bf16-pure`, `bf16-sr`,
+    /// `bf16-kahan`), with optional overrides (`bf16,embedding=fp32`).
+    pub precision: PrecisionPolicy,
     /// What a non-finite loss or gradient does (the bad update is never applied).
     #[serde(default)]
     pub on_non_finite: NonFinitePolicy,
@@ -359,8 +360,7 @@ impl TrainConfig {
     /// names the key at fault).
     pub fn gpt(&self) -> Result<GptConfig, ConfigError> {
         let m = &self.model;
-        let size =
-            GptConfig::from_size(&m.size).map_err(|err| invalid("model.size", err.to_string()))?;
+        let size = m.size.config();
         let gpt = GptConfig {
             vocab_size: m.vocab_size.unwrap_or(size.vocab_size),
             n_layer: m.n_layer.unwrap_or(size.n_layer),
@@ -375,16 +375,6 @@ impl TrainConfig {
             other => invalid("model", other.to_string()),
         })?;
         Ok(gpt)
-    }
-
-    /// The precision policy.
-    pub fn policy(&self) -> Result<PrecisionPolicy, ConfigError> {
-        self.train
-            .precision
-            .parse()
-            .map_err(|err: brainfloat_precision::PrecisionError| {
-                invalid("train.precision", err.to_string())
-            })
     }
 
     /// Sequences per micro-batch on one rank.
@@ -474,7 +464,6 @@ impl TrainConfig {
                 ),
             ));
         }
-        self.policy()?;
         Ok(())
     }
 }
@@ -489,7 +478,11 @@ fn explain(source: &str, err: config::ConfigError) -> ConfigError {
         .and_then(|rest| rest.split('`').next())
         .map(str::to_string);
     match key {
-        Some(key) => invalid(&key, text),
+        // The key leads the message already.
+        Some(key) => {
+            let problem = text.split(" for key `").next().unwrap_or(&text);
+            invalid(&key, problem)
+        }
         None => invalid(source, text),
     }
 }

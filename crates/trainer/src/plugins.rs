@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use brainfloat_precision::PrecisionPolicy;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -459,8 +460,8 @@ pub struct RunInfo {
     pub shape: String,
     /// Training FLOPs per token at the run's sequence length (forward and backward, analytic).
     pub flops_per_token: u64,
-    /// The precision policy, as a string.
-    pub policy: String,
+    /// The precision policy.
+    pub policy: PrecisionPolicy,
     /// The run's output folder.
     pub dir: PathBuf,
 }

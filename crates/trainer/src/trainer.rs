@@ -550,7 +550,7 @@ impl Trainer {
             num_params: self.model.num_params(),
             shape: gpt.describe(),
             flops_per_token: gpt.training_flops_per_token(self.config.train.seq_len),
-            policy: self.model.policy().to_string(),
+            policy: *self.model.policy(),
             dir: self.config.output.dir.clone(),
         };
         self.each(|p| p.on_train_start(&info))?;
@@ -913,7 +913,7 @@ pub fn init_model_with_seed(
     seed: u64,
 ) -> Result<Gpt, TrainError> {
     static DEVICE_STREAM: Mutex<()> = Mutex::new(());
-    let (gpt, policy) = (config.gpt()?, config.policy()?);
+    let (gpt, policy) = (config.gpt()?, config.train.precision);
     let _drawing = DEVICE_STREAM.lock().unwrap_or_else(PoisonError::into_inner);
     device.seed(seed);
     apply_policy(gpt.init(device)?, &policy, device).map_err(|err| TrainError::Model(err.into()))

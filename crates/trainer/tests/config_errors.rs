@@ -3,6 +3,8 @@
 
 mod common;
 
+use brainfloat_gpt::ModelSize;
+use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{ConfigSource, TrainConfig};
 
 fn load(
@@ -29,11 +31,11 @@ fn errors_name_their_key_and_overrides_apply_in_order() {
 
 fn the_shipped_presets_are_valid() {
     let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    for name in ["tiny", "small", "speedrun"] {
-        let path = configs.join(format!("{name}.toml"));
+    for size in ModelSize::ALL {
+        let path = configs.join(format!("{size}.toml"));
         let config = TrainConfig::load(&ConfigSource::File(path), &[]).unwrap();
-        assert_eq!(config.model.size, name);
-        assert_eq!(config.policy().unwrap().to_string(), "bf16");
+        assert_eq!(config.model.size, size);
+        assert_eq!(config.train.precision, PrecisionPolicy::bf16());
     }
     let speedrun =
         TrainConfig::load(&ConfigSource::File(configs.join("speedrun.toml")), &[]).unwrap();
