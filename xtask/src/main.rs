@@ -87,13 +87,16 @@ fn cargo_command() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The features of the test build: `mpi`, `testing` (the fault suite's hooks) and every backend of [`TEST_BACKENDS`] and `backend`
+/// The features of the test build: `mpi`, `testing` (the fault suite's hooks), the kernels'
+/// second GEMM (`own-gemm`, checked against the same float64 reference) and every backend of
+/// [`TEST_BACKENDS`] and `backend`
 /// (one build serves `test` on each default backend and `reliability`), and the environment
 /// they need.
 fn suite_build(backend: &str) -> Result<(String, Vec<(String, String)>), String> {
     let mut features = vec![
         "brainfloat-cli/mpi".to_string(),
         "brainfloat-cli/testing".to_string(),
+        "brainfloat-kernels/own-gemm".to_string(),
     ];
     let mut environment = Vec::new();
     for backend in TEST_BACKENDS.into_iter().chain([backend]) {

@@ -114,7 +114,7 @@ pub fn run_bench(
         model,
         warmup_steps: warmup,
         timed_steps: options.steps,
-        baseline: options.baseline.clone(),
+        baseline: options.baseline,
         peak: options.peak.clone(),
         bf16_peak: options.bf16_peak.clone(),
         presets,

@@ -1,5 +1,9 @@
 //! `brainfloat`: train, evaluate and prepare data for the record's GPT in bf16 mixed precision.
 
+// The arguments' doc comments are clap's help text, where `tch-cuda[:N]` and `bench_<size>` are
+// literal, neither a link nor HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -289,6 +289,7 @@ fn dot(row: &[f32], column: &[bf16]) -> f32 {
 }
 
 /// brainfloat's own AVX512-BF16 kernel (`dot_bf16`), for comparison with gemmkit's.
+#[cfg(feature = "own-gemm")]
 ///
 /// # Panics
 /// As [`gemm()`]; also when the CPU lacks AVX512-BF16.
@@ -488,13 +489,16 @@ mod tests {
                     };
                     let want = reference(a, b);
                     let scale = norm(want.iter().copied()).max(f64::MIN_POSITIVE);
-                    let own = KernelPath::cpu_has_avx512_bf16().then_some("own");
+                    let own = (cfg!(feature = "own-gemm") && KernelPath::cpu_has_avx512_bf16())
+                        .then_some("own");
                     let kernels = [Some("gemmkit"), Some("portable"), own];
                     for kernel in kernels.into_iter().flatten() {
                         let run = |c: Output<'_>| match kernel {
                             "gemmkit" => gemm_on(KernelPath::Gemmkit, a, b, c),
                             "portable" => gemm_on(KernelPath::Portable, a, b, c),
-                            _ => gemm_own(a, b, c),
+                            #[cfg(feature = "own-gemm")]
+                            "own" => gemm_own(a, b, c),
+                            _ => unreachable!("no kernel {kernel}"),
                         };
                         let path = kernel;
                         let mut fp32 = vec![f32::NAN; m * n];

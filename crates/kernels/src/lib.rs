@@ -39,6 +39,7 @@
 mod accumulate;
 mod adam;
 mod cross_entropy;
+#[cfg(feature = "own-gemm")]
 mod dot_bf16;
 mod elem;
 mod gemm;
@@ -57,7 +58,9 @@ pub use cross_entropy::{
     MAX_SHIFT_CAP, softcapped_cross_entropy, softcapped_cross_entropy_in_place,
 };
 pub use elem::Float;
-pub use gemm::{Matrix, MatrixStack, Output, batched_gemm, fp32_gemm, gemm, gemm_on, gemm_own};
+#[cfg(feature = "own-gemm")]
+pub use gemm::gemm_own;
+pub use gemm::{Matrix, MatrixStack, Output, batched_gemm, fp32_gemm, gemm, gemm_on};
 pub use half::bf16;
 pub use path::{KernelPath, PATH_VAR};
 pub use relu_square::{relu_square, relu_square_backward};

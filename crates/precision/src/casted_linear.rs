@@ -151,24 +151,17 @@ pub fn cross_entropy_fp32(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<
     picked.mean().neg()
 }
 
-/// The record's loss: optional soft-cap in the logits' dtype, then fp32 cross-entropy averaged
-/// over all positions. `logits` `[B, T, V]`, `targets` `[B, T]`; a one-element fp32 tensor.
-///
-/// Numerically the same as [`softcap`] followed by [`cross_entropy_fp32`] (the forward runs the
-/// same ops in the same dtypes); the gradient reaching the logits is the analytic one,
-/// `(softmax − onehot) / N · (1 − tanh²)`, computed in fp32 and cast to the logits' dtype.
-pub fn softcapped_cross_entropy(
-    logits: Tensor<3>,
-    targets: Tensor<2, Int>,
-    cap: Option<f64>,
-) -> Tensor<1> {
-    loss_by(FusedLoss::compute, logits, targets, cap)
-}
-
 /// A way to compute the loss of logits rows and its gradient ([`FusedLoss::compute`]).
+#[cfg(test)]
 type ComputeLoss = fn(Tensor<2>, Tensor<1, Int>, Option<f64>, bool, usize) -> FusedLoss;
 
-/// [`softcapped_cross_entropy`] with the loss and its gradient computed by `compute`.
+/// (Tests: the fused head against this loss of the logits computed whole.)
+/// The record's loss: optional soft-cap in the logits' dtype, then fp32 cross-entropy averaged
+/// over all positions, with the loss and its gradient computed by `compute`. `logits`
+/// `[B, T, V]`, `targets` `[B, T]`; a one-element fp32 tensor. Numerically the same as
+/// [`softcap`] followed by [`cross_entropy_fp32`]; the gradient reaching the logits is the
+/// analytic one, `(softmax − onehot) / N · (1 − tanh²)`, in fp32, cast to the logits' dtype.
+#[cfg(test)]
 fn loss_by(
     compute: ComputeLoss,
     logits: Tensor<3>,

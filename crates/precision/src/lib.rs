@@ -14,9 +14,8 @@
 //! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
 //!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
 //! - [`lost_updates`]: which fp32 master-weight updates bf16 storage would lose;
-//! - [`softcapped_cross_entropy`]: the record's loss, in fp32 from bf16 or fp32 logits, and
-//!   [`CastedLinear::softcapped_cross_entropy`]: the output head and that loss fused, so that
-//!   the logits never enter the autodiff graph.
+//! - [`CastedLinear::softcapped_cross_entropy`]: the output head and the record's loss (fp32
+//!   from bf16 or fp32 logits) fused, so that the logits never enter the autodiff graph.
 //!
 //! ```
 //! use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, PrecisionReport, cast_params};
@@ -45,9 +44,7 @@ mod report;
 mod role;
 
 pub use casted_linear::{CastedLinear, CastedLinearConfig};
-pub use casted_linear::{
-    LOGITS_PER_CHUNK, cross_entropy_fp32, rows_per_chunk, softcap, softcapped_cross_entropy,
-};
+pub use casted_linear::{LOGITS_PER_CHUNK, cross_entropy_fp32, rows_per_chunk, softcap};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
 pub use lost_update::{

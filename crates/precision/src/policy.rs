@@ -241,11 +241,6 @@ impl PrecisionPolicy {
         self.with(Component::Linear, self.matmul)
     }
 
-    /// The preset this policy started from.
-    pub fn base_preset(&self) -> Preset {
-        self.preset
-    }
-
     /// The dtype of a component.
     pub fn dtype(&self, component: Component) -> FloatDType {
         match component {

@@ -43,15 +43,6 @@ impl PrecisionReport {
     pub fn total_bytes(&self) -> usize {
         self.rows.values().map(|r| r.bytes).sum()
     }
-
-    /// Bytes held in the dtype named `dtype` (`"fp32"`, `"bf16"`).
-    pub fn bytes_in(&self, dtype: &str) -> usize {
-        self.rows
-            .iter()
-            .filter(|((_, d), _)| *d == dtype)
-            .map(|(_, r)| r.bytes)
-            .sum()
-    }
 }
 
 impl fmt::Display for PrecisionReport {

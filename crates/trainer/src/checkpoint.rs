@@ -272,7 +272,7 @@ pub struct FileDigest {
 /// The JSON record of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
-    /// [`CHECKPOINT_FORMAT`].
+    /// The format it is written in (this build writes 2, reads 1 and 2).
     pub format: u32,
     /// The run that wrote it: made at a fresh start, kept on resume. `None` in version 1.
     #[serde(default)]
@@ -350,14 +350,6 @@ pub fn checkpoint_records(dir: &Path) -> Vec<(usize, PathBuf)> {
         .collect();
     records.sort_by(|a, b| b.cmp(a));
     records
-}
-
-/// The newest checkpoint record in `dir`, if any (not verified: see [`load_checkpoint`]).
-pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
-    checkpoint_records(dir)
-        .into_iter()
-        .next()
-        .map(|(_, path)| path)
 }
 
 /// Writes the checkpoint of `step` into `dir`: weights, optimizer state, then the record, each

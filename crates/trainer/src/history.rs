@@ -91,7 +91,7 @@ pub fn remove_orphans(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
 }
 
 /// Keeps the newest `keep` checkpoints of `dir` and removes the others, each record before its
-/// files (a kill in between leaves orphans that [`remove_orphans`] clears); 0 keeps all.
+/// files (a kill in between leaves orphans that `remove_orphans` clears); 0 keeps all.
 /// Returns the records removed.
 pub fn keep_last(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, TrainError> {
     if keep == 0 {

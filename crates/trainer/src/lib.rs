@@ -29,28 +29,23 @@ mod schedule;
 mod trainer;
 
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, CheckpointRecord, FileDigest, Restored, RunState, checkpoint_records,
-    latest_checkpoint, load_checkpoint, load_checkpoint_weights, load_weights, read_record,
-    record_name, record_step, save_checkpoint, save_weights, weights_from_safetensors,
+    CheckpointRecord, FileDigest, Restored, checkpoint_records, load_checkpoint,
+    load_checkpoint_weights, load_weights, read_record, save_weights, weights_from_safetensors,
     weights_to_safetensors,
 };
 pub use config::{
-    ConfigChange, ConfigError, ConfigSource, DataSection, ENV_PREFIX, EvalSection, LogFormat,
-    ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
-    UnknownChoice,
+    ConfigChange, ConfigError, ConfigSource, DataSection, EvalSection, LogFormat, ModelSection,
+    NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection, UnknownChoice,
 };
 pub use error::{TensorFileError, TrainError};
+#[cfg(feature = "testing")]
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
-pub use history::{keep_last, remove_orphans, set_aside};
-pub use optim::{
-    LostUpdates, NS_COEFFICIENTS, ParamGroup, RecordOptimizer, RecordOptimizerConfig, grad_norm,
-    newton_schulz,
-};
-pub use output::{LOCK_FILE, OutputFolder};
+pub use history::keep_last;
+pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, grad_norm};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
     SampleStats, StepStats,
 };
-pub use resume::{ResumeNote, model_notes, resume_notes};
+pub use resume::{ResumeNote, model_notes};
 pub use schedule::TrapezoidalSchedule;
 pub use trainer::{Start, Trainer, init_model, init_model_with_seed, validation_loss};

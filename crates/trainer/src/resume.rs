@@ -67,7 +67,7 @@ pub fn resume_notes(
         .collect()
 }
 
-/// [`resume_notes`] about the model alone (its size and precision): what `eval` of a
+/// The resume notes about the model alone (its size and precision): what `eval` of a
 /// checkpoint says.
 pub fn model_notes(saved: &TrainConfig, config: &TrainConfig) -> Vec<ResumeNote> {
     resume_notes(saved, config, 0, None)

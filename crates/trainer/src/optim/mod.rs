@@ -19,7 +19,6 @@ mod write;
 
 use adam::{Adam, AdamState};
 use muon::{Muon, MuonState};
-pub use muon::{NS_COEFFICIENTS, newton_schulz};
 pub use probe::LostUpdates;
 use write::Writer;
 
