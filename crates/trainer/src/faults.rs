@@ -1,17 +1,19 @@
 //! Fault injection for the fault suite, compiled in only with the `testing` feature: production
 //! builds read no environment variable here and every hook is an empty inline function.
 //!
-//! - [`INJECT_NON_FINITE`]: `loss@3,grad@5` makes step 3's loss NaN and step 5's gradients NaN
+//! - `INJECT_NON_FINITE`: `loss@3,grad@5` makes step 3's loss NaN and step 5's gradients NaN
 //!   (1-based steps), to exercise `train.on_non_finite` through the binary.
-//! - [`KILL_AT`]: `after-model@4` kills the process with SIGKILL at that point of the
+//! - `KILL_AT`: `after-model@4` kills the process with SIGKILL at that point of the
 //!   checkpoint write of step 4 ([`FaultPoint`]), to prove a checkpoint is all or nothing.
 
 use crate::error::TrainError;
 
 /// The environment variable of non-finite injections (read only with the `testing` feature).
+#[cfg(feature = "testing")]
 pub const INJECT_NON_FINITE: &str = "BRAINFLOAT_INJECT_NON_FINITE";
 
 /// The environment variable of kill points (read only with the `testing` feature).
+#[cfg(feature = "testing")]
 pub const KILL_AT: &str = "BRAINFLOAT_KILL_AT";
 
 /// Where a fault injection puts a non-finite value.
@@ -32,6 +34,7 @@ pub enum FaultPoint {
     AfterRecord,
 }
 
+#[cfg(feature = "testing")]
 impl FaultPoint {
     /// Every point, in the order a write passes them.
     pub const ALL: [Self; 3] = [Self::AfterModel, Self::BeforeRecord, Self::AfterRecord];

@@ -227,21 +227,33 @@ impl RecordOptimizer {
             .iter()
             .map(|(id, entry)| (entry.name.as_str(), *id))
             .collect();
-        let id_of = |param: &str| {
-            ids.get(param).copied().ok_or_else(|| {
-                TensorFileError::one(format!("state of {param}, no parameter of the model"))
+        // State of parameters the model lacks, all named at once.
+        let strangers: Vec<String> = names
+            .iter()
+            .filter(|name| {
+                let param = name
+                    .rsplit_once('.')
+                    .map_or(name.as_str(), |(param, _)| param);
+                !ids.contains_key(param)
             })
-        };
+            .map(|name| format!("state {name} belongs to no parameter of the model"))
+            .collect();
+        if !strangers.is_empty() {
+            return Err(TensorFileError {
+                problems: strangers,
+            });
+        }
+        let id_of = |param: &str| ids[param];
         self.adam.clear();
         self.muon.clear();
         self.compensation.clear();
         for name in names {
             if let Some(param) = name.strip_suffix(&format!(".{KAHAN_COMPENSATION}")) {
-                self.compensation.insert(id_of(param)?, tensor(name)?);
+                self.compensation.insert(id_of(param), tensor(name)?);
             } else if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
                 let momentum_buffer = tensor(name)?;
                 let state = MuonState { momentum_buffer };
-                self.muon.insert(id_of(param)?, state);
+                self.muon.insert(id_of(param), state);
             } else if let Some(param) = name.strip_suffix(&format!(".{EXP_AVG}")) {
                 let count = *steps.get(param).ok_or_else(|| {
                     TensorFileError::one(format!("no Adam step count for {param}"))
@@ -251,7 +263,7 @@ impl RecordOptimizer {
                     moment_1: tensor(name)?,
                     moment_2: tensor(&format!("{param}.{EXP_AVG_SQ}"))?,
                 };
-                self.adam.insert(id_of(param)?, state);
+                self.adam.insert(id_of(param), state);
             } else if !name.ends_with(&format!(".{EXP_AVG_SQ}")) {
                 return Err(TensorFileError::one(format!(
                     "unknown optimizer state tensor {name}"
