@@ -146,26 +146,6 @@ fn mismatched_checkpoints_are_refused_with_the_reason() {
     );
 }
 
-/// The torch environment `cargo xtask test` installs (scripts/setup-torch). Under
-/// `cargo xtask test` (which sets `BRAINFLOAT_BACKEND`) its absence is a failure; a plain
-/// `cargo test`, which installs nothing, skips the PyTorch check and says so.
-fn torch_python() -> Option<std::path::PathBuf> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/torch-venv/bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("BRAINFLOAT_BACKEND").is_none(),
-        "{} is missing: `cargo xtask test` installs PyTorch first",
-        python.display()
-    );
-    eprintln!(
-        "skipped: no PyTorch at {} (run `cargo xtask test`)",
-        python.display()
-    );
-    None
-}
-
 /// A pure-bf16 weights file is PyTorch's: the record's PyTorch GPT (scripts/pytorch_reference.py)
 /// loads it with `strict=True`, every parameter bf16, and computes the loss we compute from it
 /// on the golden batch, to bf16 agreement.

@@ -87,3 +87,24 @@ pub fn edited_tensors(bytes: &[u8], edit: impl FnOnce(&mut Vec<TensorEntry>)) ->
         .collect();
     safetensors::serialize(views, None).unwrap()
 }
+
+/// The torch environment `cargo xtask test` installs (scripts/setup-torch). Under
+/// `cargo xtask test` (which sets `BRAINFLOAT_BACKEND`) its absence is a failure; a plain
+/// `cargo test`, which installs nothing, skips the PyTorch check and says so.
+pub fn torch_python() -> Option<std::path::PathBuf> {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/torch-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("BRAINFLOAT_BACKEND").is_none(),
+        "{} is missing: `cargo xtask test` installs PyTorch first",
+        python.display()
+    );
+    eprintln!(
+        "skipped: no PyTorch at {} (run `cargo xtask test`)",
+        python.display()
+    );
+    None
+}

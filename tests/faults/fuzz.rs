@@ -4,7 +4,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use brainfloat_data::{Gpt2Tokenizer, Shard, sha256_hex};
+use brainfloat_data::{Gpt2Tokenizer, Shard};
+use brainfloat_files::sha256_hex;
 use brainfloat_generate::first_context;
 use brainfloat_trainer::{
     ConfigSource, RecordOptimizer, RecordOptimizerConfig, TrainConfig, init_model, load_checkpoint,

@@ -442,7 +442,7 @@ pub fn history_checks(base: &Base) -> Vec<Check> {
             .success()
     );
     // This test process is alive and holds no lock on it.
-    let stale = brainfloat_data::temporary_path(&dir.join("step_000003.json"));
+    let stale = brainfloat_files::temporary_path(&dir.join("step_000003.json"));
     std::fs::write(&stale, b"half a record").unwrap();
     let mut args = base.train_args(folder, &every_step("train.steps=3"));
     args.push("--resume".into());

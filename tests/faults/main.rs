@@ -164,7 +164,7 @@ impl Base {
             } else {
                 "optimizer"
             };
-            json[key]["sha256"] = brainfloat_data::sha256_hex(&bytes).into();
+            json[key]["sha256"] = brainfloat_files::sha256_hex(&bytes).into();
             record(&mut json);
             std::fs::write(&record_path, serde_json::to_vec(&json).unwrap()).unwrap();
         })
@@ -785,7 +785,7 @@ fn checkpoint_trust_cases(
         }
     };
     let weights = b.edited_weights("w_nan.safetensors", nan);
-    // With `skip`, such weights used to skip every step and exit 0: now they never start.
+    // Under `skip` such weights would skip every step and exit 0: they are refused at the start.
     let mut args = b.train_args("out_w_nan", &["train.on_non_finite=skip"]);
     args.extend(["--init".into(), weights.clone()]);
     add(

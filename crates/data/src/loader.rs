@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::write_atomic;
 use crate::error::DataError;
+use brainfloat_files::{sha256_hex, write_atomic};
 
 /// Where a loader is: the shard index and the token offset of its next window. Saved with
 /// checkpoints so a resumed run reads the same batches.
@@ -353,7 +353,7 @@ impl Shard {
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             tokens: self.len,
-            header_sha256: crate::atomic::sha256_hex(&header),
+            header_sha256: sha256_hex(&header),
         })
     }
 

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::atomic::remove_stale_temporaries;
 use crate::error::DataError;
 use crate::loader::write_shard;
+use brainfloat_files::remove_stale_temporaries;
 
 /// GPT-2's `<|endoftext|>`, written before every document as llm.c's data scripts do.
 pub const END_OF_TEXT: u16 = 50256;

@@ -1,9 +1,9 @@
 //! Memory as measured, not estimated: heap bytes through a counting global allocator (current
 //! and peak since the last reset) and the process's resident set from the OS.
 //!
-//! Only binaries that measure memory depend on this crate (the `brainfloat` binary and the
-//! benchmark); the libraries take what they need to know as values. A binary opts in with one
-//! line; until then [`heap`] returns `None`:
+//! Only binaries install the allocator (the `brainfloat` binary, the benchmark's tests); the
+//! trainer takes what a step measured as a [`MemoryReading`] value, made by [`step_reading`]. A
+//! binary opts in with one line; until then [`heap`] returns `None`:
 //!
 //! ```ignore
 //! #[global_allocator]
@@ -65,6 +65,24 @@ unsafe impl GlobalAlloc for CountingAllocator {
             Self::grew(new_size);
         }
         new
+    }
+}
+
+/// The process's memory after a training step, as [`step_reading`] measures it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// Most heap bytes in use during the step; `None` without [`CountingAllocator`].
+    pub heap_peak_bytes: Option<u64>,
+    /// Resident set size now.
+    pub rss_bytes: Option<u64>,
+}
+
+/// The step's heap peak (then a new peak from the bytes in use now) and the resident set: what
+/// the metrics plugin records after each step.
+pub fn step_reading() -> MemoryReading {
+    MemoryReading {
+        heap_peak_bytes: take_heap_peak(),
+        rss_bytes: rss().map(|rss| rss.current as u64),
     }
 }
 

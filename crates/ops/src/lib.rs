@@ -1,7 +1,7 @@
 //! Burn ops backed by brainfloat's CPU kernels.
 //!
 //! Burn's flex backend runs a bf16 matmul by widening both operands to fp32 and narrowing the
-//! result, and runs its elementwise ops on one core, which made bf16 slower than fp32 there.
+//! result, and runs its elementwise ops on one core, which makes bf16 slower than fp32 there.
 //! [`KernelBackend`] is a Burn backend extension (`#[backend_extension]`) whose flex
 //! implementation calls [`brainfloat_kernels`] — a bf16 GEMM with fp32 accumulation, fused
 //! RMSNorm, causal softmax, rotary, soft-capped cross-entropy, Adam. Every op is one method

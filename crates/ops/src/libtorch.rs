@@ -6,11 +6,10 @@
 //! (the extension's default bodies on libtorch's ops).
 //!
 //! The matmul matters for time and memory: without AVX512-BF16 (or AMX), libtorch makes a bf16
-//! product through an fp32 one the output's size, at about 55 GFLOP/s on 2 cores of an Intel
-//! Xeon, where brainfloat's GEMM (gemmkit's widening kernels, which round each register tile
-//! straight to bf16) runs 140–170 GFLOP/s on the head's products (docs/kernels.md). With
-//! native bf16, libtorch's oneDNN is as fast as gemmkit (360–416 against 319–405 GFLOP/s on
-//! an AMD EPYC) and keeps its matmuls.
+//! product through an fp32 one the output's size, where brainfloat's GEMM (gemmkit's widening
+//! kernels) rounds each register tile straight to bf16 and is several times faster on the
+//! head's products; with native bf16, libtorch's oneDNN is as fast as gemmkit and keeps its
+//! matmuls (the measurements: docs/kernels.md).
 //!
 //! The fused loss matters for memory more than for time: composed from libtorch's ops, each
 //! chunk of logits passes through several logits-sized fp32 temporaries (the soft-cap, the

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use brainfloat_data::{LoaderPosition, ShardIdentity, sha256_hex, write_atomic};
+use brainfloat_data::{LoaderPosition, ShardIdentity};
+use brainfloat_files::{sha256_hex, write_atomic};
 use brainfloat_gpt::Gpt;
 use brainfloat_precision::{ParamPath, PrecisionPolicy, named_params};
 use burn::module::{Module, ModuleMapper, Param};

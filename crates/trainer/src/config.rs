@@ -221,6 +221,10 @@ pub struct OutputSection {
     /// (`replaced-<run>`) instead of refusing to start.
     #[serde(default)]
     pub overwrite: bool,
+    /// Also write the metrics as TensorBoard event files, beside `metrics.jsonl`
+    /// (`tensorboard --logdir <dir>`).
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 /// A whole run's configuration.

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use brainfloat_accum::SyncError;
 use brainfloat_data::DataError;
+use brainfloat_distributed::SyncError;
 use brainfloat_generate::GenerateError;
 use brainfloat_gpt::GptError;
 

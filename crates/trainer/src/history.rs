@@ -110,7 +110,7 @@ pub fn keep_last(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, TrainError> {
 }
 
 /// Moves the checkpoints of `dir` newer than `after` (all of them for `None`), and for `None`
-/// its `metrics.jsonl` too, into the new subfolder `dir/<folder>` (a numbered name if taken).
+/// its `metrics.jsonl` and TensorBoard event files too, into the new subfolder `dir/<folder>` (a numbered name if taken).
 /// Returns the subfolder, or `None` when there was nothing to move.
 pub fn set_aside(
     dir: &Path,
@@ -133,6 +133,11 @@ pub fn set_aside(
         if metrics.is_file() {
             files.push(metrics);
         }
+        let events = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        files.extend(events.map(|entry| entry.path()).filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("events.out.tfevents."))
+        }));
     }
     if files.is_empty() {
         return Ok(None);
@@ -237,6 +242,7 @@ mod tests {
             );
         }
         touch(dir.path(), "metrics.jsonl", b"{}\n");
+        touch(dir.path(), "events.out.tfevents.1.host.7", b"");
         let to = set_aside(dir.path(), Some(2), "superseded")
             .unwrap()
             .unwrap();
@@ -249,6 +255,7 @@ mod tests {
         let all = set_aside(dir.path(), None, "superseded").unwrap().unwrap();
         assert_eq!(all, dir.path().join("superseded-1"));
         assert!(all.join("metrics.jsonl").exists());
+        assert!(all.join("events.out.tfevents.1.host.7").exists());
         assert!(all.join("step_000002.w.model.safetensors").exists());
         assert!(checkpoint_records(dir.path()).is_empty());
     }

@@ -26,6 +26,7 @@ mod output;
 pub mod plugins;
 mod resume;
 mod schedule;
+mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{

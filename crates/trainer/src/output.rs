@@ -7,7 +7,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use brainfloat_data::remove_stale_temporaries;
+use brainfloat_files::remove_stale_temporaries;
 
 use crate::error::TrainError;
 

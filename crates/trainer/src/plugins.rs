@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use brainfloat_memory::MemoryReading;
 use brainfloat_precision::PrecisionPolicy;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 use crate::optim::LostUpdates;
 use crate::optim::ParamGroup;
+use crate::tensorboard::EventWriter;
 
 /// Human or JSON logs through `tracing` (the subscriber is the binary's choice): the run at
 /// start, every `every` steps, evaluations, checkpoints and the end.
@@ -104,21 +106,13 @@ impl Plugin for LogPlugin {
 /// One JSON line per step (`step`, `loss`, `lr`, `step_time_ms`, `tokens_per_sec`,
 /// `grad_norm`, `sync_ms` of the gradient all-reduce; `skipped` on dropped steps; `lost_updates`
 /// per group on probed steps; `heap_peak_bytes` and `rss_bytes` when the binary measures them,
-/// [`MetricsPlugin::with_memory`]) and per evaluation (`step`, `val_loss`), appended to a file.
+/// [`MetricsPlugin::with_memory`]) and per evaluation (`step`, `val_loss`), appended to a file;
+/// with [`MetricsPlugin::with_tensorboard`] the same values in TensorBoard's event files too.
 pub struct MetricsPlugin {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     read_memory: Option<Box<dyn FnMut() -> MemoryReading>>,
-}
-
-/// The process's memory after a step, as the binary measures it (the library counts nothing
-/// itself: a counting allocator is the binary's choice).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MemoryReading {
-    /// Most heap bytes in use during the step.
-    pub heap_peak_bytes: Option<u64>,
-    /// Resident set size now.
-    pub rss_bytes: Option<u64>,
+    tensorboard: Option<(PathBuf, Option<EventWriter>)>,
 }
 
 impl MetricsPlugin {
@@ -128,7 +122,17 @@ impl MetricsPlugin {
             path,
             out: None,
             read_memory: None,
+            tensorboard: None,
         }
+    }
+
+    /// Also writes every line's figures into a TensorBoard event file in `dir` (a new file per
+    /// run, as TensorBoard expects): each number under its key (`loss`, `val_loss`, `lr`,
+    /// `tokens_per_sec`, `grad_norm`, `heap_peak_bytes`, …; a per-group figure as
+    /// `lost_updates/matrices`), samples as text.
+    pub fn with_tensorboard(mut self, dir: PathBuf) -> Self {
+        self.tensorboard = Some((dir, None));
+        self
     }
 
     /// Adds the memory `read_memory` returns, called once after each step, to each step's line.
@@ -155,11 +159,50 @@ impl MetricsPlugin {
                 self.out.insert(BufWriter::new(file))
             }
         };
-        let line = serde_json::to_string(line).expect("a metrics line serializes");
-        writeln!(out, "{line}")
+        let value = serde_json::to_value(line).expect("a metrics line serializes");
+        writeln!(out, "{value}")
             .and_then(|_| out.flush())
-            .map_err(error)
+            .map_err(error)?;
+        if let Some((dir, events)) = &mut self.tensorboard {
+            let error = |err: std::io::Error| TrainError::Output {
+                path: dir.clone(),
+                problem: format!("cannot write TensorBoard events: {err}"),
+            };
+            let events = match events {
+                Some(events) => events,
+                None => events.insert(EventWriter::create(dir).map_err(error)?),
+            };
+            write_events(events, line.step, &value).map_err(error)?;
+        }
+        Ok(())
     }
+}
+
+/// The figures of one metrics line (its JSON object) as TensorBoard scalars and text.
+fn write_events(
+    events: &mut EventWriter,
+    step: usize,
+    line: &serde_json::Value,
+) -> std::io::Result<()> {
+    use serde_json::Value;
+    let mut scalars = Vec::new();
+    for (key, value) in line.as_object().into_iter().flatten() {
+        match value {
+            Value::Number(number) if key != "step" => {
+                scalars.extend(number.as_f64().map(|v| (key.clone(), v)));
+            }
+            Value::Object(groups) => {
+                for (group, value) in groups {
+                    if let Some(v) = value.as_f64() {
+                        scalars.push((format!("{key}/{group}"), v));
+                    }
+                }
+            }
+            Value::String(text) => events.text(step, key, text)?,
+            _ => {}
+        }
+    }
+    events.scalars(step, &scalars)
 }
 
 /// Cuts a last line that a killed writer left without its newline, so that the lines appended

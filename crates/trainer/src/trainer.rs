@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use brainfloat_accum::{GradSync, LocalSync, all_reduce_gradients};
 use brainfloat_data::{
     DistributedLoader, Gpt2Tokenizer, LoaderPosition, ShardIdentity, shard_paths,
 };
+use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
 use brainfloat_gpt::{Batch, Gpt};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
@@ -55,7 +55,7 @@ pub struct Trainer {
     step: usize,
     plugins: Vec<Box<dyn Plugin>>,
     last_val_loss: Option<f64>,
-    sync: Box<dyn GradSync>,
+    sync: Box<dyn Collectives>,
     last_checkpoint: Option<PathBuf>,
     skipped_steps: usize,
     /// Steps skipped since the last applied one (`train.max_skipped_steps`).
@@ -138,14 +138,14 @@ impl Trainer {
     /// data, averages gradients (fp32) and losses over the ranks of `sync` once per step, and
     /// writes checkpoints only on rank 0. `train.ranks` must be the number of ranks.
     ///
-    /// A rank that fails here, under several ranks, ends them all (`GradSync::abort`, after
+    /// A rank that fails here, under several ranks, ends them all (`Collectives::abort`, after
     /// logging why): the others wait for it in a collective, and dropping its sync would
     /// finalize MPI, which waits for them in turn.
     pub fn distributed(
         config: TrainConfig,
         device: &Device,
         start: Start,
-        sync: Box<dyn GradSync>,
+        sync: Box<dyn Collectives>,
     ) -> Result<Self, TrainError> {
         let mut held = Some(sync);
         let started =
@@ -172,7 +172,7 @@ impl Trainer {
     }
 
     /// The trainer's sync, everything else dropped (the output folder's claim released).
-    fn into_sync(self) -> Box<dyn GradSync> {
+    fn into_sync(self) -> Box<dyn Collectives> {
         self.sync
     }
 
@@ -181,7 +181,7 @@ impl Trainer {
     fn assemble(
         config: TrainConfig,
         device: &Device,
-        held: &mut Option<Box<dyn GradSync>>,
+        held: &mut Option<Box<dyn Collectives>>,
     ) -> Result<Self, TrainError> {
         let sync = held
             .as_deref()
@@ -293,22 +293,25 @@ impl Trainer {
     /// Under several ranks, one check before the first step that every rank runs the same
     /// config from the same step with the same gradient buckets (the parameters' names,
     /// shapes and dtypes in order): ranks that disagree would average unrelated numbers or
-    /// wait in different collectives. Each is compared as a SHA-256 prefix, sent in exact
-    /// 32-bit halves through the fp64 mean.
+    /// wait in different collectives. Each is compared as a SHA-256 prefix, gathered from
+    /// every rank.
     fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
         let world = self.sync.world_size();
         if world == 1 {
             return Ok(());
         }
         let digest = |text: &str| -> u64 {
-            let hex = brainfloat_data::sha256_hex(text.as_bytes());
+            let hex = brainfloat_files::sha256_hex(text.as_bytes());
             u64::from_str_radix(&hex[..16], 16).expect("hex digits")
         };
         let config = serde_json::to_string(&self.config).expect("the config serializes");
         let layout: String = brainfloat_precision::named_params(&*self.model)
             .into_iter()
             .map(|p| format!("{} {:?} {:?};", p.name, p.shape, p.tensor.dtype()))
-            .chain([format!("buckets of {}", brainfloat_accum::BUCKET_ELEMENTS)])
+            .chain([format!(
+                "buckets of {}",
+                brainfloat_distributed::BUCKET_ELEMENTS
+            )])
             .collect();
         let checks = [
             ("the config", digest(&config)),
@@ -317,21 +320,15 @@ impl Trainer {
         ];
         let mut disagree = Vec::new();
         for (what, value) in checks {
-            let mut differs = false;
-            for half in [value >> 32, value & 0xffff_ffff] {
-                let mean = self.sync.mean(half as f64)?;
-                differs |= mean != half as f64;
-            }
-            // A rank can match a mean that others do not: whether any rank differs is a
-            // collective of its own.
-            if self.sync.mean(f64::from(u8::from(differs)))? > 0.0 {
+            let values = self.sync.all_gather(value)?;
+            if values.iter().any(|v| *v != value) {
                 disagree.push(what);
             }
         }
         if disagree.is_empty() {
             return Ok(());
         }
-        Err(TrainError::Sync(brainfloat_accum::SyncError {
+        Err(TrainError::Sync(brainfloat_distributed::SyncError {
             rank: self.sync.rank(),
             world_size: world,
             problem: format!(
@@ -572,10 +569,11 @@ impl Trainer {
                 // Every rank checkpoints and stops at the same step as the others (a signal
                 // may reach one rank only; checkpoint plugins run on rank 0 alone), or a rank
                 // would wait for the others in a collective they never enter.
-                // One collective for both flags: a flag's mean is above 0 if any rank set it.
-                let mut flags = [f32::from(u8::from(checkpoint)), f32::from(u8::from(stop))];
-                self.sync.all_reduce_mean(&mut flags)?;
-                (checkpoint, stop) = (flags[0] > 0.0, flags[1] > 0.0);
+                let flags = self
+                    .sync
+                    .all_gather(u64::from(checkpoint) | u64::from(stop) << 1)?;
+                checkpoint = flags.iter().any(|f| f & 1 != 0);
+                stop = flags.iter().any(|f| f & 2 != 0);
             }
             // A stop request is answered before evaluation and sampling, which may take longer
             // than the grace a scheduler gives between SIGTERM and SIGKILL.
@@ -772,29 +770,22 @@ impl Trainer {
         }))
     }
 
-    /// Every rank's data position, by rank (a collective: every rank calls it). Sent as exact
-    /// integers through fp64 means, one rank's value at a time (a checkpoint's worth of calls).
+    /// Every rank's data position, by rank (a collective: every rank calls it).
     fn data_positions(&mut self) -> Result<Vec<LoaderPosition>, TrainError> {
-        let (world, rank) = (self.sync.world_size(), self.sync.rank());
         let own = self.train.position();
-        if world == 1 {
-            return Ok(vec![own]);
-        }
-        let mut from = |r: usize, value: usize| -> Result<usize, TrainError> {
-            let sent = if r == rank { value as f64 } else { 0.0 };
-            Ok((self.sync.mean(sent)? * world as f64).round() as usize)
-        };
-        (0..world)
-            .map(|r| {
-                Ok(LoaderPosition {
-                    shard: from(r, own.shard)?,
-                    offset: from(r, own.offset)?,
-                })
+        let shards = self.sync.all_gather(own.shard as u64)?;
+        let offsets = self.sync.all_gather(own.offset as u64)?;
+        Ok(shards
+            .into_iter()
+            .zip(offsets)
+            .map(|(shard, offset)| LoaderPosition {
+                shard: shard as usize,
+                offset: offset as usize,
             })
-            .collect()
+            .collect())
     }
 
-    /// Stops every rank after an error on this one (see [`GradSync::abort`]).
+    /// Stops every rank after an error on this one (see [`Collectives::abort`]).
     pub fn abort(&mut self, code: i32) {
         self.sync.abort(code);
     }

@@ -1,5 +1,6 @@
-//! Atomic file writes, the temporaries that killed writers leave behind, and the SHA-256 that
-//! proves a file is the one written.
+//! Files written whole or not at all: atomic writes, the temporaries that killed writers leave
+//! behind, and the SHA-256 that proves a file is the one written. Shards (`brainfloat-data`) and
+//! checkpoints (`brainfloat-trainer`) are written through it.
 //!
 //! A file is written to `.NAME.tmp-HOST-BOOT-PID` in its folder under an exclusive lock,
 //! fsynced and renamed over `NAME`: a reader sees the old file or the new one, never a partial
@@ -26,18 +27,23 @@ struct Writer {
     pid: u32,
 }
 
+/// This machine's host name, with every character but letters, digits, `_` and `.` replaced by
+/// `_` (fit for a file name); empty where the kernel does not say.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '.' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
 impl Writer {
     fn this_process() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_string())
-            .unwrap_or_default();
-        let host = host
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '.' => c,
-                _ => '_',
-            })
-            .collect::<String>();
+        let host = host_name();
         let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|id| id.chars().filter(char::is_ascii_hexdigit).take(8).collect())
             .unwrap_or_default();

@@ -1,4 +1,5 @@
-//! The `GradSync` trait and its single-process implementation.
+//! The `Collectives` trait, its single-process implementation, and gradients averaged over the
+//! ranks in fp32 buckets.
 
 use brainfloat_precision::ACCUMULATION_DTYPE;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
@@ -17,9 +18,10 @@ pub struct SyncError {
     pub problem: String,
 }
 
-/// What a data-parallel trainer needs from its ranks: who it is, element-wise means of fp32
-/// buffers (gradients), means of scalars (losses), and a way to stop everyone.
-pub trait GradSync {
+/// What a data-parallel trainer needs from its ranks, typed by what travels: who it is,
+/// element-wise means of fp32 buffers (gradients), means of floats (losses), rank 0's integer
+/// broadcast, every rank's integer gathered, barriers, and a way to stop everyone.
+pub trait Collectives {
     /// This process's rank, `0..world_size`.
     fn rank(&self) -> usize;
 
@@ -33,19 +35,33 @@ pub trait GradSync {
     /// The mean of `value` over all ranks, in fp64.
     fn mean(&mut self, value: f64) -> Result<f64, SyncError>;
 
+    /// Rank 0's `value`, on every rank.
+    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError>;
+
+    /// Every rank's `value`, by rank, on every rank.
+    fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError>;
+
+    /// Waits until every rank gets here (watched: a rank that never comes is an error).
+    fn barrier(&mut self) -> Result<(), SyncError>;
+
     /// Waits until every rank gets here, however long rank 0's own work before it takes (the
     /// corpus fetch, a checkpoint write): a watchdog on collectives does not count this wait.
     fn wait_for_leader(&mut self) -> Result<(), SyncError> {
-        self.mean(0.0).map(drop)
+        self.barrier()
+    }
+
+    /// Whether `flag` is set on any rank.
+    fn any(&mut self, flag: bool) -> Result<bool, SyncError> {
+        Ok(self.all_gather(u64::from(flag))?.contains(&1))
     }
 
     /// Ends every rank's process after a local error, so that none waits forever in a
     /// collective for this one. Returns on a single rank, where there is nobody to stop.
     fn abort(&mut self, code: i32);
 
-    /// [`abort`](Self::abort) as a function that needs no access to this sync: for a failure
-    /// while the sync is held elsewhere (a trainer that did not finish starting). `None` on a
-    /// single rank.
+    /// [`abort`](Self::abort) as a function that needs no access to these collectives: for a
+    /// failure while they are held elsewhere (a trainer that did not finish starting). `None`
+    /// on a single rank.
     fn aborter(&self) -> Option<fn(i32)> {
         None
     }
@@ -56,11 +72,11 @@ pub trait GradSync {
     }
 }
 
-/// One process alone: every mean is the value itself.
+/// One process alone: every collective returns this rank's own value.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalSync;
 
-impl GradSync for LocalSync {
+impl Collectives for LocalSync {
     fn rank(&self) -> usize {
         0
     }
@@ -77,6 +93,18 @@ impl GradSync for LocalSync {
         Ok(value)
     }
 
+    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
+        Ok(value)
+    }
+
+    fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError> {
+        Ok(vec![value])
+    }
+
+    fn barrier(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
+
     fn abort(&mut self, _code: i32) {}
 }
 
@@ -85,7 +113,7 @@ impl GradSync for LocalSync {
 
 // Gradients packed into flat fp32 buckets, reduced across ranks, and unpacked.
 
-// Gradients are reduced in the policy's accumulation dtype, which `GradSync` carries as `f32`.
+// Gradients are reduced in the policy's accumulation dtype, which `Collectives` carries as `f32`.
 const _: () = assert!(matches!(ACCUMULATION_DTYPE, FloatDType::F32));
 
 /// Most fp32 elements in one all-reduce call (64 MiB): large enough that a 124M-parameter model
@@ -106,7 +134,7 @@ struct Entry {
 pub fn all_reduce_gradients<M: Module>(
     model: &M,
     grads: GradientsParams,
-    sync: &mut dyn GradSync,
+    sync: &mut dyn Collectives,
 ) -> Result<GradientsParams, SyncError> {
     all_reduce_gradients_in_buckets(model, grads, sync, BUCKET_ELEMENTS)
 }
@@ -116,7 +144,7 @@ pub fn all_reduce_gradients<M: Module>(
 pub fn all_reduce_gradients_in_buckets<M: Module>(
     model: &M,
     grads: GradientsParams,
-    sync: &mut dyn GradSync,
+    sync: &mut dyn Collectives,
     bucket_elements: usize,
 ) -> Result<GradientsParams, SyncError> {
     if sync.world_size() == 1 {
@@ -157,7 +185,7 @@ pub fn all_reduce_gradients_in_buckets<M: Module>(
 
 /// Concatenates the bucket's gradients as fp32 on the device, reads them to the host once,
 /// all-reduces, and writes the means back into the entries.
-fn reduce_bucket(bucket: &mut [Entry], sync: &mut dyn GradSync) -> Result<(), SyncError> {
+fn reduce_bucket(bucket: &mut [Entry], sync: &mut dyn Collectives) -> Result<(), SyncError> {
     let flats: Vec<Tensor<1>> = bucket
         .iter_mut()
         .map(|e| e.flat.take().expect("each entry is reduced once"))
@@ -238,7 +266,7 @@ mod flat_tests {
         calls: Vec<usize>,
     }
 
-    impl GradSync for TripledPeer {
+    impl Collectives for TripledPeer {
         fn rank(&self) -> usize {
             0
         }
@@ -252,6 +280,15 @@ mod flat_tests {
         }
         fn mean(&mut self, value: f64) -> Result<f64, SyncError> {
             Ok(2.0 * value)
+        }
+        fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
+            Ok(value)
+        }
+        fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError> {
+            Ok(vec![value, 3 * value])
+        }
+        fn barrier(&mut self) -> Result<(), SyncError> {
+            Ok(())
         }
         fn abort(&mut self, _code: i32) {}
     }
@@ -301,5 +338,16 @@ mod flat_tests {
         let before = values(grads.get::<2>(layer.weight.id).unwrap());
         let synced = all_reduce_gradients(&layer, grads, &mut crate::LocalSync).unwrap();
         assert_eq!(values(synced.get::<2>(layer.weight.id).unwrap()), before);
+    }
+
+    #[test]
+    fn one_rank_gets_its_own_values_back_from_every_collective() {
+        let mut sync = crate::LocalSync;
+        assert_eq!(sync.broadcast(7).unwrap(), 7);
+        assert_eq!(sync.all_gather(9).unwrap(), [9]);
+        assert!(sync.any(true).unwrap() && !sync.any(false).unwrap());
+        sync.barrier().unwrap();
+        sync.wait_for_leader().unwrap();
+        assert_eq!(sync.mean(2.5).unwrap(), 2.5);
     }
 }

@@ -1,8 +1,8 @@
-//! `GradSync` over MPI (OpenMPI through the `mpi` crate), with a watchdog so that a rank never
+//! `Collectives` over MPI (OpenMPI through the `mpi` crate), with a watchdog so that a rank never
 //! waits forever for a dead or hung peer.
 //!
 //! The watchdog times each collective on the monotonic clock (a wall-clock jump cannot fire it
-//! or hide a hang). It does not time [`GradSync::wait_for_leader`]: there the other ranks wait
+//! or hide a hang). It does not time [`Collectives::wait_for_leader`]: there the other ranks wait
 //! for rank 0's own work, which may take minutes (fetching the corpus, writing a 2 GB
 //! checkpoint); if rank 0 dies meanwhile, mpirun ends the job.
 
@@ -15,7 +15,7 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use crate::sync::{GradSync, SyncError};
+use crate::sync::{Collectives, SyncError};
 
 /// Exit code of a rank that the watchdog stopped.
 pub const WATCHDOG_EXIT: i32 = 3;
@@ -84,7 +84,7 @@ impl MpiSync {
     }
 }
 
-impl GradSync for MpiSync {
+impl Collectives for MpiSync {
     fn rank(&self) -> usize {
         self.world.rank() as usize
     }
@@ -112,6 +112,23 @@ impl GradSync for MpiSync {
         let mut total = 0.0f64;
         self.watched(|world| world.all_reduce_into(&value, &mut total, SystemOperation::sum()));
         Ok(total / self.world_size() as f64)
+    }
+
+    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
+        let mut value = value;
+        self.watched(|world| world.process_at_rank(0).broadcast_into(&mut value));
+        Ok(value)
+    }
+
+    fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError> {
+        let mut values = vec![0u64; self.world_size()];
+        self.watched(|world| world.all_gather_into(&value, &mut values[..]));
+        Ok(values)
+    }
+
+    fn barrier(&mut self) -> Result<(), SyncError> {
+        self.watched(|world| world.barrier());
+        Ok(())
     }
 
     fn wait_for_leader(&mut self) -> Result<(), SyncError> {

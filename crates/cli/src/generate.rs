@@ -1,0 +1,133 @@
+//! `brainfloat generate`: text from a checkpoint, streamed as it is produced.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use brainfloat_data::Gpt2Tokenizer;
+use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
+use clap::Args;
+
+use crate::error::CliError;
+use crate::setup::{RunArgs, device, init_logs, load_config, load_model};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// A checkpoint record (step_*.json: the model's shape and precision come from it) or a
+    /// safetensors file of PyTorch-named weights (the shape comes from --config).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The text to continue; `-` (or no --prompt with text piped in) reads standard input.
+    /// Empty: start from <|endoftext|>.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Draw only from the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Draw only from the most likely tokens whose probabilities add up to p (nucleus).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Seed of the draws: the same seed, checkpoint and settings give the same text.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Go on past <|endoftext|> (printed as such) instead of stopping there.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Recompute the whole context for every token instead of using the KV cache (the same
+    /// tokens, slower: for comparison).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+}
+
+/// `generate`: the prompt, then the model's text as it comes (stdout), then the speed (stderr).
+/// Runs `brainfloat generate`.
+pub fn run(args: GenerateArgs) -> Result<(), CliError> {
+    use std::io::{Read, Write};
+    let config = load_config(&args.run)?;
+    init_logs(config.output.log_format, true);
+    let device = device(args.run.backend)?;
+    // A record's own precision, unless --precision says otherwise.
+    let record_precision = args.run.precision.is_none();
+    let (model, _) = load_model(
+        &args.checkpoint,
+        config,
+        record_precision,
+        args.run.backend,
+        &device,
+    )?;
+    let policy = *model.policy();
+    let model = inference_model(model, &device)?;
+    let from_stdin = match args.prompt.as_deref() {
+        Some(text) => text == "-",
+        None => !std::io::stdin().is_terminal(),
+    };
+    let prompt = if from_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|err| CliError::io("standard input", "read the prompt from", err))?;
+        text
+    } else {
+        args.prompt.unwrap_or_default()
+    };
+    let tokenizer = Gpt2Tokenizer::new();
+    let prompt_tokens = tokenizer.encode(&prompt);
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_at_end_of_text: !args.ignore_eos,
+        kv_cache: !args.no_kv_cache,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let generation = generate(
+        &model,
+        &tokenizer,
+        &prompt_tokens,
+        &options,
+        &device,
+        |text| {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+        },
+    )?;
+    let _ = writeln!(out);
+    let config = model.config();
+    let end = if generation.stopped_at_end_of_text {
+        ", stopped at <|endoftext|>"
+    } else {
+        ""
+    };
+    let slides = match generation.slides {
+        0 => String::new(),
+        n => format!(
+            ", context slid {n} time(s) at the model's maximum of {}",
+            config.max_seq_len
+        ),
+    };
+    eprintln!(
+        "{} tokens in {:.2} s: {:.1} tokens/s (prompt {} tokens, first token after {:.0} ms; \
+         KV cache {}, policy {}){end}{slides}",
+        generation.tokens.len(),
+        generation.elapsed.as_secs_f64(),
+        generation.tokens_per_sec(),
+        generation.prompt_tokens,
+        generation.prefill.as_secs_f64() * 1e3,
+        if options.kv_cache { "on" } else { "off" },
+        policy,
+    );
+    Ok(())
+}

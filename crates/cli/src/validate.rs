@@ -1,0 +1,41 @@
+//! `brainfloat validate`: the bf16 pipeline checked end to end.
+
+use std::path::PathBuf;
+
+use brainfloat_bench::validate::{format_checks, validate_pipeline};
+use clap::Args;
+
+use crate::error::CliError;
+use crate::setup::{RunArgs, prepare};
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Training steps of each of the fp32 and bf16 runs.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Also write the checks as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `brainfloat validate`.
+pub fn run(args: ValidateArgs) -> Result<(), CliError> {
+    let (config, device) = prepare(&args.run)?;
+    let checks = validate_pipeline(&config, &device, args.steps)?;
+    print!("{}", format_checks(&checks));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&checks).expect("checks serialize to JSON");
+        std::fs::write(path, text).map_err(|err| CliError::io(path, "write", err))?;
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    if failed > 0 {
+        return Err(CliError::Refused(format!(
+            "{failed} of {} checks failed",
+            checks.len()
+        )));
+    }
+    println!("all {} checks passed", checks.len());
+    Ok(())
+}
