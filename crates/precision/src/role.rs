@@ -13,8 +13,11 @@ use burn::tensor::Tensor;
 
 use crate::policy::Component;
 
-/// The part a parameter plays in a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The part a parameter plays in a model. Written by name in configs (`"hidden_matrix"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub enum ParamRole {
     /// A token-embedding table.
     Embedding,
@@ -38,6 +41,17 @@ impl ParamRole {
         ParamRole::Scalar,
     ];
 
+    /// The role's name, as parsed.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamRole::Embedding => "embedding",
+            ParamRole::HiddenMatrix => "hidden_matrix",
+            ParamRole::OutputMatrix => "output_matrix",
+            ParamRole::LinearBias => "linear_bias",
+            ParamRole::Scalar => "scalar",
+        }
+    }
+
     /// The storage component, whose dtype the policy gives: linear layers' weights and biases
     /// are master weights.
     pub fn component(self) -> Component {
@@ -48,6 +62,34 @@ impl ParamRole {
             }
             ParamRole::Scalar => Component::Scalars,
         }
+    }
+}
+
+impl std::fmt::Display for ParamRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TryFrom<String> for ParamRole {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        ParamRole::ALL
+            .into_iter()
+            .find(|role| role.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "`{name}` is not a parameter role (valid: {})",
+                    ParamRole::ALL.map(ParamRole::name).join(", ")
+                )
+            })
+    }
+}
+
+impl From<ParamRole> for String {
+    fn from(role: ParamRole) -> String {
+        role.name().to_string()
     }
 }
 

@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 
 use brainfloat_gpt::{GptConfig, GptError, ModelSize};
-use brainfloat_precision::PrecisionPolicy;
+use brainfloat_precision::{ParamRole, PrecisionPolicy};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Schedule, ScheduleKind};
 
 /// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "BRAINFLOAT";
@@ -66,8 +68,14 @@ pub struct TrainSection {
     pub ranks: usize,
     /// Learning-rate warmup steps.
     pub warmup_steps: usize,
-    /// Learning-rate warmdown steps at the end.
+    /// Learning-rate warmdown steps at the end (the trapezoid's).
     pub warmdown_steps: usize,
+    /// What follows the warmup: `trapezoid` (the record's, the default), `cosine` or `linear`.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Where `cosine` and `linear` end, as a fraction of the peak rate (default 0).
+    #[serde(default)]
+    pub min_lr_ratio: f64,
     /// Seed of the model's initialisation.
     pub seed: u64,
     /// Precision policy: a preset (`fp32`, `autocast`, `bf16`, `bf16-pure`, `bf16-sr`,
@@ -118,7 +126,10 @@ pub struct UnknownChoice {
 }
 
 /// `value` as one of `choices` (name, variant), or an error listing the names.
-fn one_of<T: Copy>(value: &str, choices: &[(&'static str, T)]) -> Result<T, UnknownChoice> {
+pub(crate) fn one_of<T: Copy>(
+    value: &str,
+    choices: &[(&'static str, T)],
+) -> Result<T, UnknownChoice> {
     choices
         .iter()
         .find(|(name, _)| *name == value)
@@ -167,6 +178,36 @@ pub struct OptimSection {
     pub muon_momentum: f64,
     /// Newton–Schulz iterations.
     pub ns_steps: usize,
+    /// Decoupled weight decay per group (AdamW's; Muon's matrices decay the same way):
+    /// `w ← w − lr·wd·w` with each group's rate. 0 everywhere by default, as in the record.
+    #[serde(default)]
+    pub weight_decay: GroupValues,
+    /// Clip the gradients' global L2 norm (after the all-reduce and the accumulation scale) to
+    /// this, as `torch.nn.utils.clip_grad_norm_` does; 0 (the default) = no clipping.
+    #[serde(default)]
+    pub max_grad_norm: f64,
+    /// Parameter roles not trained (`embedding`, `hidden_matrix`, `output_matrix`,
+    /// `linear_bias`, `scalar`): their weights stay as loaded and get no optimizer state.
+    #[serde(default)]
+    pub freeze: Vec<ParamRole>,
+}
+
+/// One value per optimizer group; a group not named is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupValues {
+    /// The token embedding (Adam).
+    #[serde(default)]
+    pub embedding: f64,
+    /// The output head (Adam).
+    #[serde(default)]
+    pub head: f64,
+    /// The blocks' matrices (Muon).
+    #[serde(default)]
+    pub matrices: f64,
+    /// The scalars (Adam).
+    #[serde(default)]
+    pub scalars: f64,
 }
 
 /// The evaluation section.
@@ -299,6 +340,19 @@ fn leaves(config: &TrainConfig) -> Vec<(String, serde_json::Value)> {
     out
 }
 
+impl GroupValues {
+    /// The value of `group`.
+    pub fn of(&self, group: crate::optim::ParamGroup) -> f64 {
+        use crate::optim::ParamGroup;
+        match group {
+            ParamGroup::Embedding => self.embedding,
+            ParamGroup::Head => self.head,
+            ParamGroup::Matrices => self.matrices,
+            ParamGroup::Scalars => self.scalars,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Every key whose value differs from `old`'s, sorted by key.
     pub fn changes_from(&self, old: &TrainConfig) -> Vec<ConfigChange> {
@@ -381,6 +435,17 @@ impl TrainConfig {
         Ok(gpt)
     }
 
+    /// The learning-rate schedule of the run.
+    pub fn schedule(&self) -> Schedule {
+        let t = &self.train;
+        match t.schedule {
+            ScheduleKind::Trapezoid => {
+                Schedule::trapezoid(t.steps, t.warmup_steps, t.warmdown_steps)
+            }
+            kind => Schedule::decay(kind, t.steps, t.warmup_steps, t.min_lr_ratio),
+        }
+    }
+
     /// Sequences per micro-batch on one rank.
     pub fn micro_batch_size(&self) -> usize {
         self.train.batch_size / (self.train.ranks * self.train.grad_accum_steps)
@@ -430,6 +495,27 @@ impl TrainConfig {
                 ));
             }
         }
+        let decays = [
+            ("optim.weight_decay.embedding", o.weight_decay.embedding),
+            ("optim.weight_decay.head", o.weight_decay.head),
+            ("optim.weight_decay.matrices", o.weight_decay.matrices),
+            ("optim.weight_decay.scalars", o.weight_decay.scalars),
+            ("optim.max_grad_norm", o.max_grad_norm),
+        ];
+        for (key, value) in decays {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(
+                    key,
+                    format!("must be 0 or a positive number, got {value}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(invalid(
+                "train.min_lr_ratio",
+                format!("must be in [0, 1], got {}", t.min_lr_ratio),
+            ));
+        }
         for (key, value) in [
             ("optim.adam_beta1", o.adam_beta1),
             ("optim.adam_beta2", o.adam_beta2),
@@ -449,7 +535,11 @@ impl TrainConfig {
                 ),
             ));
         }
-        if t.warmup_steps + t.warmdown_steps > t.steps {
+        let warmdown = match t.schedule {
+            ScheduleKind::Trapezoid => t.warmdown_steps,
+            ScheduleKind::Cosine | ScheduleKind::Linear => 0,
+        };
+        if t.warmup_steps + warmdown > t.steps {
             return Err(invalid(
                 "train.warmdown_steps",
                 format!(

@@ -3,16 +3,17 @@
 //! - [`RecordOptimizer`]: Muon (Newton–Schulz in the policy's matmul dtype, the
 //!   `max(1, rows/cols)^0.5` factor of PyTorch's `[out, in]` layout) for the blocks' matrices,
 //!   Adam for the embedding, head and scalars, explicit gradient scaling;
-//! - [`TrapezoidalSchedule`]: warmup, flat, linear warmdown to 0;
+//! - [`Schedule`]: warmup, then the record's trapezoid (flat, linear warmdown to 0), a cosine
+//!   or a linear decay;
 //! - [`TrainConfig`]: one TOML per preset, overridable from the environment and the command line;
 //! - [`Trainer`]: micro-batches with gradient accumulation, evaluation, atomic checkpoints with
 //!   exact resume, a non-finite policy (`stop` or `skip`; a bad update is never applied), and
 //!   [`Plugin`]s (logs, metrics, progress, checkpoint cadence, stop on Ctrl-C).
 //!
 //! ```
-//! use brainfloat_trainer::TrapezoidalSchedule;
+//! use brainfloat_trainer::Schedule;
 //!
-//! let schedule = TrapezoidalSchedule::new(6, 0, 3);
+//! let schedule = Schedule::trapezoid(6, 0, 3);
 //! assert_eq!(schedule.multiplier(5), 1.0 / 3.0);
 //! ```
 
@@ -35,18 +36,21 @@ pub use checkpoint::{
     weights_to_safetensors,
 };
 pub use config::{
-    ConfigChange, ConfigError, ConfigSource, DataSection, EvalSection, LogFormat, ModelSection,
-    NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection, UnknownChoice,
+    ConfigChange, ConfigError, ConfigSource, DataSection, EvalSection, GroupValues, LogFormat,
+    ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
+    UnknownChoice,
 };
 pub use error::{TensorFileError, TrainError};
 #[cfg(feature = "testing")]
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
 pub use history::keep_last;
-pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, grad_norm};
+pub use optim::{
+    LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor, grad_norm,
+};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
     SampleStats, StepStats,
 };
 pub use resume::{ResumeNote, model_notes};
-pub use schedule::TrapezoidalSchedule;
+pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{Start, Trainer, init_model, init_model_with_seed, validation_loss};

@@ -10,7 +10,7 @@
 //! - anything else (rates, evaluation, data paths): applied from the resumed step on.
 
 use crate::config::{ConfigChange, TrainConfig};
-use crate::schedule::TrapezoidalSchedule;
+use crate::schedule::Schedule;
 use brainfloat_data::LoaderPosition;
 
 /// What a changed key does to the model a run loads: said by `eval` too.
@@ -26,7 +26,13 @@ const DATA_STREAM_KEYS: [&str; 5] = [
 ];
 
 /// Keys of the learning-rate schedule.
-const SCHEDULE_KEYS: [&str; 3] = ["train.steps", "train.warmup_steps", "train.warmdown_steps"];
+const SCHEDULE_KEYS: [&str; 5] = [
+    "train.steps",
+    "train.warmup_steps",
+    "train.warmdown_steps",
+    "train.schedule",
+    "train.min_lr_ratio",
+];
 
 /// One difference between a checkpoint's run and the run resuming it, with what it means.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,11 +122,8 @@ fn meaning(
         );
     }
     if SCHEDULE_KEYS.contains(&key) {
-        let schedule = |c: &TrainConfig| {
-            TrapezoidalSchedule::new(c.train.steps, c.train.warmup_steps, c.train.warmdown_steps)
-        };
-        let (before, now) = (schedule(saved), schedule(config));
-        let multiplier = |s: TrapezoidalSchedule| {
+        let (before, now) = (saved.schedule(), config.schedule());
+        let multiplier = |s: Schedule| {
             if step < s.total_steps {
                 format!("{:.4}", s.multiplier(step))
             } else {

@@ -24,13 +24,13 @@ use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::faults::{NonFinite, injections};
 use crate::history::{keep_last, remove_orphans, set_aside};
-use crate::optim::{RecordOptimizer, RecordOptimizerConfig, grad_norm};
+use crate::optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor, grad_norm};
 use crate::output::OutputFolder;
 use crate::plugins::{
     Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, SampleStats, StepStats,
 };
 use crate::resume::resume_notes;
-use crate::schedule::TrapezoidalSchedule;
+use crate::schedule::Schedule;
 
 /// How a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Trainer {
     device: Device,
     model: Owned<Gpt>,
     optimizer: RecordOptimizer,
-    schedule: TrapezoidalSchedule,
+    schedule: Schedule,
     train: DistributedLoader,
     val_paths: Vec<PathBuf>,
     step: usize,
@@ -237,11 +237,7 @@ impl Trainer {
             .transpose()?;
         let injected = injections()?;
         let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
-        let schedule = TrapezoidalSchedule::new(
-            config.train.steps,
-            config.train.warmup_steps,
-            config.train.warmdown_steps,
-        );
+        let schedule = config.schedule();
         let trainer = Self {
             config,
             device,
@@ -653,6 +649,7 @@ impl Trainer {
         // Checked before the update, so that a bad step is never applied and nothing is kept
         // aside to undo it: a second handle to the weights would make every in-place update copy.
         let grad_norm = grad_norm(&*self.model, &grads, grad_scale);
+        let grad_scale = grad_scale * clip_factor(grad_norm, self.config.optim.max_grad_norm);
         let losses: Vec<f64> = Tensor::cat(losses, 0)
             .into_data()
             .try_to_vec::<f32>()
@@ -924,6 +921,8 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
         ns_dtype: policy.matmul(),
         rounding: policy.update_rounding(),
         seed: config.train.seed,
+        weight_decay: ParamGroup::ALL.map(|group| o.weight_decay.of(group)),
+        frozen: o.freeze.clone(),
         ..RecordOptimizerConfig::default()
     }
 }

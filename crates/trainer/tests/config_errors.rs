@@ -26,7 +26,66 @@ fn errors_name_their_key_and_overrides_apply_in_order() {
     the_shipped_presets_are_valid();
     bad_values_name_their_key();
     shape_keys_replace_the_sizes_values();
+    fine_tuning_keys_parse_into_types();
     environment_then_command_line_override_the_file();
+}
+
+/// Weight decay per group, clipping, freezing by role and the schedules, from TOML into types;
+/// absent, each is the record's (no decay, no clipping, nothing frozen, the trapezoid).
+fn fine_tuning_keys_parse_into_types() {
+    use brainfloat_precision::ParamRole;
+    use brainfloat_trainer::{GroupValues, ScheduleKind};
+    let dir = tempfile::tempdir().unwrap();
+    let record = load(dir.path(), |t| t, &[]).unwrap();
+    assert_eq!(record.optim.weight_decay, GroupValues::default());
+    assert_eq!(
+        (record.optim.max_grad_norm, record.optim.freeze.len()),
+        (0.0, 0)
+    );
+    assert_eq!(record.train.schedule, ScheduleKind::Trapezoid);
+    let tuned = load(
+        dir.path(),
+        |t| {
+            t.replace(
+                "ns_steps = 5",
+                "ns_steps = 5\nmax_grad_norm = 1.0\nfreeze = [\"embedding\", \"scalar\"]\n\
+                 weight_decay = { head = 0.1, matrices = 0.01 }",
+            )
+        },
+        &["train.schedule=cosine", "train.min_lr_ratio=0.1"],
+    )
+    .unwrap();
+    assert_eq!(
+        tuned.optim.weight_decay,
+        GroupValues {
+            head: 0.1,
+            matrices: 0.01,
+            ..GroupValues::default()
+        }
+    );
+    assert_eq!(tuned.optim.max_grad_norm, 1.0);
+    assert_eq!(
+        tuned.optim.freeze,
+        [ParamRole::Embedding, ParamRole::Scalar]
+    );
+    let schedule = tuned.schedule();
+    assert_eq!(schedule.kind, ScheduleKind::Cosine);
+    assert!(
+        (schedule.multiplier(5)
+            - (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 5.0 / 6.0).cos())))
+        .abs()
+            < 1e-12
+    );
+    let err = load(
+        dir.path(),
+        |t| t.replace("ns_steps = 5", "ns_steps = 5\nfreeze = [\"head\"]"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("config optim.freeze") && err.contains("`head` is not a parameter role"),
+        "{err}"
+    );
 }
 
 fn the_shipped_presets_are_valid() {
@@ -145,6 +204,26 @@ fn bad_values_name_their_key() {
             None,
             &["optim.adam_beta2=1.5"],
             "config optim.adam_beta2: must be in [0, 1)",
+        ),
+        (
+            None,
+            &["train.schedule=step"],
+            "config train.schedule: `step` is not one of trapezoid, cosine, linear",
+        ),
+        (
+            None,
+            &["train.min_lr_ratio=2"],
+            "config train.min_lr_ratio: must be in [0, 1], got 2",
+        ),
+        (
+            None,
+            &["optim.weight_decay.head=-1"],
+            "config optim.weight_decay.head: must be 0 or a positive number, got -1",
+        ),
+        (
+            None,
+            &["optim.max_grad_norm=-1"],
+            "config optim.max_grad_norm: must be 0 or a positive number",
         ),
         (
             None,

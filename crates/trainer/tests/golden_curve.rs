@@ -8,15 +8,13 @@ mod common;
 use brainfloat_gpt::Batch;
 use brainfloat_precision::{PrecisionPolicy, Preset};
 use brainfloat_tests::*;
-use brainfloat_trainer::{
-    RecordOptimizer, RecordOptimizerConfig, Start, Trainer, TrapezoidalSchedule,
-};
+use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig, Schedule, Start, Trainer};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 
 #[test]
 fn six_steps_from_the_golden_weights_follow_pytorch() {
     let tokens = golden_tokens();
-    let schedule = TrapezoidalSchedule::new(6, 0, 3);
+    let schedule = Schedule::trapezoid(6, 0, 3);
     let grad_accum_steps = 2;
     // Measured: fp32 ≤ 1e-7; bf16 2.7e-5 at step 0 growing to 2.4e-3 at step 5 (Muon and Adam
     // amplify the rounding of two bf16 implementations step by step).

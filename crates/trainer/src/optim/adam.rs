@@ -17,6 +17,8 @@ pub(super) struct AdamState {
 pub(super) struct Adam {
     pub betas: (f64, f64),
     pub eps: f64,
+    /// Decoupled weight decay (AdamW): `w ← w − lr·wd·w` beside the Adam step.
+    pub weight_decay: f64,
 }
 
 impl Adam {
@@ -32,7 +34,8 @@ impl Adam {
         writer: &mut Writer,
     ) -> (Tensor<1>, AdamState) {
         let (beta_1, beta_2) = self.betas;
-        if writer.fusable() {
+        // The fused kernel has no decay.
+        if writer.fusable() && self.weight_decay == 0.0 {
             let AdamState {
                 steps,
                 moment_1,
@@ -90,7 +93,12 @@ impl Adam {
             .sqrt()
             .div_scalar(correction_2.sqrt())
             .add_scalar(self.eps);
-        let direction = in_dtype(moment_1.clone(), compute) / denom;
+        let mut direction = in_dtype(moment_1.clone(), compute) / denom;
+        if self.weight_decay != 0.0 {
+            // Scaled by lr/c₁ below: lr·wd·w, AdamW's decoupled decay.
+            let decay = self.weight_decay * correction_1;
+            direction = direction + in_dtype(param.clone(), compute).mul_scalar(decay);
+        }
         let param = writer.weights(param, direction, lr / correction_1);
         let state = AdamState {
             steps,

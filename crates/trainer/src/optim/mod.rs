@@ -101,6 +101,11 @@ pub struct RecordOptimizerConfig {
     pub rounding: UpdateRounding,
     /// Seed of stochastic rounding's random bits (the run's seed).
     pub seed: u64,
+    /// Decoupled weight decay per group, by [`ParamGroup`] in [`ParamGroup::ALL`]'s order
+    /// (all 0 in the record).
+    pub weight_decay: [f64; 4],
+    /// Roles whose parameters are not updated (and get no state).
+    pub frozen: Vec<ParamRole>,
 }
 
 impl Default for RecordOptimizerConfig {
@@ -119,6 +124,8 @@ impl Default for RecordOptimizerConfig {
             ns_dtype: FloatDType::BF16,
             rounding: UpdateRounding::Nearest,
             seed: 0,
+            weight_decay: [0.0; 4],
+            frozen: Vec::new(),
         }
     }
 }
@@ -136,6 +143,7 @@ impl RecordOptimizerConfig {
 #[derive(Debug, Clone)]
 struct ParamEntry {
     name: String,
+    role: ParamRole,
     group: ParamGroup,
     stream_word: u64,
 }
@@ -307,8 +315,15 @@ impl RecordOptimizer {
         }
         // None at all is a run whose every step was skipped; some but not all is damage.
         if step > 0 && !(self.adam.is_empty() && self.muon.is_empty()) {
+            // Frozen parameters have none, on purpose.
+            let frozen = self
+                .params
+                .iter()
+                .filter(|(id, _)| self.is_frozen(**id))
+                .map(|(_, p)| p.name.as_str());
             let stated: HashSet<&str> = (self.adam.keys().chain(self.muon.keys()))
                 .map(|id| self.params[id].name.as_str())
+                .chain(frozen)
                 .collect();
             let missing: Vec<&str> = numel
                 .keys()
@@ -360,6 +375,16 @@ impl RecordOptimizer {
         })
     }
 
+    /// Whether the parameter `id` has a frozen role.
+    fn is_frozen(&self, id: ParamId) -> bool {
+        let frozen = &self.config.frozen;
+        !frozen.is_empty()
+            && self
+                .params
+                .get(&id)
+                .is_some_and(|p| frozen.contains(&p.role))
+    }
+
     /// One parameter's update: `value` and `grad` flattened, the new value returned.
     fn update(
         &mut self,
@@ -375,6 +400,7 @@ impl RecordOptimizer {
         });
         let (group, word) = (entry.group, entry.stream_word);
         let c = &self.config;
+        let weight_decay = c.weight_decay[group.index()];
         let lr = lr_multiplier
             * match group {
                 ParamGroup::Embedding => c.embedding_lr,
@@ -394,6 +420,7 @@ impl RecordOptimizer {
                 momentum: c.muon_momentum_at(step),
                 ns_steps: c.ns_steps,
                 ns_dtype: c.ns_dtype,
+                weight_decay,
             };
             let state = self.muon.remove(&id);
             let (value, state) =
@@ -404,6 +431,7 @@ impl RecordOptimizer {
             let adam = Adam {
                 betas: c.adam_betas,
                 eps: c.adam_eps,
+                weight_decay,
             };
             let (value, state) = adam.update(self.adam.remove(&id), value, grad, lr, &mut writer);
             self.adam.insert(id, state);
@@ -443,7 +471,18 @@ pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, scale: f64) -> f
     (sum as f64).sqrt() * scale.abs()
 }
 
-/// Every float parameter of `model`: its name, group and stream word, by id.
+/// What gradients of global norm `norm` are multiplied by to clip them to `max_norm`:
+/// `min(1, max_norm / (norm + 1e-6))`, as `torch.nn.utils.clip_grad_norm_`; 1 when `max_norm`
+/// is 0 (no clipping).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// Every float parameter of `model`: its name, role, group and stream word, by id.
 ///
 /// # Panics
 /// When a parameter has no role in `model`'s [`ParamRoles`].
@@ -468,6 +507,7 @@ fn param_table<M: ParamRoles>(model: &M) -> HashMap<ParamId, ParamEntry> {
                 panic!("{name} has no role: the model's ParamRoles must list every parameter")
             });
             let entry = ParamEntry {
+                role,
                 group: ParamGroup::of(role),
                 stream_word: name_hash(&name),
                 name,
@@ -506,6 +546,9 @@ impl ModuleMapper for StepMapper<'_> {
         let Some(grad) = self.grads.remove::<D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
+        if self.optimizer.is_frozen(id) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
         let require_grad = tensor.is_require_grad();
         let dims = tensor.dims();
         let numel = dims.iter().product::<usize>();
@@ -593,5 +636,83 @@ mod tests {
             // Probing is per step.
             assert_eq!(optimizer.take_probe(), None);
         }
+    }
+
+    /// The head (Adam's head group) with fp32 weights after `steps` steps of the gradient of
+    /// `sum(linear(x))`, and the gradient (the same every step: `Σ_b x[b, i]` for every row).
+    fn trained_head(config: RecordOptimizerConfig, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let linear = CastedLinearConfig::new(4, 3).init(&device);
+        let before: Vec<f32> = linear.weight.val().into_data().try_to_vec().unwrap();
+        let mut layer = Head { linear };
+        let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.25, 2.0]], &device);
+        let mut optimizer = RecordOptimizer::new(config);
+        for step in 0..steps {
+            let loss = layer.linear.forward(x.clone()).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &layer);
+            layer = optimizer.step(layer, grads, 1.0, 1.0, step);
+        }
+        let after: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
+        let grad = [1.5, 1.0, 3.25, 6.0].repeat(3);
+        (before, after, grad)
+    }
+
+    /// AdamW as PyTorch computes it (`torch.optim.AdamW`: decay first, then the Adam step with
+    /// bias correction), in float64, against ours in fp32: within fp32 rounding.
+    #[test]
+    fn adamw_follows_pytorchs_formula() {
+        let (lr, wd, (b1, b2), eps) = (0.01, 0.1, (0.9, 0.95), 1e-8);
+        let config = RecordOptimizerConfig {
+            head_lr: lr,
+            weight_decay: [0.0, wd, 0.0, 0.0],
+            ..Default::default()
+        };
+        let steps = 3;
+        let (before, after, grad) = trained_head(config, steps);
+        for ((w0, got), g) in before.iter().zip(&after).zip(&grad) {
+            let (mut w, mut m, mut v) = (*w0 as f64, 0.0, 0.0);
+            for t in 1..=steps as i32 {
+                w *= 1.0 - lr * wd;
+                m = b1 * m + (1.0 - b1) * g;
+                v = b2 * v + (1.0 - b2) * g * g;
+                let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                w -= lr / c1 * m / ((v / c2).sqrt() + eps);
+            }
+            assert!((*got as f64 - w).abs() <= 2e-6, "{got} vs {w}");
+            // The decay is visible: without it the weight would end elsewhere by ~lr·wd·|w|·3.
+        }
+        let (_, undecayed, _) = trained_head(
+            RecordOptimizerConfig {
+                head_lr: lr,
+                ..Default::default()
+            },
+            steps,
+        );
+        assert!(
+            after
+                .iter()
+                .zip(&undecayed)
+                .any(|(a, b)| (a - b).abs() > 1e-5)
+        );
+    }
+
+    /// A frozen role's parameters keep their weights and get no optimizer state.
+    #[test]
+    fn frozen_roles_are_not_updated() {
+        let config = RecordOptimizerConfig {
+            frozen: vec![ParamRole::OutputMatrix],
+            ..Default::default()
+        };
+        let (before, after, _) = trained_head(config, 2);
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm_as_pytorch_does() {
+        assert_eq!(clip_factor(10.0, 0.0), 1.0);
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        let factor = clip_factor(4.0, 1.0);
+        assert_eq!(factor, 1.0 / (4.0 + 1e-6));
+        assert!((4.0 * factor - 1.0).abs() < 1e-6);
     }
 }

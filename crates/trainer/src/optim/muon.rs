@@ -21,6 +21,8 @@ pub(super) struct Muon {
     pub ns_steps: usize,
     /// Dtype of the Newton–Schulz iteration.
     pub ns_dtype: FloatDType,
+    /// Decoupled weight decay: `w ← w − lr·wd·w` beside the update.
+    pub weight_decay: f64,
 }
 
 impl Muon {
@@ -49,7 +51,14 @@ impl Muon {
         let nesterov = grad + in_dtype(momentum_buffer.clone(), compute).mul_scalar(self.momentum);
         let ortho = newton_schulz(nesterov.reshape([rows, cols]), self.ns_steps, self.ns_dtype);
         let shape_factor = (rows as f64 / cols as f64).max(1.0).sqrt();
-        let param = writer.weights(param, ortho.reshape([rows * cols]), lr * shape_factor);
+        let mut direction = ortho.reshape([rows * cols]);
+        if self.weight_decay != 0.0 {
+            // Scaled by lr·shape below: lr·wd·w.
+            let decay = self.weight_decay / shape_factor;
+            direction =
+                in_dtype(direction, compute) + in_dtype(param.clone(), compute).mul_scalar(decay);
+        }
+        let param = writer.weights(param, direction, lr * shape_factor);
         (param, MuonState { momentum_buffer })
     }
 }
