@@ -24,7 +24,7 @@ fn golden(policy: &PrecisionPolicy) -> (Gpt, Device) {
 }
 
 fn prompt() -> Vec<u32> {
-    golden_tokens()[..5].iter().map(|&t| t as u32).collect()
+    golden_tokens()[..5].to_vec()
 }
 
 fn options(sampling: Sampling, max_tokens: usize, kv_cache: bool) -> GenerateOptions {
@@ -122,7 +122,7 @@ fn kv_cache_equals_recomputing_the_prefix_in_fp32() {
     // The logits themselves, position by position over a full context (different summation
     // orders only: the cached step attends with an explicit mask and a shorter query;
     // measured 2.2e-6 on flex, 2.1e-6 on libtorch).
-    let context: Vec<u32> = golden_tokens()[..32].iter().map(|&t| t as u32).collect();
+    let context: Vec<u32> = golden_tokens()[..32].to_vec();
     let (worst, steps) = cached_vs_recomputed(&model, &device, &context);
     assert_eq!(model.policy().matmul(), burn::tensor::FloatDType::F32);
     println!("fp32 cached vs recomputed: {worst}");
@@ -136,7 +136,7 @@ const BF16_BOUND: f32 = 0.1;
 #[test]
 fn kv_cache_agrees_in_bf16_where_logits_are_not_tied() {
     let (model, device) = golden(&PrecisionPolicy::bf16());
-    let context: Vec<u32> = golden_tokens()[..32].iter().map(|&t| t as u32).collect();
+    let context: Vec<u32> = golden_tokens()[..32].to_vec();
     let (worst, steps) = cached_vs_recomputed(&model, &device, &context);
     assert_eq!(model.policy().matmul(), burn::tensor::FloatDType::BF16);
     // Measured: 0 on flex (its kernels compute each row alike whatever the rows around it),
@@ -159,7 +159,7 @@ fn kv_cache_agrees_in_bf16_where_logits_are_not_tied() {
 /// the same logits, bit for bit: the cast at every use was that same rounding.
 #[test]
 fn the_inference_model_gives_the_same_logits() {
-    let context: Vec<u32> = golden_tokens()[..20].iter().map(|&t| t as u32).collect();
+    let context: Vec<u32> = golden_tokens()[..20].to_vec();
     for policy in [PrecisionPolicy::bf16(), PrecisionPolicy::autocast()] {
         let (model, device) = golden(&policy);
         let ids = tokens(&context, &device);
@@ -238,7 +238,7 @@ fn end_of_text_stops_and_padding_is_never_drawn() {
         &prompt,
         options(Sampling::GREEDY, 10, true),
     );
-    assert_eq!(stopped.tokens, vec![END_OF_TEXT as u32]);
+    assert_eq!(stopped.tokens, vec![END_OF_TEXT]);
     assert!(stopped.stopped_at_end_of_text);
     assert_eq!(stopped.text, "");
     let go_on = GenerateOptions {
@@ -246,7 +246,7 @@ fn end_of_text_stops_and_padding_is_never_drawn() {
         ..options(Sampling::GREEDY, 3, true)
     };
     let went_on = run(&model, &device, &prompt, go_on);
-    assert_eq!(went_on.tokens, vec![END_OF_TEXT as u32; 3]);
+    assert_eq!(went_on.tokens, vec![END_OF_TEXT; 3]);
     assert_eq!(went_on.text, "<|endoftext|>".repeat(3));
     // Sampled at a high temperature, still never a padding id.
     let hot = Sampling {
@@ -270,7 +270,7 @@ fn end_of_text_stops_and_padding_is_never_drawn() {
 #[test]
 fn a_prompt_longer_than_the_model_is_refused() {
     let (model, device) = golden(&PrecisionPolicy::fp32());
-    let long: Vec<u32> = golden_tokens()[..33].iter().map(|&t| t as u32).collect();
+    let long: Vec<u32> = golden_tokens()[..33].to_vec();
     let err = generate(
         &model,
         &Gpt2Tokenizer::new(),

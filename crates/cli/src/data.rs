@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_data::{text_files, tokenize_to_shards};
+use brainfloat_data::{Gpt2Tokenizer, HfTokenizer, Tokenizer, text_files, tokenize_to_shards};
 use brainfloat_trainer::LogFormat;
 use clap::Args;
 
@@ -24,6 +24,10 @@ pub struct DataArgs {
     /// With --text: every n-th document goes to validation.
     #[arg(long, default_value_t = 10)]
     pub val_every: usize,
+    /// With --text: a Hugging Face tokenizer.json instead of GPT-2's BPE (ids over 65,535 go
+    /// into 32-bit shards; set model.vocab_size to at least its vocabulary).
+    #[arg(long, requires = "text")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Runs `brainfloat data`.
@@ -31,8 +35,13 @@ pub fn run(args: DataArgs) -> Result<(), CliError> {
     init_logs(LogFormat::Human, true);
     let stats = match &args.text {
         Some(text) => {
+            let tokenizer: Box<dyn Tokenizer> = match &args.tokenizer {
+                Some(path) => Box::new(HfTokenizer::from_file(path)?),
+                None => Box::new(Gpt2Tokenizer::new()),
+            };
             let files = text_files(text)?;
             Some(tokenize_to_shards(
+                tokenizer.as_ref(),
                 &files,
                 &args.dir,
                 &args.name,

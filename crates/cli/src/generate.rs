@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use brainfloat_data::Gpt2Tokenizer;
+use brainfloat_data::{Gpt2Tokenizer, Tokenizer};
 use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
 use clap::Args;
 

@@ -12,7 +12,7 @@
 //!
 //! // Rank 1 of 2, batches of 2 sequences of 8 tokens: windows of 17 tokens from 1·2·8 = 16.
 //! let mut loader = DistributedLoader::new(vec![path], 2, 8, 1, 2).unwrap().with_vocab(512).unwrap();
-//! assert_eq!(loader.next_window().unwrap(), (16..33).collect::<Vec<u16>>());
+//! assert_eq!(loader.next_window().unwrap(), (16..33).collect::<Vec<u32>>());
 //! assert_eq!(loader.next_window().unwrap()[0], 16 + 2 * 2 * 8);
 //! ```
 
@@ -23,8 +23,10 @@ mod tokenize;
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, ShardIdentity, shard_paths};
 pub use loader::{
-    HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, Shard, shard_bytes, write_shard,
+    HEADER_BYTES, HEADER_WORDS, SHARD_MAGIC, SHARD_VERSION, SHARD_VERSION_U32, Shard, shard_bytes,
+    write_shard,
 };
 pub use tokenize::{
-    CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, text_files, tokenize_to_shards,
+    CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, HfTokenizer, Tokenizer, text_files,
+    tokenize_to_shards,
 };

@@ -176,7 +176,7 @@ impl DistributedLoader {
 
     /// The next window of `B·T + 1` tokens (inputs are the first `B·T`, targets the last). A
     /// shard that shrank since it was opened is an error naming it.
-    pub fn next_window(&mut self) -> Result<Vec<u16>, DataError> {
+    pub fn next_window(&mut self) -> Result<Vec<u32>, DataError> {
         let window = self
             .shard
             .window(self.position.offset, self.batch_size * self.seq_len + 1)?;
@@ -236,13 +236,16 @@ pub fn shard_paths(pattern: &Path) -> Result<Vec<PathBuf>, DataError> {
 // ----------------------------------------------------------------------------------------------
 // The shard format
 
-// One token shard: 256 little-endian int32 header words (magic 20240520, version 1, token
-// count), then that many little-endian uint16 GPT-2 token ids.
+// One token shard: 256 little-endian int32 header words (magic 20240520, version, token
+// count), then that many little-endian token ids: uint16 in version 1 (llm.c's and
+// modded-nanogpt's, for vocabularies up to 65,536), uint32 in version 2 (larger vocabularies).
 
 /// `header[0]` of every shard.
 pub const SHARD_MAGIC: i32 = 20240520;
-/// `header[1]`: the only version this format has.
+/// `header[1]` of a shard of 16-bit token ids (llm.c's and modded-nanogpt's).
 pub const SHARD_VERSION: i32 = 1;
+/// `header[1]` of a shard of 32-bit token ids, for vocabularies over 65,536.
+pub const SHARD_VERSION_U32: i32 = 2;
 /// Header length in int32 words.
 pub const HEADER_WORDS: usize = 256;
 /// Header length in bytes.
@@ -255,6 +258,8 @@ pub struct Shard {
     path: PathBuf,
     file: File,
     len: usize,
+    /// Bytes per token id: 2 (version 1) or 4 (version 2).
+    token_bytes: usize,
     modified: Option<SystemTime>,
 }
 
@@ -312,30 +317,36 @@ impl Shard {
                 word(0)
             )));
         }
-        if word(1) != SHARD_VERSION {
-            return Err(error(format!(
-                "unsupported version {} (expected {SHARD_VERSION})",
-                word(1)
-            )));
-        }
+        let (token_bytes, width) = match word(1) {
+            SHARD_VERSION => (2, "2-byte uint16"),
+            SHARD_VERSION_U32 => (4, "4-byte uint32"),
+            version => {
+                return Err(error(format!(
+                    "unsupported version {version} (expected {SHARD_VERSION}: 16-bit token ids, \
+                     or {SHARD_VERSION_U32}: 32-bit)"
+                )));
+            }
+        };
         let count = word(2);
         let payload = file_len - HEADER_BYTES;
-        if !payload.is_multiple_of(2) {
+        if !payload.is_multiple_of(token_bytes) {
+            let what = if token_bytes == 2 { "odd" } else { "ragged" };
             return Err(error(format!(
-                "odd token payload of {payload} bytes: tokens are 2-byte uint16"
+                "{what} token payload of {payload} bytes: tokens are {width}"
             )));
         }
-        if count < 0 || count as usize * 2 != payload {
+        if count < 0 || count as usize * token_bytes != payload {
             return Err(error(format!(
                 "header says {count} tokens ({} bytes) but the file holds {} tokens ({payload} bytes)",
-                count.max(0) as i64 * 2,
-                payload / 2
+                count.max(0) as i64 * token_bytes as i64,
+                payload / token_bytes
             )));
         }
         Ok(Self {
             path: path.to_path_buf(),
             file,
             len: count as usize,
+            token_bytes,
             modified,
         })
     }
@@ -373,14 +384,14 @@ impl Shard {
     }
 
     /// The token at `index`.
-    pub fn token(&self, index: usize) -> Result<u16, DataError> {
+    pub fn token(&self, index: usize) -> Result<u32, DataError> {
         Ok(self.window(index, 1)?[0])
     }
 
     /// Tokens `start .. start + len`, read from the file. A range past the tokens the header
     /// declared, or a read cut short because the file shrank since it was opened, is an error
     /// naming the shard.
-    pub fn window(&self, start: usize, len: usize) -> Result<Vec<u16>, DataError> {
+    pub fn window(&self, start: usize, len: usize) -> Result<Vec<u32>, DataError> {
         if start.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(DataError::new(
                 &self.path,
@@ -391,25 +402,32 @@ impl Shard {
                 ),
             ));
         }
-        let mut bytes = vec![0u8; 2 * len];
+        let width = self.token_bytes;
+        let mut bytes = vec![0u8; width * len];
         self.file
-            .read_exact_at(&mut bytes, (HEADER_BYTES + 2 * start) as u64)
+            .read_exact_at(&mut bytes, (HEADER_BYTES + width * start) as u64)
             .map_err(|err| {
                 let now = self.file.metadata().map(|m| m.len()).ok();
                 let problem = match now {
-                    Some(now) if now < (HEADER_BYTES + 2 * self.len) as u64 => format!(
+                    Some(now) if now < (HEADER_BYTES + width * self.len) as u64 => format!(
                         "the file changed while training read it: {now} bytes now, {} when \
                          opened; a shard must not be rewritten or truncated during a run",
-                        HEADER_BYTES + 2 * self.len
+                        HEADER_BYTES + width * self.len
                     ),
                     _ => format!("cannot read tokens {start}..{}: {err}", start + len),
                 };
                 DataError::new(&self.path, problem)
             })?;
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-            .collect())
+        Ok(match width {
+            2 => bytes
+                .chunks_exact(2)
+                .map(|pair| u32::from(u16::from_le_bytes([pair[0], pair[1]])))
+                .collect(),
+            _ => bytes
+                .chunks_exact(4)
+                .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+                .collect(),
+        })
     }
 
     /// Checks that every token id is below `vocab_size`; the error gives the first bad id and
@@ -417,7 +435,7 @@ impl Shard {
     pub fn check_vocab(&self, vocab_size: usize) -> Result<(), DataError> {
         for start in (0..self.len).step_by(SCAN_TOKENS) {
             let tokens = self.window(start, SCAN_TOKENS.min(self.len - start))?;
-            if let Some(i) = tokens.iter().position(|&t| usize::from(t) >= vocab_size) {
+            if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab_size) {
                 return Err(DataError::new(
                     &self.path,
                     format!(
@@ -450,24 +468,36 @@ impl Shard {
     }
 }
 
-/// The bytes of a shard holding `tokens`.
-pub fn shard_bytes(tokens: &[u16]) -> Vec<u8> {
+/// The bytes of a shard holding `tokens`: version 1 (16-bit ids, what llm.c and
+/// modded-nanogpt read) when every id fits in 16 bits, version 2 (32-bit ids) otherwise.
+pub fn shard_bytes<T: Copy + Into<u32>>(tokens: &[T]) -> Vec<u8> {
+    let wide = tokens.iter().any(|&t| t.into() > u32::from(u16::MAX));
     let mut header = [0i32; HEADER_WORDS];
     header[0] = SHARD_MAGIC;
-    header[1] = SHARD_VERSION;
+    header[1] = if wide {
+        SHARD_VERSION_U32
+    } else {
+        SHARD_VERSION
+    };
     header[2] = i32::try_from(tokens.len()).expect("a shard holds fewer than 2³¹ tokens");
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + 2 * tokens.len());
+    let width = if wide { 4 } else { 2 };
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + width * tokens.len());
     header
         .iter()
         .for_each(|w| bytes.extend_from_slice(&w.to_le_bytes()));
-    tokens
-        .iter()
-        .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
+    for &token in tokens {
+        let id: u32 = token.into();
+        if wide {
+            bytes.extend_from_slice(&id.to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&(id as u16).to_le_bytes());
+        }
+    }
     bytes
 }
 
 /// Writes `tokens` as a shard at `path`, atomically ([`write_atomic`]).
-pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
+pub fn write_shard<T: Copy + Into<u32>>(path: &Path, tokens: &[T]) -> Result<(), DataError> {
     write_atomic(path, &shard_bytes(tokens))
         .map_err(|err| DataError::new(path, format!("cannot write: {err}")))
 }

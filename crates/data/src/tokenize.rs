@@ -1,4 +1,5 @@
-//! Text to GPT-2 token shards, offline (`tiktoken-rs` ships the r50k_base ranks).
+//! Text to token shards: the [`Tokenizer`] trait, GPT-2's BPE offline (`tiktoken-rs` ships the
+//! r50k_base ranks) and any Hugging Face `tokenizer.json` (the `tokenizers` crate).
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,30 @@ use crate::loader::write_shard;
 use brainfloat_files::remove_stale_temporaries;
 
 /// GPT-2's `<|endoftext|>`, written before every document as llm.c's data scripts do.
-pub const END_OF_TEXT: u16 = 50256;
+pub const END_OF_TEXT: u32 = 50256;
+
+/// Text to token ids and back, for shards.
+pub trait Tokenizer {
+    /// The ids of `text`, special-token names encoded as ordinary text.
+    fn encode(&self, text: &str) -> Vec<u32>;
+
+    /// The text of `tokens` (lossy where they end inside a UTF-8 character).
+    fn decode(&self, tokens: &[u32]) -> String;
+
+    /// How many ids it can produce: a model's vocabulary must hold at least these.
+    fn vocab_size(&self) -> usize;
+
+    /// The id written before every document in a shard (GPT-2's `<|endoftext|>`), if any.
+    fn document_separator(&self) -> Option<u32>;
+
+    /// A document as it goes into a shard: the separator, then its tokens.
+    fn encode_document(&self, text: &str) -> Vec<u32> {
+        self.document_separator()
+            .into_iter()
+            .chain(self.encode(text))
+            .collect()
+    }
+}
 
 /// Ids the GPT-2 tokenizer knows: `0..50257` (`<|endoftext|>` the last). Models pad their
 /// vocabulary beyond it (the record's 50304); those ids are never text.
@@ -26,33 +50,73 @@ impl Gpt2Tokenizer {
         }
     }
 
-    /// `<|endoftext|>` followed by the document's tokens (special-token text is encoded as
-    /// ordinary text).
-    pub fn encode_document(&self, text: &str) -> Vec<u16> {
-        let tokens = self.bpe.encode_ordinary(text);
-        std::iter::once(END_OF_TEXT)
-            .chain(tokens.into_iter().map(|t| t as u16))
-            .collect()
-    }
-
-    /// The tokens of `text`, with no `<|endoftext|>` before them (special-token text is
-    /// encoded as ordinary text).
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.bpe.encode_ordinary(text)
-    }
-
     /// The bytes of one token (a token may hold part of a UTF-8 character); `None` for an id
     /// outside the tokenizer's [`GPT2_VOCAB`].
     pub fn token_bytes(&self, token: u32) -> Option<Vec<u8>> {
         self.bpe.decode_bytes(&[token]).ok()
     }
+}
 
-    /// Text of `tokens` (lossy for partial UTF-8).
-    pub fn decode(&self, tokens: &[u16]) -> String {
-        let ranks: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+impl Tokenizer for Gpt2Tokenizer {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_ordinary(text)
+    }
+
+    fn decode(&self, tokens: &[u32]) -> String {
         self.bpe
-            .decode(&ranks)
+            .decode(tokens)
             .unwrap_or_else(|_| String::from("<undecodable>"))
+    }
+
+    fn vocab_size(&self) -> usize {
+        GPT2_VOCAB
+    }
+
+    fn document_separator(&self) -> Option<u32> {
+        Some(END_OF_TEXT)
+    }
+}
+
+/// A Hugging Face tokenizer (`tokenizer.json`, as `tokenizers` saves it and the hub serves it),
+/// encoding without added special tokens, as `encode(text, add_special_tokens=False)` does.
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    separator: Option<u32>,
+}
+
+impl HfTokenizer {
+    /// Reads `path`; documents in shards are separated by the first of `<|endoftext|>`,
+    /// `</s>`, `<|end_of_text|>`, `<eos>` the vocabulary has (none if it has none).
+    pub fn from_file(path: &Path) -> Result<Self, DataError> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|err| DataError::new(path, format!("not a tokenizer.json: {err}")))?;
+        let separator = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"]
+            .iter()
+            .find_map(|name| inner.token_to_id(name));
+        Ok(Self { inner, separator })
+    }
+}
+
+impl Tokenizer for HfTokenizer {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.inner
+            .encode(text, false)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn decode(&self, tokens: &[u32]) -> String {
+        self.inner
+            .decode(tokens, false)
+            .unwrap_or_else(|_| String::from("<undecodable>"))
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    fn document_separator(&self) -> Option<u32> {
+        self.separator
     }
 }
 
@@ -76,7 +140,11 @@ pub struct CorpusStats {
 /// Tokenizes `documents` (in order) and writes `{name}_train_000.bin` and `{name}_val_000.bin`
 /// into `out_dir`: every `val_every`-th document (the last of each run of `val_every`) goes to
 /// validation, so both splits span the whole corpus.
+///
+/// Ids that fit in 16 bits go into version-1 shards (what llm.c and modded-nanogpt read), larger
+/// ones into version-2 shards of 32-bit ids.
 pub fn tokenize_to_shards(
+    tokenizer: &dyn Tokenizer,
     documents: &[PathBuf],
     out_dir: &Path,
     name: &str,
@@ -85,7 +153,6 @@ pub fn tokenize_to_shards(
     if documents.is_empty() {
         return Err(DataError::new(out_dir, "no text documents to tokenize"));
     }
-    let tokenizer = Gpt2Tokenizer::new();
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (index, path) in documents.iter().enumerate() {
         let text = std::fs::read_to_string(path)

@@ -8,7 +8,7 @@ use brainfloat_data::{
     write_shard,
 };
 
-fn shard_with(dir: &Path, name: &str, tokens: &[u16]) -> PathBuf {
+fn shard_with(dir: &Path, name: &str, tokens: &[u32]) -> PathBuf {
     let path = dir.join(name);
     write_shard(&path, tokens).unwrap();
     path
@@ -25,7 +25,7 @@ fn open_error(dir: &Path, bytes: &[u8]) -> String {
 #[test]
 fn shards_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens: Vec<u16> = (0..1000u32).map(|i| (i * 7919 % 65536) as u16).collect();
+    let tokens: Vec<u32> = (0..1000u32).map(|i| i * 7919 % 65536).collect();
     let path = shard_with(dir.path(), "a.bin", &tokens);
     let shard = Shard::open(&path).unwrap();
     assert_eq!(shard.len(), 1000);
@@ -55,7 +55,7 @@ fn the_golden_fixture_is_a_valid_shard() {
 #[test]
 fn every_malformed_header_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let good = shard_bytes(&[1, 2, 3, 4]);
+    let good = shard_bytes(&[1u16, 2, 3, 4]);
     let with_word = |index: usize, value: i32| {
         let mut bytes = good.clone();
         bytes[4 * index..4 * index + 4].copy_from_slice(&value.to_le_bytes());
@@ -110,7 +110,7 @@ fn token_ids_beyond_the_vocabulary_are_found() {
 #[test]
 fn a_shard_truncated_after_it_was_opened_is_an_error_naming_it_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens: Vec<u16> = (0..10_000).map(|i| (i % 500) as u16).collect();
+    let tokens: Vec<u32> = (0..10_000).map(|i| i % 500).collect();
     let path = shard_with(dir.path(), "t.bin", &tokens);
     let mut loader = DistributedLoader::new(vec![path.clone()], 4, 16, 0, 1).unwrap();
     assert_eq!(loader.next_window().unwrap(), tokens[..65]);
@@ -175,7 +175,7 @@ fn two_ranks_read_what_the_reference_reads() {
         .iter()
         .enumerate()
         .map(|(s, &len)| {
-            let tokens: Vec<u16> = (0..len).map(|i| (1000 * s + i) as u16).collect();
+            let tokens: Vec<u32> = (0..len).map(|i| (1000 * s + i) as u32).collect();
             shard_with(dir.path(), &format!("train_{s:03}.bin"), &tokens)
         })
         .collect();
@@ -187,8 +187,8 @@ fn two_ranks_read_what_the_reference_reads() {
             .enumerate()
         {
             let window = loader.next_window().unwrap();
-            let want: Vec<u16> = (offset..offset + b * t + 1)
-                .map(|i| (1000 * shard + i) as u16)
+            let want: Vec<u32> = (offset..offset + b * t + 1)
+                .map(|i| (1000 * shard + i) as u32)
                 .collect();
             assert_eq!(window, want, "rank {rank}, step {step}");
         }
@@ -206,8 +206,8 @@ fn two_ranks_read_what_the_reference_reads() {
 fn a_loader_resumes_from_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let paths = vec![
-        shard_with(dir.path(), "a.bin", &(0..100).collect::<Vec<u16>>()),
-        shard_with(dir.path(), "b.bin", &(1000..1100).collect::<Vec<u16>>()),
+        shard_with(dir.path(), "a.bin", &(0..100).collect::<Vec<u32>>()),
+        shard_with(dir.path(), "b.bin", &(1000..1100).collect::<Vec<u32>>()),
     ];
     let mut straight = DistributedLoader::new(paths.clone(), 2, 10, 0, 1).unwrap();
     let mut resumed = DistributedLoader::new(paths.clone(), 2, 10, 0, 1).unwrap();

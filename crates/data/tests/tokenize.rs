@@ -1,6 +1,8 @@
 //! GPT-2 tokenizing of text into shards, on small fixture text (no network).
 
-use brainfloat_data::{END_OF_TEXT, Gpt2Tokenizer, Shard, text_files, tokenize_to_shards};
+use brainfloat_data::{
+    END_OF_TEXT, Gpt2Tokenizer, Shard, Tokenizer, text_files, tokenize_to_shards,
+};
 
 #[test]
 fn documents_get_gpt2_ids_after_end_of_text() {
@@ -33,7 +35,7 @@ fn text_files_become_train_and_val_shards() {
     let files = text_files(&texts).unwrap();
     assert_eq!(files.len(), 5);
     let out = dir.path().join("shards");
-    let stats = tokenize_to_shards(&files, &out, "mine", 5).unwrap();
+    let stats = tokenize_to_shards(&Gpt2Tokenizer::new(), &files, &out, "mine", 5).unwrap();
     assert_eq!((stats.documents, stats.val_tokens > 0), (5, true));
     let train = Shard::open(&out.join("mine_train_000.bin")).unwrap();
     let val = Shard::open(&out.join("mine_val_000.bin")).unwrap();

@@ -68,7 +68,7 @@ pub fn generate(
 ) -> Result<Generation, GenerateError> {
     let config = model.config();
     let (vocab_size, max_seq_len) = (config.vocab_size, config.max_seq_len);
-    let end_of_text = END_OF_TEXT as u32;
+    let end_of_text = END_OF_TEXT;
     let mut context = first_context(prompt, config)?;
     let mut sampler = Sampler::new(options.sampling, vocab_size.min(GPT2_VOCAB))?;
     let started = Instant::now();
@@ -147,7 +147,7 @@ pub fn first_context(prompt: &[u32], config: &GptConfig) -> Result<Vec<u32>, Gen
     if vocab_size <= END_OF_TEXT as usize {
         return Err(GenerateError::EmptyPrompt { vocab_size });
     }
-    Ok(vec![END_OF_TEXT as u32])
+    Ok(vec![END_OF_TEXT])
 }
 
 /// `model` converted for generation on `device`: its linear weights stored in the dtype its

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use brainfloat_data::{
-    DistributedLoader, Gpt2Tokenizer, LoaderPosition, ShardIdentity, shard_paths,
+    DistributedLoader, Gpt2Tokenizer, LoaderPosition, ShardIdentity, Tokenizer, shard_paths,
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
@@ -627,7 +627,7 @@ impl Trainer {
         let windows = (0..accum_steps)
             .map(|_| self.train.next_window())
             .collect::<Result<Vec<_>, _>>()?;
-        let windows: Vec<&[u16]> = windows.iter().map(Vec::as_slice).collect();
+        let windows: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
         for batch in Batch::from_windows(&windows, micro, seq_len, &self.device)? {
             let mut loss = self.model.forward(&batch)?;
             if poison_loss {

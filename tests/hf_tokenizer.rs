@@ -1,0 +1,66 @@
+//! A `tokenizer.json` made by Hugging Face's `tokenizers` library (from PyPI, trained in the
+//! test: no model hub) tokenizes a text here exactly as the library does, and its shards carry
+//! those ids.
+
+use std::path::Path;
+
+use brainfloat_data::{HfTokenizer, Shard, Tokenizer, tokenize_to_shards};
+use brainfloat_tests::torch_python;
+
+/// Text with what byte-level BPE must get right: spaces, newlines, punctuation, digits,
+/// non-ASCII letters, an emoji, and the separator's name as ordinary text.
+const PROBE: &str = "The state of the Union is strong.\n  Two  spaces, tabs\tand 1790–2021!\n\
+                     Ünïcödé naïve café — 東京 🚀 <|endoftext|> done.";
+
+#[test]
+fn a_hugging_face_tokenizer_json_encodes_as_the_library_does() {
+    let Some(python) = torch_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let training = dir.path().join("training.txt");
+    let corpus =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    std::fs::write(&training, &corpus).unwrap();
+    let probe = dir.path().join("probe.txt");
+    std::fs::write(&probe, PROBE).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hf_tokenizer.py");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .arg(&training)
+        .arg(dir.path())
+        .arg(&probe)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tokenizers failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(theirs["ids"].clone()).unwrap();
+
+    let ours = HfTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    assert_eq!(ours.encode(PROBE), ids, "the same ids as the library");
+    assert_eq!(ours.decode(&ids), theirs["decoded"].as_str().unwrap());
+    assert_eq!(ours.decode(&ids), PROBE, "byte-level BPE round-trips");
+    assert_eq!(
+        ours.vocab_size() as u64,
+        theirs["vocab_size"].as_u64().unwrap()
+    );
+    let separator = theirs["end_of_text"].as_u64().map(|id| id as u32);
+    assert_eq!(ours.document_separator(), separator);
+
+    // Shards of two documents: the separator, then each document's ids.
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("a.txt"), PROBE).unwrap();
+    std::fs::write(docs.join("b.txt"), "done.").unwrap();
+    let files = brainfloat_data::text_files(&docs).unwrap();
+    let out = dir.path().join("shards");
+    tokenize_to_shards(&ours, &files, &out, "hf", 2).unwrap();
+    let train = Shard::open(&out.join("hf_train_000.bin")).unwrap();
+    let want: Vec<u32> = separator.into_iter().chain(ids).collect();
+    assert_eq!(train.window(0, train.len()).unwrap(), want);
+}
