@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use brainfloat_data::{HfTokenizer, Shard, Tokenizer, tokenize_to_shards};
+use brainfloat_data::{
+    DocumentSource, HfTokenizer, Shard, ShardOptions, Tokenizer, tokenize_to_shards,
+};
 use brainfloat_tests::torch_python;
 
 /// Text with what byte-level BPE must get right: spaces, newlines, punctuation, digits,
@@ -57,9 +59,17 @@ fn a_hugging_face_tokenizer_json_encodes_as_the_library_does() {
     std::fs::create_dir(&docs).unwrap();
     std::fs::write(docs.join("a.txt"), PROBE).unwrap();
     std::fs::write(docs.join("b.txt"), "done.").unwrap();
-    let files = brainfloat_data::text_files(&docs).unwrap();
+    let documents = DocumentSource::at(&docs, "text")
+        .unwrap()
+        .documents()
+        .unwrap();
     let out = dir.path().join("shards");
-    tokenize_to_shards(&ours, &files, &out, "hf", 2).unwrap();
+    let options = ShardOptions {
+        name: "hf".into(),
+        val_every: 2,
+        shard_tokens: usize::MAX,
+    };
+    tokenize_to_shards(&ours, documents, &out, &options, |_, _| {}).unwrap();
     let train = Shard::open(&out.join("hf_train_000.bin")).unwrap();
     let want: Vec<u32> = separator.into_iter().chain(ids).collect();
     assert_eq!(train.window(0, train.len()).unwrap(), want);

