@@ -29,7 +29,7 @@ print(
             "ids": encoding.ids,
             "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
             "end_of_text": tokenizer.token_to_id("<|endoftext|>"),
-            "decoded": tokenizer.decode(encoding.ids),
+            "decoded": tokenizer.decode(encoding.ids, skip_special_tokens=False),
         }
     )
 )

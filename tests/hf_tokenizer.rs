@@ -10,7 +10,8 @@ use brainfloat_data::{
 use brainfloat_tests::torch_python;
 
 /// Text with what byte-level BPE must get right: spaces, newlines, punctuation, digits,
-/// non-ASCII letters, an emoji, and the separator's name as ordinary text.
+/// non-ASCII letters, an emoji, and the separator's name (an added token: the library gives it
+/// its id).
 const PROBE: &str = "The state of the Union is strong.\n  Two  spaces, tabs\tand 1790–2021!\n\
                      Ünïcödé naïve café — 東京 🚀 <|endoftext|> done.";
 

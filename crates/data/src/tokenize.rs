@@ -12,7 +12,8 @@ pub const END_OF_TEXT: u32 = 50256;
 
 /// Text to token ids and back, for shards.
 pub trait Tokenizer {
-    /// The ids of `text`, special-token names encoded as ordinary text.
+    /// The ids of `text`: GPT-2's BPE encodes special-token names as ordinary text (as llm.c's
+    /// scripts do); a `tokenizer.json` matches its added tokens as its library does.
     fn encode(&self, text: &str) -> Vec<u32>;
 
     /// The text of `tokens` (lossy where they end inside a UTF-8 character).
