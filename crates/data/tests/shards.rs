@@ -52,6 +52,26 @@ fn the_golden_fixture_is_a_valid_shard() {
     shard.check_vocab(512).unwrap();
 }
 
+/// Ids past 16 bits make a version-2 shard of 32-bit ids, read back exactly; ids that fit stay
+/// in llm.c's version 1, byte for byte what llm.c writes.
+#[test]
+fn wide_ids_go_into_version_2_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide: Vec<u32> = vec![0, 65_535, 65_536, 128_255, 7];
+    let path = shard_with(dir.path(), "wide.bin", &wide);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(i32::from_le_bytes(bytes[4..8].try_into().unwrap()), 2);
+    assert_eq!(bytes.len(), HEADER_BYTES + 4 * wide.len());
+    let shard = Shard::open(&path).unwrap();
+    assert_eq!(shard.window(0, wide.len()).unwrap(), wide);
+    assert_eq!(shard.token(3).unwrap(), 128_255);
+    let err = shard.check_vocab(100_000).unwrap_err().to_string();
+    assert!(err.contains("token id 128255 at position 3"), "{err}");
+    let narrow = shard_bytes(&[0u32, 65_535]);
+    assert_eq!(i32::from_le_bytes(narrow[4..8].try_into().unwrap()), 1);
+    assert_eq!(&narrow[HEADER_BYTES..], &[0, 0, 255, 255]);
+}
+
 #[test]
 fn every_malformed_header_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +85,10 @@ fn every_malformed_header_is_named() {
         (good[..100].to_vec(), "truncated header: 100 bytes"),
         (Vec::new(), "truncated header: 0 bytes"),
         (with_word(0, 20240521), "wrong magic number 20240521"),
-        (with_word(1, 7), "unsupported version 7 (expected 1)"),
+        (
+            with_word(1, 7),
+            "unsupported version 7 (expected 1: 16-bit token ids, or 2: 32-bit)",
+        ),
         (
             with_word(2, 5),
             "header says 5 tokens (10 bytes) but the file holds 4 tokens (8 bytes)",
@@ -82,6 +105,15 @@ fn every_malformed_header_is_named() {
         (
             [good.clone(), vec![0, 0]].concat(),
             "but the file holds 5 tokens",
+        ),
+        // A version-2 shard's ids are 4 bytes: the same payload is 2 tokens there, not 4.
+        (with_word(1, 2), "header says 4 tokens (16 bytes) but the file holds 2 tokens"),
+        (
+            {
+                let wide = shard_bytes(&[70_000u32, 1]);
+                wide[..wide.len() - 2].to_vec()
+            },
+            "ragged token payload of 6 bytes: tokens are 4-byte uint32",
         ),
     ];
     for (bytes, message) in cases {
