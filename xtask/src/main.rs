@@ -147,12 +147,41 @@ fn test(args: &[String]) -> Result<bool, String> {
     if value_of(args, "--backend").is_none() {
         eprintln!("xtask: the `cuda` feature compiles without GitHub");
         results.push(("`cuda` feature compiles".to_string(), cuda_compiles()));
+        eprintln!("xtask: every published crate packages");
+        results.push(("crates package".to_string(), crates_package()));
     }
     for (what, passed) in &results {
         let result = if *passed { "passed" } else { "FAILED" };
         eprintln!("xtask: {what}: {result}");
     }
     Ok(results.iter().all(|(_, passed)| *passed))
+}
+
+/// The workspace's members that are not published (tests, examples, this task runner).
+const UNPUBLISHED: [&str; 4] = [
+    "brainfloat-tests",
+    "brainfloat-examples",
+    "brainfloat-test-support",
+    "xtask",
+];
+
+/// `cargo package` of every published crate: versions on every dependency, license files,
+/// metadata, and every file a crate includes inside it. (Not verified by building the packages:
+/// that is the suite's build once more; `cargo package --workspace` without `--no-verify` does
+/// it.)
+fn crates_package() -> bool {
+    let mut package = cargo_command();
+    package.args([
+        "package",
+        "--workspace",
+        "--no-verify",
+        "--allow-dirty",
+        "--quiet",
+    ]);
+    for crate_name in UNPUBLISHED {
+        package.args(["--exclude", crate_name]);
+    }
+    status(&mut package)
 }
 
 /// The crate whose build script downloads LLVM from GitHub; upstream cubecl-cuda pulls it in,

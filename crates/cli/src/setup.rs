@@ -18,8 +18,9 @@ use clap::Args;
 use crate::corpus::prepare_sotu;
 use crate::error::CliError;
 
-/// The default configuration, embedded so that `brainfloat train` works anywhere.
-const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
+/// The default configuration, embedded so that `brainfloat train` works anywhere (`tiny.toml`
+/// beside this crate links `configs/tiny.toml`, so a packaged crate carries it too).
+const TINY_TOML: &str = include_str!("../tiny.toml");
 
 #[derive(Args)]
 pub struct RunArgs {

@@ -107,7 +107,10 @@ fn every_malformed_header_is_named() {
             "but the file holds 5 tokens",
         ),
         // A version-2 shard's ids are 4 bytes: the same payload is 2 tokens there, not 4.
-        (with_word(1, 2), "header says 4 tokens (16 bytes) but the file holds 2 tokens"),
+        (
+            with_word(1, 2),
+            "header says 4 tokens (16 bytes) but the file holds 2 tokens",
+        ),
         (
             {
                 let wide = shard_bytes(&[70_000u32, 1]);
