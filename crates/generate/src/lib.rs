@@ -8,7 +8,7 @@
 //! its precision policy (bf16 under the bf16 presets), as in training.
 //!
 //! ```
-//! use brainfloat_data::Gpt2Tokenizer;
+//! use brainfloat_data::{Gpt2Tokenizer, Tokenizer};
 //! use brainfloat_generate::{GenerateOptions, Sampling, generate};
 //! use brainfloat_gpt::GptConfig;
 //! use burn::tensor::Device;
