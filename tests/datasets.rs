@@ -2,13 +2,14 @@
 //! shards whose tokens equal the `.txt` route's for the same documents; shards close at a set
 //! size with documents kept whole; a missing field or column is named.
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use brainfloat_data::{
     DocumentSource, END_OF_TEXT, Gpt2Tokenizer, Shard, ShardOptions, shard_paths,
     tokenize_to_shards,
 };
-use brainfloat_tests::torch_python;
+use brainfloat_tests::{python_output, torch_python};
 
 const DOCUMENTS: [&str; 7] = [
     "The state of the Union is strong.",
@@ -29,6 +30,15 @@ fn tokens(dir: &Path, name: &str, split: &str) -> (Vec<u32>, usize) {
         all.extend(shard.window(0, shard.len()).unwrap());
     }
     (all, paths.len())
+}
+
+/// The error of the first document of `path`'s `field`.
+fn first_error(path: &Path, field: &str) -> String {
+    let mut documents = DocumentSource::at(path, field)
+        .unwrap()
+        .documents()
+        .unwrap();
+    documents.next().unwrap().unwrap_err().to_string()
 }
 
 fn shards(source: &DocumentSource, out: &Path, shard_tokens: usize) {
@@ -99,14 +109,7 @@ fn jsonl_and_parquet_give_the_tokens_of_the_text_route() {
     }
 
     // Named errors.
-    let err = DocumentSource::at(&jsonl, "body")
-        .unwrap()
-        .documents()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let err = first_error(&jsonl, "body");
     assert!(
         err.contains("set.jsonl") && err.contains("line 1: no field `body`"),
         "{err}"
@@ -120,17 +123,14 @@ fn jsonl_and_parquet_give_the_tokens_of_the_text_route() {
                   docs = json.loads(sys.argv[1])\n\
                   table = pyarrow.table({'id': list(range(len(docs))), 'content': docs})\n\
                   pq.write_table(table, sys.argv[2], row_group_size=3)\n";
-    let output = std::process::Command::new(python)
-        .args(["-c", script])
-        .arg(serde_json::to_string(&DOCUMENTS).unwrap())
-        .arg(&parquet)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "pyarrow failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let documents = serde_json::to_string(&DOCUMENTS).unwrap();
+    let args = [
+        OsStr::new("-c"),
+        OsStr::new(script),
+        OsStr::new(&documents),
+        parquet.as_os_str(),
+    ];
+    python_output(&python, &args);
     let parquet_out = dir.path().join("from_parquet");
     shards(
         &DocumentSource::at(&parquet, "content").unwrap(),
@@ -152,13 +152,6 @@ fn jsonl_and_parquet_give_the_tokens_of_the_text_route() {
         err.contains("no column `body` (columns: id, content)"),
         "{err}"
     );
-    let err = DocumentSource::at(&parquet, "id")
-        .unwrap()
-        .documents()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let err = first_error(&parquet, "id");
     assert!(err.contains("not text"), "{err}");
 }

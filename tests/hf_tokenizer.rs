@@ -7,7 +7,7 @@ use std::path::Path;
 use brainfloat_data::{
     DocumentSource, HfTokenizer, Shard, ShardOptions, Tokenizer, tokenize_to_shards,
 };
-use brainfloat_tests::torch_python;
+use brainfloat_tests::{python_output, script, torch_python};
 
 /// Text with what byte-level BPE must get right: spaces, newlines, punctuation, digits,
 /// non-ASCII letters, an emoji, and the separator's name (an added token: the library gives it
@@ -28,20 +28,10 @@ fn a_hugging_face_tokenizer_json_encodes_as_the_library_does() {
     std::fs::write(&training, &corpus).unwrap();
     let probe = dir.path().join("probe.txt");
     std::fs::write(&probe, PROBE).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hf_tokenizer.py");
-    let output = std::process::Command::new(python)
-        .arg(&script)
-        .arg(&training)
-        .arg(dir.path())
-        .arg(&probe)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "tokenizers failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let script = script("hf_tokenizer.py");
+    let args = [&script, &training, &dir.path().to_path_buf(), &probe];
+    let stdout = python_output(&python, &args);
+    let theirs: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     let ids: Vec<u32> = serde_json::from_value(theirs["ids"].clone()).unwrap();
 
     let ours = HfTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();

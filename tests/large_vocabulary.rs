@@ -26,54 +26,25 @@ fn a_vocabulary_over_65536_trains_through_32_bit_shards() {
     let read = Shard::open(&shard).unwrap();
     assert_eq!(read.window(0, 16).unwrap(), pattern);
 
-    let toml = format!(
-        r#"
-[model]
-size = "tiny"
-vocab_size = 70016
-[data]
-train = "{shard}"
-val = "{shard}"
-[train]
-steps = 12
-batch_size = 4
-seq_len = 32
-grad_accum_steps = 1
-ranks = 1
-warmup_steps = 0
-warmdown_steps = 0
-seed = 7
-precision = "bf16"
-[optim]
-embedding_lr = 0.3
-head_lr = 0.01
-scalar_lr = 0.02
-matrix_lr = 0.02
-adam_beta1 = 0.9
-adam_beta2 = 0.95
-adam_eps = 1e-8
-muon_momentum = 0.95
-ns_steps = 5
-[eval]
-every = 0
-tokens = 1024
-[output]
-dir = "{out}"
-checkpoint_every = 0
-log_format = "human"
-progress = false
-"#,
-        shard = shard.display(),
-        out = dir.path().join("out").display()
-    );
-    let config = TrainConfig::load(
-        &ConfigSource::Text {
-            name: "wide.toml".into(),
-            toml,
-        },
-        &[],
-    )
-    .unwrap();
+    // The shipped tiny config, on this shard, at this vocabulary.
+    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/tiny.toml");
+    let set = |key: &str, value: String| format!("{key}={value}");
+    let overrides = [
+        set("model.vocab_size", "70016".into()),
+        set("data.train", shard.display().to_string()),
+        set("data.val", shard.display().to_string()),
+        set("train.steps", "12".into()),
+        set("train.batch_size", "4".into()),
+        set("train.seq_len", "32".into()),
+        set("train.warmdown_steps", "0".into()),
+        set("optim.head_lr", "0.01".into()),
+        set("eval.every", "0".into()),
+        set("eval.tokens", "1024".into()),
+        set("eval.sample_every", "0".into()),
+        set("output.dir", dir.path().join("out").display().to_string()),
+        set("output.progress", "false".into()),
+    ];
+    let config = TrainConfig::load(&ConfigSource::File(tiny), &overrides).unwrap();
     let device = brainfloat_test_support::test_device();
     let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
     let first = trainer.evaluate().unwrap().val_loss;

@@ -3,10 +3,9 @@
 //! (to float32, which is what TensorBoard stores), per-group figures under `key/group`, and
 //! samples as text.
 
-use std::path::Path;
 use std::time::Duration;
 
-use brainfloat_tests::torch_python;
+use brainfloat_tests::{python_output, script, torch_python};
 use brainfloat_trainer::plugins::MetricsPlugin;
 use brainfloat_trainer::{
     EvalStats, LostUpdates, MemoryReading, MetricsLine, ParamGroup, Plugin, SampleStats, StepStats,
@@ -66,18 +65,9 @@ fn tensorboard_reads_back_the_values_of_metrics_jsonl() {
         .unwrap();
     drop(plugin);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/read_tensorboard.py");
-    let output = std::process::Command::new(python)
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "TensorBoard's reader failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let script = script("read_tensorboard.py");
+    let stdout = python_output(&python, &[script.as_os_str(), dir.path().as_os_str()]);
+    let read: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
 
     // What metrics.jsonl says, line by line, as (tag, step, value).
     let mut expected = Vec::new();

@@ -108,3 +108,25 @@ pub fn torch_python() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// The standard output of `python script args…` (a script of `scripts/`, or `-c CODE`); a
+/// failure is the test's, with the interpreter's standard error.
+pub fn python_output<S: AsRef<std::ffi::OsStr>>(python: &std::path::Path, args: &[S]) -> Vec<u8> {
+    let output = std::process::Command::new(python)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// `scripts/{name}`.
+pub fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name)
+}
