@@ -158,9 +158,10 @@ fn test(args: &[String]) -> Result<bool, String> {
 }
 
 /// The workspace's members that are not published (tests, examples, this task runner).
-const UNPUBLISHED: [&str; 4] = [
+const UNPUBLISHED: [&str; 5] = [
     "brainfloat-tests",
     "brainfloat-examples",
+    "brainfloat-downstream",
     "brainfloat-test-support",
     "xtask",
 ];
