@@ -41,6 +41,13 @@ fn first_error(path: &Path, field: &str) -> String {
     documents.next().unwrap().unwrap_err().to_string()
 }
 
+/// Both splits under `a` hold `b`'s tokens in `b`'s shard count.
+fn assert_same_splits(a: &Path, b: &Path) {
+    for split in ["train", "val"] {
+        assert_eq!(tokens(a, "set", split), tokens(b, "set", split), "{split}");
+    }
+}
+
 fn shards(source: &DocumentSource, out: &Path, shard_tokens: usize) {
     let options = ShardOptions {
         name: "set".into(),
@@ -80,13 +87,7 @@ fn jsonl_and_parquet_give_the_tokens_of_the_text_route() {
         &jsonl_out,
         usize::MAX,
     );
-    for split in ["train", "val"] {
-        assert_eq!(
-            tokens(&jsonl_out, "set", split),
-            tokens(&text_out, "set", split),
-            "{split}"
-        );
-    }
+    assert_same_splits(&jsonl_out, &text_out);
     let (train, _) = tokens(&text_out, "set", "train");
     assert_eq!(train[0], END_OF_TEXT);
 
@@ -137,13 +138,7 @@ fn jsonl_and_parquet_give_the_tokens_of_the_text_route() {
         &parquet_out,
         usize::MAX,
     );
-    for split in ["train", "val"] {
-        assert_eq!(
-            tokens(&parquet_out, "set", split),
-            tokens(&text_out, "set", split),
-            "{split}"
-        );
-    }
+    assert_same_splits(&parquet_out, &text_out);
     let err = match DocumentSource::at(&parquet, "body").unwrap().documents() {
         Ok(_) => panic!("a column that is not there"),
         Err(err) => err.to_string(),

@@ -44,9 +44,7 @@ pub use error::{TensorFileError, TrainError};
 #[cfg(feature = "testing")]
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
 pub use history::keep_last;
-pub use optim::{
-    LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor, grad_norm,
-};
+pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
     SampleStats, StepStats,

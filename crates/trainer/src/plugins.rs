@@ -159,8 +159,8 @@ impl MetricsPlugin {
                 self.out.insert(BufWriter::new(file))
             }
         };
-        let value = serde_json::to_value(line).expect("a metrics line serializes");
-        writeln!(out, "{value}")
+        let text = serde_json::to_string(line).expect("a metrics line serializes");
+        writeln!(out, "{text}")
             .and_then(|_| out.flush())
             .map_err(error)?;
         if let Some((dir, events)) = &mut self.tensorboard {
@@ -172,6 +172,7 @@ impl MetricsPlugin {
                 Some(events) => events,
                 None => events.insert(EventWriter::create(dir).map_err(error)?),
             };
+            let value = serde_json::to_value(line).expect("a metrics line serializes");
             write_events(events, line.step, &value).map_err(error)?;
         }
         Ok(())

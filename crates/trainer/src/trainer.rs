@@ -24,7 +24,7 @@ use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
 use crate::faults::{NonFinite, injections};
 use crate::history::{keep_last, remove_orphans, set_aside};
-use crate::optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor, grad_norm};
+use crate::optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor};
 use crate::output::OutputFolder;
 use crate::plugins::{
     Action, CheckpointInfo, EvalStats, Plugin, RunInfo, RunSummary, SampleStats, StepStats,
@@ -648,7 +648,7 @@ impl Trainer {
         };
         // Checked before the update, so that a bad step is never applied and nothing is kept
         // aside to undo it: a second handle to the weights would make every in-place update copy.
-        let grad_norm = grad_norm(&*self.model, &grads, grad_scale);
+        let grad_norm = self.optimizer.grad_norm(&*self.model, &grads, grad_scale);
         let grad_scale = grad_scale * clip_factor(grad_norm, self.config.optim.max_grad_norm);
         let losses: Vec<f64> = Tensor::cat(losses, 0)
             .into_data()

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use brainfloat_precision::{ParamPath, ParamRole, ParamRoles, RoleMap, UpdateRounding};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -348,7 +348,7 @@ impl RecordOptimizer {
     /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
     /// (`1/grad_accum_steps`, in the gradient's dtype), every group's rate by `lr_multiplier`.
     /// Each parameter and its state are updated in place where the model and this optimizer
-    /// hold the only handles to them. Check [`grad_norm`] first: a step is applied, never
+    /// hold the only handles to them. Check [`grad_norm`](Self::grad_norm) first: a step is applied, never
     /// undone.
     ///
     /// # Panics
@@ -373,6 +373,47 @@ impl RecordOptimizer {
             lr_multiplier,
             step,
         })
+    }
+
+    /// The global L2 norm of the gradients in `grads` of `model`'s trained parameters (frozen
+    /// ones are not updated, so neither counted nor clipped, as only the trained parameters go
+    /// to `clip_grad_norm_` in PyTorch), each multiplied by `scale`, squares summed in fp32:
+    /// known before any update, so that a non-finite step is dropped before it is applied.
+    pub fn grad_norm<M: ParamRoles>(
+        &mut self,
+        model: &M,
+        grads: &GradientsParams,
+        scale: f64,
+    ) -> f64 {
+        struct Squares<'a> {
+            optimizer: &'a RecordOptimizer,
+            grads: &'a GradientsParams,
+            sums: Vec<Tensor<1>>,
+        }
+        impl ModuleVisitor for Squares<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if self.optimizer.is_frozen(param.id) {
+                    return;
+                }
+                if let Some(grad) = self.grads.get::<D>(param.id) {
+                    self.sums.push(brainfloat_ops::square_sum(grad));
+                }
+            }
+        }
+        if self.params.is_empty() {
+            self.params = param_table(model);
+        }
+        let mut squares = Squares {
+            optimizer: self,
+            grads,
+            sums: Vec::new(),
+        };
+        model.visit(&mut squares);
+        if squares.sums.is_empty() {
+            return 0.0;
+        }
+        let sum = Tensor::cat(squares.sums, 0).sum().into_scalar::<f32>();
+        (sum as f64).sqrt() * scale.abs()
     }
 
     /// Whether the parameter `id` has a frozen role.
@@ -442,33 +483,6 @@ impl RecordOptimizer {
         }
         value
     }
-}
-
-/// The global L2 norm of `model`'s gradients in `grads`, each multiplied by `scale`, with
-/// squares summed in fp32: known before any update, so that a non-finite step is dropped
-/// before it is applied.
-pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, scale: f64) -> f64 {
-    struct Squares<'a> {
-        grads: &'a GradientsParams,
-        sums: Vec<Tensor<1>>,
-    }
-    impl ModuleVisitor for Squares<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.grads.get::<D>(param.id) {
-                self.sums.push(brainfloat_ops::square_sum(grad));
-            }
-        }
-    }
-    let mut squares = Squares {
-        grads,
-        sums: Vec::new(),
-    };
-    model.visit(&mut squares);
-    if squares.sums.is_empty() {
-        return 0.0;
-    }
-    let sum = Tensor::cat(squares.sums, 0).sum().into_scalar::<f32>();
-    (sum as f64).sqrt() * scale.abs()
 }
 
 /// What gradients of global norm `norm` are multiplied by to clip them to `max_norm`:
@@ -705,6 +719,30 @@ mod tests {
         };
         let (before, after, _) = trained_head(config, 2);
         assert_eq!(before, after);
+    }
+
+    /// The norm counts the trained parameters' gradients, a frozen role's not.
+    #[test]
+    fn the_gradient_norm_leaves_frozen_parameters_out() {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let layer = Head {
+            linear: CastedLinearConfig::new(4, 3).init(&device),
+        };
+        let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.25, 2.0]], &device);
+        let grads = GradientsParams::from_grads(layer.linear.forward(x).sum().backward(), &layer);
+        let want = (3.0f64 * (1.5 * 1.5 + 1.0 + 3.25 * 3.25 + 6.0 * 6.0)).sqrt();
+        let norm =
+            RecordOptimizer::new(RecordOptimizerConfig::default()).grad_norm(&layer, &grads, 0.5);
+        assert!(
+            (norm - 0.5 * want).abs() < 1e-5 * want,
+            "{norm} vs {}",
+            0.5 * want
+        );
+        let mut frozen = RecordOptimizer::new(RecordOptimizerConfig {
+            frozen: vec![ParamRole::OutputMatrix],
+            ..Default::default()
+        });
+        assert_eq!(frozen.grad_norm(&layer, &grads, 0.5), 0.0);
     }
 
     #[test]

@@ -103,17 +103,19 @@ impl<'a> Writer<'a> {
     /// observer, if any).
     pub fn weights(&mut self, value: Tensor<1>, direction: Tensor<1>, scale: f64) -> Tensor<1> {
         let compute = self.compute();
-        let delta = |scale: f64| in_dtype(direction.clone(), compute).mul_scalar(scale);
+        // `direction` is moved into the one delta made, so that its multiply reuses its buffer.
+        let delta =
+            |direction: Tensor<1>, scale: f64| in_dtype(direction, compute).mul_scalar(scale);
         let seen = self
             .observer
             .is_some()
-            .then(|| (host_f32(&value), host_f32(&delta(scale))));
+            .then(|| (host_f32(&value), host_f32(&delta(direction.clone(), scale))));
         let updated = match self.rounding {
-            UpdateRounding::Nearest => value - delta(scale),
+            UpdateRounding::Nearest => value - delta(direction, scale),
             // One pass: SR(value − scale · direction).
             UpdateRounding::Stochastic => brainfloat_ops::stochastic_axpby(
                 value,
-                direction.clone(),
+                direction,
                 1.0,
                 -scale as f32,
                 self.key(Stream::Weight),
@@ -124,7 +126,7 @@ impl<'a> Writer<'a> {
                     .take()
                     .unwrap_or_else(|| value.zeros_like());
                 let (updated, compensation) =
-                    brainfloat_ops::kahan_add(value, compensation, delta(-scale));
+                    brainfloat_ops::kahan_add(value, compensation, delta(direction, -scale));
                 self.compensation = Some(compensation);
                 updated
             }
