@@ -8,7 +8,7 @@
 
 use brainfloat_backend::Backend;
 use brainfloat_data::write_shard;
-use brainfloat_gpt::ModelSize;
+use brainfloat_gpt::{Arch, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::plugins::{CheckpointPlugin, LogPlugin, MetricsPlugin};
 use brainfloat_trainer::{
@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps = 40;
     let config = TrainConfig {
         model: ModelSection {
+            arch: Arch::Record,
             size: ModelSize::Tiny,
             vocab_size: Some(512),
             n_layer: None,
@@ -35,6 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_seq_len: None,
             logit_softcap: None,
             rope_base: None,
+            d_mlp: None,
+            layer_norm_eps: None,
+            gelu: None,
         },
         data: DataSection {
             train: shard.clone(),

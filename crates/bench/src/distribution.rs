@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use brainfloat_backend::MemoryMeasure;
-use brainfloat_gpt::{Batch, Gpt};
+use brainfloat_gpt::{Batch, LanguageModel};
 use brainfloat_memory as memory;
 use brainfloat_precision::{dtype_info, named_grads, named_params};
 use burn::tensor::{Device, Tensor};
@@ -92,7 +92,7 @@ fn rows_by_dtype<'a>(
 /// trainer's state tensors): weights, gradients and state from their tensors, activations as
 /// the bytes the forward pass leaves allocated by `measure` (no row where it measures nothing).
 pub fn measure_distribution(
-    model: &Gpt,
+    model: &impl LanguageModel,
     optimizer_state: &[Tensor<1>],
     batch: &Batch,
     measure: MemoryMeasure,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use brainfloat_gpt::GptConfig;
+use brainfloat_gpt::ModelShape;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -30,16 +30,30 @@ impl MatmulShape {
     }
 }
 
-/// The three products of each distinct linear layer of `gpt` over `tokens` rows (one
-/// micro-batch): forward `x·Wᵀ`, grad-input `dy·W` and grad-weight `dyᵀ·x`.
-pub fn model_matmul_shapes(gpt: &GptConfig, tokens: usize) -> Vec<MatmulShape> {
-    let d = gpt.d_model;
-    let layers = [
-        ("attn.c_q/k/v/proj", d, d),
-        ("mlp.c_fc", d, 4 * d),
-        ("mlp.c_proj", 4 * d, d),
-        ("lm_head", d, gpt.vocab_size),
-    ];
+/// The three products of each distinct linear layer of the model of `shape` over `tokens` rows
+/// (one micro-batch): forward `x·Wᵀ`, grad-input `dy·W` and grad-weight `dyᵀ·x`.
+pub fn model_matmul_shapes(shape: &ModelShape, tokens: usize) -> Vec<MatmulShape> {
+    let layers = match shape {
+        ModelShape::Record(gpt) => {
+            let d = gpt.d_model;
+            vec![
+                ("attn.c_q/k/v/proj", d, d),
+                ("mlp.c_fc", d, 4 * d),
+                ("mlp.c_proj", 4 * d, d),
+                ("lm_head", d, gpt.vocab_size),
+            ]
+        }
+        ModelShape::Gpt2(gpt2) => {
+            let (d, m) = (gpt2.d_model, gpt2.mlp_width());
+            vec![
+                ("attn.c_attn", d, 3 * d),
+                ("attn.c_proj", d, d),
+                ("mlp.c_fc", d, m),
+                ("mlp.c_proj", m, d),
+                ("lm_head (tied wte)", d, gpt2.vocab_size),
+            ]
+        }
+    };
     let mut shapes = Vec::with_capacity(3 * layers.len());
     for (layer, fan_in, fan_out) in layers {
         let shape = |pass: &str, m, k, n| MatmulShape {
@@ -147,9 +161,9 @@ mod tests {
 
     #[test]
     fn shapes_cover_each_linear_three_times_with_the_models_flops() {
-        let gpt = GptConfig::tiny();
+        let gpt = brainfloat_gpt::GptConfig::tiny();
         let tokens = 128;
-        let shapes = model_matmul_shapes(&gpt, tokens);
+        let shapes = model_matmul_shapes(&ModelShape::Record(gpt.clone()), tokens);
         assert_eq!(shapes.len(), 12);
         // Per token, one forward product of each distinct layer is 2·fan_in·fan_out FLOPs; the
         // blocks hold 4 of the d×d kind and one each of the MLP kinds, so weighting the forward
@@ -179,6 +193,26 @@ mod tests {
             (head.m, head.k, head.n),
             (tokens, gpt.d_model, gpt.vocab_size)
         );
+    }
+
+    #[test]
+    fn gpt2s_shapes_add_up_to_its_matmul_flops() {
+        let gpt2 = brainfloat_gpt::Gpt2Config::new(96, 3, 2, 16, 8).with_d_mlp(Some(40));
+        let tokens = 32;
+        let shapes = model_matmul_shapes(&ModelShape::Gpt2(gpt2.clone()), tokens);
+        let forward: u64 = shapes
+            .iter()
+            .filter(|s| s.name.ends_with("forward"))
+            .map(|s| {
+                let layers = if s.name.starts_with("lm_head") {
+                    1
+                } else {
+                    gpt2.n_layer
+                };
+                s.flops() * layers as u64
+            })
+            .sum();
+        assert_eq!(forward, 2 * gpt2.matmul_params() as u64 * tokens as u64);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! after the other, then timed with the presets interleaved step by step.
 
 use brainfloat_backend::{Backend, MemoryMeasure};
+use brainfloat_gpt::LanguageModel;
 use brainfloat_memory as memory;
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer};
@@ -91,14 +92,14 @@ pub fn run_bench(
         }
     }
 
-    let gpt = config.gpt()?;
+    let shape = config.shape()?;
     let model = ModelInfo {
         size: config.model.size,
-        params: gpt.num_params(),
-        vocab_size: gpt.vocab_size,
+        params: shape.num_params(),
+        vocab_size: shape.vocab_size(),
         tokens_per_step: config.tokens_per_step(),
         seq_len: config.train.seq_len,
-        flops_per_token: gpt.training_flops_per_token(config.train.seq_len),
+        flops_per_token: shape.training_flops_per_token(config.train.seq_len),
     };
     let mut presets = Vec::with_capacity(contenders.len());
     for (preset, contender) in options.presets.iter().zip(contenders) {
@@ -106,7 +107,7 @@ pub fn run_bench(
         presets.push(finish(*preset, contender, &model, options, device)?);
     }
     tracing::info!("matmul micro-benchmark");
-    let shapes = model_matmul_shapes(&gpt, config.micro_batch_size() * config.train.seq_len);
+    let shapes = model_matmul_shapes(&shape, config.micro_batch_size() * config.train.seq_len);
     let mut report = BenchReport {
         command: options.command.clone(),
         backend: options.backend.to_string(),

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use brainfloat_data::shard_paths;
+use brainfloat_gpt::LanguageModel;
 use brainfloat_precision::{Component, PrecisionPolicy, named_grads, named_params};
 use brainfloat_trainer::{
     RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model_with_seed,

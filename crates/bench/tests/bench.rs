@@ -71,7 +71,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     assert_eq!(m.tokens_per_step, 4 * 32);
     assert_eq!(
         m.flops_per_token,
-        config.gpt().unwrap().training_flops_per_token(32)
+        config.shape().unwrap().training_flops_per_token(32)
     );
 
     let baseline = report.preset(policy("autocast")).unwrap();

@@ -3,19 +3,21 @@
 use std::path::PathBuf;
 
 use brainfloat_data::shard_paths;
+use brainfloat_gpt::LanguageModel;
 use brainfloat_trainer::validation_loss;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, load_model, prepare};
+use crate::setup::{RunArgs, WeightsSource, load_model, prepare};
 
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// A checkpoint record (step_*.json) or a safetensors file of weights.
+    /// A checkpoint record (step_*.json), a safetensors file of weights, or hf:DIR (a Hugging
+    /// Face GPT-2 folder).
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: WeightsSource,
     /// Validation shards (a path or a pattern with one `*`), replacing data.val.
     #[arg(long)]
     pub data: Option<PathBuf>,

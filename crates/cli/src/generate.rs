@@ -1,23 +1,24 @@
 //! `brainfloat generate`: text from a checkpoint, streamed as it is produced.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use brainfloat_data::{Gpt2Tokenizer, Tokenizer};
 use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
+use brainfloat_gpt::LanguageModel;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, device, init_logs, load_config, load_model};
+use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model};
 
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// A checkpoint record (step_*.json: the model's shape and precision come from it) or a
-    /// safetensors file of PyTorch-named weights (the shape comes from --config).
+    /// A checkpoint record (step_*.json: the model's shape and precision come from it), a
+    /// safetensors file of weights (its shape from the file when written here, else from
+    /// --config), or hf:DIR (a Hugging Face GPT-2 folder).
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: WeightsSource,
     /// The text to continue; `-` (or no --prompt with text piped in) reads standard input.
     /// Empty: start from <|endoftext|>.
     #[arg(long)]
@@ -105,7 +106,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         },
     )?;
     let _ = writeln!(out);
-    let config = model.config();
+    let max_seq_len = model.shape().max_seq_len();
     let end = if generation.stopped_at_end_of_text {
         ", stopped at <|endoftext|>"
     } else {
@@ -115,7 +116,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         0 => String::new(),
         n => format!(
             ", context slid {n} time(s) at the model's maximum of {}",
-            config.max_seq_len
+            max_seq_len
         ),
     };
     eprintln!(

@@ -1,4 +1,5 @@
-//! `brainfloat`: train, evaluate and prepare data for the record's GPT in bf16 mixed precision.
+//! `brainfloat`: train, evaluate, generate from and export the record's GPT or GPT-2 in bf16
+//! mixed precision, and prepare their data.
 
 // The arguments' doc comments are clap's help text, where `tch-cuda[:N]` and `bench_<size>` are
 // literal, neither a link nor HTML.
@@ -14,6 +15,7 @@ mod corpus;
 mod data;
 mod error;
 mod eval;
+mod export;
 mod generate;
 mod plot;
 mod setup;
@@ -45,6 +47,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a checkpoint or PyTorch-named weights, streamed as it is produced.
     Generate(generate::GenerateArgs),
+    /// Write a GPT-2 model as a Hugging Face folder (config.json, model.safetensors).
+    Export(export::ExportArgs),
     /// Fetch and tokenize the default corpus, or tokenize your own text.
     Data(data::DataArgs),
     /// Measure fp32, autocast and bf16 side by side: time, memory, loss, utilisation.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Validate(args) => validate::run(args),

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_backend::{BACKEND_VAR, Backend};
 use brainfloat_data::shard_paths;
-use brainfloat_gpt::Gpt;
+use brainfloat_gpt::{Model, ModelShape};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
-    ConfigSource, LogFormat, TrainConfig, init_model, load_checkpoint_weights, load_weights,
-    model_notes, read_record,
+    ConfigSource, LogFormat, ModelSection, TrainConfig, init_model, load_checkpoint_weights,
+    load_hf_weights, load_weights, model_notes, read_hf_shape, read_record, weights_shape,
 };
 use burn::tensor::Device;
 use clap::Args;
@@ -117,8 +117,8 @@ pub fn check_fits(
     ) {
         return Ok(());
     }
-    let gpt = config.gpt()?;
-    let params = gpt.num_params() as u64;
+    let shape = config.shape()?;
+    let params = shape.num_params() as u64;
     let needed = params.saturating_mul(bytes_per_param);
     let Some(available) = brainfloat_memory::available_memory() else {
         return Ok(());
@@ -131,7 +131,7 @@ pub fn check_fits(
         "the model ({}: {params} parameters) needs at least {:.1} GiB for {purpose} \
          ({bytes_per_param} bytes per parameter), and {:.1} GiB of memory is available; nothing \
          was allocated",
-        gpt.describe(),
+        shape.describe(),
         gib(needed),
         gib(available)
     )))
@@ -172,29 +172,106 @@ pub fn is_record(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
 
-/// The model of `checkpoint` and `config` with the model's shape: a record's shape is the
-/// record's (whatever `config` says), a safetensors file's is `config`'s (the file carries
-/// none). The policy is `config`'s, or with `record_precision` a record's own; a record of
-/// another precision is converted, and said so.
+/// Where a model's weights come from, as the command line names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// A checkpoint record (`step_*.json`): shape, precision and weights.
+    Record(PathBuf),
+    /// A safetensors file of PyTorch-named weights; its shape from its metadata when written
+    /// here, else from the config.
+    Weights(PathBuf),
+    /// `hf:DIR`: a Hugging Face GPT-2 folder (`config.json`, `model.safetensors`).
+    HuggingFace(PathBuf),
+}
+
+impl std::str::FromStr for WeightsSource {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(dir) = text.strip_prefix("hf:") {
+            if dir.is_empty() {
+                return Err("`hf:` names a Hugging Face model folder: hf:DIR".into());
+            }
+            return Ok(WeightsSource::HuggingFace(dir.into()));
+        }
+        let path = PathBuf::from(text);
+        Ok(if is_record(&path) {
+            WeightsSource::Record(path)
+        } else {
+            WeightsSource::Weights(path)
+        })
+    }
+}
+
+impl WeightsSource {
+    /// The shape the weights carry: a Hugging Face folder's `config.json`, a weights file's
+    /// metadata (`None` for a file without it: the config's shape is used). A record's shape
+    /// is read with the record.
+    pub fn shape(&self) -> Result<Option<ModelShape>, CliError> {
+        Ok(match self {
+            WeightsSource::HuggingFace(dir) => Some(read_hf_shape(dir)?),
+            WeightsSource::Weights(path) => weights_shape(path)?,
+            WeightsSource::Record(_) => None,
+        })
+    }
+}
+
+/// `config` with its model section replaced by `shape` (the size name kept for reports), for
+/// training: checked as a whole (a `train.seq_len` past the model's context is refused).
+pub fn with_shape(mut config: TrainConfig, shape: &ModelShape) -> Result<TrainConfig, CliError> {
+    config.model = ModelSection::of_shape(config.model.size, shape);
+    config.validate()?;
+    Ok(config)
+}
+
+/// `config` with the model section `model` (a file's or a record's), for evaluation and
+/// generation: checked, with sequences longer than that model's context cut to it, and said so.
+fn with_model(mut config: TrainConfig, model: ModelSection) -> Result<TrainConfig, CliError> {
+    config.model = model;
+    let max_seq_len = config.shape()?.max_seq_len();
+    if config.train.seq_len > max_seq_len {
+        tracing::info!(
+            "train.seq_len {} is longer than the model's context: {max_seq_len} is used",
+            config.train.seq_len
+        );
+        config.train.seq_len = max_seq_len;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The model of `source` and `config` with the model's shape: a record's shape is the record's
+/// and a file's the one it carries (whatever `config` says); a safetensors file without one
+/// takes `config`'s. The policy is `config`'s, or with `record_precision` a record's own; a
+/// record of another precision is converted, and said so.
 pub fn load_model(
-    checkpoint: &Path,
+    source: &WeightsSource,
     mut config: TrainConfig,
     record_precision: bool,
     backend: Backend,
     device: &Device,
-) -> Result<(Gpt, TrainConfig), CliError> {
-    if !is_record(checkpoint) {
-        check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")?;
-        let model = init_model(&config, device)?;
-        let model = load_weights(model, checkpoint)?;
-        return Ok((model, config));
-    }
+) -> Result<(Model, TrainConfig), CliError> {
+    let checkpoint = match source {
+        WeightsSource::Record(path) => path,
+        WeightsSource::Weights(path) | WeightsSource::HuggingFace(path) => {
+            if let Some(shape) = source.shape()? {
+                let model = ModelSection::of_shape(config.model.size, &shape);
+                config = with_model(config, model)?;
+            }
+            check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")?;
+            let model = init_model(&config, device)?;
+            let model = match source {
+                WeightsSource::HuggingFace(dir) => load_hf_weights(model, dir)?,
+                _ => load_weights(model, path)?,
+            };
+            return Ok((model, config));
+        }
+    };
     let record = read_record(checkpoint)?;
-    config.model = record.config.model.clone();
     if record_precision {
         config.train.precision = record.config.train.precision;
     }
-    config.validate()?;
+    let config = with_model(config, record.config.model.clone())?;
     check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")
         .map_err(|err| err.within(checkpoint.display().to_string()))?;
     let model = init_model(&config, device)?;

@@ -11,8 +11,8 @@ use clap::Args;
 
 use crate::error::CliError;
 use crate::setup::{
-    RunArgs, TRAINING_BYTES_PER_PARAM, check_fits, device, ensure_default_corpus, init_logs,
-    load_config,
+    RunArgs, TRAINING_BYTES_PER_PARAM, WeightsSource, check_fits, device, ensure_default_corpus,
+    init_logs, load_config, with_shape,
 };
 use crate::stop::StopRequest;
 
@@ -23,9 +23,11 @@ const NEWEST: &str = "newest";
 pub struct TrainArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Start from these weights (safetensors with PyTorch names).
+    /// Start from these weights: a safetensors file with PyTorch names (its shape from the file
+    /// when written here, else from the config), or hf:DIR, a Hugging Face GPT-2 folder
+    /// (config.json + model.safetensors; the model's shape is the folder's).
     #[arg(long, conflicts_with = "resume")]
-    pub init: Option<PathBuf>,
+    pub init: Option<WeightsSource>,
     /// Resume from a checkpoint record (step_*.json), a folder, or the run's newest checkpoint.
     #[arg(long, num_args = 0..=1, default_missing_value = NEWEST)]
     pub resume: Option<PathBuf>,
@@ -70,6 +72,16 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     // First, so that a signal during start-up still ends with a checkpoint after one step.
     let stop = StopRequest::install()?;
     let mut config = load_config(&args.run)?;
+    // Weights that carry their shape build that model, whatever the config's model section.
+    if let Some(shape) = args
+        .init
+        .as_ref()
+        .map(WeightsSource::shape)
+        .transpose()?
+        .flatten()
+    {
+        config = with_shape(config, &shape)?;
+    }
     if args.overwrite {
         config.output.overwrite = true;
     }
@@ -99,7 +111,14 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     )?;
     let device = device(args.run.backend)?;
     let start = match (args.init, args.resume) {
-        (Some(path), _) => Start::Init(path),
+        (Some(WeightsSource::Weights(path)), _) => Start::Init(path),
+        (Some(WeightsSource::HuggingFace(dir)), _) => Start::InitHf(dir),
+        (Some(WeightsSource::Record(path)), _) => {
+            return Err(CliError::Refused(format!(
+                "--init takes weights (a safetensors file or hf:DIR), not the checkpoint record                  {}: continue it with --resume, or start from its weights file (named in it)",
+                path.display()
+            )));
+        }
         (None, Some(path)) if path.as_os_str() == NEWEST => Start::Resume(None),
         (None, Some(path)) => Start::Resume(Some(path)),
         (None, None) => Start::Fresh,

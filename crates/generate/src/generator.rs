@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use brainfloat_data::{END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer};
-use brainfloat_gpt::{Gpt, GptConfig, GptError, KvCache};
+use brainfloat_gpt::{GptError, KvCache, LanguageModel, ModelShape};
 use brainfloat_precision::apply_policy;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -59,17 +59,17 @@ impl Generation {
 /// it), so generation can go on past the model's maximum with the same tokens with and
 /// without the cache. A prompt longer than the maximum is refused.
 pub fn generate(
-    model: &Gpt,
+    model: &impl LanguageModel,
     tokenizer: &Gpt2Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
     device: &Device,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation, GenerateError> {
-    let config = model.config();
-    let (vocab_size, max_seq_len) = (config.vocab_size, config.max_seq_len);
+    let shape = model.shape();
+    let (vocab_size, max_seq_len) = (shape.vocab_size(), shape.max_seq_len());
     let end_of_text = END_OF_TEXT;
-    let mut context = first_context(prompt, config)?;
+    let mut context = first_context(prompt, &shape)?;
     let mut sampler = Sampler::new(options.sampling, vocab_size.min(GPT2_VOCAB))?;
     let started = Instant::now();
     let mut generation = Generation {
@@ -130,8 +130,8 @@ pub fn generate(
 /// Refused: a prompt longer than the model's `max_seq_len`, with an id outside its vocabulary,
 /// or empty on a model without `<|endoftext|>`. What [`generate`] checks first; a trainer checks
 /// its sample prompt with it before training starts.
-pub fn first_context(prompt: &[u32], config: &GptConfig) -> Result<Vec<u32>, GenerateError> {
-    let (vocab_size, max_seq_len) = (config.vocab_size, config.max_seq_len);
+pub fn first_context(prompt: &[u32], shape: &ModelShape) -> Result<Vec<u32>, GenerateError> {
+    let (vocab_size, max_seq_len) = (shape.vocab_size(), shape.max_seq_len());
     if prompt.len() > max_seq_len {
         return Err(GenerateError::PromptTooLong {
             tokens: prompt.len(),
@@ -153,7 +153,7 @@ pub fn first_context(prompt: &[u32], config: &GptConfig) -> Result<Vec<u32>, Gen
 /// `model` converted for generation on `device`: its linear weights stored in the dtype its
 /// forward pass uses them in ([`brainfloat_precision::PrecisionPolicy::for_inference`]): the
 /// same logits, without casting every weight again for every token.
-pub fn inference_model(model: Gpt, device: &Device) -> Result<Gpt, GenerateError> {
+pub fn inference_model<M: LanguageModel>(model: M, device: &Device) -> Result<M, GenerateError> {
     let policy = model.policy().for_inference();
     Ok(apply_policy(model, &policy, device).map_err(GptError::from)?)
 }

@@ -123,6 +123,14 @@ impl GptConfig {
         )
     }
 
+    /// What the model accepts.
+    pub(crate) fn limits(&self) -> crate::model::Limits {
+        crate::model::Limits {
+            max_seq_len: self.max_seq_len,
+            vocab_size: self.vocab_size,
+        }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_head

@@ -1,4 +1,4 @@
-//! The GPT of the NanoGPT speedrun record "CastBf16", on Burn.
+//! The GPT of the NanoGPT speedrun record "CastBf16", and Hugging Face's GPT-2, on Burn.
 //!
 //! Rotary (half-split), QK-norm, ReLU² MLP, value residual, x0 skip with learnable lambdas,
 //! weightless RMSNorm, an untied head and the logit soft-cap, with the record's initialisation.
@@ -7,6 +7,9 @@
 //! parameters carry the PyTorch state-dict names (`transformer.h.0.attn.c_q.weight`), so
 //! `brainfloat-trainer`'s checkpoint module moves weights between this model and the PyTorch
 //! one.
+//!
+//! [`Gpt2`] is `transformers`' `GPT2LMHeadModel` built from the same machinery, with its names.
+//! Both are [`LanguageModel`]s; [`Model`] is either, chosen at run time by its [`ModelShape`].
 //!
 //! ```
 //! use brainfloat_gpt::{Batch, GptConfig};
@@ -28,10 +31,16 @@
 
 mod config;
 mod error;
+mod gpt2;
+mod language_model;
 mod model;
 
 pub use config::{GptConfig, ModelSize};
 pub use error::GptError;
+pub use gpt2::{
+    Gelu, Gpt2, Gpt2Attention, Gpt2Block, Gpt2Config, Gpt2Mlp, Gpt2Transformer, LayerNorm,
+};
+pub use language_model::{Arch, LanguageModel, Model, ModelShape};
 pub use model::{
     Batch, Block, CausalSelfAttention, Gpt, KvCache, LayerCache, Mlp, RMS_NORM_EPS, Rotary,
     Transformer, rms_norm,

@@ -429,27 +429,13 @@ impl Gpt {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
-        let start = cache.as_ref().map_or(0, |cache| cache.len());
-        let max_seq_len = self.config.max_seq_len;
-        if start + new > max_seq_len {
-            return Err(GptError::TooLong {
-                tokens: start + new,
-                max_seq_len,
-            });
-        }
-        if new == 0 {
-            return Err(GptError::InvalidBatch {
-                reason: "no input positions to predict from".into(),
-            });
-        }
-        let largest = inputs.clone().max().into_scalar::<i64>();
-        self.check_token(largest)?;
+        let start = check_context(&inputs, cache.as_deref(), &self.config.limits())?;
         let device = inputs.device();
         let activation = self.policy.activation();
         // Tables for the longest context once, narrowed to the new positions at every step.
         let rotary = self
             .rotary
-            .get(&self.config, max_seq_len, activation, &device)
+            .get(&self.config, self.config.max_seq_len, activation, &device)
             .narrow(start, new);
         let (hidden, _) = self.run_blocks(inputs, &rotary, cache);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
@@ -488,12 +474,26 @@ impl Gpt {
     }
 
     fn check(&self, batch: &Batch) -> Result<(), GptError> {
+        self.config.limits().check(batch)
+    }
+}
+
+/// What a model accepts: sequences up to `max_seq_len` positions of ids below `vocab_size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_seq_len: usize,
+    pub vocab_size: usize,
+}
+
+impl Limits {
+    /// Refuses a batch longer than the model's context or with an id outside its vocabulary.
+    pub(crate) fn check(&self, batch: &Batch) -> Result<(), GptError> {
         let [_, seq_len] = batch.dims();
-        if seq_len > self.config.max_seq_len {
+        if seq_len > self.max_seq_len {
             return Err(GptError::InvalidBatch {
                 reason: format!(
                     "sequence length {seq_len} exceeds the model's maximum of {}",
-                    self.config.max_seq_len
+                    self.max_seq_len
                 ),
             });
         }
@@ -502,7 +502,7 @@ impl Gpt {
 
     /// Refuses a token id outside the vocabulary.
     fn check_token(&self, largest: i64) -> Result<(), GptError> {
-        let vocab = self.config.vocab_size;
+        let vocab = self.vocab_size;
         if largest >= vocab as i64 {
             return Err(GptError::InvalidBatch {
                 reason: format!(
@@ -513,6 +513,30 @@ impl Gpt {
         }
         Ok(())
     }
+}
+
+/// Checks the new positions `inputs` `[B, T]` of a generation step against `limits` after the
+/// positions `cache` holds; returns the first new position.
+pub(crate) fn check_context(
+    inputs: &Tensor<2, Int>,
+    cache: Option<&KvCache>,
+    limits: &Limits,
+) -> Result<usize, GptError> {
+    let new = inputs.dims()[1];
+    let start = cache.map_or(0, KvCache::len);
+    if start + new > limits.max_seq_len {
+        return Err(GptError::TooLong {
+            tokens: start + new,
+            max_seq_len: limits.max_seq_len,
+        });
+    }
+    if new == 0 {
+        return Err(GptError::InvalidBatch {
+            reason: "no input positions to predict from".into(),
+        });
+    }
+    limits.check_token(inputs.clone().max().into_scalar::<i64>())?;
+    Ok(start)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -566,7 +590,7 @@ impl KvCache {
     }
 
     /// Block `index`'s part, created empty on first use.
-    fn layer(&mut self, index: usize) -> &mut LayerCache {
+    pub(crate) fn layer(&mut self, index: usize) -> &mut LayerCache {
         if self.layers.len() <= index {
             self.layers.resize_with(index + 1, LayerCache::default);
         }
@@ -576,7 +600,7 @@ impl KvCache {
 
 impl LayerCache {
     /// Appends the new positions' `keys` and `values` and returns all of them.
-    fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let all = match self.keys_values.take() {
             Some((past_keys, past_values)) => (
                 Tensor::cat(vec![past_keys, keys], 2),

@@ -33,19 +33,38 @@ pub struct CastedLinearConfig {
     /// PyTorch's default, uniform in ±1/√fan_in.
     #[config(default = false)]
     pub zero_init: bool,
+    /// How the weight is stored: `[out, in]` as PyTorch's `Linear` (the default) or `[in, out]`
+    /// as Hugging Face's GPT-2 `Conv1D`.
+    #[config(default = "WeightLayout::OutIn")]
+    pub layout: WeightLayout,
 }
 
-/// A linear layer whose weight is stored as an fp32 master weight in PyTorch's `[out, in]`
-/// layout and cast to the input's dtype at use: `y = x · cast(W)ᵀ + cast(b)`.
+/// The order of a [`CastedLinear`] weight's axes. The product is the same either way; the
+/// layout only says how the weight is stored, so that a model keeps the layout of the files
+/// it reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum WeightLayout {
+    /// `[d_output, d_input]`: PyTorch's `nn.Linear`, `y = x · Wᵀ`.
+    #[default]
+    OutIn,
+    /// `[d_input, d_output]`: Hugging Face's `Conv1D` (GPT-2), `y = x · W`.
+    InOut,
+}
+
+/// A linear layer whose weight is stored as an fp32 master weight (in PyTorch's `[out, in]`
+/// layout unless [`WeightLayout::InOut`]) and cast to the input's dtype at use:
+/// `y = x · cast(W)ᵀ + cast(b)`.
 ///
 /// The cast is differentiable, so the weight's gradient (and any optimizer state built from it)
 /// stays in the master weight's dtype while the matmul runs in the activation dtype.
 #[derive(Module, Debug)]
 pub struct CastedLinear {
-    /// Master weight, `[d_output, d_input]`.
+    /// Master weight, `[d_output, d_input]` (`[d_input, d_output]` in [`WeightLayout::InOut`]).
     pub weight: Param<Tensor<2>>,
     /// Optional bias, `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    layout: WeightLayout,
 }
 
 /// A layer on its own: its weight is a hidden matrix.
@@ -70,8 +89,12 @@ impl CastedLinearConfig {
             }
         };
         let fan = (Some(self.d_input), Some(self.d_output));
+        let shape = match self.layout {
+            WeightLayout::OutIn => [self.d_output, self.d_input],
+            WeightLayout::InOut => [self.d_input, self.d_output],
+        };
         CastedLinear {
-            weight: initializer.init_with([self.d_output, self.d_input], fan.0, fan.1, device),
+            weight: initializer.init_with(shape, fan.0, fan.1, device),
             bias: self.bias.then(|| {
                 // PyTorch draws the bias from the same ±1/√fan_in range, also when the weight is
                 // zero-initialised by the model.
@@ -81,6 +104,7 @@ impl CastedLinearConfig {
                 }
                 .init_with([self.d_output], fan.0, fan.1, device)
             }),
+            layout: self.layout,
         }
     }
 }
@@ -100,7 +124,11 @@ impl CastedLinear {
     /// the input's dtype. The output has the input's dtype.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let dtype = FloatDType::from(input.dtype());
-        let weight = self.weight.val().cast(dtype).transpose();
+        let weight = self.weight.val().cast(dtype);
+        let weight = match self.layout {
+            WeightLayout::OutIn => weight.transpose(),
+            WeightLayout::InOut => weight,
+        };
         // One `[rows, in] × [in, out]` product, as F.linear does: a batched matmul against the
         // broadcast weight makes libtorch copy the weight once per batch (for the head, a
         // logits-sized copy each way). On flex it is a native bf16 GEMM whose backward products
@@ -112,7 +140,7 @@ impl CastedLinear {
         if let Some(bias) = &self.bias {
             output = output + bias.val().cast(dtype).unsqueeze();
         }
-        dims[D - 1] = self.weight.dims()[0];
+        dims[D - 1] = self.dims()[0];
         output.reshape(dims)
     }
 
@@ -128,9 +156,18 @@ impl CastedLinear {
             .cast(policy.activation())
     }
 
-    /// `[d_output, d_input]`.
+    /// `[d_output, d_input]`, whatever the layout.
     pub fn dims(&self) -> [usize; 2] {
-        self.weight.dims()
+        let [rows, cols] = self.weight.dims();
+        match self.layout {
+            WeightLayout::OutIn => [rows, cols],
+            WeightLayout::InOut => [cols, rows],
+        }
+    }
+
+    /// How the weight is stored.
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
     }
 }
 
@@ -213,11 +250,7 @@ fn accumulate<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Option
 impl CastedLinear {
     /// The record's output head and loss in one:
     /// `softcapped_cross_entropy(self.forward_under(hidden, policy), targets, cap)`, with the
-    /// logits made, used and dropped inside, [`LOGITS_PER_CHUNK`] at a time. Autodiff sees only
-    /// `hidden` `[B, T, C]` and the head's parameters, with the gradients the logits would
-    /// have passed back (the same two matmuls in the matmul dtype; the weight's partial sums
-    /// over chunks add in fp32): no logits-sized tensor is kept from the forward pass to the
-    /// backward pass or goes through the autodiff graph.
+    /// logits made, used and dropped inside, [`LOGITS_PER_CHUNK`] at a time ([`head_loss`]).
     pub fn softcapped_cross_entropy(
         &self,
         hidden: Tensor<3>,
@@ -239,67 +272,101 @@ impl CastedLinear {
         policy: &PrecisionPolicy,
         logits_per_chunk: usize,
     ) -> Tensor<1> {
-        let [batch, seq, d_model] = hidden.dims();
-        let rows = batch * seq;
-        let hidden = hidden.reshape([rows, d_model]).cast(policy.matmul());
-        let weight = self.weight.val().cast(policy.matmul());
-        let bias = self.bias.as_ref().map(|b| b.val().cast(policy.matmul()));
-        let tracked = hidden.is_tracked() || weight.is_tracked();
-        // The values, outside autodiff (`detach` keeps a leaf parameter's tensor tracked).
-        let hidden_value = hidden.clone().inner();
-        let weight_value = weight.clone().inner();
-        let bias_value = bias.clone().map(Tensor::inner);
-        let targets = targets.reshape([rows]).inner();
-
-        let vocab = weight_value.dims()[0];
-        let chunk_rows = rows_per_chunk(rows, vocab, logits_per_chunk);
-        let mut loss: Option<Tensor<1>> = None;
-        let mut grad_hidden = Vec::with_capacity(rows.div_ceil(chunk_rows.max(1)));
-        let mut grad_weight: Option<Tensor<2>> = None;
-        let mut grad_bias: Option<Tensor<1>> = None;
-        for start in (0..rows).step_by(chunk_rows.max(1)) {
-            let len = chunk_rows.min(rows - start);
-            let hidden_rows = hidden_value.clone().narrow(0, start, len);
-            let mut logits = matmul(hidden_rows.clone(), weight_value.clone().transpose());
-            if let Some(bias) = &bias_value {
-                logits = logits + bias.clone().unsqueeze();
-            }
-            let part = FusedLoss::compute(
-                logits.cast(policy.activation()),
-                targets.clone().narrow(0, start, len),
-                cap,
-                tracked,
-                rows,
-            );
-            loss = accumulate(loss, part.loss);
-            let Some(grad_logits) = part.grad else {
-                continue;
-            };
-            let grad_logits = grad_logits.cast(policy.matmul());
-            grad_hidden.push(matmul(grad_logits.clone(), weight_value.clone()));
-            if bias_value.is_some() {
-                let part = grad_logits.clone().sum_dim(0).squeeze_dim(0);
-                grad_bias = Some(accumulate_f32(grad_bias, part));
-            }
-            let part = matmul(grad_logits.transpose(), hidden_rows);
-            grad_weight = Some(accumulate_f32(grad_weight, part));
-        }
-        let loss = loss.expect("a batch has at least one row");
-        let Some(grad_weight) = grad_weight else {
-            return Tensor::from_inner(loss);
+        let weight = match self.layout {
+            WeightLayout::OutIn => self.weight.val(),
+            WeightLayout::InOut => self.weight.val().transpose(),
         };
-        let mut pairs = vec![
-            (hidden, Tensor::cat(grad_hidden, 0)),
-            (weight, grad_weight.cast(policy.matmul())),
-        ];
-        if let (Some(bias), Some(grad_bias)) = (bias, grad_bias) {
-            pairs.push((
-                bias.unsqueeze(),
-                grad_bias.cast(policy.matmul()).unsqueeze(),
-            ));
-        }
-        with_gradients(loss, pairs)
+        let head = Head {
+            weight,
+            bias: self.bias.as_ref().map(Param::val),
+        };
+        head_loss(head, hidden, targets, cap, policy, logits_per_chunk)
     }
+}
+
+/// An output head's parameters as tensors: a CastedLinear's, or a table tied to the embedding.
+pub struct Head {
+    /// `[vocab, d_model]`, in its storage dtype (cast to the matmul dtype inside).
+    pub weight: Tensor<2>,
+    /// `[vocab]`, if the head has a bias.
+    pub bias: Option<Tensor<1>>,
+}
+
+/// The output head and the loss in one: `cross_entropy_fp32(softcap(hidden · Wᵀ + b))` with
+/// the logits made, used and dropped inside, `logits_per_chunk` at a time. Autodiff sees only
+/// `hidden` `[B, T, C]` and the head's parameters, with the gradients the logits would have
+/// passed back (the same two matmuls in the matmul dtype; the weight's partial sums over
+/// chunks add in fp32): no logits-sized tensor is kept from the forward pass to the backward
+/// pass or goes through the autodiff graph. A tied head passes the embedding table: its
+/// gradient adds to the lookup's.
+pub fn head_loss(
+    head: Head,
+    hidden: Tensor<3>,
+    targets: Tensor<2, Int>,
+    cap: Option<f64>,
+    policy: &PrecisionPolicy,
+    logits_per_chunk: usize,
+) -> Tensor<1> {
+    let [batch, seq, d_model] = hidden.dims();
+    let rows = batch * seq;
+    let hidden = hidden.reshape([rows, d_model]).cast(policy.matmul());
+    let weight = head.weight.cast(policy.matmul());
+    let bias = head.bias.map(|b| b.cast(policy.matmul()));
+    let tracked = hidden.is_tracked() || weight.is_tracked();
+    // The values, outside autodiff (`detach` keeps a leaf parameter's tensor tracked).
+    let hidden_value = hidden.clone().inner();
+    let weight_value = weight.clone().inner();
+    let bias_value = bias.clone().map(Tensor::inner);
+    let targets = targets.reshape([rows]).inner();
+
+    let vocab = weight_value.dims()[0];
+    let chunk_rows = rows_per_chunk(rows, vocab, logits_per_chunk);
+    let mut loss: Option<Tensor<1>> = None;
+    let mut grad_hidden = Vec::with_capacity(rows.div_ceil(chunk_rows.max(1)));
+    let mut grad_weight: Option<Tensor<2>> = None;
+    let mut grad_bias: Option<Tensor<1>> = None;
+    for start in (0..rows).step_by(chunk_rows.max(1)) {
+        let len = chunk_rows.min(rows - start);
+        let hidden_rows = hidden_value.clone().narrow(0, start, len);
+        let mut logits = matmul(hidden_rows.clone(), weight_value.clone().transpose());
+        if let Some(bias) = &bias_value {
+            logits = logits + bias.clone().unsqueeze();
+        }
+        let part = FusedLoss::compute(
+            logits.cast(policy.activation()),
+            targets.clone().narrow(0, start, len),
+            cap,
+            tracked,
+            rows,
+        );
+        loss = accumulate(loss, part.loss);
+        let Some(grad_logits) = part.grad else {
+            continue;
+        };
+        let grad_logits = grad_logits.cast(policy.matmul());
+        grad_hidden.push(matmul(grad_logits.clone(), weight_value.clone()));
+        if bias_value.is_some() {
+            let part = grad_logits.clone().sum_dim(0).squeeze_dim(0);
+            grad_bias = Some(accumulate_f32(grad_bias, part));
+        }
+        let part = matmul(grad_logits.transpose(), hidden_rows);
+        grad_weight = Some(accumulate_f32(grad_weight, part));
+    }
+    let loss = loss.expect("a batch has at least one row");
+    let Some(grad_weight) = grad_weight else {
+        return Tensor::from_inner(loss);
+    };
+    let mut pairs = vec![
+        (hidden, Tensor::cat(grad_hidden, 0)),
+        (weight, grad_weight.cast(policy.matmul())),
+    ];
+    if let (Some(bias), Some(grad_bias)) = (bias, grad_bias) {
+        pairs.push((
+            bias.unsqueeze(),
+            grad_bias.cast(policy.matmul()).unsqueeze(),
+        ));
+    }
+    with_gradients(loss, pairs)
 }
 
 /// Rows of logits per chunk of [`CastedLinear::chunked_cross_entropy`]: `rows` split into as

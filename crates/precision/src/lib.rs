@@ -43,8 +43,10 @@ mod policy;
 mod report;
 mod role;
 
-pub use casted_linear::{CastedLinear, CastedLinearConfig};
-pub use casted_linear::{LOGITS_PER_CHUNK, cross_entropy_fp32, rows_per_chunk, softcap};
+pub use casted_linear::{CastedLinear, CastedLinearConfig, WeightLayout};
+pub use casted_linear::{
+    Head, LOGITS_PER_CHUNK, cross_entropy_fp32, head_loss, rows_per_chunk, softcap,
+};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
 pub use lost_update::{

@@ -4,15 +4,19 @@
 /// [`ModuleMapper`](burn::module::ModuleMapper) is in a module tree: the dotted name of the
 /// current field (`transformer.h.0.attn.c_q.weight`), for checkpoints and messages. Names
 /// decide nothing else: roles do ([`ParamRoles`](crate::ParamRoles)).
+///
+/// An enum module's variant is not part of the name: a model chosen at run time
+/// (`brainfloat_gpt::Model::Gpt2(..)`) has the names of the model it holds.
 #[derive(Debug, Default, Clone)]
 pub struct ParamPath {
-    names: Vec<String>,
+    names: Vec<Option<String>>,
 }
 
 impl ParamPath {
     /// Call from `enter_module`.
-    pub fn enter(&mut self, name: &str, _container_type: &str) {
-        self.names.push(name.to_string());
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        let variant = container_type.starts_with("Enum:");
+        self.names.push((!variant).then(|| name.to_string()));
     }
 
     /// Call from `exit_module`.
@@ -22,6 +26,7 @@ impl ParamPath {
 
     /// The dotted name of the current field.
     pub fn name(&self) -> String {
-        self.names.join(".")
+        let names: Vec<&str> = self.names.iter().flatten().map(String::as_str).collect();
+        names.join(".")
     }
 }

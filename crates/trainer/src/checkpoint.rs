@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_data::{LoaderPosition, ShardIdentity};
 use brainfloat_files::{sha256_hex, write_atomic};
-use brainfloat_gpt::Gpt;
+use brainfloat_gpt::{LanguageModel, Model, ModelShape};
 use brainfloat_precision::{ParamPath, PrecisionPolicy, named_params};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
@@ -32,19 +32,23 @@ fn checkpoint_error(path: &Path, problem: impl ToString) -> TrainError {
     }
 }
 
-/// The model's weights as a safetensors file in memory: PyTorch names, `[out, in]` layouts,
-/// each tensor in its storage dtype.
-pub fn weights_to_safetensors(model: &Gpt) -> Result<Vec<u8>, TensorFileError> {
+/// The key of a weights file's metadata that holds the model's architecture and shape
+/// ([`ModelShape::to_json`]), so that the file alone builds its model.
+pub const SHAPE_METADATA: &str = "brainfloat.shape";
+
+/// The model's weights as a safetensors file in memory: PyTorch names and layouts (GPT-2's are
+/// Hugging Face's), each tensor in its storage dtype, and the model's shape in the metadata.
+pub fn weights_to_safetensors(model: &impl LanguageModel) -> Result<Vec<u8>, TensorFileError> {
     let tensors = named_params(model)
         .into_iter()
         .map(|p| (pytorch_shape(&p.name, &p.shape), p))
         .map(|(shape, p)| (p.name, p.tensor.into_data(), shape))
         .collect();
-    serialize_tensors(tensors)
+    serialize_tensors(tensors, &[(SHAPE_METADATA, model.shape().to_json())])
 }
 
 /// Saves the model's weights to `path` atomically (see [`weights_to_safetensors`]).
-pub fn save_weights(model: &Gpt, path: &Path) -> Result<(), TrainError> {
+pub fn save_weights(model: &impl LanguageModel, path: &Path) -> Result<(), TrainError> {
     let bytes = weights_to_safetensors(model).map_err(|err| checkpoint_error(path, err))?;
     write_atomic(path, &bytes).map_err(|err| checkpoint_error(path, format!("cannot write: {err}")))
 }
@@ -52,25 +56,71 @@ pub fn save_weights(model: &Gpt, path: &Path) -> Result<(), TrainError> {
 /// Loads weights from a safetensors file with PyTorch names (made here or by PyTorch). Each
 /// tensor is cast to the dtype the parameter has now; every parameter must be present with its
 /// shape, and the file must hold nothing else.
-pub fn load_weights(model: Gpt, path: &Path) -> Result<Gpt, TrainError> {
+pub fn load_weights<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
     let bytes = read_safetensors(path)?;
     weights_from_safetensors(model, &bytes).map_err(|err| checkpoint_error(path, err))
 }
 
+/// The architecture and shape a weights file written here carries in its metadata
+/// ([`SHAPE_METADATA`]); `None` for a file without it (written by PyTorch or by an older build).
+/// Reads only the file's header.
+pub fn weights_shape(path: &Path) -> Result<Option<ModelShape>, TrainError> {
+    use std::io::Read;
+    let problem = |err: String| checkpoint_error(path, err);
+    let mut file =
+        std::fs::File::open(path).map_err(|err| problem(format!("cannot read: {err}")))?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
+    let length = u64::from_le_bytes(length);
+    const MAX_HEADER: u64 = 100 << 20;
+    if length > MAX_HEADER {
+        return Err(problem(format!(
+            "not a safetensors file: a header of {length} bytes"
+        )));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header)
+        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
+    let Some(text) = header
+        .get("__metadata__")
+        .and_then(|metadata| metadata.get(SHAPE_METADATA))
+        .and_then(serde_json::Value::as_str)
+    else {
+        return Ok(None);
+    };
+    ModelShape::from_json(text)
+        .map(Some)
+        .map_err(|err| problem(err.to_string()))
+}
+
 /// As [`load_weights`], from the bytes of the file.
-pub fn weights_from_safetensors(model: Gpt, bytes: &[u8]) -> Result<Gpt, TensorFileError> {
+pub fn weights_from_safetensors<M: Module>(model: M, bytes: &[u8]) -> Result<M, TensorFileError> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|err| TensorFileError::one(format!("not a valid safetensors file ({err})")))?;
+    let tensors = file.tensors().into_iter().collect();
+    weights_from_tensors(model, tensors)
+}
+
+/// Replaces every parameter of `model` with the tensor of its name in `tensors`, each cast to
+/// the dtype the parameter has now; every parameter must be present with its shape, and
+/// `tensors` must hold nothing else.
+pub(crate) fn weights_from_tensors<M: Module>(
+    model: M,
+    tensors: HashMap<String, TensorView<'_>>,
+) -> Result<M, TensorFileError> {
     let mut loader = WeightLoader {
-        file: &file,
+        file: &tensors,
         path: ParamPath::default(),
         seen: BTreeSet::new(),
         problems: Vec::new(),
     };
     let model = model.map(&mut loader);
-    let mut unexpected: Vec<&str> = file
-        .names()
-        .into_iter()
+    let mut unexpected: Vec<&str> = tensors
+        .keys()
+        .map(String::as_str)
         .filter(|name| !loader.seen.contains(*name))
         .collect();
     let mut problems = loader.problems;
@@ -118,10 +168,12 @@ fn from_safetensors_dtype(dtype: Dtype) -> Option<DType> {
     })
 }
 
-/// A safetensors file (PyTorch's `{"format": "pt"}` metadata) of `(name, data, shape)` triples;
-/// each tensor is written in its own dtype with the given shape (same element count).
-fn serialize_tensors(
+/// A safetensors file (PyTorch's `{"format": "pt"}` metadata and `metadata`) of
+/// `(name, data, shape)` triples; each tensor is written in its own dtype with the given shape
+/// (same element count).
+pub(crate) fn serialize_tensors(
     tensors: Vec<(String, TensorData, Vec<usize>)>,
+    metadata: &[(&str, String)],
 ) -> Result<Vec<u8>, TensorFileError> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, data, shape) in tensors {
@@ -141,7 +193,11 @@ fn serialize_tensors(
                 .map_err(|err| TensorFileError::one(format!("tensor {name}: {err}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.clone()))
+        .collect();
+    metadata.insert("format".to_string(), "pt".to_string());
     safetensors::serialize(views, Some(metadata))
         .map_err(|err| TensorFileError::one(err.to_string()))
 }
@@ -182,7 +238,7 @@ fn summarize(names: &[&str]) -> String {
 
 /// Replaces each parameter with the file's tensor of its PyTorch name, collecting problems.
 struct WeightLoader<'a> {
-    file: &'a SafeTensors<'a>,
+    file: &'a HashMap<String, TensorView<'a>>,
     path: ParamPath,
     seen: BTreeSet<String>,
     problems: Vec<String>,
@@ -196,8 +252,8 @@ impl WeightLoader<'_> {
     ) -> Result<Tensor<D>, String> {
         let view = self
             .file
-            .tensor(name)
-            .map_err(|_| format!("missing tensor {name}"))?;
+            .get(name)
+            .ok_or_else(|| format!("missing tensor {name}"))?;
         let shape = param.dims().to_vec();
         let expected = pytorch_shape(name, &shape);
         if view.shape() != expected.as_slice() {
@@ -207,7 +263,7 @@ impl WeightLoader<'_> {
                 expected
             ));
         }
-        let data = tensor_data(&view, name, shape).map_err(|err| err.to_string())?;
+        let data = tensor_data(view, name, shape).map_err(|err| err.to_string())?;
         if let Some((index, value)) = data
             .iter::<f32>()
             .enumerate()
@@ -298,11 +354,11 @@ pub struct CheckpointRecord {
 }
 
 /// What a run resumes from.
-pub struct Restored {
+pub struct Restored<M = Model> {
     /// The record.
     pub record: CheckpointRecord,
     /// The model with the checkpoint's weights.
-    pub model: Gpt,
+    pub model: M,
     /// The optimizer with its state.
     pub optimizer: RecordOptimizer,
 }
@@ -360,7 +416,7 @@ pub fn checkpoint_records(dir: &Path) -> Vec<(usize, PathBuf)> {
 /// record's path.
 pub fn save_checkpoint(
     dir: &Path,
-    model: &Gpt,
+    model: &impl LanguageModel,
     optimizer: &RecordOptimizer,
     step: usize,
     run: &RunState,
@@ -393,7 +449,8 @@ pub fn save_checkpoint(
                 (name, tensor.into_data(), shape)
             })
             .collect();
-        let optim_bytes = serialize_tensors(state).map_err(|err| checkpoint_error(dir, err))?;
+        let optim_bytes =
+            serialize_tensors(state, &[]).map_err(|err| checkpoint_error(dir, err))?;
         let optim_file = write(
             format!("step_{step:06}.{write_id}.optim.safetensors"),
             &optim_bytes,
@@ -561,13 +618,13 @@ pub fn read_record(path: &Path) -> Result<CheckpointRecord, TrainError> {
 }
 
 /// The weights of the checkpoint whose record `record` was read from `path`, read into `model`
-/// (built with the record's shape: `record.config.gpt()`) after their SHA-256 is verified; the
-/// optimizer state is not read. For evaluation and generation.
-pub fn load_checkpoint_weights(
+/// (built with the record's shape: `record.config.shape()`) after their SHA-256 is verified;
+/// the optimizer state is not read. For evaluation and generation.
+pub fn load_checkpoint_weights<M: Module>(
     path: &Path,
     record: &CheckpointRecord,
-    model: Gpt,
-) -> Result<Gpt, TrainError> {
+    model: M,
+) -> Result<M, TrainError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let model_bytes = read_verified(dir, &record.model)?;
     weights_from_safetensors(model, &model_bytes)
@@ -578,12 +635,12 @@ pub fn load_checkpoint_weights(
 /// shape and policy) and a fresh `optimizer`, verifying every file's SHA-256. Weights and
 /// optimizer state take the run's dtypes: each state tensor its parameter's, so a checkpoint
 /// of another precision policy is converted (see the `resume` module).
-pub fn load_checkpoint(
+pub fn load_checkpoint<M: LanguageModel>(
     path: &Path,
-    model: Gpt,
+    model: M,
     mut optimizer: RecordOptimizer,
     device: &Device,
-) -> Result<Restored, TrainError> {
+) -> Result<Restored<M>, TrainError> {
     let record = read_record(path)?;
     let model = load_checkpoint_weights(path, &record, model)?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -684,7 +741,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let data = TensorData::new(vec![1.0f32, 2.0, 3.0], [3]);
-        let bytes = serialize_tensors(vec![("t".into(), data, vec![3])]).unwrap();
+        let bytes = serialize_tensors(vec![("t".into(), data, vec![3])], &[]).unwrap();
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(declared_safetensors_len(&path), Ok(bytes.len() as u64));
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_gpt::{GptConfig, GptError, ModelSize};
+use brainfloat_gpt::{Arch, Gelu, Gpt2Config, GptConfig, GptError, ModelShape, ModelSize};
 use brainfloat_precision::{ParamRole, PrecisionPolicy};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -14,10 +14,14 @@ use crate::schedule::{Schedule, ScheduleKind};
 /// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "BRAINFLOAT";
 
-/// The model section: a named size, and any of its shape's values replaced.
+/// The model section: an architecture, a named size, and any of its shape's values replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
+    /// `record` (the default: the CastBf16 record's GPT) or `gpt2` (Hugging Face's GPT-2:
+    /// learned positions, LayerNorm, GELU, biases, tied head).
+    #[serde(default)]
+    pub arch: Arch,
     /// `tiny`, `small` or `speedrun`: the shape the keys below start from.
     pub size: ModelSize,
     /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
@@ -40,6 +44,51 @@ pub struct ModelSection {
     /// Rotary base, replacing the record's 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_base: Option<f64>,
+    /// GPT-2 only: the MLP's hidden width (default 4 × d_model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_mlp: Option<usize>,
+    /// GPT-2 only: LayerNorm's epsilon (default 1e-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_norm_eps: Option<f64>,
+    /// GPT-2 only: `tanh` (GPT-2's `gelu_new`, the default) or `erf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gelu: Option<Gelu>,
+}
+
+impl ModelSection {
+    /// The section that builds `shape` exactly: its architecture and every value set.
+    pub fn of_shape(size: ModelSize, shape: &ModelShape) -> Self {
+        let mut section = ModelSection {
+            arch: shape.arch(),
+            size,
+            vocab_size: Some(shape.vocab_size()),
+            n_layer: None,
+            n_head: None,
+            d_model: None,
+            max_seq_len: Some(shape.max_seq_len()),
+            logit_softcap: None,
+            rope_base: None,
+            d_mlp: None,
+            layer_norm_eps: None,
+            gelu: None,
+        };
+        match shape {
+            ModelShape::Record(c) => {
+                (section.n_layer, section.n_head, section.d_model) =
+                    (Some(c.n_layer), Some(c.n_head), Some(c.d_model));
+                section.logit_softcap = Some(c.logit_softcap);
+                section.rope_base = Some(c.rope_base);
+            }
+            ModelShape::Gpt2(c) => {
+                (section.n_layer, section.n_head, section.d_model) =
+                    (Some(c.n_layer), Some(c.n_head), Some(c.d_model));
+                section.d_mlp = c.d_mlp;
+                section.layer_norm_eps = Some(c.layer_norm_eps);
+                section.gelu = Some(c.gelu);
+            }
+        }
+        section
+    }
 }
 
 /// The data section.
@@ -414,25 +463,67 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// The model's shape: the named size with the section's replacements, checked (an error
-    /// names the key at fault).
-    pub fn gpt(&self) -> Result<GptConfig, ConfigError> {
+    /// The model's architecture and shape: the named size with the section's replacements,
+    /// checked (an error names the key at fault).
+    pub fn shape(&self) -> Result<ModelShape, ConfigError> {
         let m = &self.model;
         let size = m.size.config();
-        let gpt = GptConfig {
-            vocab_size: m.vocab_size.unwrap_or(size.vocab_size),
-            n_layer: m.n_layer.unwrap_or(size.n_layer),
-            n_head: m.n_head.unwrap_or(size.n_head),
-            d_model: m.d_model.unwrap_or(size.d_model),
-            max_seq_len: m.max_seq_len.unwrap_or(size.max_seq_len),
-            logit_softcap: m.logit_softcap.unwrap_or(size.logit_softcap),
-            rope_base: m.rope_base.unwrap_or(size.rope_base),
+        let (vocab_size, n_layer, n_head, d_model, max_seq_len) = (
+            m.vocab_size.unwrap_or(size.vocab_size),
+            m.n_layer.unwrap_or(size.n_layer),
+            m.n_head.unwrap_or(size.n_head),
+            m.d_model.unwrap_or(size.d_model),
+            m.max_seq_len.unwrap_or(size.max_seq_len),
+        );
+        let (record_keys, gpt2_keys) = (
+            [
+                ("logit_softcap", m.logit_softcap.is_some()),
+                ("rope_base", m.rope_base.is_some()),
+            ],
+            [
+                ("d_mlp", m.d_mlp.is_some()),
+                ("layer_norm_eps", m.layer_norm_eps.is_some()),
+                ("gelu", m.gelu.is_some()),
+            ],
+        );
+        let (others, other_arch) = match m.arch {
+            Arch::Record => (&gpt2_keys[..], Arch::Gpt2),
+            Arch::Gpt2 => (&record_keys[..], Arch::Record),
         };
-        gpt.validate().map_err(|err| match err {
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                &format!("model.{key}"),
+                format!(
+                    "belongs to the {other_arch} architecture, and model.arch is `{}`",
+                    m.arch
+                ),
+            ));
+        }
+        let shape = match m.arch {
+            Arch::Record => ModelShape::Record(GptConfig {
+                vocab_size,
+                n_layer,
+                n_head,
+                d_model,
+                max_seq_len,
+                logit_softcap: m.logit_softcap.unwrap_or(size.logit_softcap),
+                rope_base: m.rope_base.unwrap_or(size.rope_base),
+            }),
+            Arch::Gpt2 => {
+                let gpt2 = Gpt2Config::new(vocab_size, n_layer, n_head, d_model, max_seq_len)
+                    .with_d_mlp(m.d_mlp);
+                ModelShape::Gpt2(Gpt2Config {
+                    layer_norm_eps: m.layer_norm_eps.unwrap_or(gpt2.layer_norm_eps),
+                    gelu: m.gelu.unwrap_or(gpt2.gelu),
+                    ..gpt2
+                })
+            }
+        };
+        shape.validate().map_err(|err| match err {
             GptError::InvalidConfig { field, reason } => invalid(&format!("model.{field}"), reason),
             other => invalid("model", other.to_string()),
         })?;
-        Ok(gpt)
+        Ok(shape)
     }
 
     /// The learning-rate schedule of the run.
@@ -548,13 +639,13 @@ impl TrainConfig {
                 ),
             ));
         }
-        let gpt = self.gpt()?;
-        if t.seq_len > gpt.max_seq_len {
+        let max_seq_len = self.shape()?.max_seq_len();
+        if t.seq_len > max_seq_len {
             return Err(invalid(
                 "train.seq_len",
                 format!(
-                    "{} is longer than the model's maximum of {} (model.max_seq_len)",
-                    t.seq_len, gpt.max_seq_len
+                    "{} is longer than the model's maximum of {max_seq_len} (model.max_seq_len)",
+                    t.seq_len
                 ),
             ));
         }

@@ -8,7 +8,10 @@
 //! - [`TrainConfig`]: one TOML per preset, overridable from the environment and the command line;
 //! - [`Trainer`]: micro-batches with gradient accumulation, evaluation, atomic checkpoints with
 //!   exact resume, a non-finite policy (`stop` or `skip`; a bad update is never applied), and
-//!   [`Plugin`]s (logs, metrics, progress, checkpoint cadence, stop on Ctrl-C).
+//!   [`Plugin`]s (logs, metrics, progress, checkpoint cadence, stop on Ctrl-C); generic over
+//!   the [`LanguageModel`](brainfloat_gpt::LanguageModel) it trains;
+//! - Hugging Face GPT-2 folders in ([`read_hf_shape`], [`load_hf_weights`]) and out
+//!   ([`export_hf`]).
 //!
 //! ```
 //! use brainfloat_trainer::Schedule;
@@ -21,6 +24,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod faults;
+mod hf;
 mod history;
 mod optim;
 mod output;
@@ -31,9 +35,9 @@ mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{
-    CheckpointRecord, FileDigest, Restored, checkpoint_records, load_checkpoint,
+    CheckpointRecord, FileDigest, Restored, SHAPE_METADATA, checkpoint_records, load_checkpoint,
     load_checkpoint_weights, load_weights, read_record, save_weights, weights_from_safetensors,
-    weights_to_safetensors,
+    weights_shape, weights_to_safetensors,
 };
 pub use config::{
     ConfigChange, ConfigError, ConfigSource, DataSection, EvalSection, GroupValues, LogFormat,
@@ -43,6 +47,7 @@ pub use config::{
 pub use error::{TensorFileError, TrainError};
 #[cfg(feature = "testing")]
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
+pub use hf::{export_hf, load_hf_weights, read_hf_shape};
 pub use history::keep_last;
 pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor};
 pub use plugins::{
@@ -51,4 +56,6 @@ pub use plugins::{
 };
 pub use resume::{ResumeNote, model_notes};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{Start, Trainer, init_model, init_model_with_seed, validation_loss};
+pub use trainer::{
+    Start, Trainer, init_model, init_model_of, init_model_with_seed, validation_loss,
+};

@@ -10,9 +10,8 @@ use brainfloat_data::{
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
-use brainfloat_gpt::{Batch, Gpt};
+use brainfloat_gpt::{Batch, LanguageModel, Model};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
-use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
@@ -39,15 +38,20 @@ pub enum Start {
     Fresh,
     /// Weights from a safetensors file with PyTorch names (made here or by PyTorch).
     Init(PathBuf),
+    /// Weights of a Hugging Face GPT-2 folder (`config.json`, `model.safetensors`); the config's
+    /// model section must be the folder's shape ([`read_hf_shape`](crate::read_hf_shape)).
+    InitHf(PathBuf),
     /// A checkpoint record (`step_*.json`), or the newest one in the output folder.
     Resume(Option<PathBuf>),
 }
 
-/// A training run: model, optimizer, data and plugins.
-pub struct Trainer {
+/// A training run: model, optimizer, data and plugins. Generic over the model: [`Model`] (the
+/// default) is the architecture the config's `model.arch` names; a program that knows its
+/// architecture can name it (`Trainer<Gpt2>`, built by [`Trainer::of_model`]).
+pub struct Trainer<M: LanguageModel = Model> {
     config: TrainConfig,
     device: Device,
-    model: Owned<Gpt>,
+    model: Owned<M>,
     optimizer: RecordOptimizer,
     schedule: Schedule,
     train: DistributedLoader,
@@ -118,7 +122,7 @@ impl SamplePrompt {
     fn new(config: &TrainConfig) -> Result<Self, TrainError> {
         let tokenizer = Gpt2Tokenizer::new();
         let prompt = tokenizer.encode(&config.eval.sample_prompt);
-        first_context(&prompt, &config.gpt()?).map_err(|err| ConfigError {
+        first_context(&prompt, &config.shape()?).map_err(|err| ConfigError {
             key: "eval.sample_prompt".into(),
             problem: err.to_string(),
         })?;
@@ -128,8 +132,8 @@ impl SamplePrompt {
 
 impl Trainer {
     /// Prepares a run on `device` (an autodiff device is made from it): checks the output folder
-    /// is writable, builds the model under the config's policy, opens and validates every shard,
-    /// and starts the model as `start` says.
+    /// is writable, builds the model the config names under its policy, opens and validates
+    /// every shard, and starts the model as `start` says.
     pub fn new(config: TrainConfig, device: &Device, start: Start) -> Result<Self, TrainError> {
         Self::distributed(config, device, start, Box::new(LocalSync))
     }
@@ -142,6 +146,19 @@ impl Trainer {
     /// logging why): the others wait for it in a collective, and dropping its sync would
     /// finalize MPI, which waits for them in turn.
     pub fn distributed(
+        config: TrainConfig,
+        device: &Device,
+        start: Start,
+        sync: Box<dyn Collectives>,
+    ) -> Result<Self, TrainError> {
+        Self::of_model(config, device, start, sync)
+    }
+}
+
+impl<M: LanguageModel> Trainer<M> {
+    /// [`Trainer::distributed`] with the model type `M`; the config's `model.arch` must be
+    /// `M`'s architecture.
+    pub fn of_model(
         config: TrainConfig,
         device: &Device,
         start: Start,
@@ -200,10 +217,10 @@ impl Trainer {
                 ),
             }));
         }
-        let gpt = config.gpt()?;
+        let shape = config.shape()?;
         // Only rank 0 writes into the folder: it claims it (lock, stale temporaries, room for a
         // checkpoint: weights and Adam's or Muon's state, at most 3 × fp32 per parameter).
-        let params = gpt.num_params() as u64;
+        let params = shape.num_params() as u64;
         let output = if sync.is_leader() {
             Some(OutputFolder::claim(
                 &config.output.dir,
@@ -216,7 +233,7 @@ impl Trainer {
         let device = device.clone().autodiff();
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are opened.
-        let model = init_model(&config, &device)?;
+        let model = init_model_of::<M>(&config, &device, config.train.seed)?;
 
         // Headers now; token ids when a loader first opens a shard (not the whole dataset here).
         let train_paths = shard_paths(&config.data.train)?;
@@ -225,7 +242,7 @@ impl Trainer {
         let seq_len = config.train.seq_len;
         let loader = |paths: Vec<PathBuf>| {
             DistributedLoader::new(paths, micro, seq_len, sync.rank(), config.train.ranks)?
-                .with_vocab(gpt.vocab_size)
+                .with_vocab(shape.vocab_size())
         };
         let train = loader(train_paths)?;
         let shards = train.identities()?;
@@ -280,6 +297,10 @@ impl Trainer {
             Start::Init(path) => {
                 self.claim_fresh()?;
                 *self.model = load_weights(self.model.clone(), &path)?;
+            }
+            Start::InitHf(dir) => {
+                self.claim_fresh()?;
+                *self.model = crate::hf::load_hf_weights(self.model.clone(), &dir)?;
             }
             Start::Resume(path) => self.resume(path)?,
         }
@@ -504,7 +525,7 @@ impl Trainer {
     }
 
     /// The model as it is now.
-    pub fn model(&self) -> &Gpt {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -535,14 +556,14 @@ impl Trainer {
 
     /// Runs the remaining steps, evaluating and checkpointing as configured and as plugins ask.
     pub fn run(&mut self) -> Result<RunSummary, TrainError> {
-        let gpt = self.model.config();
+        let shape = self.model.shape();
         let info = RunInfo {
             start_step: self.step,
             total_steps: self.config.train.steps,
             tokens_per_step: self.config.tokens_per_step(),
             num_params: self.model.num_params(),
-            shape: gpt.describe(),
-            flops_per_token: gpt.training_flops_per_token(self.config.train.seq_len),
+            shape: shape.describe(),
+            flops_per_token: shape.training_flops_per_token(self.config.train.seq_len),
             policy: *self.model.policy(),
             dir: self.config.output.dir.clone(),
         };
@@ -868,7 +889,7 @@ impl Trainer {
             shards: self.shards.clone(),
             config: self.config.clone(),
         };
-        let path = save_checkpoint(dir, &self.model, &self.optimizer, self.step, &run)?;
+        let path = save_checkpoint(dir, &*self.model, &self.optimizer, self.step, &run)?;
         for removed in keep_last(dir, self.config.output.keep_last)? {
             tracing::info!(record = %removed.display(), "output.keep_last: removed an older checkpoint");
         }
@@ -884,27 +905,38 @@ impl Trainer {
 
 /// The config's model, initialised on `device` from the config's seed and converted to the
 /// config's precision policy.
-pub fn init_model(config: &TrainConfig, device: &Device) -> Result<Gpt, TrainError> {
+pub fn init_model(config: &TrainConfig, device: &Device) -> Result<Model, TrainError> {
     init_model_with_seed(config, device, config.train.seed)
 }
 
 /// [`init_model`] from another `seed`.
+pub fn init_model_with_seed(
+    config: &TrainConfig,
+    device: &Device,
+    seed: u64,
+) -> Result<Model, TrainError> {
+    init_model_of(config, device, seed)
+}
+
+/// [`init_model_with_seed`] as the model type `M` (refused unless the config names `M`'s
+/// architecture).
 ///
 /// Burn's random stream belongs to the device and so to the whole process: seeding it and
 /// drawing the initial weights are one critical section, so that models built at the same time
 /// on other threads (tests, a study's presets) cannot draw from the middle of this seed's
 /// stream. Burn initialises a parameter when it is first read, so the section ends after the
 /// policy has converted (and so read) every one.
-pub fn init_model_with_seed(
+pub fn init_model_of<M: LanguageModel>(
     config: &TrainConfig,
     device: &Device,
     seed: u64,
-) -> Result<Gpt, TrainError> {
+) -> Result<M, TrainError> {
     static DEVICE_STREAM: Mutex<()> = Mutex::new(());
-    let (gpt, policy) = (config.gpt()?, config.train.precision);
+    let (shape, policy) = (config.shape()?, config.train.precision);
     let _drawing = DEVICE_STREAM.lock().unwrap_or_else(PoisonError::into_inner);
     device.seed(seed);
-    apply_policy(gpt.init(device)?, &policy, device).map_err(|err| TrainError::Model(err.into()))
+    apply_policy(M::init(&shape, device)?, &policy, device)
+        .map_err(|err| TrainError::Model(err.into()))
 }
 
 fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOptimizerConfig {
@@ -931,7 +963,7 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
 /// the config's micro-batches (at least one), and the tokens read. Mean of per-batch means, as
 /// the reference computes it.
 pub fn validation_loss(
-    model: &Gpt,
+    model: &impl LanguageModel,
     config: &TrainConfig,
     val_paths: Vec<PathBuf>,
     device: &Device,
@@ -943,7 +975,7 @@ pub fn validation_loss(
 /// [`validation_loss`] of rank `rank` of `world` ranks: the rank's slice of the same
 /// `eval.tokens` tokens (the ranks' means average to the one-rank figure).
 fn validation_loss_of_rank(
-    model: &Gpt,
+    model: &impl LanguageModel,
     config: &TrainConfig,
     val_paths: Vec<PathBuf>,
     device: &Device,
@@ -952,7 +984,7 @@ fn validation_loss_of_rank(
 ) -> Result<Option<(f64, usize)>, TrainError> {
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
     let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?
-        .with_vocab(config.gpt()?.vocab_size)?;
+        .with_vocab(config.shape()?.vocab_size())?;
     let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
     let mut total = 0.0;
     for _ in 0..batches {

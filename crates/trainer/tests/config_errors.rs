@@ -3,7 +3,7 @@
 
 mod common;
 
-use brainfloat_gpt::ModelSize;
+use brainfloat_gpt::{ModelShape, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{ConfigSource, TrainConfig};
 
@@ -261,19 +261,55 @@ fn shape_keys_replace_the_sizes_values() {
         ],
     )
     .unwrap();
-    let gpt = config.gpt().unwrap();
+    let gpt = record_shape(&config);
     let expected = brainfloat_gpt::GptConfig::new(gpt.vocab_size, 3, 4, 48, 96)
         .with_logit_softcap(15.0)
         .with_rope_base(500.0);
     assert_eq!(gpt, expected);
     assert_eq!(gpt.head_dim(), 12);
     let width_only = load(dir.path(), |t| t, &["model.d_model=128"]).unwrap();
-    let gpt = width_only.gpt().unwrap();
+    let gpt = record_shape(&width_only);
     let tiny = brainfloat_gpt::GptConfig::tiny();
     assert_eq!(
         (gpt.n_layer, gpt.n_head, gpt.d_model, gpt.max_seq_len),
         (tiny.n_layer, tiny.n_head, 128, tiny.max_seq_len)
     );
+    // GPT-2 from the same size, with its own keys; each architecture refuses the other's.
+    let gpt2 = load(
+        dir.path(),
+        |t| t,
+        &["model.arch=gpt2", "model.d_mlp=100", "model.gelu=erf"],
+    )
+    .unwrap();
+    let ModelShape::Gpt2(shape) = gpt2.shape().unwrap() else {
+        panic!("model.arch=gpt2 builds GPT-2");
+    };
+    let expected = brainfloat_gpt::Gpt2Config::new(shape.vocab_size, 2, 2, 64, 64)
+        .with_d_mlp(Some(100))
+        .with_gelu(brainfloat_gpt::Gelu::Erf);
+    assert_eq!(shape, expected);
+    for (overrides, message) in [
+        (
+            &["model.arch=gpt2", "model.rope_base=500"][..],
+            "model.rope_base: belongs to the record architecture, and model.arch is `gpt2`",
+        ),
+        (
+            &["model.layer_norm_eps=1e-6"][..],
+            "model.layer_norm_eps: belongs to the gpt2 architecture, and model.arch is `record`",
+        ),
+        (&["model.arch=llama"][..], "model.arch"),
+    ] {
+        let err = load(dir.path(), |t| t, overrides).unwrap_err();
+        assert!(err.contains(message), "{overrides:?}: {err}");
+    }
+}
+
+/// The record's shape of `config`.
+fn record_shape(config: &TrainConfig) -> brainfloat_gpt::GptConfig {
+    match config.shape().unwrap() {
+        ModelShape::Record(shape) => shape,
+        other => panic!("the record's architecture, not {other:?}"),
+    }
 }
 
 fn environment_then_command_line_override_the_file() {

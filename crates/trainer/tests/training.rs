@@ -333,7 +333,11 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
         "train.warmdown_steps=1",
     ];
     let config = common::config(dir.path(), "bf16", &shape);
-    let mut first = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+    // The architecture named as a type: the trainer is generic over its model.
+    let sync = Box::new(brainfloat_distributed::LocalSync);
+    let mut first =
+        Trainer::<brainfloat_gpt::Gpt>::of_model(config.clone(), &device, Start::Fresh, sync)
+            .unwrap();
     assert_eq!(first.model().config().n_layer, 3);
     assert_eq!(first.model().transformer.h.len(), 3);
     assert_eq!(first.model().config().head_dim(), 8);

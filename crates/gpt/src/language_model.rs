@@ -1,0 +1,360 @@
+//! What the trainer, evaluation and generation need of a model, whatever its architecture:
+//! [`LanguageModel`], implemented by the record's [`Gpt`] and by [`Gpt2`]; the shape of either
+//! ([`ModelShape`], what a weights file we write carries in its metadata); and [`Model`], one of
+//! them chosen at run time from a config or a file.
+
+use brainfloat_precision::{ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap};
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::GptConfig;
+use crate::error::GptError;
+use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::model::{Batch, Gpt, KvCache};
+
+/// A causal language model trained with the record's precision machinery: parameters with
+/// roles, a precision policy, a loss and the logits generation samples from.
+pub trait LanguageModel: ParamRoles + PrecisionAware {
+    /// Builds the model of `shape` (fp32 parameters, the fp32 policy); refused for the shape of
+    /// another architecture.
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError>;
+
+    /// The model's architecture and shape.
+    fn shape(&self) -> ModelShape;
+
+    /// The precision policy the forward pass runs under.
+    fn policy(&self) -> &PrecisionPolicy;
+
+    /// Mean fp32 cross-entropy of the next-token predictions over all `B·T` positions: a
+    /// one-element fp32 tensor.
+    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError>;
+
+    /// Logits `[B, T, vocab]` in fp32.
+    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError>;
+
+    /// The final hidden states `[B, T, C]` in the activation dtype, and the residual stream
+    /// after each block (for inspecting dtypes at block boundaries).
+    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>);
+
+    /// The fp32 logits `[B, vocab]` of the position after the last of `inputs` `[B, T]`; with
+    /// `cache`, `inputs` follow the positions it holds, and their keys and values are appended.
+    fn next_token_logits(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, GptError>;
+}
+
+/// The architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The CastBf16 record's GPT ([`Gpt`]).
+    #[default]
+    Record,
+    /// Hugging Face's GPT-2 ([`Gpt2`]).
+    Gpt2,
+}
+
+impl Arch {
+    /// The name written in configs and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Record => "record",
+            Arch::Gpt2 => "gpt2",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A model's architecture and shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum ModelShape {
+    /// The record's GPT.
+    Record(GptConfig),
+    /// GPT-2.
+    Gpt2(Gpt2Config),
+}
+
+impl ModelShape {
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        match self {
+            ModelShape::Record(_) => Arch::Record,
+            ModelShape::Gpt2(_) => Arch::Gpt2,
+        }
+    }
+
+    /// Builds the model (fp32 parameters, the fp32 policy).
+    pub fn init(&self, device: &Device) -> Result<Model, GptError> {
+        Model::init(self, device)
+    }
+
+    /// Checks that the shape is buildable.
+    pub fn validate(&self) -> Result<(), GptError> {
+        match self {
+            ModelShape::Record(config) => config.validate(),
+            ModelShape::Gpt2(config) => config.validate(),
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelShape::Record(config) => config.vocab_size,
+            ModelShape::Gpt2(config) => config.vocab_size,
+        }
+    }
+
+    /// Longest sequence the model accepts.
+    pub fn max_seq_len(&self) -> usize {
+        match self {
+            ModelShape::Record(config) => config.max_seq_len,
+            ModelShape::Gpt2(config) => config.max_seq_len,
+        }
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        match self {
+            ModelShape::Record(config) => config.num_params(),
+            ModelShape::Gpt2(config) => config.num_params(),
+        }
+    }
+
+    /// Parameters that take part in matrix products.
+    pub fn matmul_params(&self) -> usize {
+        match self {
+            ModelShape::Record(config) => config.matmul_params(),
+            ModelShape::Gpt2(config) => config.matmul_params(),
+        }
+    }
+
+    /// Training FLOPs per token at sequence length `seq_len`.
+    pub fn training_flops_per_token(&self, seq_len: usize) -> u64 {
+        match self {
+            ModelShape::Record(config) => config.training_flops_per_token(seq_len),
+            ModelShape::Gpt2(config) => config.training_flops_per_token(seq_len),
+        }
+    }
+
+    /// The shape in words.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelShape::Record(config) => config.describe(),
+            ModelShape::Gpt2(config) => config.describe(),
+        }
+    }
+
+    /// The shape as JSON, as a weights file's metadata carries it (`{"arch": "gpt2", ...}`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a shape is plain data")
+    }
+
+    /// The shape written by [`to_json`](Self::to_json).
+    pub fn from_json(text: &str) -> Result<Self, GptError> {
+        let shape: ModelShape =
+            serde_json::from_str(text).map_err(|err| GptError::InvalidConfig {
+                field: "arch",
+                reason: format!("not a model shape: {err}"),
+            })?;
+        shape.validate()?;
+        Ok(shape)
+    }
+}
+
+fn wrong_arch(wanted: Arch, shape: &ModelShape) -> GptError {
+    GptError::InvalidConfig {
+        field: "arch",
+        reason: format!(
+            "this model is the {wanted} architecture, the shape is {}",
+            shape.arch()
+        ),
+    }
+}
+
+impl LanguageModel for Gpt {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+        match shape {
+            ModelShape::Record(config) => config.init(device),
+            other => Err(wrong_arch(Arch::Record, other)),
+        }
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape::Record(self.config().clone())
+    }
+
+    fn policy(&self) -> &PrecisionPolicy {
+        Gpt::policy(self)
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+        Gpt::forward(self, batch)
+    }
+
+    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+        Gpt::logits(self, batch)
+    }
+
+    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
+        Gpt::hidden_states(self, inputs)
+    }
+
+    fn next_token_logits(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, GptError> {
+        Gpt::next_token_logits(self, inputs, cache)
+    }
+}
+
+impl LanguageModel for Gpt2 {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+        match shape {
+            ModelShape::Gpt2(config) => config.init(device),
+            other => Err(wrong_arch(Arch::Gpt2, other)),
+        }
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape::Gpt2(self.config().clone())
+    }
+
+    fn policy(&self) -> &PrecisionPolicy {
+        Gpt2::policy(self)
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+        Gpt2::forward(self, batch)
+    }
+
+    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+        Gpt2::logits(self, batch)
+    }
+
+    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
+        Gpt2::hidden_states(self, inputs)
+    }
+
+    fn next_token_logits(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, GptError> {
+        Gpt2::next_token_logits(self, inputs, cache)
+    }
+}
+
+/// A model whose architecture is chosen at run time (by a config's `model.arch` or a file's
+/// metadata): what the command line trains, evaluates and samples.
+#[derive(Module, Debug)]
+pub enum Model {
+    /// The record's GPT.
+    Record(Gpt),
+    /// GPT-2.
+    Gpt2(Gpt2),
+}
+
+/// `$body` with `$model` bound to the architecture's own model.
+macro_rules! each_arch {
+    ($self:expr, $model:ident => $body:expr) => {
+        match $self {
+            Model::Record($model) => $body,
+            Model::Gpt2($model) => $body,
+        }
+    };
+}
+
+impl ParamRoles for Model {
+    fn param_roles(&self) -> RoleMap {
+        each_arch!(self, model => model.param_roles())
+    }
+}
+
+impl PrecisionAware for Model {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        match self {
+            Model::Record(model) => Model::Record(model.with_policy(policy)),
+            Model::Gpt2(model) => Model::Gpt2(model.with_policy(policy)),
+        }
+    }
+}
+
+impl LanguageModel for Model {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+        Ok(match shape {
+            ModelShape::Record(config) => Model::Record(config.init(device)?),
+            ModelShape::Gpt2(config) => Model::Gpt2(config.init(device)?),
+        })
+    }
+
+    fn shape(&self) -> ModelShape {
+        each_arch!(self, model => model.shape())
+    }
+
+    fn policy(&self) -> &PrecisionPolicy {
+        each_arch!(self, model => model.policy())
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+        each_arch!(self, model => model.forward(batch))
+    }
+
+    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+        each_arch!(self, model => model.logits(batch))
+    }
+
+    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
+        each_arch!(self, model => model.hidden_states(inputs))
+    }
+
+    fn next_token_logits(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, GptError> {
+        each_arch!(self, model => model.next_token_logits(inputs, cache))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_round_trips_through_its_json() {
+        for shape in [
+            ModelShape::Record(GptConfig::tiny()),
+            ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8).with_d_mlp(Some(40))),
+        ] {
+            let text = shape.to_json();
+            assert!(
+                text.contains(&format!("\"arch\":\"{}\"", shape.arch())),
+                "{text}"
+            );
+            assert_eq!(ModelShape::from_json(&text).unwrap(), shape);
+        }
+        let err = ModelShape::from_json(r#"{"arch":"llama"}"#).unwrap_err();
+        assert!(err.to_string().contains("not a model shape"), "{err}");
+    }
+
+    #[test]
+    fn a_model_of_one_arch_refuses_the_others_shape() {
+        let device = brainfloat_test_support::test_device();
+        let err = Gpt2::init(&ModelShape::Record(GptConfig::tiny()), &device).unwrap_err();
+        assert!(err.to_string().contains("gpt2 architecture"), "{err}");
+        let model = ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8))
+            .init(&device)
+            .unwrap();
+        assert_eq!(model.shape().arch(), Arch::Gpt2);
+    }
+}
