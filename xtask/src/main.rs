@@ -19,16 +19,19 @@
 //! cargo xtask compare docs/results/bench_small_{flex,tch}.json --out docs/results/cpu_small.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask generate --checkpoint runs/tiny/step_000150.json --prompt "The economy"
+//! cargo xtask train --init hf:path/to/gpt2   # fine-tune a Hugging Face GPT-2 folder
+//! cargo xtask export --checkpoint runs/tiny/step_000150.json --hf out/   # … and write one
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
 //! ```
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "train",
     "eval",
     "generate",
+    "export",
     "bench",
     "study",
     "validate",

@@ -114,7 +114,9 @@ impl CastedLinear {
     /// ([`ParamRole::HiddenMatrix`] or [`ParamRole::OutputMatrix`]), its bias
     /// [`ParamRole::LinearBias`]. For a model's [`ParamRoles`].
     pub fn add_roles(&self, roles: &mut RoleMap, weight: ParamRole) {
-        roles.add(&self.weight, weight);
+        roles
+            .add(&self.weight, weight)
+            .set_layout(&self.weight, self.layout);
         if let Some(bias) = &self.bias {
             roles.add(bias, ParamRole::LinearBias);
         }

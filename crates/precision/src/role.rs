@@ -6,11 +6,12 @@
 //! So a model lists its parameters' ids with their roles ([`ParamRoles`]), and a parameter it
 //! leaves out is an error, not a guess.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::Tensor;
 
+use crate::casted_linear::WeightLayout;
 use crate::policy::Component;
 
 /// The part a parameter plays in a model. Written by name in configs (`"hidden_matrix"`).
@@ -93,10 +94,11 @@ impl From<ParamRole> for String {
     }
 }
 
-/// The role of each parameter, by its id.
+/// The role of each parameter, by its id, and the matrices stored `[in, out]`.
 #[derive(Debug, Clone, Default)]
 pub struct RoleMap {
     roles: HashMap<ParamId, ParamRole>,
+    in_out: HashSet<ParamId>,
 }
 
 impl RoleMap {
@@ -104,6 +106,25 @@ impl RoleMap {
     pub fn add<const D: usize>(&mut self, param: &Param<Tensor<D>>, role: ParamRole) -> &mut Self {
         self.roles.insert(param.id, role);
         self
+    }
+
+    /// States that the matrix `param` is stored in `layout` (`[out, in]` unless said): an
+    /// optimizer whose step depends on which side is the output (Muon's aspect factor) reads it.
+    pub fn set_layout(&mut self, param: &Param<Tensor<2>>, layout: WeightLayout) -> &mut Self {
+        match layout {
+            WeightLayout::InOut => self.in_out.insert(param.id),
+            WeightLayout::OutIn => self.in_out.remove(&param.id),
+        };
+        self
+    }
+
+    /// The layout stated for the matrix `id` ([`WeightLayout::OutIn`] unless set).
+    pub fn layout(&self, id: &ParamId) -> WeightLayout {
+        if self.in_out.contains(id) {
+            WeightLayout::InOut
+        } else {
+            WeightLayout::OutIn
+        }
     }
 
     /// The role stated for the parameter `id`.

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use brainfloat_precision::{ParamPath, ParamRole, ParamRoles, RoleMap, UpdateRounding};
+use brainfloat_precision::{
+    ParamPath, ParamRole, ParamRoles, RoleMap, UpdateRounding, WeightLayout,
+};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{FloatDType, Tensor};
@@ -146,6 +148,7 @@ struct ParamEntry {
     role: ParamRole,
     group: ParamGroup,
     stream_word: u64,
+    layout: WeightLayout,
 }
 
 /// The record's optimizers over a whole model, with state per parameter.
@@ -439,7 +442,7 @@ impl RecordOptimizer {
         let entry = self.params.get(&id).unwrap_or_else(|| {
             panic!("parameter {id} is not one of the model this optimizer was made for")
         });
-        let (group, word) = (entry.group, entry.stream_word);
+        let (group, word, layout) = (entry.group, entry.stream_word, entry.layout);
         let c = &self.config;
         let weight_decay = c.weight_decay[group.index()];
         let lr = lr_multiplier
@@ -462,6 +465,7 @@ impl RecordOptimizer {
                 ns_steps: c.ns_steps,
                 ns_dtype: c.ns_dtype,
                 weight_decay,
+                layout,
             };
             let state = self.muon.remove(&id);
             let (value, state) =
@@ -524,6 +528,7 @@ fn param_table<M: ParamRoles>(model: &M) -> HashMap<ParamId, ParamEntry> {
                 role,
                 group: ParamGroup::of(role),
                 stream_word: name_hash(&name),
+                layout: self.roles.layout(&param.id),
                 name,
             };
             self.params.insert(param.id, entry);
@@ -649,6 +654,56 @@ mod tests {
             );
             // Probing is per step.
             assert_eq!(optimizer.take_probe(), None);
+        }
+    }
+
+    /// A hidden matrix alone (Muon's group).
+    #[derive(Module, Debug)]
+    struct Hidden {
+        linear: CastedLinear,
+    }
+
+    impl ParamRoles for Hidden {
+        fn param_roles(&self) -> RoleMap {
+            let mut roles = RoleMap::default();
+            self.linear.add_roles(&mut roles, ParamRole::HiddenMatrix);
+            roles
+        }
+    }
+
+    /// Muon's step is the same map whichever way a matrix is stored: a 4 → 6 layer kept
+    /// `[in, out]` (GPT-2's `Conv1D`) moves to the transpose of where its `[out, in]` twin
+    /// moves, aspect factor `√(6/4)` included.
+    #[test]
+    fn muon_steps_a_matrix_alike_in_either_layout() {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.5, 2.0]], &device);
+        let out_in = CastedLinearConfig::new(4, 6).init(&device);
+        let mut in_out = CastedLinearConfig::new(4, 6)
+            .with_layout(WeightLayout::InOut)
+            .init(&device);
+        in_out.weight = Param::from_tensor(out_in.weight.val().transpose().detach());
+        let step = |linear: CastedLinear| {
+            let layer = Hidden { linear };
+            let loss = layer.linear.forward(x.clone()).powf_scalar(2.0).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &layer);
+            let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig::default());
+            optimizer
+                .step(layer, grads, 1.0, 1.0, 0)
+                .linear
+                .weight
+                .val()
+        };
+        let (before, a) = (out_in.weight.val(), step(out_in));
+        let b = step(in_out).transpose();
+        let values = |t: Tensor<2>| t.into_data().to_vec::<f32>().unwrap();
+        let moved = values(a.clone() - before);
+        assert!(
+            moved.iter().any(|d| d.abs() > 1e-3),
+            "the step moves the weights"
+        );
+        for (a, b) in values(a).into_iter().zip(values(b)) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
     }
 

@@ -1,8 +1,10 @@
 //! Muon for the blocks' hidden matrices: momentum, Nesterov's look-ahead, then Newton–Schulz
-//! orthogonalisation, scaled by `max(1, rows/cols)^0.5` (PyTorch's `[out, in]` layout).
+//! orthogonalisation, scaled by `max(1, out/in)^0.5` (the record's `max(1, rows/cols)^0.5` in
+//! PyTorch's `[out, in]` layout; a matrix stored `[in, out]`, as GPT-2's `Conv1D`, gets the same
+//! factor).
 
 use brainfloat_ops::matmul;
-use brainfloat_precision::ACCUMULATION_DTYPE;
+use brainfloat_precision::{ACCUMULATION_DTYPE, WeightLayout};
 use burn::tensor::{FloatDType, Tensor};
 
 use super::write::{Stream, Writer, in_dtype};
@@ -23,6 +25,8 @@ pub(super) struct Muon {
     pub ns_dtype: FloatDType,
     /// Decoupled weight decay: `w ← w − lr·wd·w` beside the update.
     pub weight_decay: f64,
+    /// How the matrix is stored: which side is its output.
+    pub layout: WeightLayout,
 }
 
 impl Muon {
@@ -50,7 +54,11 @@ impl Muon {
         };
         let nesterov = grad + in_dtype(momentum_buffer.clone(), compute).mul_scalar(self.momentum);
         let ortho = newton_schulz(nesterov.reshape([rows, cols]), self.ns_steps, self.ns_dtype);
-        let shape_factor = (rows as f64 / cols as f64).max(1.0).sqrt();
+        let (outputs, inputs) = match self.layout {
+            WeightLayout::OutIn => (rows, cols),
+            WeightLayout::InOut => (cols, rows),
+        };
+        let shape_factor = (outputs as f64 / inputs as f64).max(1.0).sqrt();
         let mut direction = ortho.reshape([rows * cols]);
         if self.weight_decay != 0.0 {
             // Scaled by lr·shape below: lr·wd·w.
