@@ -696,7 +696,7 @@ mod tests {
         };
         let (before, a) = (out_in.weight.val(), step(out_in));
         let b = step(in_out).transpose();
-        let values = |t: Tensor<2>| t.into_data().to_vec::<f32>().unwrap();
+        let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
         let moved = values(a.clone() - before);
         assert!(
             moved.iter().any(|d| d.abs() > 1e-3),
