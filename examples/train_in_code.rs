@@ -12,8 +12,9 @@ use brainfloat_gpt::{Arch, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::plugins::{CheckpointPlugin, LogPlugin, MetricsPlugin};
 use brainfloat_trainer::{
-    DataSection, EvalSection, GroupValues, LogFormat, ModelSection, NonFinitePolicy, OptimSection,
-    OutputSection, ScheduleKind, Start, TrainConfig, TrainSection, Trainer,
+    DataSection, EvalSection, GroupValues, LogFormat, MatrixOptimizer, ModelSection,
+    NonFinitePolicy, OptimSection, OutputSection, ScheduleKind, Start, TrainConfig, TrainSection,
+    Trainer,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             max_grad_norm: 1.0,
             freeze: Vec::new(),
+            matrix_optimizer: MatrixOptimizer::Muon,
         },
         eval: EvalSection {
             every: 20,

@@ -9,6 +9,7 @@ use brainfloat_precision::{ParamRole, PrecisionPolicy};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::optim::MatrixOptimizer;
 use crate::schedule::{Schedule, ScheduleKind};
 
 /// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
@@ -239,6 +240,9 @@ pub struct OptimSection {
     /// `linear_bias`, `scalar`): their weights stay as loaded and get no optimizer state.
     #[serde(default)]
     pub freeze: Vec<ParamRole>,
+    /// `muon` (the record's, the default) or `adam` for the hidden matrices, at `matrix_lr`.
+    #[serde(default)]
+    pub matrix_optimizer: MatrixOptimizer,
 }
 
 /// One value per optimizer group; a group not named is 0.

@@ -49,7 +49,9 @@ pub use error::{TensorFileError, TrainError};
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
 pub use hf::{export_hf, load_hf_weights, read_hf_shape};
 pub use history::keep_last;
-pub use optim::{LostUpdates, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor};
+pub use optim::{
+    LostUpdates, MatrixOptimizer, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor,
+};
 pub use plugins::{
     Action, CheckpointInfo, EvalStats, MemoryReading, MetricsLine, Plugin, RunInfo, RunSummary,
     SampleStats, StepStats,

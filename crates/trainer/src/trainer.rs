@@ -955,6 +955,7 @@ fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOpt
         seed: config.train.seed,
         weight_decay: ParamGroup::ALL.map(|group| o.weight_decay.of(group)),
         frozen: o.freeze.clone(),
+        matrix_optimizer: o.matrix_optimizer,
         ..RecordOptimizerConfig::default()
     }
 }

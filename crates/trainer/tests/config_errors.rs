@@ -34,7 +34,7 @@ fn errors_name_their_key_and_overrides_apply_in_order() {
 /// absent, each is the record's (no decay, no clipping, nothing frozen, the trapezoid).
 fn fine_tuning_keys_parse_into_types() {
     use brainfloat_precision::ParamRole;
-    use brainfloat_trainer::{GroupValues, ScheduleKind};
+    use brainfloat_trainer::{GroupValues, MatrixOptimizer, ScheduleKind};
     let dir = tempfile::tempdir().unwrap();
     let record = load(dir.path(), |t| t, &[]).unwrap();
     assert_eq!(record.optim.weight_decay, GroupValues::default());
@@ -43,6 +43,7 @@ fn fine_tuning_keys_parse_into_types() {
         (0.0, 0)
     );
     assert_eq!(record.train.schedule, ScheduleKind::Trapezoid);
+    assert_eq!(record.optim.matrix_optimizer, MatrixOptimizer::Muon);
     let tuned = load(
         dir.path(),
         |t| {
@@ -52,9 +53,14 @@ fn fine_tuning_keys_parse_into_types() {
                  weight_decay = { head = 0.1, matrices = 0.01 }",
             )
         },
-        &["train.schedule=cosine", "train.min_lr_ratio=0.1"],
+        &[
+            "train.schedule=cosine",
+            "train.min_lr_ratio=0.1",
+            "optim.matrix_optimizer=adam",
+        ],
     )
     .unwrap();
+    assert_eq!(tuned.optim.matrix_optimizer, MatrixOptimizer::Adam);
     assert_eq!(
         tuned.optim.weight_decay,
         GroupValues {

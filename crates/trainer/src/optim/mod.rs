@@ -108,6 +108,20 @@ pub struct RecordOptimizerConfig {
     pub weight_decay: [f64; 4],
     /// Roles whose parameters are not updated (and get no state).
     pub frozen: Vec<ParamRole>,
+    /// What steps the matrices group: the record's Muon, or Adam (AdamW with the group's
+    /// decay) at `matrix_lr`, as a fine-tuning of GPT-2 usually runs.
+    pub matrix_optimizer: MatrixOptimizer,
+}
+
+/// The optimizer of the hidden matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatrixOptimizer {
+    /// Momentum, Nesterov, Newton–Schulz orthogonalisation (the record's).
+    #[default]
+    Muon,
+    /// Adam with bias correction, as the other groups.
+    Adam,
 }
 
 impl Default for RecordOptimizerConfig {
@@ -128,6 +142,7 @@ impl Default for RecordOptimizerConfig {
             seed: 0,
             weight_decay: [0.0; 4],
             frozen: Vec::new(),
+            matrix_optimizer: MatrixOptimizer::Muon,
         }
     }
 }
@@ -316,6 +331,22 @@ impl RecordOptimizer {
                 ));
             }
         }
+        // State of the other optimizer: a checkpoint written under the other matrix_optimizer.
+        let muon_ids: Vec<&ParamId> = self.muon.keys().collect();
+        let adam_ids: Vec<&ParamId> = self.adam.keys().collect();
+        for (muon, ids, kind) in [(true, muon_ids, "Muon"), (false, adam_ids, "Adam")] {
+            for id in ids
+                .into_iter()
+                .filter(|id| self.steps_with_muon(&self.params[id]) != muon)
+            {
+                problems.push(format!(
+                    "{} has {kind}'s state, and optim.matrix_optimizer = \"{}\" steps it with the \
+                     other optimizer",
+                    self.params[id].name,
+                    if muon { "adam" } else { "muon" }
+                ));
+            }
+        }
         // None at all is a run whose every step was skipped; some but not all is damage.
         if step > 0 && !(self.adam.is_empty() && self.muon.is_empty()) {
             // Frozen parameters have none, on purpose.
@@ -429,6 +460,11 @@ impl RecordOptimizer {
                 .is_some_and(|p| frozen.contains(&p.role))
     }
 
+    /// Whether Muon steps the parameter (else Adam).
+    fn steps_with_muon(&self, entry: &ParamEntry) -> bool {
+        entry.group == ParamGroup::Matrices && self.config.matrix_optimizer == MatrixOptimizer::Muon
+    }
+
     /// One parameter's update: `value` and `grad` flattened, the new value returned.
     fn update(
         &mut self,
@@ -443,6 +479,7 @@ impl RecordOptimizer {
             panic!("parameter {id} is not one of the model this optimizer was made for")
         });
         let (group, word, layout) = (entry.group, entry.stream_word, entry.layout);
+        let muon = self.steps_with_muon(entry);
         let c = &self.config;
         let weight_decay = c.weight_decay[group.index()];
         let lr = lr_multiplier
@@ -459,7 +496,7 @@ impl RecordOptimizer {
             self.compensation.remove(&id),
             self.probe.as_mut().map(|probe| (probe, group)),
         );
-        let value = if group == ParamGroup::Matrices {
+        let value = if muon {
             let muon = Muon {
                 momentum: c.muon_momentum_at(step),
                 ns_steps: c.ns_steps,
@@ -705,6 +742,45 @@ mod tests {
         for (a, b) in values(a).into_iter().zip(values(b)) {
             assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
+    }
+
+    /// With `matrix_optimizer = adam` the matrices take Adam's step (its first moves every
+    /// weight by exactly the rate) and keep Adam's state, not Muon's.
+    #[test]
+    fn matrices_can_take_adams_step() {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let layer = Hidden {
+            linear: CastedLinearConfig::new(4, 6).init(&device),
+        };
+        let before: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
+        let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0]], &device);
+        let loss = layer.linear.forward(x).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &layer);
+        let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+            matrix_lr: 0.01,
+            matrix_optimizer: MatrixOptimizer::Adam,
+            ..Default::default()
+        });
+        let layer = optimizer.step(layer, grads, 1.0, 1.0, 0);
+        let after: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            assert!(((b - a).abs() - 0.01).abs() < 1e-6, "{b} → {a}");
+        }
+        let (state, steps) = optimizer.state();
+        let names: Vec<&str> = state.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["linear.weight.exp_avg", "linear.weight.exp_avg_sq"]);
+        assert_eq!(steps["linear.weight"], 1);
+        // Resumed under Muon, the state is refused: it is the other optimizer's.
+        let mut muon = RecordOptimizer::new(RecordOptimizerConfig::default());
+        let names: Vec<String> = state.iter().map(|(name, _)| name.clone()).collect();
+        let lookup = |name: &str| Ok(state.iter().find(|(n, _)| n == name).unwrap().1.clone());
+        muon.load_state(&layer, &names, lookup, &steps).unwrap();
+        let numel = BTreeMap::from([("linear.weight".to_string(), 24)]);
+        let err = muon.check_state(&numel, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("linear.weight has Adam's state, and optim.matrix_optimizer = \"muon\""),
+            "{err}"
+        );
     }
 
     /// The head (Adam's head group) with fp32 weights after `steps` steps of the gradient of
