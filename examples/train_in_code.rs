@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         data: DataSection {
             train: shard.clone(),
             val: shard,
+            tokenizer: None,
         },
         train: TrainSection {
             steps,

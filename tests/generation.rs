@@ -315,7 +315,7 @@ fn a_prompt_longer_than_the_model_is_refused() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the prompt has the GPT-2 token 600, outside the model's vocabulary of 512"
+        "the prompt has the token 600, outside the model's vocabulary of 512"
     );
     // The model itself refuses a cache that would pass its maximum.
     let mut cache = KvCache::new();

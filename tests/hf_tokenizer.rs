@@ -7,6 +7,8 @@ use std::path::Path;
 use brainfloat_data::{
     DocumentSource, HfTokenizer, Shard, ShardOptions, Tokenizer, tokenize_to_shards,
 };
+use brainfloat_generate::{GenerateOptions, Sampling, generate};
+use brainfloat_gpt::GptConfig;
 use brainfloat_tests::{python_output, script, torch_python};
 
 /// Text with what byte-level BPE must get right: spaces, newlines, punctuation, digits,
@@ -64,4 +66,38 @@ fn a_hugging_face_tokenizer_json_encodes_as_the_library_does() {
     let train = Shard::open(&out.join("hf_train_000.bin")).unwrap();
     let want: Vec<u32> = separator.into_iter().chain(ids).collect();
     assert_eq!(train.window(0, train.len()).unwrap(), want);
+
+    generation_streams_the_tokenizers_text(&ours);
+}
+
+/// Generation with the tokenizer: an empty prompt starts from its separator, only its ids are
+/// drawn (the model's vocabulary is larger), and the streamed text is its decoding of the tokens.
+fn generation_streams_the_tokenizers_text(tokenizer: &HfTokenizer) {
+    let device = brainfloat_test_support::test_device();
+    let model = GptConfig::new(640, 1, 2, 32, 64).init(&device).unwrap();
+    let options = GenerateOptions {
+        max_tokens: 40,
+        sampling: Sampling {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 5,
+        },
+        stop_at_end_of_text: false,
+        kv_cache: true,
+    };
+    let mut pieces = Vec::new();
+    let out = generate(&model, tokenizer, &[], &options, &device, |piece| {
+        pieces.push(piece.to_string())
+    })
+    .unwrap();
+    assert_eq!(out.prompt_tokens, 1, "the separator");
+    assert_eq!(out.tokens.len(), 40);
+    assert!(
+        out.tokens
+            .iter()
+            .all(|&t| (t as usize) < tokenizer.vocab_size())
+    );
+    assert_eq!(pieces.concat(), out.text);
+    assert_eq!(out.text, tokenizer.decode(&out.tokens));
 }

@@ -172,7 +172,7 @@ pub fn fuzz_parsers(base: &Base) -> Vec<Target> {
         &mut rng,
         |input| {
             let tokens = tokenizer.encode(&String::from_utf8_lossy(input));
-            first_context(&tokens, &shape).is_ok()
+            first_context(&tokens, &shape, tokenizer.document_separator()).is_ok()
         },
     ));
 

@@ -2,16 +2,14 @@
 
 use std::path::PathBuf;
 
-use brainfloat_data::{
-    DocumentSource, Gpt2Tokenizer, HfTokenizer, ShardOptions, Tokenizer, tokenize_to_shards,
-};
+use brainfloat_data::{DocumentSource, ShardOptions, tokenize_to_shards};
 use brainfloat_trainer::LogFormat;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::corpus::prepare_sotu;
 use crate::error::CliError;
-use crate::setup::init_logs;
+use crate::setup::{init_logs, tokenizer};
 
 #[derive(Args)]
 pub struct DataArgs {
@@ -47,10 +45,7 @@ pub fn run(args: DataArgs) -> Result<(), CliError> {
     init_logs(LogFormat::Human, true);
     let stats = match &args.input {
         Some(input) => {
-            let tokenizer: Box<dyn Tokenizer> = match &args.tokenizer {
-                Some(path) => Box::new(HfTokenizer::from_file(path)?),
-                None => Box::new(Gpt2Tokenizer::new()),
-            };
+            let tokenizer = tokenizer(args.tokenizer.as_deref())?;
             let documents = DocumentSource::at(input, &args.field)?.documents()?;
             let options = ShardOptions {
                 name: args.name.clone(),

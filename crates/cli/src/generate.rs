@@ -1,14 +1,14 @@
 //! `brainfloat generate`: text from a checkpoint, streamed as it is produced.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
-use brainfloat_data::{Gpt2Tokenizer, Tokenizer};
 use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
 use brainfloat_gpt::LanguageModel;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model};
+use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model, tokenizer};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -45,6 +45,10 @@ pub struct GenerateArgs {
     /// tokens, slower: for comparison).
     #[arg(long)]
     pub no_kv_cache: bool,
+    /// A Hugging Face tokenizer.json for the prompt and the text (default: GPT-2's BPE); its
+    /// document separator starts an empty prompt and ends generation.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// `generate`: the prompt, then the model's text as it comes (stdout), then the speed (stderr).
@@ -78,7 +82,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
     } else {
         args.prompt.unwrap_or_default()
     };
-    let tokenizer = Gpt2Tokenizer::new();
+    let tokenizer = tokenizer(args.tokenizer.as_deref())?;
     let prompt_tokens = tokenizer.encode(&prompt);
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
@@ -96,7 +100,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
     let _ = out.flush();
     let generation = generate(
         &model,
-        &tokenizer,
+        tokenizer.as_ref(),
         &prompt_tokens,
         &options,
         &device,

@@ -64,9 +64,16 @@ impl Tokenizer for Gpt2Tokenizer {
     }
 
     fn decode(&self, tokens: &[u32]) -> String {
-        self.bpe
-            .decode(tokens)
-            .unwrap_or_else(|_| String::from("<undecodable>"))
+        // Byte by byte, then lossy: a sequence may end inside a character (an id past the
+        // vocabulary, which no GPT-2 text has, reads as U+FFFD).
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&token| {
+                self.token_bytes(token)
+                    .unwrap_or_else(|| char::REPLACEMENT_CHARACTER.to_string().into_bytes())
+            })
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn vocab_size(&self) -> usize {

@@ -16,19 +16,17 @@ pub enum GenerateError {
         /// The model's `max_seq_len`.
         max_seq_len: usize,
     },
-    /// An empty prompt on a model without `<|endoftext|>` to start from.
+    /// An empty prompt without a document separator (`<|endoftext|>`) the model knows.
     #[error(
-        "the prompt is empty and the model's vocabulary of {vocab_size} has no <|endoftext|> \
-         (id 50256) to start from; give a prompt"
+        "the prompt is empty and the model's vocabulary of {vocab_size} has no document \
+         separator (<|endoftext|>) of the tokenizer to start from; give a prompt"
     )]
     EmptyPrompt {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
     /// A prompt token the model has no embedding for.
-    #[error(
-        "the prompt has the GPT-2 token {token}, outside the model's vocabulary of {vocab_size}"
-    )]
+    #[error("the prompt has the token {token}, outside the model's vocabulary of {vocab_size}")]
     OutsideVocabulary {
         /// The token id.
         token: u32,

@@ -2,14 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use brainfloat_data::{END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer};
+use brainfloat_data::Tokenizer;
 use brainfloat_gpt::{GptError, KvCache, LanguageModel, ModelShape};
 use brainfloat_precision::apply_policy;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::GenerateError;
 use crate::sampler::{Sampler, Sampling};
-use crate::utf8::Utf8Stream;
+use crate::text_stream::TextStream;
 
 /// What to generate and how.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +60,7 @@ impl Generation {
 /// without the cache. A prompt longer than the maximum is refused.
 pub fn generate(
     model: &impl LanguageModel,
-    tokenizer: &Gpt2Tokenizer,
+    tokenizer: &dyn Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
     device: &Device,
@@ -68,9 +68,9 @@ pub fn generate(
 ) -> Result<Generation, GenerateError> {
     let shape = model.shape();
     let (vocab_size, max_seq_len) = (shape.vocab_size(), shape.max_seq_len());
-    let end_of_text = END_OF_TEXT;
-    let mut context = first_context(prompt, &shape)?;
-    let mut sampler = Sampler::new(options.sampling, vocab_size.min(GPT2_VOCAB))?;
+    let end_of_text = tokenizer.document_separator();
+    let mut context = first_context(prompt, &shape, end_of_text)?;
+    let mut sampler = Sampler::new(options.sampling, vocab_size.min(tokenizer.vocab_size()))?;
     let started = Instant::now();
     let mut generation = Generation {
         prompt_tokens: context.len(),
@@ -81,7 +81,7 @@ pub fn generate(
         prefill: Duration::ZERO,
         elapsed: Duration::ZERO,
     };
-    let mut stream = Utf8Stream::new();
+    let mut stream = TextStream::new(tokenizer);
     let mut emit = |piece: String, generation: &mut Generation| {
         if !piece.is_empty() {
             on_text(&piece);
@@ -112,12 +112,11 @@ pub fn generate(
         }
         let token = sampler.pick(&logits);
         generation.tokens.push(token);
-        if token == end_of_text && options.stop_at_end_of_text {
+        if Some(token) == end_of_text && options.stop_at_end_of_text {
             generation.stopped_at_end_of_text = true;
             break;
         }
-        let bytes = tokenizer.token_bytes(token).unwrap_or_default();
-        emit(stream.push(&bytes), &mut generation);
+        emit(stream.push(token), &mut generation);
         context.push(token);
         pending = vec![token];
     }
@@ -126,11 +125,16 @@ pub fn generate(
     Ok(generation)
 }
 
-/// The context generation starts from: the prompt, or `<|endoftext|>` for an empty one.
-/// Refused: a prompt longer than the model's `max_seq_len`, with an id outside its vocabulary,
-/// or empty on a model without `<|endoftext|>`. What [`generate`] checks first; a trainer checks
-/// its sample prompt with it before training starts.
-pub fn first_context(prompt: &[u32], shape: &ModelShape) -> Result<Vec<u32>, GenerateError> {
+/// The context generation starts from: the prompt, or the tokenizer's document separator
+/// (`<|endoftext|>`, `end_of_text`) for an empty one. Refused: a prompt longer than the model's
+/// `max_seq_len`, with an id outside its vocabulary, or empty without a separator the model
+/// knows. What [`generate`] checks first; a trainer checks its sample prompt with it before
+/// training starts.
+pub fn first_context(
+    prompt: &[u32],
+    shape: &ModelShape,
+    end_of_text: Option<u32>,
+) -> Result<Vec<u32>, GenerateError> {
     let (vocab_size, max_seq_len) = (shape.vocab_size(), shape.max_seq_len());
     if prompt.len() > max_seq_len {
         return Err(GenerateError::PromptTooLong {
@@ -144,10 +148,10 @@ pub fn first_context(prompt: &[u32], shape: &ModelShape) -> Result<Vec<u32>, Gen
     if !prompt.is_empty() {
         return Ok(prompt.to_vec());
     }
-    if vocab_size <= END_OF_TEXT as usize {
-        return Err(GenerateError::EmptyPrompt { vocab_size });
+    match end_of_text {
+        Some(token) if (token as usize) < vocab_size => Ok(vec![token]),
+        _ => Err(GenerateError::EmptyPrompt { vocab_size }),
     }
-    Ok(vec![END_OF_TEXT])
 }
 
 /// `model` converted for generation on `device`: its linear weights stored in the dtype its

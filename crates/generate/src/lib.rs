@@ -3,8 +3,9 @@
 //! [`generate`] runs the decoding loop: the prompt's forward pass fills the model's
 //! [`KvCache`](brainfloat_gpt::KvCache), then each new token costs one position. Tokens are
 //! picked by a [`Sampler`] (greedy, or temperature / top-k / top-p from a seed) that never
-//! picks a padding id, and their bytes are streamed as text once they form whole UTF-8
-//! characters ([`Utf8Stream`]). Logits are the model's soft-capped fp32 logits, computed under
+//! picks an id past the tokenizer's, and their text is streamed once it forms whole UTF-8
+//! characters ([`TextStream`]), with GPT-2's tokenizer or any other [`Tokenizer`]
+//! (`brainfloat_data::Tokenizer`). Logits are the model's soft-capped fp32 logits, computed under
 //! its precision policy (bf16 under the bf16 presets), as in training.
 //!
 //! ```
@@ -31,9 +32,9 @@
 mod error;
 mod generator;
 mod sampler;
-mod utf8;
+mod text_stream;
 
 pub use error::GenerateError;
 pub use generator::{GenerateOptions, Generation, first_context, generate, inference_model};
 pub use sampler::{Sampler, Sampling};
-pub use utf8::Utf8Stream;
+pub use text_stream::TextStream;

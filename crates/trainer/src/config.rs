@@ -100,6 +100,10 @@ pub struct DataSection {
     pub train: PathBuf,
     /// Validation shards.
     pub val: PathBuf,
+    /// The Hugging Face `tokenizer.json` the shards were made with, for the samples during
+    /// training (default: GPT-2's BPE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// The training section.

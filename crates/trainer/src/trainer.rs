@@ -6,7 +6,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use brainfloat_data::{
-    DistributedLoader, Gpt2Tokenizer, LoaderPosition, ShardIdentity, Tokenizer, shard_paths,
+    DistributedLoader, Gpt2Tokenizer, HfTokenizer, LoaderPosition, ShardIdentity, Tokenizer,
+    shard_paths,
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
@@ -107,7 +108,7 @@ impl<T> std::ops::DerefMut for Owned<T> {
 
 /// The tokenizer and the tokenized prompt of the samples during training.
 struct SamplePrompt {
-    tokenizer: Gpt2Tokenizer,
+    tokenizer: Box<dyn Tokenizer + Send + Sync>,
     prompt: Vec<u32>,
 }
 
@@ -120,12 +121,17 @@ const SAMPLE_TOP_K: usize = 200;
 impl SamplePrompt {
     /// The config's sample prompt, checked against the model as generation will check it.
     fn new(config: &TrainConfig) -> Result<Self, TrainError> {
-        let tokenizer = Gpt2Tokenizer::new();
+        let tokenizer: Box<dyn Tokenizer + Send + Sync> = match &config.data.tokenizer {
+            Some(path) => Box::new(HfTokenizer::from_file(path)?),
+            None => Box::new(Gpt2Tokenizer::new()),
+        };
         let prompt = tokenizer.encode(&config.eval.sample_prompt);
-        first_context(&prompt, &config.shape()?).map_err(|err| ConfigError {
-            key: "eval.sample_prompt".into(),
-            problem: err.to_string(),
-        })?;
+        first_context(&prompt, &config.shape()?, tokenizer.document_separator()).map_err(
+            |err| ConfigError {
+                key: "eval.sample_prompt".into(),
+                problem: err.to_string(),
+            },
+        )?;
         Ok(Self { tokenizer, prompt })
     }
 }
@@ -850,7 +856,7 @@ impl<M: LanguageModel> Trainer<M> {
         let model = inference_model(self.model.valid(), &device)?;
         let generation = generate(
             &model,
-            &samples.tokenizer,
+            samples.tokenizer.as_ref(),
             &samples.prompt,
             &options,
             &device,

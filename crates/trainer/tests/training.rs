@@ -312,7 +312,7 @@ fn samples_come_at_their_evaluations_and_into_the_metrics() {
         .to_string();
     assert_eq!(
         err,
-        "config eval.sample_prompt: the prompt has the GPT-2 token 1181, outside the model's \
+        "config eval.sample_prompt: the prompt has the token 1181, outside the model's \
          vocabulary of 512"
     );
 }
