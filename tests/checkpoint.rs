@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use brainfloat_gpt::GptConfig;
+use brainfloat_gpt::{GptConfig, ModelShape};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_tests::*;
 use brainfloat_trainer::{
-    load_weights, save_weights, weights_from_safetensors, weights_to_safetensors,
+    load_weights, save_weights, weights_from_safetensors, weights_shape, weights_to_safetensors,
 };
 use safetensors::SafeTensors;
 
@@ -72,6 +72,14 @@ fn bf16_models_round_trip_bit_exactly_through_a_file() {
     .unwrap();
     let loaded = load_weights(fresh, &path).unwrap();
     assert_eq!(weights_to_safetensors(&loaded).unwrap(), saved);
+
+    // The file carries its model's shape; PyTorch's file carries none.
+    let shape = weights_shape(&path).unwrap();
+    assert_eq!(shape, Some(ModelShape::Record(golden_config())));
+    assert_eq!(
+        weights_shape(&golden_dir().join("init.safetensors")).unwrap(),
+        None
+    );
 }
 
 fn load_error(bytes: &[u8]) -> String {

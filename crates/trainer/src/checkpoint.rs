@@ -65,25 +65,7 @@ pub fn load_weights<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
 /// ([`SHAPE_METADATA`]); `None` for a file without it (written by PyTorch or by an older build).
 /// Reads only the file's header.
 pub fn weights_shape(path: &Path) -> Result<Option<ModelShape>, TrainError> {
-    use std::io::Read;
-    let problem = |err: String| checkpoint_error(path, err);
-    let mut file =
-        std::fs::File::open(path).map_err(|err| problem(format!("cannot read: {err}")))?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length)
-        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
-    let length = u64::from_le_bytes(length);
-    const MAX_HEADER: u64 = 100 << 20;
-    if length > MAX_HEADER {
-        return Err(problem(format!(
-            "not a safetensors file: a header of {length} bytes"
-        )));
-    }
-    let mut header = vec![0u8; length as usize];
-    file.read_exact(&mut header)
-        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|err| problem(format!("not a safetensors file: {err}")))?;
+    let (_, header) = safetensors_header(path).map_err(|err| checkpoint_error(path, err))?;
     let Some(text) = header
         .get("__metadata__")
         .and_then(|metadata| metadata.get(SHAPE_METADATA))
@@ -93,7 +75,7 @@ pub fn weights_shape(path: &Path) -> Result<Option<ModelShape>, TrainError> {
     };
     ModelShape::from_json(text)
         .map(Some)
-        .map_err(|err| problem(err.to_string()))
+        .map_err(|err| checkpoint_error(path, err))
 }
 
 /// As [`load_weights`], from the bytes of the file.
@@ -198,8 +180,38 @@ pub(crate) fn serialize_tensors(
         .map(|(key, value)| (key.to_string(), value.clone()))
         .collect();
     metadata.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|err| TensorFileError::one(err.to_string()))
+    let mut bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|err| TensorFileError::one(err.to_string()))?;
+    sort_header(&mut bytes);
+    Ok(bytes)
+}
+
+/// Rewrites the header of the safetensors file `bytes` with its keys sorted. safetensors writes
+/// the metadata map in `HashMap` order, which differs from process to process; sorted, one
+/// model gives one file, byte for byte. The same keys and values take the same bytes in any
+/// order, so the header keeps its length (and the data its offsets).
+fn sort_header(bytes: &mut [u8]) {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
+    else {
+        return;
+    };
+    let Some(header) = bytes.get(8..8 + len as usize) else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(header) else {
+        return;
+    };
+    let text = text.trim_end_matches(' ');
+    // serde_json's map is ordered by key (no `preserve_order` in this build).
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    let sorted = serde_json::to_vec(&value).expect("JSON values serialize");
+    if sorted.len() == text.len() {
+        bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    }
 }
 
 /// The float tensor `view` (named `name`, for errors) of a safetensors file as Burn data in its
@@ -524,9 +536,27 @@ fn confined(dir: &Path, file: &str) -> Result<PathBuf, TrainError> {
 /// and the end of the furthest tensor the header declares. Read from the header alone, so a
 /// file of the wrong size is refused before it is read.
 fn declared_safetensors_len(path: &Path) -> Result<u64, String> {
+    let (header_len, header) = safetensors_header(path)?;
+    let end = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(_, tensor)| tensor["data_offsets"][1].as_u64())
+        .try_fold(0u64, |end, tensor_end| tensor_end.map(|e| end.max(e)))
+        .ok_or("not a safetensors file: a tensor without data offsets")?;
+    Ok(8 + header_len + end)
+}
+
+/// The header of the safetensors file `path` and its length in bytes, read (and refused) as
+/// it is, before any tensor: the file must be a regular file whose header is JSON within
+/// safetensors' own limit.
+fn safetensors_header(path: &Path) -> Result<(u64, HashMap<String, serde_json::Value>), String> {
     use std::io::Read;
     /// safetensors' own limit on a header.
     const MAX_HEADER: u64 = 100_000_000;
+    let metadata = std::fs::metadata(path).map_err(|err| format!("cannot read: {err}"))?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
     let mut file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
@@ -540,15 +570,9 @@ fn declared_safetensors_len(path: &Path) -> Result<u64, String> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|_| "truncated inside its safetensors header".to_string())?;
-    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+    let header = serde_json::from_slice(&header)
         .map_err(|err| format!("not a safetensors file: its header is not JSON ({err})"))?;
-    let end = header
-        .iter()
-        .filter(|(name, _)| name.as_str() != "__metadata__")
-        .map(|(_, tensor)| tensor["data_offsets"][1].as_u64())
-        .try_fold(0u64, |end, tensor_end| tensor_end.map(|e| end.max(e)))
-        .ok_or("not a safetensors file: a tensor without data offsets")?;
-    Ok(8 + header_len + end)
+    Ok((header_len, header))
 }
 
 /// The bytes of the safetensors file `path`, read only once it is known to be a regular file
@@ -693,6 +717,29 @@ pub fn load_checkpoint<M: LanguageModel>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each write builds a new metadata map, whose order is its own: the files must not differ.
+    #[test]
+    fn one_model_gives_one_file_byte_for_byte() {
+        let file = || {
+            let data = TensorData::new(vec![1.0f32, 2.0, 3.0], [3]);
+            let metadata: Vec<(&str, String)> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|key| (*key, format!("value of {key}")))
+                .collect();
+            serialize_tensors(vec![("t".into(), data, vec![3])], &metadata).unwrap()
+        };
+        let first = file();
+        for _ in 0..20 {
+            assert_eq!(file(), first);
+        }
+        let (_, read) = SafeTensors::read_metadata(&first).unwrap();
+        let metadata = read.metadata().as_ref().unwrap();
+        assert_eq!(metadata["c"], "value of c");
+        assert_eq!(metadata["format"], "pt");
+        let tensors = SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(tensors.tensor("t").unwrap().shape(), [3]);
+    }
 
     #[test]
     fn record_names_give_their_steps_as_numbers() {
