@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use brainfloat_gpt::ModelSize;
+use brainfloat_gpt::{Arch, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,9 @@ use crate::stats::Spread;
 /// The model and batch every preset ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
+    /// Architecture (reports before it was recorded are the record's).
+    #[serde(default)]
+    pub arch: Arch,
     /// Size name (`tiny`, `small`, `speedrun`).
     pub size: ModelSize,
     /// Parameters.
@@ -170,13 +173,17 @@ impl BenchReport {
         let _ = writeln!(md, "Command: `{}`\n", self.command);
         let _ = writeln!(
             md,
-            "Machine: {} (backend `{}`). Model: `{}`, {} parameters, vocabulary {}, {} tokens \
+            "Machine: {} (backend `{}`). Model: `{}`{}, {} parameters, vocabulary {}, {} tokens \
              per step (sequence {}), {:.1} MFLOP per token (analytic). Per preset: {} warm-up \
              steps, then {} timed steps, the presets interleaved step by step (round r starts \
              with preset r mod {}). Ratios are to `{}`.\n",
             self.machine,
             self.backend,
             m.size,
+            match m.arch {
+                Arch::Record => "",
+                Arch::Gpt2 => " as GPT-2 (`model.arch = \"gpt2\"`)",
+            },
             m.params,
             m.vocab_size,
             m.tokens_per_step,
@@ -409,6 +416,7 @@ mod tests {
             backend: "flex".into(),
             machine: "test machine".into(),
             model: ModelInfo {
+                arch: Arch::Record,
                 size: ModelSize::Tiny,
                 params: 1,
                 vocab_size: 1,

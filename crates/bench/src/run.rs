@@ -94,6 +94,7 @@ pub fn run_bench(
 
     let shape = config.shape()?;
     let model = ModelInfo {
+        arch: shape.arch(),
         size: config.model.size,
         params: shape.num_params(),
         vocab_size: shape.vocab_size(),
