@@ -140,26 +140,17 @@ impl GptConfig {
     /// head width for rotary, a positive soft-cap.
     pub fn validate(&self) -> Result<(), GptError> {
         let invalid = |field, reason: String| Err(GptError::InvalidConfig { field, reason });
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("d_model", self.d_model),
-            ("max_seq_len", self.max_seq_len),
-        ] {
-            if value == 0 {
-                return invalid(field, format!("{field} must be at least 1"));
-            }
-        }
-        if !self.d_model.is_multiple_of(self.n_head) {
-            return invalid(
-                "d_model",
-                format!(
-                    "d_model {} is not divisible by n_head {}",
-                    self.d_model, self.n_head
-                ),
-            );
-        }
+        check_sizes(
+            &[
+                ("vocab_size", self.vocab_size),
+                ("n_layer", self.n_layer),
+                ("n_head", self.n_head),
+                ("d_model", self.d_model),
+                ("max_seq_len", self.max_seq_len),
+            ],
+            self.d_model,
+            self.n_head,
+        )?;
         if !self.head_dim().is_multiple_of(2) {
             return invalid(
                 "n_head",
@@ -204,6 +195,26 @@ impl GptConfig {
         let per_block = 4 * d * d + 8 * d * d + 2 + 1;
         2 * self.vocab_size * d + self.n_layer * per_block
     }
+}
+
+/// Refuses a size of 0 among `sizes` (named by their fields) and a width `d_model` that does
+/// not divide into `n_head` heads: what every architecture's shape must satisfy.
+pub(crate) fn check_sizes(
+    sizes: &[(&'static str, usize)],
+    d_model: usize,
+    n_head: usize,
+) -> Result<(), GptError> {
+    let invalid = |field, reason: String| Err(GptError::InvalidConfig { field, reason });
+    if let Some((field, _)) = sizes.iter().find(|(_, value)| *value == 0) {
+        return invalid(field, format!("{field} must be at least 1"));
+    }
+    if !d_model.is_multiple_of(n_head) {
+        return invalid(
+            "d_model",
+            format!("d_model {d_model} is not divisible by n_head {n_head}"),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
 
+use crate::config::check_sizes;
 use crate::error::GptError;
 use crate::model::{Batch, KvCache, LayerCache, Limits, check_context};
 
@@ -83,36 +84,26 @@ impl Gpt2Config {
 
     /// Checks that the shape is buildable.
     pub fn validate(&self) -> Result<(), GptError> {
-        let invalid = |field, reason: String| Err(GptError::InvalidConfig { field, reason });
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("d_model", self.d_model),
-            ("max_seq_len", self.max_seq_len),
-            ("d_mlp", self.mlp_width()),
-        ] {
-            if value == 0 {
-                return invalid(field, format!("{field} must be at least 1"));
-            }
-        }
-        if !self.d_model.is_multiple_of(self.n_head) {
-            return invalid(
-                "d_model",
-                format!(
-                    "d_model {} is not divisible by n_head {}",
-                    self.d_model, self.n_head
-                ),
-            );
-        }
+        check_sizes(
+            &[
+                ("vocab_size", self.vocab_size),
+                ("n_layer", self.n_layer),
+                ("n_head", self.n_head),
+                ("d_model", self.d_model),
+                ("max_seq_len", self.max_seq_len),
+                ("d_mlp", self.mlp_width()),
+            ],
+            self.d_model,
+            self.n_head,
+        )?;
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return invalid(
-                "layer_norm_eps",
-                format!(
+            return Err(GptError::InvalidConfig {
+                field: "layer_norm_eps",
+                reason: format!(
                     "layer_norm_eps must be positive, got {}",
                     self.layer_norm_eps
                 ),
-            );
+            });
         }
         Ok(())
     }

@@ -180,79 +180,51 @@ fn wrong_arch(wanted: Arch, shape: &ModelShape) -> GptError {
     }
 }
 
-impl LanguageModel for Gpt {
-    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
-        match shape {
-            ModelShape::Record(config) => config.init(device),
-            other => Err(wrong_arch(Arch::Record, other)),
+/// `LanguageModel` for an architecture's own model: its inherent methods, its shape the
+/// `ModelShape` variant `$variant`.
+macro_rules! language_model {
+    ($model:ty, $variant:ident) => {
+        impl LanguageModel for $model {
+            fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+                match shape {
+                    ModelShape::$variant(config) => config.init(device),
+                    other => Err(wrong_arch(Arch::$variant, other)),
+                }
+            }
+
+            fn shape(&self) -> ModelShape {
+                ModelShape::$variant(self.config().clone())
+            }
+
+            fn policy(&self) -> &PrecisionPolicy {
+                <$model>::policy(self)
+            }
+
+            fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+                <$model>::forward(self, batch)
+            }
+
+            fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+                <$model>::logits(self, batch)
+            }
+
+            fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
+                <$model>::hidden_states(self, inputs)
+            }
+
+            fn next_token_logits(
+                &self,
+                inputs: Tensor<2, Int>,
+                cache: Option<&mut KvCache>,
+            ) -> Result<Tensor<2>, GptError> {
+                <$model>::next_token_logits(self, inputs, cache)
+            }
         }
-    }
-
-    fn shape(&self) -> ModelShape {
-        ModelShape::Record(self.config().clone())
-    }
-
-    fn policy(&self) -> &PrecisionPolicy {
-        Gpt::policy(self)
-    }
-
-    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
-        Gpt::forward(self, batch)
-    }
-
-    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-        Gpt::logits(self, batch)
-    }
-
-    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-        Gpt::hidden_states(self, inputs)
-    }
-
-    fn next_token_logits(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor<2>, GptError> {
-        Gpt::next_token_logits(self, inputs, cache)
-    }
+    };
 }
 
-impl LanguageModel for Gpt2 {
-    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
-        match shape {
-            ModelShape::Gpt2(config) => config.init(device),
-            other => Err(wrong_arch(Arch::Gpt2, other)),
-        }
-    }
-
-    fn shape(&self) -> ModelShape {
-        ModelShape::Gpt2(self.config().clone())
-    }
-
-    fn policy(&self) -> &PrecisionPolicy {
-        Gpt2::policy(self)
-    }
-
-    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
-        Gpt2::forward(self, batch)
-    }
-
-    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-        Gpt2::logits(self, batch)
-    }
-
-    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-        Gpt2::hidden_states(self, inputs)
-    }
-
-    fn next_token_logits(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor<2>, GptError> {
-        Gpt2::next_token_logits(self, inputs, cache)
-    }
-}
+language_model!(Gpt, Record);
+language_model!(Gpt2, Gpt2);
 
 /// A model whose architecture is chosen at run time (by a config's `model.arch` or a file's
 /// metadata): what the command line trains, evaluates and samples.
