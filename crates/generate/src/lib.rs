@@ -4,8 +4,8 @@
 //! [`KvCache`](brainfloat_gpt::KvCache), then each new token costs one position. Tokens are
 //! picked by a [`Sampler`] (greedy, or temperature / top-k / top-p from a seed) that never
 //! picks an id past the tokenizer's, and their text is streamed once it forms whole UTF-8
-//! characters ([`TextStream`]), with GPT-2's tokenizer or any other [`Tokenizer`]
-//! (`brainfloat_data::Tokenizer`). Logits are the model's soft-capped fp32 logits, computed under
+//! characters ([`TextStream`]), with GPT-2's tokenizer or any other
+//! [`Tokenizer`](brainfloat_data::Tokenizer). Logits are the model's soft-capped fp32 logits, computed under
 //! its precision policy (bf16 under the bf16 presets), as in training.
 //!
 //! ```
