@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use brainfloat_data::{DocumentSource, ShardOptions, tokenize_to_shards};
+use brainfloat_data::{DocumentSource, ShardOptions, tokenize_to_shards, tokenizer_at};
 use brainfloat_trainer::LogFormat;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::corpus::prepare_sotu;
 use crate::error::CliError;
-use crate::setup::{init_logs, tokenizer};
+use crate::setup::init_logs;
 
 #[derive(Args)]
 pub struct DataArgs {
@@ -45,7 +45,7 @@ pub fn run(args: DataArgs) -> Result<(), CliError> {
     init_logs(LogFormat::Human, true);
     let stats = match &args.input {
         Some(input) => {
-            let tokenizer = tokenizer(args.tokenizer.as_deref())?;
+            let tokenizer = tokenizer_at(args.tokenizer.as_deref())?;
             let documents = DocumentSource::at(input, &args.field)?.documents()?;
             let options = ShardOptions {
                 name: args.name.clone(),

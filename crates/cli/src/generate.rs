@@ -8,7 +8,7 @@ use brainfloat_gpt::LanguageModel;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model, tokenizer};
+use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -82,7 +82,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
     } else {
         args.prompt.unwrap_or_default()
     };
-    let tokenizer = tokenizer(args.tokenizer.as_deref())?;
+    let tokenizer = brainfloat_data::tokenizer_at(args.tokenizer.as_deref())?;
     let prompt_tokens = tokenizer.encode(&prompt);
     let options = GenerateOptions {
         max_tokens: args.max_tokens,

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use brainfloat_backend::{BACKEND_VAR, Backend};
-use brainfloat_data::{Gpt2Tokenizer, HfTokenizer, Tokenizer, shard_paths};
+use brainfloat_data::shard_paths;
 use brainfloat_gpt::{Model, ModelShape};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
@@ -170,14 +170,6 @@ pub fn command_line() -> String {
 /// Whether `path` names a checkpoint record (`step_*.json`) rather than a weights file.
 pub fn is_record(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
-}
-
-/// The tokenizer of `path` (a Hugging Face `tokenizer.json`), or GPT-2's BPE without one.
-pub fn tokenizer(path: Option<&Path>) -> Result<Box<dyn Tokenizer>, CliError> {
-    Ok(match path {
-        Some(path) => Box::new(HfTokenizer::from_file(path)?),
-        None => Box::new(Gpt2Tokenizer::new()),
-    })
 }
 
 /// Where a model's weights come from, as the command line names them.

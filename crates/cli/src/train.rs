@@ -72,7 +72,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     // First, so that a signal during start-up still ends with a checkpoint after one step.
     let stop = StopRequest::install()?;
     let mut config = load_config(&args.run)?;
-    // Weights that carry their shape build that model, whatever the config's model section.
+    // Weights that carry their shape build that model, whatever the config says.
     if let Some(shape) = args
         .init
         .as_ref()
@@ -82,6 +82,20 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     {
         config = with_shape(config, &shape)?;
     }
+    let start = match (args.init, args.resume) {
+        (Some(WeightsSource::Weights(path)), _) => Start::Init(path),
+        (Some(WeightsSource::HuggingFace(dir)), _) => Start::InitHf(dir),
+        (Some(WeightsSource::Record(path)), _) => {
+            return Err(CliError::Refused(format!(
+                "--init takes weights (a safetensors file or hf:DIR), not the checkpoint record \
+                 {}: continue it with --resume, or start from its weights file (named in it)",
+                path.display()
+            )));
+        }
+        (None, Some(path)) if path.as_os_str() == NEWEST => Start::Resume(None),
+        (None, Some(path)) => Start::Resume(Some(path)),
+        (None, None) => Start::Fresh,
+    };
     if args.overwrite {
         config.output.overwrite = true;
     }
@@ -110,19 +124,6 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         "training",
     )?;
     let device = device(args.run.backend)?;
-    let start = match (args.init, args.resume) {
-        (Some(WeightsSource::Weights(path)), _) => Start::Init(path),
-        (Some(WeightsSource::HuggingFace(dir)), _) => Start::InitHf(dir),
-        (Some(WeightsSource::Record(path)), _) => {
-            return Err(CliError::Refused(format!(
-                "--init takes weights (a safetensors file or hf:DIR), not the checkpoint record                  {}: continue it with --resume, or start from its weights file (named in it)",
-                path.display()
-            )));
-        }
-        (None, Some(path)) if path.as_os_str() == NEWEST => Start::Resume(None),
-        (None, Some(path)) => Start::Resume(Some(path)),
-        (None, None) => Start::Fresh,
-    };
     let progress = config.output.progress;
     let mut metrics_plugin = MetricsPlugin::new(config.output.dir.join("metrics.jsonl"))
         .with_memory(brainfloat_memory::step_reading);

@@ -30,5 +30,5 @@ pub use loader::{
 };
 pub use tokenize::{
     CorpusStats, END_OF_TEXT, GPT2_VOCAB, Gpt2Tokenizer, HfTokenizer, ShardOptions, Tokenizer,
-    text_files, tokenize_to_shards,
+    text_files, tokenize_to_shards, tokenizer_at,
 };

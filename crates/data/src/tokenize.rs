@@ -34,6 +34,14 @@ pub trait Tokenizer {
     }
 }
 
+/// The tokenizer of `path` (a Hugging Face `tokenizer.json`), or GPT-2's BPE without one.
+pub fn tokenizer_at(path: Option<&Path>) -> Result<Box<dyn Tokenizer + Send + Sync>, DataError> {
+    Ok(match path {
+        Some(path) => Box::new(HfTokenizer::from_file(path)?),
+        None => Box::new(Gpt2Tokenizer::new()),
+    })
+}
+
 /// Ids the GPT-2 tokenizer knows: `0..50257` (`<|endoftext|>` the last). Models pad their
 /// vocabulary beyond it (the record's 50304); those ids are never text.
 pub const GPT2_VOCAB: usize = 50257;

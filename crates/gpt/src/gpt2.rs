@@ -7,13 +7,13 @@
 //! between this model and `transformers` by name and shape alone.
 
 use brainfloat_precision::{
-    CastedLinear, CastedLinearConfig, Head, LOGITS_PER_CHUNK, ParamRole, ParamRoles,
-    PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout, head_loss,
+    ACCUMULATION_DTYPE, CastedLinear, CastedLinearConfig, Head, LOGITS_PER_CHUNK, ParamRole,
+    ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout, head_loss,
 };
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
-use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 
 use crate::config::check_sizes;
 use crate::error::GptError;
@@ -189,8 +189,8 @@ impl Gpt2Config {
 // ----------------------------------------------------------------------------------------------
 // LayerNorm with a bias
 
-/// `(x − mean) / √(var + eps) · weight + bias` over the last axis, computed in fp32 and rounded
-/// to the input's dtype once, as PyTorch's `layer_norm` does for bf16.
+/// `(x − mean) / √(var + eps) · weight + bias` over the last axis, computed in the accumulation
+/// dtype (fp32) and rounded to the input's dtype once, as PyTorch's `layer_norm` does for bf16.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
     /// Gain, `[d_model]`, init 1.
@@ -211,13 +211,17 @@ impl LayerNorm {
     /// `x` `[B, T, C]` in any float dtype → the same dtype.
     pub fn forward(&self, x: Tensor<3>, eps: f64) -> Tensor<3> {
         let dtype = FloatDType::from(x.dtype());
-        let x = x.cast(DType::F32);
+        let x = x.cast(ACCUMULATION_DTYPE);
         let mean = x.clone().mean_dim(2);
         let centred = x - mean;
         let variance = centred.clone().square().mean_dim(2);
         let normed = centred / variance.add_scalar(eps).sqrt();
-        let weight = self.weight.val().cast(DType::F32).reshape([1, 1, -1]);
-        let bias = self.bias.val().cast(DType::F32).reshape([1, 1, -1]);
+        let weight = self
+            .weight
+            .val()
+            .cast(ACCUMULATION_DTYPE)
+            .reshape([1, 1, -1]);
+        let bias = self.bias.val().cast(ACCUMULATION_DTYPE).reshape([1, 1, -1]);
         (normed * weight + bias).cast(dtype)
     }
 }
@@ -404,10 +408,9 @@ impl Gpt2 {
         let positions =
             Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &inputs.device())
                 .reshape([1, len]);
-        let x = t.wte.forward(inputs).cast(policy.activation())
+        let mut x = t.wte.forward(inputs).cast(policy.activation())
             + t.wpe.forward(positions).cast(policy.activation());
         let eps = self.config.layer_norm_eps;
-        let mut x = x;
         let mut boundaries = Vec::with_capacity(t.h.len());
         for (index, block) in t.h.iter().enumerate() {
             let past = cache.as_mut().map(|cache| cache.layer(index));
@@ -423,20 +426,19 @@ impl Gpt2 {
         self.run_blocks(inputs, 0, None)
     }
 
-    /// The tied head outside the fused loss: `hidden` `[B, T, C]` → logits in the loss dtype
-    /// (fp32), the product in the matmul dtype as `CastedLinear` runs it.
+    /// The head: the token embedding, tied.
+    fn tied_head(&self) -> Head {
+        Head {
+            weight: self.transformer.wte.weight.val(),
+            bias: None,
+        }
+    }
+
+    /// The head outside the fused loss: `hidden` `[B, T, C]` → logits in the loss dtype (fp32).
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let [b, t, c] = hidden.dims();
-        let policy = &self.policy;
-        let weight = self.transformer.wte.weight.val().cast(policy.matmul());
-        let logits = brainfloat_ops::matmul(
-            hidden.reshape([b * t, c]).cast(policy.matmul()),
-            weight.transpose(),
-        );
-        logits
-            .cast(policy.activation())
-            .cast(policy.loss())
-            .reshape([b, t, self.config.vocab_size])
+        self.tied_head()
+            .logits(hidden, &self.policy)
+            .cast(self.policy.loss())
     }
 
     /// Logits `[B, T, vocab]` in fp32.
@@ -450,12 +452,8 @@ impl Gpt2 {
     pub fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
         self.config.limits().check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone());
-        let head = Head {
-            weight: self.transformer.wte.weight.val(),
-            bias: None,
-        };
         Ok(head_loss(
-            head,
+            self.tied_head(),
             hidden,
             batch.targets().clone(),
             None,

@@ -83,6 +83,16 @@ pub enum ModelShape {
     Gpt2(Gpt2Config),
 }
 
+/// `$body` with `$config` bound to the architecture's own shape.
+macro_rules! each_shape {
+    ($self:expr, $config:ident => $body:expr) => {
+        match $self {
+            ModelShape::Record($config) => $body,
+            ModelShape::Gpt2($config) => $body,
+        }
+    };
+}
+
 impl ModelShape {
     /// The architecture.
     pub fn arch(&self) -> Arch {
@@ -99,58 +109,32 @@ impl ModelShape {
 
     /// Checks that the shape is buildable.
     pub fn validate(&self) -> Result<(), GptError> {
-        match self {
-            ModelShape::Record(config) => config.validate(),
-            ModelShape::Gpt2(config) => config.validate(),
-        }
+        each_shape!(self, config => config.validate())
     }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        match self {
-            ModelShape::Record(config) => config.vocab_size,
-            ModelShape::Gpt2(config) => config.vocab_size,
-        }
+        each_shape!(self, config => config.vocab_size)
     }
 
     /// Longest sequence the model accepts.
     pub fn max_seq_len(&self) -> usize {
-        match self {
-            ModelShape::Record(config) => config.max_seq_len,
-            ModelShape::Gpt2(config) => config.max_seq_len,
-        }
+        each_shape!(self, config => config.max_seq_len)
     }
 
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
-        match self {
-            ModelShape::Record(config) => config.num_params(),
-            ModelShape::Gpt2(config) => config.num_params(),
-        }
-    }
-
-    /// Parameters that take part in matrix products.
-    pub fn matmul_params(&self) -> usize {
-        match self {
-            ModelShape::Record(config) => config.matmul_params(),
-            ModelShape::Gpt2(config) => config.matmul_params(),
-        }
+        each_shape!(self, config => config.num_params())
     }
 
     /// Training FLOPs per token at sequence length `seq_len`.
     pub fn training_flops_per_token(&self, seq_len: usize) -> u64 {
-        match self {
-            ModelShape::Record(config) => config.training_flops_per_token(seq_len),
-            ModelShape::Gpt2(config) => config.training_flops_per_token(seq_len),
-        }
+        each_shape!(self, config => config.training_flops_per_token(seq_len))
     }
 
     /// The shape in words.
     pub fn describe(&self) -> String {
-        match self {
-            ModelShape::Record(config) => config.describe(),
-            ModelShape::Gpt2(config) => config.describe(),
-        }
+        each_shape!(self, config => config.describe())
     }
 
     /// The shape as JSON, as a weights file's metadata carries it (`{"arch": "gpt2", ...}`).

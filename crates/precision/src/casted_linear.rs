@@ -294,6 +294,25 @@ pub struct Head {
     pub bias: Option<Tensor<1>>,
 }
 
+impl Head {
+    /// The logits `[B, T, vocab]` of `hidden` `[B, T, C]` in the activation dtype, the product
+    /// in the matmul dtype: what [`CastedLinear::forward_under`] gives for an `[out, in]` head
+    /// (for evaluation and sampling; training takes [`head_loss`]).
+    pub fn logits(self, hidden: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
+        let [batch, seq, d_model] = hidden.dims();
+        let hidden = hidden.reshape([batch * seq, d_model]).cast(policy.matmul());
+        let weight = self.weight.cast(policy.matmul());
+        let vocab = weight.dims()[0];
+        let mut logits = matmul(hidden, weight.transpose());
+        if let Some(bias) = self.bias {
+            logits = logits + bias.cast(policy.matmul()).unsqueeze();
+        }
+        logits
+            .cast(policy.activation())
+            .reshape([batch, seq, vocab])
+    }
+}
+
 /// The output head and the loss in one: `cross_entropy_fp32(softcap(hidden · Wᵀ + b))` with
 /// the logits made, used and dropped inside, `logits_per_chunk` at a time. Autodiff sees only
 /// `hidden` `[B, T, C]` and the head's parameters, with the gradients the logits would have

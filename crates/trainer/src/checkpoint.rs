@@ -25,7 +25,7 @@ use crate::error::{TensorFileError, TrainError};
 use crate::faults::FaultPoint;
 use crate::optim::RecordOptimizer;
 
-fn checkpoint_error(path: &Path, problem: impl ToString) -> TrainError {
+pub(crate) fn checkpoint_error(path: &Path, problem: impl ToString) -> TrainError {
     TrainError::Checkpoint {
         path: path.to_path_buf(),
         problem: problem.to_string(),
@@ -577,13 +577,11 @@ fn safetensors_header(path: &Path) -> Result<(u64, HashMap<String, serde_json::V
 
 /// The bytes of the safetensors file `path`, read only once it is known to be a regular file
 /// of exactly the length its header declares (not a device, not cut short, not padded).
-fn read_safetensors(path: &Path) -> Result<Vec<u8>, TrainError> {
+pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<u8>, TrainError> {
+    // Refuses what is not a regular file first (the header is read from it).
+    let declared = declared_safetensors_len(path).map_err(|err| checkpoint_error(path, err))?;
     let metadata = std::fs::metadata(path)
         .map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
-    if !metadata.is_file() {
-        return Err(checkpoint_error(path, "not a regular file"));
-    }
-    let declared = declared_safetensors_len(path).map_err(|err| checkpoint_error(path, err))?;
     if metadata.len() != declared {
         return Err(checkpoint_error(
             path,

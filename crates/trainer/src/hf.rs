@@ -19,20 +19,15 @@ use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{serialize_tensors, weights_from_tensors};
+use crate::checkpoint::{
+    checkpoint_error, read_safetensors, serialize_tensors, weights_from_tensors,
+};
 use crate::error::TrainError;
 
 /// The model folder's configuration file.
 pub const CONFIG_FILE: &str = "config.json";
 /// The model folder's weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-
-fn hf_error(path: &Path, problem: impl ToString) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        problem: problem.to_string(),
-    }
-}
 
 /// The keys of `transformers`' `GPT2Config` that decide the computation; the others (dropout,
 /// token ids, generation settings) are left to `transformers`' defaults.
@@ -157,17 +152,17 @@ impl HfGpt2Config {
 pub fn read_hf_shape(dir: &Path) -> Result<ModelShape, TrainError> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read(&path).map_err(|err| {
-        hf_error(
+        checkpoint_error(
             &path,
             format!("cannot read a Hugging Face model's config: {err}"),
         )
     })?;
     let config: HfGpt2Config = serde_json::from_slice(&text)
-        .map_err(|err| hf_error(&path, format!("not a GPT-2 config: {err}")))?;
+        .map_err(|err| checkpoint_error(&path, format!("not a GPT-2 config: {err}")))?;
     config
         .shape()
         .map(ModelShape::Gpt2)
-        .map_err(|problem| hf_error(&path, problem))
+        .map_err(|problem| checkpoint_error(&path, problem))
 }
 
 /// `model` (built with [`read_hf_shape`]'s shape) with the weights of the Hugging Face folder
@@ -175,23 +170,22 @@ pub fn read_hf_shape(dir: &Path) -> Result<ModelShape, TrainError> {
 pub fn load_hf_weights<M: Module>(model: M, dir: &Path) -> Result<M, TrainError> {
     let path = dir.join(WEIGHTS_FILE);
     if !path.exists() && dir.join("pytorch_model.bin").exists() {
-        return Err(hf_error(
+        return Err(checkpoint_error(
             dir,
             "holds pytorch_model.bin only: save it as safetensors first \
              (`model.save_pretrained(dir, safe_serialization=True)`)",
         ));
     }
-    let bytes =
-        std::fs::read(&path).map_err(|err| hf_error(&path, format!("cannot read: {err}")))?;
+    let bytes = read_safetensors(&path)?;
     let file = SafeTensors::deserialize(&bytes)
-        .map_err(|err| hf_error(&path, format!("not a valid safetensors file ({err})")))?;
+        .map_err(|err| checkpoint_error(&path, format!("not a valid safetensors file ({err})")))?;
     let tensors: HashMap<String, TensorView<'_>> = file
         .tensors()
         .into_iter()
         .filter(|(name, _)| !is_buffer_or_tied(name))
         .map(|(name, view)| (with_prefix(&name), view))
         .collect();
-    weights_from_tensors(model, tensors).map_err(|err| hf_error(&path, err))
+    weights_from_tensors(model, tensors).map_err(|err| checkpoint_error(&path, err))
 }
 
 /// Tensors of a `GPT2LMHeadModel` file that are not parameters: the tied head and the causal
@@ -215,7 +209,7 @@ fn with_prefix(name: &str) -> String {
 /// atomically; returns the files written.
 pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
     let ModelShape::Gpt2(config) = model.shape() else {
-        return Err(hf_error(
+        return Err(checkpoint_error(
             dir,
             format!(
                 "the model is the {} architecture: only GPT-2 (model.arch = \"gpt2\") exports \
@@ -224,18 +218,19 @@ pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>,
             ),
         ));
     };
-    std::fs::create_dir_all(dir).map_err(|err| hf_error(dir, format!("cannot create: {err}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|err| checkpoint_error(dir, format!("cannot create: {err}")))?;
     let tensors = named_params(model)
         .into_iter()
         .map(|p| (p.name, p.tensor.cast(DType::F32).into_data(), p.shape))
         .collect();
-    let weights = serialize_tensors(tensors, &[]).map_err(|err| hf_error(dir, err))?;
+    let weights = serialize_tensors(tensors, &[]).map_err(|err| checkpoint_error(dir, err))?;
     let config = serde_json::to_vec_pretty(&HfGpt2Config::of(&config)).expect("plain data");
     let mut written = Vec::new();
     for (name, bytes) in [(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)] {
         let path = dir.join(name);
         write_atomic(&path, bytes)
-            .map_err(|err| hf_error(&path, format!("cannot write: {err}")))?;
+            .map_err(|err| checkpoint_error(&path, format!("cannot write: {err}")))?;
         written.push(path);
     }
     Ok(written)

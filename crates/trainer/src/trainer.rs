@@ -6,8 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use brainfloat_data::{
-    DistributedLoader, Gpt2Tokenizer, HfTokenizer, LoaderPosition, ShardIdentity, Tokenizer,
-    shard_paths,
+    DistributedLoader, LoaderPosition, ShardIdentity, Tokenizer, shard_paths, tokenizer_at,
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
@@ -121,10 +120,7 @@ const SAMPLE_TOP_K: usize = 200;
 impl SamplePrompt {
     /// The config's sample prompt, checked against the model as generation will check it.
     fn new(config: &TrainConfig) -> Result<Self, TrainError> {
-        let tokenizer: Box<dyn Tokenizer + Send + Sync> = match &config.data.tokenizer {
-            Some(path) => Box::new(HfTokenizer::from_file(path)?),
-            None => Box::new(Gpt2Tokenizer::new()),
-        };
+        let tokenizer = tokenizer_at(config.data.tokenizer.as_deref())?;
         let prompt = tokenizer.encode(&config.eval.sample_prompt);
         first_context(&prompt, &config.shape()?, tokenizer.document_separator()).map_err(
             |err| ConfigError {

@@ -332,20 +332,21 @@ impl RecordOptimizer {
             }
         }
         // State of the other optimizer: a checkpoint written under the other matrix_optimizer.
-        let muon_ids: Vec<&ParamId> = self.muon.keys().collect();
-        let adam_ids: Vec<&ParamId> = self.adam.keys().collect();
-        for (muon, ids, kind) in [(true, muon_ids, "Muon"), (false, adam_ids, "Adam")] {
-            for id in ids
-                .into_iter()
-                .filter(|id| self.steps_with_muon(&self.params[id]) != muon)
-            {
-                problems.push(format!(
-                    "{} has {kind}'s state, and optim.matrix_optimizer = \"{}\" steps it with the \
-                     other optimizer",
-                    self.params[id].name,
-                    if muon { "adam" } else { "muon" }
-                ));
-            }
+        let states =
+            (self.muon.keys().map(|id| (id, true))).chain(self.adam.keys().map(|id| (id, false)));
+        for (id, muon) in
+            states.filter(|(id, muon)| self.steps_with_muon(&self.params[id]) != *muon)
+        {
+            let (kind, configured) = if muon {
+                ("Muon", "adam")
+            } else {
+                ("Adam", "muon")
+            };
+            problems.push(format!(
+                "{} has {kind}'s state, and optim.matrix_optimizer = \"{configured}\" steps it \
+                 with the other optimizer",
+                self.params[id].name,
+            ));
         }
         // None at all is a run whose every step was skipped; some but not all is damage.
         if step > 0 && !(self.adam.is_empty() && self.muon.is_empty()) {
@@ -694,20 +695,6 @@ mod tests {
         }
     }
 
-    /// A hidden matrix alone (Muon's group).
-    #[derive(Module, Debug)]
-    struct Hidden {
-        linear: CastedLinear,
-    }
-
-    impl ParamRoles for Hidden {
-        fn param_roles(&self) -> RoleMap {
-            let mut roles = RoleMap::default();
-            self.linear.add_roles(&mut roles, ParamRole::HiddenMatrix);
-            roles
-        }
-    }
-
     /// Muon's step is the same map whichever way a matrix is stored: a 4 → 6 layer kept
     /// `[in, out]` (GPT-2's `Conv1D`) moves to the transpose of where its `[out, in]` twin
     /// moves, aspect factor `√(6/4)` included.
@@ -720,16 +707,12 @@ mod tests {
             .with_layout(WeightLayout::InOut)
             .init(&device);
         in_out.weight = Param::from_tensor(out_in.weight.val().transpose().detach());
+        // A layer on its own is a hidden matrix (Muon's group).
         let step = |linear: CastedLinear| {
-            let layer = Hidden { linear };
-            let loss = layer.linear.forward(x.clone()).powf_scalar(2.0).sum();
-            let grads = GradientsParams::from_grads(loss.backward(), &layer);
+            let loss = linear.forward(x.clone()).powf_scalar(2.0).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &linear);
             let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig::default());
-            optimizer
-                .step(layer, grads, 1.0, 1.0, 0)
-                .linear
-                .weight
-                .val()
+            optimizer.step(linear, grads, 1.0, 1.0, 0).weight.val()
         };
         let (before, a) = (out_in.weight.val(), step(out_in));
         let b = step(in_out).transpose();
@@ -749,12 +732,10 @@ mod tests {
     #[test]
     fn matrices_can_take_adams_step() {
         let device = brainfloat_test_support::test_device().autodiff();
-        let layer = Hidden {
-            linear: CastedLinearConfig::new(4, 6).init(&device),
-        };
-        let before: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
+        let layer = CastedLinearConfig::new(4, 6).init(&device);
+        let before: Vec<f32> = layer.weight.val().into_data().try_to_vec().unwrap();
         let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0]], &device);
-        let loss = layer.linear.forward(x).sum();
+        let loss = layer.forward(x).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &layer);
         let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
             matrix_lr: 0.01,
@@ -762,23 +743,23 @@ mod tests {
             ..Default::default()
         });
         let layer = optimizer.step(layer, grads, 1.0, 1.0, 0);
-        let after: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
+        let after: Vec<f32> = layer.weight.val().into_data().try_to_vec().unwrap();
         for (b, a) in before.iter().zip(&after) {
             assert!(((b - a).abs() - 0.01).abs() < 1e-6, "{b} → {a}");
         }
         let (state, steps) = optimizer.state();
         let names: Vec<&str> = state.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["linear.weight.exp_avg", "linear.weight.exp_avg_sq"]);
-        assert_eq!(steps["linear.weight"], 1);
+        assert_eq!(names, ["weight.exp_avg", "weight.exp_avg_sq"]);
+        assert_eq!(steps["weight"], 1);
         // Resumed under Muon, the state is refused: it is the other optimizer's.
         let mut muon = RecordOptimizer::new(RecordOptimizerConfig::default());
         let names: Vec<String> = state.iter().map(|(name, _)| name.clone()).collect();
         let lookup = |name: &str| Ok(state.iter().find(|(n, _)| n == name).unwrap().1.clone());
         muon.load_state(&layer, &names, lookup, &steps).unwrap();
-        let numel = BTreeMap::from([("linear.weight".to_string(), 24)]);
+        let numel = BTreeMap::from([("weight".to_string(), 24)]);
         let err = muon.check_state(&numel, 1).unwrap_err().to_string();
         assert!(
-            err.contains("linear.weight has Adam's state, and optim.matrix_optimizer = \"muon\""),
+            err.contains("weight has Adam's state, and optim.matrix_optimizer = \"muon\""),
             "{err}"
         );
     }
