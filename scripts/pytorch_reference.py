@@ -10,6 +10,14 @@ against PyTorch's on the same machine in the same hour. Needs only torch (script
     python3 scripts/pytorch_reference.py --device cuda --compile --layers 12 --heads 6 \
         --dim 768 --batch 64 --seq 1024 --accum 8      # the speedrun config on one GPU
 
+`--ledger FILE` counts the operators of one training step (after one warm-up step) and the bytes
+they read and write, by the rules brainfloat's `ledger` command counts its own with: the same
+C++ file (crates/ops/csrc/ledger.cpp), compiled here against this torch into target/ledger/ and
+loaded into this process. One preset; the shape flags must match the brainfloat config's.
+
+    target/torch-venv/bin/python scripts/pytorch_reference.py --presets bf16 --layers 12 \
+        --heads 6 --dim 768 --batch 2 --seq 64 --ledger target/ledger_pytorch.json
+
 `--compile` runs the model's forward through torch.compile (inductor), as the record does; the
 backward is then compiled too (AOTAutograd). Compilation happens in the warm-up steps, which
 are not timed.
@@ -23,8 +31,12 @@ Presets, as in the record:
 
 import argparse
 import contextlib
+import ctypes
 import json
+import os
+import pathlib
 import statistics
+import subprocess
 import time
 
 import torch
@@ -195,6 +207,52 @@ def step(model, optimizers, preset, batch, accum, forward=None):
     return (time.perf_counter() - start) * 1e3, loss
 
 
+def ledger_library():
+    """crates/ops/csrc/ledger.cpp as a shared library built against this torch (once)."""
+    from torch.utils.cpp_extension import include_paths
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    source = root / "crates" / "ops" / "csrc" / "ledger.cpp"
+    library = root / "target" / "ledger" / f"libledger-torch-{torch.__version__}.so"
+    if not library.exists() or library.stat().st_mtime < source.stat().st_mtime:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        torch_lib = pathlib.Path(torch.__file__).parent / "lib"
+        partial = library.with_suffix(".so.partial")
+        subprocess.run(
+            ["c++", "-O2", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             *[f"-I{p}" for p in include_paths()], str(source), "-o", str(partial),
+             f"-L{torch_lib}", "-ltorch_cpu", "-lc10"],
+            check=True,
+        )
+        os.replace(partial, library)
+    lib = ctypes.CDLL(str(library))
+    lib.bf_ledger_stop.argtypes = [ctypes.POINTER(ctypes.c_int64)] * 3
+    lib.bf_ledger_operators.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.bf_ledger_operators.restype = ctypes.c_size_t
+    return lib
+
+
+def count_step(lib, run, preset, batch, accum):
+    """The traffic of one step of `run` (after a warm-up step that makes the optimizers' state)."""
+    step(*run, preset, batch, accum)
+    counts = [ctypes.c_int64() for _ in range(3)]
+    lib.bf_ledger_start()
+    step(*run, preset, batch, accum)
+    lib.bf_ledger_stop(*[ctypes.byref(c) for c in counts])
+    launches, read, written = (c.value for c in counts)
+    needed = lib.bf_ledger_operators(None, 0)
+    text = ctypes.create_string_buffer(needed)
+    lib.bf_ledger_operators(text, needed)
+    operators = []
+    for line in text.value.decode().splitlines():
+        name, ops, op_read, op_written = line.split("\t")
+        operators.append({"name": name, "launches": int(ops),
+                          "bytes": int(op_read) + int(op_written)})
+    return {"launches_per_step": launches, "bytes_read": read, "bytes_written": written,
+            "bytes_per_step": read + written, "operators": operators}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="fp32,autocast,bf16")
@@ -210,6 +268,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--json")
+    parser.add_argument("--ledger", help="count one step's operators and bytes into this JSON file")
     args = parser.parse_args()
 
     generator = torch.Generator().manual_seed(0)
@@ -219,6 +278,26 @@ def main():
     runs = {p: build(p, args) for p in presets}
     # One compiled forward per preset: autocast and the bf16 cast change the traced graph.
     forwards = {p: torch.compile(runs[p][0]) if args.compile else None for p in presets}
+    if args.ledger:
+        if len(presets) != 1 or args.compile:
+            parser.error("--ledger counts one preset, eager")
+        ledger = {
+            "system": "pytorch-eager",
+            "torch": torch.__version__,
+            "step": {
+                "model": {"n_layer": args.layers, "n_head": args.heads, "d_model": args.dim,
+                          "vocab_size": args.vocab},
+                "batch_size": args.batch * args.accum,
+                "seq_len": args.seq,
+                "grad_accum_steps": args.accum,
+                "precision": presets[0],
+            },
+            **count_step(ledger_library(), runs[presets[0]], presets[0], batch, args.accum),
+        }
+        with open(args.ledger, "w") as f:
+            json.dump(ledger, f, indent=1)
+        print(json.dumps(ledger, indent=1))
+        return
     times = {p: [] for p in presets}
     for preset in presets:
         for _ in range(args.warmup):

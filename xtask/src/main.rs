@@ -22,12 +22,13 @@
 //! cargo xtask train --init hf:path/to/gpt2   # fine-tune a Hugging Face GPT-2 folder
 //! cargo xtask export --checkpoint runs/tiny/step_000150.json --hf out/   # … and write one
 //! cargo xtask data --text my_texts/ --name mine --dir data/mine
+//! cargo xtask ledger --backend tch --config configs/speedrun.toml --set train.seq_len=64 ...
 //! ```
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 14] = [
     "train",
     "eval",
     "generate",
@@ -40,6 +41,8 @@ const COMMANDS: [&str; 12] = [
     "compare",
     "test",
     "reliability",
+    "ledger",
+    "gpu-check",
 ];
 
 /// The project's set-up script: installs the system packages the tests need (OpenMPI, libclang).
@@ -348,10 +351,15 @@ fn backend_environment(feature: &str) -> Result<Vec<(String, String)>, String> {
     }
     let venv = Path::new(String::from_utf8_lossy(&setup.stdout).trim()).to_path_buf();
     let python = venv.join("bin").join("python");
+    // torch's libraries, and NVRTC's from the `nvidia-*` wheels beside it (the compile gate of
+    // brainfloat-cuda-kernels needs no GPU, only libnvrtc).
     let lib = Command::new(&python)
         .args([
             "-c",
-            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+            "import glob, os, torch; d = os.path.dirname(torch.__file__); \
+             nvrtc = glob.glob(os.path.join(os.path.dirname(d), 'nvidia', '**', 'libnvrtc.so*'), \
+             recursive=True); \
+             print(':'.join([os.path.join(d, 'lib')] + sorted({os.path.dirname(p) for p in nvrtc})))",
         ])
         .output()
         .map_err(|err| format!("cannot run {}: {err}", python.display()))?;
@@ -374,6 +382,7 @@ fn backend_environment(feature: &str) -> Result<Vec<(String, String)>, String> {
             prepend("PATH", venv.join("bin").display().to_string()),
         ),
         ("LIBTORCH_USE_PYTORCH".into(), "1".into()),
+        ("BRAINFLOAT_REQUIRE_NVRTC".into(), "1".into()),
         ("LD_LIBRARY_PATH".into(), prepend("LD_LIBRARY_PATH", lib)),
     ])
 }

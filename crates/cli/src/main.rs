@@ -17,6 +17,8 @@ mod error;
 mod eval;
 mod export;
 mod generate;
+mod gpu_check;
+mod ledger;
 mod plot;
 mod setup;
 mod stop;
@@ -61,6 +63,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Train every preset from several seeds: final validation loss, mean ± sd, and the curves.
     Study(study::StudyArgs),
+    /// Count one training step's libtorch operators and bytes: composed and device routes.
+    Ledger(ledger::LedgerArgs),
+    /// Check every op of a GPU's device route against the composed ops, and the device kernels.
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Plot(args) => plot::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Study(args) => study::run(args),
+        Command::Ledger(args) => ledger::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -207,6 +207,10 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         )
     }
 
+    fn axpby(y: FloatTensor<Self>, x: FloatTensor<Self>, a: f64, b: f64) -> FloatTensor<Self> {
+        value::<B, C>(B::axpby(inner::<B, C>(y), inner::<B, C>(x), a, b))
+    }
+
     fn square_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
         value::<B, C>(B::square_sum(inner::<B, C>(x)))
     }

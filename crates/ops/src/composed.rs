@@ -359,6 +359,17 @@ pub fn adam_step<B: KernelBackend>(
     (param, moment_1, moment_2, B::float_sum(square))
 }
 
+/// [`KernelBackend::axpby`]: `x` cast to `y`'s dtype, each product in that dtype (skipped
+/// where its factor is 1), then the sum.
+pub fn axpby<B: Backend>(y: FloatTensor<B>, x: FloatTensor<B>, a: f64, b: f64) -> FloatTensor<B> {
+    let x = in_dtype::<B>(x, dtype_of::<B>(&y));
+    let scaled = |t: FloatTensor<B>, factor: f64| match factor {
+        1.0 => t,
+        _ => B::float_mul_scalar(t, Scalar::from(factor)),
+    };
+    B::float_add(scaled(y, a), scaled(x, b))
+}
+
 /// [`KernelBackend::square_sum`]: widened, squared, summed.
 pub fn square_sum<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let x = to_f32::<B>(x);

@@ -206,6 +206,13 @@ pub trait KernelBackend: Backend {
         composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
     }
 
+    /// `a·y + b·x` in `y`'s dtype (`x` of any float dtype, cast to it), each product skipped
+    /// where its factor is 1: an optimizer's update, momentum or look-ahead, in place where the
+    /// backend can. Outside autodiff (values).
+    fn axpby(y: FloatTensor<Self>, x: FloatTensor<Self>, a: f64, b: f64) -> FloatTensor<Self> {
+        composed::axpby::<Self>(y, x, a, b)
+    }
+
     /// `Σ x²` of `x`, each square in fp32, as an fp32 `[1]`: a gradient's contribution to the
     /// global norm, without a widened copy of it where the backend has the kernel. Outside
     /// autodiff (values).

@@ -29,14 +29,23 @@
 mod attention;
 pub mod autodiff;
 pub mod composed;
+pub mod conformance;
 mod extension;
 mod flex;
 #[cfg(feature = "tch")]
 mod libtorch;
+mod route;
 
 pub use attention::causal_attention;
 pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
+#[cfg(feature = "tch")]
+pub use libtorch::rounding::{KernelSelfTest, kernel_self_tests};
+#[cfg(feature = "tch")]
+pub use libtorch::shim::{
+    Traffic, ledger_by_operator, ledger_counts_gpu_launches, ledger_start, ledger_stop,
+};
+pub use route::{LibTorchRoute, ROUTE_VAR, libtorch_route, with_libtorch_route};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Int, Tensor};
@@ -184,6 +193,19 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as KernelBackend>::rms_norm(
         x.into_dispatch(),
         eps,
+    ))
+}
+
+/// `a·y + b·x` in `y`'s dtype (`x` cast to it; a product whose factor is 1 is skipped): an
+/// optimizer's update, momentum or look-ahead. One libtorch operator on the device route
+/// (`add` with its `alpha`, in place when `y` is this call's own), Burn's ops elsewhere.
+/// Outside autodiff (values).
+pub fn axpby<const D: usize>(y: Tensor<D>, x: Tensor<D>, a: f64, b: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::axpby(
+        y.into_dispatch(),
+        x.into_dispatch(),
+        a,
+        b,
     ))
 }
 

@@ -2,10 +2,13 @@
 //! gradients, dtypes asserted. Run on the test backend (`BRAINFLOAT_BACKEND`); on flex they
 //! exercise the kernels, elsewhere the default bodies.
 
+mod common;
+
 use brainfloat_ops::{KernelPath, PATH_VAR, causal_attention, matmul, rms_norm};
 use brainfloat_test_support::test_device;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Distribution, FloatDType, Tensor, TensorData};
+use common::on_each_route;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(FloatDType::F32)
@@ -408,76 +411,130 @@ fn bf16_values(t: Tensor<1>) -> Vec<brainfloat_kernels::bf16> {
 /// flex through the extension, elsewhere through the host), on a ragged length.
 #[test]
 fn stochastic_rounding_draws_the_same_bits_on_every_backend() {
-    let device = test_device();
-    let values = spread_values(100_003);
-    let key = brainfloat_ops::rounding_key(&[5, 17, 3]);
-    let tensor = Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), &device);
-    let rounded = bf16_values(brainfloat_ops::round_stochastic(tensor, key));
-    let mut want = vec![brainfloat_kernels::bf16::ZERO; values.len()];
-    brainfloat_kernels::round_stochastic_into(&values, &mut want, key);
-    assert_eq!(rounded, want);
-    // Not round to nearest: a value at a uniform place between its neighbours goes to the
-    // nearer one with probability E[max(p, 1 − p)] = 3/4 (measured 75.0 %), not always.
-    let nearest = values
-        .iter()
-        .zip(&rounded)
-        .filter(|(v, r)| brainfloat_kernels::bf16::from_f32(**v) == **r)
-        .count();
-    assert!(
-        nearest < values.len() * 4 / 5,
-        "{nearest} of {}",
-        values.len()
-    );
+    on_each_route(|| {
+        let device = test_device();
+        let values = spread_values(100_003);
+        let key = brainfloat_ops::rounding_key(&[5, 17, 3]);
+        let tensor =
+            Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), &device);
+        let rounded = bf16_values(brainfloat_ops::round_stochastic(tensor, key));
+        let mut want = vec![brainfloat_kernels::bf16::ZERO; values.len()];
+        brainfloat_kernels::round_stochastic_into(&values, &mut want, key);
+        assert_eq!(rounded, want);
+        // Not round to nearest: a value at a uniform place between its neighbours goes to the
+        // nearer one with probability E[max(p, 1 − p)] = 3/4 (measured 75.0 %), not always.
+        let nearest = values
+            .iter()
+            .zip(&rounded)
+            .filter(|(v, r)| brainfloat_kernels::bf16::from_f32(**v) == **r)
+            .count();
+        assert!(
+            nearest < values.len() * 4 / 5,
+            "{nearest} of {}",
+            values.len()
+        );
+    });
 }
 
 /// `kahan_add` gives the kernel's weight and compensation, bit for bit, on any backend (Burn's
 /// ops off flex), dtypes kept.
 #[test]
 fn kahan_addition_is_the_kernels_on_every_backend() {
-    let device = test_device();
-    let n = 70_001;
-    let weight: Vec<f32> = spread_values(n);
-    let compensation: Vec<f32> = spread_values(n).iter().map(|v| v * 1e-3).collect();
-    let delta: Vec<f32> = spread_values(n).iter().rev().map(|v| v * 1e-2).collect();
-    let bf16_tensor = |v: &[f32]| {
-        Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device).cast(FloatDType::BF16)
-    };
-    let (w, c) = brainfloat_ops::kahan_add(
-        bf16_tensor(&weight),
-        bf16_tensor(&compensation),
-        Tensor::<1>::from_data(TensorData::new(delta.clone(), [n]), &device),
-    );
-    let mut want_w: Vec<_> = weight
-        .iter()
-        .map(|v| brainfloat_kernels::bf16::from_f32(*v))
-        .collect();
-    let mut want_c: Vec<_> = compensation
-        .iter()
-        .map(|v| brainfloat_kernels::bf16::from_f32(*v))
-        .collect();
-    brainfloat_kernels::kahan_add(&mut want_w, &mut want_c, &delta);
-    assert_eq!(bf16_values(w), want_w);
-    assert_eq!(bf16_values(c), want_c);
+    on_each_route(|| {
+        let device = test_device();
+        let n = 70_001;
+        let weight: Vec<f32> = spread_values(n);
+        let compensation: Vec<f32> = spread_values(n).iter().map(|v| v * 1e-3).collect();
+        let delta: Vec<f32> = spread_values(n).iter().rev().map(|v| v * 1e-2).collect();
+        let bf16_tensor = |v: &[f32]| {
+            Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device).cast(FloatDType::BF16)
+        };
+        let (w, c) = brainfloat_ops::kahan_add(
+            bf16_tensor(&weight),
+            bf16_tensor(&compensation),
+            Tensor::<1>::from_data(TensorData::new(delta.clone(), [n]), &device),
+        );
+        let mut want_w: Vec<_> = weight
+            .iter()
+            .map(|v| brainfloat_kernels::bf16::from_f32(*v))
+            .collect();
+        let mut want_c: Vec<_> = compensation
+            .iter()
+            .map(|v| brainfloat_kernels::bf16::from_f32(*v))
+            .collect();
+        brainfloat_kernels::kahan_add(&mut want_w, &mut want_c, &delta);
+        assert_eq!(bf16_values(w), want_w);
+        assert_eq!(bf16_values(c), want_c);
+    });
 }
 
 /// `stochastic_axpby` rounds `a·y + b·x` (fp32) as the kernel does, bit for bit, on any backend,
 /// for an fp32 and a bf16 `x`.
 #[test]
 fn stochastic_axpby_is_the_kernels_on_every_backend() {
-    let device = test_device();
-    let n = 50_001;
-    let y: Vec<f32> = spread_values(n);
-    let x: Vec<f32> = spread_values(n).iter().rev().map(|v| v * 1e-2).collect();
-    let key = brainfloat_ops::rounding_key(&[9]);
-    for x_dtype in [FloatDType::F32, FloatDType::BF16] {
-        let y_tensor =
-            Tensor::<1>::from_data(TensorData::new(y.clone(), [n]), &device).cast(FloatDType::BF16);
-        let x_tensor =
-            Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &device).cast(x_dtype);
-        let x_values = values(x_tensor.clone());
-        let got = brainfloat_ops::stochastic_axpby(y_tensor.clone(), x_tensor, 0.9, -3.0, key);
-        let mut want = bf16_values(y_tensor);
-        brainfloat_kernels::stochastic_axpby(&mut want, &x_values, 0.9, -3.0, key);
-        assert_eq!(bf16_values(got), want, "x in {x_dtype:?}");
+    on_each_route(|| {
+        let device = test_device();
+        let n = 50_001;
+        let y: Vec<f32> = spread_values(n);
+        let x: Vec<f32> = spread_values(n).iter().rev().map(|v| v * 1e-2).collect();
+        let key = brainfloat_ops::rounding_key(&[9]);
+        for x_dtype in [FloatDType::F32, FloatDType::BF16] {
+            let y_tensor = Tensor::<1>::from_data(TensorData::new(y.clone(), [n]), &device)
+                .cast(FloatDType::BF16);
+            let x_tensor =
+                Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &device).cast(x_dtype);
+            let x_values = values(x_tensor.clone());
+            let got = brainfloat_ops::stochastic_axpby(y_tensor.clone(), x_tensor, 0.9, -3.0, key);
+            let mut want = bf16_values(y_tensor);
+            brainfloat_kernels::stochastic_axpby(&mut want, &x_values, 0.9, -3.0, key);
+            assert_eq!(bf16_values(got), want, "x in {x_dtype:?}");
+        }
+    });
+}
+
+/// The device route's rounding kernels check themselves before their first use: on libtorch's
+/// CPU (the route forced) their host twin passes and runs; its deliberately wrong variant
+/// (`BRAINFLOAT_WRONG_KERNELS=1`, in a child process) fails, is logged, and the composed op
+/// runs, so that the rounding tests above still hold bit for bit.
+#[cfg(all(feature = "tch", feature = "testing"))]
+#[test]
+fn a_kernel_that_fails_its_self_test_falls_back_to_the_composed_op() {
+    use brainfloat_backend::Backend;
+    use brainfloat_ops::{LibTorchRoute, kernel_self_tests, with_libtorch_route};
+    if !matches!(brainfloat_test_support::test_backend(), Backend::Tch) {
+        println!("the self-test is the libtorch device route's: checked on the `tch` pass");
+        return;
     }
+    let wrong = std::env::var("BRAINFLOAT_WRONG_KERNELS").is_ok_and(|v| v == "1");
+    with_libtorch_route(LibTorchRoute::Device, || {
+        stochastic_rounding_draws_the_same_bits_on_every_backend();
+        kahan_addition_is_the_kernels_on_every_backend();
+        stochastic_axpby_is_the_kernels_on_every_backend();
+    });
+    let results = kernel_self_tests();
+    println!("{results:#?}");
+    assert_eq!(
+        results.len(),
+        4,
+        "every kernel tested itself once on the CPU"
+    );
+    assert!(
+        results.iter().all(|r| r.passed != wrong),
+        "the host twin passes, its wrong variant fails"
+    );
+    if wrong {
+        return;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("BRAINFLOAT_WRONG_KERNELS", "1")
+        .args(["a_kernel_that_fails_its_self_test", "--nocapture"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert!(stdout.contains("passed: false"), "{stdout}");
 }

@@ -3,8 +3,8 @@
 //! PyTorch's `[out, in]` layout; a matrix stored `[in, out]`, as GPT-2's `Conv1D`, gets the same
 //! factor).
 
-use brainfloat_ops::matmul;
-use brainfloat_precision::{ACCUMULATION_DTYPE, WeightLayout};
+use brainfloat_ops::{axpby, matmul, square_sum};
+use brainfloat_precision::WeightLayout;
 use burn::tensor::{FloatDType, Tensor};
 
 use super::write::{Stream, Writer, in_dtype};
@@ -52,7 +52,7 @@ impl Muon {
             ),
             None => writer.state(grad.clone(), Stream::MomentumBuffer),
         };
-        let nesterov = grad + in_dtype(momentum_buffer.clone(), compute).mul_scalar(self.momentum);
+        let nesterov = axpby(grad, momentum_buffer.clone(), 1.0, self.momentum);
         let ortho = newton_schulz(nesterov.reshape([rows, cols]), self.ns_steps, self.ns_dtype);
         let (outputs, inputs) = match self.layout {
             WeightLayout::OutIn => (rows, cols),
@@ -80,7 +80,7 @@ pub fn newton_schulz(grad: Tensor<2>, steps: usize, dtype: FloatDType) -> Tensor
     let (a, b, c) = NS_COEFFICIENTS;
     let [rows, cols] = grad.dims();
     // The Frobenius norm accumulates in fp32 (as PyTorch's bf16 `norm` does), then rounds.
-    let norm = grad.clone().cast(ACCUMULATION_DTYPE).square().sum().sqrt();
+    let norm = square_sum(grad.clone()).sqrt();
     let norm = norm.cast(dtype).add_scalar(1e-7);
     let mut x = grad.cast(dtype) / norm.unsqueeze();
     let tall = rows > cols;

@@ -95,7 +95,10 @@ impl<'a> Writer<'a> {
             UpdateRounding::Stochastic => {
                 brainfloat_ops::stochastic_axpby(y, x, a as f32, 1.0, self.key(stream))
             }
-            _ => self.state(in_dtype(y, self.compute()).mul_scalar(a) + x, stream),
+            _ => self.state(
+                brainfloat_ops::axpby(in_dtype(y, self.compute()), x, a, 1.0),
+                stream,
+            ),
         }
     }
 
@@ -111,7 +114,7 @@ impl<'a> Writer<'a> {
             .is_some()
             .then(|| (host_f32(&value), host_f32(&delta(direction.clone(), scale))));
         let updated = match self.rounding {
-            UpdateRounding::Nearest => value - delta(direction, scale),
+            UpdateRounding::Nearest => brainfloat_ops::axpby(value, direction, 1.0, -scale),
             // One pass: SR(value − scale · direction).
             UpdateRounding::Stochastic => brainfloat_ops::stochastic_axpby(
                 value,

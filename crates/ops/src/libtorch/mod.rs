@@ -1,9 +1,10 @@
-//! The libtorch implementation: on the CPU, the optimizer's kernels (stochastic rounding, the
-//! fused Adam step, Kahan addition), the head's fused loss and the fp32 sum of its weight's
-//! gradient run on libtorch's own buffers, with no copy to the host and back; so do bf16
-//! matmuls on a CPU without native bf16 dot products. Attention is libtorch's fused SDPA with
-//! its own backward on every device. Every other op, and these on a GPU, is the composed op
-//! (the extension's default bodies on libtorch's ops).
+//! The libtorch implementation, two routes. On the CPU, the optimizer's kernels (stochastic
+//! rounding, the fused Adam step, Kahan addition), the head's fused loss and the fp32 sum of its
+//! weight's gradient run on libtorch's own buffers, with no copy to the host and back; so do
+//! bf16 matmuls on a CPU without native bf16 dot products. Off the CPU (or on it, forced by
+//! `BRAINFLOAT_TCH_ROUTE=device`) each op takes the device route ([`device`]): libtorch's own
+//! fused operators. Attention is libtorch's fused SDPA with its own backward on every device.
+//! Every other op is the composed op (the extension's default bodies on libtorch's ops).
 //!
 //! The matmul matters for time and memory: without AVX512-BF16 (or AMX), libtorch makes a bf16
 //! product through an fp32 one the output's size, where brainfloat's GEMM (gemmkit's widening
@@ -26,6 +27,11 @@ use tch::{Device, Kind};
 
 use crate::composed;
 use crate::extension::{KernelBackend, SavedAttention};
+use device::{takes_device_route, takes_kernels};
+
+mod device;
+pub(crate) mod rounding;
+pub(crate) mod shim;
 
 /// `$body` with the type `$T` bound to the element type of `$kind`, one that [`kernel_kind`]
 /// returned: bf16 or fp32 (flex's `with_elem!` for libtorch's kinds).
@@ -46,7 +52,7 @@ macro_rules! with_kind {
 
 impl KernelBackend for LibTorch {
     fn matmul(lhs: TchTensor, rhs: TchTensor) -> TchTensor {
-        if KernelPath::cpu_has_avx512_bf16() {
+        if KernelPath::cpu_has_avx512_bf16() || !takes_kernels(&[&lhs, &rhs]) {
             return LibTorch::float_matmul(lhs, rhs);
         }
         bf16_matmul(&lhs, &rhs).unwrap_or_else(|| LibTorch::float_matmul(lhs, rhs))
@@ -115,8 +121,61 @@ impl KernelBackend for LibTorch {
         )
     }
 
+    fn rms_norm_with_stats(x: TchTensor, eps: f64) -> (TchTensor, TchTensor) {
+        if takes_device_route(&[&x]) {
+            return device::rms_norm_with_stats(x, eps);
+        }
+        composed::rms_norm_with_stats::<Self>(x, eps)
+    }
+
+    fn rms_norm_backward(x: TchTensor, inv_rms: TchTensor, grad: TchTensor) -> TchTensor {
+        if takes_device_route(&[&x, &grad]) {
+            return device::rms_norm_backward(x, inv_rms, grad);
+        }
+        composed::rms_norm_backward::<Self>(x, inv_rms, grad)
+    }
+
+    fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor, inverse: bool) -> TchTensor {
+        if takes_device_route(&[&x]) {
+            return device::rotary(x, cos, sin, inverse);
+        }
+        composed::rotary::<Self>(x, cos, sin, inverse)
+    }
+
+    fn relu_square(x: TchTensor) -> TchTensor {
+        if takes_device_route(&[&x]) {
+            return device::relu_square(x);
+        }
+        composed::relu_square::<Self>(x)
+    }
+
+    fn relu_square_backward(x: TchTensor, grad: TchTensor) -> TchTensor {
+        if takes_device_route(&[&x, &grad]) {
+            return device::relu_square_backward(x, grad);
+        }
+        composed::relu_square_backward::<Self>(x, grad)
+    }
+
+    fn axpby(y: TchTensor, x: TchTensor, a: f64, b: f64) -> TchTensor {
+        if takes_device_route(&[&y, &x]) && y.tensor.size() == x.tensor.size() {
+            return device::axpby(y, x, a, b);
+        }
+        composed::axpby::<Self>(y, x, a, b)
+    }
+
+    fn square_sum(x: TchTensor) -> TchTensor {
+        if takes_device_route(&[&x]) {
+            return device::square_sum(x);
+        }
+        composed::square_sum::<Self>(x)
+    }
+
     fn round_stochastic(values: TchTensor, key: u64) -> TchTensor {
-        if !on_host(&[&values]) {
+        if takes_device_route(&[&values]) {
+            return rounding::round_stochastic(values, key)
+                .unwrap_or_else(|values| composed::round_stochastic::<Self>(values, key));
+        }
+        if !takes_kernels(&[&values]) {
             return composed::round_stochastic::<Self>(values, key);
         }
         let values = values.tensor.to_kind(Kind::Float).contiguous();
@@ -134,7 +193,11 @@ impl KernelBackend for LibTorch {
     }
 
     fn stochastic_axpby(y: TchTensor, x: TchTensor, a: f32, b: f32, key: u64) -> TchTensor {
-        let runs = on_host(&[&y, &x]) && y.tensor.kind() == Kind::BFloat16;
+        if takes_device_route(&[&y, &x]) {
+            return rounding::stochastic_axpby(y, x, a, b, key)
+                .unwrap_or_else(|(y, x)| composed::stochastic_axpby::<Self>(y, x, a, b, key));
+        }
+        let runs = takes_kernels(&[&y, &x]) && y.tensor.kind() == Kind::BFloat16;
         let Some(x_kind) = kernel_kind(&x).filter(|_| runs) else {
             return composed::stochastic_axpby::<Self>(y, x, a, b, key);
         };
@@ -156,9 +219,16 @@ impl KernelBackend for LibTorch {
         compensation: TchTensor,
         delta: TchTensor,
     ) -> (TchTensor, TchTensor) {
+        if takes_device_route(&[&weight, &compensation, &delta]) {
+            return rounding::kahan_add(weight, compensation, delta).unwrap_or_else(
+                |[weight, compensation, delta]| {
+                    composed::kahan_add::<Self>(weight, compensation, delta)
+                },
+            );
+        }
         let kinds = [&weight, &compensation, &delta].map(|t| t.tensor.kind());
         let runs = kinds == [Kind::BFloat16, Kind::BFloat16, Kind::Float];
-        if !runs || !on_host(&[&weight, &compensation, &delta]) {
+        if !runs || !takes_kernels(&[&weight, &compensation, &delta]) {
             return composed::kahan_add::<Self>(weight, compensation, delta);
         }
         let delta = delta.tensor.contiguous();
@@ -176,7 +246,10 @@ impl KernelBackend for LibTorch {
     }
 
     fn accumulate_f32(sum: TchTensor, part: TchTensor) -> TchTensor {
-        let runs = on_host(&[&sum, &part])
+        if takes_device_route(&[&sum, &part]) && sum.tensor.size() == part.tensor.size() {
+            return device::accumulate_f32(sum, part);
+        }
+        let runs = takes_kernels(&[&sum, &part])
             && sum.tensor.kind() == Kind::Float
             && sum.tensor.size() == part.tensor.size();
         let Some(part_kind) = kernel_kind(&part).filter(|_| runs) else {
@@ -209,7 +282,10 @@ impl KernelBackend for LibTorch {
         mean_over: usize,
         with_grad: bool,
     ) -> (TchTensor, Option<TchTensor>) {
-        let runs = on_host(&[&logits, &targets]) && logits.tensor.dim() == 2;
+        if takes_device_route(&[&logits]) && logits.tensor.dim() == 2 {
+            return device::softcapped_cross_entropy(logits, targets, cap, mean_over, with_grad);
+        }
+        let runs = takes_kernels(&[&logits, &targets]) && logits.tensor.dim() == 2;
         let Some(kind) = kernel_kind(&logits).filter(|_| runs) else {
             return composed::softcapped_cross_entropy::<Self>(
                 logits, targets, cap, mean_over, with_grad,
@@ -256,8 +332,15 @@ impl KernelBackend for LibTorch {
         moment_2: TchTensor,
         step: AdamStep,
     ) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
+        if takes_device_route(&[&param, &grad, &moment_1, &moment_2]) {
+            return device::adam_step(param, grad, moment_1, moment_2, step).unwrap_or_else(
+                |[param, grad, moment_1, moment_2]| {
+                    composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
+                },
+            );
+        }
         let kind = param.tensor.kind();
-        let runs = on_host(&[&param, &grad, &moment_1, &moment_2])
+        let runs = takes_kernels(&[&param, &grad, &moment_1, &moment_2])
             && [&grad, &moment_1, &moment_2]
                 .iter()
                 .all(|t| t.tensor.kind() == kind);
@@ -366,14 +449,9 @@ fn kernel_kind(tensor: &TchTensor) -> Option<Kind> {
     matches!(kind, Kind::BFloat16 | Kind::Float).then_some(kind)
 }
 
-/// Whether every tensor lives in CPU memory, which the kernels read and write.
-fn on_host(tensors: &[&TchTensor]) -> bool {
-    tensors.iter().all(|t| t.tensor.device() == Device::Cpu)
-}
-
 /// A contiguous CPU buffer of `tensor`'s values that this call alone holds, to be updated in
 /// place: the tensor's own when this handle is its only owner (Burn's `can_mut`: the optimizer
-/// hands its state over), a copy otherwise. The tensor is on the CPU ([`on_host`]).
+/// hands its state over), a copy otherwise. The tensor is on the CPU (not on the device route).
 fn owned(tensor: TchTensor) -> tch::Tensor {
     if tensor.can_mut() && tensor.tensor.is_contiguous() {
         return tensor.tensor;

@@ -1,0 +1,105 @@
+// libtorch operators that tch does not bind (its generator leaves out `_foreach*`,
+// `_fused_adam*` and `_fused_rms_norm_backward`), as C functions over torch-sys's tensor handles.
+// torch-sys's `C_tensor` is an `at::Tensor`, so a `*mut C_tensor` from tch is an `at::Tensor*`.
+// Every function returns 0, or 1 with libtorch's message in `error` (at most `error_len` bytes,
+// NUL-terminated): a C++ exception never crosses into Rust.
+
+#include <ATen/ATen.h>
+
+#include <cstddef>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+void write_error(const char* message, char* error, size_t error_len) {
+    if (error_len == 0) return;
+    std::strncpy(error, message, error_len - 1);
+    error[error_len - 1] = '\0';
+}
+
+std::vector<at::Tensor> tensor_list(at::Tensor** tensors, int count) {
+    std::vector<at::Tensor> list;
+    list.reserve(count);
+    for (int i = 0; i < count; i++) list.push_back(*tensors[i]);
+    return list;
+}
+
+}  // namespace
+
+#define BF_PROTECT(body)                                  \
+    try {                                                 \
+        body;                                             \
+        return 0;                                         \
+    } catch (const std::exception& e) {                   \
+        write_error(e.what(), error, error_len);          \
+        return 1;                                         \
+    }
+
+extern "C" {
+
+// One multi-tensor Adam step (`torch.optim.Adam(fused=True)`'s operator) over `count`
+// parameters, updated in place with their moments; `steps` holds each parameter's step count
+// (counted from 1, already incremented), as fp32 scalars on the parameters' device.
+// `weight_decay` is decoupled (AdamW) when `decoupled` is non-zero.
+int bf_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** moments_1,
+                  at::Tensor** moments_2, at::Tensor** steps, int count, double lr,
+                  double beta_1, double beta_2, double weight_decay, double eps,
+                  int decoupled, char* error, size_t error_len) {
+    BF_PROTECT({
+        auto p = tensor_list(params, count);
+        auto g = tensor_list(grads, count);
+        auto m1 = tensor_list(moments_1, count);
+        auto m2 = tensor_list(moments_2, count);
+        auto s = tensor_list(steps, count);
+        std::vector<at::Tensor> no_max;
+        if (decoupled) {
+            at::_fused_adamw_(p, g, m1, m2, no_max, s, lr, beta_1, beta_2, weight_decay, eps,
+                              /*amsgrad=*/false, /*maximize=*/false);
+        } else {
+            at::_fused_adam_(p, g, m1, m2, no_max, s, lr, beta_1, beta_2, weight_decay, eps,
+                             /*amsgrad=*/false, /*maximize=*/false);
+        }
+    })
+}
+
+// `Σ x²` of each of `count` tensors, squares in fp32, into the fp32 scalars `sums[i]` (new
+// tensors): one multi-tensor norm, squared.
+int bf_foreach_square_sum(at::Tensor** tensors, int count, at::Tensor** sums, char* error,
+                          size_t error_len) {
+    BF_PROTECT({
+        auto norms = at::_foreach_norm(tensor_list(tensors, count), 2, at::kFloat);
+        at::_foreach_mul_(norms, norms);
+        for (int i = 0; i < count; i++) sums[i] = new at::Tensor(std::move(norms[i]));
+    })
+}
+
+// `y ← a·y + b·x` in place, one `add` with its `alpha` where a factor is 1 (`y += b·x`, or
+// `y = x + a·y` written over `y`), a scale and an `add` otherwise; `x` of any float dtype.
+int bf_axpby_(at::Tensor* y, at::Tensor* x, double a, double b, char* error, size_t error_len) {
+    BF_PROTECT({
+        if (a == 1.0) {
+            y->add_(*x, b);
+        } else if (b == 1.0) {
+            at::add_out(*y, *x, *y, a);
+        } else {
+            y->mul_(a).add_(*x, b);
+        }
+    })
+}
+
+// The input's gradient of weightless RMSNorm over the last dimension from the output's
+// gradient, the input and the fp32 statistic `rstd` the forward returned, into `*grad_input`
+// (a new tensor).
+int bf_fused_rms_norm_backward(at::Tensor* grad, at::Tensor* input, at::Tensor* rstd,
+                               at::Tensor** grad_input, char* error, size_t error_len) {
+    BF_PROTECT({
+        int64_t last = input->size(-1);
+        auto grads = at::_fused_rms_norm_backward(*grad, *input, {last}, *rstd, std::nullopt,
+                                                  {true, false});
+        *grad_input = new at::Tensor(std::move(std::get<0>(grads)));
+    })
+}
+
+}  // extern "C"
