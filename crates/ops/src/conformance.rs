@@ -111,14 +111,20 @@ fn read(tensor: Primitive) -> (Vec<f32>, DType) {
     (values, dtype)
 }
 
+/// `$op` as the backend runs it and as the composed op, each on its own fresh arguments.
+macro_rules! both {
+    ($op:ident($($arg:expr),* $(,)?)) => {
+        (Dispatch::$op($($arg),*), composed::$op::<Dispatch>($($arg),*))
+    };
+}
+
 /// How `ours` agrees with `reference` (inputs of `dtype`), within `tolerance` of the
 /// reference's largest magnitude.
 fn agree(
     agrees: &mut Vec<Agreement>,
     dtype: FloatDType,
     output: &'static str,
-    ours: Primitive,
-    reference: Primitive,
+    (ours, reference): (Primitive, Primitive),
     tolerance: f64,
 ) {
     let ((got, got_dtype), (want, want_dtype)) = (read(ours), read(reference));
@@ -159,13 +165,18 @@ pub fn rms_norm(device: &Device) -> Vec<Agreement> {
         let x = || input(device, [3, 5, 64], 1, 2.0, dtype);
         let (y, inv_rms) = Dispatch::rms_norm_with_stats(x(), 1e-6);
         let (want_y, want_inv_rms) = composed::rms_norm_with_stats::<Dispatch>(x(), 1e-6);
-        agree(&mut agrees, dtype, "rms_norm", y, want_y, tolerance(dtype));
+        agree(
+            &mut agrees,
+            dtype,
+            "rms_norm",
+            (y, want_y),
+            tolerance(dtype),
+        );
         agree(
             &mut agrees,
             dtype,
             "rms_norm statistic",
-            inv_rms.clone(),
-            want_inv_rms,
+            (inv_rms.clone(), want_inv_rms),
             1e-6,
         );
         let grad = || input(device, [3, 5, 64], 2, 1.0, dtype);
@@ -173,8 +184,10 @@ pub fn rms_norm(device: &Device) -> Vec<Agreement> {
             &mut agrees,
             dtype,
             "rms_norm backward",
-            Dispatch::rms_norm_backward(x(), inv_rms.clone(), grad()),
-            composed::rms_norm_backward::<Dispatch>(x(), inv_rms, grad()),
+            (
+                Dispatch::rms_norm_backward(x(), inv_rms.clone(), grad()),
+                composed::rms_norm_backward::<Dispatch>(x(), inv_rms, grad()),
+            ),
             tolerance(dtype),
         );
     }
@@ -192,8 +205,7 @@ pub fn rotary_and_relu_square(device: &Device) -> Vec<Agreement> {
                 &mut agrees,
                 dtype,
                 "rotary",
-                Dispatch::rotary(x(), table(4), table(5), inverse),
-                composed::rotary::<Dispatch>(x(), table(4), table(5), inverse),
+                both!(rotary(x(), table(4), table(5), inverse)),
                 tolerance(dtype),
             );
         }
@@ -203,16 +215,14 @@ pub fn rotary_and_relu_square(device: &Device) -> Vec<Agreement> {
             &mut agrees,
             dtype,
             "relu_square",
-            Dispatch::relu_square(x()),
-            composed::relu_square::<Dispatch>(x()),
+            both!(relu_square(x())),
             0.0,
         );
         agree(
             &mut agrees,
             dtype,
             "relu_square backward",
-            Dispatch::relu_square_backward(x(), grad()),
-            composed::relu_square_backward::<Dispatch>(x(), grad()),
+            both!(relu_square_backward(x(), grad())),
             0.0,
         );
     }
@@ -232,16 +242,14 @@ pub fn causal_softmax(device: &Device) -> Vec<Agreement> {
                 &mut agrees,
                 dtype,
                 "softmax",
-                probs,
-                want_probs,
+                (probs, want_probs),
                 tolerance(dtype),
             );
             agree(
                 &mut agrees,
                 dtype,
                 "softmax fp32",
-                exact.clone(),
-                want_exact,
+                (exact.clone(), want_exact),
                 1e-6,
             );
             let grad = || input(device, [2, 3, queries, keys], 8, 1.0, dtype);
@@ -249,8 +257,10 @@ pub fn causal_softmax(device: &Device) -> Vec<Agreement> {
                 &mut agrees,
                 dtype,
                 "softmax backward",
-                Dispatch::causal_softmax_backward(exact.clone(), grad(), 0.25),
-                composed::causal_softmax_backward::<Dispatch>(exact, grad(), 0.25),
+                (
+                    Dispatch::causal_softmax_backward(exact.clone(), grad(), 0.25),
+                    composed::causal_softmax_backward::<Dispatch>(exact, grad(), 0.25),
+                ),
                 tolerance(dtype),
             );
         }
@@ -273,7 +283,7 @@ pub fn causal_attention(device: &Device) -> Vec<Agreement> {
             FloatDType::BF16 => 2e-2,
             _ => 1e-5,
         };
-        agree(&mut agrees, dtype, "attention", output, want, tolerance);
+        agree(&mut agrees, dtype, "attention", (output, want), tolerance);
         let grad = || input(device, [2, 3, 17, 16], 4, 1.0, dtype);
         let (q, k, v, kept) = saved.expect("asked for");
         let ours = Dispatch::causal_attention_backward(q, k, v, kept, grad());
@@ -283,24 +293,21 @@ pub fn causal_attention(device: &Device) -> Vec<Agreement> {
             &mut agrees,
             dtype,
             "attention grad q",
-            ours.0,
-            reference.0,
+            (ours.0, reference.0),
             tolerance,
         );
         agree(
             &mut agrees,
             dtype,
             "attention grad k",
-            ours.1,
-            reference.1,
+            (ours.1, reference.1),
             tolerance,
         );
         agree(
             &mut agrees,
             dtype,
             "attention grad v",
-            ours.2,
-            reference.2,
+            (ours.2, reference.2),
             tolerance,
         );
     }
@@ -321,13 +328,12 @@ pub fn softcapped_cross_entropy(device: &Device) -> Vec<Agreement> {
                 Dispatch::softcapped_cross_entropy(logits(), targets(), cap, 12, true);
             let (want_loss, want_grad) =
                 composed::softcapped_cross_entropy::<Dispatch>(logits(), targets(), cap, 12, true);
-            agree(&mut agrees, dtype, "loss", loss, want_loss, 1e-5);
+            agree(&mut agrees, dtype, "loss", (loss, want_loss), 1e-5);
             agree(
                 &mut agrees,
                 dtype,
                 "loss gradient",
-                grad.unwrap(),
-                want_grad.unwrap(),
+                (grad.unwrap(), want_grad.unwrap()),
                 tolerance(dtype),
             );
         }
@@ -367,27 +373,24 @@ pub fn adam_step(device: &Device) -> Vec<Agreement> {
                 &mut agrees,
                 dtype,
                 "adam param",
-                ours.0,
-                reference.0,
+                (ours.0, reference.0),
                 tolerance,
             );
             agree(
                 &mut agrees,
                 dtype,
                 "adam moment 1",
-                ours.1,
-                reference.1,
+                (ours.1, reference.1),
                 tolerance,
             );
             agree(
                 &mut agrees,
                 dtype,
                 "adam moment 2",
-                ours.2,
-                reference.2,
+                (ours.2, reference.2),
                 tolerance,
             );
-            agree(&mut agrees, dtype, "adam Σg²", ours.3, reference.3, 1e-5);
+            agree(&mut agrees, dtype, "adam Σg²", (ours.3, reference.3), 1e-5);
         }
     }
     agrees
@@ -403,16 +406,17 @@ pub fn fp32_sums(device: &Device) -> Vec<Agreement> {
             &mut agrees,
             dtype,
             "accumulate_f32",
-            Dispatch::accumulate_f32(sum(), part()),
-            composed::accumulate_f32::<Dispatch>(sum(), part()),
+            both!(accumulate_f32(sum(), part())),
             0.0,
         );
         agree(
             &mut agrees,
             dtype,
             "widen_f32",
-            Dispatch::widen_f32(part()),
-            composed::to_f32::<Dispatch>(part()),
+            (
+                Dispatch::widen_f32(part()),
+                composed::to_f32::<Dispatch>(part()),
+            ),
             0.0,
         );
     }
@@ -431,8 +435,7 @@ pub fn axpby(device: &Device) -> Vec<Agreement> {
                     &mut agrees,
                     dtype,
                     "axpby",
-                    Dispatch::axpby(y(), x(), a, b),
-                    composed::axpby::<Dispatch>(y(), x(), a, b),
+                    both!(axpby(y(), x(), a, b)),
                     tolerance(dtype),
                 );
             }
@@ -452,8 +455,7 @@ pub fn rounding(device: &Device) -> Vec<Agreement> {
         &mut agrees,
         FloatDType::F32,
         "round_stochastic",
-        Dispatch::round_stochastic(values(), key),
-        composed::round_stochastic::<Dispatch>(values(), key),
+        both!(round_stochastic(values(), key)),
         0.0,
     );
     for dtype in DTYPES {
@@ -463,8 +465,7 @@ pub fn rounding(device: &Device) -> Vec<Agreement> {
             &mut agrees,
             dtype,
             "stochastic_axpby",
-            Dispatch::stochastic_axpby(y(), x(), 0.9, -3.0, key),
-            composed::stochastic_axpby::<Dispatch>(y(), x(), 0.9, -3.0, key),
+            both!(stochastic_axpby(y(), x(), 0.9, -3.0, key)),
             0.0,
         );
     }
@@ -477,16 +478,14 @@ pub fn rounding(device: &Device) -> Vec<Agreement> {
         &mut agrees,
         FloatDType::BF16,
         "kahan_add weight",
-        ours.0,
-        reference.0,
+        (ours.0, reference.0),
         0.0,
     );
     agree(
         &mut agrees,
         FloatDType::BF16,
         "kahan_add compensation",
-        ours.1,
-        reference.1,
+        (ours.1, reference.1),
         0.0,
     );
     agrees
