@@ -90,7 +90,9 @@ fn markdown(report: &Value) -> String {
         "# gpu-check: the device route against the composed ops\n\nMachine: {}\n\nBackend: {}\n\n\
          Command: `{}`\n\n| check | output | dtype | error (of the scale) | tolerance | holds |\n\
          |---|---|---|---:|---:|---|\n",
-        report["machine"], report["backend"], report["command"]
+        report["machine"].as_str().unwrap_or_default(),
+        report["backend"].as_str().unwrap_or_default(),
+        report["command"].as_str().unwrap_or_default(),
     );
     for row in report["agreements"].as_array().into_iter().flatten() {
         text.push_str(&format!(
