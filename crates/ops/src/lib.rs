@@ -6,8 +6,9 @@
 //! implementation calls [`brainfloat_kernels`] — a bf16 GEMM with fp32 accumulation, fused
 //! RMSNorm, causal softmax, rotary, soft-capped cross-entropy, Adam. Every op is one method
 //! that returns its result on every backend: its default body is the op written with Burn's
-//! own ops ([`composed`]), which a backend without a kernel for it (CubeCL, libtorch on a GPU)
-//! runs, and which the kernels are tested against. Under autodiff the backward
+//! own ops ([`composed`]), which a backend without a kernel for it (CubeCL) runs, and which the
+//! kernels are tested against ([`conformance`]). libtorch off the CPU takes the device route:
+//! its own fused operators and brainfloat's CUDA kernels ([`LibTorchRoute`]). Under autodiff the backward
 //! passes are hand-written ([`autodiff`]): the matmul's two gradient products run through the
 //! same kernel, RMSNorm keeps only its bf16 input and one fp32 statistic per row.
 //!
