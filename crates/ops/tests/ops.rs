@@ -379,17 +379,24 @@ fn every_test_passes_with_the_portable_path_forced() {
     if std::env::var_os(PATH_VAR).is_some() {
         return; // this is the child (or a forced run): the other tests are the check
     }
+    passes_in_a_child((PATH_VAR, "portable"), &["--test-threads", "1"]);
+}
+
+/// This test binary run again with `variable` set and `args`: it passes, and its output is
+/// returned.
+fn passes_in_a_child(variable: (&str, &str), args: &[&str]) -> String {
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(PATH_VAR, "portable")
-        .args(["--test-threads", "1"])
+        .env(variable.0, variable.1)
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&child.stdout);
+    let stdout = String::from_utf8_lossy(&child.stdout).into_owned();
     assert!(
         child.status.success() && stdout.contains("test result: ok"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&child.stderr)
     );
+    stdout
 }
 
 /// `len` fp32 values spread over many binades, both signs (a fixed sequence).
@@ -525,16 +532,12 @@ fn a_kernel_that_fails_its_self_test_falls_back_to_the_composed_op() {
     if wrong {
         return;
     }
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("BRAINFLOAT_WRONG_KERNELS", "1")
-        .args(["a_kernel_that_fails_its_self_test", "--nocapture"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    assert!(
-        child.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&child.stderr)
+    let stdout = passes_in_a_child(
+        ("BRAINFLOAT_WRONG_KERNELS", "1"),
+        &["a_kernel_that_fails_its_self_test", "--nocapture"],
     );
-    assert!(stdout.contains("passed: false"), "{stdout}");
+    assert!(
+        stdout.contains("1 passed") && stdout.contains("passed: false"),
+        "{stdout}"
+    );
 }
