@@ -29,8 +29,9 @@ fn main() {
         .compile("brainfloat_torch_shim");
 }
 
-/// The C++ ABI libtorch was built with, as its CMake configuration records it
-/// (`-D_GLIBCXX_USE_CXX11_ABI=N`); `LIBTORCH_CXX11_ABI` overrides it, as for torch-sys.
+/// The C++ ABI libtorch was built with: `LIBTORCH_CXX11_ABI` (as for torch-sys), else what an
+/// older CMake configuration records (`-D_GLIBCXX_USE_CXX11_ABI=N`), else the new ABI, which
+/// every PyPI wheel since PyTorch 2.7 uses (2.9 and 2.11 compile the shim with it).
 fn cxx11_abi(root: &Path) -> String {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     if let Ok(abi) = std::env::var("LIBTORCH_CXX11_ABI") {
