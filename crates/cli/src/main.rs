@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::error::CliError;
+
 mod bench;
 mod compare;
 mod corpus;
@@ -72,7 +74,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     brainfloat_memory::retain_freed_memory(true);
-    let result = match cli.command {
+    // A libtorch route the environment names wrongly is refused before anything runs (the ops
+    // would otherwise take the automatic route without a word).
+    let route = brainfloat_ops::LibTorchRoute::from_env().map_err(CliError::Refused);
+    let result = route.and_then(|_| match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study::run(args),
         Command::Ledger(args) => ledger::run(args),
         Command::GpuCheck(args) => gpu_check::run(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

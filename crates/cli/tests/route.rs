@@ -1,0 +1,29 @@
+//! The libtorch route the environment names (`BRAINFLOAT_TCH_ROUTE`) is checked before any
+//! command runs: a name it does not know is a one-line refusal, not a silent automatic route.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_brainfloat");
+
+#[test]
+fn an_unknown_libtorch_route_is_refused_in_one_line() {
+    let output = Command::new(BIN)
+        .env(brainfloat_ops::ROUTE_VAR, "gpu")
+        .args(["plot", "--out", "unused.svg", "no-such-run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: BRAINFLOAT_TCH_ROUTE=\"gpu\": expected `auto`, `device` or `composed`"
+    );
+    // A known route goes on to the command (here: its own refusal of the missing run).
+    let output = Command::new(BIN)
+        .env(brainfloat_ops::ROUTE_VAR, "composed")
+        .args(["plot", "--out", "unused.svg", "no-such-run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("BRAINFLOAT_TCH_ROUTE"), "{stderr}");
+}
