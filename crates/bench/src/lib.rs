@@ -40,7 +40,9 @@ pub use matmul::{
     time_matmul,
 };
 pub use peak::Peak;
-pub use report::{BenchReport, Figure, MemoryResult, ModelInfo, PresetResult};
+pub use report::{
+    BenchReport, Figure, MemoryResult, ModelInfo, PresetResult, write_json_and_markdown,
+};
 pub use run::{BenchOptions, run_bench};
 pub use short_run::short_run_config;
 pub use stats::{Spread, mean_and_sd};

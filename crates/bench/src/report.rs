@@ -375,8 +375,8 @@ fn mib(bytes: Option<u64>) -> String {
 }
 
 /// Writes `value` as `<stem>.json` and `markdown` as `<stem>.md` into `dir` (created if
-/// missing); returns their paths. Every report of the bench crate is written this way.
-pub(crate) fn write_json_and_markdown<T: Serialize>(
+/// missing), each atomically; returns their paths. Every report is written this way.
+pub fn write_json_and_markdown<T: Serialize>(
     dir: &Path,
     stem: &str,
     value: &T,
@@ -386,8 +386,8 @@ pub(crate) fn write_json_and_markdown<T: Serialize>(
     let json = dir.join(format!("{stem}.json"));
     let md = dir.join(format!("{stem}.md"));
     let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&json, text + "\n")?;
-    std::fs::write(&md, markdown)?;
+    brainfloat_files::write_atomic(&json, (text + "\n").as_bytes())?;
+    brainfloat_files::write_atomic(&md, markdown.as_bytes())?;
     Ok((json, md))
 }
 

@@ -106,24 +106,16 @@ pub fn run(args: LedgerArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `<out>/<name>.json` and `.md`, each written atomically.
+/// The report as `<out>/<name>.json` and `.md`, each written atomically.
 pub fn write_report(
     out: &Path,
     name: &str,
     report: &Value,
     markdown: &str,
 ) -> Result<(), CliError> {
-    std::fs::create_dir_all(out).map_err(|err| CliError::io(out, "create", err))?;
-    let (json_path, md_path) = (
-        out.join(format!("{name}.json")),
-        out.join(format!("{name}.md")),
-    );
-    let text = serde_json::to_string_pretty(report).expect("JSON values serialise");
-    brainfloat_files::write_atomic(&json_path, format!("{text}\n").as_bytes())
-        .map_err(|err| CliError::io(&json_path, "write", err))?;
-    brainfloat_files::write_atomic(&md_path, markdown.as_bytes())
-        .map_err(|err| CliError::io(&md_path, "write", err))?;
-    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    let (json, md) = brainfloat_bench::write_json_and_markdown(out, name, report, markdown)
+        .map_err(|err| CliError::io(out, "write the report", err))?;
+    eprintln!("wrote {} and {}", md.display(), json.display());
     Ok(())
 }
 

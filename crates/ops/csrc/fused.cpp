@@ -1,5 +1,6 @@
 // libtorch operators that tch does not bind (its generator leaves out `_foreach*`,
-// `_fused_adam*` and `_fused_rms_norm_backward`), as C functions over torch-sys's tensor handles.
+// `_fused_adam*`, `_fused_rms_norm_backward` and `add`'s `alpha`), as C functions over
+// torch-sys's tensor handles.
 // torch-sys's `C_tensor` is an `at::Tensor`, so a `*mut C_tensor` from tch is an `at::Tensor*`.
 // Every function returns 0, or 1 with libtorch's message in `error` (at most `error_len` bytes,
 // NUL-terminated): a C++ exception never crosses into Rust.
@@ -39,28 +40,18 @@ std::vector<at::Tensor> tensor_list(at::Tensor** tensors, int count) {
 
 extern "C" {
 
-// One multi-tensor Adam step (`torch.optim.Adam(fused=True)`'s operator) over `count`
-// parameters, updated in place with their moments; `steps` holds each parameter's step count
-// (counted from 1, already incremented), as fp32 scalars on the parameters' device.
-// `weight_decay` is decoupled (AdamW) when `decoupled` is non-zero.
+// One multi-tensor Adam step (`torch.optim.Adam(fused=True)`'s operator, no weight decay) over
+// `count` parameters, updated in place with their moments; `steps` holds each parameter's step
+// count (counted from 1, already incremented), as fp32 scalars on the parameters' device.
 int bf_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** moments_1,
                   at::Tensor** moments_2, at::Tensor** steps, int count, double lr,
-                  double beta_1, double beta_2, double weight_decay, double eps,
-                  int decoupled, char* error, size_t error_len) {
+                  double beta_1, double beta_2, double eps, char* error, size_t error_len) {
     BF_PROTECT({
-        auto p = tensor_list(params, count);
-        auto g = tensor_list(grads, count);
-        auto m1 = tensor_list(moments_1, count);
-        auto m2 = tensor_list(moments_2, count);
-        auto s = tensor_list(steps, count);
         std::vector<at::Tensor> no_max;
-        if (decoupled) {
-            at::_fused_adamw_(p, g, m1, m2, no_max, s, lr, beta_1, beta_2, weight_decay, eps,
-                              /*amsgrad=*/false, /*maximize=*/false);
-        } else {
-            at::_fused_adam_(p, g, m1, m2, no_max, s, lr, beta_1, beta_2, weight_decay, eps,
-                             /*amsgrad=*/false, /*maximize=*/false);
-        }
+        at::_fused_adam_(tensor_list(params, count), tensor_list(grads, count),
+                         tensor_list(moments_1, count), tensor_list(moments_2, count), no_max,
+                         tensor_list(steps, count), lr, beta_1, beta_2, /*weight_decay=*/0.0, eps,
+                         /*amsgrad=*/false, /*maximize=*/false);
     })
 }
 

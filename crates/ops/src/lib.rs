@@ -8,8 +8,8 @@
 //! that returns its result on every backend: its default body is the op written with Burn's
 //! own ops ([`composed`]), which a backend without a kernel for it (CubeCL) runs, and which the
 //! kernels are tested against ([`conformance`]). libtorch off the CPU takes the device route:
-//! its own fused operators and brainfloat's CUDA kernels ([`LibTorchRoute`]). Under autodiff the backward
-//! passes are hand-written ([`autodiff`]): the matmul's two gradient products run through the
+//! its own fused operators and brainfloat's CUDA kernels ([`LibTorchRoute`]). Under autodiff
+//! the backward passes are hand-written ([`autodiff`]): the matmul's two gradient products run through the
 //! same kernel, RMSNorm keeps only its bf16 input and one fp32 statistic per row.
 //!
 //! Model code calls the functions below on ordinary tensors; nothing above this crate knows

@@ -10,17 +10,9 @@ use brainfloat_kernels::AdamStep;
 use burn::backend::libtorch::TchTensor;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use super::owned;
 use super::shim::{self, FusedAdam};
 use crate::LibTorchRoute;
-
-/// `tensor`'s own buffer when this handle is its only owner and it is contiguous (an op may
-/// write it), a contiguous copy on its device otherwise.
-pub(super) fn owned(tensor: TchTensor) -> Tensor {
-    if tensor.can_mut() && tensor.tensor.is_contiguous() {
-        return tensor.tensor;
-    }
-    tensor.tensor.contiguous().copy()
-}
 
 /// The fp32 copy of `tensor`, or `tensor` itself when it is fp32 already.
 fn fp32(tensor: &Tensor) -> Tensor {
@@ -100,7 +92,8 @@ pub(super) fn relu_square_backward(x: TchTensor, grad: TchTensor) -> TchTensor {
 }
 
 /// The soft-capped loss over logits `[N, V]` and, with `with_grad`, its gradient in the
-/// logits' dtype, written over the logits' buffer when this call holds it. The soft-cap rounds
+/// logits' dtype (with a cap, written over the logits' buffer, which held the tanh, when this
+/// call holds it). The soft-cap rounds
 /// to the logits' dtype after each op (as the composed op and the record); then libtorch's
 /// fused `_log_softmax` in fp32 and `nll_loss` summed; the gradient `(softmax − onehot) / N ·
 /// (1 − tanh²)` is made in place over the log-probabilities: `exp(log p − ln N)`, `−1/N` added at
@@ -183,13 +176,16 @@ pub(super) fn adam_step(
     let grad = grad.tensor.contiguous();
     let squares = square_sums(&[&grad]).remove(0);
     let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
-    let steps = Tensor::from_slice(&[step.step as f32]).to_device(param.device());
+    // Made on the device: a copy from the host would wait for the GPU at every parameter.
+    let steps = Tensor::full(
+        [] as [i64; 0],
+        step.step as f64,
+        (Kind::Float, param.device()),
+    );
     let adam = FusedAdam {
         lr: step.lr,
         betas: step.betas,
         eps: step.eps,
-        weight_decay: 0.0,
-        decoupled: false,
     };
     shim::fused_adam(
         &[&param],

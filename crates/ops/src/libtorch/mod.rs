@@ -29,6 +29,18 @@ use crate::composed;
 use crate::extension::{KernelBackend, SavedAttention};
 use device::{takes_device_route, takes_kernels};
 
+/// The op `$op` on the device route when `$on` take it, the composed op otherwise: the methods
+/// for which the CPU has no kernel on libtorch's buffers.
+macro_rules! device_or_composed {
+    ($op:ident($($arg:expr),*) on [$($on:expr),*]) => {
+        if takes_device_route(&[$(&$on),*]) {
+            device::$op($($arg),*)
+        } else {
+            composed::$op::<Self>($($arg),*)
+        }
+    };
+}
+
 mod device;
 pub(crate) mod rounding;
 pub(crate) mod shim;
@@ -122,38 +134,23 @@ impl KernelBackend for LibTorch {
     }
 
     fn rms_norm_with_stats(x: TchTensor, eps: f64) -> (TchTensor, TchTensor) {
-        if takes_device_route(&[&x]) {
-            return device::rms_norm_with_stats(x, eps);
-        }
-        composed::rms_norm_with_stats::<Self>(x, eps)
+        device_or_composed!(rms_norm_with_stats(x, eps) on [x])
     }
 
     fn rms_norm_backward(x: TchTensor, inv_rms: TchTensor, grad: TchTensor) -> TchTensor {
-        if takes_device_route(&[&x, &grad]) {
-            return device::rms_norm_backward(x, inv_rms, grad);
-        }
-        composed::rms_norm_backward::<Self>(x, inv_rms, grad)
+        device_or_composed!(rms_norm_backward(x, inv_rms, grad) on [x, grad])
     }
 
     fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor, inverse: bool) -> TchTensor {
-        if takes_device_route(&[&x]) {
-            return device::rotary(x, cos, sin, inverse);
-        }
-        composed::rotary::<Self>(x, cos, sin, inverse)
+        device_or_composed!(rotary(x, cos, sin, inverse) on [x])
     }
 
     fn relu_square(x: TchTensor) -> TchTensor {
-        if takes_device_route(&[&x]) {
-            return device::relu_square(x);
-        }
-        composed::relu_square::<Self>(x)
+        device_or_composed!(relu_square(x) on [x])
     }
 
     fn relu_square_backward(x: TchTensor, grad: TchTensor) -> TchTensor {
-        if takes_device_route(&[&x, &grad]) {
-            return device::relu_square_backward(x, grad);
-        }
-        composed::relu_square_backward::<Self>(x, grad)
+        device_or_composed!(relu_square_backward(x, grad) on [x, grad])
     }
 
     fn axpby(y: TchTensor, x: TchTensor, a: f64, b: f64) -> TchTensor {
@@ -164,10 +161,7 @@ impl KernelBackend for LibTorch {
     }
 
     fn square_sum(x: TchTensor) -> TchTensor {
-        if takes_device_route(&[&x]) {
-            return device::square_sum(x);
-        }
-        composed::square_sum::<Self>(x)
+        device_or_composed!(square_sum(x) on [x])
     }
 
     fn round_stochastic(values: TchTensor, key: u64) -> TchTensor {
@@ -449,14 +443,19 @@ fn kernel_kind(tensor: &TchTensor) -> Option<Kind> {
     matches!(kind, Kind::BFloat16 | Kind::Float).then_some(kind)
 }
 
-/// A contiguous CPU buffer of `tensor`'s values that this call alone holds, to be updated in
-/// place: the tensor's own when this handle is its only owner (Burn's `can_mut`: the optimizer
-/// hands its state over), a copy otherwise. The tensor is on the CPU (not on the device route).
+/// A contiguous buffer of `tensor`'s values on its device that this call alone holds, to be
+/// updated in place: the tensor's own when this handle is its only owner (Burn's `can_mut`: the
+/// optimizer hands its state over), one copy otherwise (both routes use it).
 fn owned(tensor: TchTensor) -> tch::Tensor {
-    if tensor.can_mut() && tensor.tensor.is_contiguous() {
+    let contiguous = tensor.tensor.is_contiguous();
+    if tensor.can_mut() && contiguous {
         return tensor.tensor;
     }
-    let mut copy = tch::Tensor::empty(tensor.tensor.size(), (tensor.tensor.kind(), Device::Cpu));
+    if !contiguous {
+        // A new buffer already: copying it again would be a second pass.
+        return tensor.tensor.contiguous();
+    }
+    let mut copy = tensor.tensor.empty_like();
     copy.copy_(&tensor.tensor);
     copy
 }

@@ -12,8 +12,7 @@ use brainfloat_cuda_kernels::{DeviceKernels, Kernel, Variant, host_twin};
 use burn::backend::libtorch::{LibTorch, TchTensor};
 use tch::{Device, Kind, Tensor};
 
-use super::device::owned;
-use super::shim;
+use super::{elements, elements_mut, owned, shim};
 use crate::{LibTorchRoute, composed, with_libtorch_route};
 
 /// What runs a kernel on a device.
@@ -150,18 +149,19 @@ fn self_test(kernel: Kernel, runner: Runner, device: Device) -> Result<(), Strin
             (vec![y], reference)
         }
         Kernel::KahanAdd => {
-            let (weight, compensation) = (bf16(0), bf16(13).divide_scalar(512.0));
+            let compensation = || bf16(13).divide_scalar(512.0);
             let delta = || fp32().roll([5], [0]).divide_scalar(64.0);
-            kahan_add_with(runner, &weight, &compensation, &delta())?;
+            let (weight, ours_compensation) = (bf16(0), compensation());
+            kahan_add_with(runner, &weight, &ours_compensation, &delta())?;
             let reference = composed_route(&|| {
                 let (w, c) = composed::kahan_add::<LibTorch>(
                     TchTensor::new(bf16(0)),
-                    TchTensor::new(bf16(13).divide_scalar(512.0)),
+                    TchTensor::new(compensation()),
                     TchTensor::new(delta()),
                 );
                 vec![w.tensor, c.tensor]
             });
-            (vec![weight, compensation], reference)
+            (vec![weight, ours_compensation], reference)
         }
     };
     for (ours, reference) in ours.iter().zip(&reference) {
@@ -244,21 +244,6 @@ pub(super) fn kahan_add(
     Ok((TchTensor::new(weight), TchTensor::new(compensation)))
 }
 
-/// The elements of a contiguous CPU tensor of element type `T`, to write.
-///
-/// # Safety
-/// `tensor` is contiguous, on the CPU, of element type `T`, and no other view of its buffer is
-/// alive while this one is.
-#[allow(clippy::mut_from_ref)]
-unsafe fn host_elements<T>(tensor: &Tensor) -> &mut [T] {
-    let len = tensor.numel();
-    if len == 0 {
-        return &mut [];
-    }
-    // SAFETY: the caller's guarantee; the pointer is non-null for a non-empty tensor.
-    unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut T, len) }
-}
-
 /// A launch failure on the GPU, as text.
 fn launched(result: Result<(), brainfloat_cuda_kernels::LaunchError>) -> Result<(), String> {
     result.map_err(|err| err.to_string())
@@ -277,8 +262,8 @@ fn round_stochastic_with(runner: Runner, values: &Tensor, key: u64) -> Result<Te
         // SAFETY: contiguous CPU tensors of these types; `out` is new and seen by nothing else.
         Runner::Host(variant) => unsafe {
             host_twin::round_stochastic(
-                host_elements::<f32>(values),
-                host_elements::<u16>(&out),
+                elements::<f32>(values),
+                elements_mut::<u16>(&out),
                 key,
                 variant,
             )
@@ -306,11 +291,11 @@ fn stochastic_axpby_with(
         Runner::Host(variant) => {
             // SAFETY: as stated above, on the CPU; `y` and `x` are distinct buffers.
             unsafe {
-                let target = host_elements::<u16>(y);
+                let target = elements_mut::<u16>(y);
                 match x_bf16 {
                     true => host_twin::stochastic_axpby_bf16(
                         target,
-                        host_elements::<u16>(x),
+                        elements::<u16>(x),
                         a,
                         b,
                         key,
@@ -318,7 +303,7 @@ fn stochastic_axpby_with(
                     ),
                     false => host_twin::stochastic_axpby_f32(
                         target,
-                        host_elements::<f32>(x),
+                        elements::<f32>(x),
                         a,
                         b,
                         key,
@@ -354,9 +339,9 @@ fn kahan_add_with(
             // SAFETY: as stated above, on the CPU; the three are distinct buffers.
             unsafe {
                 host_twin::kahan_add(
-                    host_elements::<u16>(weight),
-                    host_elements::<u16>(compensation),
-                    host_elements::<f32>(delta),
+                    elements_mut::<u16>(weight),
+                    elements_mut::<u16>(compensation),
+                    elements::<f32>(delta),
                     variant,
                 )
             };

@@ -21,9 +21,7 @@ unsafe extern "C" {
         lr: f64,
         beta_1: f64,
         beta_2: f64,
-        weight_decay: f64,
         eps: f64,
-        decoupled: c_int,
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
@@ -82,12 +80,9 @@ pub(crate) struct FusedAdam {
     pub lr: f64,
     pub betas: (f64, f64),
     pub eps: f64,
-    pub weight_decay: f64,
-    /// Decoupled weight decay (AdamW's) rather than L2 added to the gradient.
-    pub decoupled: bool,
 }
 
-/// libtorch's multi-tensor Adam (`_fused_adam_` / `_fused_adamw_`) over parameters with their
+/// libtorch's multi-tensor Adam (`_fused_adam_`, no weight decay) over parameters with their
 /// gradients, moments and step counts (fp32 scalars on their device, already counting this
 /// step): parameters and moments updated in place, in fp32 arithmetic, stored rounded to their
 /// dtype.
@@ -120,9 +115,7 @@ pub(crate) fn fused_adam(
                 adam.lr,
                 adam.betas.0,
                 adam.betas.1,
-                adam.weight_decay,
                 adam.eps,
-                c_int::from(adam.decoupled),
                 error,
                 error_len,
             )
