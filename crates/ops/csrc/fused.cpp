@@ -80,6 +80,27 @@ int bf_axpby_(at::Tensor* y, at::Tensor* x, double a, double b, char* error, siz
     })
 }
 
+// `out[i] = a·ys[i] + b·xs[i]` over `count` pairs of one dtype by multi-tensor operators: over
+// `ys` in place where `a` is 1 (one `_foreach_add_`) or neither factor is (`_foreach_mul_`, then
+// `_foreach_add_`); into new tensors where only `b` is 1 (`_foreach_add(xs, ys, a)`, one
+// rounding, as `bf_axpby_`). `out[i]` are new handles (sharing `ys[i]`'s buffer when in place).
+int bf_foreach_axpby(at::Tensor** ys, at::Tensor** xs, int count, double a, double b,
+                     at::Tensor** out, char* error, size_t error_len) {
+    BF_PROTECT({
+        auto y = tensor_list(ys, count);
+        auto x = tensor_list(xs, count);
+        std::vector<at::Tensor> result;
+        if (a != 1.0 && b == 1.0) {
+            result = at::_foreach_add(x, y, a);
+        } else {
+            if (a != 1.0) at::_foreach_mul_(y, a);
+            at::_foreach_add_(y, x, b);
+            result = y;
+        }
+        for (int i = 0; i < count; i++) out[i] = new at::Tensor(std::move(result[i]));
+    })
+}
+
 // The input's gradient of weightless RMSNorm over the last dimension from the output's
 // gradient, the input and the fp32 statistic `rstd` the forward returned, into `*grad_input`
 // (a new tensor).

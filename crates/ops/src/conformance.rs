@@ -65,7 +65,7 @@ impl std::fmt::Display for Agreement {
 pub type Check = fn(&Device) -> Vec<Agreement>;
 
 /// Every check, by name.
-pub const CHECKS: [(&str, Check); 9] = [
+pub const CHECKS: [(&str, Check); 10] = [
     ("rms_norm", rms_norm),
     ("rotary and relu_square", rotary_and_relu_square),
     ("causal_softmax", causal_softmax),
@@ -75,6 +75,7 @@ pub const CHECKS: [(&str, Check); 9] = [
     ("fp32 sums", fp32_sums),
     ("axpby", axpby),
     ("rounding", rounding),
+    ("groups", groups),
 ];
 
 /// A deterministic spread of values in about ±`scale`.
@@ -488,5 +489,126 @@ pub fn rounding(device: &Device) -> Vec<Agreement> {
         (ours.1, reference.1),
         0.0,
     );
+    agrees
+}
+
+/// The multi-tensor ops ([`crate::group`]) over a group of four tensors of different sizes and
+/// both dtypes against the composed single-tensor op on each member: Adam with equal and with
+/// mixed step counts, to nearest and stochastically; `a·y + b·x` for each factor case with `x`
+/// in `y`'s dtype and in fp32; the sums of squares.
+pub fn groups(device: &Device) -> Vec<Agreement> {
+    let mut agrees = Vec::new();
+    let members = [
+        (40_001, FloatDType::F32),
+        (513, FloatDType::BF16),
+        (7, FloatDType::F32),
+        (2_049, FloatDType::BF16),
+    ];
+    let tensor =
+        |n, seed, scale, dtype| Tensor::<1>::from_dispatch(input(device, [n], seed, scale, dtype));
+    let (lr, betas, eps) = (0.01, (0.9, 0.95), 1e-8);
+    for steps in [[3, 3, 3, 3], [1, 2, 3, 4]] {
+        for stochastic in [false, true] {
+            let keys = |i: u64| stochastic.then_some([3 * i, 3 * i + 1, 3 * i + 2]);
+            let state = |n, dtype| {
+                (
+                    tensor(n, 1, 1.0, dtype),
+                    tensor(n, 2, 0.5, dtype),
+                    tensor(n, 3, 0.1, dtype),
+                    tensor(n, 4, 0.01, dtype).abs(),
+                )
+            };
+            let group = (members.iter().zip(steps).zip(0..))
+                .map(|((&(n, dtype), step), i)| {
+                    let (param, grad, moment_1, moment_2) = state(n, dtype);
+                    crate::AdamMember {
+                        param,
+                        grad,
+                        moment_1,
+                        moment_2,
+                        step,
+                        stochastic: keys(i),
+                    }
+                })
+                .collect();
+            let ours = crate::adam_steps(group, lr, betas, eps);
+            for (((&(n, dtype), step), i), ours) in members.iter().zip(steps).zip(0..).zip(ours) {
+                let (p, g, m1, m2) = state(n, dtype);
+                let step = brainfloat_kernels::AdamStep {
+                    lr,
+                    betas,
+                    eps,
+                    step,
+                    stochastic: keys(i),
+                };
+                let reference = composed::adam_step::<Dispatch>(
+                    p.into_dispatch(),
+                    g.into_dispatch(),
+                    m1.into_dispatch(),
+                    m2.into_dispatch(),
+                    step,
+                );
+                let [param, moment_1, moment_2] = ours.map(Tensor::into_dispatch);
+                let tolerance = tolerance(dtype);
+                agree(
+                    &mut agrees,
+                    dtype,
+                    "group adam param",
+                    (param, reference.0),
+                    tolerance,
+                );
+                agree(
+                    &mut agrees,
+                    dtype,
+                    "group adam moment 1",
+                    (moment_1, reference.1),
+                    tolerance,
+                );
+                agree(
+                    &mut agrees,
+                    dtype,
+                    "group adam moment 2",
+                    (moment_2, reference.2),
+                    tolerance,
+                );
+            }
+        }
+    }
+    for dtype in DTYPES {
+        for x_dtype in [dtype, FloatDType::F32] {
+            for (a, b) in [(1.0, -0.01), (0.95, 1.0), (0.5, 2.0)] {
+                let ys = || members.iter().map(|&(n, _)| tensor(n, 5, 3.0, dtype));
+                let xs = || members.iter().map(|&(n, _)| tensor(n, 6, 1.0, x_dtype));
+                let ours = crate::axpbys(ys().collect(), xs().collect(), a, b);
+                for ((y, x), ours) in ys().zip(xs()).zip(ours) {
+                    let reference =
+                        composed::axpby::<Dispatch>(y.into_dispatch(), x.into_dispatch(), a, b);
+                    agree(
+                        &mut agrees,
+                        dtype,
+                        "group axpby",
+                        (ours.into_dispatch(), reference),
+                        tolerance(dtype),
+                    );
+                }
+            }
+        }
+    }
+    let xs = || {
+        members
+            .iter()
+            .map(|&(n, dtype)| (tensor(n, 7, 2.0, dtype), dtype))
+    };
+    let ours = crate::square_sums(xs().map(|(x, _)| x).collect());
+    for ((x, dtype), ours) in xs().zip(ours) {
+        let reference = composed::square_sum::<Dispatch>(x.into_dispatch());
+        agree(
+            &mut agrees,
+            dtype,
+            "group Σx²",
+            (ours.into_dispatch(), reference),
+            1e-5,
+        );
+    }
     agrees
 }

@@ -33,6 +33,7 @@ pub mod composed;
 pub mod conformance;
 mod extension;
 mod flex;
+pub mod group;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod route;
@@ -40,6 +41,7 @@ mod route;
 pub use attention::causal_attention;
 pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
+pub use group::{AdamMember, adam_steps, axpbys, square_sums};
 #[cfg(feature = "tch")]
 pub use libtorch::rounding::{KernelSelfTest, kernel_self_tests};
 #[cfg(feature = "tch")]

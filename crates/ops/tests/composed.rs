@@ -72,3 +72,10 @@ fn axpby_is_the_composed_op() {
 fn the_rounding_ops_are_the_composed_ops_bit_for_bit() {
     holds(conformance::rounding);
 }
+
+/// The multi-tensor ops over a group (one libtorch multi-tensor operator on the device route)
+/// against the composed op on each member.
+#[test]
+fn the_group_ops_are_the_composed_ops_on_each_member() {
+    holds(conformance::groups);
+}

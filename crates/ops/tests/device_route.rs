@@ -6,7 +6,8 @@
 
 use brainfloat_backend::Backend;
 use brainfloat_ops::{
-    KernelBackend, LibTorchRoute, Traffic, ledger_start, ledger_stop, with_libtorch_route,
+    AdamMember, KernelBackend, LibTorchRoute, Traffic, adam_steps, axpbys, ledger_start,
+    ledger_stop, square_sums, with_libtorch_route,
 };
 use brainfloat_test_support::test_backend;
 use burn::backend::Dispatch;
@@ -183,4 +184,88 @@ fn the_device_route_runs_fewer_operators_and_moves_fewer_bytes() {
         Dispatch::rms_norm_with_stats(x, 1e-6)
     });
     assert_eq!(fused.launches, 1, "rms_norm: `_fused_rms_norm` alone");
+    the_group_ops_launch_as_many_operators_for_any_group_size();
+}
+
+/// A group's tensors (bf16, 4,096 values each), `members` of them.
+fn group(members: usize, seed: usize, scale: f32) -> Vec<Tensor<1>> {
+    (0..members)
+        .map(|i| Tensor::from_dispatch(input([4096], seed + i, scale)))
+        .collect()
+}
+
+/// The multi-tensor ops launch one set of operators per group on the device route, whatever
+/// its size, where the composed route's grow with it.
+fn the_group_ops_launch_as_many_operators_for_any_group_size() {
+    let adam = |members| {
+        move |r| {
+            let state = || {
+                let (p, g, m1, m2) = (
+                    group(members, 1, 1.0),
+                    group(members, 2, 0.5),
+                    group(members, 3, 0.1),
+                    group(members, 4, 0.01),
+                );
+                (p.into_iter().zip(g).zip(m1).zip(m2))
+                    .map(|(((param, grad), moment_1), moment_2)| AdamMember {
+                        param,
+                        grad,
+                        moment_1,
+                        moment_2,
+                        step: 3,
+                        stochastic: None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            traffic(r, state, |members| {
+                adam_steps(members, 0.01, (0.9, 0.95), 1e-8)
+            })
+        }
+    };
+    let axpby = |members, (a, b)| {
+        move |r| {
+            let pairs = || (group(members, 5, 3.0), group(members, 6, 1.0));
+            traffic(r, pairs, move |(ys, xs)| axpbys(ys, xs, a, b))
+        }
+    };
+    let squares = |members| move |r| traffic(r, || group(members, 7, 1.0), square_sums);
+    let cases: Vec<(&str, Box<dyn Fn(usize) -> Box<Counted<'static>>>)> = vec![
+        ("adam_steps", Box::new(move |n| Box::new(adam(n)))),
+        (
+            "axpbys, a = 1",
+            Box::new(move |n| Box::new(axpby(n, (1.0, -0.01)))),
+        ),
+        (
+            "axpbys, b = 1",
+            Box::new(move |n| Box::new(axpby(n, (0.95, 1.0)))),
+        ),
+        ("axpbys", Box::new(move |n| Box::new(axpby(n, (0.5, 2.0))))),
+        ("square_sums", Box::new(move |n| Box::new(squares(n)))),
+    ];
+    for (name, count) in cases {
+        let (two, eight) = (count(2), count(8));
+        let (device_2, device_8) = (two(LibTorchRoute::Device), eight(LibTorchRoute::Device));
+        let (composed_2, composed_8) =
+            (two(LibTorchRoute::Composed), eight(LibTorchRoute::Composed));
+        println!(
+            "{name}: device route {} / {} operators for 2 / 8 tensors, composed {} / {}",
+            device_2.launches, device_8.launches, composed_2.launches, composed_8.launches
+        );
+        assert!(
+            device_2.launches > 0,
+            "{name}: the ledger saw the operators"
+        );
+        assert_eq!(
+            device_2.launches, device_8.launches,
+            "{name}: one set per group"
+        );
+        assert!(
+            composed_8.launches > composed_2.launches,
+            "{name}: the composed op runs per tensor"
+        );
+        assert!(
+            device_8.launches < composed_8.launches,
+            "{name}: fewer operators"
+        );
+    }
 }

@@ -205,7 +205,7 @@ pub(super) fn adam_step(
 }
 
 /// `Σ x²` of each tensor, squares in fp32, as fp32 scalars (`_foreach_norm`, squared).
-fn square_sums(tensors: &[&Tensor]) -> Vec<Tensor> {
+pub(super) fn square_sums(tensors: &[&Tensor]) -> Vec<Tensor> {
     shim::square_sums(tensors).unwrap_or_else(|err| panic!("libtorch's _foreach_norm: {err}"))
 }
 

@@ -42,6 +42,7 @@ macro_rules! device_or_composed {
 }
 
 mod device;
+pub(crate) mod group;
 pub(crate) mod rounding;
 pub(crate) mod shim;
 

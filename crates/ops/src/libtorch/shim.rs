@@ -40,6 +40,16 @@ unsafe extern "C" {
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
+    fn bf_foreach_axpby(
+        ys: *const *mut C_tensor,
+        xs: *const *mut C_tensor,
+        count: c_int,
+        a: f64,
+        b: f64,
+        out: *mut *mut C_tensor,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
     fn bf_fused_rms_norm_backward(
         grad: *mut C_tensor,
         input: *mut C_tensor,
@@ -153,6 +163,41 @@ pub(crate) fn axpby_(y: &Tensor, x: &Tensor, a: f64, b: f64) -> Result<(), Strin
     let [y, x] = [y, x].map(|t| t.as_ptr() as *mut C_tensor);
     // SAFETY: both are live tensors; the shim writes `y` through libtorch.
     checked(|error, error_len| unsafe { bf_axpby_(y, x, a, b, error, error_len) })
+}
+
+/// `a·ys[i] + b·xs[i]` for pairs of one dtype by libtorch's multi-tensor operators: written over
+/// `ys` where `a` is 1 or neither factor is (the caller hands over tensors it may write), new
+/// tensors where only `b` is 1; one rounding to the dtype per product, as the composed op.
+pub(crate) fn foreach_axpby(
+    ys: &[&Tensor],
+    xs: &[&Tensor],
+    a: f64,
+    b: f64,
+) -> Result<Vec<Tensor>, String> {
+    assert_eq!(ys.len(), xs.len(), "foreach_axpby: one x per y");
+    let [y, x] = [ys, xs].map(handles);
+    let mut out = vec![std::ptr::null_mut::<C_tensor>(); ys.len()];
+    checked(|error, error_len| {
+        // SAFETY: the inputs are live tensors, as many `x` as `y`; `out` has room for one new
+        // handle each.
+        unsafe {
+            bf_foreach_axpby(
+                y.as_ptr(),
+                x.as_ptr(),
+                y.len() as c_int,
+                a,
+                b,
+                out.as_mut_ptr(),
+                error,
+                error_len,
+            )
+        }
+    })?;
+    // SAFETY: on success each entry is a new `at::Tensor` the shim allocated for us to own.
+    Ok(out
+        .into_iter()
+        .map(|t| unsafe { Tensor::from_ptr(t) })
+        .collect())
 }
 
 /// libtorch's `_fused_rms_norm_backward` (a CUDA kernel; libtorch has no CPU one): the input's

@@ -1,9 +1,9 @@
 //! Adam for the embedding, the head and the scalars, with PyTorch's bias correction.
 
-use brainfloat_ops::adam_step;
+use brainfloat_ops::{AdamMember, adam_steps};
 use burn::tensor::Tensor;
 
-use super::write::{Stream, Writer, in_dtype};
+use super::write::{Observer, Stream, Writer, in_dtype};
 
 /// Adam's state of one parameter: its step count and moments, flattened, in its dtype.
 #[derive(Debug, Clone)]
@@ -22,48 +22,76 @@ pub(super) struct Adam {
 }
 
 impl Adam {
-    /// One step of `param` (flattened) with gradient `grad` at rate `lr`: its new weights and
-    /// state, by one fused kernel where the writer allows it, op by op through it otherwise.
-    /// Parameter and moments are moved in: as their only owner a kernel updates them in place.
-    pub fn update(
+    /// One step of a group's parameters (flattened) with their gradients at rate `lr`: their
+    /// new weights and state, in order. One fused multi-tensor step for the group where the
+    /// writers allow it (no Kahan, no decay, no observer), op by op through each member's
+    /// writer otherwise. Parameters and moments are moved in: as their only owner a kernel
+    /// updates them in place.
+    pub fn update_group(
+        &self,
+        states: Vec<Option<AdamState>>,
+        params: Vec<Tensor<1>>,
+        grads: Vec<Tensor<1>>,
+        lr: f64,
+        writers: &mut [Writer],
+        observer: &mut Observer<'_>,
+    ) -> Vec<(Tensor<1>, AdamState)> {
+        let members = states.into_iter().zip(params).zip(grads);
+        let fusable = writers.iter().all(Writer::fusable);
+        if !(fusable && self.weight_decay == 0.0 && observer.is_none()) {
+            return (members.zip(writers))
+                .map(|(((state, param), grad), writer)| {
+                    self.update(state, param, grad, lr, writer, observer)
+                })
+                .collect();
+        }
+        let streams = [Stream::Weight, Stream::Moment1, Stream::Moment2];
+        let members: Vec<AdamMember> = (members.zip(writers.iter()))
+            .map(|(((state, param), grad), writer)| {
+                let AdamState {
+                    steps,
+                    moment_1,
+                    moment_2,
+                } = state.unwrap_or_else(|| AdamState {
+                    steps: 0,
+                    moment_1: grad.zeros_like(),
+                    moment_2: grad.zeros_like(),
+                });
+                AdamMember {
+                    param,
+                    grad,
+                    moment_1,
+                    moment_2,
+                    step: steps + 1,
+                    stochastic: writer.stochastic_keys(streams),
+                }
+            })
+            .collect();
+        let steps: Vec<i32> = members.iter().map(|m| m.step).collect();
+        let updated = adam_steps(members, lr, self.betas, self.eps);
+        (updated.into_iter().zip(steps))
+            .map(|([param, moment_1, moment_2], steps)| {
+                let state = AdamState {
+                    steps,
+                    moment_1,
+                    moment_2,
+                };
+                (param, state)
+            })
+            .collect()
+    }
+
+    /// One step of `param` op by op, each new value written by `writer`.
+    fn update(
         &self,
         state: Option<AdamState>,
         param: Tensor<1>,
         grad: Tensor<1>,
         lr: f64,
         writer: &mut Writer,
+        observer: &mut Observer<'_>,
     ) -> (Tensor<1>, AdamState) {
         let (beta_1, beta_2) = self.betas;
-        // The fused kernel has no decay.
-        if writer.fusable() && self.weight_decay == 0.0 {
-            let AdamState {
-                steps,
-                moment_1,
-                moment_2,
-            } = state.unwrap_or_else(|| AdamState {
-                steps: 0,
-                moment_1: grad.zeros_like(),
-                moment_2: grad.zeros_like(),
-            });
-            let streams = [Stream::Weight, Stream::Moment1, Stream::Moment2];
-            let update = adam_step(
-                param,
-                grad,
-                moment_1,
-                moment_2,
-                lr,
-                self.betas,
-                self.eps,
-                steps + 1,
-                writer.stochastic_keys(streams),
-            );
-            let state = AdamState {
-                steps: steps + 1,
-                moment_1: update.moment_1,
-                moment_2: update.moment_2,
-            };
-            return (update.param, state);
-        }
         let compute = writer.compute();
         let grad = in_dtype(grad, compute);
         let AdamState {
@@ -99,7 +127,7 @@ impl Adam {
             let decay = self.weight_decay * correction_1;
             direction = direction + in_dtype(param.clone(), compute).mul_scalar(decay);
         }
-        let param = writer.weights(param, direction, lr / correction_1);
+        let param = writer.weights(param, direction, lr / correction_1, observer);
         let state = AdamState {
             steps,
             moment_1,

@@ -10,7 +10,7 @@ use brainfloat_precision::{
 };
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::error::TensorFileError;
 
@@ -401,12 +401,26 @@ impl RecordOptimizer {
         if self.params.is_empty() {
             self.params = param_table(&model);
         }
-        model.map(&mut StepMapper {
+        // The parameters are taken out of the model while their groups step, so that each
+        // update holds the only handle to its buffers and runs in place.
+        let mut taken = TakeTrained {
             optimizer: self,
             grads,
             grad_scale,
-            lr_multiplier,
-            step,
+            taken: Vec::new(),
+        };
+        let model = model.map(&mut taken);
+        let taken = taken.taken;
+        let mut shapes: HashMap<ParamId, (Vec<usize>, bool)> = (taken.iter())
+            .map(|t| (t.id, (t.dims.clone(), t.require_grad)))
+            .collect();
+        let mut updated = HashMap::new();
+        for (key, members) in self.groups(taken) {
+            updated.extend(self.update_group(key, members, lr_multiplier, step));
+        }
+        model.map(&mut PutBack {
+            updated: &mut updated,
+            shapes: &mut shapes,
         })
     }
 
@@ -420,34 +434,36 @@ impl RecordOptimizer {
         grads: &GradientsParams,
         scale: f64,
     ) -> f64 {
-        struct Squares<'a> {
+        struct Gradients<'a> {
             optimizer: &'a RecordOptimizer,
             grads: &'a GradientsParams,
-            sums: Vec<Tensor<1>>,
+            flat: Vec<Tensor<1>>,
         }
-        impl ModuleVisitor for Squares<'_> {
+        impl ModuleVisitor for Gradients<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 if self.optimizer.is_frozen(param.id) {
                     return;
                 }
                 if let Some(grad) = self.grads.get::<D>(param.id) {
-                    self.sums.push(brainfloat_ops::square_sum(grad));
+                    let numel = grad.shape().num_elements();
+                    self.flat.push(grad.reshape([numel]));
                 }
             }
         }
         if self.params.is_empty() {
             self.params = param_table(model);
         }
-        let mut squares = Squares {
+        let mut gradients = Gradients {
             optimizer: self,
             grads,
-            sums: Vec::new(),
+            flat: Vec::new(),
         };
-        model.visit(&mut squares);
-        if squares.sums.is_empty() {
+        model.visit(&mut gradients);
+        if gradients.flat.is_empty() {
             return 0.0;
         }
-        let sum = Tensor::cat(squares.sums, 0).sum().into_scalar::<f32>();
+        let sums = brainfloat_ops::square_sums(gradients.flat);
+        let sum = Tensor::cat(sums, 0).sum().into_scalar::<f32>();
         (sum as f64).sqrt() * scale.abs()
     }
 
@@ -466,22 +482,41 @@ impl RecordOptimizer {
         entry.group == ParamGroup::Matrices && self.config.matrix_optimizer == MatrixOptimizer::Muon
     }
 
-    /// One parameter's update: `value` and `grad` flattened, the new value returned.
-    fn update(
+    /// The taken parameters by the group that steps them together, in the model's order: Adam's
+    /// by optimizer group and dtype, Muon's by dtype, shape and layout too.
+    fn groups(&self, taken: Vec<Taken>) -> Vec<(GroupKey, Vec<Taken>)> {
+        let mut groups: Vec<(GroupKey, Vec<Taken>)> = Vec::new();
+        for member in taken {
+            let entry = self.params.get(&member.id).unwrap_or_else(|| {
+                panic!(
+                    "parameter {} is not one of the model this optimizer was made for",
+                    member.id
+                )
+            });
+            let muon = self.steps_with_muon(entry);
+            let key = GroupKey {
+                group: entry.group,
+                dtype: member.value.dtype(),
+                muon: muon.then(|| ([member.dims[0], member.dims[1]], entry.layout)),
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(member),
+                None => groups.push((key, vec![member])),
+            }
+        }
+        groups
+    }
+
+    /// One group's update: each member's new value (flattened), by id.
+    fn update_group(
         &mut self,
-        id: ParamId,
-        value: Tensor<1>,
-        grad: Tensor<1>,
-        dims: &[usize],
+        key: GroupKey,
+        members: Vec<Taken>,
         lr_multiplier: f64,
         step: usize,
-    ) -> Tensor<1> {
-        let entry = self.params.get(&id).unwrap_or_else(|| {
-            panic!("parameter {id} is not one of the model this optimizer was made for")
-        });
-        let (group, word, layout) = (entry.group, entry.stream_word, entry.layout);
-        let muon = self.steps_with_muon(entry);
+    ) -> Vec<(ParamId, Tensor<1>)> {
         let c = &self.config;
+        let group = key.group;
         let weight_decay = c.weight_decay[group.index()];
         let lr = lr_multiplier
             * match group {
@@ -490,14 +525,23 @@ impl RecordOptimizer {
                 ParamGroup::Scalars => c.scalar_lr,
                 ParamGroup::Matrices => c.matrix_lr,
             };
-        let mut writer = Writer::new(
-            value.dtype(),
-            c.rounding,
-            [c.seed, step as u64, word],
-            self.compensation.remove(&id),
-            self.probe.as_mut().map(|probe| (probe, group)),
-        );
-        let value = if muon {
+        let ids: Vec<ParamId> = members.iter().map(|m| m.id).collect();
+        let mut writers: Vec<Writer> = (ids.iter())
+            .map(|id| {
+                let word = self.params[id].stream_word;
+                let compensation = self.compensation.remove(id);
+                Writer::new(
+                    key.dtype,
+                    c.rounding,
+                    [c.seed, step as u64, word],
+                    compensation,
+                )
+            })
+            .collect();
+        let mut observer = self.probe.as_mut().map(|probe| (probe, group));
+        let (params, grads): (Vec<_>, Vec<_>) =
+            members.into_iter().map(|m| (m.value, m.grad)).unzip();
+        let values = if let Some((dims, layout)) = key.muon {
             let muon = Muon {
                 momentum: c.muon_momentum_at(step),
                 ns_steps: c.ns_steps,
@@ -505,26 +549,56 @@ impl RecordOptimizer {
                 weight_decay,
                 layout,
             };
-            let state = self.muon.remove(&id);
-            let (value, state) =
-                muon.update(state, value, grad, [dims[0], dims[1]], lr, &mut writer);
-            self.muon.insert(id, state);
-            value
+            let states = ids.iter().map(|id| self.muon.remove(id)).collect();
+            let stepped =
+                muon.update_group(states, params, grads, dims, lr, &mut writers, &mut observer);
+            (ids.iter().zip(stepped))
+                .map(|(id, (value, state))| {
+                    self.muon.insert(*id, state);
+                    value
+                })
+                .collect::<Vec<_>>()
         } else {
             let adam = Adam {
                 betas: c.adam_betas,
                 eps: c.adam_eps,
                 weight_decay,
             };
-            let (value, state) = adam.update(self.adam.remove(&id), value, grad, lr, &mut writer);
-            self.adam.insert(id, state);
-            value
+            let states = ids.iter().map(|id| self.adam.remove(id)).collect();
+            let stepped = adam.update_group(states, params, grads, lr, &mut writers, &mut observer);
+            (ids.iter().zip(stepped))
+                .map(|(id, (value, state))| {
+                    self.adam.insert(*id, state);
+                    value
+                })
+                .collect()
         };
-        if let Some(compensation) = writer.compensation.take() {
-            self.compensation.insert(id, compensation);
+        for (id, writer) in ids.iter().zip(&mut writers) {
+            if let Some(compensation) = writer.compensation.take() {
+                self.compensation.insert(*id, compensation);
+            }
         }
-        value
+        ids.into_iter().zip(values).collect()
     }
+}
+
+/// What puts parameters into one step group: their optimizer group and storage dtype, and for
+/// Muon the matrices' shape and layout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GroupKey {
+    group: ParamGroup,
+    dtype: DType,
+    muon: Option<([usize; 2], WeightLayout)>,
+}
+
+/// A parameter taken out of the model for its step: its value and scaled gradient, flattened,
+/// and what puts it back.
+struct Taken {
+    id: ParamId,
+    value: Tensor<1>,
+    grad: Tensor<1>,
+    dims: Vec<usize>,
+    require_grad: bool,
 }
 
 /// What gradients of global norm `norm` are multiplied by to clip them to `max_norm`:
@@ -589,15 +663,16 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-struct StepMapper<'a> {
-    optimizer: &'a mut RecordOptimizer,
+/// Takes each trained parameter with a gradient out of the model (an empty tensor stands in
+/// for it until [`PutBack`]), with its gradient times the scale.
+struct TakeTrained<'a> {
+    optimizer: &'a RecordOptimizer,
     grads: GradientsParams,
     grad_scale: f64,
-    lr_multiplier: f64,
-    step: usize,
+    taken: Vec<Taken>,
 }
 
-impl ModuleMapper for StepMapper<'_> {
+impl ModuleMapper for TakeTrained<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<D>(id) else {
@@ -606,7 +681,6 @@ impl ModuleMapper for StepMapper<'_> {
         if self.optimizer.is_frozen(id) {
             return Param::from_mapped_value(id, tensor, mapper);
         }
-        let require_grad = tensor.is_require_grad();
         let dims = tensor.dims();
         let numel = dims.iter().product::<usize>();
         // Without accumulation the scale is 1: skip a pass over every gradient.
@@ -615,14 +689,33 @@ impl ModuleMapper for StepMapper<'_> {
         } else {
             grad.mul_scalar(self.grad_scale)
         };
-        let updated = self.optimizer.update(
+        let stand_in = Tensor::<D>::empty([0; D], (&tensor.device(), tensor.dtype()));
+        self.taken.push(Taken {
             id,
-            tensor.inner().reshape([numel]),
-            grad.reshape([numel]),
-            &dims,
-            self.lr_multiplier,
-            self.step,
-        );
+            require_grad: tensor.is_require_grad(),
+            value: tensor.inner().reshape([numel]),
+            grad: grad.reshape([numel]),
+            dims: dims.to_vec(),
+        });
+        Param::from_mapped_value(id, stand_in, mapper)
+    }
+}
+
+/// Puts the updated parameters back into the model, in their shapes.
+struct PutBack<'a> {
+    updated: &'a mut HashMap<ParamId, Tensor<1>>,
+    shapes: &'a mut HashMap<ParamId, (Vec<usize>, bool)>,
+}
+
+impl ModuleMapper for PutBack<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let (Some(updated), Some((dims, require_grad))) =
+            (self.updated.remove(&id), self.shapes.remove(&id))
+        else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let dims: [usize; D] = dims.try_into().expect("the parameter's own rank");
         let mut tensor = Tensor::from_inner(updated.reshape(dims));
         if require_grad {
             tensor = tensor.require_grad();

@@ -3,11 +3,11 @@
 //! PyTorch's `[out, in]` layout; a matrix stored `[in, out]`, as GPT-2's `Conv1D`, gets the same
 //! factor).
 
-use brainfloat_ops::{axpby, matmul, square_sum};
+use brainfloat_ops::{axpbys, matmul, square_sums};
 use brainfloat_precision::WeightLayout;
 use burn::tensor::{FloatDType, Tensor};
 
-use super::write::{Stream, Writer, in_dtype};
+use super::write::{self, Observer, Stream, Writer, in_dtype};
 
 /// Muon's state of one matrix: its momentum buffer, flattened, in the parameter's dtype.
 #[derive(Debug, Clone)]
@@ -30,59 +30,89 @@ pub(super) struct Muon {
 }
 
 impl Muon {
-    /// One step of the `[rows, cols]` matrix `param` (flattened) with gradient `grad` at rate
-    /// `lr`: its new weights and state, written by `writer`.
-    pub fn update(
+    /// One step of a group's `[rows, cols]` matrices (flattened, one shape and layout, as the
+    /// record batches them) with their gradients at rate `lr`: their new weights and state, in
+    /// order, written by their writers. The momentum, the look-ahead and the weights are each one
+    /// multi-tensor op for the group (where the rounding allows), Newton–Schulz one batched
+    /// iteration over all of them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_group(
         &self,
-        state: Option<MuonState>,
-        param: Tensor<1>,
-        grad: Tensor<1>,
+        states: Vec<Option<MuonState>>,
+        params: Vec<Tensor<1>>,
+        grads: Vec<Tensor<1>>,
         [rows, cols]: [usize; 2],
         lr: f64,
-        writer: &mut Writer,
-    ) -> (Tensor<1>, MuonState) {
-        let compute = writer.compute();
-        let grad = in_dtype(grad, compute);
-        let momentum_buffer = match state {
-            Some(state) => writer.state_axpy(
-                state.momentum_buffer,
-                grad.clone(),
-                self.momentum,
-                Stream::MomentumBuffer,
-            ),
-            None => writer.state(grad.clone(), Stream::MomentumBuffer),
-        };
-        let nesterov = axpby(grad, momentum_buffer.clone(), 1.0, self.momentum);
-        let ortho = newton_schulz(nesterov.reshape([rows, cols]), self.ns_steps, self.ns_dtype);
+        writers: &mut [Writer],
+        observer: &mut Observer<'_>,
+    ) -> Vec<(Tensor<1>, MuonState)> {
+        let grads: Vec<Tensor<1>> = (grads.into_iter().zip(writers.iter()))
+            .map(|(grad, writer)| in_dtype(grad, writer.compute()))
+            .collect();
+        let buffers = states
+            .into_iter()
+            .map(|s| s.map(|s| s.momentum_buffer))
+            .collect();
+        let buffers = write::states_axpy(
+            writers,
+            buffers,
+            grads.clone(),
+            self.momentum,
+            Stream::MomentumBuffer,
+        );
+        let nesterov = axpbys(grads, buffers.clone(), 1.0, self.momentum);
+        let matrices = nesterov
+            .into_iter()
+            .map(|g| g.reshape([rows, cols]))
+            .collect();
+        let ortho = newton_schulz(matrices, self.ns_steps, self.ns_dtype);
         let (outputs, inputs) = match self.layout {
             WeightLayout::OutIn => (rows, cols),
             WeightLayout::InOut => (cols, rows),
         };
         let shape_factor = (outputs as f64 / inputs as f64).max(1.0).sqrt();
-        let mut direction = ortho.reshape([rows * cols]);
+        let mut directions: Vec<Tensor<1>> = (ortho.split(1, 0).into_iter())
+            .map(|matrix| matrix.reshape([rows * cols]))
+            .collect();
         if self.weight_decay != 0.0 {
             // Scaled by lr·shape below: lr·wd·w.
             let decay = self.weight_decay / shape_factor;
-            direction =
-                in_dtype(direction, compute) + in_dtype(param.clone(), compute).mul_scalar(decay);
+            directions = (directions.into_iter().zip(&params).zip(writers.iter()))
+                .map(|((direction, param), writer)| {
+                    let compute = writer.compute();
+                    in_dtype(direction, compute)
+                        + in_dtype(param.clone(), compute).mul_scalar(decay)
+                })
+                .collect();
         }
-        let param = writer.weights(param, direction, lr * shape_factor);
-        (param, MuonState { momentum_buffer })
+        let params = write::weights(writers, params, directions, lr * shape_factor, observer);
+        (params.into_iter().zip(buffers))
+            .map(|(param, momentum_buffer)| (param, MuonState { momentum_buffer }))
+            .collect()
     }
 }
 
 /// The quintic Newton–Schulz coefficients of the record.
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
-/// `X = G/(‖G‖_F + 1e-7)` in `dtype` (transposed when rows > cols), then `steps` times
-/// `A = X·Xᵀ; X = a·X + (b·A + c·A·A)·X`, transposed back. Returns `dtype`.
-pub fn newton_schulz(grad: Tensor<2>, steps: usize, dtype: FloatDType) -> Tensor<2> {
+/// For each of a batch of `[rows, cols]` matrices `G` (one shape): `X = G/(‖G‖_F + 1e-7)` in
+/// `dtype` (transposed when rows > cols), then `steps` times `A = X·Xᵀ; X = a·X + (b·A +
+/// c·A·A)·X`, transposed back, as one batched iteration. Returns `[batch, rows, cols]` in `dtype`.
+///
+/// # Panics
+/// When `grads` is empty.
+pub fn newton_schulz(grads: Vec<Tensor<2>>, steps: usize, dtype: FloatDType) -> Tensor<3> {
     let (a, b, c) = NS_COEFFICIENTS;
-    let [rows, cols] = grad.dims();
-    // The Frobenius norm accumulates in fp32 (as PyTorch's bf16 `norm` does), then rounds.
-    let norm = square_sum(grad.clone()).sqrt();
-    let norm = norm.cast(dtype).add_scalar(1e-7);
-    let mut x = grad.cast(dtype) / norm.unsqueeze();
+    let [rows, cols] = grads.first().expect("newton_schulz: a matrix").dims();
+    let batch = grads.len();
+    // The Frobenius norms accumulate in fp32 (as PyTorch's bf16 `norm` does), then round.
+    let flat = grads
+        .iter()
+        .map(|g| g.clone().reshape([rows * cols]))
+        .collect();
+    let norms = Tensor::cat(square_sums(flat), 0).sqrt();
+    let norms = norms.cast(dtype).add_scalar(1e-7).reshape([batch, 1, 1]);
+    let mut x = Tensor::stack::<3>(grads, 0).cast(dtype) / norms;
     let tall = rows > cols;
     if tall {
         x = x.transpose();
@@ -144,6 +174,8 @@ mod tests {
         }
     }
 
+    /// A batch of three matrices of each shape, each against its own reference: the batched
+    /// iteration keeps the matrices apart (each its own norm) and is the map itself.
     #[test]
     fn matches_a_float64_reference_in_both_orientations() {
         let device = brainfloat_test_support::test_device();
@@ -151,45 +183,57 @@ mod tests {
             let g: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3 + (i as f32).sin())
                 .collect();
-            let want = reference(
-                &g.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                rows,
-                cols,
-                5,
-            );
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            // The same matrix scaled (its own norm undoes the scale) and one of other values.
+            let scaled = g.iter().map(|v| v / 128.0).collect();
+            let reversed = g.iter().rev().map(|v| v * 3.0).collect();
+            let batch = [g, scaled, reversed];
             for (dtype, tolerance) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 0.1)] {
-                let grad = Tensor::<2>::from_data(
-                    TensorData::new(g.clone(), [rows, cols]),
-                    (&device, DType::F32),
-                );
-                let x = newton_schulz(grad, 5, dtype);
+                let grads = (batch.iter())
+                    .map(|g| {
+                        let data = TensorData::new(g.clone(), [rows, cols]);
+                        Tensor::<2>::from_data(data, (&device, DType::F32))
+                    })
+                    .collect();
+                let x = newton_schulz(grads, 5, dtype);
                 assert_eq!(x.dtype(), DType::from(dtype));
-                assert_eq!(x.dims(), [rows, cols]);
+                assert_eq!(x.dims(), [3, rows, cols]);
                 let got = x
                     .cast(FloatDType::F32)
                     .into_data()
                     .try_to_vec::<f32>()
                     .unwrap();
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (*a as f64 - b).abs() / scale)
-                    .fold(0.0, f64::max);
-                let l2 = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-                let frobenius = l2(&mut got.iter().zip(&want).map(|(a, b)| *a as f64 - b))
-                    / l2(&mut want.iter().copied());
-                println!("{rows}×{cols} {dtype:?}: worst {worst:.2e}, frobenius {frobenius:.2e}");
-                // fp32 agrees element by element (measured ≤ 1.3e-6). In bf16 each of the five
-                // quintic iterations re-rounds and amplifies the previous rounding, so the result
-                // drifts 5–8 % (Frobenius) from the exact map, as PyTorch's bf16 Muon does; the
-                // bf16 training curve against PyTorch (tests/golden_curve.rs) checks its effect.
-                let error = if dtype == FloatDType::F32 {
-                    worst
-                } else {
-                    frobenius
-                };
-                assert!(error <= tolerance, "{rows}×{cols} {dtype:?}: {error}");
+                for (g, got) in batch.iter().zip(got.chunks(rows * cols)) {
+                    let want = reference(
+                        &g.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                        rows,
+                        cols,
+                        5,
+                    );
+                    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (*a as f64 - b).abs() / scale)
+                        .fold(0.0, f64::max);
+                    let l2 =
+                        |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+                    let frobenius = l2(&mut got.iter().zip(&want).map(|(a, b)| *a as f64 - b))
+                        / l2(&mut want.iter().copied());
+                    println!(
+                        "{rows}×{cols} {dtype:?}: worst {worst:.2e}, frobenius {frobenius:.2e}"
+                    );
+                    // fp32 agrees element by element (measured ≤ 1.3e-6). In bf16 each of the
+                    // five quintic iterations re-rounds and amplifies the previous rounding, so
+                    // the result drifts 5–8 % (Frobenius) from the exact map, as PyTorch's bf16
+                    // Muon does; the bf16 training curve against PyTorch
+                    // (tests/golden_curve.rs) checks its effect.
+                    let error = if dtype == FloatDType::F32 {
+                        worst
+                    } else {
+                        frobenius
+                    };
+                    assert!(error <= tolerance, "{rows}×{cols} {dtype:?}: {error}");
+                }
             }
         }
     }

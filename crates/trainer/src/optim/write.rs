@@ -1,6 +1,9 @@
 //! The one writer of new values into a parameter and its optimizer state, by the policy's
-//! rounding: to nearest, stochastically, or with Kahan compensation.
+//! rounding: to nearest, stochastically, or with Kahan compensation. A group's members, which
+//! share a storage dtype and so a rounding, are written together ([`states_axpy`],
+//! [`weights`]): by one multi-tensor op where they round to nearest.
 
+use brainfloat_ops::axpbys;
 use brainfloat_precision::UpdateRounding;
 use burn::tensor::{DType, FloatDType, Tensor};
 
@@ -16,8 +19,11 @@ pub(super) enum Stream {
     MomentumBuffer = 3,
 }
 
+/// The lost-update probe, when a step is observed, and the group it observes.
+pub(super) type Observer<'a> = Option<(&'a mut LostUpdates, ParamGroup)>;
+
 /// Writes one parameter's step: its new state values and its new weights.
-pub(super) struct Writer<'a> {
+pub(super) struct Writer {
     /// The parameter's storage dtype (its state's too).
     storage: FloatDType,
     /// The rounding of this parameter: the policy's for bf16 storage; fp32 is written exactly.
@@ -26,17 +32,14 @@ pub(super) struct Writer<'a> {
     key: [u64; 3],
     /// Kahan's compensation of this parameter, under [`UpdateRounding::Kahan`].
     pub compensation: Option<Tensor<1>>,
-    /// The lost-update probe, when this step is observed, and the parameter's group.
-    observer: Option<(&'a mut LostUpdates, ParamGroup)>,
 }
 
-impl<'a> Writer<'a> {
+impl Writer {
     pub fn new(
         storage: DType,
         policy: UpdateRounding,
         key: [u64; 3],
         compensation: Option<Tensor<1>>,
-        observer: Option<(&'a mut LostUpdates, ParamGroup)>,
     ) -> Self {
         let rounding = if storage == DType::BF16 {
             policy
@@ -48,7 +51,6 @@ impl<'a> Writer<'a> {
             rounding,
             key,
             compensation,
-            observer,
         }
     }
 
@@ -62,10 +64,10 @@ impl<'a> Writer<'a> {
     }
 
     /// Whether a fused update (one kernel writing weights and state) may stand in for the
-    /// writer: not under Kahan, which has no fused kernel, nor when observed, since the
-    /// observer needs the update itself.
+    /// writer: not under Kahan, which has no fused kernel (nor when observed, since the
+    /// observer needs the update itself: the caller knows).
     pub fn fusable(&self) -> bool {
-        self.observer.is_none() && self.rounding != UpdateRounding::Kahan
+        self.rounding != UpdateRounding::Kahan
     }
 
     /// The keys of `streams` under stochastic rounding, for a fused kernel; `None` otherwise.
@@ -104,13 +106,18 @@ impl<'a> Writer<'a> {
 
     /// The weights `value − scale·direction`, written by the rounding (and shown to the
     /// observer, if any).
-    pub fn weights(&mut self, value: Tensor<1>, direction: Tensor<1>, scale: f64) -> Tensor<1> {
+    pub fn weights(
+        &mut self,
+        value: Tensor<1>,
+        direction: Tensor<1>,
+        scale: f64,
+        observer: &mut Observer<'_>,
+    ) -> Tensor<1> {
         let compute = self.compute();
         // `direction` is moved into the one delta made, so that its multiply reuses its buffer.
         let delta =
             |direction: Tensor<1>, scale: f64| in_dtype(direction, compute).mul_scalar(scale);
-        let seen = self
-            .observer
+        let seen = observer
             .is_some()
             .then(|| (host_f32(&value), host_f32(&delta(direction.clone(), scale))));
         let updated = match self.rounding {
@@ -134,7 +141,7 @@ impl<'a> Writer<'a> {
                 updated
             }
         };
-        if let (Some((probe, group)), Some((before, delta))) = (&mut self.observer, seen) {
+        if let (Some((probe, group)), Some((before, delta))) = (observer, seen) {
             let compensation = self.compensation.as_ref().map(host_f32);
             probe.observe(
                 *group,
@@ -149,6 +156,56 @@ impl<'a> Writer<'a> {
         }
         updated
     }
+}
+
+/// New state values of a group's members: `a·ys[i] + xs[i]` stored by each member's writer, or
+/// `xs[i]` stored where a member has no `ys[i]` yet (its first step); one multi-tensor op for the
+/// group where no member rounds stochastically (each draws its own stream) and all have `ys`.
+pub(super) fn states_axpy(
+    writers: &[Writer],
+    ys: Vec<Option<Tensor<1>>>,
+    xs: Vec<Tensor<1>>,
+    a: f64,
+    stream: Stream,
+) -> Vec<Tensor<1>> {
+    let stochastic = writers
+        .iter()
+        .any(|w| w.rounding == UpdateRounding::Stochastic);
+    if !stochastic && ys.iter().all(Option::is_some) {
+        let ys = (ys.into_iter().flatten().zip(writers))
+            .map(|(y, writer)| in_dtype(y, writer.compute()))
+            .collect();
+        let sums = axpbys(ys, xs, a, 1.0);
+        return (writers.iter().zip(sums))
+            .map(|(writer, sum)| writer.state(sum, stream))
+            .collect();
+    }
+    (writers.iter().zip(ys).zip(xs))
+        .map(|((writer, y), x)| match y {
+            Some(y) => writer.state_axpy(y, x, a, stream),
+            None => writer.state(x, stream),
+        })
+        .collect()
+}
+
+/// The weights `values[i] − scale·directions[i]` of a group's members, each written by its
+/// writer; one multi-tensor op for the group where all round to nearest and none is observed.
+pub(super) fn weights(
+    writers: &mut [Writer],
+    values: Vec<Tensor<1>>,
+    directions: Vec<Tensor<1>>,
+    scale: f64,
+    observer: &mut Observer<'_>,
+) -> Vec<Tensor<1>> {
+    let nearest = writers
+        .iter()
+        .all(|w| w.rounding == UpdateRounding::Nearest);
+    if nearest && observer.is_none() {
+        return axpbys(values, directions, 1.0, -scale);
+    }
+    (writers.iter_mut().zip(values).zip(directions))
+        .map(|((writer, value), direction)| writer.weights(value, direction, scale, observer))
+        .collect()
 }
 
 /// `tensor` in `dtype`: itself when it has it already (no pass over it), cast otherwise.
