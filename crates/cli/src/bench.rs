@@ -70,7 +70,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         peak,
         bf16_peak,
         backend: args.run.backend,
-        machine: args.run.backend.machine(),
+        machine: crate::setup::machine(args.run.backend),
         command,
     };
     let mut report = run_bench(&config, &device, &options)?;

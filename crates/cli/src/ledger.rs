@@ -95,7 +95,7 @@ pub fn run(args: LedgerArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| format!("ledger_{}", config.model.size));
     let report = json!({
         "command": command_line(),
-        "machine": args.run.backend.machine(),
+        "machine": crate::setup::machine(args.run.backend),
         "counts_gpu_launches": counts_gpu_launches(),
         "step": step,
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),

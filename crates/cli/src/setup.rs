@@ -159,6 +159,22 @@ pub fn ensure_default_corpus(config: &TrainConfig) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The machine a report was measured on, in words, with the bf16 GEMM that ran on a CPU:
+/// brainfloat's path (`amx`, `gemmkit`, …) on flex, libtorch's oneDNN or brainfloat's path on
+/// libtorch's CPU (as `brainfloat_ops` chooses).
+pub fn machine(backend: Backend) -> String {
+    use brainfloat_ops::KernelPath;
+    let ours = KernelPath::active().name();
+    match backend {
+        Backend::Flex => format!("{}, bf16 GEMM path `{ours}`", backend.machine()),
+        Backend::Tch if KernelPath::cpu_has_avx512_bf16() => {
+            format!("{}, bf16 GEMM libtorch's oneDNN", backend.machine())
+        }
+        Backend::Tch => format!("{}, bf16 GEMM path `{ours}`", backend.machine()),
+        _ => backend.machine(),
+    }
+}
+
 /// The command as a user would type it, for reports.
 pub fn command_line() -> String {
     std::iter::once("cargo xtask".to_string())

@@ -50,7 +50,7 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
         seeds: args.seeds,
         steps: args.steps as usize,
         eval_every: args.eval_every,
-        machine: args.run.backend.machine(),
+        machine: crate::setup::machine(args.run.backend),
         command: command_line(),
     };
     let total = options.presets.len() * options.seeds.len();

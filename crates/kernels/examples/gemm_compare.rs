@@ -1,5 +1,7 @@
 //! The bf16 GEMM candidates side by side on the model's shapes, in one process:
 //!
+//! - `amx`: the AMX GEMM on Intel AMX's tiles (`crate::amx`), bf16 out (a dash without
+//!   AMX-BF16);
 //! - `gemmkit`: the `gemmkit` crate's kernels, bf16 out (`vdpbf16ps` with AVX512-BF16, its
 //!   widening fp32 kernels elsewhere): the path brainfloat runs;
 //! - `own`: brainfloat's own AVX512-BF16 kernel (`dot_bf16`), bf16 out (a dash without
@@ -29,14 +31,16 @@ fn main() {
         _ => (2048, 256, 50304),
     };
     println!(
-        "threads: {}, AVX512-BF16: {}",
+        "threads: {}, AVX512-BF16: {}, AMX-BF16: {}, the path training runs: {}",
         rayon::current_num_threads(),
-        KernelPath::cpu_has_avx512_bf16()
+        KernelPath::cpu_has_avx512_bf16(),
+        KernelPath::cpu_has_amx(),
+        KernelPath::active().name()
     );
     println!(
-        "| product | m×k×n | gemmkit | own | portable | flex-bf16 | flex-fp32 | own / gemmkit |"
+        "| product | m×k×n | amx | gemmkit | own | portable | flex-bf16 | flex-fp32 | own / gemmkit |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let layers = [
         ("attn d×d", d, d),
         ("mlp.c_fc", d, 4 * d),
@@ -58,15 +62,24 @@ fn main() {
             let native =
                 time(|| gemm_on(KernelPath::Gemmkit, a_view, b_view, Output::Bf16(&mut c)));
             let reference = c.clone();
+            // Both round the same fp32 sums; summation order may flip a rounding now and then.
+            let agrees = |c: &[bf16], kernel: &str| {
+                let differing = c.iter().zip(&reference).filter(|(x, y)| x != y).count();
+                assert!(
+                    differing * 100 <= c.len(),
+                    "{kernel} disagrees with gemmkit on {differing} values"
+                );
+            };
+            let amx = KernelPath::cpu_has_amx().then(|| {
+                let seconds =
+                    time(|| gemm_on(KernelPath::Amx, a_view, b_view, Output::Bf16(&mut c)));
+                agrees(&c, "amx");
+                seconds
+            });
             // brainfloat's own kernel needs AVX512-BF16; elsewhere its column says so.
             let own = KernelPath::cpu_has_avx512_bf16().then(|| {
                 let seconds = time(|| gemm_own(a_view, b_view, Output::Bf16(&mut c)));
-                let differing = c.iter().zip(&reference).filter(|(x, y)| x != y).count();
-                // Both round the same fp32 sums; summation order may flip a rounding now and then.
-                assert!(
-                    differing * 100 <= c.len(),
-                    "own kernel disagrees on {differing} values"
-                );
+                agrees(&c, "own");
                 seconds
             });
             let portable =
@@ -87,7 +100,8 @@ fn main() {
             let mut c32 = vec![0.0f32; m * n];
             let flex_fp32 = time(|| fp32_gemm(&a32, &b32, &mut c32, [m, k, n]));
             println!(
-                "| {layer} {pass} | {m}×{k}×{n} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {layer} {pass} | {m}×{k}×{n} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                amx.map_or("—".into(), |amx| format!("{:.0}", gflops(amx))),
                 gflops(native),
                 own.map_or("—".into(), |own| format!("{:.0}", gflops(own))),
                 gflops(portable),

@@ -210,6 +210,15 @@ pub fn gemm_on(path: KernelPath, a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Ou
     }
     match (path, c) {
         (_, Output::Bf16(c)) if k == 0 => c.fill(bf16::ZERO),
+        (_, Output::F32(c)) if k == 0 => c.fill(0.0),
+        #[cfg(target_arch = "x86_64")]
+        (KernelPath::Amx, c) => {
+            let unit = || crate::amx::TileInstructions::new().expect("AMX checked by the path");
+            crate::amx::gemm(unit, a, b, c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        (KernelPath::Amx, _) => unreachable!("AMX is x86-64's"),
+        (KernelPath::AmxModel, c) => crate::amx::gemm(crate::amx::TileModel::default, a, b, c),
         // No copies of the operands and no fp32 product: gemmkit packs bf16 panels (in pairs
         // along k for vdpbf16ps, widened to fp32 elsewhere) and rounds each register tile once.
         (KernelPath::Gemmkit, Output::Bf16(c)) => gemmkit::gemm(
@@ -221,7 +230,7 @@ pub fn gemm_on(path: KernelPath, a: Matrix<'_, bf16>, b: Matrix<'_, bf16>, c: Ou
             Parallelism::Rayon(0),
         ),
         // gemmkit's bf16 kernels store bf16 only; an fp32 result takes the widening path.
-        (_, Output::F32(c)) => widened_gemm(a, b, c),
+        (KernelPath::Gemmkit | KernelPath::Portable, Output::F32(c)) => widened_gemm(a, b, c),
         (KernelPath::Portable, Output::Bf16(c)) => {
             let mut accumulator = vec![0.0f32; m * n];
             widened_gemm(a, b, &mut accumulator);
@@ -461,7 +470,8 @@ mod tests {
 
     /// Every combination of m, n, k from [`SIZES`] (bounded to keep the float64 reference fast),
     /// each operand stored plain or transposed, both outputs, each kernel: gemmkit's, the
-    /// portable path and, on a CPU with AVX512-BF16, brainfloat's own.
+    /// portable path, the AMX GEMM on the tiles' software model, and where the CPU has them the
+    /// AMX instructions and brainfloat's own AVX512-BF16 kernel.
     #[test]
     fn matches_float64_on_ragged_shapes_transposed_operands_and_both_outputs() {
         let mut checked = 0;
@@ -491,11 +501,20 @@ mod tests {
                     let scale = norm(want.iter().copied()).max(f64::MIN_POSITIVE);
                     let own = (cfg!(feature = "own-gemm") && KernelPath::cpu_has_avx512_bf16())
                         .then_some("own");
-                    let kernels = [Some("gemmkit"), Some("portable"), own];
+                    let amx = KernelPath::cpu_has_amx().then_some("amx");
+                    let kernels = [
+                        Some("gemmkit"),
+                        Some("portable"),
+                        Some("amx-model"),
+                        amx,
+                        own,
+                    ];
                     for kernel in kernels.into_iter().flatten() {
                         let run = |c: Output<'_>| match kernel {
                             "gemmkit" => gemm_on(KernelPath::Gemmkit, a, b, c),
                             "portable" => gemm_on(KernelPath::Portable, a, b, c),
+                            "amx-model" => gemm_on(KernelPath::AmxModel, a, b, c),
+                            "amx" => gemm_on(KernelPath::Amx, a, b, c),
                             #[cfg(feature = "own-gemm")]
                             "own" => gemm_own(a, b, c),
                             _ => unreachable!("no kernel {kernel}"),

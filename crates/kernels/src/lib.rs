@@ -22,8 +22,11 @@
 //!   without losing the small ones (stochastic rounding with counter-based random bits, Kahan
 //!   compensation).
 //!
-//! All run on all cores (rayon). [`KernelPath::active`] says which GEMM runs; the environment
-//! variable [`PATH_VAR`]` = portable` forces the portable one (for tests).
+//! - [`amx`]: the bf16 GEMM on Intel AMX's tiles, written once over a tile unit with two
+//!   implementations: the instructions (`asm!`) and a software model that any CPU runs.
+//!
+//! All run on all cores (rayon). [`KernelPath::active`] says which GEMM runs (AMX where the CPU
+//! and OS allow it, else gemmkit's); the environment variable [`PATH_VAR`] forces one by name.
 //!
 //! ```
 //! use brainfloat_kernels::{Matrix, Output, gemm};
@@ -38,6 +41,7 @@
 
 mod accumulate;
 mod adam;
+pub mod amx;
 mod cross_entropy;
 #[cfg(feature = "own-gemm")]
 mod dot_bf16;

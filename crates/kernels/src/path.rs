@@ -3,12 +3,19 @@
 
 use std::sync::OnceLock;
 
-/// Set to `portable` to force the portable path (for tests: no CPU runs it otherwise).
+/// Forces the bf16 GEMM's path by its [name](KernelPath::name): `amx`, `amx-model`, `gemmkit`
+/// or `portable` (for tests and comparisons; the CPU decides otherwise).
 pub const PATH_VAR: &str = "BRAINFLOAT_KERNELS";
 
-/// The two implementations of the bf16 GEMM.
+/// The implementations of the bf16 GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
+    /// Intel AMX's tiles (`TDPBF16PS`, 16 × 32 bf16 by 32 × 16 into 16 × 16 fp32 per
+    /// instruction), where the CPU has AMX-BF16 and the OS grants the tile state (`crate::amx`).
+    Amx,
+    /// The AMX GEMM on the software model of the tiles: any CPU, slowly; the tests run every
+    /// GEMM test through it.
+    AmxModel,
     /// The `gemmkit` crate's kernels, chosen for the CPU at run time: `vdpbf16ps` (bf16 pairs
     /// into fp32 accumulators) with AVX512-BF16, its widening fp32 kernels (AVX-512F, AVX2 with
     /// FMA, NEON) elsewhere. bf16 results are rounded and stored a register tile at a time.
@@ -21,18 +28,56 @@ pub enum KernelPath {
 }
 
 impl KernelPath {
-    /// The path this process runs: [`KernelPath::Gemmkit`] unless [`PATH_VAR`] says
-    /// `portable`. Decided on the first call.
+    /// The path this process runs: the one [`PATH_VAR`] names, else AMX where it runs, else
+    /// [`KernelPath::Gemmkit`]. Decided on the first call; a forced path this machine cannot
+    /// run, or an unknown name, is reported once and the machine's own path runs.
     pub fn active() -> Self {
         static ACTIVE: OnceLock<KernelPath> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let forced = std::env::var(PATH_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("portable"));
-            if forced {
-                Self::Portable
+            let detected = if Self::cpu_has_amx() {
+                Self::Amx
             } else {
                 Self::Gemmkit
+            };
+            let Ok(forced) = std::env::var(PATH_VAR) else {
+                return detected;
+            };
+            let all = [Self::Amx, Self::AmxModel, Self::Gemmkit, Self::Portable];
+            match all
+                .into_iter()
+                .find(|p| forced.eq_ignore_ascii_case(p.name()))
+            {
+                Some(Self::Amx) if !Self::cpu_has_amx() => {
+                    eprintln!(
+                        "warning: {PATH_VAR}=amx, but this CPU or OS does not run AMX-BF16: \
+                         the {} path runs",
+                        detected.name()
+                    );
+                    detected
+                }
+                Some(path) => path,
+                None => {
+                    eprintln!(
+                        "warning: {PATH_VAR}={forced} names no GEMM path (amx, amx-model, \
+                         gemmkit, portable): the {} path runs",
+                        detected.name()
+                    );
+                    detected
+                }
             }
         })
+    }
+
+    /// Whether this CPU has AMX-BF16 and the OS lets this process use its tiles.
+    pub fn cpu_has_amx() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            crate::amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
 
     /// Whether this CPU has AVX512-BF16 (`vdpbf16ps`): gemmkit's bf16 kernels then multiply
@@ -48,9 +93,11 @@ impl KernelPath {
         }
     }
 
-    /// The name used in reports: `gemmkit` or `portable`.
+    /// The name used in reports and by [`PATH_VAR`].
     pub fn name(self) -> &'static str {
         match self {
+            Self::Amx => "amx",
+            Self::AmxModel => "amx-model",
             Self::Gemmkit => "gemmkit",
             Self::Portable => "portable",
         }
