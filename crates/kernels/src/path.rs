@@ -34,38 +34,41 @@ impl KernelPath {
     pub fn active() -> Self {
         static ACTIVE: OnceLock<KernelPath> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let detected = if Self::cpu_has_amx() {
-                Self::Amx
-            } else {
-                Self::Gemmkit
-            };
-            let Ok(forced) = std::env::var(PATH_VAR) else {
-                return detected;
-            };
-            let all = [Self::Amx, Self::AmxModel, Self::Gemmkit, Self::Portable];
-            match all
-                .into_iter()
-                .find(|p| forced.eq_ignore_ascii_case(p.name()))
-            {
-                Some(Self::Amx) if !Self::cpu_has_amx() => {
-                    eprintln!(
-                        "warning: {PATH_VAR}=amx, but this CPU or OS does not run AMX-BF16: \
-                         the {} path runs",
-                        detected.name()
-                    );
-                    detected
-                }
-                Some(path) => path,
-                None => {
-                    eprintln!(
-                        "warning: {PATH_VAR}={forced} names no GEMM path (amx, amx-model, \
-                         gemmkit, portable): the {} path runs",
-                        detected.name()
-                    );
-                    detected
-                }
-            }
+            let forced = std::env::var(PATH_VAR).ok();
+            Self::choose(forced.as_deref(), Self::cpu_has_amx()).unwrap_or_else(
+                |(problem, path)| {
+                    eprintln!("warning: {problem}: the {} path runs", path.name());
+                    path
+                },
+            )
         })
+    }
+
+    /// The path for a [`PATH_VAR`] value (if set) on a machine that does or does not run AMX:
+    /// the named path, or the machine's own where none is named; a name this machine cannot
+    /// run, or an unknown one, is a problem reported beside the machine's own path.
+    fn choose(forced: Option<&str>, amx: bool) -> Result<Self, (String, Self)> {
+        let detected = if amx { Self::Amx } else { Self::Gemmkit };
+        let Some(forced) = forced else {
+            return Ok(detected);
+        };
+        let all = [Self::Amx, Self::AmxModel, Self::Gemmkit, Self::Portable];
+        match all
+            .into_iter()
+            .find(|p| forced.eq_ignore_ascii_case(p.name()))
+        {
+            Some(Self::Amx) if !amx => Err((
+                format!("{PATH_VAR}=amx, but this CPU or OS does not run AMX-BF16"),
+                detected,
+            )),
+            Some(path) => Ok(path),
+            None => Err((
+                format!(
+                    "{PATH_VAR}={forced} names no GEMM path (amx, amx-model, gemmkit, portable)"
+                ),
+                detected,
+            )),
+        }
     }
 
     /// Whether this CPU has AMX-BF16 and the OS lets this process use its tiles.
@@ -115,4 +118,31 @@ pub(crate) fn avx512() -> bool {
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512vl")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelPath::{self, *};
+
+    #[test]
+    fn the_machine_decides_unless_a_path_it_can_run_is_named() {
+        let choose = KernelPath::choose;
+        assert_eq!(choose(None, true), Ok(Amx));
+        assert_eq!(choose(None, false), Ok(Gemmkit));
+        for amx in [false, true] {
+            assert_eq!(choose(Some("amx-model"), amx), Ok(AmxModel));
+            assert_eq!(choose(Some("Portable"), amx), Ok(Portable));
+            assert_eq!(choose(Some("gemmkit"), amx), Ok(Gemmkit));
+        }
+        assert_eq!(choose(Some("amx"), true), Ok(Amx));
+        let (problem, path) = choose(Some("amx"), false).unwrap_err();
+        assert_eq!(path, Gemmkit);
+        assert!(problem.contains("does not run AMX-BF16"), "{problem}");
+        let (problem, path) = choose(Some("avx9"), true).unwrap_err();
+        assert_eq!(path, Amx);
+        assert!(
+            problem.contains("BRAINFLOAT_KERNELS=avx9 names no GEMM path"),
+            "{problem}"
+        );
+    }
 }

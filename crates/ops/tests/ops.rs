@@ -363,23 +363,25 @@ fn relu_square_and_its_gradient_match_burns_ops_in_both_dtypes() {
 
 #[test]
 fn the_active_kernel_path_follows_the_environment() {
-    let forced = std::env::var(PATH_VAR).is_ok_and(|v| v == "portable");
-    let want = if forced {
-        KernelPath::Portable
-    } else {
-        KernelPath::Gemmkit
+    let want = match std::env::var(PATH_VAR).as_deref() {
+        Ok("portable") => KernelPath::Portable,
+        Ok("amx-model") => KernelPath::AmxModel,
+        _ if KernelPath::cpu_has_amx() => KernelPath::Amx,
+        _ => KernelPath::Gemmkit,
     };
     assert_eq!(KernelPath::active(), want);
 }
 
-/// Every test of this file again in a child process with the portable path forced: no CPU runs
-/// it otherwise.
+/// Every test of this file again in a child process with the portable path forced, and again
+/// with the AMX GEMM on the tiles' software model: no CPU runs either otherwise.
 #[test]
-fn every_test_passes_with_the_portable_path_forced() {
+fn every_test_passes_with_the_portable_path_and_the_amx_model_forced() {
     if std::env::var_os(PATH_VAR).is_some() {
         return; // this is the child (or a forced run): the other tests are the check
     }
-    passes_in_a_child((PATH_VAR, "portable"), &["--test-threads", "1"]);
+    for path in [KernelPath::Portable, KernelPath::AmxModel] {
+        passes_in_a_child((PATH_VAR, path.name()), &["--test-threads", "1"]);
+    }
 }
 
 /// This test binary run again with `variable` set and `args`: it passes, and its output is
