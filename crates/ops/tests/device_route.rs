@@ -229,24 +229,22 @@ fn the_group_ops_launch_as_many_operators_for_any_group_size() {
         }
     };
     let squares = |members| move |r| traffic(r, || group(members, 7, 1.0), square_sums);
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> Box<Counted<'static>>>)> = vec![
-        ("adam_steps", Box::new(move |n| Box::new(adam(n)))),
-        (
-            "axpbys, a = 1",
-            Box::new(move |n| Box::new(axpby(n, (1.0, -0.01)))),
-        ),
-        (
-            "axpbys, b = 1",
-            Box::new(move |n| Box::new(axpby(n, (0.95, 1.0)))),
-        ),
-        ("axpbys", Box::new(move |n| Box::new(axpby(n, (0.5, 2.0))))),
-        ("square_sums", Box::new(move |n| Box::new(squares(n)))),
-    ];
-    for (name, count) in cases {
-        let (two, eight) = (count(2), count(8));
-        let (device_2, device_8) = (two(LibTorchRoute::Device), eight(LibTorchRoute::Device));
-        let (composed_2, composed_8) =
-            (two(LibTorchRoute::Composed), eight(LibTorchRoute::Composed));
+    let count = |name: &str, members: usize, route: LibTorchRoute| match name {
+        "adam_steps" => adam(members)(route),
+        "axpbys, a = 1" => axpby(members, (1.0, -0.01))(route),
+        "axpbys, b = 1" => axpby(members, (0.95, 1.0))(route),
+        "axpbys" => axpby(members, (0.5, 2.0))(route),
+        _ => squares(members)(route),
+    };
+    for name in [
+        "adam_steps",
+        "axpbys, a = 1",
+        "axpbys, b = 1",
+        "axpbys",
+        "square_sums",
+    ] {
+        let [device_2, device_8] = [2, 8].map(|n| count(name, n, LibTorchRoute::Device));
+        let [composed_2, composed_8] = [2, 8].map(|n| count(name, n, LibTorchRoute::Composed));
         println!(
             "{name}: device route {} / {} operators for 2 / 8 tensors, composed {} / {}",
             device_2.launches, device_8.launches, composed_2.launches, composed_8.launches
