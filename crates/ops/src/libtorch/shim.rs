@@ -167,7 +167,8 @@ pub(crate) fn axpby_(y: &Tensor, x: &Tensor, a: f64, b: f64) -> Result<(), Strin
 
 /// `a·ys[i] + b·xs[i]` for pairs of one dtype by libtorch's multi-tensor operators: written over
 /// `ys` where `a` is 1 or neither factor is (the caller hands over tensors it may write), new
-/// tensors where only `b` is 1; one rounding to the dtype per product, as the composed op.
+/// tensors where only `b` is 1; rounded once where a factor is 1, after the scaling and the sum
+/// otherwise (as the composed op).
 pub(crate) fn foreach_axpby(
     ys: &[&Tensor],
     xs: &[&Tensor],

@@ -1,7 +1,8 @@
 //! The one writer of new values into a parameter and its optimizer state, by the policy's
 //! rounding: to nearest, stochastically, or with Kahan compensation. A group's members, which
 //! share a storage dtype and so a rounding, are written together ([`states_axpy`],
-//! [`weights`]): by one multi-tensor op where they round to nearest.
+//! [`weights`]): by one multi-tensor op unless each member needs a kernel of its own (its own
+//! random stream, its own compensation, the probe's view of its update).
 
 use brainfloat_ops::axpbys;
 use brainfloat_precision::UpdateRounding;
@@ -64,8 +65,8 @@ impl Writer {
     }
 
     /// Whether a fused update (one kernel writing weights and state) may stand in for the
-    /// writer: not under Kahan, which has no fused kernel (nor when observed, since the
-    /// observer needs the update itself: the caller knows).
+    /// writer: not under Kahan, which has no fused kernel. (Nor may it when the probe observes
+    /// the step, which needs the update itself; the caller, who holds the probe, checks that.)
     pub fn fusable(&self) -> bool {
         self.rounding != UpdateRounding::Kahan
     }
