@@ -3,7 +3,7 @@
 use brainfloat_ops::{AdamMember, adam_steps};
 use burn::tensor::Tensor;
 
-use super::write::{Observer, Stream, Writer, in_dtype};
+use super::write::{Observer, Stream, Writer, host_f32, in_dtype};
 
 /// Adam's state of one parameter: its step count and moments, flattened, in its dtype.
 #[derive(Debug, Clone)]
@@ -24,9 +24,10 @@ pub(super) struct Adam {
 impl Adam {
     /// One step of a group's parameters (flattened) with their gradients at rate `lr`: their
     /// new weights and state, in order. One fused multi-tensor step for the group where the
-    /// writers allow it (no Kahan, no decay, no observer), op by op through each member's
-    /// writer otherwise. Parameters and moments are moved in: as their only owner a kernel
-    /// updates them in place.
+    /// writers allow it (no Kahan, no decay), op by op through each member's writer otherwise;
+    /// an observer sees what the step wrote either way, so that observing a step never changes
+    /// it. Parameters and moments are moved in: as their only owner a kernel updates them in
+    /// place.
     pub fn update_group(
         &self,
         states: Vec<Option<AdamState>>,
@@ -38,7 +39,7 @@ impl Adam {
     ) -> Vec<(Tensor<1>, AdamState)> {
         let members = states.into_iter().zip(params).zip(grads);
         let fusable = writers.iter().all(Writer::fusable);
-        if !(fusable && self.weight_decay == 0.0 && observer.is_none()) {
+        if !(fusable && self.weight_decay == 0.0) {
             return (members.zip(writers))
                 .map(|(((state, param), grad), writer)| {
                     self.update(state, param, grad, lr, writer, observer)
@@ -68,8 +69,12 @@ impl Adam {
             })
             .collect();
         let steps: Vec<i32> = members.iter().map(|m| m.step).collect();
+        // The weights before the step, for the observer (read before the kernel writes them).
+        let before: Option<Vec<Vec<f32>>> = observer
+            .is_some()
+            .then(|| members.iter().map(|m| host_f32(&m.param)).collect());
         let updated = adam_steps(members, lr, self.betas, self.eps);
-        (updated.into_iter().zip(steps))
+        let stepped = (updated.into_iter().zip(steps))
             .map(|([param, moment_1, moment_2], steps)| {
                 let state = AdamState {
                     steps,
@@ -78,6 +83,25 @@ impl Adam {
                 };
                 (param, state)
             })
+            .collect::<Vec<_>>();
+        for ((before, (param, state)), writer) in
+            before.iter().flatten().zip(&stepped).zip(writers.iter())
+        {
+            writer.show(observer, before, &self.delta(state, lr), param);
+        }
+        stepped
+    }
+
+    /// What the fused step subtracted from the weights, before rounding, recomputed on the host
+    /// from the moments it stored: `lr/c₁ · m / (√v/√c₂ + eps)`.
+    fn delta(&self, state: &AdamState, lr: f64) -> Vec<f32> {
+        let (beta_1, beta_2) = self.betas;
+        let scale = (lr / (1.0 - beta_1.powi(state.steps))) as f32;
+        let root_c2 = (1.0 - beta_2.powi(state.steps)).sqrt() as f32;
+        let eps = self.eps as f32;
+        let (m, v) = (host_f32(&state.moment_1), host_f32(&state.moment_2));
+        (m.iter().zip(&v))
+            .map(|(m, v)| scale * m / (v.sqrt() / root_c2 + eps))
             .collect()
     }
 

@@ -788,6 +788,88 @@ mod tests {
         }
     }
 
+    /// A hidden matrix (Muon) and a head (Adam), stored in bf16 so that the policy's rounding
+    /// writes them.
+    #[derive(Module, Debug)]
+    struct TwoGroups {
+        hidden: CastedLinear,
+        head: CastedLinear,
+    }
+
+    impl ParamRoles for TwoGroups {
+        fn param_roles(&self) -> RoleMap {
+            let mut roles = RoleMap::default();
+            self.hidden.add_roles(&mut roles, ParamRole::HiddenMatrix);
+            self.head.add_roles(&mut roles, ParamRole::OutputMatrix);
+            roles
+        }
+    }
+
+    /// Observing a step never changes it: three steps with the lost-update probe on every step
+    /// leave the weights and every state tensor bit for bit where three unobserved steps leave
+    /// them, under each rounding, with and without weight decay.
+    #[test]
+    fn a_probed_step_is_the_step_it_probes() {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let bf16 = |mut linear: CastedLinear| {
+            linear.weight = Param::from_tensor(linear.weight.val().cast(FloatDType::BF16).detach());
+            linear
+        };
+        let model = TwoGroups {
+            hidden: bf16(CastedLinearConfig::new(4, 6).init(&device)),
+            head: bf16(CastedLinearConfig::new(6, 3).init(&device)),
+        };
+        let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.5, 2.0]], &device);
+        let bits = |t: Tensor<1>| -> Vec<u32> {
+            let values: Vec<f32> = t.cast(FloatDType::F32).into_data().try_to_vec().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        let run = |rounding, decay: f64, probed: bool| {
+            let mut model = model.clone();
+            let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+                rounding,
+                head_lr: 0.01,
+                weight_decay: [0.0, decay, decay, 0.0],
+                ..Default::default()
+            });
+            for step in 0..3 {
+                let hidden = model.hidden.forward(x.clone());
+                let loss = model.head.forward(hidden).powf_scalar(2.0).sum();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                if probed {
+                    optimizer.probe_next_step();
+                }
+                model = optimizer.step(model, grads, 1.0, 1.0, step);
+                assert_eq!(optimizer.take_probe().is_some(), probed);
+            }
+            let weights = [model.hidden.weight.val(), model.head.weight.val()];
+            assert!(weights.iter().all(|w| w.dtype() == DType::BF16));
+            let (state, steps) = optimizer.state();
+            let state: Vec<(String, Vec<u32>)> = (state.into_iter())
+                .map(|(name, tensor)| (name, bits(tensor)))
+                .collect();
+            (weights.map(|w| bits(w.reshape([-1]))), state, steps)
+        };
+        let roundings = [
+            UpdateRounding::Nearest,
+            UpdateRounding::Stochastic,
+            UpdateRounding::Kahan,
+        ];
+        for rounding in roundings {
+            for decay in [0.0, 0.1] {
+                let plain = run(rounding, decay, false);
+                assert_eq!(
+                    plain.1.len(),
+                    3 + usize::from(rounding == UpdateRounding::Kahan) * 2
+                );
+                assert!(
+                    plain == run(rounding, decay, true),
+                    "{rounding:?}, decay {decay}"
+                );
+            }
+        }
+    }
+
     /// Muon's step is the same map whichever way a matrix is stored: a 4 → 6 layer kept
     /// `[in, out]` (GPT-2's `Conv1D`) moves to the transpose of where its `[out, in]` twin
     /// moves, aspect factor `√(6/4)` included.

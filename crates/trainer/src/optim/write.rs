@@ -142,20 +142,34 @@ impl Writer {
                 updated
             }
         };
-        if let (Some((probe, group)), Some((before, delta))) = (observer, seen) {
+        if let Some((before, delta)) = seen {
+            self.show(observer, &before, &delta, &updated);
+        }
+        updated
+    }
+
+    /// Shows the observer, if any, the weights `before` an update, what was subtracted from
+    /// them (`delta`, before rounding) and the weights written (`after`).
+    pub fn show(
+        &self,
+        observer: &mut Observer<'_>,
+        before: &[f32],
+        delta: &[f32],
+        after: &Tensor<1>,
+    ) {
+        if let Some((probe, group)) = observer {
             let compensation = self.compensation.as_ref().map(host_f32);
             probe.observe(
                 *group,
                 &WrittenUpdate {
                     rounding: self.rounding,
-                    before: &before,
-                    delta: &delta,
-                    after: &host_f32(&updated),
+                    before,
+                    delta,
+                    after: &host_f32(after),
                     compensation: compensation.as_deref(),
                 },
             );
         }
-        updated
     }
 }
 
@@ -219,7 +233,7 @@ pub(super) fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> 
 }
 
 /// The values of `tensor` as fp32 on the host (exact for bf16 and fp32).
-fn host_f32(tensor: &Tensor<1>) -> Vec<f32> {
+pub(super) fn host_f32(tensor: &Tensor<1>) -> Vec<f32> {
     tensor
         .clone()
         .cast(FloatDType::F32)
