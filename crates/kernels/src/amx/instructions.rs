@@ -78,11 +78,12 @@ fn linux_grants_tile_data() -> bool {
     false
 }
 
-/// Palette 1 with all eight tiles 16 rows × 64 bytes, in `LDTILECFG`'s 64-byte layout.
+/// Palette 1 with all eight tiles 16 rows × 64 bytes, in `LDTILECFG`'s 64-byte layout (a
+/// `static`, so that the instruction reads one place in memory, aligned).
 #[repr(C, align(64))]
 struct Palette([u8; 64]);
 
-const PALETTE: Palette = {
+static PALETTE: Palette = {
     let mut bytes = [0u8; 64];
     bytes[0] = 1;
     let mut tile = 0;
