@@ -237,4 +237,44 @@ mod tests {
             }
         }
     }
+
+    /// The batched iteration is each matrix's own iteration: a batch of three gives, bit for
+    /// bit, what each gives alone, in bf16 and fp32, wide and tall.
+    #[test]
+    fn a_batch_is_each_matrix_alone_bit_for_bit() {
+        let device = brainfloat_test_support::test_device();
+        for (rows, cols) in [(64, 256), (256, 64), (64, 64)] {
+            for dtype in [FloatDType::BF16, FloatDType::F32] {
+                let matrices: Vec<Tensor<2>> = (0..3)
+                    .map(|m| {
+                        let values: Vec<f32> = (0..rows * cols)
+                            .map(|i| ((i * 7919 + m * 104_729) % 1009) as f32 / 504.5 - 1.0)
+                            .collect();
+                        Tensor::<2>::from_data(
+                            TensorData::new(values, [rows, cols]),
+                            (&device, DType::F32),
+                        )
+                        .cast(dtype)
+                    })
+                    .collect();
+                let batched = newton_schulz(matrices.clone(), 5, dtype);
+                for (m, matrix) in matrices.into_iter().enumerate() {
+                    let alone = newton_schulz(vec![matrix], 5, dtype);
+                    let bits = |t: Tensor<3>| -> Vec<u32> {
+                        let v: Vec<f32> = t.cast(FloatDType::F32).into_data().try_to_vec().unwrap();
+                        v.iter().map(|x| x.to_bits()).collect()
+                    };
+                    let one = batched.clone().slice([m..m + 1, 0..rows, 0..cols]);
+                    let (one, alone) = (bits(one), bits(alone));
+                    let same = one.iter().zip(&alone).filter(|(a, b)| a == b).count();
+                    assert_eq!(
+                        same,
+                        one.len(),
+                        "{rows}×{cols} {dtype:?} matrix {m}: {same} of {} the same",
+                        one.len()
+                    );
+                }
+            }
+        }
+    }
 }
