@@ -164,24 +164,15 @@ pub(super) fn adam_step(
     moment_2: TchTensor,
     step: AdamStep,
 ) -> Result<(TchTensor, TchTensor, TchTensor, TchTensor), [TchTensor; 4]> {
-    let kind = param.tensor.kind();
     let fusable = step.stochastic.is_none()
-        && matches!(kind, Kind::Float | Kind::BFloat16)
-        && [&grad, &moment_1, &moment_2]
-            .iter()
-            .all(|t| t.tensor.kind() == kind);
+        && fused_adam_kind([&param, &grad, &moment_1, &moment_2].map(|t| &t.tensor)).is_some();
     if !fusable {
         return Err([param, grad, moment_1, moment_2]);
     }
     let grad = grad.tensor.contiguous();
     let squares = square_sums(&[&grad]).remove(0);
     let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
-    // Made on the device: a copy from the host would wait for the GPU at every parameter.
-    let steps = Tensor::full(
-        [] as [i64; 0],
-        step.step as f64,
-        (Kind::Float, param.device()),
-    );
+    let steps = step_counts(&[step.step], param.device()).remove(0);
     let adam = FusedAdam {
         lr: step.lr,
         betas: step.betas,
@@ -202,6 +193,28 @@ pub(super) fn adam_step(
         TchTensor::new(moment_2),
         TchTensor::new(squares.reshape([1])),
     ))
+}
+
+/// The kind `_fused_adam_` takes for a parameter, its gradient and its moments: bf16 or fp32,
+/// all four alike; `None` otherwise.
+pub(super) fn fused_adam_kind(tensors: [&Tensor; 4]) -> Option<Kind> {
+    let kind = tensors[0].kind();
+    let alike = tensors.iter().all(|t| t.kind() == kind);
+    (alike && matches!(kind, Kind::Float | Kind::BFloat16)).then_some(kind)
+}
+
+/// Each parameter's step count as the fp32 scalar `_fused_adam_` reads, made on the device (a
+/// copy from the host would wait for the GPU): views of one tensor filled at once when all
+/// counts agree, as they do unless a resumed state mixed them.
+pub(super) fn step_counts(steps: &[i32], device: Device) -> Vec<Tensor> {
+    let full = |shape: &[i64], step: i32| Tensor::full(shape, step as f64, (Kind::Float, device));
+    if steps.windows(2).all(|w| w[0] == w[1]) {
+        let counts = full(&[steps.len() as i64], steps[0]);
+        return (0..steps.len() as i64)
+            .map(|i| counts.select(0, i))
+            .collect();
+    }
+    steps.iter().map(|&step| full(&[], step)).collect()
 }
 
 /// `Σ x²` of each tensor, squares in fp32, as fp32 scalars (`_foreach_norm`, squared).

@@ -8,7 +8,7 @@ use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, Disp
 use burn::tensor::Tensor;
 use tch::Kind;
 
-use super::device::{self, takes_device_route};
+use super::device::{self, fused_adam_kind, step_counts, takes_device_route};
 use super::owned;
 use super::shim::{self, FusedAdam};
 use crate::group::AdamMember;
@@ -99,13 +99,8 @@ pub(crate) fn adam_steps(
             .collect()
     };
     let [params, grads, moments_1, moments_2] = on_device_route(lists).map_err(rebuild)?;
-    // Each member's four tensors of one kind, which the fused operator takes.
     let member_kind = |i: usize| {
-        let kind = params[i].tensor.kind();
-        let same = [&grads[i], &moments_1[i], &moments_2[i]]
-            .iter()
-            .all(|t| t.tensor.kind() == kind);
-        (same && matches!(kind, Kind::Float | Kind::BFloat16)).then_some(kind)
+        fused_adam_kind([&params[i], &grads[i], &moments_1[i], &moments_2[i]].map(|t| &t.tensor))
     };
     let kinds: Option<Vec<Kind>> = (0..params.len()).map(member_kind).collect();
     let Some(kinds) = kinds else {
@@ -147,21 +142,6 @@ pub(crate) fn adam_steps(
 /// The tensors of `list` at `indices`, borrowed.
 fn picked<'a>(list: &'a [tch::Tensor], indices: &[usize]) -> Vec<&'a tch::Tensor> {
     indices.iter().map(|&i| &list[i]).collect()
-}
-
-/// Each parameter's step count as the fp32 scalar `_fused_adam_` reads, made on the device (a
-/// copy from the host would wait for the GPU): views of one tensor filled at once when all
-/// counts agree, as they do unless a resumed state mixed them.
-fn step_counts(steps: &[i32], device: tch::Device) -> Vec<tch::Tensor> {
-    let full =
-        |shape: &[i64], step: i32| tch::Tensor::full(shape, step as f64, (Kind::Float, device));
-    if steps.windows(2).all(|w| w[0] == w[1]) {
-        let counts = full(&[steps.len() as i64], steps[0]);
-        return (0..steps.len() as i64)
-            .map(|i| counts.select(0, i))
-            .collect();
-    }
-    steps.iter().map(|&step| full(&[], step)).collect()
 }
 
 /// `a·ys[i] + b·xs[i]` by multi-tensor operators, when every tensor has one kind.
