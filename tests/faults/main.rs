@@ -114,6 +114,14 @@ impl Base {
         args
     }
 
+    /// `eval` of `checkpoint` with the base config.
+    fn eval_args(&self, checkpoint: &str) -> Vec<String> {
+        let config = self.config.display().to_string();
+        ["eval", "--config", &config, "--checkpoint", checkpoint]
+            .map(String::from)
+            .to_vec()
+    }
+
     /// Writes `bytes` as `name` in the base folder; its path.
     fn file(&self, name: &str, bytes: &[u8]) -> String {
         let path = self.dir.join(name);
@@ -190,8 +198,19 @@ struct Case {
     env: Vec<(&'static str, &'static str)>,
     /// Every one of these must appear in the error.
     expect: Vec<String>,
-    /// Run with a 16 KiB file-size limit (a full disk).
-    full_disk: bool,
+    /// A limit the run is under.
+    limit: Limit,
+}
+
+/// A limit a case's process runs under.
+enum Limit {
+    None,
+    /// A 16 KiB file-size limit: a full disk.
+    FullDisk,
+    /// An address-space limit of this many bytes (`ulimit -v`).
+    AddressSpace(u64),
+    /// The memory cgroup whose `cgroup.procs` the process joins before it starts.
+    Cgroup(PathBuf),
 }
 
 /// Adds a case that runs `args` and must name every one of `expect`.
@@ -208,7 +227,7 @@ fn add(
         args,
         env: Vec::new(),
         expect: expect.iter().map(|s| s.to_string()).collect(),
-        full_disk: false,
+        limit: Limit::None,
     });
 }
 
@@ -424,7 +443,7 @@ fn corpus(b: &Base) -> Vec<Case> {
         args: b.train_args("out_config", &[]),
         env: vec![("BRAINFLOAT__TRAIN__SEQ_LEN", "abc")],
         expect: vec!["seq_len".into()],
-        full_disk: false,
+        limit: Limit::None,
     };
     cases.push(case);
 
@@ -553,13 +572,9 @@ fn corpus(b: &Base) -> Vec<Case> {
         &["no checkpoint to resume from"],
     );
     checkpoint_trust_cases(b, &mut cases, &resume);
-    let mut eval = vec![
-        "eval".to_string(),
-        "--config".into(),
-        b.config.display().to_string(),
-    ];
+    memory_limit_cases(b, &mut cases);
     let absent = b.dir.join("absent.json").display().to_string();
-    eval.extend(["--checkpoint".into(), absent.clone()]);
+    let eval = b.eval_args(&absent);
     add(
         &mut cases,
         "checkpoint",
@@ -586,10 +601,129 @@ fn corpus(b: &Base) -> Vec<Case> {
             "out_full".into(),
             "the file-size limit (ulimit -f) is 16.0 KiB".into(),
         ],
-        full_disk: true,
+        limit: Limit::FullDisk,
     };
     cases.push(case);
     cases
+}
+
+/// A model larger than the limits the process is under: a Hugging Face folder asking for
+/// 100,000 layers of width 64 (5.0 billion parameters, 18.6 GiB as fp32: less than many
+/// machines have) under an address-space limit and, where a memory cgroup can be made, under a
+/// cgroup's limit; and two mends seen on the way (an export onto a file, a record whose config
+/// is not its weights file's model).
+fn memory_limit_cases(b: &Base, cases: &mut Vec<Case>) {
+    let folder = b.dir.join("hf_deep");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"model_type": "gpt2", "vocab_size": 512, "n_positions": 64, "n_embd": 64,
+            "n_layer": 100000, "n_head": 2}"#,
+    )
+    .unwrap();
+    let eval = vec![
+        "eval".to_string(),
+        "--checkpoint".into(),
+        format!("hf:{}", folder.display()),
+    ];
+    cases.push(Case {
+        category: "memory",
+        name: "eval of a 100,000-layer Hugging Face folder under `ulimit -v` 12 GB",
+        args: eval.clone(),
+        env: Vec::new(),
+        expect: [
+            "needs about",
+            "for loading its weights",
+            "RLIMIT_AS",
+            "nothing was allocated",
+        ]
+        .map(String::from)
+        .to_vec(),
+        limit: Limit::AddressSpace(12_000_000_000),
+    });
+    match memory_cgroup(8 << 30) {
+        Ok((version, dir)) => cases.push(Case {
+            category: "memory",
+            name: "eval of a 100,000-layer Hugging Face folder in a cgroup limited to 8 GiB",
+            args: eval,
+            env: Vec::new(),
+            expect: vec![
+                "needs about".into(),
+                version.limit_file().into(),
+                dir.display().to_string(),
+            ],
+            limit: Limit::Cgroup(dir),
+        }),
+        Err(why) => eprintln!("skipped the cgroup case: {why}"),
+    }
+    // A weights file of 16 GiB (sparse: it takes no disk), read under a 7 GB address-space
+    // limit: its buffer is refused as an error naming the file, not an abort.
+    let header = br#"{"x":{"dtype":"F32","shape":[4294967296],"data_offsets":[0,17179869184]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    // In an `out_` folder: the snapshots that check for modified files do not read it.
+    std::fs::create_dir_all(b.dir.join("out_huge")).unwrap();
+    let huge = b.file("out_huge/huge.safetensors", &bytes);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(bytes.len() as u64 + (16 << 30))
+        .unwrap();
+    cases.push(Case {
+        category: "memory",
+        name: "eval of a 16 GiB weights file under `ulimit -v` 7 GB",
+        args: b.eval_args(&huge),
+        env: Vec::new(),
+        expect: vec![huge, "16.0 GiB does not fit in the memory left".into()],
+        limit: Limit::AddressSpace(7_000_000_000),
+    });
+    let file = b.file("export_onto.txt", b"a file, not a folder");
+    add(
+        cases,
+        "output",
+        "export --hf onto an existing file",
+        vec![
+            "export".into(),
+            "--checkpoint".into(),
+            b.good.display().to_string(),
+            "--hf".into(),
+            file.clone(),
+        ],
+        &["export destination", &file, "is not a folder"],
+    );
+    let record = b.edited_record("t_softcap", |json, _| {
+        json["config"]["model"]["logit_softcap"] = 15.0.into();
+    });
+    let eval = b.eval_args(&record);
+    add(
+        cases,
+        "checkpoint",
+        "a record whose config is not the model its weights file carries",
+        eval,
+        &[
+            &record,
+            "is not the model its weights file",
+            "not one checkpoint",
+        ],
+    );
+}
+
+/// A memory cgroup limited to `bytes` below this process's own (`main` removes it once its
+/// cases ran), or why not, where this process may not make one.
+fn memory_cgroup(bytes: u64) -> Result<(brainfloat_memory::CgroupVersion, PathBuf), String> {
+    let (version, own) = brainfloat_memory::own_memory_cgroups()
+        .into_iter()
+        .next()
+        .ok_or("this process is in no memory cgroup that /proc/self/cgroup names")?;
+    let dir = own.join(format!("brainfloat-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| format!("cannot make a cgroup in {}: {err}", own.display()))?;
+    std::fs::write(dir.join(version.limit_file()), bytes.to_string()).map_err(|err| {
+        let _ = std::fs::remove_dir(&dir);
+        format!("cannot limit the cgroup {}: {err}", dir.display())
+    })?;
+    Ok((version, dir))
 }
 
 /// Checkpoints and weights that pass their checksums but must not be trusted: files outside the
@@ -666,12 +800,7 @@ fn checkpoint_trust_cases(
         resume(&huge, "out_t_huge"),
         &[&huge, "not a checkpoint record"],
     );
-    let mut eval_dev = vec![
-        "eval".to_string(),
-        "--config".into(),
-        b.config.display().to_string(),
-    ];
-    eval_dev.extend(["--checkpoint".into(), "/dev/zero".into()]);
+    let eval_dev = b.eval_args("/dev/zero");
     add(
         cases,
         "checkpoint",
@@ -683,25 +812,30 @@ fn checkpoint_trust_cases(
     let record = b.edited_record("t_wide", |json, _| {
         json["config"]["model"]["d_model"] = 1_048_576.into();
     });
-    let mut eval = vec![
-        "eval".to_string(),
-        "--config".into(),
-        b.config.display().to_string(),
-    ];
-    eval.extend(["--checkpoint".into(), record.clone()]);
+    let eval = b.eval_args(&record);
     add(
         cases,
         "checkpoint",
         "eval of a record asking for d_model = 1048576",
         eval,
-        &[&record, "needs at least", "GiB of memory is available"],
+        &[
+            &record,
+            "needs about",
+            "for loading its weights",
+            "left under",
+        ],
     );
     add(
         cases,
         "config",
         "training a model no machine holds (d_model = 1048576)",
         b.train_args("out_t_wide", &["model.d_model=1048576"]),
-        &["needs at least", "for training"],
+        &[
+            "needs about",
+            "for training",
+            "optimizer state",
+            "left under",
+        ],
     );
     // Optimizer state that passes its checksum but does not fit the model.
     let head = "lm_head.weight";
@@ -881,12 +1015,7 @@ fn checkpoint_trust_cases(
     }
     // Evaluation and generation check what they load as training does.
     let weights = b.dir.join("w_nan.safetensors").display().to_string();
-    let mut eval_nan = vec![
-        "eval".to_string(),
-        "--config".into(),
-        b.config.display().to_string(),
-    ];
-    eval_nan.extend(["--checkpoint".into(), weights.clone()]);
+    let eval_nan = b.eval_args(&weights);
     add(
         cases,
         "checkpoint",
@@ -911,7 +1040,7 @@ fn checkpoint_trust_cases(
         "checkpoint",
         "generate from a record asking for d_model = 1048576",
         generate,
-        &[&wide, "needs at least"],
+        &[&wide, "needs about"],
     );
     // A fresh run into a folder holding another run's checkpoints (its snapshot proves it is
     // left as it was).
@@ -1001,9 +1130,10 @@ fn check(base: &Base, case: &Case) -> Verdict {
         .args(&case.args)
         .envs(case.env.iter().copied())
         .env_remove("RUST_BACKTRACE");
-    if case.full_disk {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
+    match &case.limit {
+        Limit::None => {}
+        // SAFETY (each arm): only async-signal-safe calls between fork and exec.
+        Limit::FullDisk => unsafe {
             command.pre_exec(|| {
                 libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
                 let limit = libc::rlimit {
@@ -1013,7 +1143,35 @@ fn check(base: &Base, case: &Case) -> Verdict {
                 libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
                 Ok(())
             });
-        }
+        },
+        Limit::AddressSpace(bytes) => unsafe {
+            let bytes = *bytes;
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &limit);
+                Ok(())
+            });
+        },
+        Limit::Cgroup(dir) => unsafe {
+            // The path is made before the fork: `open` and `write` are all the child calls.
+            let procs = std::ffi::CString::new(
+                dir.join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .unwrap();
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        },
     }
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -1288,6 +1446,41 @@ fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "**NO**" }
 }
 
+/// The memory check's estimate against the peaks the benchmark measured, as committed in
+/// `docs/results/memory_estimate.md` (its command is there): the figures behind the cases of
+/// the category `memory`.
+fn estimate_section() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/memory_estimate.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // The command, then the estimate's table (the comparison's other tables are about time).
+    let command = text
+        .lines()
+        .find(|l| l.starts_with("Command:"))
+        .unwrap_or("");
+    let table: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| backend | model | parameters |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let table = if table.is_empty() {
+        "(not measured yet)\n".to_string()
+    } else {
+        format!("{command}\n\n{table}")
+    };
+    format!(
+        "\n## Memory: the estimate the check holds against the limits\n\n\
+         Every command that allocates a model (train, `--init`, eval, generate, export, bench, \
+         study, validate) first estimates its peak from the config and holds it against the tightest limit on the \
+         process: `MemAvailable`, the address-space limit (`RLIMIT_AS`) less what is mapped, and \
+         each memory cgroup's limit less its use (v2 `memory.max`, v1 \
+         `memory.limit_in_bytes`); on a GPU, the device's free memory. The refusal names the \
+         estimate, its parts, the limit and its source. An allocation that fails anyway ends \
+         with an `error: out of memory` line and status 1, not an abort. The estimate against \
+         the peak heap measured on flex (`docs/results/memory_estimate.md`):\n\n{table}"
+    )
+}
+
 fn main() -> ExitCode {
     let root = tempfile::tempdir().unwrap();
     let base = Base::new(root.path());
@@ -1329,6 +1522,11 @@ fn main() -> ExitCode {
         "\n**{} inputs: {clear} clear errors, {panics} panics, {modified} modified files.**\n",
         cases.len()
     );
+    for case in &cases {
+        if let Limit::Cgroup(dir) = &case.limit {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 
     // Kill/resume and SIGTERM/resume trials against one uninterrupted run (checkpoints do not
     // change the curve).
@@ -1554,6 +1752,7 @@ fn main() -> ExitCode {
         "\n**Fuzzing: {} parsers, {fuzz_inputs} inputs, {crashes} crashes.**",
         fuzzed.len()
     );
+    report.push_str(&estimate_section());
     let signals_ok = signals.iter().all(|s| s.1) && histories.iter().all(|s| s.1) && crashes == 0;
     let tried = cases.len() + outcomes.len() + signals.len() + histories.len() + trials_run;
     let passed = clear

@@ -216,6 +216,14 @@ impl Backend {
         }
     }
 
+    /// The index of the GPU this backend computes on; `None` for the CPU backends.
+    pub fn gpu(self) -> Option<usize> {
+        match self {
+            Self::Flex | Self::Tch => None,
+            Self::TchCuda(index) | Self::Cuda(index) => Some(index),
+        }
+    }
+
     /// The machine this backend computes on, in words, for reports: the CPU's model and cores,
     /// or the GPU's index and the host CPU.
     pub fn machine(self) -> String {
@@ -285,6 +293,30 @@ pub fn process_gpu_memory() -> Option<u64> {
     parse_gpu_memory(&String::from_utf8_lossy(&output.stdout), std::process::id())
 }
 
+/// GPU `index`'s free and total memory in bytes, as its driver reports them through
+/// `nvidia-smi`; `None` where there is no `nvidia-smi` or no such GPU.
+pub fn gpu_free_memory(index: usize) -> Option<(u64, u64)> {
+    let output = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.free,memory.total",
+            "--format=csv,noheader,nounits",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    parse_free_memory(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// `free, total` MiB of `nvidia-smi`'s one-GPU query, in bytes.
+fn parse_free_memory(csv: &str) -> Option<(u64, u64)> {
+    let (free, total) = csv.lines().next()?.split_once(',')?;
+    let mib = |text: &str| text.trim().parse::<u64>().ok().map(|mib| mib << 20);
+    Some((mib(free)?, mib(total)?))
+}
+
 /// This process's MiB in `nvidia-smi`'s `pid, used_memory` lines, in bytes.
 fn parse_gpu_memory(csv: &str, pid: u32) -> Option<u64> {
     let mib: Vec<u64> = csv
@@ -338,6 +370,16 @@ mod tests {
         assert_eq!(parse_gpu_memory(csv, 4242), Some(1536 << 20));
         assert_eq!(parse_gpu_memory(csv, 5), None);
         assert_eq!(parse_gpu_memory("No running processes found", 5), None);
+    }
+
+    #[test]
+    fn a_gpus_free_memory_is_read_in_bytes() {
+        assert_eq!(
+            parse_free_memory("143165, 143771\n"),
+            Some((143_165 << 20, 143_771 << 20))
+        );
+        assert_eq!(parse_free_memory("[N/A], 80000\n"), None);
+        assert_eq!(parse_free_memory(""), None);
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -180,7 +180,42 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
             md.push('\n');
         }
     }
+    md.push_str(&estimate_table(reports));
     md
+}
+
+/// Per report and preset, the memory check's estimate beside the measured peak; empty when no
+/// report carries an estimate.
+fn estimate_table(reports: &[BenchReport]) -> String {
+    let mib = |bytes: u64| format!("{:.1}", bytes as f64 / f64::from(1 << 20));
+    let mut rows = String::new();
+    for report in reports {
+        for p in &report.presets {
+            let (Some(estimate), Some(peak)) = (p.memory.estimated_bytes, p.memory.peak_bytes)
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                rows,
+                "| {} | {} | {} | {} | {} | {} | {} | {:+.1}% |",
+                report.backend,
+                report.model.size,
+                report.model.params,
+                report.model.tokens_per_step,
+                p.preset,
+                mib(peak),
+                mib(estimate),
+                100.0 * (estimate as f64 / peak as f64 - 1.0)
+            );
+        }
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "\n| backend | model | parameters | tokens per step | preset | measured peak (MiB) | estimate \
+         (MiB) | estimate − peak |\n|---|---|---|---:|---|---:|---:|---:|\n{rows}"
+    )
 }
 
 /// `a / b` to three decimals, `–` when either is unknown.

@@ -55,6 +55,10 @@ pub struct MemoryResult {
     /// Bytes the device's allocator reserved after the preset's steps, on backends that report
     /// it (GPU pools); `None` on CPU.
     pub device_reserved_bytes: Option<u64>,
+    /// The peak the memory check estimated before anything was allocated
+    /// (`MemoryEstimate::training`); absent from reports made before it existed.
+    #[serde(default)]
+    pub estimated_bytes: Option<u64>,
 }
 
 /// Everything measured for one preset.
@@ -282,6 +286,26 @@ impl BenchReport {
                 .rss_growth_bytes),
             figure("Device pool reserved", |m| m.device_reserved_bytes),
         );
+        let estimates: Vec<String> = self
+            .presets
+            .iter()
+            .filter_map(|p| {
+                let (estimate, peak) = (p.memory.estimated_bytes?, p.memory.peak_bytes?);
+                Some(format!(
+                    "{} {} ({:.2}× the measured peak)",
+                    p.preset,
+                    mib(Some(estimate)),
+                    estimate as f64 / peak as f64
+                ))
+            })
+            .collect();
+        if !estimates.is_empty() {
+            let _ = write!(
+                md,
+                " The memory check's estimate, made before anything was allocated (MiB): {}.",
+                estimates.join(", ")
+            );
+        }
         md.push_str("\n\n");
         md
     }

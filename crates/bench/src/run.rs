@@ -5,7 +5,9 @@ use brainfloat_backend::{Backend, MemoryMeasure};
 use brainfloat_gpt::LanguageModel;
 use brainfloat_memory as memory;
 use brainfloat_precision::PrecisionPolicy;
-use brainfloat_trainer::{ConfigError, Start, TrainConfig, TrainError, Trainer};
+use brainfloat_trainer::{
+    AttentionState, ConfigError, MemoryEstimate, Start, TrainConfig, TrainError, Trainer,
+};
 use burn::tensor::{Device, FloatDType};
 
 use crate::distribution::measure_distribution;
@@ -61,6 +63,8 @@ struct Contender {
     step_extra: u64,
     rss_growth: Option<u64>,
     device_reserved: Option<u64>,
+    /// The memory check's estimate of the preset's peak.
+    estimate: MemoryEstimate,
 }
 
 /// Runs the benchmark of `config` on `device` (not an autodiff device).
@@ -137,6 +141,7 @@ fn warm_up(
 ) -> Result<Contender, TrainError> {
     let mut config = config.clone();
     config.train.precision = preset;
+    let estimate = MemoryEstimate::training(&config, AttentionState::of(backend))?;
     // The presets' trainers live side by side: one output folder each (each claims its own).
     config.output.dir = config.output.dir.join(preset.to_string());
     // Memory is measured with freed blocks handed back, so that the resident set is what is
@@ -187,6 +192,7 @@ fn warm_up(
         step_extra: 0,
         rss_growth,
         device_reserved: gpu_growth,
+        estimate,
     })
 }
 
@@ -270,6 +276,7 @@ fn finish(
             heap_resident_bytes: contender.resident,
             rss_growth_bytes: contender.rss_growth,
             device_reserved_bytes: contender.device_reserved,
+            estimated_bytes: Some(contender.estimate.total()),
         },
         distribution,
         losses: contender.losses,

@@ -9,7 +9,7 @@ use burn::tensor::{DType, FloatDType};
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, command_line, prepare};
+use crate::setup::{RunArgs, Runs, check_training_fits, command_line, prepare};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -47,6 +47,13 @@ pub struct BenchArgs {
 /// Runs `brainfloat bench`.
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let (config, device) = prepare(&args.run)?;
+    let presets: Vec<PrecisionPolicy> = args
+        .presets
+        .into_iter()
+        .map(PrecisionPolicy::preset)
+        .collect();
+    // The presets' trainers are built one after another and kept side by side.
+    check_training_fits(args.run.backend, &config, &presets, Runs::SideBySide)?;
     // Each dtype's peak is stated or measured on the device (a dense square product).
     let peak_of = |stated: Option<f64>, dtype| match stated {
         Some(gflops) => Peak::stated(gflops),
@@ -58,11 +65,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .then(|| peak_of(args.bf16_peak_gflops, FloatDType::BF16));
     let command = command_line();
     let options = BenchOptions {
-        presets: args
-            .presets
-            .into_iter()
-            .map(PrecisionPolicy::preset)
-            .collect(),
+        presets,
         baseline: PrecisionPolicy::preset(args.baseline),
         warmup_steps: args.warmup as usize,
         steps: args.steps as usize,

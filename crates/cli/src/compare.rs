@@ -36,7 +36,8 @@ pub fn run(args: CompareArgs) -> Result<(), CliError> {
     let table = comparison_markdown(&reports, &pytorch);
     print!("{table}");
     if let Some(path) = &args.out {
-        std::fs::write(path, &table).map_err(|err| CliError::io(path, "write", err))?;
+        let file = format!("Command: `{}`\n\n{table}", crate::setup::command_line());
+        std::fs::write(path, file).map_err(|err| CliError::io(path, "write", err))?;
     }
     Ok(())
 }

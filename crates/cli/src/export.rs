@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_trainer::export_hf;
+use brainfloat_trainer::{check_export_destination, export_hf};
 use clap::Args;
 
 use crate::error::CliError;
@@ -26,6 +26,7 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs) -> Result<(), CliError> {
     let config = load_config(&args.run)?;
     init_logs(config.output.log_format, true);
+    check_export_destination(&args.hf)?;
     let device = device(args.run.backend)?;
     // The weights as stored: the file's own dtypes, widened to fp32 on the way out.
     let (model, _) = load_model(&args.checkpoint, config, true, args.run.backend, &device)?;

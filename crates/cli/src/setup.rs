@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use brainfloat_backend::{BACKEND_VAR, Backend};
 use brainfloat_data::shard_paths;
 use brainfloat_gpt::{Model, ModelShape};
+use brainfloat_memory::{LimitSource, MemoryLimit, bytes_text};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
-    ConfigSource, LogFormat, ModelSection, TrainConfig, init_model, load_checkpoint_weights,
-    load_hf_weights, load_weights, model_notes, read_hf_shape, read_record, weights_shape,
+    AttentionState, ConfigSource, LogFormat, MemoryEstimate, ModelSection, TrainConfig, init_model,
+    load_checkpoint_weights, load_hf_weights, load_weights, model_notes, read_hf_shape,
+    read_record, weights_shape,
 };
 use burn::tensor::Device;
 use clap::Args;
@@ -92,49 +94,100 @@ pub fn device(backend: Backend) -> Result<Device, CliError> {
     Ok(backend.device()?)
 }
 
-/// Bytes per parameter that holding a model's weights takes at least: fp32 masters (bf16
-/// weights are made from them).
-pub const WEIGHTS_BYTES_PER_PARAM: u64 = 4;
+/// The room a backend's tensors have: the tightest limit on this process's memory for the CPU
+/// backends, the GPU's free memory for the GPU ones; `None` where it cannot be read.
+fn memory_room(backend: Backend) -> Option<MemoryLimit> {
+    match backend.gpu() {
+        None => brainfloat_memory::memory_limit(),
+        Some(index) => {
+            brainfloat_backend::gpu_free_memory(index).map(|(free, total)| MemoryLimit {
+                room: free,
+                source: LimitSource::Gpu {
+                    device: format!("CUDA GPU {index}"),
+                    total,
+                },
+            })
+        }
+    }
+}
 
-/// Bytes per parameter that training takes at least: fp32 weights and gradients, and two fp32
-/// moments of Adam (Muon keeps one; activations come on top).
-pub const TRAINING_BYTES_PER_PARAM: u64 = 16;
-
-/// Refuses, before any tensor is allocated, a model that cannot fit in this machine's memory
-/// on a backend whose tensors live there (flex, libtorch on the CPU): its parameter count times
-/// `bytes_per_param`, a lower bound of what `purpose` takes, against the memory available to
-/// this process. A GPU's own memory is not known here, so GPU backends are not checked.
-pub fn check_fits(
+/// Refuses, before any tensor is allocated, a model whose `estimate` for `purpose` does not
+/// fit in the room its backend's memory has: the error names the estimate, its parts, the limit
+/// and where the limit comes from.
+fn check_fits(
     backend: Backend,
-    config: &TrainConfig,
-    bytes_per_param: u64,
+    shape: &ModelShape,
+    estimate: &MemoryEstimate,
     purpose: &str,
 ) -> Result<(), CliError> {
-    use brainfloat_backend::MemoryMeasure;
-    if !matches!(
-        backend.memory_measure(),
-        MemoryMeasure::Heap | MemoryMeasure::ResidentSet
-    ) {
-        return Ok(());
-    }
-    let shape = config.shape()?;
-    let params = shape.num_params() as u64;
-    let needed = params.saturating_mul(bytes_per_param);
-    let Some(available) = brainfloat_memory::available_memory() else {
+    let Some(limit) = memory_room(backend) else {
         return Ok(());
     };
-    if needed <= available {
+    let needed = estimate.total();
+    if needed <= limit.room {
         return Ok(());
     }
-    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     Err(CliError::Refused(format!(
-        "the model ({}: {params} parameters) needs at least {:.1} GiB for {purpose} \
-         ({bytes_per_param} bytes per parameter), and {:.1} GiB of memory is available; nothing \
-         was allocated",
+        "the model ({}: {} parameters) needs about {} for {purpose} ({}), more than the {} \
+         left under {}; nothing was allocated",
         shape.describe(),
-        gib(needed),
-        gib(available)
+        shape.num_params(),
+        bytes_text(needed),
+        estimate.describe(),
+        bytes_text(limit.room),
+        limit.source
     )))
+}
+
+/// How the runs of one command share the process's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// One after another (a study's): the largest must fit.
+    InTurn,
+    /// Built together and kept side by side (the benchmark's presets).
+    SideBySide,
+}
+
+/// Refuses, before anything is allocated, training `config`'s model under each of `policies`
+/// ([`check_fits`] on [`MemoryEstimate::training`]).
+pub fn check_training_fits(
+    backend: Backend,
+    config: &TrainConfig,
+    policies: &[PrecisionPolicy],
+    runs: Runs,
+) -> Result<(), CliError> {
+    let estimates = policies
+        .iter()
+        .map(|policy| {
+            let mut config = config.clone();
+            config.train.precision = *policy;
+            MemoryEstimate::training(&config, AttentionState::of(backend))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (estimate, purpose) = match runs {
+        Runs::SideBySide if estimates.len() > 1 => (
+            MemoryEstimate::side_by_side(&estimates),
+            format!("training {} presets side by side", estimates.len()),
+        ),
+        _ => (
+            estimates
+                .into_iter()
+                .max_by_key(MemoryEstimate::total)
+                .unwrap_or_default(),
+            "training".to_string(),
+        ),
+    };
+    check_fits(backend, &config.shape()?, &estimate, &purpose)
+}
+
+/// Refuses, before anything is allocated, a model loaded from weights that cannot fit
+/// ([`check_fits`]): its weights as read and as `config`'s policy stores them, and one batch's
+/// logits.
+fn check_loading_fits(backend: Backend, config: &TrainConfig) -> Result<(), CliError> {
+    let shape = config.shape()?;
+    let tokens = config.micro_batch_size() * config.train.seq_len;
+    let estimate = MemoryEstimate::loading(&shape, &config.train.precision, tokens);
+    check_fits(backend, &shape, &estimate, "loading its weights")
 }
 
 /// Fetches the default corpus when the config points at it and its shards are missing.
@@ -274,7 +327,7 @@ pub fn load_model(
                 let model = ModelSection::of_shape(config.model.size, &shape);
                 config = with_model(config, model)?;
             }
-            check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")?;
+            check_loading_fits(backend, &config)?;
             let model = init_model(&config, device)?;
             let model = match source {
                 WeightsSource::HuggingFace(dir) => load_hf_weights(model, dir)?,
@@ -288,7 +341,7 @@ pub fn load_model(
         config.train.precision = record.config.train.precision;
     }
     let config = with_model(config, record.config.model.clone())?;
-    check_fits(backend, &config, WEIGHTS_BYTES_PER_PARAM, "its weights")
+    check_loading_fits(backend, &config)
         .map_err(|err| err.within(checkpoint.display().to_string()))?;
     let model = init_model(&config, device)?;
     let model = load_checkpoint_weights(checkpoint, &record, model)?;

@@ -8,7 +8,7 @@ use brainfloat_precision::{PrecisionPolicy, Preset};
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, command_line, prepare};
+use crate::setup::{RunArgs, Runs, check_training_fits, command_line, prepare};
 
 #[derive(Args)]
 pub struct StudyArgs {
@@ -53,6 +53,7 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
         machine: crate::setup::machine(args.run.backend),
         command: command_line(),
     };
+    check_training_fits(args.run.backend, &config, &options.presets, Runs::InTurn)?;
     let total = options.presets.len() * options.seeds.len();
     let mut done = 0;
     let report = run_study(&config, &device, &options, |run| {

@@ -11,8 +11,8 @@ use clap::Args;
 
 use crate::error::CliError;
 use crate::setup::{
-    RunArgs, TRAINING_BYTES_PER_PARAM, WeightsSource, check_fits, device, ensure_default_corpus,
-    init_logs, load_config, with_shape,
+    RunArgs, Runs, WeightsSource, check_training_fits, device, ensure_default_corpus, init_logs,
+    load_config, with_shape,
 };
 use crate::stop::StopRequest;
 
@@ -117,12 +117,8 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     }
     // Everyone waits for the leader's corpus (unwatched: a fetch may take minutes).
     sync.wait_for_leader()?;
-    check_fits(
-        args.run.backend,
-        &config,
-        TRAINING_BYTES_PER_PARAM,
-        "training",
-    )?;
+    let policy = [config.train.precision];
+    check_training_fits(args.run.backend, &config, &policy, Runs::InTurn)?;
     let device = device(args.run.backend)?;
     let progress = config.output.progress;
     let mut metrics_plugin = MetricsPlugin::new(config.output.dir.join("metrics.jsonl"))

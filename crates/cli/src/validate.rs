@@ -6,7 +6,7 @@ use brainfloat_bench::validate::{format_checks, validate_pipeline};
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, prepare};
+use crate::setup::{RunArgs, Runs, check_training_fits, prepare};
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -23,6 +23,8 @@ pub struct ValidateArgs {
 /// Runs `brainfloat validate`.
 pub fn run(args: ValidateArgs) -> Result<(), CliError> {
     let (config, device) = prepare(&args.run)?;
+    let policy = [config.train.precision];
+    check_training_fits(args.run.backend, &config, &policy, Runs::InTurn)?;
     let checks = validate_pipeline(&config, &device, args.steps)?;
     print!("{}", format_checks(&checks));
     if let Some(path) = &args.json {

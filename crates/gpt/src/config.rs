@@ -1,5 +1,6 @@
 //! Sizes of the record's GPT.
 
+use brainfloat_precision::ParamRole;
 use burn::config::Config;
 
 use crate::error::GptError;
@@ -191,9 +192,40 @@ impl GptConfig {
 
     /// Number of parameters of the model.
     pub fn num_params(&self) -> usize {
-        let d = self.d_model;
-        let per_block = 4 * d * d + 8 * d * d + 2 + 1;
-        2 * self.vocab_size * d + self.n_layer * per_block
+        ParamSize::total(&self.param_sizes())
+    }
+
+    /// Every parameter's role and element count, in the model's order (`Gpt`'s `param_roles`).
+    pub fn param_sizes(&self) -> Vec<ParamSize> {
+        let (d, v) = (self.d_model, self.vocab_size);
+        let size = |role, elements| ParamSize { role, elements };
+        let mut sizes = vec![size(ParamRole::Embedding, v * d)];
+        for _ in 0..self.n_layer {
+            // c_q, c_k, c_v, c_proj; the MLP's c_fc and c_proj; then attention's λ and the
+            // block's two λs.
+            let matrices = [d * d, d * d, d * d, d * d, d * 4 * d, 4 * d * d];
+            sizes.extend(matrices.map(|n| size(ParamRole::HiddenMatrix, n)));
+            sizes.extend([size(ParamRole::Scalar, 1), size(ParamRole::Scalar, 2)]);
+        }
+        sizes.push(size(ParamRole::OutputMatrix, v * d));
+        sizes
+    }
+}
+
+/// One parameter as a shape declares it, before any tensor exists: what a memory estimate
+/// counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamSize {
+    /// The part it plays (its storage dtype and optimizer follow from it).
+    pub role: ParamRole,
+    /// Its number of elements.
+    pub elements: usize,
+}
+
+impl ParamSize {
+    /// The elements of all of `sizes`.
+    pub fn total(sizes: &[ParamSize]) -> usize {
+        sizes.iter().map(|p| p.elements).sum()
     }
 }
 

@@ -15,7 +15,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, FloatDType, Int, Tensor};
 
-use crate::config::check_sizes;
+use crate::config::{ParamSize, check_sizes};
 use crate::error::GptError;
 use crate::model::{Batch, KvCache, LayerCache, Limits, check_context};
 
@@ -122,11 +122,27 @@ impl Gpt2Config {
 
     /// Number of parameters (the tied head counted once, as `transformers` counts).
     pub fn num_params(&self) -> usize {
+        ParamSize::total(&self.param_sizes())
+    }
+
+    /// Every parameter's role and element count, in the order of `Gpt2`'s `param_roles`.
+    pub fn param_sizes(&self) -> Vec<ParamSize> {
         let (d, m) = (self.d_model, self.mlp_width());
-        let attention = d * 3 * d + 3 * d + d * d + d;
-        let mlp = d * m + m + m * d + d;
-        let norms = 2 * 2 * d;
-        (self.vocab_size + self.max_seq_len) * d + self.n_layer * (attention + mlp + norms) + 2 * d
+        let size = |role, elements| ParamSize { role, elements };
+        let mut sizes = vec![
+            size(ParamRole::OutputMatrix, self.vocab_size * d),
+            size(ParamRole::Embedding, self.max_seq_len * d),
+        ];
+        // ln_1 and ln_2 of each block, then ln_f: a gain and a bias each.
+        sizes.extend((0..2 * self.n_layer + 1).flat_map(|_| [size(ParamRole::Scalar, d); 2]));
+        for _ in 0..self.n_layer {
+            // c_attn, attention's c_proj, c_fc, the MLP's c_proj: weight, then bias.
+            for (weight, bias) in [(d * 3 * d, 3 * d), (d * d, d), (d * m, m), (m * d, d)] {
+                sizes.push(size(ParamRole::HiddenMatrix, weight));
+                sizes.push(size(ParamRole::LinearBias, bias));
+            }
+        }
+        sizes
     }
 
     pub(crate) fn limits(&self) -> Limits {

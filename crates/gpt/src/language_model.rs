@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::GptConfig;
+use crate::config::{GptConfig, ParamSize};
 use crate::error::GptError;
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::model::{Batch, Gpt, KvCache};
@@ -125,6 +125,11 @@ impl ModelShape {
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         each_shape!(self, config => config.num_params())
+    }
+
+    /// Every parameter's role and element count, before any tensor exists.
+    pub fn param_sizes(&self) -> Vec<ParamSize> {
+        each_shape!(self, config => config.param_sizes())
     }
 
     /// Training FLOPs per token at sequence length `seq_len`.
@@ -285,6 +290,48 @@ impl LanguageModel for Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every float parameter's id and element count.
+    struct Sizes(Vec<(burn::module::ParamId, usize)>);
+
+    impl burn::module::ModuleVisitor for Sizes {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.push((param.id, param.val().shape().num_elements()));
+        }
+    }
+
+    /// The sizes a shape declares are the built model's, role by role and in its order: the
+    /// memory estimate counts what will be allocated.
+    #[test]
+    fn a_shapes_parameter_sizes_are_the_built_models() {
+        let device = Device::default();
+        for shape in [
+            ModelShape::Record(GptConfig::tiny()),
+            ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8).with_d_mlp(Some(40))),
+        ] {
+            let model = shape.init(&device).unwrap();
+            let roles = model.param_roles();
+            let mut sizes = Sizes(Vec::new());
+            model.visit(&mut sizes);
+            let mut built: Vec<(String, usize)> = sizes
+                .0
+                .iter()
+                .map(|(id, n)| (roles.role(id).unwrap().to_string(), *n))
+                .collect();
+            let mut declared: Vec<(String, usize)> = shape
+                .param_sizes()
+                .iter()
+                .map(|p| (p.role.to_string(), p.elements))
+                .collect();
+            built.sort();
+            declared.sort();
+            assert_eq!(declared, built, "{}", shape.describe());
+            assert_eq!(
+                shape.num_params(),
+                built.iter().map(|(_, n)| n).sum::<usize>()
+            );
+        }
+    }
 
     #[test]
     fn a_shape_round_trips_through_its_json() {

@@ -35,7 +35,7 @@ mod gpt2;
 mod language_model;
 mod model;
 
-pub use config::{GptConfig, ModelSize};
+pub use config::{GptConfig, ModelSize, ParamSize};
 pub use error::GptError;
 pub use gpt2::{
     Gelu, Gpt2, Gpt2Attention, Gpt2Block, Gpt2Config, Gpt2Mlp, Gpt2Transformer, LayerNorm,

@@ -1,5 +1,11 @@
 //! Memory as measured, not estimated: heap bytes through a counting global allocator (current
-//! and peak since the last reset) and the process's resident set from the OS.
+//! and peak since the last reset), the process's resident set from the OS, and the limits the
+//! process's memory is under ([`memory_limit`]).
+//!
+//! The allocator also turns running out of memory into an error line and exit status 1 rather
+//! than Rust's abort (a core dump's status 134): an allocation fails only when a limit is lower
+//! than the run's estimate foresaw. Code that can handle a failed allocation itself asks for it
+//! inside [`fallibly`] (where `try_reserve` gets its error back).
 //!
 //! Only binaries install the allocator (the `brainfloat` binary, the benchmark's tests); the
 //! trainer takes what a step measured as a [`MemoryReading`] value, made by [`step_reading`]. A
@@ -11,14 +17,28 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::Path;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+mod limit;
+
+pub use limit::{
+    CgroupVersion, LimitSource, MemoryLimit, bytes_text, memory_limit, memory_limits,
+    own_memory_cgroups,
+};
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// The system allocator, counting the bytes it hands out.
+std::thread_local! {
+    /// Whether this thread is inside [`fallibly`]. A `const` thread-local without a destructor
+    /// is a plain TLS slot: reading it allocates nothing.
+    static FALLIBLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The system allocator, counting the bytes it hands out; when memory runs out it ends the
+/// process with an error line (outside [`fallibly`]).
 pub struct CountingAllocator;
 
 impl CountingAllocator {
@@ -29,6 +49,75 @@ impl CountingAllocator {
             INSTALLED.store(true, Ordering::Relaxed);
         }
     }
+
+    /// What a null pointer from `System` comes to: the pointer, inside [`fallibly`]; else an
+    /// error line and exit status 1.
+    fn failed(size: usize) -> *mut u8 {
+        if !FALLIBLE.with(Cell::get) {
+            out_of_memory(size);
+        }
+        std::ptr::null_mut()
+    }
+}
+
+/// Runs `work` with failed allocations handed back to their callers (`try_reserve`'s error)
+/// rather than ending the process: for buffers sized by input that no check bounded before.
+pub fn fallibly<T>(work: impl FnOnce() -> T) -> T {
+    /// Puts the outer setting back, also when `work` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FALLIBLE.with(|fallible| fallible.set(self.0));
+        }
+    }
+    let _restore = Restore(FALLIBLE.with(|fallible| fallible.replace(true)));
+    work()
+}
+
+/// An empty buffer with room for `len` bytes, or `None` when memory cannot hold it: for a
+/// buffer sized by a file, so that a file too large is an error that names it.
+pub fn try_buffer(len: usize) -> Option<Vec<u8>> {
+    let mut buffer = Vec::new();
+    fallibly(|| buffer.try_reserve_exact(len)).ok()?;
+    Some(buffer)
+}
+
+/// Writes why the process ends and ends it with status 1, allocating nothing: the heap is
+/// full, and `exit`'s handlers (libtorch's destructors among them) could allocate.
+fn out_of_memory(size: usize) -> ! {
+    let mut line = [0u8; 400];
+    let mut len = 0;
+    let mut push = |bytes: &[u8]| {
+        let end = (len + bytes.len()).min(line.len());
+        line[len..end].copy_from_slice(&bytes[..end - len]);
+        len = end;
+    };
+    let mut digits = [0u8; 20];
+    let mut number = |mut value: usize, push: &mut dyn FnMut(&[u8])| {
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        push(&digits[at..]);
+    };
+    push(b"error: out of memory: an allocation of ");
+    number(size, &mut push);
+    push(b" bytes failed with ");
+    number(CURRENT.load(Ordering::Relaxed), &mut push);
+    push(
+        b" bytes of heap in use; a limit on this process's memory (`ulimit -v`, a cgroup) \
+          is lower than the run needs\n",
+    );
+    // SAFETY: `write` reads `len` initialised bytes of `line`; `_exit` ends the process at once.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), len);
+        libc::_exit(1)
+    }
 }
 
 // SAFETY: every call is forwarded to `System` unchanged; the counters only observe sizes.
@@ -36,18 +125,20 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc` is passed on to `System`.
         let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            Self::grew(layout.size());
+        if ptr.is_null() {
+            return Self::failed(layout.size());
         }
+        Self::grew(layout.size());
         ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
         let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            Self::grew(layout.size());
+        if ptr.is_null() {
+            return Self::failed(layout.size());
         }
+        Self::grew(layout.size());
         ptr
     }
 
@@ -60,10 +151,11 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as for `dealloc`, and `new_size` is the caller's valid size.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-            Self::grew(new_size);
+        if new.is_null() {
+            return Self::failed(new_size);
         }
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        Self::grew(new_size);
         new
     }
 }
@@ -128,48 +220,11 @@ pub struct RssStats {
 /// The resident set, or `None` where `/proc` does not tell (not Linux).
 pub fn rss() -> Option<RssStats> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .map(|kib| kib * 1024)
-    };
+    let field = |name: &str| limit::kib_field(&status, name).map(|bytes| bytes as usize);
     Some(RssStats {
         current: field("VmRSS:")?,
         peak: field("VmHWM:")?,
     })
-}
-
-/// The memory this process could still take, in bytes: the kernel's `MemAvailable`, lowered
-/// to the room left under a cgroup v2 limit (`memory.max` − `memory.current`, what a container's
-/// limit is); `None` where `/proc` does not tell (not Linux).
-pub fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let available = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemAvailable:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse::<u64>()
-        .ok()?
-        * 1024;
-    let cgroup = |file: &str| -> Option<u64> {
-        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let room = cgroup("memory.max")
-        .zip(cgroup("memory.current"))
-        .map(|(max, current)| max.saturating_sub(current));
-    Some(room.map_or(available, |room| room.min(available)))
 }
 
 /// Resets the resident-set peak to the current size (Linux ≥ 4.0); `false` if refused.

@@ -592,7 +592,22 @@ pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<u8>, TrainError> {
             ),
         ));
     }
-    std::fs::read(path).map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))
+    let mut bytes = usize::try_from(declared)
+        .ok()
+        .and_then(brainfloat_memory::try_buffer)
+        .ok_or_else(|| {
+            checkpoint_error(
+                path,
+                format!(
+                    "{} does not fit in the memory left to this process",
+                    brainfloat_memory::bytes_text(declared)
+                ),
+            )
+        })?;
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
+        .map_err(|err| checkpoint_error(path, format!("cannot read: {err}")))?;
+    Ok(bytes)
 }
 
 fn read_verified(dir: &Path, file: &FileDigest) -> Result<Vec<u8>, TrainError> {
@@ -649,8 +664,36 @@ pub fn load_checkpoint_weights<M: Module>(
 ) -> Result<M, TrainError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let model_bytes = read_verified(dir, &record.model)?;
-    weights_from_safetensors(model, &model_bytes)
-        .map_err(|err| checkpoint_error(&dir.join(&record.model.file), err))
+    let file = dir.join(&record.model.file);
+    let (_, header) = SafeTensors::read_metadata(&model_bytes)
+        .map_err(|err| checkpoint_error(&file, format!("not a valid safetensors file ({err})")))?;
+    if let Some(text) = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(SHAPE_METADATA))
+    {
+        let carried = ModelShape::from_json(text).map_err(|err| checkpoint_error(&file, err))?;
+        let recorded = record
+            .config
+            .shape()
+            .map_err(|err| checkpoint_error(path, err))?;
+        if carried != recorded {
+            let (recorded, carried) = if recorded.describe() == carried.describe() {
+                (recorded.to_json(), carried.to_json())
+            } else {
+                (recorded.describe(), carried.describe())
+            };
+            return Err(checkpoint_error(
+                path,
+                format!(
+                    "its config's model ({recorded}) is not the model its weights file {} \
+                     carries ({carried}): the record and the file are not one checkpoint",
+                    record.model.file
+                ),
+            ));
+        }
+    }
+    weights_from_safetensors(model, &model_bytes).map_err(|err| checkpoint_error(&file, err))
 }
 
 /// Reads the checkpoint whose record is `path` into `model` (already built with the run's

@@ -32,6 +32,14 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
     },
+    /// The folder an export writes.
+    #[error("export destination {}: {problem}", path.display())]
+    Export {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The output folder.
     #[error("output folder {}: {problem}", path.display())]
     Output {

@@ -208,8 +208,13 @@ fn with_prefix(name: &str) -> String {
 /// `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads it. Each file is written
 /// atomically; returns the files written.
 pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    check_export_destination(dir)?;
+    let export_error = |path: &Path, problem: String| TrainError::Export {
+        path: path.to_path_buf(),
+        problem,
+    };
     let ModelShape::Gpt2(config) = model.shape() else {
-        return Err(checkpoint_error(
+        return Err(export_error(
             dir,
             format!(
                 "the model is the {} architecture: only GPT-2 (model.arch = \"gpt2\") exports \
@@ -219,21 +224,36 @@ pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>,
         ));
     };
     std::fs::create_dir_all(dir)
-        .map_err(|err| checkpoint_error(dir, format!("cannot create: {err}")))?;
+        .map_err(|err| export_error(dir, format!("cannot create: {err}")))?;
     let tensors = named_params(model)
         .into_iter()
         .map(|p| (p.name, p.tensor.cast(DType::F32).into_data(), p.shape))
         .collect();
-    let weights = serialize_tensors(tensors, &[]).map_err(|err| checkpoint_error(dir, err))?;
+    let weights =
+        serialize_tensors(tensors, &[]).map_err(|err| export_error(dir, err.to_string()))?;
     let config = serde_json::to_vec_pretty(&HfGpt2Config::of(&config)).expect("plain data");
     let mut written = Vec::new();
     for (name, bytes) in [(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)] {
         let path = dir.join(name);
         write_atomic(&path, bytes)
-            .map_err(|err| checkpoint_error(&path, format!("cannot write: {err}")))?;
+            .map_err(|err| export_error(&path, format!("cannot write: {err}")))?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Refuses an export destination that exists as something other than a folder: what
+/// [`export_hf`] checks first, and a command can check before it loads a model.
+pub fn check_export_destination(dir: &Path) -> Result<(), TrainError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(TrainError::Export {
+            path: dir.to_path_buf(),
+            problem: "exists and is not a folder: an export writes config.json and \
+                      model.safetensors into a folder"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod error;
 mod faults;
 mod hf;
 mod history;
+mod memory_estimate;
 mod optim;
 mod output;
 pub mod plugins;
@@ -47,8 +48,9 @@ pub use config::{
 pub use error::{TensorFileError, TrainError};
 #[cfg(feature = "testing")]
 pub use faults::{FaultPoint, INJECT_NON_FINITE, KILL_AT};
-pub use hf::{export_hf, load_hf_weights, read_hf_shape};
+pub use hf::{check_export_destination, export_hf, load_hf_weights, read_hf_shape};
 pub use history::keep_last;
+pub use memory_estimate::{AttentionState, MemoryEstimate};
 pub use optim::{
     LostUpdates, MatrixOptimizer, ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor,
 };

@@ -999,3 +999,35 @@ fn validation_loss_of_rank(
     }
     Ok(Some((total / batches as f64, batches * micro * seq_len)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+    use brainfloat_precision::Preset;
+    use burn::tensor::FloatDType;
+
+    /// Newton–Schulz iterates in the policy's product dtype, as the record's reference does:
+    /// fp32 under `fp32`, bf16 under every preset whose products are bf16.
+    #[test]
+    fn newton_schulz_iterates_in_the_products_dtype() {
+        let toml = include_str!("../../../configs/tiny.toml").to_string();
+        let source = ConfigSource::Text {
+            name: "tiny".into(),
+            toml,
+        };
+        let config = TrainConfig::load(&source, &[]).unwrap();
+        for preset in Preset::ALL {
+            let policy = PrecisionPolicy::preset(preset);
+            let expected = match preset {
+                Preset::Fp32 => FloatDType::F32,
+                _ => FloatDType::BF16,
+            };
+            assert_eq!(
+                optimizer_config(&config, &policy).ns_dtype,
+                expected,
+                "{preset}"
+            );
+        }
+    }
+}

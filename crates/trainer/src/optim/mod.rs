@@ -805,6 +805,63 @@ mod tests {
         }
     }
 
+    /// Muon's momentum and Adam's moments are kept in their parameter's dtype, as the record
+    /// keeps them: an fp32 master's in fp32, a bf16 parameter's in bf16, whatever dtype
+    /// Newton–Schulz iterates in.
+    #[test]
+    fn state_is_kept_in_each_parameters_dtype() {
+        let device = brainfloat_test_support::test_device().autodiff();
+        let stored = |mut linear: CastedLinear, dtype: FloatDType| {
+            linear.weight = Param::from_tensor(linear.weight.val().cast(dtype).detach());
+            linear
+        };
+        let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.5, 2.0]], &device);
+        for (hidden, head) in [
+            (FloatDType::F32, FloatDType::BF16),
+            (FloatDType::BF16, FloatDType::F32),
+        ] {
+            for ns_dtype in [FloatDType::F32, FloatDType::BF16] {
+                let mut model = TwoGroups {
+                    hidden: stored(CastedLinearConfig::new(4, 6).init(&device), hidden),
+                    head: stored(CastedLinearConfig::new(6, 3).init(&device), head),
+                };
+                let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+                    ns_dtype,
+                    ..Default::default()
+                });
+                for step in 0..2 {
+                    let out = model.head.forward(model.hidden.forward(x.clone()));
+                    let loss = out.cast(FloatDType::F32).powf_scalar(2.0).sum();
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optimizer.step(model, grads, 1.0, 1.0, step);
+                }
+                assert_eq!(model.hidden.weight.val().dtype(), DType::from(hidden));
+                assert_eq!(model.head.weight.val().dtype(), DType::from(head));
+                let (state, _) = optimizer.state();
+                assert_eq!(
+                    state.len(),
+                    3,
+                    "{:?}",
+                    state.iter().map(|s| &s.0).collect::<Vec<_>>()
+                );
+                for (name, tensor) in state {
+                    let expected = if name.starts_with("hidden.") {
+                        assert!(name.ends_with(MOMENTUM_BUFFER), "{name}");
+                        hidden
+                    } else {
+                        assert!(
+                            name.ends_with(EXP_AVG) || name.ends_with(EXP_AVG_SQ),
+                            "{name}"
+                        );
+                        head
+                    };
+                    let what = format!("{name} (Newton–Schulz in {ns_dtype:?})");
+                    assert_eq!(tensor.dtype(), DType::from(expected), "{what}");
+                }
+            }
+        }
+    }
+
     /// Observing a step never changes it: three steps with the lost-update probe on every step
     /// leave the weights and every state tensor bit for bit where three unobserved steps leave
     /// them, under each rounding, with and without weight decay.
