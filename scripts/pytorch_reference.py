@@ -18,6 +18,18 @@ loaded into this process. One preset; the shape flags must match the brainfloat 
     target/torch-venv/bin/python scripts/pytorch_reference.py --presets bf16 --layers 12 \
         --heads 6 --dim 768 --batch 2 --seq 64 --ledger target/ledger_pytorch.json
 
+`--dump-layers FILE` writes, for the golden weights and first batch (`--init`, `--tokens`: a
+weights file and a token shard, e.g. ../shared/reference/golden/), every preset's tensors layer by
+layer into one safetensors file, in the dtypes PyTorch computes them in: `{preset}/blocks.{i}.input`
+and `.output`, `.attn.q`, `.attn.k`, `.attn.v` (as attention receives them: normed, rotated,
+`[B, H, T, d]`), `.attn.output` (attention's output before the projection), `.mlp.hidden` (the
+squared ReLU), `final_norm`, `logits` (soft-capped, as the loss takes them), `loss`, and
+`grad.{parameter}` for every parameter. The shape flags must match the weights'.
+
+    target/torch-venv/bin/python scripts/pytorch_reference.py --vocab 512 --layers 2 \
+        --heads 2 --dim 64 --batch 2 --seq 32 --init ../shared/reference/golden/init.safetensors \
+        --tokens ../shared/reference/golden/tokens.bin --dump-layers target/layers.safetensors
+
 `--compile` runs the model's forward through torch.compile (inductor), as the record does; the
 backward is then compiled too (AOTAutograd). Compilation happens in the warm-up steps, which
 are not timed.
@@ -42,6 +54,15 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+# Where `--dump-layers` collects tensors by name while a forward pass runs; None otherwise.
+TRACE = None
+
+
+def trace(name, tensor):
+    if TRACE is not None and name is not None:
+        TRACE[name] = tensor.detach().clone()
 
 
 def rms_norm(x):
@@ -89,9 +110,11 @@ class Attention(nn.Module):
         v1 = v if v1 is None else v1
         v = (1 - self.lamb) * v + self.lamb * v1
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-        )
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        name = getattr(self, "trace_name", None)
+        for part, tensor in (("q", q), ("k", k), ("v", v), ("output", y)):
+            trace(name and f"{name}.{part}", tensor)
         return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c)), v1
 
 
@@ -101,7 +124,9 @@ class MLP(nn.Module):
         self.c_fc, self.c_proj = CastedLinear(dim, 4 * dim), CastedLinear(4 * dim, dim, zero=True)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        hidden = F.relu(self.c_fc(x)).square()
+        trace(getattr(self, "trace_name", None), hidden)
+        return self.c_proj(hidden)
 
 
 class Block(nn.Module):
@@ -112,10 +137,14 @@ class Block(nn.Module):
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))
 
     def forward(self, x, x0, v1):
+        name = getattr(self, "trace_name", None)
+        trace(name and f"{name}.input", x)
         x = self.lambdas[0] * x + self.lambdas[1] * x0
         y, v1 = self.attn(rms_norm(x), v1)
         x = x + y
-        return x + self.mlp(rms_norm(x)), v1
+        x = x + self.mlp(rms_norm(x))
+        trace(name and f"{name}.output", x)
+        return x, v1
 
 
 class GPT(nn.Module):
@@ -135,8 +164,11 @@ class GPT(nn.Module):
         v1 = None
         for block in self.transformer.h:
             x, v1 = block(x, x0, v1)
-        logits = self.lm_head(rms_norm(x))
+        x = rms_norm(x)
+        trace("final_norm", x)
+        logits = self.lm_head(x)
         logits = 30 * torch.tanh(logits / 30)
+        trace("logits", logits)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
@@ -207,6 +239,53 @@ def step(model, optimizers, preset, batch, accum, forward=None):
     return (time.perf_counter() - start) * 1e3, loss
 
 
+def read_shard(path):
+    """The tokens of a `.bin` shard: a 256-int32 header (magic 20240520, version, count)."""
+    import numpy as np
+
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    assert header[0] == 20240520, f"{path}: not a token shard"
+    tokens = np.fromfile(path, dtype=np.uint16, offset=256 * 4, count=int(header[2]))
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def dump_layers(args, presets):
+    """`--dump-layers`: every preset's forward and backward on the first batch of `--tokens`
+    from the weights `--init`, layer by layer, into one safetensors file."""
+    global TRACE
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(args.init)
+    tokens = read_shard(args.tokens)[: args.batch * args.seq + 1]
+    inputs = tokens[:-1].view(args.batch, args.seq).to(args.device)
+    targets = tokens[1:].view(args.batch, args.seq).to(args.device)
+    out = {}
+    for preset in presets:
+        model, _ = build(preset, args)
+        model.load_state_dict(weights, strict=True)
+        for i, block in enumerate(model.transformer.h):
+            block.trace_name = f"blocks.{i}"
+            block.attn.trace_name = f"blocks.{i}.attn"
+            block.mlp.trace_name = f"blocks.{i}.mlp.hidden"
+        context = (
+            torch.autocast(inputs.device.type, dtype=torch.bfloat16)
+            if preset == "autocast"
+            else contextlib.nullcontext()
+        )
+        TRACE = {}
+        with context:
+            loss = model(inputs, targets)
+        loss.backward()
+        TRACE["loss"] = loss.detach().reshape(1)
+        for name, param in model.named_parameters():
+            TRACE[f"grad.{name}"] = param.grad.detach().clone()
+        out.update({f"{preset}/{k}": v.contiguous().cpu() for k, v in TRACE.items()})
+        TRACE = None
+        print(f"{preset:9} loss {loss.item():.9f}")
+    save_file(out, args.dump_layers, metadata={"torch": torch.__version__})
+    print(f"wrote {len(out)} tensors to {args.dump_layers}")
+
+
 def ledger_library():
     """crates/ops/csrc/ledger.cpp as a shared library built against this torch (once)."""
     from torch.utils.cpp_extension import include_paths
@@ -269,7 +348,15 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--json")
     parser.add_argument("--ledger", help="count one step's operators and bytes into this JSON file")
+    parser.add_argument("--dump-layers", help="write every preset's tensors layer by layer here")
+    parser.add_argument("--init", help="weights for --dump-layers (PyTorch's state-dict names)")
+    parser.add_argument("--tokens", help="a token shard for --dump-layers (its first batch)")
     args = parser.parse_args()
+    if args.dump_layers:
+        if not (args.init and args.tokens):
+            parser.error("--dump-layers needs --init and --tokens")
+        dump_layers(args, args.presets.split(","))
+        return
 
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)

@@ -34,6 +34,7 @@ mod error;
 mod gpt2;
 mod language_model;
 mod model;
+pub mod trace;
 
 pub use config::{GptConfig, ModelSize, ParamSize};
 pub use error::GptError;

@@ -15,6 +15,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::GptConfig;
 use crate::error::GptError;
+use crate::trace;
 
 // ----------------------------------------------------------------------------------------------
 // Weightless RMSNorm
@@ -151,6 +152,9 @@ impl CausalSelfAttention {
 
         let q = rotary.apply(rms_norm(q));
         let k = rotary.apply(rms_norm(k));
+        for (name, z) in [("attn.q", &q), ("attn.k", &k), ("attn.v", &v)] {
+            trace::record(name, &z.clone().swap_dims(1, 2));
+        }
 
         // [B, H, T, hd], matmul operands in the policy's matmul dtype.
         let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(policy.matmul());
@@ -159,6 +163,7 @@ impl CausalSelfAttention {
             None => (to_heads(k), to_heads(v)),
         };
         let y = brainfloat_ops::causal_attention(to_heads(q), k, v);
+        trace::record("attn.output", &y);
         let y = y
             .cast(policy.activation())
             .swap_dims(1, 2)
@@ -194,6 +199,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
         let up = self.c_fc.forward_under(x, policy);
         let hidden = brainfloat_ops::relu_square(up);
+        trace::record("mlp.hidden", &hidden);
         self.c_proj.forward_under(hidden, policy)
     }
 }
@@ -408,12 +414,22 @@ impl Gpt {
         let mut boundaries = Vec::with_capacity(self.transformer.h.len());
         for (index, block) in self.transformer.h.iter().enumerate() {
             let past = cache.as_mut().map(|cache| cache.layer(index));
-            let (out, v) = block.forward(x, x0.clone(), v1, rotary, policy, past);
+            let (out, v) = trace::scoped(
+                || format!("blocks.{index}"),
+                || {
+                    trace::record("input", &x);
+                    let (out, v) = block.forward(x, x0.clone(), v1, rotary, policy, past);
+                    trace::record("output", &out);
+                    (out, v)
+                },
+            );
             x = out;
             v1 = Some(v);
             boundaries.push(x.clone());
         }
-        (rms_norm(x), boundaries)
+        let final_norm = rms_norm(x);
+        trace::record("final_norm", &final_norm);
+        (final_norm, boundaries)
     }
 
     /// The soft-capped fp32 logits `[B, vocab]` of the position after the last of `inputs`
