@@ -172,7 +172,7 @@ fn every_layer_and_gradient_is_pytorchs() {
             let limit = bound(preset, &name);
             let _ = writeln!(
                 table,
-                "| {preset} | {} | {:?} | {:?} | {:.2e} | {:.1}% | {limit:.0e} |",
+                "| {preset} | {} | {:?} | {:?} | {:.2e} | {:.1}% | {limit:.1e} |",
                 c.name,
                 c.dtype,
                 theirs.dtype,
@@ -212,11 +212,15 @@ fn every_layer_and_gradient_is_pytorchs() {
     }
     println!("{table}");
     if let Ok(path) = std::env::var("BRAINFLOAT_LAYERS_REPORT") {
+        let backend = std::env::var("BRAINFLOAT_BACKEND").unwrap_or_else(|_| "flex".into());
+        let file = std::path::Path::new(&path)
+            .file_name()
+            .map_or(String::new(), |name| name.to_string_lossy().into_owned());
         let report = format!(
             "# Layer by layer against PyTorch\n\n\
-             Command: `BRAINFLOAT_LAYERS_REPORT=$PWD/docs/results/layers_vs_pytorch.md cargo \
-             xtask test --backend flex --test layer_parity`\n\n\
-             The golden weights and first batch (B = 2, T = 32), on flex, against the record's \
+             Command: `BRAINFLOAT_LAYERS_REPORT=$PWD/docs/results/{file} cargo xtask test \
+             --backend {backend} --test layer_parity`\n\n\
+             The golden weights and first batch (B = 2, T = 32), on {backend}, against the record's \
              PyTorch model (`scripts/pytorch_reference.py --dump-layers`, PyTorch's CPU \
              kernels). Relative error: `‖ours − PyTorch‖ / ‖PyTorch‖` over the tensor; \
              bit-identical: the share of elements equal to PyTorch's exactly.\n\n{table}"
