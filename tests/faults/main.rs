@@ -621,11 +621,8 @@ fn memory_limit_cases(b: &Base, cases: &mut Vec<Case>) {
             "n_layer": 100000, "n_head": 2}"#,
     )
     .unwrap();
-    let eval = vec![
-        "eval".to_string(),
-        "--checkpoint".into(),
-        format!("hf:{}", folder.display()),
-    ];
+    // The base config, so that no default corpus is fetched into the test's folder.
+    let eval = b.eval_args(&format!("hf:{}", folder.display()));
     cases.push(Case {
         category: "memory",
         name: "eval of a 100,000-layer Hugging Face folder under `ulimit -v` 12 GB",

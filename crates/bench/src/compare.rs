@@ -9,7 +9,7 @@ use brainfloat_precision::{PrecisionPolicy, Preset};
 use serde::Deserialize;
 
 use crate::error::{BenchError, read_json};
-use crate::report::BenchReport;
+use crate::report::{BenchReport, mib};
 
 /// Step times of the same model in PyTorch, as `scripts/pytorch_reference.py --json` writes
 /// them (or as quoted from elsewhere).
@@ -187,7 +187,6 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
 /// Per report and preset, the memory check's estimate beside the measured peak; empty when no
 /// report carries an estimate.
 fn estimate_table(reports: &[BenchReport]) -> String {
-    let mib = |bytes: u64| format!("{:.1}", bytes as f64 / f64::from(1 << 20));
     let mut rows = String::new();
     for report in reports {
         for p in &report.presets {
@@ -203,8 +202,8 @@ fn estimate_table(reports: &[BenchReport]) -> String {
                 report.model.params,
                 report.model.tokens_per_step,
                 p.preset,
-                mib(peak),
-                mib(estimate),
+                mib(Some(peak)),
+                mib(Some(estimate)),
                 100.0 * (estimate as f64 / peak as f64 - 1.0)
             );
         }

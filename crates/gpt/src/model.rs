@@ -153,7 +153,7 @@ impl CausalSelfAttention {
         let q = rotary.apply(rms_norm(q));
         let k = rotary.apply(rms_norm(k));
         for (name, z) in [("attn.q", &q), ("attn.k", &k), ("attn.v", &v)] {
-            trace::record(name, &z.clone().swap_dims(1, 2));
+            trace::record_with(name, || z.clone().swap_dims(1, 2));
         }
 
         // [B, H, T, hd], matmul operands in the policy's matmul dtype.

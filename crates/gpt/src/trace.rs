@@ -34,6 +34,12 @@ pub fn collect<T>(forward: impl FnOnce() -> T) -> (T, Vec<(String, Tensor<1>)>) 
 
 /// Records `tensor` as `name` within the current scope, when collecting.
 pub(crate) fn record<const D: usize>(name: &str, tensor: &Tensor<D>) {
+    record_with(name, || tensor.clone());
+}
+
+/// Records the tensor `make` makes (a view in the reference's layout) as `name`; `make` runs
+/// only when collecting, so that an ordinary forward pass adds no op to the graph.
+pub(crate) fn record_with<const D: usize>(name: &str, make: impl FnOnce() -> Tensor<D>) {
     TRACE.with(|trace| {
         if let Some(trace) = trace.borrow_mut().as_mut() {
             let name = if trace.scope.is_empty() {
@@ -41,7 +47,7 @@ pub(crate) fn record<const D: usize>(name: &str, tensor: &Tensor<D>) {
             } else {
                 format!("{}.{name}", trace.scope)
             };
-            trace.tensors.push((name, tensor.clone().reshape([-1])));
+            trace.tensors.push((name, make().reshape([-1])));
         }
     });
 }

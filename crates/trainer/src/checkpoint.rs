@@ -665,14 +665,7 @@ pub fn load_checkpoint_weights<M: Module>(
     let dir = path.parent().unwrap_or(Path::new("."));
     let model_bytes = read_verified(dir, &record.model)?;
     let file = dir.join(&record.model.file);
-    let (_, header) = SafeTensors::read_metadata(&model_bytes)
-        .map_err(|err| checkpoint_error(&file, format!("not a valid safetensors file ({err})")))?;
-    if let Some(text) = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(SHAPE_METADATA))
-    {
-        let carried = ModelShape::from_json(text).map_err(|err| checkpoint_error(&file, err))?;
+    if let Some(carried) = weights_shape(&file)? {
         let recorded = record
             .config
             .shape()

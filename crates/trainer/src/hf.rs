@@ -209,10 +209,6 @@ fn with_prefix(name: &str) -> String {
 /// atomically; returns the files written.
 pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
     check_export_destination(dir)?;
-    let export_error = |path: &Path, problem: String| TrainError::Export {
-        path: path.to_path_buf(),
-        problem,
-    };
     let ModelShape::Gpt2(config) = model.shape() else {
         return Err(export_error(
             dir,
@@ -229,8 +225,7 @@ pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>,
         .into_iter()
         .map(|p| (p.name, p.tensor.cast(DType::F32).into_data(), p.shape))
         .collect();
-    let weights =
-        serialize_tensors(tensors, &[]).map_err(|err| export_error(dir, err.to_string()))?;
+    let weights = serialize_tensors(tensors, &[]).map_err(|err| export_error(dir, err))?;
     let config = serde_json::to_vec_pretty(&HfGpt2Config::of(&config)).expect("plain data");
     let mut written = Vec::new();
     for (name, bytes) in [(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)] {
@@ -246,14 +241,21 @@ pub fn export_hf(model: &impl LanguageModel, dir: &Path) -> Result<Vec<PathBuf>,
 /// [`export_hf`] checks first, and a command can check before it loads a model.
 pub fn check_export_destination(dir: &Path) -> Result<(), TrainError> {
     if dir.exists() && !dir.is_dir() {
-        return Err(TrainError::Export {
-            path: dir.to_path_buf(),
-            problem: "exists and is not a folder: an export writes config.json and \
-                      model.safetensors into a folder"
-                .into(),
-        });
+        return Err(export_error(
+            dir,
+            "exists and is not a folder: an export writes config.json and model.safetensors \
+             into a folder",
+        ));
     }
     Ok(())
+}
+
+/// What is wrong with the export's destination `path`.
+fn export_error(path: &Path, problem: impl ToString) -> TrainError {
+    TrainError::Export {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
 }
 
 #[cfg(test)]

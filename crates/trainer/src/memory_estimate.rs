@@ -14,7 +14,7 @@ use brainfloat_gpt::{ModelShape, ParamSize};
 use brainfloat_precision::{
     Component, LOGITS_PER_CHUNK, ParamRole, PrecisionPolicy, UpdateRounding, rows_per_chunk,
 };
-use burn::tensor::FloatDType;
+use burn::tensor::{DType, FloatDType};
 
 use crate::config::{ConfigError, TrainConfig};
 use crate::optim::MatrixOptimizer;
@@ -74,11 +74,7 @@ pub struct MemoryEstimate {
 
 /// Bytes of one element of `dtype`.
 fn bytes_of(dtype: FloatDType) -> u64 {
-    match dtype {
-        FloatDType::F64 => 8,
-        FloatDType::F32 | FloatDType::Flex32 => 4,
-        FloatDType::F16 | FloatDType::BF16 => 2,
-    }
+    DType::from(dtype).size() as u64
 }
 
 impl MemoryEstimate {
