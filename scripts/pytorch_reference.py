@@ -25,10 +25,27 @@ and `.output`, `.attn.q`, `.attn.k`, `.attn.v` (as attention receives them: norm
 `[B, H, T, d]`), `.attn.output` (attention's output before the projection), `.mlp.hidden` (the
 squared ReLU), `final_norm`, `logits` (soft-capped, as the loss takes them), `loss`, and
 `grad.{parameter}` for every parameter. The shape flags must match the weights'.
+`--batch-losses FILE` writes, for the same weights, every preset's loss on every whole batch of
+the shard read in order from token 0, as JSON (tests/fixtures/golden/batch_losses.json).
 
     target/torch-venv/bin/python scripts/pytorch_reference.py --vocab 512 --layers 2 \
         --heads 2 --dim 64 --batch 2 --seq 32 --init ../shared/reference/golden/init.safetensors \
         --tokens ../shared/reference/golden/tokens.bin --dump-layers target/layers.safetensors
+
+`--curve FILE` trains each preset `--steps` optimizer steps from the weights `--init` on the
+shard `--tokens` as brainfloat's trainer does — batches of `--batch` × `--seq` read in order from
+token 0, `--accum` micro-steps each, the record's recipe (Muon with its momentum warm-up and
+Newton–Schulz in the matmul dtype, fused Adam, the LR warmdown over the last `--warmdown`
+steps) — and writes every step's loss (the last micro-batch's, before the update) as JSON.
+`--save-init FILE` writes the model's initialisation (seed 1337, fp32, PyTorch's names) for
+both sides to start from.
+
+    target/torch-venv/bin/python scripts/pytorch_reference.py --vocab 50304 --layers 2 \
+        --heads 2 --dim 64 --batch 16 --seq 64 --save-init target/curve/init.safetensors
+    target/torch-venv/bin/python scripts/pytorch_reference.py --vocab 50304 --layers 2 \
+        --heads 2 --dim 64 --batch 16 --seq 64 --init target/curve/init.safetensors \
+        --tokens data/sotu/sotu_train_000000.bin --steps 40 --warmdown 12 \
+        --presets fp32,bf16 --curve target/curve/pytorch.json
 
 `--compile` runs the model's forward through torch.compile (inductor), as the record does; the
 backward is then compiled too (AOTAutograd). Compilation happens in the warm-up steps, which
@@ -172,33 +189,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
-def newton_schulz(g, steps=5):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() / (g.norm() + 1e-7)
-    if g.size(0) > g.size(1):
-        x = x.T
-    for _ in range(steps):
-        m = x @ x.T
-        x = a * x + (b * m + c * m @ m) @ x
-    return x.T if g.size(0) > g.size(1) else x
-
-
-class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr=0.02, momentum=0.95):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                buf = self.state[p].setdefault("buf", torch.zeros_like(p.grad))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                g = p.grad.add(buf, alpha=group["momentum"])
-                scale = max(1, p.size(0) / p.size(1)) ** 0.5
-                p.sub_(newton_schulz(g).to(p.dtype), alpha=group["lr"] * scale)
-
-
-def build(preset, args):
+def build(preset, args, weights=None):
+    """The model of `preset` (from `weights`, a state dict, when given) and the record's
+    optimizers: fused Adam for the embedding, the head and the scalars, Muon for the block
+    matrices with Newton–Schulz in the preset's matmul dtype."""
     torch.manual_seed(1337)
     model = GPT(args.vocab, args.layers, args.heads, args.dim).to(args.device)
     if preset == "bf16":
@@ -206,25 +200,31 @@ def build(preset, args):
         for m in model.modules():
             if isinstance(m, CastedLinear):
                 m.float()
+    if weights is not None:
+        model.load_state_dict(weights, strict=True)
     matrices = [p for n, p in model.transformer.h.named_parameters() if p.ndim == 2]
     scalars = [p for n, p in model.transformer.h.named_parameters() if p.ndim < 2]
-    adam = dict(betas=(0.9, 0.95), eps=1e-8, fused=False)
+    adam = dict(betas=(0.9, 0.95), eps=1e-8, fused=True)
+    ns_dtype = torch.float32 if preset == "fp32" else torch.bfloat16
     optimizers = [
         torch.optim.Adam([model.transformer.wte.weight], lr=0.3, **adam),
         torch.optim.Adam([model.lm_head.weight], lr=0.002, **adam),
         torch.optim.Adam(scalars, lr=0.02, **adam),
-        Muon(matrices),
+        Muon(matrices, lr=0.02, ns_dtype=ns_dtype),
     ]
     return model, optimizers
 
 
+def precision(preset, device):
+    """The context a preset's forward pass runs in: autocast's, or none."""
+    if preset == "autocast":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def step(model, optimizers, preset, batch, accum, forward=None):
     inputs, targets = batch
-    context = (
-        torch.autocast(inputs.device.type, dtype=torch.bfloat16)
-        if preset == "autocast"
-        else contextlib.nullcontext()
-    )
+    context = precision(preset, inputs.device)
     start = time.perf_counter()
     # `accum` micro-steps on the same batch, each loss scaled by 1/accum, as brainfloat's
     # gradient accumulation does (the timing does not depend on which tokens they are).
@@ -239,6 +239,83 @@ def step(model, optimizers, preset, batch, accum, forward=None):
     return (time.perf_counter() - start) * 1e3, loss
 
 
+def newton_schulz(g, dtype, steps=5):
+    """The record's Newton–Schulz iteration in `dtype`: `X = G/(‖G‖ + 1e-7)` (transposed when
+    rows > cols), then `A = X·Xᵀ; B = A·X; X = a·X + b·B + c·A·B`."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(dtype)
+    x = x / (x.norm() + 1e-7)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        m = x @ x.T
+        y = m @ x
+        x = a * x + b * y + c * m @ y
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon as the record steps it: Nesterov momentum `buf = μ·buf + g`, `g + μ·buf`, the
+    Newton–Schulz orthogonalisation in `ns_dtype`, the update scaled by max(1, rows/cols)^0.5."""
+
+    def __init__(self, params, lr, ns_dtype):
+        super().__init__(params, dict(lr=lr, momentum=0.95))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                buf = self.state[p].setdefault("buf", torch.zeros_like(p.grad))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                g = p.grad.add(buf, alpha=group["momentum"])
+                scale = max(1, p.size(0) / p.size(1)) ** 0.5
+                update = newton_schulz(g, self.ns_dtype)
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+
+
+def train_curve(args, presets):
+    """`--curve`: each preset trained `--steps` steps from `--init` on `--tokens`; the losses."""
+    from safetensors.torch import load_file
+
+    weights = load_file(args.init)
+    tokens = read_shard(args.tokens)
+    window = args.batch * args.seq
+    curves = {}
+    for preset in presets:
+        model, groups = build(preset, args, weights)
+        base = [[g["lr"] for g in opt.param_groups] for opt in groups]
+        context = precision(preset, args.device)
+        losses, start = [], 0
+        for s in range(args.steps):
+            multiplier = 1.0 if s < args.steps - args.warmdown else (args.steps - s) / args.warmdown
+            fraction = min(s / 500, 1.0)
+            for opt, rates in zip(groups, base):
+                for group, rate in zip(opt.param_groups, rates):
+                    group["lr"] = rate * multiplier
+                    if isinstance(opt, Muon):
+                        group["momentum"] = (1 - fraction) * 0.85 + fraction * 0.95
+            for _ in range(args.accum):
+                batch = tokens[start : start + window + 1]
+                start += window
+                inputs = batch[:-1].view(args.batch, args.seq).to(args.device)
+                targets = batch[1:].view(args.batch, args.seq).to(args.device)
+                with context:
+                    loss = model(inputs, targets)
+                (loss / args.accum).backward()
+            for opt in groups:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        curves[preset] = losses
+        print(f"{preset:9} " + " ".join(f"{v:.6f}" for v in losses))
+    with open(args.curve, "w") as f:
+        json.dump({"torch": torch.__version__, "steps": args.steps, "warmdown": args.warmdown,
+                   "batch": args.batch, "seq": args.seq, "accum": args.accum,
+                   "curves": curves}, f, indent=1)
+
+
 def read_shard(path):
     """The tokens of a `.bin` shard: a 256-int32 header (magic 20240520, version, count)."""
     import numpy as np
@@ -247,6 +324,33 @@ def read_shard(path):
     assert header[0] == 20240520, f"{path}: not a token shard"
     tokens = np.fromfile(path, dtype=np.uint16, offset=256 * 4, count=int(header[2]))
     return torch.from_numpy(tokens.astype(np.int64))
+
+
+def batch_losses(args, presets):
+    """`--batch-losses`: every preset's loss at `--init` on every whole batch of `--tokens`."""
+    from safetensors.torch import load_file
+
+    weights = load_file(args.init)
+    tokens = read_shard(args.tokens)
+    window = args.batch * args.seq
+    losses = {}
+    for preset in presets:
+        model, _ = build(preset, args, weights)
+        context = precision(preset, args.device)
+        losses[preset] = []
+        with torch.no_grad(), context:
+            for start in range(0, len(tokens) - window, window):
+                batch = tokens[start : start + window + 1]
+                inputs = batch[:-1].view(args.batch, args.seq).to(args.device)
+                targets = batch[1:].view(args.batch, args.seq).to(args.device)
+                losses[preset].append(model(inputs, targets).float().item())
+        print(f"{preset:9} " + " ".join(f"{v:.7f}" for v in losses[preset]))
+    with open(args.batch_losses, "w") as f:
+        json.dump({"torch": torch.__version__, "batch": args.batch, "seq": args.seq,
+                   "note": "the loss at the weights of each whole batch, read in order from "
+                           "token 0 (scripts/pytorch_reference.py --batch-losses)",
+                   "losses": losses}, f, indent=1)
+        f.write("\n")
 
 
 def dump_layers(args, presets):
@@ -261,17 +365,12 @@ def dump_layers(args, presets):
     targets = tokens[1:].view(args.batch, args.seq).to(args.device)
     out = {}
     for preset in presets:
-        model, _ = build(preset, args)
-        model.load_state_dict(weights, strict=True)
+        model, _ = build(preset, args, weights)
         for i, block in enumerate(model.transformer.h):
             block.trace_name = f"blocks.{i}"
             block.attn.trace_name = f"blocks.{i}.attn"
             block.mlp.trace_name = f"blocks.{i}.mlp.hidden"
-        context = (
-            torch.autocast(inputs.device.type, dtype=torch.bfloat16)
-            if preset == "autocast"
-            else contextlib.nullcontext()
-        )
+        context = precision(preset, args.device)
         TRACE = {}
         with context:
             loss = model(inputs, targets)
@@ -350,8 +449,29 @@ def main():
     parser.add_argument("--ledger", help="count one step's operators and bytes into this JSON file")
     parser.add_argument("--dump-layers", help="write every preset's tensors layer by layer here")
     parser.add_argument("--init", help="weights for --dump-layers (PyTorch's state-dict names)")
-    parser.add_argument("--tokens", help="a token shard for --dump-layers (its first batch)")
+    parser.add_argument("--tokens", help="a token shard for --dump-layers and --curve")
+    parser.add_argument("--curve", help="train --steps steps from --init on --tokens; losses here")
+    parser.add_argument("--batch-losses", help="the loss at --init of every batch of --tokens")
+    parser.add_argument("--warmdown", type=int, default=0, help="--curve's LR warmdown steps")
+    parser.add_argument("--save-init", help="write the model's seeded initialisation here")
     args = parser.parse_args()
+    if args.save_init:
+        from safetensors.torch import save_file
+
+        model, _ = build("fp32", args)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save_init)
+        print(f"wrote {args.save_init}")
+        return
+    if args.batch_losses:
+        if not (args.init and args.tokens):
+            parser.error("--batch-losses needs --init and --tokens")
+        batch_losses(args, args.presets.split(","))
+        return
+    if args.curve:
+        if not (args.init and args.tokens):
+            parser.error("--curve needs --init and --tokens")
+        train_curve(args, args.presets.split(","))
+        return
     if args.dump_layers:
         if not (args.init and args.tokens):
             parser.error("--dump-layers needs --init and --tokens")

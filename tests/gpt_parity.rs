@@ -28,36 +28,50 @@ fn loss_at_init_matches_pytorch_for_every_preset() {
     }
 }
 
-/// The bf16 preset computes in bf16: on the golden batch where PyTorch's bf16 and fp32 losses
-/// lie furthest apart (the one at token 64, the last micro-batch of the curve's step 0: they
-/// differ by 1.5e-4 relative), ours must land nearer PyTorch's bf16 loss than half that
-/// distance. An fp32 path lands on PyTorch's fp32 loss (within 1e-7) and fails.
+/// The bf16 preset computes in bf16: over the 16 golden batches its loss at init lies nearer
+/// PyTorch's bf16 loss than 0.6 of the way to PyTorch's fp32 loss (on average and at the worst
+/// batch; PyTorch's own bf16 and fp32 losses lie 1.7e-4 and 4.2e-4 apart). Measured: flex 0.44
+/// and 0.43 of the way (the GEMMs' summation orders), libtorch 0 (its forward pass is PyTorch's
+/// bit for bit). An fp32 computation lies the whole way and fails, as our fp32 preset shows.
 #[test]
-fn bf16_loss_is_pytorchs_bf16_loss_not_its_fp32_one() {
-    let expected = golden_expected();
-    let at_init = |preset: &str| expected["train_curve"][preset][0].as_f64().unwrap();
-    let (want_bf16, want_fp32) = (at_init("bf16"), at_init("fp32"));
-    let loss_of = |policy: &PrecisionPolicy| {
-        let (model, device) = golden_model(policy);
-        scalar(model.forward(&golden_batch(64, &device)).unwrap())
+fn bf16_losses_are_pytorchs_bf16_losses_not_its_fp32_ones() {
+    let fixture = std::fs::read_to_string(golden_dir().join("batch_losses.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&fixture).unwrap();
+    let pytorch = |preset: &str| -> Vec<f64> {
+        let losses = fixture["losses"][preset].as_array().unwrap();
+        losses.iter().map(|v| v.as_f64().unwrap()).collect()
     };
-    let (bf16, fp32) = (
-        loss_of(&PrecisionPolicy::bf16()),
-        loss_of(&PrecisionPolicy::fp32()),
-    );
-    let half_distance = (want_bf16 - want_fp32).abs() / 2.0;
+    let (want_bf16, want_fp32) = (pytorch("bf16"), pytorch("fp32"));
+    assert!(want_bf16.len() >= 4, "at least four batches");
+    let ours = |policy: &PrecisionPolicy| -> Vec<f64> {
+        let (model, device) = golden_model(policy);
+        (0..want_bf16.len())
+            .map(|k| scalar(model.forward(&golden_batch(64 * k, &device)).unwrap()))
+            .collect()
+    };
+    let gap = distance(&want_fp32, &want_bf16);
+    let bound = (0.6 * gap.0, 0.6 * gap.1);
+    let bf16 = distance(&ours(&PrecisionPolicy::bf16()), &want_bf16);
+    let fp32 = distance(&ours(&PrecisionPolicy::fp32()), &want_bf16);
     println!(
-        "batch 64: bf16 {bf16:.7} (PyTorch bf16 {want_bf16:.7}, off by {:.2e}), fp32 {fp32:.7} \
-         (PyTorch fp32 {want_fp32:.7}); half the bf16–fp32 distance {half_distance:.2e}",
-        (bf16 - want_bf16).abs()
+        "from PyTorch's bf16 losses (mean, max): our bf16 {:.2e}, {:.2e}; our fp32 {:.2e}, \
+         {:.2e}; PyTorch's fp32 {:.2e}, {:.2e}",
+        bf16.0, bf16.1, fp32.0, fp32.1, gap.0, gap.1
     );
     assert!(
-        (bf16 - want_bf16).abs() < half_distance,
-        "the bf16 preset's loss {bf16} is not nearer PyTorch's bf16 loss {want_bf16} than \
-         {half_distance:e}: does it compute in fp32 (PyTorch fp32: {want_fp32})?"
+        bf16.0 <= bound.0 && bf16.1 <= bound.1,
+        "the bf16 preset's losses lie {bf16:?} from PyTorch's bf16 losses, more than {bound:?}: \
+         does it compute in fp32 (PyTorch's fp32 losses lie {gap:?} from them)?"
     );
-    // The check itself can fail: our fp32 loss is on the other side of the line.
-    assert!((fp32 - want_bf16).abs() > half_distance);
+    // The check itself can fail: our fp32 losses lie past the bound.
+    assert!(fp32.0 > bound.0 && fp32.1 > bound.1, "{fp32:?}");
+}
+
+/// Relative distance `|a − b| / |b|` per batch: its mean and maximum.
+fn distance(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let rel: Vec<f64> = a.iter().zip(b).map(|(a, b)| rel(*a, *b)).collect();
+    let max = rel.iter().cloned().fold(0.0, f64::max);
+    (rel.iter().sum::<f64>() / rel.len() as f64, max)
 }
 
 #[test]

@@ -81,12 +81,16 @@ fn compare<const D: usize>(name: &str, ours: Tensor<D>, theirs: &Reference) -> C
 
 /// The bound on a tensor's relative error under `preset`, about twice to four times the worst
 /// measured (docs/precision.md): fp32 differs from PyTorch's only in summation order (measured
-/// ≤ 5.4e-7 on activations, 1.1e-6 on gradients); autocast and bf16 round at PyTorch's points
-/// or near them (≤ 9.5e-3 and 7.5e-2, the latter a scalar's gradient).
+/// ≤ 5.4e-7 on activations, 2.3e-6 on tensor gradients, 5.0e-6 on the scalars' — `lamb` and
+/// `lambdas`, each one sum over every element of an activation, whose terms cancel); autocast
+/// and bf16 round at PyTorch's points or near them (≤ 8.9e-3 and 2.8e-2, the latter a scalar's
+/// gradient).
 fn bound(preset: Preset, name: &str) -> f64 {
     let gradient = name.starts_with("grad.");
+    let scalar = name.ends_with(".lamb") || name.ends_with(".lambdas");
     match (preset, gradient) {
         (Preset::Fp32, false) => 2e-6,
+        (Preset::Fp32, true) if scalar => 2e-5,
         (Preset::Fp32, true) => 5e-6,
         (_, false) => 2e-2,
         (_, true) => 1.5e-1,
@@ -94,15 +98,19 @@ fn bound(preset: Preset, name: &str) -> f64 {
 }
 
 /// The least share of bf16 elements equal to PyTorch's under the bf16 preset: block 0's input,
-/// q, k and v are computed bit for bit as PyTorch computes them (measured 100 %); past
-/// attention, the first operation that rounds otherwise, the shares fall (measured 27–74 %).
-/// An fp32 computation rounded to bf16 at the end lands on few of PyTorch's bf16 values.
+/// q, k and v are computed bit for bit as PyTorch computes them (measured 100 %); attention's
+/// output as PyTorch's SDPA rounds it (measured 96.4 % on flex, libtorch's is PyTorch's own;
+/// the rest is summation order); past it the GEMMs' summation orders spread the differences
+/// (measured 49.7–94.4 % on flex). An fp32 computation rounded to bf16 at the end lands on few
+/// of PyTorch's bf16 values (measured 0 %).
 fn least_identical(name: &str) -> f64 {
     let exact = ["input", "attn.q", "attn.k", "attn.v"].map(|part| format!("blocks.0.{part}"));
     if exact.iter().any(|n| n == name) {
         0.99
+    } else if name == "blocks.0.attn.output" {
+        0.9
     } else {
-        0.2
+        0.4
     }
 }
 

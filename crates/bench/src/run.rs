@@ -141,7 +141,10 @@ fn warm_up(
 ) -> Result<Contender, TrainError> {
     let mut config = config.clone();
     config.train.precision = preset;
-    let estimate = MemoryEstimate::training(&config, AttentionState::of(backend))?;
+    let estimate = MemoryEstimate::training(
+        &config,
+        AttentionState::of(backend, config.train.precision.activation()),
+    )?;
     // The presets' trainers live side by side: one output folder each (each claims its own).
     config.output.dir = config.output.dir.join(preset.to_string());
     // Memory is measured with freed blocks handed back, so that the resident set is what is

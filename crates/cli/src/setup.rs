@@ -161,7 +161,7 @@ pub fn check_training_fits(
         .map(|policy| {
             let mut config = config.clone();
             config.train.precision = *policy;
-            MemoryEstimate::training(&config, AttentionState::of(backend))
+            MemoryEstimate::training(&config, AttentionState::of(backend, policy.activation()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (estimate, purpose) = match runs {

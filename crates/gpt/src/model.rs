@@ -88,9 +88,19 @@ impl Rotary {
 }
 
 /// Element `i` of a learned vector (the record's `lambdas[i]`, or the one-element `lamb`), in
-/// `dtype`, shaped to broadcast against a rank-`D` activation.
-fn scalar<const D: usize>(param: &Param<Tensor<1>>, i: usize, dtype: FloatDType) -> Tensor<D> {
-    param.val().narrow(0, i, 1).cast(dtype).reshape([1; D])
+/// `dtype`, as a one-element tensor.
+fn scalar(param: &Param<Tensor<1>>, i: usize, dtype: FloatDType) -> Tensor<1> {
+    param.val().narrow(0, i, 1).cast(dtype)
+}
+
+/// `factor · x` for a one-element `factor`, as PyTorch's `factor * x` with a 0-d `factor`: the
+/// gradient of `factor` is one sum over every element of `x`, accumulated in fp32 and rounded
+/// once. (Broadcast over `x`'s dims, autodiff would sum, and round, one dim at a time — and at
+/// the record's zero-initialised projections the lambdas' gradient is nothing but that rounding,
+/// which Adam turns into a full step: docs/precision.md.)
+fn scaled<const D: usize>(factor: Tensor<1>, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    (factor * x.reshape([-1])).reshape(dims)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -147,8 +157,8 @@ impl CausalSelfAttention {
 
         let v1 = v1.unwrap_or_else(|| v.clone());
         // The record: v = (1 - lamb) * v + lamb * v1.
-        let lamb = scalar::<4>(&self.lamb, 0, policy.activation());
-        let v = lamb.clone().neg().add_scalar(1.0) * v + lamb * v1.clone();
+        let lamb = scalar(&self.lamb, 0, policy.activation());
+        let v = scaled(lamb.clone().neg().add_scalar(1.0), v) + scaled(lamb, v1.clone());
 
         let q = rotary.apply(rms_norm(q));
         let k = rotary.apply(rms_norm(k));
@@ -240,8 +250,8 @@ impl Block {
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         // The record: x = lambdas[0] * x + lambdas[1] * x0.
-        let lambda = |i| scalar::<3>(&self.lambdas, i, policy.activation());
-        let x = lambda(0) * x + lambda(1) * x0;
+        let lambda = |i| scalar(&self.lambdas, i, policy.activation());
+        let x = scaled(lambda(0), x) + scaled(lambda(1), x0);
         let (y, v1) = self
             .attn
             .forward(rms_norm(x.clone()), v1, rotary, policy, past);

@@ -29,6 +29,7 @@ fn main() {
         lr: 1e-3,
         betas: (0.9, 0.95),
         eps: 1e-8,
+        weight_decay: 0.0,
         step,
         stochastic,
     };
@@ -50,6 +51,7 @@ fn main() {
                         &grad,
                         &mut moment_1,
                         &mut moment_2,
+                        None,
                         &adam(keys, 1),
                     );
                 }

@@ -1,7 +1,8 @@
 //! The record's loss over a batch of logits rows, and its gradient, in one pass per row:
 //! soft-cap `c = cap·tanh(z/cap)` (rounded to the logits' dtype after each op, as the op-by-op
 //! version does), cross-entropy in fp32 shifted by an upper bound of the row, and
-//! `d loss / d z = (softmax(c) − onehot) / N · (1 − tanh²)`.
+//! `d loss / d z = (softmax(c) − onehot) / N · (1 − tanh²)`, taken back through the soft-cap op
+//! by op and rounded to the logits' dtype after each, as autograd does.
 
 use std::mem::MaybeUninit;
 
@@ -238,16 +239,19 @@ impl RowLoss {
             // and N/2 on each of two ranks (then averaged) give the same bits.
             let (inverse_sum, inverse_n) = (1.0 / sum, 1.0 / self.mean_over);
             match self.cap {
-                Some(_) => {
+                Some(cap) => {
+                    // Through the soft-cap as autograd goes: the loss's gradient rounded to the
+                    // logits' dtype, then ·cap, `g·(1 − t²)` and ÷cap, each rounded to it.
+                    let through_cap = |g: f32, t: f32| {
+                        T::from_f32(T::round(T::round(T::round(g) * cap) * (1.0 - t * t)) / cap)
+                    };
                     for ((g, e), t) in grad.iter_mut().zip(capped.iter()).zip(tanh_values.iter()) {
-                        g.write(T::from_f32(*e * inverse_sum * inverse_n * (1.0 - *t * *t)));
+                        g.write(through_cap(*e * inverse_sum * inverse_n, *t));
                     }
                     // The target's entry divides exactly, so that a certain prediction gives 0.
                     let t = tanh_values[target];
                     let n = self.mean_over;
-                    grad[target].write(T::from_f32(
-                        (capped[target] / sum - 1.0) / n * (1.0 - t * t),
-                    ));
+                    grad[target].write(through_cap((capped[target] / sum - 1.0) / n, t));
                 }
                 None => {
                     for (g, e) in grad.iter_mut().zip(capped.iter()) {

@@ -12,7 +12,11 @@
 //! - [`softcapped_cross_entropy`]: the record's soft-capped fp32 loss over logits rows and its
 //!   gradient in one pass per row, with vectorised `exp` and `tanh`; written over the logits by
 //!   [`softcapped_cross_entropy_in_place`].
-//! - [`adam_update`]: one Adam step of a parameter and its moments in one pass.
+//! - [`adam_update`]: one Adam step of a parameter and its moments in one pass (decoupled decay
+//!   and Kahan compensation included).
+//! - [`causal_attention`] and [`causal_attention_backward`]: bf16 attention as PyTorch's CPU
+//!   `scaled_dot_product_attention` rounds it (fp32 scores, bf16 exponentials for `e·V`, fp32
+//!   row sums), saving nothing but its output.
 //! - [`causal_softmax`] and [`causal_softmax_backward`]: attention's masked softmax, fp32
 //!   inside, one pass per row each way.
 //! - [`rotary`]: rotary position embeddings and their backward in one pass.
@@ -42,6 +46,7 @@
 mod accumulate;
 mod adam;
 pub mod amx;
+mod attention;
 mod cross_entropy;
 #[cfg(feature = "own-gemm")]
 mod dot_bf16;
@@ -58,6 +63,7 @@ mod softmax;
 
 pub use accumulate::{accumulate, square_sum, widen};
 pub use adam::{AdamStep, adam_update};
+pub use attention::{AttentionShape, causal_attention, causal_attention_backward};
 pub use cross_entropy::{
     MAX_SHIFT_CAP, softcapped_cross_entropy, softcapped_cross_entropy_in_place,
 };

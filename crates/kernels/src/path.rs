@@ -120,6 +120,14 @@ pub(crate) fn avx512() -> bool {
     })
 }
 
+/// Whether this CPU has AVX2 and FMA: the fallback of the loops that fuse multiply-adds
+/// (without the instruction, `f32::mul_add` is a call into libm).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static AVX2_FMA: OnceLock<bool> = OnceLock::new();
+    *AVX2_FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::KernelPath::{self, *};

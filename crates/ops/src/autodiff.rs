@@ -189,21 +189,39 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         moment_1: FloatTensor<Self>,
         moment_2: FloatTensor<Self>,
         step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [param, grad, moment_1, moment_2] =
+            [param, grad, moment_1, moment_2].map(inner::<B, C>);
+        let (param, moment_1, moment_2) = B::adam_step(param, grad, moment_1, moment_2, step);
+        (
+            value::<B, C>(param),
+            value::<B, C>(moment_1),
+            value::<B, C>(moment_2),
+        )
+    }
+
+    fn adam_step_kahan(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        compensation: FloatTensor<Self>,
+        step: AdamStep,
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let [param, grad, moment_1, moment_2] =
-            [param, grad, moment_1, moment_2].map(inner::<B, C>);
-        let (param, moment_1, moment_2, squares) =
-            B::adam_step(param, grad, moment_1, moment_2, step);
+        let [param, grad, moment_1, moment_2, compensation] =
+            [param, grad, moment_1, moment_2, compensation].map(inner::<B, C>);
+        let updated = B::adam_step_kahan(param, grad, moment_1, moment_2, compensation, step);
+        let (param, moment_1, moment_2, compensation) = updated;
         (
             value::<B, C>(param),
             value::<B, C>(moment_1),
             value::<B, C>(moment_2),
-            value::<B, C>(squares),
+            value::<B, C>(compensation),
         )
     }
 

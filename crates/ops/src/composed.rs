@@ -278,16 +278,21 @@ pub fn softcapped_cross_entropy<B: Backend>(
         IndexingUpdateOp::Add,
     );
     let grad = B::float_div_scalar(grad, Scalar::from(mean_over as f64));
-    let grad = match tanh {
-        Some(tanh) => {
+    let grad = match (tanh, cap) {
+        // Through the soft-cap as autograd goes: the loss's gradient cast to the logits'
+        // dtype, then ·cap, `g·(1 − tanh²)` and ÷cap, each computed in fp32 and rounded to it.
+        (Some(tanh), Some(cap)) => {
+            let rounded = |t: FloatTensor<B>| to_f32::<B>(in_dtype::<B>(t, dtype));
             let tanh = to_f32::<B>(tanh);
             let slope = B::float_add_scalar(
                 B::float_neg(B::float_mul(tanh.clone(), tanh)),
                 Scalar::from(1.0),
             );
-            B::float_mul(grad, slope)
+            let grad = B::float_mul_scalar(rounded(grad), Scalar::from(cap));
+            let grad = B::float_mul(rounded(grad), slope);
+            B::float_div_scalar(rounded(grad), Scalar::from(cap))
         }
-        None => grad,
+        _ => grad,
     };
     (loss, Some(in_dtype::<B>(grad, dtype)))
 }
@@ -306,57 +311,84 @@ fn store<B: KernelBackend>(
 }
 
 /// [`KernelBackend::adam_step`] op by op, with the kernel's fp32 constants and order of
-/// operations (`brainfloat_kernels::adam_update`): the stored values rounded once, the step
-/// taken with the moments as stored.
+/// operations (`brainfloat_kernels::adam_update`, PyTorch's fused Adam; its fused multiply-adds
+/// are two ops here): `m1 + (1−β1)·(g − m1)`, `β2·m2 + ((1−β2)·g)·g`, the step taken from the
+/// fp32 moments, the decay beside it, each stored value rounded once, and the parameter written
+/// with its Kahan compensation when one is given ([`kahan_add`]'s arithmetic).
 pub fn adam_step<B: KernelBackend>(
     param: FloatTensor<B>,
     grad: FloatTensor<B>,
     moment_1: FloatTensor<B>,
     moment_2: FloatTensor<B>,
+    compensation: Option<FloatTensor<B>>,
     step: AdamStep,
 ) -> (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
-    FloatTensor<B>,
+    Option<FloatTensor<B>>,
 ) {
-    let (beta_1, beta_2) = (step.betas.0 as f32, step.betas.1 as f32);
-    let step_size = (step.lr / (1.0 - step.betas.0.powi(step.step))) as f32;
-    let correction_2_sqrt = (1.0 - step.betas.1.powi(step.step)).sqrt() as f32;
+    let (beta_1, beta_2) = step.betas;
+    let step_size = (step.lr / (1.0 - beta_1.powi(step.step))) as f32;
+    let correction_2_sqrt = (1.0 - beta_2.powi(step.step)).sqrt() as f32;
+    let decay = (step.lr * step.weight_decay) as f32;
     let [param_key, moment_1_key, moment_2_key] = match step.stochastic {
         Some(keys) => keys.map(Some),
         None => [None; 3],
     };
     let dtypes = [&param, &moment_1, &moment_2].map(|t| dtype_of::<B>(t));
     let grad = to_f32::<B>(grad);
-    let square = B::float_mul(grad.clone(), grad.clone());
-    let new_moment_1 = B::float_add(
-        B::float_mul_scalar(to_f32::<B>(moment_1), constant(beta_1)),
-        B::float_mul_scalar(grad, constant(1.0 - beta_1)),
-    );
+    let moment_1 = to_f32::<B>(moment_1);
+    let lerp_weight = 1.0 - beta_1;
+    let new_moment_1 = if lerp_weight.abs() < 0.5 {
+        let towards = B::float_sub(grad.clone(), moment_1.clone());
+        B::float_add(
+            moment_1,
+            B::float_mul_scalar(towards, constant(lerp_weight as f32)),
+        )
+    } else {
+        let back = B::float_sub(grad.clone(), moment_1);
+        B::float_add(
+            grad.clone(),
+            B::float_mul_scalar(back, constant((lerp_weight - 1.0) as f32)),
+        )
+    };
     let new_moment_2 = B::float_add(
-        B::float_mul_scalar(to_f32::<B>(moment_2), constant(beta_2)),
-        B::float_mul_scalar(square.clone(), constant(1.0 - beta_2)),
+        B::float_mul(
+            B::float_mul_scalar(grad.clone(), constant((1.0 - beta_2) as f32)),
+            grad,
+        ),
+        B::float_mul_scalar(to_f32::<B>(moment_2), constant(beta_2 as f32)),
     );
-    let moment_1 = store::<B>(new_moment_1, dtypes[1], moment_1_key);
-    let moment_2 = store::<B>(new_moment_2, dtypes[2], moment_2_key);
     let denom = B::float_add_scalar(
         B::float_div_scalar(
-            B::float_sqrt(to_f32::<B>(moment_2.clone())),
+            B::float_sqrt(new_moment_2.clone()),
             constant(correction_2_sqrt),
         ),
         constant(step.eps as f32),
     );
-    let update = B::float_mul_scalar(
-        B::float_div(to_f32::<B>(moment_1.clone()), denom),
-        constant(step_size),
+    let old = to_f32::<B>(param);
+    let mut update = B::float_div(
+        B::float_mul_scalar(new_moment_1.clone(), constant(step_size)),
+        denom,
     );
-    let param = store::<B>(
-        B::float_sub(to_f32::<B>(param), update),
-        dtypes[0],
-        param_key,
-    );
-    (param, moment_1, moment_2, B::float_sum(square))
+    if decay != 0.0 {
+        update = B::float_add(update, B::float_mul_scalar(old.clone(), constant(decay)));
+    }
+    let moment_1 = store::<B>(new_moment_1, dtypes[1], moment_1_key);
+    let moment_2 = store::<B>(new_moment_2, dtypes[2], moment_2_key);
+    let (param, compensation) = match compensation {
+        Some(compensation) => {
+            let (param, compensation) =
+                kahan_step::<B>(old, compensation, B::float_neg(update), dtypes[0]);
+            (param, Some(compensation))
+        }
+        None => (
+            store::<B>(B::float_sub(old, update), dtypes[0], param_key),
+            None,
+        ),
+    };
+    (param, moment_1, moment_2, compensation)
 }
 
 /// [`KernelBackend::axpby`]: `x` cast to `y`'s dtype, each product in that dtype (skipped
@@ -415,10 +447,25 @@ pub fn kahan_add<B: Backend>(
     compensation: FloatTensor<B>,
     delta: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let old = to_f32::<B>(weight);
-    let carried = B::float_add(to_f32::<B>(compensation), to_f32::<B>(delta));
-    let new = B::float_cast(B::float_add(old.clone(), carried.clone()), FloatDType::BF16);
+    kahan_step::<B>(
+        to_f32::<B>(weight),
+        compensation,
+        to_f32::<B>(delta),
+        FloatDType::BF16,
+    )
+}
+
+/// Kahan's step from the fp32 weight `old` and an fp32 `delta`: `c = compensation + delta`,
+/// `weight' = round(old + c)`, `compensation' = round(c − (weight' − old))`, rounded to `dtype`.
+fn kahan_step<B: Backend>(
+    old: FloatTensor<B>,
+    compensation: FloatTensor<B>,
+    delta: FloatTensor<B>,
+    dtype: FloatDType,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let carried = B::float_add(to_f32::<B>(compensation), delta);
+    let new = in_dtype::<B>(B::float_add(old.clone(), carried.clone()), dtype);
     let applied = B::float_sub(to_f32::<B>(new.clone()), old);
-    let compensation = B::float_cast(B::float_sub(carried, applied), FloatDType::BF16);
+    let compensation = in_dtype::<B>(B::float_sub(carried, applied), dtype);
     (new, compensation)
 }

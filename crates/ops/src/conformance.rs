@@ -269,8 +269,8 @@ pub fn causal_softmax(device: &Device) -> Vec<Agreement> {
     agrees
 }
 
-/// Attention as the backend runs it (libtorch: its SDPA; flex: the composition on the kernels)
-/// against the composed op, forward and backward.
+/// Attention as the backend runs it (libtorch: its SDPA; flex: PyTorch's SDPA scheme in bf16,
+/// the composition on its kernels in fp32) against the composed op, forward and backward.
 pub fn causal_attention(device: &Device) -> Vec<Agreement> {
     let mut agrees = Vec::new();
     for dtype in DTYPES {
@@ -278,8 +278,8 @@ pub fn causal_attention(device: &Device) -> Vec<Agreement> {
         let (output, saved) = Dispatch::causal_attention(qkv(1), qkv(2), qkv(3), true);
         let (want, want_saved) =
             composed::causal_attention::<Dispatch>(qkv(1), qkv(2), qkv(3), true);
-        // flex runs the composed op itself; libtorch's SDPA keeps its scores and
-        // probabilities in fp32 where the composed op rounds them to bf16.
+        // In bf16 flex's kernel and libtorch's SDPA keep the scores in fp32 and round the
+        // unnormalised exponentials, where the composed op rounds scores and probabilities.
         let tolerance = match dtype {
             FloatDType::BF16 => 2e-2,
             _ => 1e-5,
@@ -344,54 +344,56 @@ pub fn softcapped_cross_entropy(device: &Device) -> Vec<Agreement> {
 
 /// Adam's kernel and the composed step use the same fp32 constants and order of operations:
 /// to nearest they agree to a rounding of the stored dtype; stochastically they draw the same
-/// bits, so they agree as closely.
+/// bits, so they agree as closely; with Kahan compensation (bf16) and with weight decay too.
 pub fn adam_step(device: &Device) -> Vec<Agreement> {
     let mut agrees = Vec::new();
     let n = 40_001;
     for dtype in DTYPES {
-        for stochastic in [None, Some([11, 12, 13])] {
-            let step = brainfloat_kernels::AdamStep {
-                lr: 0.01,
-                betas: (0.9, 0.95),
-                eps: 1e-8,
-                step: 3,
-                stochastic,
-            };
-            let state = || {
-                (
-                    input(device, [n], 1, 1.0, dtype),
-                    input(device, [n], 2, 0.5, dtype),
-                    input(device, [n], 3, 0.1, dtype),
-                    Dispatch::float_abs(input(device, [n], 4, 0.01, dtype)),
-                )
-            };
-            let (p, g, m1, m2) = state();
-            let ours = Dispatch::adam_step(p, g, m1, m2, step);
-            let (p, g, m1, m2) = state();
-            let reference = composed::adam_step::<Dispatch>(p, g, m1, m2, step);
-            let tolerance = tolerance(dtype);
-            agree(
-                &mut agrees,
-                dtype,
-                "adam param",
-                (ours.0, reference.0),
-                tolerance,
-            );
-            agree(
-                &mut agrees,
-                dtype,
-                "adam moment 1",
-                (ours.1, reference.1),
-                tolerance,
-            );
-            agree(
-                &mut agrees,
-                dtype,
-                "adam moment 2",
-                (ours.2, reference.2),
-                tolerance,
-            );
-            agree(&mut agrees, dtype, "adam Σg²", (ours.3, reference.3), 1e-5);
+        let kahan = dtype == FloatDType::BF16;
+        for (stochastic, kahan) in [(None, false), (Some([11, 12, 13]), false), (None, kahan)] {
+            for weight_decay in [0.0, 0.1] {
+                let step = brainfloat_kernels::AdamStep {
+                    lr: 0.01,
+                    betas: (0.9, 0.95),
+                    eps: 1e-8,
+                    weight_decay,
+                    step: 3,
+                    stochastic,
+                };
+                let state = || {
+                    (
+                        input(device, [n], 1, 1.0, dtype),
+                        input(device, [n], 2, 0.5, dtype),
+                        input(device, [n], 3, 0.1, dtype),
+                        Dispatch::float_abs(input(device, [n], 4, 0.01, dtype)),
+                        kahan.then(|| input(device, [n], 5, 1e-3, dtype)),
+                    )
+                };
+                let (p, g, m1, m2, c) = state();
+                let ours = match c {
+                    Some(c) => {
+                        let (p, m1, m2, c) = Dispatch::adam_step_kahan(p, g, m1, m2, c, step);
+                        (p, m1, m2, Some(c))
+                    }
+                    None => {
+                        let (p, m1, m2) = Dispatch::adam_step(p, g, m1, m2, step);
+                        (p, m1, m2, None)
+                    }
+                };
+                let (p, g, m1, m2, c) = state();
+                let reference = composed::adam_step::<Dispatch>(p, g, m1, m2, c, step);
+                let tolerance = tolerance(dtype);
+                let outputs = [
+                    ("adam param", ours.0, reference.0),
+                    ("adam moment 1", ours.1, reference.1),
+                    ("adam moment 2", ours.2, reference.2),
+                ];
+                let compensation = (ours.3.zip(reference.3))
+                    .map(|(ours, reference)| ("adam compensation", ours, reference));
+                for (name, ours, reference) in outputs.into_iter().chain(compensation) {
+                    agree(&mut agrees, dtype, name, (ours, reference), tolerance);
+                }
+            }
         }
     }
     agrees
@@ -506,7 +508,12 @@ pub fn groups(device: &Device) -> Vec<Agreement> {
     ];
     let tensor =
         |n, seed, scale, dtype| Tensor::<1>::from_dispatch(input(device, [n], seed, scale, dtype));
-    let (lr, betas, eps) = (0.01, (0.9, 0.95), 1e-8);
+    let adam = crate::AdamGroup {
+        lr: 0.01,
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
     for steps in [[3, 3, 3, 3], [1, 2, 3, 4]] {
         for stochastic in [false, true] {
             let keys = |i: u64| stochastic.then_some([3 * i, 3 * i + 1, 3 * i + 2]);
@@ -526,18 +533,20 @@ pub fn groups(device: &Device) -> Vec<Agreement> {
                         grad,
                         moment_1,
                         moment_2,
+                        compensation: None,
                         step,
                         stochastic: keys(i),
                     }
                 })
                 .collect();
-            let ours = crate::adam_steps(group, lr, betas, eps);
+            let ours = crate::adam_steps(group, adam);
             for (((&(n, dtype), step), i), ours) in members.iter().zip(steps).zip(0..).zip(ours) {
                 let (p, g, m1, m2) = state(n, dtype);
                 let step = brainfloat_kernels::AdamStep {
-                    lr,
-                    betas,
-                    eps,
+                    lr: adam.lr,
+                    betas: adam.betas,
+                    eps: adam.eps,
+                    weight_decay: adam.weight_decay,
                     step,
                     stochastic: keys(i),
                 };
@@ -546,9 +555,11 @@ pub fn groups(device: &Device) -> Vec<Agreement> {
                     g.into_dispatch(),
                     m1.into_dispatch(),
                     m2.into_dispatch(),
+                    None,
                     step,
                 );
-                let [param, moment_1, moment_2] = ours.map(Tensor::into_dispatch);
+                let [param, moment_1, moment_2] =
+                    [ours.param, ours.moment_1, ours.moment_2].map(Tensor::into_dispatch);
                 let tolerance = tolerance(dtype);
                 agree(
                     &mut agrees,

@@ -11,8 +11,8 @@ use burn::backend::{Backend, backend_extension};
 use crate::composed;
 
 /// What [`KernelBackend::causal_attention`] keeps for its backward: query, key and value, and
-/// one tensor of the backend's choosing (libtorch: its attached output; the composed op: the
-/// fp32 probabilities). (The trait spells the tuple out: the extension macro reads its
+/// one tensor of the backend's choosing (libtorch: its attached output; flex in bf16: its
+/// output; the composed op: the fp32 probabilities). (The trait spells the tuple out: the extension macro reads its
 /// signatures as written.)
 pub(crate) type SavedAttention<B> = (
     FloatTensor<B>,
@@ -189,13 +189,29 @@ pub trait KernelBackend: Backend {
     }
 
     /// One Adam step of `param` with its gradient and moments (all the same shape): the
-    /// updated parameter, moments, and `Σ grad²` as an fp32 `[1]`. Outside autodiff (values).
-    #[allow(clippy::type_complexity)]
+    /// updated parameter and moments. Outside autodiff (values).
     fn adam_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         moment_1: FloatTensor<Self>,
         moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (param, moment_1, moment_2, _) =
+            composed::adam_step::<Self>(param, grad, moment_1, moment_2, None, step);
+        (param, moment_1, moment_2)
+    }
+
+    /// [`adam_step`](Self::adam_step) with the parameter written with Kahan's `compensation`
+    /// (its dtype): the updated parameter, moments and compensation. Outside autodiff
+    /// (values).
+    #[allow(clippy::type_complexity)]
+    fn adam_step_kahan(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        compensation: FloatTensor<Self>,
         step: AdamStep,
     ) -> (
         FloatTensor<Self>,
@@ -203,7 +219,10 @@ pub trait KernelBackend: Backend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
+        let (param, moment_1, moment_2, compensation) =
+            composed::adam_step::<Self>(param, grad, moment_1, moment_2, Some(compensation), step);
+        let compensation = compensation.expect("given");
+        (param, moment_1, moment_2, compensation)
     }
 
     /// `a·y + b·x` in `y`'s dtype (`x` of any float dtype, cast to it), each product skipped

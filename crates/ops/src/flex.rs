@@ -1,14 +1,14 @@
 //! The flex implementation: every op on brainfloat's kernels for bf16 and fp32 tensors (the
 //! composed op for any other dtype).
 
-use brainfloat_kernels::{AdamStep, Float, MatrixStack, batched_gemm, bf16};
+use brainfloat_kernels::{AdamStep, AttentionShape, Float, MatrixStack, batched_gemm, bf16};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{DType, Flex};
 use burn::tensor::{Bytes, Shape};
 
 use crate::composed;
-use crate::extension::KernelBackend;
+use crate::extension::{KernelBackend, SavedAttention};
 
 /// An element type the kernels run on, as stored in a flex tensor: bf16 or fp32.
 trait Elem: Float + burn::tensor::Element + bytemuck::Pod {}
@@ -86,6 +86,71 @@ impl KernelBackend for Flex {
         }
         with_elem!(grad.dtype(), T => run::<T>(&probs, &grad, scale))
             .unwrap_or_else(|| composed::causal_softmax_backward::<Self>(probs, grad, scale))
+    }
+
+    fn causal_attention(
+        query: FlexTensor,
+        key: FlexTensor,
+        value: FlexTensor,
+        with_backward: bool,
+    ) -> (FlexTensor, Option<SavedAttention<Self>>) {
+        if ![&query, &key, &value]
+            .iter()
+            .all(|t| t.dtype() == DType::BF16)
+        {
+            return composed::causal_attention::<Self>(query, key, value, with_backward);
+        }
+        let [query, key, value] = [query, key, value].map(|t| t.to_contiguous());
+        let (dims, shape) = attention_shape(&query, &key);
+        let mut output = vec![bf16::ZERO; query.layout().num_elements()];
+        brainfloat_kernels::causal_attention(
+            contiguous_values(&query),
+            contiguous_values(&key),
+            contiguous_values(&value),
+            shape,
+            &mut output,
+        );
+        let output = tensor_of(output, dims, DType::BF16);
+        // The kernel's backward needs the output beside the inputs, nothing else.
+        let saved = with_backward.then(|| (query, key, value, output.clone()));
+        (output, saved)
+    }
+
+    fn causal_attention_backward(
+        query: FlexTensor,
+        key: FlexTensor,
+        value: FlexTensor,
+        saved: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        // What the kernel's forward saves is its bf16 output; the composed op's, fp32
+        // probabilities.
+        if saved.dtype() != DType::BF16 {
+            return composed::causal_attention_backward::<Self>(query, key, value, saved, grad);
+        }
+        let [query, key, value, output, grad] =
+            [query, key, value, saved, grad].map(|t| t.to_contiguous());
+        let (dims, shape) = attention_shape(&query, &key);
+        let key_dims = key.layout().shape().to_vec();
+        let zeros = |t: &FlexTensor| vec![bf16::ZERO; t.layout().num_elements()];
+        let (mut grad_query, mut grad_key, mut grad_value) =
+            (zeros(&query), zeros(&key), zeros(&value));
+        brainfloat_kernels::causal_attention_backward(
+            contiguous_values(&query),
+            contiguous_values(&key),
+            contiguous_values(&value),
+            contiguous_values(&output),
+            contiguous_values(&grad),
+            shape,
+            &mut grad_query,
+            &mut grad_key,
+            &mut grad_value,
+        );
+        (
+            tensor_of(grad_query, dims, DType::BF16),
+            tensor_of(grad_key, key_dims.clone(), DType::BF16),
+            tensor_of(grad_value, key_dims, DType::BF16),
+        )
     }
 
     fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, inverse: bool) -> FlexTensor {
@@ -177,16 +242,24 @@ impl KernelBackend for Flex {
         moment_1: FlexTensor,
         moment_2: FlexTensor,
         step: AdamStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (param, moment_1, moment_2, _) =
+            adam_flex([param, grad, moment_1, moment_2], None, step);
+        (param, moment_1, moment_2)
+    }
+
+    fn adam_step_kahan(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        compensation: FlexTensor,
+        step: AdamStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-        let dtype = param.dtype();
-        let one_dtype = [&grad, &moment_1, &moment_2]
-            .iter()
-            .all(|t| t.dtype() == dtype);
-        if !one_dtype || !matches!(dtype, DType::BF16 | DType::F32) {
-            return composed::adam_step::<Self>(param, grad, moment_1, moment_2, step);
-        }
-        let tensors = [param, grad, moment_1, moment_2].map(owned_contiguous);
-        with_elem!(dtype, T => adam_typed::<T>(tensors, &step)).expect("a bf16 or fp32 step")
+        let tensors = [param, grad, moment_1, moment_2];
+        let (param, moment_1, moment_2, compensation) =
+            adam_flex(tensors, Some(compensation), step);
+        (param, moment_1, moment_2, compensation.expect("given"))
     }
 
     fn rms_norm_backward(x: FlexTensor, inv_rms: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -272,6 +345,22 @@ fn readable(tensor: FlexTensor) -> FlexTensor {
     } else {
         tensor.to_contiguous()
     }
+}
+
+/// The dims of `[B, H, Tq, d]` queries and the kernel's shape of attention over `[B, H, Tk, d]`
+/// keys.
+fn attention_shape(query: &FlexTensor, key: &FlexTensor) -> (Vec<usize>, AttentionShape) {
+    let dims = query.layout().shape().to_vec();
+    let &[batch, heads, queries, head_dim] = dims.as_slice() else {
+        panic!("causal_attention: [batch, heads, positions, head_dim] queries, not {dims:?}");
+    };
+    let shape = AttentionShape {
+        matrices: batch * heads,
+        queries,
+        keys: key.layout().shape()[2],
+        head_dim,
+    };
+    (dims, shape)
 }
 
 /// A new contiguous flex tensor of `dims` holding `values`.
@@ -408,29 +497,48 @@ fn cross_entropy_typed<T: Elem>(
     (loss(value), Some(logits))
 }
 
-/// [`brainfloat_kernels::adam_update`] in place on `[param, grad, moment_1, moment_2]`
-/// (contiguous): the parameter and moments are updated in their own buffers when this is their
-/// only owner (the optimizer hands them over), copied first otherwise.
+/// Both Adam ops on flex: the kernel where every tensor has the parameter's dtype (bf16 or
+/// fp32), the composed step otherwise.
+fn adam_flex(
+    [param, grad, moment_1, moment_2]: [FlexTensor; 4],
+    compensation: Option<FlexTensor>,
+    step: AdamStep,
+) -> (FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>) {
+    let dtype = param.dtype();
+    let one_dtype = [&grad, &moment_1, &moment_2]
+        .into_iter()
+        .chain(&compensation)
+        .all(|t| t.dtype() == dtype);
+    if !one_dtype || !matches!(dtype, DType::BF16 | DType::F32) {
+        return composed::adam_step::<Flex>(param, grad, moment_1, moment_2, compensation, step);
+    }
+    let tensors = [param, grad, moment_1, moment_2].map(owned_contiguous);
+    let compensation = compensation.map(owned_contiguous);
+    with_elem!(dtype, T => adam_typed::<T>(tensors, compensation, &step))
+        .expect("a bf16 or fp32 step")
+}
+
+/// [`brainfloat_kernels::adam_update`] in place on `[param, grad, moment_1, moment_2]` and the
+/// compensation (contiguous): the parameter, moments and compensation are updated in their own
+/// buffers when this is their only owner (the optimizer hands them over), copied first otherwise.
 fn adam_typed<T: Elem>(
     [mut param, grad, mut moment_1, mut moment_2]: [FlexTensor; 4],
+    mut compensation: Option<FlexTensor>,
     step: &AdamStep,
-) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+) -> (FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>) {
     let n = param.layout().num_elements();
     let range = |t: &FlexTensor| t.layout().start_offset()..t.layout().start_offset() + n;
     let (p, m1, m2) = (range(&param), range(&moment_1), range(&moment_2));
-    let squares = brainfloat_kernels::adam_update(
+    let c = compensation.as_ref().map(range);
+    brainfloat_kernels::adam_update(
         &mut param.storage_mut::<T>()[p],
         contiguous_values::<T>(&grad),
         &mut moment_1.storage_mut::<T>()[m1],
         &mut moment_2.storage_mut::<T>()[m2],
+        (compensation.as_mut().zip(c)).map(|(t, c)| &mut t.storage_mut::<T>()[c]),
         step,
     );
-    (
-        param,
-        moment_1,
-        moment_2,
-        tensor_of(vec![squares as f32], vec![1], DType::F32),
-    )
+    (param, moment_1, moment_2, compensation)
 }
 
 /// The causal softmax of contiguous `scores` in their dtype, and with `exact` also in fp32.

@@ -6,6 +6,8 @@
 
 use burn::tensor::Tensor;
 
+use crate::{AdamStep, AdamUpdate};
+
 /// One parameter's share of a grouped Adam step ([`adam_steps`]).
 #[derive(Debug, Clone)]
 pub struct AdamMember {
@@ -17,6 +19,8 @@ pub struct AdamMember {
     pub moment_1: Tensor<1>,
     /// Its second moment.
     pub moment_2: Tensor<1>,
+    /// Its Kahan compensation, when its rounding is Kahan's.
+    pub compensation: Option<Tensor<1>>,
     /// Its step count, this step included (from 1).
     pub step: i32,
     /// The keys of its stochastic rounding streams (parameter, first and second moment), or
@@ -24,35 +28,54 @@ pub struct AdamMember {
     pub stochastic: Option<[u64; 3]>,
 }
 
+/// Adam's hyper-parameters for a group ([`adam_steps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamGroup {
+    /// Learning rate.
+    pub lr: f64,
+    /// `(β1, β2)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW).
+    pub weight_decay: f64,
+}
+
+impl AdamGroup {
+    /// The step of one member.
+    pub(crate) fn step(&self, member: &AdamMember) -> AdamStep {
+        AdamStep {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step: member.step,
+            stochastic: member.stochastic,
+        }
+    }
+}
+
 /// One Adam step of each member, as [`adam_step`](crate::adam_step) computes it: on the device
-/// route, libtorch's `_fused_adam_` over all members of one dtype that round to nearest.
-/// Returns each member's `[param, moment_1, moment_2]`, in order.
-pub fn adam_steps(
-    members: Vec<AdamMember>,
-    lr: f64,
-    betas: (f64, f64),
-    eps: f64,
-) -> Vec<[Tensor<1>; 3]> {
+/// route, libtorch's `_fused_adam_` over all members of one dtype when all round to nearest
+/// without decay. Returns each member's update, in order.
+pub fn adam_steps(members: Vec<AdamMember>, group: AdamGroup) -> Vec<AdamUpdate<1>> {
     #[cfg(feature = "tch")]
-    let members = match crate::libtorch::group::adam_steps(members, lr, betas, eps) {
+    let members = match crate::libtorch::group::adam_steps(members, group) {
         Ok(updated) => return updated,
         Err(members) => members,
     };
     members
         .into_iter()
         .map(|m| {
-            let step = crate::adam_step(
+            let step = group.step(&m);
+            crate::adam_step(
                 m.param,
                 m.grad,
                 m.moment_1,
                 m.moment_2,
-                lr,
-                betas,
-                eps,
-                m.step,
-                m.stochastic,
-            );
-            [step.param, step.moment_1, step.moment_2]
+                m.compensation,
+                step,
+            )
         })
         .collect()
 }

@@ -39,9 +39,9 @@ mod libtorch;
 mod route;
 
 pub use attention::causal_attention;
-pub use brainfloat_kernels::{KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
+pub use brainfloat_kernels::{AdamStep, KernelPath, MAX_SHIFT_CAP, PATH_VAR, rounding_key};
 pub use extension::KernelBackend;
-pub use group::{AdamMember, adam_steps, axpbys, square_sums};
+pub use group::{AdamGroup, AdamMember, adam_steps, axpbys, square_sums};
 #[cfg(feature = "tch")]
 pub use libtorch::rounding::{KernelSelfTest, kernel_self_tests};
 #[cfg(feature = "tch")]
@@ -146,46 +146,50 @@ pub struct AdamUpdate<const D: usize> {
     pub moment_1: Tensor<D>,
     /// The updated second moment.
     pub moment_2: Tensor<D>,
-    /// `Σ grad²`, fp32 `[1]` (for the gradient norm).
-    pub grad_square_sum: Tensor<1>,
+    /// The updated Kahan compensation, when the step was given one.
+    pub compensation: Option<Tensor<D>>,
 }
 
-/// One Adam step (PyTorch's, no weight decay; `step` counts from 1) of `param` with its
-/// gradient and moments: one fused pass on flex and libtorch's CPU when all four share a
-/// dtype, Burn's ops otherwise; the stored values rounded to nearest, or stochastically with
-/// the streams `stochastic` (the keys of the parameter's, the first and the second moment's
-/// random bits). Outside autodiff (values).
-#[allow(clippy::too_many_arguments)]
+/// One Adam step of `param` with its gradient and moments: PyTorch's fused `Adam`, or `AdamW`
+/// with `step.weight_decay` (`step.step` counts from one). One fused pass on flex and
+/// libtorch's CPU when all share a dtype, libtorch's `_fused_adam_` on its device route where it
+/// applies, Burn's ops otherwise, all with the same fp32 arithmetic. The stored values are
+/// rounded once: to nearest, stochastically with `step.stochastic`, or — the parameter — with
+/// Kahan's `compensation` when one is given (bf16, zeros at first). Outside autodiff (values).
 pub fn adam_step<const D: usize>(
     param: Tensor<D>,
     grad: Tensor<D>,
     moment_1: Tensor<D>,
     moment_2: Tensor<D>,
-    lr: f64,
-    betas: (f64, f64),
-    eps: f64,
-    step: i32,
-    stochastic: Option<[u64; 3]>,
+    compensation: Option<Tensor<D>>,
+    step: AdamStep,
 ) -> AdamUpdate<D> {
-    let step = brainfloat_kernels::AdamStep {
-        lr,
-        betas,
-        eps,
-        step,
-        stochastic,
+    let [param, grad, moment_1, moment_2] =
+        [param, grad, moment_1, moment_2].map(Tensor::into_dispatch);
+    let (param, moment_1, moment_2, compensation) = match compensation {
+        Some(compensation) => {
+            let (param, moment_1, moment_2, compensation) =
+                <Dispatch as KernelBackend>::adam_step_kahan(
+                    param,
+                    grad,
+                    moment_1,
+                    moment_2,
+                    compensation.into_dispatch(),
+                    step,
+                );
+            (param, moment_1, moment_2, Some(compensation))
+        }
+        None => {
+            let (param, moment_1, moment_2) =
+                <Dispatch as KernelBackend>::adam_step(param, grad, moment_1, moment_2, step);
+            (param, moment_1, moment_2, None)
+        }
     };
-    let (param, moment_1, moment_2, grad_square_sum) = <Dispatch as KernelBackend>::adam_step(
-        param.into_dispatch(),
-        grad.into_dispatch(),
-        moment_1.into_dispatch(),
-        moment_2.into_dispatch(),
-        step,
-    );
     AdamUpdate {
         param: Tensor::from_dispatch(param),
         moment_1: Tensor::from_dispatch(moment_1),
         moment_2: Tensor::from_dispatch(moment_2),
-        grad_square_sum: Tensor::from_dispatch(grad_square_sum),
+        compensation: compensation.map(Tensor::from_dispatch),
     }
 }
 

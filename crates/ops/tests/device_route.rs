@@ -6,7 +6,7 @@
 
 use brainfloat_backend::Backend;
 use brainfloat_ops::{
-    AdamMember, KernelBackend, LibTorchRoute, Traffic, adam_steps, axpbys, ledger_start,
+    AdamGroup, AdamMember, KernelBackend, LibTorchRoute, Traffic, adam_steps, axpbys, ledger_start,
     ledger_stop, square_sums, with_libtorch_route,
 };
 use brainfloat_test_support::test_backend;
@@ -127,6 +127,7 @@ fn the_device_route_runs_fewer_operators_and_moves_fewer_bytes() {
                     lr: 0.01,
                     betas: (0.9, 0.95),
                     eps: 1e-8,
+                    weight_decay: 0.0,
                     step: 3,
                     stochastic: None,
                 };
@@ -212,13 +213,20 @@ fn the_group_ops_launch_as_many_operators_for_any_group_size() {
                         grad,
                         moment_1,
                         moment_2,
+                        compensation: None,
                         step: 3,
                         stochastic: None,
                     })
                     .collect::<Vec<_>>()
             };
             traffic(r, state, |members| {
-                adam_steps(members, 0.01, (0.9, 0.95), 1e-8)
+                let group = AdamGroup {
+                    lr: 0.01,
+                    betas: (0.9, 0.95),
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                };
+                adam_steps(members, group)
             })
         }
     };

@@ -38,19 +38,22 @@ const SCORE_BYTES: u64 = 4;
 /// Where attention's backward state lives: what the estimate counts for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionState {
-    /// The `T × T` probabilities of every head (flex, libtorch's CPU).
+    /// The `T × T` fp32 probabilities of every head (the composed op: flex in fp32, Burn's
+    /// CUDA backend).
     Probabilities,
-    /// A few statistics per row (flash attention on a GPU).
+    /// A few statistics per row, or none (flex's bf16 kernel, libtorch's fused attention).
     RowStatistics,
 }
 
 impl AttentionState {
-    /// What attention keeps on `backend`: fused attention on a GPU keeps row statistics, the
-    /// CPU backends the probabilities.
-    pub fn of(backend: Backend) -> Self {
-        match backend.gpu() {
-            Some(_) => Self::RowStatistics,
-            None => Self::Probabilities,
+    /// What attention keeps on `backend` for activations of dtype `activation`: flex's bf16
+    /// kernel keeps its output only, libtorch's fused attention its output and row
+    /// statistics; the composed op keeps the probabilities.
+    pub fn of(backend: Backend, activation: FloatDType) -> Self {
+        match backend {
+            Backend::Flex if activation == FloatDType::BF16 => Self::RowStatistics,
+            Backend::Flex | Backend::Cuda(_) => Self::Probabilities,
+            Backend::Tch | Backend::TchCuda(_) => Self::RowStatistics,
         }
     }
 }
@@ -309,9 +312,10 @@ mod tests {
             shorter.activations < base.activations,
             "shorter rows keep fewer scores"
         );
-        let gpu = MemoryEstimate::training(&config(&[]), AttentionState::RowStatistics).unwrap();
+        let statistics =
+            MemoryEstimate::training(&config(&[]), AttentionState::RowStatistics).unwrap();
         assert_eq!(
-            base.activations - gpu.activations,
+            base.activations - statistics.activations,
             1024 * 2 * 2 * 64 * SCORE_BYTES
         );
         // Pure bf16 keeps no cast copies of master weights.

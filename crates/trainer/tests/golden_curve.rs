@@ -5,6 +5,7 @@
 
 mod common;
 
+use brainfloat_backend::Backend;
 use brainfloat_gpt::Batch;
 use brainfloat_precision::{PrecisionPolicy, Preset};
 use brainfloat_tests::*;
@@ -16,8 +17,8 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
     let tokens = golden_tokens();
     let schedule = Schedule::trapezoid(6, 0, 3);
     let grad_accum_steps = 2;
-    // Measured: fp32 ≤ 1e-7; bf16 2.7e-5 at step 0 growing to 2.4e-3 at step 5 (Muon and Adam
-    // amplify the rounding of two bf16 implementations step by step).
+    // Measured: fp32 ≤ 1.4e-7; bf16 1.3e-4 at step 0 growing to 1.9e-3 on flex, 5.5e-4 at worst
+    // on libtorch (Muon and Adam amplify the rounding of two bf16 implementations step by step).
     for (preset, tolerance) in CURVE_TOLERANCES {
         let policy = PrecisionPolicy::preset(preset);
         let (mut model, device) = golden_model(&policy);
@@ -47,24 +48,63 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
                 step,
             );
         }
-        let want = expected_curve(preset);
-        for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
-            println!(
-                "{preset} step {step}: {got:.6} vs PyTorch {want:.6} (rel {:.1e})",
-                rel(*got, *want)
-            );
-        }
-        for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
-            assert!(
-                rel(*got, *want) <= tolerance,
-                "{preset} step {step}: {got} vs {want}"
-            );
-        }
+        assert_follows_pytorch(preset, &curve, tolerance);
     }
 }
 
-/// Relative agreement with PyTorch's curve, a few times what was measured.
-const CURVE_TOLERANCES: [(Preset, f64); 2] = [(Preset::Fp32, 1e-6), (Preset::Bf16, 6e-3)];
+/// `curve` within `tolerance` of PyTorch's at every step; in bf16, where the forward pass is
+/// PyTorch's bit for bit (libtorch), also nearer PyTorch's bf16 curve than PyTorch's own fp32
+/// curve lies (at its worst step and on average), which an fp32 computation (on PyTorch's fp32
+/// curve within 1e-7) cannot be. On flex it is not yet: the GEMMs' and attention's last bits
+/// put the loss 1.3e-4 from PyTorch's at step 0 on this 64-token batch, and the six steps of
+/// Muon and Adam amplify that to 1.9e-3 at worst, 5.7e-4 on average (PyTorch's fp32 curve:
+/// 1.3e-3, 4.2e-4); flex's bf16 is told from fp32 by the loss over 16 batches
+/// (`tests/gpt_parity.rs`) and measured on a 40-step curve (`docs/results/curve_vs_pytorch.md`).
+fn assert_follows_pytorch(preset: Preset, curve: &[f64], tolerance: f64) {
+    let want = expected_curve(preset);
+    for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
+        println!(
+            "{preset} step {step}: {got:.6} vs PyTorch {want:.6} (rel {:.1e})",
+            rel(*got, *want)
+        );
+    }
+    for (step, (got, want)) in curve.iter().zip(&want).enumerate() {
+        assert!(
+            rel(*got, *want) <= tolerance,
+            "{preset} step {step}: {got} vs {want}"
+        );
+    }
+    let bit_exact_forward = brainfloat_test_support::test_backend() == Backend::Tch;
+    if preset == Preset::Bf16 {
+        let ours = distance(curve, &want);
+        let pytorch_fp32 = distance(&expected_curve(Preset::Fp32), &want);
+        println!(
+            "bf16: from PyTorch's bf16 curve {:.2e} at worst, {:.2e} on average; PyTorch's fp32 \
+             curve {:.2e}, {:.2e}",
+            ours.0, ours.1, pytorch_fp32.0, pytorch_fp32.1
+        );
+        assert!(
+            !bit_exact_forward || (ours.0 < pytorch_fp32.0 && ours.1 < pytorch_fp32.1),
+            "the bf16 curve is no nearer PyTorch's bf16 curve ({ours:?}) than PyTorch's fp32 \
+             curve is ({pytorch_fp32:?}): does it compute in fp32?"
+        );
+    }
+}
+
+/// The relative distance of `curve` from `reference`: at the worst step, and on average.
+fn distance(curve: &[f64], reference: &[f64]) -> (f64, f64) {
+    let rel: Vec<f64> = curve
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| rel(*a, *b))
+        .collect();
+    let worst = rel.iter().cloned().fold(0.0, f64::max);
+    (worst, rel.iter().sum::<f64>() / rel.len() as f64)
+}
+
+/// Relative agreement with PyTorch's curve, a few times what was measured (fp32 ≤ 1.4e-7; bf16
+/// ≤ 1.9e-3 on flex, 5.5e-4 on libtorch).
+const CURVE_TOLERANCES: [(Preset, f64); 2] = [(Preset::Fp32, 1e-6), (Preset::Bf16, 5e-3)];
 
 fn expected_curve(preset: Preset) -> Vec<f64> {
     golden_expected()["train_curve"][preset.name()]
@@ -95,11 +135,6 @@ fn the_trainer_from_the_golden_weights_follows_pytorch() {
         let curve: Vec<f64> = (0..6)
             .map(|_| trainer.train_step().unwrap().last_micro_loss)
             .collect();
-        for (step, (got, want)) in curve.iter().zip(expected_curve(preset)).enumerate() {
-            assert!(
-                rel(*got, want) <= tolerance,
-                "{preset} step {step}: {got} vs {want}"
-            );
-        }
+        assert_follows_pytorch(preset, &curve, tolerance);
     }
 }

@@ -95,9 +95,10 @@ pub(super) fn relu_square_backward(x: TchTensor, grad: TchTensor) -> TchTensor {
 /// logits' dtype (with a cap, written over the logits' buffer, which held the tanh, when this
 /// call holds it). The soft-cap rounds
 /// to the logits' dtype after each op (as the composed op and the record); then libtorch's
-/// fused `_log_softmax` in fp32 and `nll_loss` summed; the gradient `(softmax − onehot) / N ·
-/// (1 − tanh²)` is made in place over the log-probabilities: `exp(log p − ln N)`, `−1/N` added at
-/// the targets, less `grad·tanh·tanh`. At most two logits-sized fp32 buffers are alive at once.
+/// fused `_log_softmax` in fp32 and `nll_loss` summed; the gradient `(softmax − onehot) / N` is
+/// made in place over the log-probabilities (`exp(log p − ln N)`, `−1/N` added at the targets),
+/// then taken back through the soft-cap op by op in the logits' kind, as autograd rounds it. At
+/// most two logits-sized fp32 buffers are alive at once.
 pub(super) fn softcapped_cross_entropy(
     logits: TchTensor,
     targets: TchTensor,
@@ -132,30 +133,25 @@ pub(super) fn softcapped_cross_entropy(
     let _ = grad.exp_();
     let minus = Tensor::full([rows, 1], -1.0 / mean_over, (Kind::Float, grad.device()));
     let _ = grad.scatter_add_(1, &targets.reshape([rows, 1]), &minus);
-    let Some(mut tanh) = tanh else {
+    let Some(tanh) = tanh else {
         return (
             TchTensor::new(loss),
             Some(TchTensor::new(grad.to_kind(kind))),
         );
     };
-    // · (1 − tanh²), from the stored tanh in fp32: less grad·tanh·tanh.
-    let mut curvature = &grad * &tanh;
-    let _ = curvature.g_mul_(&tanh);
-    let _ = grad.g_sub_(&curvature);
-    drop(curvature);
-    let grad = match kind {
-        Kind::Float => grad,
-        _ => {
-            tanh.copy_(&grad);
-            tanh
-        }
-    };
+    // Through the soft-cap as autograd goes: the loss's gradient cast to the logits' kind,
+    // then ·cap, tanh's backward `g·(1 − tanh²)` and ÷cap, each rounded to that kind.
+    let mut grad = grad.to_kind(kind);
+    let _ = grad.g_mul_scalar_(cap.expect("a tanh is kept under a cap"));
+    let mut grad = Tensor::tanh_backward(&grad, &tanh);
+    drop(tanh);
+    let _ = grad.g_div_scalar_(cap.expect("a tanh is kept under a cap"));
     (TchTensor::new(loss), Some(TchTensor::new(grad)))
 }
 
-/// One Adam step by libtorch's fused multi-tensor operator over this one parameter, and
-/// `Σ grad²` (fp32 `[1]`) by its multi-tensor norm; `None` where the fused operator does not
-/// apply (stochastic rounding, mixed dtypes, dtypes other than bf16 and fp32).
+/// One Adam step by libtorch's fused multi-tensor operator over this one parameter; the
+/// tensors back where the fused operator does not apply (stochastic rounding, weight decay,
+/// mixed dtypes, dtypes other than bf16 and fp32).
 #[allow(clippy::type_complexity)]
 pub(super) fn adam_step(
     param: TchTensor,
@@ -163,14 +159,14 @@ pub(super) fn adam_step(
     moment_1: TchTensor,
     moment_2: TchTensor,
     step: AdamStep,
-) -> Result<(TchTensor, TchTensor, TchTensor, TchTensor), [TchTensor; 4]> {
+) -> Result<(TchTensor, TchTensor, TchTensor), [TchTensor; 4]> {
     let fusable = step.stochastic.is_none()
+        && step.weight_decay == 0.0
         && fused_adam_kind([&param, &grad, &moment_1, &moment_2].map(|t| &t.tensor)).is_some();
     if !fusable {
         return Err([param, grad, moment_1, moment_2]);
     }
     let grad = grad.tensor.contiguous();
-    let squares = square_sums(&[&grad]).remove(0);
     let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
     let steps = step_counts(&[step.step], param.device()).remove(0);
     let adam = FusedAdam {
@@ -191,7 +187,6 @@ pub(super) fn adam_step(
         TchTensor::new(param),
         TchTensor::new(moment_1),
         TchTensor::new(moment_2),
-        TchTensor::new(squares.reshape([1])),
     ))
 }
 

@@ -11,7 +11,8 @@ use tch::Kind;
 use super::device::{self, fused_adam_kind, step_counts, takes_device_route};
 use super::owned;
 use super::shim::{self, FusedAdam};
-use crate::group::AdamMember;
+use crate::AdamUpdate;
+use crate::group::{AdamGroup, AdamMember};
 
 /// The libtorch tensor inside `tensor`, when it is one outside autodiff.
 fn libtorch(tensor: &DispatchTensor) -> Option<&TchTensor> {
@@ -63,15 +64,14 @@ fn on_device_route<const N: usize>(
     }))
 }
 
-/// Adam over `members` by `_fused_adam_`, one call per dtype, when all round to nearest and
-/// each member's tensors share a dtype (bf16 or fp32).
+/// Adam over `members` by `_fused_adam_`, one call per dtype, when all round to nearest without
+/// decay and each member's tensors share a dtype (bf16 or fp32).
 pub(crate) fn adam_steps(
     members: Vec<AdamMember>,
-    lr: f64,
-    betas: (f64, f64),
-    eps: f64,
-) -> Result<Vec<[Tensor<1>; 3]>, Vec<AdamMember>> {
-    if members.iter().any(|m| m.stochastic.is_some()) {
+    group: AdamGroup,
+) -> Result<Vec<AdamUpdate<1>>, Vec<AdamMember>> {
+    let plain = |m: &AdamMember| m.stochastic.is_none() && m.compensation.is_none();
+    if group.weight_decay != 0.0 || !members.iter().all(plain) {
         return Err(members);
     }
     let steps: Vec<i32> = members.iter().map(|m| m.step).collect();
@@ -92,6 +92,7 @@ pub(crate) fn adam_steps(
                     grad,
                     moment_1,
                     moment_2,
+                    compensation: None,
                     step,
                     stochastic: None,
                 },
@@ -109,7 +110,11 @@ pub(crate) fn adam_steps(
     let grads: Vec<tch::Tensor> = grads.into_iter().map(|g| g.tensor.contiguous()).collect();
     let [params, moments_1, moments_2] =
         [params, moments_1, moments_2].map(|list| list.into_iter().map(owned).collect::<Vec<_>>());
-    let adam = FusedAdam { lr, betas, eps };
+    let adam = FusedAdam {
+        lr: group.lr,
+        betas: group.betas,
+        eps: group.eps,
+    };
     for kind in [Kind::Float, Kind::BFloat16] {
         let members: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] == kind).collect();
         let Some(&first) = members.first() else {
@@ -134,7 +139,14 @@ pub(crate) fn adam_steps(
     let updated = params.into_iter().zip(moments_1).zip(moments_2);
     Ok(updated
         .map(|((param, moment_1), moment_2)| {
-            [param, moment_1, moment_2].map(|t| to_burn(TchTensor::new(t)))
+            let [param, moment_1, moment_2] =
+                [param, moment_1, moment_2].map(|t| to_burn(TchTensor::new(t)));
+            AdamUpdate {
+                param,
+                moment_1,
+                moment_2,
+                compensation: None,
+            }
         })
         .collect())
 }

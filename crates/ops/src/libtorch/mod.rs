@@ -326,43 +326,77 @@ impl KernelBackend for LibTorch {
         moment_1: TchTensor,
         moment_2: TchTensor,
         step: AdamStep,
-    ) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
-        if takes_device_route(&[&param, &grad, &moment_1, &moment_2]) {
-            return device::adam_step(param, grad, moment_1, moment_2, step).unwrap_or_else(
-                |[param, grad, moment_1, moment_2]| {
-                    composed::adam_step::<Self>(param, grad, moment_1, moment_2, step)
-                },
-            );
-        }
-        let kind = param.tensor.kind();
-        let runs = takes_kernels(&[&param, &grad, &moment_1, &moment_2])
-            && [&grad, &moment_1, &moment_2]
-                .iter()
-                .all(|t| t.tensor.kind() == kind);
-        if !runs || kernel_kind(&param).is_none() {
-            return composed::adam_step::<Self>(param, grad, moment_1, moment_2, step);
-        }
-        let grad = grad.tensor.contiguous();
-        let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
-        // SAFETY: each tensor is contiguous on the CPU and of `kind`, the three updated ones
-        // this call's own (`owned`: no other view of their buffers is alive).
-        let squares = unsafe {
-            with_kind!(kind, T => brainfloat_kernels::adam_update(
-                elements_mut::<T>(&param),
-                elements::<T>(&grad),
-                elements_mut::<T>(&moment_1),
-                elements_mut::<T>(&moment_2),
-                &step,
-            ))
-        };
-        let squares = tch::Tensor::from_slice(&[squares as f32]);
-        (
-            TchTensor::new(param),
-            TchTensor::new(moment_1),
-            TchTensor::new(moment_2),
-            TchTensor::new(squares),
-        )
+    ) -> (TchTensor, TchTensor, TchTensor) {
+        let (param, moment_1, moment_2, _) =
+            adam_libtorch([param, grad, moment_1, moment_2], None, step);
+        (param, moment_1, moment_2)
     }
+
+    fn adam_step_kahan(
+        param: TchTensor,
+        grad: TchTensor,
+        moment_1: TchTensor,
+        moment_2: TchTensor,
+        compensation: TchTensor,
+        step: AdamStep,
+    ) -> (TchTensor, TchTensor, TchTensor, TchTensor) {
+        let tensors = [param, grad, moment_1, moment_2];
+        let (param, moment_1, moment_2, compensation) =
+            adam_libtorch(tensors, Some(compensation), step);
+        (param, moment_1, moment_2, compensation.expect("given"))
+    }
+}
+
+/// Both Adam ops on libtorch: `_fused_adam_` on the device route where it applies (no Kahan,
+/// no decay, no stochastic rounding), brainfloat's kernel on libtorch's CPU buffers where every
+/// tensor has the parameter's kind, the composed step otherwise.
+fn adam_libtorch(
+    [param, grad, moment_1, moment_2]: [TchTensor; 4],
+    compensation: Option<TchTensor>,
+    step: AdamStep,
+) -> (TchTensor, TchTensor, TchTensor, Option<TchTensor>) {
+    let composed = |[param, grad, moment_1, moment_2]: [TchTensor; 4], compensation| {
+        composed::adam_step::<LibTorch>(param, grad, moment_1, moment_2, compensation, step)
+    };
+    if takes_device_route(&[&param, &grad, &moment_1, &moment_2]) {
+        if compensation.is_some() {
+            return composed([param, grad, moment_1, moment_2], compensation);
+        }
+        return match device::adam_step(param, grad, moment_1, moment_2, step) {
+            Ok((param, moment_1, moment_2)) => (param, moment_1, moment_2, None),
+            Err(tensors) => composed(tensors, None),
+        };
+    }
+    let kind = param.tensor.kind();
+    let runs = takes_kernels(&[&param, &grad, &moment_1, &moment_2])
+        && [&grad, &moment_1, &moment_2]
+            .into_iter()
+            .chain(&compensation)
+            .all(|t| t.tensor.kind() == kind);
+    if !runs || kernel_kind(&param).is_none() {
+        return composed([param, grad, moment_1, moment_2], compensation);
+    }
+    let grad = grad.tensor.contiguous();
+    let [param, moment_1, moment_2] = [param, moment_1, moment_2].map(owned);
+    let compensation = compensation.map(owned);
+    // SAFETY: each tensor is contiguous on the CPU and of `kind`, the updated ones this call's
+    // own (`owned`: no other view of their buffers is alive).
+    unsafe {
+        with_kind!(kind, T => brainfloat_kernels::adam_update(
+            elements_mut::<T>(&param),
+            elements::<T>(&grad),
+            elements_mut::<T>(&moment_1),
+            elements_mut::<T>(&moment_2),
+            compensation.as_ref().map(|c| elements_mut::<T>(c)),
+            &step,
+        ))
+    };
+    (
+        TchTensor::new(param),
+        TchTensor::new(moment_1),
+        TchTensor::new(moment_2),
+        compensation.map(TchTensor::new),
+    )
 }
 
 /// `[.., m, k] · [.., k, n]` on the CPU in bf16 with brainfloat's GEMM, read from libtorch's

@@ -1,9 +1,9 @@
 //! Adam for the embedding, the head and the scalars, with PyTorch's bias correction.
 
-use brainfloat_ops::{AdamMember, adam_steps};
+use brainfloat_ops::{AdamGroup, AdamMember, adam_steps};
 use burn::tensor::Tensor;
 
-use super::write::{Observer, Stream, Writer, host_f32, in_dtype};
+use super::write::{Observer, Stream, Writer, host_f32};
 
 /// Adam's state of one parameter: its step count and moments, flattened, in its dtype.
 #[derive(Debug, Clone)]
@@ -23,11 +23,11 @@ pub(super) struct Adam {
 
 impl Adam {
     /// One step of a group's parameters (flattened) with their gradients at rate `lr`: their
-    /// new weights and state, in order. One fused multi-tensor step for the group where the
-    /// writers allow it (no Kahan, no decay), op by op through each member's writer otherwise;
-    /// an observer sees what the step wrote either way, so that observing a step never changes
-    /// it. Parameters and moments are moved in: as their only owner a kernel updates them in
-    /// place.
+    /// new weights and state, in order, by one fused multi-tensor step for the group — decay,
+    /// stochastic rounding and Kahan's compensation (taken from and given back to each member's
+    /// writer) inside it. The observer, if any, reads what the step wrote, so that observing a
+    /// step never changes it. Parameters and moments are moved in: as their only owner a kernel
+    /// updates them in place.
     pub fn update_group(
         &self,
         states: Vec<Option<AdamState>>,
@@ -37,17 +37,9 @@ impl Adam {
         writers: &mut [Writer],
         observer: &mut Observer<'_>,
     ) -> Vec<(Tensor<1>, AdamState)> {
-        let members = states.into_iter().zip(params).zip(grads);
-        let fusable = writers.iter().all(Writer::fusable);
-        if !(fusable && self.weight_decay == 0.0) {
-            return (members.zip(writers))
-                .map(|(((state, param), grad), writer)| {
-                    self.update(state, param, grad, lr, writer, observer)
-                })
-                .collect();
-        }
         let streams = [Stream::Weight, Stream::Moment1, Stream::Moment2];
-        let members: Vec<AdamMember> = (members.zip(writers.iter()))
+        let members: Vec<AdamMember> = (states.into_iter().zip(params).zip(grads))
+            .zip(writers.iter_mut())
             .map(|(((state, param), grad), writer)| {
                 let AdamState {
                     steps,
@@ -55,14 +47,16 @@ impl Adam {
                     moment_2,
                 } = state.unwrap_or_else(|| AdamState {
                     steps: 0,
-                    moment_1: grad.zeros_like(),
-                    moment_2: grad.zeros_like(),
+                    moment_1: param.zeros_like(),
+                    moment_2: param.zeros_like(),
                 });
+                let compensation = writer.take_compensation(&param);
                 AdamMember {
                     param,
                     grad,
                     moment_1,
                     moment_2,
+                    compensation,
                     step: steps + 1,
                     stochastic: writer.stochastic_keys(streams),
                 }
@@ -73,90 +67,44 @@ impl Adam {
         let before: Option<Vec<Vec<f32>>> = observer
             .is_some()
             .then(|| members.iter().map(|m| host_f32(&m.param)).collect());
-        let updated = adam_steps(members, lr, self.betas, self.eps);
-        let stepped = (updated.into_iter().zip(steps))
-            .map(|([param, moment_1, moment_2], steps)| {
+        let group = AdamGroup {
+            lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        };
+        let updated = adam_steps(members, group);
+        let stepped = (updated.into_iter().zip(steps).zip(writers.iter_mut()))
+            .map(|((update, steps), writer)| {
+                writer.compensation = update.compensation;
                 let state = AdamState {
                     steps,
-                    moment_1,
-                    moment_2,
+                    moment_1: update.moment_1,
+                    moment_2: update.moment_2,
                 };
-                (param, state)
+                (update.param, state)
             })
             .collect::<Vec<_>>();
         for ((before, (param, state)), writer) in
             before.iter().flatten().zip(&stepped).zip(writers.iter())
         {
-            writer.show(observer, before, &self.delta(state, lr), param);
+            let delta = self.delta(state, lr, before);
+            writer.show(observer, before, &delta, param);
         }
         stepped
     }
 
-    /// What the fused step subtracted from the weights, before rounding, recomputed on the host
-    /// from the moments it stored: `lr/c₁ · m / (√v/√c₂ + eps)`.
-    fn delta(&self, state: &AdamState, lr: f64) -> Vec<f32> {
+    /// What the fused step subtracted from the weights `before` it, before rounding, recomputed
+    /// on the host from the moments it stored (the kernel used them before their rounding: the
+    /// probe's count is within that rounding): `lr/c₁ · m / (√v/√c₂ + eps) + lr·wd·w`.
+    fn delta(&self, state: &AdamState, lr: f64, before: &[f32]) -> Vec<f32> {
         let (beta_1, beta_2) = self.betas;
         let scale = (lr / (1.0 - beta_1.powi(state.steps))) as f32;
         let root_c2 = (1.0 - beta_2.powi(state.steps)).sqrt() as f32;
-        let eps = self.eps as f32;
+        let (eps, decay) = (self.eps as f32, (lr * self.weight_decay) as f32);
         let (m, v) = (host_f32(&state.moment_1), host_f32(&state.moment_2));
-        (m.iter().zip(&v))
-            .map(|(m, v)| scale * m / (v.sqrt() / root_c2 + eps))
+        (m.iter().zip(&v).zip(before))
+            .map(|((m, v), w)| m / (v.sqrt() / root_c2 + eps) * scale + w * decay)
             .collect()
-    }
-
-    /// One step of `param` op by op, each new value written by `writer`.
-    fn update(
-        &self,
-        state: Option<AdamState>,
-        param: Tensor<1>,
-        grad: Tensor<1>,
-        lr: f64,
-        writer: &mut Writer,
-        observer: &mut Observer<'_>,
-    ) -> (Tensor<1>, AdamState) {
-        let (beta_1, beta_2) = self.betas;
-        let compute = writer.compute();
-        let grad = in_dtype(grad, compute);
-        let AdamState {
-            steps,
-            moment_1,
-            moment_2,
-        } = state.unwrap_or_else(|| {
-            // Zeros of the parameter's dtype, as the fused path's.
-            let zeros = Tensor::<1>::zeros(param.dims(), (&param.device(), param.dtype()));
-            AdamState {
-                steps: 0,
-                moment_1: zeros.clone(),
-                moment_2: zeros,
-            }
-        });
-        let steps = steps + 1;
-        let moment_1 =
-            in_dtype(moment_1, compute).mul_scalar(beta_1) + grad.clone().mul_scalar(1.0 - beta_1);
-        let moment_2 =
-            in_dtype(moment_2, compute).mul_scalar(beta_2) + grad.square().mul_scalar(1.0 - beta_2);
-        // The update uses the moments as stored, as the fused kernel does.
-        let moment_1 = writer.state(moment_1, Stream::Moment1);
-        let moment_2 = writer.state(moment_2, Stream::Moment2);
-        let correction_1 = 1.0 - beta_1.powi(steps);
-        let correction_2 = 1.0 - beta_2.powi(steps);
-        let denom = in_dtype(moment_2.clone(), compute)
-            .sqrt()
-            .div_scalar(correction_2.sqrt())
-            .add_scalar(self.eps);
-        let mut direction = in_dtype(moment_1.clone(), compute) / denom;
-        if self.weight_decay != 0.0 {
-            // Scaled by lr/c₁ below: lr·wd·w, AdamW's decoupled decay.
-            let decay = self.weight_decay * correction_1;
-            direction = direction + in_dtype(param.clone(), compute).mul_scalar(decay);
-        }
-        let param = writer.weights(param, direction, lr / correction_1, observer);
-        let state = AdamState {
-            steps,
-            moment_1,
-            moment_2,
-        };
-        (param, state)
     }
 }

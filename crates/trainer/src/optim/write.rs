@@ -64,11 +64,15 @@ impl Writer {
         }
     }
 
-    /// Whether a fused update (one kernel writing weights and state) may stand in for the
-    /// writer: not under Kahan, which has no fused kernel. (Nor may it when the probe observes
-    /// the step, which needs the update itself; the caller, who holds the probe, checks that.)
-    pub fn fusable(&self) -> bool {
-        self.rounding != UpdateRounding::Kahan
+    /// The compensation a fused step carries for the parameter `like`, under Kahan (zeros at
+    /// first); `None` otherwise. The step hands the updated one back into
+    /// [`compensation`](Self::compensation).
+    pub fn take_compensation(&mut self, like: &Tensor<1>) -> Option<Tensor<1>> {
+        (self.rounding == UpdateRounding::Kahan).then(|| {
+            self.compensation
+                .take()
+                .unwrap_or_else(|| like.zeros_like())
+        })
     }
 
     /// The keys of `streams` under stochastic rounding, for a fused kernel; `None` otherwise.
