@@ -83,8 +83,8 @@ fn compare<const D: usize>(name: &str, ours: Tensor<D>, theirs: &Reference) -> C
 /// measured (docs/precision.md): fp32 differs from PyTorch's only in summation order (measured
 /// ≤ 5.4e-7 on activations, 2.3e-6 on tensor gradients, 5.0e-6 on the scalars' — `lamb` and
 /// `lambdas`, each one sum over every element of an activation, whose terms cancel); autocast
-/// and bf16 round at PyTorch's points or near them (≤ 8.9e-3 and 2.8e-2, the latter a scalar's
-/// gradient).
+/// and bf16 round at PyTorch's points or near them (≤ 9.3e-3 on activations, 2.8e-2 on
+/// gradients, the latter a scalar's).
 fn bound(preset: Preset, name: &str) -> f64 {
     let gradient = name.starts_with("grad.");
     let scalar = name.ends_with(".lamb") || name.ends_with(".lambdas");
@@ -93,7 +93,7 @@ fn bound(preset: Preset, name: &str) -> f64 {
         (Preset::Fp32, true) if scalar => 2e-5,
         (Preset::Fp32, true) => 5e-6,
         (_, false) => 2e-2,
-        (_, true) => 1.5e-1,
+        (_, true) => 6e-2,
     }
 }
 

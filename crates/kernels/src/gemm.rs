@@ -434,19 +434,7 @@ fn round_into(src: &[f32], dst: &mut [bf16]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random bf16 matrix in [−2, 2), stored row-major.
-    fn values(len: usize, seed: u64) -> Vec<bf16> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                bf16::from_f32((state >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// `A·B` in float64 from the (exact) bf16 values.
     fn reference(a: Matrix<'_, bf16>, b: Matrix<'_, bf16>) -> Vec<f64> {

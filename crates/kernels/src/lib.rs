@@ -80,3 +80,30 @@ pub use rounding::{
     kahan_add, random_bits, round_stochastic, round_stochastic_into, rounding_key, stochastic_axpby,
 };
 pub use softmax::{causal_softmax, causal_softmax_backward};
+
+/// Test inputs shared by the kernels' unit tests.
+#[cfg(test)]
+mod test_values {
+    use half::bf16;
+
+    /// `len` deterministic pseudo-random bf16 values in [−2, 2) (xorshift from `seed`).
+    pub fn values(len: usize, seed: u64) -> Vec<bf16> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bf16::from_f32((state >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
+            })
+            .collect()
+    }
+
+    /// [`values`] times a power of two, `2^exponent` (exact in bf16).
+    pub fn scaled_values(len: usize, seed: u64, exponent: i32) -> Vec<bf16> {
+        let factor = 2f32.powi(exponent);
+        (values(len, seed).into_iter())
+            .map(|v| bf16::from_f32(v.to_f32() * factor))
+            .collect()
+    }
+}

@@ -95,7 +95,7 @@ pub struct MemoryLimit {
 /// Every limit on this process's memory that the OS tells of (none where `/proc` does not
 /// tell: not Linux).
 pub fn memory_limits() -> Vec<MemoryLimit> {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let read = proc_text;
     let mut limits = Vec::new();
     if let Some(available) = meminfo_available(&read("/proc/meminfo")) {
         limits.push(MemoryLimit {
@@ -109,6 +109,12 @@ pub fn memory_limits() -> Vec<MemoryLimit> {
         &read("/proc/self/mountinfo"),
     ));
     limits
+}
+
+/// A `/proc` file's text; empty where it cannot be read (not Linux), which every parser here
+/// takes as "nothing known".
+fn proc_text(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The limit with the least room: what a process about to allocate must fit under.
@@ -181,11 +187,13 @@ impl CgroupVersion {
 /// The memory cgroups this process is in, one per mounted hierarchy: the interface and the
 /// cgroup's folder (a test makes a limited cgroup below it).
 pub fn own_memory_cgroups() -> Vec<(CgroupVersion, PathBuf)> {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    cgroup_dirs(&read("/proc/self/cgroup"), &read("/proc/self/mountinfo"))
-        .into_iter()
-        .map(|(version, dir, _)| (version, dir))
-        .collect()
+    cgroup_dirs(
+        &proc_text("/proc/self/cgroup"),
+        &proc_text("/proc/self/mountinfo"),
+    )
+    .into_iter()
+    .map(|(version, dir, _)| (version, dir))
+    .collect()
 }
 
 /// The process's own memory cgroup folder in each mounted hierarchy that has one, with the

@@ -80,6 +80,11 @@ fn bytes_of(dtype: FloatDType) -> u64 {
     DType::from(dtype).size() as u64
 }
 
+/// Bytes of a parameter as `policy` stores it.
+fn stored_bytes(param: &ParamSize, policy: &PrecisionPolicy) -> u64 {
+    param.elements as u64 * bytes_of(policy.dtype(param.role.component()))
+}
+
 impl MemoryEstimate {
     /// A training run of `config`: its model stored, trained and stepped under its policy, one
     /// micro-batch's activations at a time.
@@ -87,7 +92,7 @@ impl MemoryEstimate {
         let shape = config.shape()?;
         let policy = config.train.precision;
         let sizes = shape.param_sizes();
-        let stored = |p: &ParamSize| p.elements as u64 * bytes_of(policy.dtype(p.role.component()));
+        let stored = |p: &ParamSize| stored_bytes(p, &policy);
         let weights: u64 = sizes.iter().map(stored).sum();
         let optimizer_state = sizes
             .iter()
@@ -122,10 +127,8 @@ impl MemoryEstimate {
     /// form every weights file here holds) and as the policy stores them, and one chunk of
     /// logits of `tokens` positions.
     pub fn loading(shape: &ModelShape, policy: &PrecisionPolicy, tokens: usize) -> Self {
-        let stored: u64 = shape
-            .param_sizes()
-            .iter()
-            .map(|p| p.elements as u64 * bytes_of(policy.dtype(p.role.component())))
+        let stored: u64 = (shape.param_sizes().iter())
+            .map(|p| stored_bytes(p, policy))
             .sum();
         let read = 4 * shape.num_params() as u64;
         Self {

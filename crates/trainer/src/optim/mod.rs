@@ -19,7 +19,8 @@ mod muon;
 mod probe;
 mod write;
 
-use adam::{Adam, AdamState};
+use adam::AdamState;
+use brainfloat_ops::AdamGroup;
 use muon::{Muon, MuonState};
 pub use probe::LostUpdates;
 use write::Writer;
@@ -559,13 +560,15 @@ impl RecordOptimizer {
                 })
                 .collect::<Vec<_>>()
         } else {
-            let adam = Adam {
+            let adam = AdamGroup {
+                lr,
                 betas: c.adam_betas,
                 eps: c.adam_eps,
                 weight_decay,
             };
             let states = ids.iter().map(|id| self.adam.remove(id)).collect();
-            let stepped = adam.update_group(states, params, grads, lr, &mut writers, &mut observer);
+            let stepped =
+                adam::update_group(&adam, states, params, grads, &mut writers, &mut observer);
             (ids.iter().zip(stepped))
                 .map(|(id, (value, state))| {
                     self.adam.insert(*id, state);
