@@ -107,6 +107,41 @@ impl KernelPath {
     }
 }
 
+/// `fn name(args) -> ret { body }` whose body is compiled three times — for AVX-512 (F, BW, DQ,
+/// VL), for AVX2 and FMA, and portable — and run as the first the CPU supports: for loops that
+/// vectorise wider with AVX-512 and whose `f32::mul_add` must be an instruction (without FMA it
+/// is a call into libm).
+macro_rules! fma_multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2_fma($($arg: $ty),*) -> $ret {
+                    portable($($arg),*)
+                }
+                if crate::path::avx512() {
+                    // SAFETY: the CPU reports every feature `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if crate::path::avx2_fma() {
+                    // SAFETY: the CPU reports every feature `avx2_fma` is compiled for.
+                    return unsafe { avx2_fma($($arg),*) };
+                }
+            }
+            portable($($arg),*)
+        }
+    };
+}
+pub(crate) use fma_multiversion;
+
 /// Whether this CPU has the AVX-512 subsets (F, BW, DQ, VL) the kernels' `#[target_feature]`
 /// loops are compiled for (16 fp32 lanes, 8 lanes of 64-bit multiplies).
 #[cfg(target_arch = "x86_64")]

@@ -39,6 +39,20 @@ fn constant(value: f32) -> Scalar {
     Scalar::from(value as f64)
 }
 
+/// `tensor · factor` in `tensor`'s dtype with the factor in fp32, as PyTorch multiplies a tensor
+/// by a Python number: a bf16 tensor is widened, multiplied and rounded once. (Burn's scalar ops
+/// on flex round the factor to the tensor's dtype first: Newton–Schulz's 3.4445 would become
+/// 3.4375 in bf16.)
+pub fn scale<B: Backend>(tensor: FloatTensor<B>, factor: f64) -> FloatTensor<B> {
+    match dtype_of::<B>(&tensor) {
+        FloatDType::F32 | FloatDType::F64 => B::float_mul_scalar(tensor, Scalar::from(factor)),
+        dtype => in_dtype::<B>(
+            B::float_mul_scalar(to_f32::<B>(tensor), Scalar::from(factor)),
+            dtype,
+        ),
+    }
+}
+
 /// [`KernelBackend::rms_norm_with_stats`]: `x · r` with `r = 1/√(mean(x²) + eps)` per row, in
 /// fp32, rounded once to `x`'s dtype; and `r` (fp32 `[.., 1]`).
 pub fn rms_norm_with_stats<B: Backend>(
@@ -393,11 +407,16 @@ pub fn adam_step<B: KernelBackend>(
 
 /// [`KernelBackend::axpby`]: `x` cast to `y`'s dtype, each product in that dtype (skipped
 /// where its factor is 1), then the sum.
-pub fn axpby<B: Backend>(y: FloatTensor<B>, x: FloatTensor<B>, a: f64, b: f64) -> FloatTensor<B> {
+pub fn axpby<B: KernelBackend>(
+    y: FloatTensor<B>,
+    x: FloatTensor<B>,
+    a: f64,
+    b: f64,
+) -> FloatTensor<B> {
     let x = in_dtype::<B>(x, dtype_of::<B>(&y));
     let scaled = |t: FloatTensor<B>, factor: f64| match factor {
         1.0 => t,
-        _ => B::float_mul_scalar(t, Scalar::from(factor)),
+        _ => B::scale(t, factor),
     };
     B::float_add(scaled(y, a), scaled(x, b))
 }

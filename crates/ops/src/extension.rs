@@ -225,6 +225,13 @@ pub trait KernelBackend: Backend {
         (param, moment_1, moment_2, compensation)
     }
 
+    /// `x · factor` in `x`'s dtype with the factor in fp32, rounded once, as PyTorch multiplies
+    /// a tensor by a Python number (by default a bf16 tensor is widened, multiplied and
+    /// rounded). Outside autodiff (values).
+    fn scale(x: FloatTensor<Self>, factor: f64) -> FloatTensor<Self> {
+        composed::scale::<Self>(x, factor)
+    }
+
     /// `a·y + b·x` in `y`'s dtype (`x` of any float dtype, cast to it), each product skipped
     /// where its factor is 1: an optimizer's update, momentum or look-ahead, in place where the
     /// backend can. Outside autodiff (values).

@@ -216,6 +216,16 @@ pub fn axpby<const D: usize>(y: Tensor<D>, x: Tensor<D>, a: f64, b: f64) -> Tens
     ))
 }
 
+/// `x · factor` in `x`'s dtype with the factor in fp32, rounded once, as PyTorch multiplies a
+/// tensor by a Python number (Burn's `mul_scalar` on flex rounds a bf16 tensor's factor to bf16
+/// first): libtorch's own product there, a widened one elsewhere. Outside autodiff (values).
+pub fn scale<const D: usize>(x: Tensor<D>, factor: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::scale(
+        x.into_dispatch(),
+        factor,
+    ))
+}
+
 /// `Σ x²` of `x` with each square in fp32, as an fp32 `[1]`: one parallel pass over the
 /// buffer on flex, Burn's ops elsewhere. Outside autodiff (values).
 pub fn square_sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use brainfloat_kernels::bf16;
 use brainfloat_ops::{KernelPath, PATH_VAR, causal_attention, matmul, rms_norm};
 use brainfloat_test_support::test_device;
 use burn::tensor::activation::softmax;
@@ -541,5 +542,52 @@ fn a_kernel_that_fails_its_self_test_falls_back_to_the_composed_op() {
     assert!(
         stdout.contains("1 passed") && stdout.contains("passed: false"),
         "{stdout}"
+    );
+}
+
+/// `scale` multiplies a bf16 tensor by its factor in fp32 and rounds once, as PyTorch does
+/// with a Python number: every element is `bf16(f32(x) · f32(factor))`, bit for bit, on every
+/// backend — not the product with the factor rounded to bf16 first (3.4445 → 3.4375), which
+/// differs on a third or more of them.
+#[test]
+fn scale_keeps_the_factor_in_fp32() {
+    let device = test_device();
+    let x = Tensor::<1>::random(
+        [4096],
+        Distribution::Normal(0.0, 1.0),
+        (&device, DType::F32),
+    )
+    .cast(FloatDType::BF16);
+    let inputs: Vec<bf16> = x.clone().into_data().try_to_vec().unwrap();
+    for factor in [3.4445, -4.7750, 2.0315, 0.95] {
+        let scaled = brainfloat_ops::scale(x.clone(), factor);
+        assert_eq!(scaled.dtype(), DType::BF16);
+        let got: Vec<bf16> = scaled.into_data().try_to_vec().unwrap();
+        let rounded_factor = bf16::from_f64(factor).to_f32();
+        let (mut same, mut as_rounded_factor) = (0, 0);
+        for (g, x) in got.iter().zip(&inputs) {
+            assert_eq!(
+                *g,
+                bf16::from_f32(x.to_f32() * factor as f32),
+                "{x} · {factor}"
+            );
+            same += 1;
+            as_rounded_factor += usize::from(*g == bf16::from_f32(x.to_f32() * rounded_factor));
+        }
+        println!("{factor}: {as_rounded_factor} of {same} as with the factor in bf16");
+        if factor == 3.4445 {
+            assert!(
+                as_rounded_factor < same * 2 / 3,
+                "{as_rounded_factor} of {same}"
+            );
+        }
+    }
+    let fp32 = Tensor::<1>::from_data(
+        TensorData::new(vec![1.5f32, -2.25], [2]),
+        (&device, DType::F32),
+    );
+    assert_eq!(
+        values(brainfloat_ops::scale(fp32, 3.4445)),
+        [1.5 * 3.4445f32, -2.25 * 3.4445f32]
     );
 }

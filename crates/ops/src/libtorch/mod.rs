@@ -21,6 +21,7 @@
 #![allow(deprecated)]
 
 use brainfloat_kernels::{AdamStep, KernelPath, MatrixStack, batched_gemm, bf16};
+use burn::backend::Scalar;
 use burn::backend::libtorch::{LibTorch, TchTensor};
 use burn::backend::ops::FloatTensorOps;
 use tch::{Device, Kind};
@@ -152,6 +153,11 @@ impl KernelBackend for LibTorch {
 
     fn relu_square_backward(x: TchTensor, grad: TchTensor) -> TchTensor {
         device_or_composed!(relu_square_backward(x, grad) on [x, grad])
+    }
+
+    /// libtorch's own scalar product keeps the factor in fp32 for a bf16 tensor.
+    fn scale(x: TchTensor, factor: f64) -> TchTensor {
+        LibTorch::float_mul_scalar(x, Scalar::from(factor))
     }
 
     fn axpby(y: TchTensor, x: TchTensor, a: f64, b: f64) -> TchTensor {

@@ -690,7 +690,7 @@ impl ModuleMapper for TakeTrained<'_> {
         let grad = if self.grad_scale == 1.0 {
             grad
         } else {
-            grad.mul_scalar(self.grad_scale)
+            brainfloat_ops::scale(grad, self.grad_scale)
         };
         let stand_in = Tensor::<D>::empty([0; D], (&tensor.device(), tensor.dtype()));
         self.taken.push(Taken {

@@ -3,7 +3,7 @@
 //! PyTorch's `[out, in]` layout; a matrix stored `[in, out]`, as GPT-2's `Conv1D`, gets the same
 //! factor).
 
-use brainfloat_ops::{axpbys, matmul, square_sums};
+use brainfloat_ops::{axpbys, matmul, scale, square_sums};
 use brainfloat_precision::WeightLayout;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -80,8 +80,7 @@ impl Muon {
             directions = (directions.into_iter().zip(&params).zip(writers.iter()))
                 .map(|((direction, param), writer)| {
                     let compute = writer.compute();
-                    in_dtype(direction, compute)
-                        + in_dtype(param.clone(), compute).mul_scalar(decay)
+                    in_dtype(direction, compute) + scale(in_dtype(param.clone(), compute), decay)
                 })
                 .collect();
         }
@@ -96,8 +95,10 @@ impl Muon {
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
 /// For each of a batch of `[rows, cols]` matrices `G` (one shape): `X = G/(‖G‖_F + 1e-7)` in
-/// `dtype` (transposed when rows > cols), then `steps` times `A = X·Xᵀ; X = a·X + (b·A +
-/// c·A·A)·X`, transposed back, as one batched iteration. Returns `[batch, rows, cols]` in `dtype`.
+/// `dtype` (transposed when rows > cols), then `steps` times the record's `A = X·Xᵀ; B = A·X;
+/// X = a·X + b·B + c·A·B`, transposed back, as one batched iteration, rounded where the
+/// record's PyTorch rounds (each product, each scaled term, each sum). Returns
+/// `[batch, rows, cols]` in `dtype`.
 ///
 /// # Panics
 /// When `grads` is empty.
@@ -118,11 +119,10 @@ pub fn newton_schulz(grads: Vec<Tensor<2>>, steps: usize, dtype: FloatDType) -> 
         x = x.transpose();
     }
     for _ in 0..steps {
-        // The record's order: the polynomial in A (rows × rows, the small side) first, then one
-        // product with X — a quarter fewer FLOPs than b·A·X + c·A·(A·X) for a wide X.
         let gram = matmul(x.clone(), x.clone().transpose());
-        let polynomial = gram.clone().mul_scalar(b) + matmul(gram.clone(), gram).mul_scalar(c);
-        x = x.clone().mul_scalar(a) + matmul(polynomial, x);
+        let product = matmul(gram.clone(), x.clone());
+        // `a * X + b * B + c * A @ B` in Python: ((a·X + b·B) + (c·A)·B).
+        x = scale(x, a) + scale(product.clone(), b) + matmul(scale(gram, c), product);
     }
     if tall { x.transpose() } else { x }
 }

@@ -120,8 +120,9 @@ impl Writer {
     ) -> Tensor<1> {
         let compute = self.compute();
         // `direction` is moved into the one delta made, so that its multiply reuses its buffer.
-        let delta =
-            |direction: Tensor<1>, scale: f64| in_dtype(direction, compute).mul_scalar(scale);
+        let delta = |direction: Tensor<1>, scale: f64| {
+            brainfloat_ops::scale(in_dtype(direction, compute), scale)
+        };
         let seen = observer
             .is_some()
             .then(|| (host_f32(&value), host_f32(&delta(direction.clone(), scale))));
