@@ -8,7 +8,8 @@ use brainfloat_precision::{
     named_params,
 };
 use brainfloat_tests::*;
-use burn::optim::{AdamConfig, GradientsParams};
+use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device};
 
 /// The design's table: storage dtype of each parameter component under each preset.
@@ -150,21 +151,25 @@ fn bf16_agrees_with_fp32_within_bf16_tolerance() {
     }
 }
 
+/// The record's optimizers (Muon for the block matrices, Adam for the rest, the policy's
+/// rounding of every update) train every preset.
 #[test]
-fn a_few_adam_steps_lower_the_loss_in_every_preset() {
+fn a_few_steps_of_the_records_optimizers_lower_the_loss_in_every_preset() {
     for preset in Preset::ALL {
-        let (mut model, device) = golden_model(&PrecisionPolicy::preset(preset));
+        let policy = PrecisionPolicy::preset(preset);
+        let (mut model, device) = golden_model(&policy);
         let batch = golden_batch(0, &device);
-        let mut optimizer = AdamConfig::new()
-            .with_beta_2(0.95)
-            .with_epsilon(1e-8)
-            .init();
+        let mut optimizer = RecordOptimizer::new(RecordOptimizerConfig {
+            ns_dtype: policy.matmul(),
+            rounding: policy.update_rounding(),
+            ..RecordOptimizerConfig::default()
+        });
         let mut losses = Vec::new();
-        for _ in 0..5 {
+        for step in 0..5 {
             let loss = model.forward(&batch).unwrap();
             losses.push(scalar(loss.clone()));
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(3e-3, model, grads);
+            model = optimizer.step(model, grads, 1.0, 1.0, step);
         }
         println!("{preset}: {losses:.4?}");
         for pair in losses.windows(2) {

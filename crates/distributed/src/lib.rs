@@ -1,7 +1,7 @@
 //! Data-parallel ranks: the collectives a trainer needs, and gradients averaged in fp32.
 //!
 //! The trainer talks only to the [`Collectives`] trait, typed by what travels (fp32 buffers and
-//! float means, integers broadcast or gathered, barriers): [`LocalSync`] is one process alone
+//! float means, integers gathered, flags any rank set, barriers): [`LocalSync`] is one process alone
 //! (nothing to exchange), `MpiSync` (feature `mpi`) is OpenMPI across processes and machines.
 //! [`all_reduce_gradients`] averages a step's accumulated gradients over the ranks once per
 //! optimizer step: every gradient is upcast to fp32 (bf16 gradients of bf16 parameters too),

@@ -114,12 +114,6 @@ impl Collectives for MpiSync {
         Ok(total / self.world_size() as f64)
     }
 
-    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
-        let mut value = value;
-        self.watched(|world| world.process_at_rank(0).broadcast_into(&mut value));
-        Ok(value)
-    }
-
     fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError> {
         let mut values = vec![0u64; self.world_size()];
         self.watched(|world| world.all_gather_into(&value, &mut values[..]));

@@ -19,8 +19,8 @@ pub struct SyncError {
 }
 
 /// What a data-parallel trainer needs from its ranks, typed by what travels: who it is,
-/// element-wise means of fp32 buffers (gradients), means of floats (losses), rank 0's integer
-/// broadcast, every rank's integer gathered, barriers, and a way to stop everyone.
+/// element-wise means of fp32 buffers (gradients), means of floats (losses), every rank's
+/// integer gathered, whether any rank set a flag, barriers, and a way to stop everyone.
 pub trait Collectives {
     /// This process's rank, `0..world_size`.
     fn rank(&self) -> usize;
@@ -34,9 +34,6 @@ pub trait Collectives {
 
     /// The mean of `value` over all ranks, in fp64.
     fn mean(&mut self, value: f64) -> Result<f64, SyncError>;
-
-    /// Rank 0's `value`, on every rank.
-    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError>;
 
     /// Every rank's `value`, by rank, on every rank.
     fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError>;
@@ -90,10 +87,6 @@ impl Collectives for LocalSync {
     }
 
     fn mean(&mut self, value: f64) -> Result<f64, SyncError> {
-        Ok(value)
-    }
-
-    fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
         Ok(value)
     }
 
@@ -281,9 +274,6 @@ mod flat_tests {
         fn mean(&mut self, value: f64) -> Result<f64, SyncError> {
             Ok(2.0 * value)
         }
-        fn broadcast(&mut self, value: u64) -> Result<u64, SyncError> {
-            Ok(value)
-        }
         fn all_gather(&mut self, value: u64) -> Result<Vec<u64>, SyncError> {
             Ok(vec![value, 3 * value])
         }
@@ -343,7 +333,6 @@ mod flat_tests {
     #[test]
     fn one_rank_gets_its_own_values_back_from_every_collective() {
         let mut sync = crate::LocalSync;
-        assert_eq!(sync.broadcast(7).unwrap(), 7);
         assert_eq!(sync.all_gather(9).unwrap(), [9]);
         assert!(sync.any(true).unwrap() && !sync.any(false).unwrap());
         sync.barrier().unwrap();

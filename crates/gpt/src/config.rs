@@ -125,8 +125,8 @@ impl GptConfig {
     }
 
     /// What the model accepts.
-    pub(crate) fn limits(&self) -> crate::model::Limits {
-        crate::model::Limits {
+    pub(crate) fn limits(&self) -> crate::batch::Limits {
+        crate::batch::Limits {
             max_seq_len: self.max_seq_len,
             vocab_size: self.vocab_size,
         }

@@ -15,9 +15,10 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, FloatDType, Int, Tensor};
 
+use crate::batch::{Batch, Limits, check_context};
+use crate::cache::{KvCache, LayerCache};
 use crate::config::{ParamSize, check_sizes};
 use crate::error::GptError;
-use crate::model::{Batch, KvCache, LayerCache, Limits, check_context};
 
 /// The GELU of a GPT-2 model (`activation_function` in its `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

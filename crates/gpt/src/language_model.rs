@@ -8,10 +8,12 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::Batch;
+use crate::cache::KvCache;
 use crate::config::{GptConfig, ParamSize};
 use crate::error::GptError;
 use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::model::{Batch, Gpt, KvCache};
+use crate::model::Gpt;
 
 /// A causal language model trained with the record's precision machinery: parameters with
 /// roles, a precision policy, a loss and the logits generation samples from.

@@ -29,6 +29,8 @@
 //! assert_eq!(w.grad(&grads).unwrap().dtype(), DType::F32); // fp32 master-weight gradient
 //! ```
 
+mod batch;
+mod cache;
 mod config;
 mod error;
 mod gpt2;
@@ -36,6 +38,8 @@ mod language_model;
 mod model;
 pub mod trace;
 
+pub use batch::Batch;
+pub use cache::{KvCache, LayerCache};
 pub use config::{GptConfig, ModelSize, ParamSize};
 pub use error::GptError;
 pub use gpt2::{
@@ -43,6 +47,5 @@ pub use gpt2::{
 };
 pub use language_model::{Arch, LanguageModel, Model, ModelShape};
 pub use model::{
-    Batch, Block, CausalSelfAttention, Gpt, KvCache, LayerCache, Mlp, RMS_NORM_EPS, Rotary,
-    Transformer, rms_norm,
+    Block, CausalSelfAttention, Gpt, Mlp, RMS_NORM_EPS, Rotary, Transformer, rms_norm,
 };

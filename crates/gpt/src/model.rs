@@ -13,6 +13,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
+use crate::batch::{Batch, check_context};
+use crate::cache::{KvCache, LayerCache};
 use crate::config::GptConfig;
 use crate::error::GptError;
 use crate::trace;
@@ -472,7 +474,7 @@ impl Gpt {
     /// in the activation dtype, then the logits are cast to fp32, as in the record.
     pub fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs.clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone());
         Ok(self.head(hidden))
     }
 
@@ -490,10 +492,10 @@ impl Gpt {
     /// logits never enter the autodiff graph.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs.clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone());
         Ok(self.lm_head.softcapped_cross_entropy(
             hidden,
-            batch.targets.clone(),
+            batch.targets().clone(),
             Some(self.config.logit_softcap),
             &self.policy,
         ))
@@ -501,235 +503,6 @@ impl Gpt {
 
     fn check(&self, batch: &Batch) -> Result<(), GptError> {
         self.config.limits().check(batch)
-    }
-}
-
-/// What a model accepts: sequences up to `max_seq_len` positions of ids below `vocab_size`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub max_seq_len: usize,
-    pub vocab_size: usize,
-}
-
-impl Limits {
-    /// Refuses a batch longer than the model's context or with an id outside its vocabulary.
-    pub(crate) fn check(&self, batch: &Batch) -> Result<(), GptError> {
-        let [_, seq_len] = batch.dims();
-        if seq_len > self.max_seq_len {
-            return Err(GptError::InvalidBatch {
-                reason: format!(
-                    "sequence length {seq_len} exceeds the model's maximum of {}",
-                    self.max_seq_len
-                ),
-            });
-        }
-        self.check_token(batch.max_token as i64)
-    }
-
-    /// Refuses a token id outside the vocabulary.
-    fn check_token(&self, largest: i64) -> Result<(), GptError> {
-        let vocab = self.vocab_size;
-        if largest >= vocab as i64 {
-            return Err(GptError::InvalidBatch {
-                reason: format!(
-                    "token id {largest} is outside the model's vocabulary of {vocab} (ids 0..{})",
-                    vocab - 1
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Checks the new positions `inputs` `[B, T]` of a generation step against `limits` after the
-/// positions `cache` holds; returns the first new position.
-pub(crate) fn check_context(
-    inputs: &Tensor<2, Int>,
-    cache: Option<&KvCache>,
-    limits: &Limits,
-) -> Result<usize, GptError> {
-    let new = inputs.dims()[1];
-    let start = cache.map_or(0, KvCache::len);
-    if start + new > limits.max_seq_len {
-        return Err(GptError::TooLong {
-            tokens: start + new,
-            max_seq_len: limits.max_seq_len,
-        });
-    }
-    if new == 0 {
-        return Err(GptError::InvalidBatch {
-            reason: "no input positions to predict from".into(),
-        });
-    }
-    limits.check_token(inputs.clone().max().into_scalar::<i64>())?;
-    Ok(start)
-}
-
-// ----------------------------------------------------------------------------------------------
-// The key-value cache of generation
-
-/// The keys and values of the positions a model has run, per block, so that each generated
-/// token costs one new position instead of the whole prefix ([`Gpt::next_token_logits`]).
-/// Keys are stored after QK-norm and rotary, values after the value-residual mix, both
-/// `[B, H, T, head_dim]` in the policy's matmul dtype: exactly what attention reads.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-}
-
-/// One block's part of a [`KvCache`].
-#[derive(Debug, Clone, Default)]
-pub struct LayerCache {
-    keys_values: Option<(Tensor<4>, Tensor<4>)>,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.first_keys().map_or(0, |keys| keys.dims()[2])
-    }
-
-    /// Whether no position is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The dtype keys and values are held in (the policy's matmul dtype); `None` when empty.
-    pub fn dtype(&self) -> Option<DType> {
-        self.first_keys().map(Tensor::dtype)
-    }
-
-    /// The first block's keys: every block holds the same positions in the same dtype.
-    fn first_keys(&self) -> Option<&Tensor<4>> {
-        let layer = self.layers.first()?;
-        layer.keys_values.as_ref().map(|(keys, _)| keys)
-    }
-
-    /// Forgets every position (a new context).
-    pub fn clear(&mut self) {
-        self.layers.clear();
-    }
-
-    /// Block `index`'s part, created empty on first use.
-    pub(crate) fn layer(&mut self, index: usize) -> &mut LayerCache {
-        if self.layers.len() <= index {
-            self.layers.resize_with(index + 1, LayerCache::default);
-        }
-        &mut self.layers[index]
-    }
-}
-
-impl LayerCache {
-    /// Appends the new positions' `keys` and `values` and returns all of them.
-    pub(crate) fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let all = match self.keys_values.take() {
-            Some((past_keys, past_values)) => (
-                Tensor::cat(vec![past_keys, keys], 2),
-                Tensor::cat(vec![past_values, values], 2),
-            ),
-            None => (keys, values),
-        };
-        self.keys_values = Some(all.clone());
-        all
-    }
-}
-
-// ----------------------------------------------------------------------------------------------
-// A batch of token ids, checked before it reaches the model
-
-/// Inputs and next-token targets, `[B, T]` each.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    inputs: Tensor<2, Int>,
-    targets: Tensor<2, Int>,
-    max_token: u32,
-}
-
-impl Batch {
-    /// Builds a batch from a window of `B·T + 1` consecutive tokens, as the reference loader
-    /// reads them: row `b` of the inputs is `window[b·T .. b·T + T]`, its targets the same shifted
-    /// by one.
-    pub fn from_window<T: Copy + Into<u32>>(
-        window: &[T],
-        batch_size: usize,
-        seq_len: usize,
-        device: &Device,
-    ) -> Result<Self, GptError> {
-        let mut batches = Self::from_windows(&[window], batch_size, seq_len, device)?;
-        Ok(batches.pop().expect("one batch per window"))
-    }
-
-    /// A batch per window ([`from_window`](Self::from_window)), all of them sent to the
-    /// device in one copy: a step's micro-batches, with no transfer between its micro-steps.
-    pub fn from_windows<T: Copy + Into<u32>>(
-        windows: &[&[T]],
-        batch_size: usize,
-        seq_len: usize,
-        device: &Device,
-    ) -> Result<Vec<Self>, GptError> {
-        if batch_size == 0 || seq_len == 0 {
-            return Err(GptError::InvalidBatch {
-                reason: format!(
-                    "batch size {batch_size} and sequence length {seq_len} must both be at least 1"
-                ),
-            });
-        }
-        let needed = batch_size * seq_len + 1;
-        if let Some(window) = windows.iter().find(|w| w.len() != needed) {
-            return Err(GptError::InvalidBatch {
-                reason: format!(
-                    "a window for {batch_size} sequences of {seq_len} tokens holds {needed} \
-                     tokens, got {}",
-                    window.len()
-                ),
-            });
-        }
-        let ids: Vec<i32> = windows
-            .iter()
-            .flat_map(|w| w.iter().map(|&t| t.into() as i32))
-            .collect();
-        let all =
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [windows.len(), needed]), device);
-        let n = needed - 1;
-        let batches = windows.iter().enumerate().map(|(i, window)| {
-            let row = all.clone().narrow(0, i, 1).reshape([needed]);
-            let rows = |start: usize| {
-                row.clone()
-                    .narrow(0, start, n)
-                    .reshape([batch_size, seq_len])
-            };
-            Self {
-                inputs: rows(0),
-                targets: rows(1),
-                max_token: window.iter().map(|&t| t.into()).max().unwrap_or(0),
-            }
-        });
-        Ok(batches.collect())
-    }
-
-    /// Input token ids `[B, T]`.
-    pub fn inputs(&self) -> &Tensor<2, Int> {
-        &self.inputs
-    }
-
-    /// Target token ids `[B, T]` (the inputs shifted by one).
-    pub fn targets(&self) -> &Tensor<2, Int> {
-        &self.targets
-    }
-
-    /// Largest token id in the batch (the model checks it against its vocabulary).
-    pub fn max_token(&self) -> u32 {
-        self.max_token
-    }
-
-    /// `[B, T]`.
-    pub fn dims(&self) -> [usize; 2] {
-        self.inputs.dims()
     }
 }
 

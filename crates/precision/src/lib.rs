@@ -36,6 +36,7 @@
 mod casted_linear;
 mod convert;
 mod error;
+mod head_loss;
 mod lost_update;
 mod named;
 mod path;
@@ -44,11 +45,9 @@ mod report;
 mod role;
 
 pub use casted_linear::{CastedLinear, CastedLinearConfig, WeightLayout};
-pub use casted_linear::{
-    Head, LOGITS_PER_CHUNK, cross_entropy_fp32, head_loss, rows_per_chunk, softcap,
-};
 pub use convert::{PrecisionAware, apply_policy, cast_params};
 pub use error::PrecisionError;
+pub use head_loss::{Head, LOGITS_PER_CHUNK, head_loss, rows_per_chunk, softcap};
 pub use lost_update::{
     compensation_in_half_ulps, half_bf16_ulp, lost_updates, stochastic_rounded_away,
 };

@@ -394,13 +394,18 @@ pub fn record_name(step: usize) -> String {
     format!("step_{step:06}.json")
 }
 
-/// The step of a record's file name (`step_<digits>.json`), `None` for any other name.
-pub fn record_step(name: &str) -> Option<usize> {
-    let digits = name.strip_prefix("step_")?.strip_suffix(".json")?;
+/// The step a checkpoint file's name starts with (`step_<digits>.<rest>`), and the rest.
+pub(crate) fn file_step(name: &str) -> Option<(usize, &str)> {
+    let (digits, rest) = name.strip_prefix("step_")?.split_once('.')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    Some((digits.parse().ok()?, rest))
+}
+
+/// The step of a record's file name (`step_<digits>.json`), `None` for any other name.
+pub fn record_step(name: &str) -> Option<usize> {
+    file_step(name).and_then(|(step, rest)| (rest == "json").then_some(step))
 }
 
 /// The checkpoint records in `dir` (regular files named `step_<N>.json`), newest step first;

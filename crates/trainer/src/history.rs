@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{checkpoint_records, read_record};
+use crate::checkpoint::{checkpoint_records, file_step, read_record};
 use crate::error::TrainError;
 
 fn output_error(dir: &Path, problem: String) -> TrainError {
@@ -20,11 +20,7 @@ fn output_error(dir: &Path, problem: String) -> TrainError {
 
 /// The step a checkpoint's data file belongs to (`step_<digits>.<…>.safetensors`).
 fn data_file_step(name: &str) -> Option<usize> {
-    let (digits, tail) = name.strip_prefix("step_")?.split_once('.')?;
-    if !tail.ends_with(".safetensors") || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    file_step(name).and_then(|(step, rest)| rest.ends_with(".safetensors").then_some(step))
 }
 
 /// The data files of `dir` (regular files named `step_<N>.….safetensors`), with their steps.

@@ -32,7 +32,6 @@ mod output;
 pub mod plugins;
 mod resume;
 mod schedule;
-mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{

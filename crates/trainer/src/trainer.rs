@@ -588,11 +588,8 @@ impl<M: LanguageModel> Trainer<M> {
                 // Every rank checkpoints and stops at the same step as the others (a signal
                 // may reach one rank only; checkpoint plugins run on rank 0 alone), or a rank
                 // would wait for the others in a collective they never enter.
-                let flags = self
-                    .sync
-                    .all_gather(u64::from(checkpoint) | u64::from(stop) << 1)?;
-                checkpoint = flags.iter().any(|f| f & 1 != 0);
-                stop = flags.iter().any(|f| f & 2 != 0);
+                checkpoint = self.sync.any(checkpoint)?;
+                stop = self.sync.any(stop)?;
             }
             // A stop request is answered before evaluation and sampling, which may take longer
             // than the grace a scheduler gives between SIGTERM and SIGKILL.
@@ -646,7 +643,7 @@ impl<M: LanguageModel> Trainer<M> {
         let mut accumulator = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(accum_steps);
         // The step's tokens go to the device in one copy, and its losses come back in one read
-        // after the update: no host sync between micro-steps.
+        // after the last backward pass: no host sync between micro-steps.
         let windows = (0..accum_steps)
             .map(|_| self.train.next_window())
             .collect::<Result<Vec<_>, _>>()?;

@@ -1,160 +1,29 @@
 //! The record's optimizers, one per parameter group: Muon (`muon.rs`) for the 2-D matrices of
 //! the blocks, Adam (`adam.rs`) for the embedding, the head and the scalars; both write through
 //! one writer of updates by the policy's rounding (`write.rs`), which the lost-update probe
-//! observes (`probe.rs`). State is kept by parameter id; names appear at the checkpoint's edge.
+//! observes (`probe.rs`). The groups and their rates are in `groups.rs`. State is kept by
+//! parameter id; names appear at the checkpoint's edge (`state.rs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 
-use brainfloat_precision::{
-    ParamPath, ParamRole, ParamRoles, RoleMap, UpdateRounding, WeightLayout,
-};
+use brainfloat_precision::{ParamPath, ParamRole, ParamRoles, RoleMap, WeightLayout};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{DType, FloatDType, Tensor};
-
-use crate::error::TensorFileError;
+use burn::tensor::{DType, Tensor};
 
 mod adam;
+mod groups;
 mod muon;
 mod probe;
+mod state;
 mod write;
 
 use adam::AdamState;
 use brainfloat_ops::AdamGroup;
+pub use groups::{MatrixOptimizer, ParamGroup, RecordOptimizerConfig};
 use muon::{Muon, MuonState};
 pub use probe::LostUpdates;
 use write::Writer;
-
-/// The optimizer group of a parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ParamGroup {
-    /// Token embedding: Adam.
-    Embedding,
-    /// Output head: Adam.
-    Head,
-    /// 2-D matrices inside the blocks: Muon.
-    Matrices,
-    /// Every other parameter (lambdas): Adam.
-    Scalars,
-}
-
-impl ParamGroup {
-    /// Every group, in report order.
-    pub const ALL: [ParamGroup; 4] = [
-        ParamGroup::Embedding,
-        ParamGroup::Head,
-        ParamGroup::Matrices,
-        ParamGroup::Scalars,
-    ];
-
-    /// Lower-case name, as in metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            ParamGroup::Embedding => "embedding",
-            ParamGroup::Head => "head",
-            ParamGroup::Matrices => "matrices",
-            ParamGroup::Scalars => "scalars",
-        }
-    }
-
-    pub(super) fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl ParamGroup {
-    /// The record's group of a parameter playing `role`: Muon for the hidden matrices, Adam
-    /// (with the embedding's, the head's or the scalars' rate) for the rest.
-    pub fn of(role: ParamRole) -> Self {
-        match role {
-            ParamRole::Embedding => ParamGroup::Embedding,
-            ParamRole::HiddenMatrix => ParamGroup::Matrices,
-            ParamRole::OutputMatrix | ParamRole::LinearBias => ParamGroup::Head,
-            ParamRole::Scalar => ParamGroup::Scalars,
-        }
-    }
-}
-
-/// Learning rates and hyper-parameters of the record's optimizers (its values by default).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordOptimizerConfig {
-    /// Adam learning rate of the embedding.
-    pub embedding_lr: f64,
-    /// Adam learning rate of the head.
-    pub head_lr: f64,
-    /// Adam learning rate of the scalars.
-    pub scalar_lr: f64,
-    /// Muon learning rate of the block matrices.
-    pub matrix_lr: f64,
-    /// Adam betas.
-    pub adam_betas: (f64, f64),
-    /// Adam epsilon (PyTorch's 1e-8).
-    pub adam_eps: f64,
-    /// Muon momentum after warmup.
-    pub muon_momentum: f64,
-    /// Muon momentum at step 0.
-    pub muon_momentum_start: f64,
-    /// Steps over which Muon's momentum rises linearly to `muon_momentum`.
-    pub muon_momentum_warmup: usize,
-    /// Newton–Schulz iterations.
-    pub ns_steps: usize,
-    /// Dtype of the Newton–Schulz iteration (bf16 in the record).
-    pub ns_dtype: FloatDType,
-    /// How new values are written into bf16 weights and state (the policy's).
-    pub rounding: UpdateRounding,
-    /// Seed of stochastic rounding's random bits (the run's seed).
-    pub seed: u64,
-    /// Decoupled weight decay per group, by [`ParamGroup`] in [`ParamGroup::ALL`]'s order
-    /// (all 0 in the record).
-    pub weight_decay: [f64; 4],
-    /// Roles whose parameters are not updated (and get no state).
-    pub frozen: Vec<ParamRole>,
-    /// What steps the matrices group: the record's Muon, or Adam (AdamW with the group's
-    /// decay) at `matrix_lr`, as a fine-tuning of GPT-2 usually runs.
-    pub matrix_optimizer: MatrixOptimizer,
-}
-
-/// The optimizer of the hidden matrices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatrixOptimizer {
-    /// Momentum, Nesterov, Newton–Schulz orthogonalisation (the record's).
-    #[default]
-    Muon,
-    /// Adam with bias correction, as the other groups.
-    Adam,
-}
-
-impl Default for RecordOptimizerConfig {
-    fn default() -> Self {
-        Self {
-            embedding_lr: 0.3,
-            head_lr: 0.002,
-            scalar_lr: 0.02,
-            matrix_lr: 0.02,
-            adam_betas: (0.9, 0.95),
-            adam_eps: 1e-8,
-            muon_momentum: 0.95,
-            muon_momentum_start: 0.85,
-            muon_momentum_warmup: 500,
-            ns_steps: 5,
-            ns_dtype: FloatDType::BF16,
-            rounding: UpdateRounding::Nearest,
-            seed: 0,
-            weight_decay: [0.0; 4],
-            frozen: Vec::new(),
-            matrix_optimizer: MatrixOptimizer::Muon,
-        }
-    }
-}
-
-impl RecordOptimizerConfig {
-    /// Muon's momentum at optimizer step `step`: `(1−f)·start + f·end`, `f = min(step/warmup, 1)`.
-    pub fn muon_momentum_at(&self, step: usize) -> f64 {
-        let f = (step as f64 / self.muon_momentum_warmup.max(1) as f64).min(1.0);
-        (1.0 - f) * self.muon_momentum_start + f * self.muon_momentum
-    }
-}
 
 /// What the optimizer knows of a parameter, read from the model once: its name (what a
 /// checkpoint calls it), its group, and its word in the keys of its rounding streams.
@@ -182,13 +51,6 @@ pub struct RecordOptimizer {
     probe: Option<LostUpdates>,
 }
 
-/// Suffixes of the state tensors in a saved optimizer, after the parameter's name (PyTorch's
-/// state names).
-const EXP_AVG: &str = "exp_avg";
-const EXP_AVG_SQ: &str = "exp_avg_sq";
-const MOMENTUM_BUFFER: &str = "momentum_buffer";
-const KAHAN_COMPENSATION: &str = "kahan_compensation";
-
 impl RecordOptimizer {
     /// A fresh optimizer.
     pub fn new(config: RecordOptimizerConfig) -> Self {
@@ -212,173 +74,6 @@ impl RecordOptimizer {
     /// taking it ends probing.
     pub fn take_probe(&mut self) -> Option<LostUpdates> {
         self.probe.take()
-    }
-
-    /// Every state tensor, flattened, named `<parameter>.exp_avg`, `.exp_avg_sq` (Adam),
-    /// `.momentum_buffer` (Muon) or `.kahan_compensation` (Kahan), and the Adam step count of
-    /// each parameter.
-    pub fn state(&self) -> (Vec<(String, Tensor<1>)>, BTreeMap<String, i32>) {
-        let mut tensors = Vec::new();
-        let mut steps = BTreeMap::new();
-        let name = |id: &ParamId| self.params[id].name.clone();
-        for (id, adam) in &self.adam {
-            let name = name(id);
-            tensors.push((format!("{name}.{EXP_AVG}"), adam.moment_1.clone()));
-            tensors.push((format!("{name}.{EXP_AVG_SQ}"), adam.moment_2.clone()));
-            steps.insert(name, adam.steps);
-        }
-        for (id, muon) in &self.muon {
-            let buffer = muon.momentum_buffer.clone();
-            tensors.push((format!("{}.{MOMENTUM_BUFFER}", name(id)), buffer));
-        }
-        for (id, compensation) in &self.compensation {
-            let entry = format!("{}.{KAHAN_COMPENSATION}", name(id));
-            tensors.push((entry, compensation.clone()));
-        }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        (tensors, steps)
-    }
-
-    /// Restores what [`state`](Self::state) returned for `model`'s parameters; `tensor` looks
-    /// a state tensor up by name.
-    pub fn load_state<M: ParamRoles>(
-        &mut self,
-        model: &M,
-        names: &[String],
-        mut tensor: impl FnMut(&str) -> Result<Tensor<1>, TensorFileError>,
-        steps: &BTreeMap<String, i32>,
-    ) -> Result<(), TensorFileError> {
-        self.params = param_table(model);
-        let ids: HashMap<&str, ParamId> = self
-            .params
-            .iter()
-            .map(|(id, entry)| (entry.name.as_str(), *id))
-            .collect();
-        // State of parameters the model lacks, all named at once.
-        let strangers: Vec<String> = names
-            .iter()
-            .filter(|name| {
-                let param = name
-                    .rsplit_once('.')
-                    .map_or(name.as_str(), |(param, _)| param);
-                !ids.contains_key(param)
-            })
-            .map(|name| format!("state {name} belongs to no parameter of the model"))
-            .collect();
-        if !strangers.is_empty() {
-            return Err(TensorFileError {
-                problems: strangers,
-            });
-        }
-        let id_of = |param: &str| ids[param];
-        self.adam.clear();
-        self.muon.clear();
-        self.compensation.clear();
-        for name in names {
-            if let Some(param) = name.strip_suffix(&format!(".{KAHAN_COMPENSATION}")) {
-                self.compensation.insert(id_of(param), tensor(name)?);
-            } else if let Some(param) = name.strip_suffix(&format!(".{MOMENTUM_BUFFER}")) {
-                let momentum_buffer = tensor(name)?;
-                let state = MuonState { momentum_buffer };
-                self.muon.insert(id_of(param), state);
-            } else if let Some(param) = name.strip_suffix(&format!(".{EXP_AVG}")) {
-                let count = *steps.get(param).ok_or_else(|| {
-                    TensorFileError::one(format!("no Adam step count for {param}"))
-                })?;
-                let state = AdamState {
-                    steps: count,
-                    moment_1: tensor(name)?,
-                    moment_2: tensor(&format!("{param}.{EXP_AVG_SQ}"))?,
-                };
-                self.adam.insert(id_of(param), state);
-            } else if !name.ends_with(&format!(".{EXP_AVG_SQ}")) {
-                return Err(TensorFileError::one(format!(
-                    "unknown optimizer state tensor {name}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks state just loaded against the model's parameters (`numel` by name) after `step`
-    /// optimizer steps: no state of a parameter the model lacks, each tensor the length of its
-    /// parameter, Adam's step counts between 1 and `step`, and state for every parameter or for
-    /// none (a run whose every step was skipped). Every problem is named, so that one attempt lists them all.
-    pub fn check_state(
-        &self,
-        numel: &BTreeMap<String, usize>,
-        step: usize,
-    ) -> Result<(), TensorFileError> {
-        let mut problems = Vec::new();
-        let (tensors, steps) = self.state();
-        for (name, tensor) in &tensors {
-            let param = name
-                .rsplit_once('.')
-                .map_or(name.as_str(), |(param, _)| param);
-            match numel.get(param) {
-                None => problems.push(format!("state {name} belongs to no parameter of the model")),
-                Some(&expected) if tensor.dims()[0] != expected => problems.push(format!(
-                    "state {name} holds {} values, its parameter {expected}",
-                    tensor.dims()[0]
-                )),
-                Some(_) => {}
-            }
-        }
-        for (param, &count) in &steps {
-            if count < 1 || count as usize > step.max(1) {
-                problems.push(format!(
-                    "Adam step count {count} for {param} after {step} optimizer steps (1 to \
-                     {step} expected)"
-                ));
-            }
-        }
-        // State of the other optimizer: a checkpoint written under the other matrix_optimizer.
-        let states =
-            (self.muon.keys().map(|id| (id, true))).chain(self.adam.keys().map(|id| (id, false)));
-        for (id, muon) in
-            states.filter(|(id, muon)| self.steps_with_muon(&self.params[id]) != *muon)
-        {
-            let (kind, configured) = if muon {
-                ("Muon", "adam")
-            } else {
-                ("Adam", "muon")
-            };
-            problems.push(format!(
-                "{} has {kind}'s state, and optim.matrix_optimizer = \"{configured}\" steps it \
-                 with the other optimizer",
-                self.params[id].name,
-            ));
-        }
-        // None at all is a run whose every step was skipped; some but not all is damage.
-        if step > 0 && !(self.adam.is_empty() && self.muon.is_empty()) {
-            // Frozen parameters have none, on purpose.
-            let frozen = self
-                .params
-                .iter()
-                .filter(|(id, _)| self.is_frozen(**id))
-                .map(|(_, p)| p.name.as_str());
-            let stated: HashSet<&str> = (self.adam.keys().chain(self.muon.keys()))
-                .map(|id| self.params[id].name.as_str())
-                .chain(frozen)
-                .collect();
-            let missing: Vec<&str> = numel
-                .keys()
-                .map(String::as_str)
-                .filter(|param| !stated.contains(param))
-                .collect();
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "no optimizer state for {} parameter(s) after {step} steps: {}",
-                    missing.len(),
-                    missing.join(", ")
-                ));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(TensorFileError { problems })
-        }
     }
 
     /// One optimizer step at 0-based `step`: every gradient is first multiplied by `grad_scale`
@@ -729,9 +424,13 @@ impl ModuleMapper for PutBack<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::state::{EXP_AVG, EXP_AVG_SQ, MOMENTUM_BUFFER};
     use super::*;
+    use brainfloat_precision::UpdateRounding;
     use brainfloat_precision::{CastedLinear, CastedLinearConfig};
     use burn::module::Module;
+    use burn::tensor::FloatDType;
+    use std::collections::BTreeMap;
 
     /// A layer that is a model's output head (Adam with the head's rate).
     #[derive(Module, Debug)]
@@ -999,9 +698,13 @@ mod tests {
         );
     }
 
-    /// The head (Adam's head group) with fp32 weights after `steps` steps of the gradient of
-    /// `sum(linear(x))`, and the gradient (the same every step: `Σ_b x[b, i]` for every row).
-    fn trained_head(config: RecordOptimizerConfig, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+    /// The head (Adam's head group) with fp32 weights before and after `steps` steps of the
+    /// gradient of `sum(linear(x))`, the gradient (the same every step: `Σ_b x[b, i]` for every
+    /// row), and the names of the optimizer's state tensors after them.
+    fn trained_head(
+        config: RecordOptimizerConfig,
+        steps: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f64>, Vec<String>) {
         let device = brainfloat_test_support::test_device().autodiff();
         let linear = CastedLinearConfig::new(4, 3).init(&device);
         let before: Vec<f32> = linear.weight.val().into_data().try_to_vec().unwrap();
@@ -1015,7 +718,13 @@ mod tests {
         }
         let after: Vec<f32> = layer.linear.weight.val().into_data().try_to_vec().unwrap();
         let grad = [1.5, 1.0, 3.25, 6.0].repeat(3);
-        (before, after, grad)
+        let state = optimizer
+            .state()
+            .0
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        (before, after, grad, state)
     }
 
     /// AdamW as PyTorch computes it (`torch.optim.AdamW`: decay first, then the Adam step with
@@ -1029,7 +738,7 @@ mod tests {
             ..Default::default()
         };
         let steps = 3;
-        let (before, after, grad) = trained_head(config, steps);
+        let (before, after, grad, _) = trained_head(config, steps);
         for ((w0, got), g) in before.iter().zip(&after).zip(&grad) {
             let (mut w, mut m, mut v) = (*w0 as f64, 0.0, 0.0);
             for t in 1..=steps as i32 {
@@ -1042,7 +751,7 @@ mod tests {
             assert!((*got as f64 - w).abs() <= 2e-6, "{got} vs {w}");
             // The decay is visible: without it the weight would end elsewhere by ~lr·wd·|w|·3.
         }
-        let (_, undecayed, _) = trained_head(
+        let (_, undecayed, _, _) = trained_head(
             RecordOptimizerConfig {
                 head_lr: lr,
                 ..Default::default()
@@ -1064,8 +773,13 @@ mod tests {
             frozen: vec![ParamRole::OutputMatrix],
             ..Default::default()
         };
-        let (before, after, _) = trained_head(config, 2);
+        let (before, after, _, state) = trained_head(config, 2);
         assert_eq!(before, after);
+        assert!(state.is_empty(), "{state:?}");
+        // Unfrozen, the same steps move the weight and keep Adam's two moments.
+        let (before, after, _, state) = trained_head(RecordOptimizerConfig::default(), 2);
+        assert_ne!(before, after);
+        assert_eq!(state.len(), 2, "{state:?}");
     }
 
     /// The norm counts the trained parameters' gradients, a frozen role's not.
