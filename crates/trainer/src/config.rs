@@ -557,6 +557,13 @@ impl TrainConfig {
 
     /// Checks every value; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_counts()?;
+        self.validate_rates()?;
+        self.validate_shapes()
+    }
+
+    /// Counts that must be at least 1.
+    fn validate_counts(&self) -> Result<(), ConfigError> {
         let t = &self.train;
         let positive = [
             ("train.steps", t.steps),
@@ -578,6 +585,12 @@ impl TrainConfig {
                 "must be at least 1 when eval.sample_every is on",
             ));
         }
+        Ok(())
+    }
+
+    /// Rates, decays and momenta in their ranges.
+    fn validate_rates(&self) -> Result<(), ConfigError> {
+        let t = &self.train;
         let o = &self.optim;
         let rates = [
             ("optim.embedding_lr", o.embedding_lr),
@@ -624,6 +637,12 @@ impl TrainConfig {
                 return Err(invalid(key, format!("must be in [0, 1), got {value}")));
             }
         }
+        Ok(())
+    }
+
+    /// The batch's split over ranks and micro-steps, the schedule's length, the model's context.
+    fn validate_shapes(&self) -> Result<(), ConfigError> {
+        let t = &self.train;
         let per_step = t.ranks * t.grad_accum_steps;
         if !t.batch_size.is_multiple_of(per_step) {
             return Err(invalid(

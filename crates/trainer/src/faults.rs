@@ -63,36 +63,62 @@ pub(crate) fn point(at: FaultPoint, step: usize) {
 #[inline(always)]
 pub(crate) fn point(_at: FaultPoint, _step: usize) {}
 
-/// The non-finite injections [`INJECT_NON_FINITE`] asks for.
-#[cfg(feature = "testing")]
-pub(crate) fn injections() -> Result<Vec<(NonFinite, usize)>, TrainError> {
-    use crate::config::ConfigError;
-    let Ok(text) = std::env::var(INJECT_NON_FINITE) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .filter(|item| !item.trim().is_empty())
-        .map(|item| {
-            let parsed = item.trim().split_once('@').and_then(|(what, step)| {
-                let what = match what {
-                    "loss" => NonFinite::Loss,
-                    "grad" => NonFinite::Gradient,
-                    _ => return None,
-                };
-                Some((what, step.parse().ok()?))
-            });
-            parsed.ok_or_else(|| {
-                TrainError::Config(ConfigError {
-                    key: INJECT_NON_FINITE.into(),
-                    problem: format!("`{item}` is not loss@STEP or grad@STEP"),
-                })
-            })
-        })
-        .collect()
+/// The non-finite values the fault suite puts into a run ([`INJECT_NON_FINITE`]), by 1-based
+/// step: the step's loss or its gradients made NaN. Empty, and never read, without the
+/// `testing` feature.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Injections {
+    #[cfg(feature = "testing")]
+    at: Vec<(NonFinite, usize)>,
 }
 
-/// Without the `testing` feature: none.
-#[cfg(not(feature = "testing"))]
-pub(crate) fn injections() -> Result<Vec<(NonFinite, usize)>, TrainError> {
-    Ok(Vec::new())
+impl Injections {
+    /// The injections [`INJECT_NON_FINITE`] asks for.
+    #[cfg(feature = "testing")]
+    pub(crate) fn from_environment() -> Result<Self, TrainError> {
+        use crate::config::ConfigError;
+        let Ok(text) = std::env::var(INJECT_NON_FINITE) else {
+            return Ok(Self::default());
+        };
+        let at = text
+            .split(',')
+            .filter(|item| !item.trim().is_empty())
+            .map(|item| {
+                let parsed = item.trim().split_once('@').and_then(|(what, step)| {
+                    let what = match what {
+                        "loss" => NonFinite::Loss,
+                        "grad" => NonFinite::Gradient,
+                        _ => return None,
+                    };
+                    Some((what, step.parse().ok()?))
+                });
+                parsed.ok_or_else(|| {
+                    TrainError::Config(ConfigError {
+                        key: INJECT_NON_FINITE.into(),
+                        problem: format!("`{item}` is not loss@STEP or grad@STEP"),
+                    })
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { at })
+    }
+
+    /// Without the `testing` feature: none.
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn from_environment() -> Result<Self, TrainError> {
+        Ok(Self::default())
+    }
+
+    /// Whether `what` of 1-based `step` is made NaN.
+    #[cfg(feature = "testing")]
+    pub(crate) fn poisons(&self, what: NonFinite, step: usize) -> bool {
+        self.at.contains(&(what, step))
+    }
+
+    /// Without the `testing` feature: never.
+    #[cfg(not(feature = "testing"))]
+    #[inline(always)]
+    pub(crate) fn poisons(&self, _what: NonFinite, _step: usize) -> bool {
+        false
+    }
 }

@@ -16,12 +16,12 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::{
-    RunState, checkpoint_records, load_checkpoint, load_weights, random_id, record_name,
+    Restored, RunState, checkpoint_records, load_checkpoint, load_weights, random_id, record_name,
     save_checkpoint,
 };
 use crate::config::{ConfigError, NonFinitePolicy, TrainConfig};
 use crate::error::TrainError;
-use crate::faults::{NonFinite, injections};
+use crate::faults::{Injections, NonFinite};
 use crate::history::{keep_last, remove_orphans, set_aside};
 use crate::optim::{ParamGroup, RecordOptimizer, RecordOptimizerConfig, clip_factor};
 use crate::output::OutputFolder;
@@ -64,7 +64,8 @@ pub struct Trainer<M: LanguageModel = Model> {
     skipped_steps: usize,
     /// Steps skipped since the last applied one (`train.max_skipped_steps`).
     skipped_in_a_row: usize,
-    injected: Vec<(NonFinite, usize)>,
+    /// The fault suite's non-finite values (none without the `testing` feature).
+    injected: Injections,
     /// The run's identity, in every checkpoint record: made at a fresh start, kept on resume.
     run_id: String,
     /// The training shards' identities, recorded with each checkpoint.
@@ -206,19 +207,7 @@ impl<M: LanguageModel> Trainer<M> {
             .as_deref()
             .expect("the sync is held until the trainer takes it");
         config.validate()?;
-        if config.train.ranks != sync.world_size() {
-            return Err(TrainError::Config(ConfigError {
-                key: "train.ranks".into(),
-                problem: format!(
-                    "is {} but {} process(es) run; launch with `cargo xtask train --ranks {}` \
-                     (mpirun), or set train.ranks={}",
-                    config.train.ranks,
-                    sync.world_size(),
-                    config.train.ranks,
-                    sync.world_size()
-                ),
-            }));
-        }
+        check_ranks(&config, sync.world_size())?;
         let shape = config.shape()?;
         // Only rank 0 writes into the folder: it claims it (lock, stale temporaries, room for a
         // checkpoint: weights and Adam's or Muon's state, at most 3 × fp32 per parameter).
@@ -254,7 +243,7 @@ impl<M: LanguageModel> Trainer<M> {
         let samples = (config.eval.sample_every > 0 && sync.is_leader())
             .then(|| SamplePrompt::new(&config))
             .transpose()?;
-        let injected = injections()?;
+        let injected = Injections::from_environment()?;
         let optimizer = RecordOptimizer::new(optimizer_config(&config, model.policy()));
         let schedule = config.schedule();
         let trainer = Self {
@@ -393,10 +382,10 @@ impl<M: LanguageModel> Trainer<M> {
         Ok(())
     }
 
-    fn resume(&mut self, path: Option<PathBuf>) -> Result<(), TrainError> {
+    /// The checkpoint `path` names, loaded: an explicit record is that record; a folder (or
+    /// none: the output folder) is its newest checkpoint that verifies, older ones tried in turn.
+    fn load_newest(&self, path: Option<PathBuf>) -> Result<(PathBuf, Restored<M>), TrainError> {
         let dir = self.config.output.dir.clone();
-        // An explicit record is that record; a folder (or none: the output folder) is its
-        // newest checkpoint that verifies, older ones tried in turn.
         let (candidates, explicit) = match path {
             Some(path) if path.is_dir() => (checkpoint_records(&path), false),
             Some(path) => (vec![(0, path)], true),
@@ -439,6 +428,12 @@ impl<M: LanguageModel> Trainer<M> {
                 problem: format!("no checkpoint verifies: {}", problems.join("; ")),
             });
         };
+        Ok((path, restored))
+    }
+
+    fn resume(&mut self, path: Option<PathBuf>) -> Result<(), TrainError> {
+        let dir = self.config.output.dir.clone();
+        let (path, restored) = self.load_newest(path)?;
         let position =
             restored
                 .record
@@ -633,21 +628,53 @@ impl<M: LanguageModel> Trainer<M> {
     }
 
     /// One optimizer step: `grad_accum_steps` micro-batches, gradients summed (fp32 sums for
-    /// fp32 parameters), then scaled by `1/grad_accum_steps` inside the optimizer.
+    /// fp32 parameters) and averaged over the ranks, checked, then applied (scaled by
+    /// `1/grad_accum_steps` inside the optimizer) or, if not finite, skipped or refused.
     pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
         let started = Instant::now();
+        let (grads, losses) = self.forward_backward()?;
+        let sync_started = Instant::now();
+        let grads = all_reduce_gradients(&*self.model, grads, self.sync.as_mut())?;
+        let sync_time = sync_started.elapsed();
+        let check = self.check(&grads, losses)?;
+        let lr_multiplier = self.schedule.multiplier(self.step);
+        let skipped = !check.is_finite();
+        if skipped {
+            self.skip(&check)?;
+        } else {
+            self.apply(grads, check.grad_scale, lr_multiplier);
+        }
+        self.step += 1;
+        let step_time = started.elapsed();
+        let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
+        Ok(StepStats {
+            step: self.step,
+            loss: check.loss,
+            last_micro_loss: check.last_micro_loss,
+            lr_multiplier,
+            step_time,
+            tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),
+            grad_norm: check.grad_norm,
+            skipped,
+            sync_time,
+            lost_updates: self.optimizer.take_probe(),
+        })
+    }
+
+    /// The step's `grad_accum_steps` micro-batches, each forward and backward, their gradients
+    /// summed; and each micro-batch's loss, on the device. The step's tokens go to the device
+    /// in one copy, and its losses stay there until the check reads them: no host sync between
+    /// micro-steps.
+    fn forward_backward(&mut self) -> Result<(GradientsParams, Tensor<1>), TrainError> {
         let accum_steps = self.config.train.grad_accum_steps;
         let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
-        let inject = |what| self.injected.contains(&(what, self.step + 1));
-        let (poison_loss, poison_grads) = (inject(NonFinite::Loss), inject(NonFinite::Gradient));
-        let mut accumulator = GradientsAccumulator::new();
-        let mut losses = Vec::with_capacity(accum_steps);
-        // The step's tokens go to the device in one copy, and its losses come back in one read
-        // after the last backward pass: no host sync between micro-steps.
+        let poison_loss = self.injected.poisons(NonFinite::Loss, self.step + 1);
         let windows = (0..accum_steps)
             .map(|_| self.train.next_window())
             .collect::<Result<Vec<_>, _>>()?;
         let windows: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let mut accumulator = GradientsAccumulator::new();
+        let mut losses = Vec::with_capacity(accum_steps);
         for batch in Batch::from_windows(&windows, micro, seq_len, &self.device)? {
             let mut loss = self.model.forward(&batch)?;
             if poison_loss {
@@ -657,22 +684,27 @@ impl<M: LanguageModel> Trainer<M> {
             let grads = GradientsParams::from_grads(loss.backward(), &*self.model);
             accumulator.accumulate(&*self.model, grads);
         }
-        let lr_multiplier = self.schedule.multiplier(self.step);
-        let sync_started = Instant::now();
-        let grads = all_reduce_gradients(&*self.model, accumulator.grads(), self.sync.as_mut())?;
-        let sync_time = sync_started.elapsed();
-        let grad_scale = if poison_grads {
+        Ok((accumulator.grads(), Tensor::cat(losses, 0)))
+    }
+
+    /// The step's mean loss over the ranks and the global norm of its gradients as the update
+    /// would scale them, read before any update: a bad step is never applied, so nothing is
+    /// kept aside to undo it (a second handle to the weights would make every in-place update
+    /// copy).
+    fn check(
+        &mut self,
+        grads: &GradientsParams,
+        losses: Tensor<1>,
+    ) -> Result<StepCheck, TrainError> {
+        let accum_steps = self.config.train.grad_accum_steps;
+        let grad_scale = if self.injected.poisons(NonFinite::Gradient, self.step + 1) {
             f64::NAN
         } else {
             1.0 / accum_steps as f64
         };
-        // Checked before the update, so that a bad step is never applied and nothing is kept
-        // aside to undo it: a second handle to the weights would make every in-place update copy.
-        let grad_norm = self.optimizer.grad_norm(&*self.model, &grads, grad_scale);
+        let grad_norm = self.optimizer.grad_norm(&*self.model, grads, grad_scale);
         let grad_scale = grad_scale * clip_factor(grad_norm, self.config.optim.max_grad_norm);
-        let losses: Vec<f64> = Tensor::cat(losses, 0)
-            .into_data()
-            .try_to_vec::<f32>()
+        let losses: Vec<f64> = (losses.into_data().try_to_vec::<f32>())
             .expect("the losses are fp32")
             .into_iter()
             .map(f64::from)
@@ -680,61 +712,62 @@ impl<M: LanguageModel> Trainer<M> {
         let loss = self
             .sync
             .mean(losses.iter().sum::<f64>() / accum_steps as f64)?;
-        let skipped = !(loss.is_finite() && grad_norm.is_finite());
-        if skipped {
-            let policy = self.config.train.on_non_finite;
-            tracing::warn!(
-                step = self.step + 1,
-                loss,
-                grad_norm,
-                ?policy,
-                "non-finite step"
-            );
-            if policy == NonFinitePolicy::Stop {
-                return Err(TrainError::NonFinite {
-                    step: self.step + 1,
-                    loss,
-                    grad_norm,
-                    last_checkpoint: self.last_checkpoint.clone(),
-                });
-            }
-            self.skipped_steps += 1;
-            self.skipped_in_a_row += 1;
-            let limit = self.config.train.max_skipped_steps;
-            if limit > 0 && self.skipped_in_a_row >= limit {
-                return Err(TrainError::OnlySkipping {
-                    steps: self.skipped_in_a_row,
-                    step: self.step + 1,
-                    last_checkpoint: self.last_checkpoint.clone(),
-                });
-            }
-        } else {
-            let probe_every = self.config.eval.lost_update_every;
-            if probe_every > 0 && self.step.is_multiple_of(probe_every) {
-                self.optimizer.probe_next_step();
-            }
-            let step = self.step;
-            self.model.update(|model| {
-                self.optimizer
-                    .step(model, grads, grad_scale, lr_multiplier, step)
-            });
-            self.skipped_in_a_row = 0;
-        }
-        self.step += 1;
-        let step_time = started.elapsed();
-        let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
-        Ok(StepStats {
-            step: self.step,
+        Ok(StepCheck {
             loss,
             last_micro_loss: losses[accum_steps - 1],
-            lr_multiplier,
-            step_time,
-            tokens_per_sec: step_tokens / step_time.as_secs_f64().max(1e-9),
             grad_norm,
-            skipped,
-            sync_time,
-            lost_updates: self.optimizer.take_probe(),
+            grad_scale,
         })
+    }
+
+    /// The optimizers' update with `grads` scaled by `grad_scale`, at the schedule's rate.
+    fn apply(&mut self, grads: GradientsParams, grad_scale: f64, lr_multiplier: f64) {
+        let probe_every = self.config.eval.lost_update_every;
+        if probe_every > 0 && self.step.is_multiple_of(probe_every) {
+            self.optimizer.probe_next_step();
+        }
+        let step = self.step;
+        self.model.update(|model| {
+            self.optimizer
+                .step(model, grads, grad_scale, lr_multiplier, step)
+        });
+        self.skipped_in_a_row = 0;
+    }
+
+    /// A step whose loss or gradient norm is not finite: the run ends under
+    /// `train.on_non_finite = "stop"`, or after `train.max_skipped_steps` skipped in a row;
+    /// otherwise the step is counted and dropped.
+    fn skip(&mut self, check: &StepCheck) -> Result<(), TrainError> {
+        let StepCheck {
+            loss, grad_norm, ..
+        } = *check;
+        let policy = self.config.train.on_non_finite;
+        tracing::warn!(
+            step = self.step + 1,
+            loss,
+            grad_norm,
+            ?policy,
+            "non-finite step"
+        );
+        if policy == NonFinitePolicy::Stop {
+            return Err(TrainError::NonFinite {
+                step: self.step + 1,
+                loss,
+                grad_norm,
+                last_checkpoint: self.last_checkpoint.clone(),
+            });
+        }
+        self.skipped_steps += 1;
+        self.skipped_in_a_row += 1;
+        let limit = self.config.train.max_skipped_steps;
+        if limit > 0 && self.skipped_in_a_row >= limit {
+            return Err(TrainError::OnlySkipping {
+                steps: self.skipped_in_a_row,
+                step: self.step + 1,
+                last_checkpoint: self.last_checkpoint.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Mean validation loss over `eval.tokens` tokens from the start of the validation shards,
@@ -936,6 +969,39 @@ pub fn init_model_of<M: LanguageModel>(
     device.seed(seed);
     apply_policy(M::init(&shape, device)?, &policy, device)
         .map_err(|err| TrainError::Model(err.into()))
+}
+
+/// Refuses a config whose `train.ranks` is not the number of processes that run.
+fn check_ranks(config: &TrainConfig, world_size: usize) -> Result<(), TrainError> {
+    if config.train.ranks == world_size {
+        return Ok(());
+    }
+    Err(TrainError::Config(ConfigError {
+        key: "train.ranks".into(),
+        problem: format!(
+            "is {} but {world_size} process(es) run; launch with `cargo xtask train --ranks {}` \
+             (mpirun), or set train.ranks={world_size}",
+            config.train.ranks, config.train.ranks,
+        ),
+    }))
+}
+
+/// What a step is checked by before it is applied: the mean loss over the ranks, the global
+/// gradient norm, and the scale the update gives the summed gradients (`1/grad_accum_steps`,
+/// times the clipping factor).
+#[derive(Debug, Clone, Copy)]
+struct StepCheck {
+    loss: f64,
+    /// This rank's loss of the step's last micro-batch.
+    last_micro_loss: f64,
+    grad_norm: f64,
+    grad_scale: f64,
+}
+
+impl StepCheck {
+    fn is_finite(&self) -> bool {
+        self.loss.is_finite() && self.grad_norm.is_finite()
+    }
 }
 
 fn optimizer_config(config: &TrainConfig, policy: &PrecisionPolicy) -> RecordOptimizerConfig {
