@@ -297,10 +297,8 @@ def train_curve(args, presets):
                     if isinstance(opt, Muon):
                         group["momentum"] = (1 - fraction) * 0.85 + fraction * 0.95
             for _ in range(args.accum):
-                batch = tokens[start : start + window + 1]
+                inputs, targets = batch_at(tokens, start, args)
                 start += window
-                inputs = batch[:-1].view(args.batch, args.seq).to(args.device)
-                targets = batch[1:].view(args.batch, args.seq).to(args.device)
                 with context:
                     loss = model(inputs, targets)
                 (loss / args.accum).backward()
@@ -326,6 +324,14 @@ def read_shard(path):
     return torch.from_numpy(tokens.astype(np.int64))
 
 
+def batch_at(tokens, start, args):
+    """The batch of `--batch` × `--seq` inputs read from token `start`, and its next-token
+    targets, as brainfloat's loader reads a window of B·T + 1 tokens."""
+    window = tokens[start : start + args.batch * args.seq + 1]
+    shape = (args.batch, args.seq)
+    return window[:-1].view(shape).to(args.device), window[1:].view(shape).to(args.device)
+
+
 def batch_losses(args, presets):
     """`--batch-losses`: every preset's loss at `--init` on every whole batch of `--tokens`."""
     from safetensors.torch import load_file
@@ -340,9 +346,7 @@ def batch_losses(args, presets):
         losses[preset] = []
         with torch.no_grad(), context:
             for start in range(0, len(tokens) - window, window):
-                batch = tokens[start : start + window + 1]
-                inputs = batch[:-1].view(args.batch, args.seq).to(args.device)
-                targets = batch[1:].view(args.batch, args.seq).to(args.device)
+                inputs, targets = batch_at(tokens, start, args)
                 losses[preset].append(model(inputs, targets).float().item())
         print(f"{preset:9} " + " ".join(f"{v:.7f}" for v in losses[preset]))
     with open(args.batch_losses, "w") as f:
@@ -360,9 +364,7 @@ def dump_layers(args, presets):
     from safetensors.torch import load_file, save_file
 
     weights = load_file(args.init)
-    tokens = read_shard(args.tokens)[: args.batch * args.seq + 1]
-    inputs = tokens[:-1].view(args.batch, args.seq).to(args.device)
-    targets = tokens[1:].view(args.batch, args.seq).to(args.device)
+    inputs, targets = batch_at(read_shard(args.tokens), 0, args)
     out = {}
     for preset in presets:
         model, _ = build(preset, args, weights)

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::elem::Float;
+use crate::path::fma_multiversion;
 use crate::rounding::{BITS_PER_BLOCK, fill_random_bits};
 
 /// The hyper-parameters of one Adam step (PyTorch's `Adam`, or `AdamW` with a weight decay).
@@ -174,72 +175,28 @@ struct Block<'a, P, G, S> {
     compensation: Option<&'a mut [P]>,
 }
 
-/// The update of one block, with `bits` (parameter's, first and second moment's streams)
-/// stochastically: compiled for AVX-512 where the CPU has it (the loop vectorises: it has no
-/// branch), else for AVX2 and FMA (the fused multiply-adds are instructions, not libm calls),
-/// portable elsewhere.
-fn update_block<P: Float, G: Float, S: Float>(
-    block: Block<'_, P, G, S>,
-    coefficients: &Coefficients,
-    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::path::avx512() {
-        // SAFETY: the CPU reports every feature `update_block_avx512` is compiled for.
-        return unsafe { update_block_avx512(block, coefficients, bits) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::path::avx2_fma() {
-        // SAFETY: the CPU reports every feature `update_block_avx2_fma` is compiled for.
-        return unsafe { update_block_avx2_fma(block, coefficients, bits) };
-    }
-    update_block_portable(block, coefficients, bits)
-}
-
-/// [`update_block`] compiled for AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn update_block_avx2_fma<P: Float, G: Float, S: Float>(
-    block: Block<'_, P, G, S>,
-    coefficients: &Coefficients,
-    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
-) {
-    update_block_portable(block, coefficients, bits)
-}
-
-/// [`update_block`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW, DQ and VL.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn update_block_avx512<P: Float, G: Float, S: Float>(
-    block: Block<'_, P, G, S>,
-    coefficients: &Coefficients,
-    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
-) {
-    update_block_portable(block, coefficients, bits)
-}
-
-#[inline(always)]
-fn update_block_portable<P: Float, G: Float, S: Float>(
-    mut block: Block<'_, P, G, S>,
-    coefficients: &Coefficients,
-    bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
-) {
-    const NONE: [[u16; BITS_PER_BLOCK]; 3] = [[0; BITS_PER_BLOCK]; 3];
-    match (bits, block.compensation.take()) {
-        (None, None) => {
-            update_elements::<false, false, P, G, S>(block, coefficients, &NONE, &mut [])
-        }
-        (Some(bits), _) => {
-            update_elements::<true, false, P, G, S>(block, coefficients, bits, &mut [])
-        }
-        (None, Some(compensation)) => {
-            update_elements::<false, true, P, G, S>(block, coefficients, &NONE, compensation)
+fma_multiversion! {
+    /// The update of one block, with `bits` (parameter's, first and second moment's streams)
+    /// stochastically: compiled for AVX-512 where the CPU has it (the loop vectorises: it has
+    /// no branch), else for AVX2 and FMA (the fused multiply-adds are instructions, not libm
+    /// calls), portable elsewhere.
+    fn update_block<P: Float, G: Float, S: Float>(
+        block: Block<'_, P, G, S>,
+        coefficients: &Coefficients,
+        bits: Option<&[[u16; BITS_PER_BLOCK]; 3]>,
+    ) {
+        const NONE: [[u16; BITS_PER_BLOCK]; 3] = [[0; BITS_PER_BLOCK]; 3];
+        let mut block = block;
+        match (bits, block.compensation.take()) {
+            (None, None) => {
+                update_elements::<false, false, P, G, S>(block, coefficients, &NONE, &mut [])
+            }
+            (Some(bits), _) => {
+                update_elements::<true, false, P, G, S>(block, coefficients, bits, &mut [])
+            }
+            (None, Some(compensation)) => {
+                update_elements::<false, true, P, G, S>(block, coefficients, &NONE, compensation)
+            }
         }
     }
 }

@@ -112,31 +112,35 @@ impl KernelPath {
 /// vectorise wider with AVX-512 and whose `f32::mul_add` must be an instruction (without FMA it
 /// is a call into libm).
 macro_rules! fma_multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident $(<$($generic:ident: $bound:path),* $(,)?>)?
+        ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) -> $ret {
+        $vis fn $name $(<$($generic: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable($($arg: $ty),*) -> $ret $body
+            fn portable $(<$($generic: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-                unsafe fn avx512($($arg: $ty),*) -> $ret {
-                    portable($($arg),*)
+                unsafe fn avx512 $(<$($generic: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                    portable $(::<$($generic),*>)? ($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2_fma($($arg: $ty),*) -> $ret {
-                    portable($($arg),*)
+                unsafe fn avx2_fma $(<$($generic: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                    portable $(::<$($generic),*>)? ($($arg),*)
                 }
                 if crate::path::avx512() {
                     // SAFETY: the CPU reports every feature `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
+                    return unsafe { avx512 $(::<$($generic),*>)? ($($arg),*) };
                 }
                 if crate::path::avx2_fma() {
                     // SAFETY: the CPU reports every feature `avx2_fma` is compiled for.
-                    return unsafe { avx2_fma($($arg),*) };
+                    return unsafe { avx2_fma $(::<$($generic),*>)? ($($arg),*) };
                 }
             }
-            portable($($arg),*)
+            portable $(::<$($generic),*>)? ($($arg),*)
         }
     };
 }

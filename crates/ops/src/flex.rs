@@ -179,6 +179,22 @@ impl KernelBackend for Flex {
         sum
     }
 
+    /// One pass over a bf16 tensor, in place where this call holds it: the fp32 product of
+    /// each element and the factor, rounded once (no widened copy).
+    fn scale(x: FlexTensor, factor: f64) -> FlexTensor {
+        if x.dtype() != DType::BF16 {
+            return composed::scale::<Self>(x, factor);
+        }
+        let factor = factor as f32;
+        let n = x.layout().num_elements();
+        let mut x = owned_contiguous(x);
+        let start = x.layout().start_offset();
+        for value in &mut x.storage_mut::<bf16>()[start..start + n] {
+            *value = <bf16 as Float>::from_f32(value.to_f32() * factor);
+        }
+        x
+    }
+
     fn widen_f32(part: FlexTensor) -> FlexTensor {
         let part = part.to_contiguous();
         let dims = part.layout().shape().to_vec();
