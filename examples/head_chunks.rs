@@ -12,7 +12,7 @@ use std::time::Instant;
 use brainfloat_backend::Backend;
 use brainfloat_memory as memory;
 use brainfloat_precision::{
-    CastedLinearConfig, LOGITS_PER_CHUNK, PrecisionPolicy, cast_params, rows_per_chunk,
+    CastedLinearConfig, LOGITS_PER_CHUNK, PrecisionPolicy, apply_policy, rows_per_chunk,
 };
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 
@@ -29,9 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = backend.device()?.autodiff();
     let preset = std::env::args().nth(1).unwrap_or_else(|| "bf16-sr".into());
     let policy: PrecisionPolicy = preset.parse()?;
-    let head = cast_params(
+    let head = apply_policy(
         CastedLinearConfig::new(D_MODEL, VOCAB).init(&device),
         &policy,
+        &device,
     )?;
     let targets: Vec<i64> = (0..BATCH * SEQ)
         .map(|i| (i * 7919 % 50257) as i64)
@@ -52,13 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (i, &chunk) in chunks.iter().enumerate() {
             let (ms, span) = memory::rss_during(|| {
                 let start = Instant::now();
-                let loss = head.chunked_cross_entropy(
-                    hidden.clone(),
-                    targets.clone(),
-                    Some(30.0),
-                    &policy,
-                    chunk,
-                );
+                let loss =
+                    head.chunked_cross_entropy(hidden.clone(), targets.clone(), Some(30.0), chunk);
                 let grads = loss.backward();
                 hidden.grad(&grads).expect("hidden is tracked").into_data();
                 start.elapsed().as_secs_f64() * 1e3

@@ -68,9 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ns_dtype: policy.matmul(),
             ..Default::default()
         });
+        let cache = model.cache(&device);
         for step in 0..4 {
             let (loss, forward_ms, forward_mib) = measured(baseline, || {
-                let loss = model.forward(&data)?;
+                let loss = model.forward(&data, &cache)?;
                 device.sync()?;
                 Ok::<_, Box<dyn std::error::Error>>(loss)
             });

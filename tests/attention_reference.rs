@@ -119,7 +119,6 @@ fn fp32_attention_matches_a_float64_reference() {
         tensor(&x, [1, b, t, c]).reshape([b, t, c]),
         Some(tensor(&v1, [b, t, h, hd])),
         &rotary,
-        &policy,
         None,
     );
     let y = values(y);

@@ -167,7 +167,7 @@ fn pure_bf16_weights_load_in_pytorch_and_give_our_loss() {
     let weights = dir.path().join("model.safetensors");
     save_weights(&model, &weights).unwrap();
     let batch = golden_batch(0, &device);
-    let ours = scalar(model.forward(&batch).unwrap());
+    let ours = scalar(model.forward(&batch, &model.cache(&device)).unwrap());
     let rows = |t: burn::tensor::Tensor<2, burn::tensor::Int>| -> Vec<Vec<i64>> {
         let [b, t_len] = t.dims();
         let flat: Vec<i64> = t.into_data().convert::<i64>().try_to_vec().unwrap();

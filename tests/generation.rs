@@ -8,7 +8,7 @@ use brainfloat_data::{END_OF_TEXT, Gpt2Tokenizer};
 use brainfloat_generate::{
     GenerateError, GenerateOptions, Generation, Sampling, generate, inference_model,
 };
-use brainfloat_gpt::{Gpt, GptConfig, KvCache};
+use brainfloat_gpt::{Gpt, GptConfig};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use brainfloat_tests::{golden_config, golden_dir, golden_tokens};
 use brainfloat_trainer::load_weights;
@@ -63,18 +63,18 @@ fn host(logits: Tensor<2>) -> Vec<f32> {
 /// position, and from recomputing the prefix; the largest difference, and per position the
 /// recomputed logits' margin between the two likeliest ids and whether both pick the same.
 fn cached_vs_recomputed(model: &Gpt, device: &Device, context: &[u32]) -> (f32, Vec<(f32, bool)>) {
-    let mut cache = KvCache::new();
+    let mut cache = model.cache(device);
     let mut worst = 0f32;
     let mut steps = Vec::new();
     for end in 1..=context.len() {
         let cached = host(
             model
-                .next_token_logits(tokens(&context[end - 1..end], device), Some(&mut cache))
+                .next_token_logits(tokens(&context[end - 1..end], device), &mut cache)
                 .unwrap(),
         );
         let full = host(
             model
-                .next_token_logits(tokens(&context[..end], device), None)
+                .next_token_logits(tokens(&context[..end], device), &mut model.cache(device))
                 .unwrap(),
         );
         let diff = cached
@@ -94,7 +94,10 @@ fn cached_vs_recomputed(model: &Gpt, device: &Device, context: &[u32]) -> (f32, 
     }
     assert_eq!(cache.len(), context.len());
     // The cache holds what attention reads: the policy's matmul dtype.
-    assert_eq!(cache.dtype(), Some(DType::from(model.policy().matmul())));
+    assert_eq!(
+        cache.kv().dtype(),
+        Some(DType::from(model.policy().matmul()))
+    );
     (worst, steps)
 }
 
@@ -163,13 +166,21 @@ fn the_inference_model_gives_the_same_logits() {
     for policy in [PrecisionPolicy::bf16(), PrecisionPolicy::autocast()] {
         let (model, device) = golden(&policy);
         let ids = tokens(&context, &device);
-        let trained = host(model.next_token_logits(ids.clone(), None).unwrap());
+        let trained = host(
+            model
+                .next_token_logits(ids.clone(), &mut model.cache(&device))
+                .unwrap(),
+        );
         let inference = inference_model(model, &device).unwrap();
         let weight = inference.transformer.h[0].attn.c_q.weight.val();
         assert_eq!(weight.dtype(), DType::BF16, "{policy}");
         assert_eq!(inference.lm_head.weight.val().dtype(), DType::BF16);
         assert_eq!(
-            host(inference.next_token_logits(ids, None).unwrap()),
+            host(
+                inference
+                    .next_token_logits(ids, &mut inference.cache(&device))
+                    .unwrap()
+            ),
             trained
         );
     }
@@ -225,7 +236,7 @@ fn end_of_text_stops_and_padding_is_never_drawn() {
     let prompt = [464u32, 1812];
     let logits = host(
         model
-            .next_token_logits(tokens(&prompt, &device), None)
+            .next_token_logits(tokens(&prompt, &device), &mut model.cache(&device))
             .unwrap(),
     );
     assert!(
@@ -318,12 +329,12 @@ fn a_prompt_longer_than_the_model_is_refused() {
         "the prompt has the token 600, outside the model's vocabulary of 512"
     );
     // The model itself refuses a cache that would pass its maximum.
-    let mut cache = KvCache::new();
+    let mut cache = model.cache(&device);
     model
-        .next_token_logits(tokens(&long[..32], &device), Some(&mut cache))
+        .next_token_logits(tokens(&long[..32], &device), &mut cache)
         .unwrap();
     let err = model
-        .next_token_logits(tokens(&long[32..], &device), Some(&mut cache))
+        .next_token_logits(tokens(&long[32..], &device), &mut cache)
         .unwrap_err();
     assert_eq!(
         err.to_string(),

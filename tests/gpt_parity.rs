@@ -11,7 +11,13 @@ fn loss_at_init_matches_pytorch_for_every_preset() {
         let (model, device) = golden_model(&PrecisionPolicy::preset(preset));
         // Mean over the first two batches, read from tokens 0 and 64.
         let loss = [0, 64]
-            .map(|start| scalar(model.forward(&golden_batch(start, &device)).unwrap()))
+            .map(|start| {
+                scalar(
+                    model
+                        .forward(&golden_batch(start, &device), &model.cache(&device))
+                        .unwrap(),
+                )
+            })
             .iter()
             .sum::<f64>()
             / 2.0;
@@ -50,8 +56,15 @@ fn bf16_losses_are_pytorchs_bf16_losses_not_its_fp32_ones() {
     assert!(want_bf16.len() >= 4, "at least four batches");
     let ours = |policy: &PrecisionPolicy| -> Vec<f64> {
         let (model, device) = golden_model(policy);
+        let cache = model.cache(&device);
         (0..want_bf16.len())
-            .map(|k| scalar(model.forward(&golden_batch(64 * k, &device)).unwrap()))
+            .map(|k| {
+                scalar(
+                    model
+                        .forward(&golden_batch(64 * k, &device), &cache)
+                        .unwrap(),
+                )
+            })
             .collect()
     };
     let gap = distance(&want_fp32, &want_bf16);
@@ -84,7 +97,10 @@ fn grad_norms_at_init_match_pytorch_fp32() {
     let expected = golden_expected();
     let expected = expected["grad_norm_at_init_fp32"].as_object().unwrap();
     let (model, device) = golden_model(&PrecisionPolicy::fp32());
-    let grads = model.forward(&golden_batch(0, &device)).unwrap().backward();
+    let grads = model
+        .forward(&golden_batch(0, &device), &model.cache(&device))
+        .unwrap()
+        .backward();
     let grads = named_grads(&model, &grads);
     assert_eq!(grads.len(), expected.len(), "one gradient per parameter");
     for g in grads {

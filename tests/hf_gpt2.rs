@@ -46,7 +46,7 @@ fn our_logits(model: &impl LanguageModel, rows: &[Vec<u32>], device: &Device) ->
         // A window of T + 1 tokens: the batch's targets are not used.
         let window: Vec<u32> = row.iter().copied().chain([0]).collect();
         let batch = Batch::from_window(&window, 1, row.len(), device).unwrap();
-        let logits: Tensor<3> = model.logits(&batch).unwrap();
+        let logits: Tensor<3> = model.logits(&batch, &model.cache(device)).unwrap();
         assert_eq!(logits.dtype(), DType::F32);
         all.extend(values(logits));
     }
@@ -95,10 +95,15 @@ fn a_model_saved_by_transformers_gives_its_logits_here() {
 
     // bf16 under the record's policy: bf16 activations and products, from fp32 master weights.
     let bf16 = load(dir.path(), &PrecisionPolicy::bf16(), &device);
-    let (hidden, _) = bf16.hidden_states(Tensor::from_data(
-        burn::tensor::TensorData::new(rows[0].iter().map(|&t| t as i32).collect(), [1, 40]),
-        &device,
-    ));
+    let (hidden, _) = bf16
+        .hidden_states(
+            Tensor::from_data(
+                burn::tensor::TensorData::new(rows[0].iter().map(|&t| t as i32).collect(), [1, 40]),
+                &device,
+            ),
+            &bf16.cache(&device),
+        )
+        .unwrap();
     assert_eq!(hidden.dtype(), DType::BF16);
     let ours_bf16 = our_logits(&bf16, &rows, &device);
     let theirs_bf16 = numbers(&reference["logits_bf16"]);

@@ -148,7 +148,9 @@ fn every_layer_and_gradient_is_pytorchs() {
         let policy = PrecisionPolicy::preset(preset);
         let (model, device) = golden_model(&policy);
         let batch = golden_batch(0, &device);
-        let (loss, mut ours) = brainfloat_gpt::trace::collect(|| model.forward(&batch).unwrap());
+        let (loss, mut ours) = brainfloat_gpt::trace::collect(|| {
+            model.forward(&batch, &model.cache(&device)).unwrap()
+        });
         ours.push(("loss".into(), loss.clone()));
         let grads = loss.backward();
         let mut by_name: BTreeMap<String, Tensor<1>> = BTreeMap::new();

@@ -51,7 +51,8 @@ fn every_dtype_follows_the_design_table() {
         assert_eq!(linear.count(), 2 * 6 + 1);
 
         let batch = golden_batch(0, &device);
-        let (hidden, boundaries) = model.hidden_states(batch.inputs().clone());
+        let cache = model.cache(&device);
+        let (hidden, boundaries) = model.hidden_states(batch.inputs().clone(), &cache).unwrap();
         assert_eq!(boundaries.len(), 2);
         for (i, x) in boundaries.iter().enumerate() {
             assert_eq!(
@@ -61,9 +62,9 @@ fn every_dtype_follows_the_design_table() {
             );
         }
         assert_eq!(hidden.dtype(), expected_activation(preset), "{preset}");
-        assert_eq!(model.logits(&batch).unwrap().dtype(), DType::F32);
+        assert_eq!(model.logits(&batch, &cache).unwrap().dtype(), DType::F32);
 
-        let loss = model.forward(&batch).unwrap();
+        let loss = model.forward(&batch, &cache).unwrap();
         assert_eq!(loss.dtype(), DType::F32, "{preset}: loss");
         let grads = named_grads(&model, &loss.backward());
         assert_eq!(
@@ -119,7 +120,9 @@ fn report_counts_bytes_per_dtype_per_component() {
 fn bf16_agrees_with_fp32_within_bf16_tolerance() {
     let loss_and_grads = |policy: PrecisionPolicy| {
         let (model, device) = golden_model(&policy);
-        let loss = model.forward(&golden_batch(0, &device)).unwrap();
+        let loss = model
+            .forward(&golden_batch(0, &device), &model.cache(&device))
+            .unwrap();
         let value = scalar(loss.clone());
         let grads = named_grads(&model, &loss.backward());
         let flat: Vec<f64> = grads.into_iter().flat_map(|g| values(g.tensor)).collect();
@@ -165,8 +168,9 @@ fn a_few_steps_of_the_records_optimizers_lower_the_loss_in_every_preset() {
             ..RecordOptimizerConfig::default()
         });
         let mut losses = Vec::new();
+        let cache = model.cache(&device);
         for step in 0..5 {
-            let loss = model.forward(&batch).unwrap();
+            let loss = model.forward(&batch, &cache).unwrap();
             losses.push(scalar(loss.clone()));
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(model, grads, 1.0, 1.0, step);
@@ -208,7 +212,8 @@ fn invalid_inputs_say_what_is_wrong() {
         .map(|i| if i == 5 { 512 } else { i })
         .collect();
     let batch = Batch::from_window(&window, 2, 8, &device).unwrap();
-    let err = model.forward(&batch).unwrap_err();
+    let cache = model.cache(&device);
+    let err = model.forward(&batch, &cache).unwrap_err();
     assert_eq!(
         message(&err),
         "invalid batch: token id 512 is outside the model's vocabulary of 512 (ids 0..511)"
@@ -216,11 +221,22 @@ fn invalid_inputs_say_what_is_wrong() {
 
     let window: Vec<u32> = vec![1; 65 + 1];
     let batch = Batch::from_window(&window, 1, 65, &device).unwrap();
-    let err = model.forward(&batch).unwrap_err();
+    let err = model.forward(&batch, &cache).unwrap_err();
     assert_eq!(
         message(&err),
         "invalid batch: sequence length 65 exceeds the model's maximum of 64"
     );
+
+    // A cache built before the policy holds fp32 tables; the bf16 model refuses it.
+    let bf16 = apply_policy(model, &PrecisionPolicy::bf16(), &device).unwrap();
+    let batch = Batch::from_window(&[1u32; 17], 2, 8, &device).unwrap();
+    let err = bf16.forward(&batch, &cache).unwrap_err();
+    assert!(
+        message(&err).contains("the cache was built for F32")
+            && message(&err).contains("runs in BF16"),
+        "{err}"
+    );
+    assert!(bf16.forward(&batch, &bf16.cache(&device)).is_ok());
 
     let err = Batch::from_window(&[1u32; 10], 2, 8, &device).unwrap_err();
     assert!(message(&err).contains("holds 17 tokens, got 10"), "{err}");

@@ -166,15 +166,16 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
             .collect(),
     );
 
-    let (hidden, boundaries) = model.hidden_states(batch.inputs().clone());
+    let cache = model.cache(&batch.inputs().device());
+    let (hidden, boundaries) = model.hidden_states(batch.inputs().clone(), &cache)?;
     let mut activations: Vec<(String, DType)> = boundaries
         .iter()
         .enumerate()
         .map(|(i, x)| (format!("block {i} output"), x.dtype()))
         .collect();
     activations.push(("final hidden state".into(), hidden.dtype()));
-    let logits = model.logits(&batch)?.dtype();
-    let loss = model.forward(&batch)?;
+    let logits = model.logits(&batch, &cache)?.dtype();
+    let loss = model.forward(&batch, &cache)?;
     let loss_dtype = loss.dtype();
     let grads = named_grads(model, &loss.backward());
     let linear_grads: Vec<_> = grads

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use brainfloat_data::Tokenizer;
-use brainfloat_gpt::{GptError, KvCache, LanguageModel, ModelShape};
+use brainfloat_gpt::{GptError, LanguageModel, ModelShape};
 use brainfloat_precision::apply_policy;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -88,7 +88,7 @@ pub fn generate(
             generation.text.push_str(&piece);
         }
     };
-    let mut cache = KvCache::new();
+    let mut cache = model.cache(device);
     // Positions the model has not seen yet: the whole context first, then one token a step.
     let mut pending = context.clone();
     while generation.tokens.len() < options.max_tokens {
@@ -98,11 +98,14 @@ pub fn generate(
             pending = context.clone();
             generation.slides += 1;
         }
-        let inputs = if options.kv_cache { &pending } else { &context };
-        let logits = model.next_token_logits(
-            token_tensor(inputs, device),
-            options.kv_cache.then_some(&mut cache),
-        )?;
+        let inputs = if options.kv_cache {
+            &pending
+        } else {
+            // Without the cache's keys and values, every step runs the whole context.
+            cache.clear();
+            &context
+        };
+        let logits = model.next_token_logits(token_tensor(inputs, device), &mut cache)?;
         let logits = logits
             .into_data()
             .try_into_vec::<f32>()

@@ -138,11 +138,11 @@ impl Limits {
 /// positions `cache` holds; returns the first new position.
 pub(crate) fn check_context(
     inputs: &Tensor<2, Int>,
-    cache: Option<&KvCache>,
+    cache: &KvCache,
     limits: &Limits,
 ) -> Result<usize, GptError> {
     let new = inputs.dims()[1];
-    let start = cache.map_or(0, KvCache::len);
+    let start = cache.len();
     if start + new > limits.max_seq_len {
         return Err(GptError::TooLong {
             tokens: start + new,

@@ -1,9 +1,92 @@
-//! The key-value cache of generation.
+//! What a forward pass reads besides the weights, built once by its caller and passed in (as
+//! candle's models take their `Cache`): the rotary tables, and generation's keys and values.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
+
+use crate::error::GptError;
+use crate::model::Rotary;
+
+/// A model's cache: the rotary tables for every position up to `max_seq_len` (the record's
+/// model; GPT-2 learns its positions) in the model's activation dtype on one device, and the
+/// keys and values of the positions generation has run ([`KvCache`]). Built by the model's
+/// `cache` (`LanguageModel::cache`) once per device; training and evaluation read it, generation
+/// also appends to it.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    rotary: Option<Rotary>,
+    activation: FloatDType,
+    device: Device,
+    kv: KvCache,
+}
+
+impl Cache {
+    /// A cache for a model computing in `activation` on `device`, with its rotary tables if it
+    /// has any.
+    pub(crate) fn new(rotary: Option<Rotary>, activation: FloatDType, device: &Device) -> Self {
+        Self {
+            rotary,
+            activation,
+            device: device.clone(),
+            kv: KvCache::default(),
+        }
+    }
+
+    /// The rotary tables of positions `start..start + len`, checked against what the forward
+    /// pass computes in and on.
+    pub(crate) fn rotary(
+        &self,
+        start: usize,
+        len: usize,
+        activation: FloatDType,
+        device: &Device,
+    ) -> Result<Rotary, GptError> {
+        self.check(activation, device)?;
+        let rotary = self
+            .rotary
+            .as_ref()
+            .expect("the record's model builds its tables");
+        Ok(rotary.narrow(start, len))
+    }
+
+    /// Refuses a cache built for another dtype or device than the forward pass's.
+    pub(crate) fn check(&self, activation: FloatDType, device: &Device) -> Result<(), GptError> {
+        if self.activation != activation || &self.device != device {
+            return Err(GptError::CacheMismatch {
+                built: format!("{:?} on {:?}", self.activation, self.device),
+                wanted: format!("{activation:?} on {device:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Positions of generation held.
+    pub fn len(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// Whether generation holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty()
+    }
+
+    /// Forgets generation's positions (a new context); the tables stay.
+    pub fn clear(&mut self) {
+        self.kv.clear();
+    }
+
+    /// Generation's keys and values.
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    pub(crate) fn kv_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
+    }
+}
 
 /// The keys and values of the positions a model has run, per block, so that each generated
-/// token costs one new position instead of the whole prefix ([`Gpt::next_token_logits`]).
+/// token costs one new position instead of the whole prefix
+/// ([`Gpt::next_token_logits`](crate::Gpt::next_token_logits)).
 /// Keys are stored after QK-norm and rotary, values after the value-residual mix, both
 /// `[B, H, T, head_dim]` in the policy's matmul dtype: exactly what attention reads.
 #[derive(Debug, Clone, Default)]
@@ -18,11 +101,6 @@ pub struct LayerCache {
 }
 
 impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Positions held.
     pub fn len(&self) -> usize {
         self.first_keys().map_or(0, |keys| keys.dims()[2])
@@ -45,7 +123,7 @@ impl KvCache {
     }
 
     /// Forgets every position (a new context).
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.layers.clear();
     }
 

@@ -36,6 +36,17 @@ pub enum GptError {
         /// Why.
         reason: String,
     },
+    /// A [`Cache`](crate::Cache) built for another dtype or device than the forward pass's.
+    #[error(
+        "the cache was built for {built}, the forward pass runs in {wanted}: build it with the \
+         model's `cache` after `apply_policy`, for the device the model runs on"
+    )]
+    CacheMismatch {
+        /// Dtype and device the cache holds its tables in.
+        built: String,
+        /// Dtype and device of the forward pass.
+        wanted: String,
+    },
     /// The precision policy cannot be applied.
     #[error(transparent)]
     Precision(#[from] PrecisionError),

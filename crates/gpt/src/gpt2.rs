@@ -2,7 +2,8 @@
 //! LayerNorm with bias, GELU, the fused `c_attn` stored `[in, out]` as `Conv1D` stores it,
 //! biases everywhere, and the head tied to the token embedding. Built from the same precision
 //! machinery as the record's model: every linear layer is a [`CastedLinear`], every dtype
-//! comes from the [`PrecisionPolicy`], and the head runs fused with the loss ([`head_loss`]).
+//! comes from the [`PrecisionPolicy`] each layer is given, and the head runs fused with the loss
+//! ([`head_loss`]).
 //! Parameters carry Hugging Face's names (`transformer.h.0.attn.c_attn.weight`), so files move
 //! between this model and `transformers` by name and shape alone.
 
@@ -16,7 +17,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, FloatDType, Int, Tensor};
 
 use crate::batch::{Batch, Limits, check_context};
-use crate::cache::{KvCache, LayerCache};
+use crate::cache::{Cache, LayerCache};
 use crate::config::{ParamSize, check_sizes};
 use crate::error::GptError;
 
@@ -182,6 +183,7 @@ impl Gpt2Config {
                 c_attn: linear(d, 3 * d, 0.02),
                 c_proj: linear(d, d, projection_std),
                 n_head: self.n_head,
+                policy: PrecisionPolicy::fp32(),
             },
             ln_2: layer_norm(),
             mlp: Gpt2Mlp {
@@ -256,18 +258,27 @@ pub struct Gpt2Attention {
     pub c_proj: CastedLinear,
     #[module(skip)]
     n_head: usize,
+    #[module(skip)]
+    policy: PrecisionPolicy,
+}
+
+impl PrecisionAware for Gpt2Attention {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            c_attn: self.c_attn.with_policy(policy),
+            c_proj: self.c_proj.with_policy(policy),
+            policy,
+            ..self
+        }
+    }
 }
 
 impl Gpt2Attention {
     /// `x` `[B, T, C]` (normalised) → `[B, T, C]`; `past` as in the record's attention.
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        policy: &PrecisionPolicy,
-        past: Option<&mut LayerCache>,
-    ) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, past: Option<&mut LayerCache>) -> Tensor<3> {
+        let policy = &self.policy;
         let [b, t, c] = x.dims();
-        let qkv = self.c_attn.forward_under(x, policy);
+        let qkv = self.c_attn.forward(x);
         // [B, H, T, hd], matmul operands in the policy's matmul dtype.
         let head = |i: usize| {
             qkv.clone()
@@ -285,7 +296,7 @@ impl Gpt2Attention {
             .cast(policy.activation())
             .swap_dims(1, 2)
             .reshape([b, t, c]);
-        self.c_proj.forward_under(y, policy)
+        self.c_proj.forward(y)
     }
 }
 
@@ -302,9 +313,19 @@ pub struct Gpt2Mlp {
 
 impl Gpt2Mlp {
     /// `x` `[B, T, C]` → `[B, T, C]`.
-    pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
-        let up = self.c_fc.forward_under(x, policy);
-        self.c_proj.forward_under(gelu(up, self.gelu), policy)
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let up = self.c_fc.forward(x);
+        self.c_proj.forward(gelu(up, self.gelu))
+    }
+}
+
+impl PrecisionAware for Gpt2Mlp {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            c_fc: self.c_fc.with_policy(policy),
+            c_proj: self.c_proj.with_policy(policy),
+            ..self
+        }
     }
 }
 
@@ -332,6 +353,16 @@ pub struct Gpt2Block {
     pub ln_2: LayerNorm,
     /// MLP.
     pub mlp: Gpt2Mlp,
+}
+
+impl PrecisionAware for Gpt2Block {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            attn: self.attn.with_policy(policy),
+            mlp: self.mlp.with_policy(policy),
+            ..self
+        }
+    }
 }
 
 /// Embeddings, blocks and the final norm, named as in `GPT2Model`.
@@ -394,6 +425,11 @@ impl ParamRoles for Gpt2 {
 
 impl PrecisionAware for Gpt2 {
     fn with_policy(mut self, policy: PrecisionPolicy) -> Self {
+        let blocks = std::mem::take(&mut self.transformer.h);
+        self.transformer.h = blocks
+            .into_iter()
+            .map(|block| block.with_policy(policy))
+            .collect();
         self.policy = policy;
         self
     }
@@ -410,37 +446,48 @@ impl Gpt2 {
         &self.policy
     }
 
+    /// The cache a forward pass on `device` reads: GPT-2 learns its positions, so it holds
+    /// generation's keys and values only.
+    pub fn cache(&self, device: &Device) -> Cache {
+        Cache::new(None, self.policy.activation(), device)
+    }
+
     /// The final hidden states `[B, T, C]` (after `ln_f`) of `inputs` at positions
-    /// `start..start + T`, and the residual stream after each block; with `cache`, each
+    /// `start..start + T`, and the residual stream after each block; with `past`, each
     /// block's keys and values go into (and come from) its layer.
     fn run_blocks(
         &self,
         inputs: Tensor<2, Int>,
         start: usize,
-        mut cache: Option<&mut KvCache>,
+        mut past: Option<&mut Cache>,
     ) -> (Tensor<3>, Vec<Tensor<3>>) {
-        let policy = &self.policy;
+        let activation = self.policy.activation();
         let t = &self.transformer;
         let [_, len] = inputs.dims();
         let positions =
             Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &inputs.device())
                 .reshape([1, len]);
-        let mut x = t.wte.forward(inputs).cast(policy.activation())
-            + t.wpe.forward(positions).cast(policy.activation());
+        let mut x =
+            t.wte.forward(inputs).cast(activation) + t.wpe.forward(positions).cast(activation);
         let eps = self.config.layer_norm_eps;
         let mut boundaries = Vec::with_capacity(t.h.len());
         for (index, block) in t.h.iter().enumerate() {
-            let past = cache.as_mut().map(|cache| cache.layer(index));
-            x = x.clone() + block.attn.forward(block.ln_1.forward(x, eps), policy, past);
-            x = x.clone() + block.mlp.forward(block.ln_2.forward(x, eps), policy);
+            let past = past.as_mut().map(|cache| cache.kv_mut().layer(index));
+            x = x.clone() + block.attn.forward(block.ln_1.forward(x, eps), past);
+            x = x.clone() + block.mlp.forward(block.ln_2.forward(x, eps));
             boundaries.push(x.clone());
         }
         (t.ln_f.forward(x, eps), boundaries)
     }
 
     /// The final hidden states `[B, T, C]` and the residual stream after each block.
-    pub fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-        self.run_blocks(inputs, 0, None)
+    pub fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
+        cache.check(self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, 0, None))
     }
 
     /// The head: the token embedding, tied.
@@ -459,16 +506,16 @@ impl Gpt2 {
     }
 
     /// Logits `[B, T, vocab]` in fp32.
-    pub fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+    pub fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.config.limits().check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.head(hidden))
     }
 
     /// Mean fp32 cross-entropy over all `B·T` positions, the tied head fused with the loss.
-    pub fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+    pub fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.config.limits().check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(head_loss(
             self.tied_head(),
             hidden,
@@ -484,11 +531,12 @@ impl Gpt2 {
     pub fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
+        cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
-        let start = check_context(&inputs, cache.as_deref(), &self.config.limits())?;
-        let (hidden, _) = self.run_blocks(inputs, start, cache);
+        let start = check_context(&inputs, cache.kv(), &self.config.limits())?;
+        cache.check(self.policy.activation(), &inputs.device())?;
+        let (hidden, _) = self.run_blocks(inputs, start, Some(cache));
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))
     }

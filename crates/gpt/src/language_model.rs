@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::cache::KvCache;
+use crate::cache::Cache;
 use crate::config::{GptConfig, ParamSize};
 use crate::error::GptError;
 use crate::gpt2::{Gpt2, Gpt2Config};
@@ -28,23 +28,32 @@ pub trait LanguageModel: ParamRoles + PrecisionAware {
     /// The precision policy the forward pass runs under.
     fn policy(&self) -> &PrecisionPolicy;
 
+    /// The cache the forward passes on `device` read, built once (after `apply_policy`: its
+    /// tables are in the activation dtype).
+    fn cache(&self, device: &Device) -> Cache;
+
     /// Mean fp32 cross-entropy of the next-token predictions over all `B·T` positions: a
     /// one-element fp32 tensor.
-    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError>;
+    fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError>;
 
     /// Logits `[B, T, vocab]` in fp32.
-    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError>;
+    fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError>;
 
     /// The final hidden states `[B, T, C]` in the activation dtype, and the residual stream
     /// after each block (for inspecting dtypes at block boundaries).
-    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>);
+    fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError>;
 
-    /// The fp32 logits `[B, vocab]` of the position after the last of `inputs` `[B, T]`; with
-    /// `cache`, `inputs` follow the positions it holds, and their keys and values are appended.
+    /// The fp32 logits `[B, vocab]` of the position after the last of `inputs` `[B, T]`:
+    /// `inputs` follow the positions `cache` holds (all of the context when it holds none),
+    /// and their keys and values are appended.
     fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
+        cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError>;
 }
 
@@ -191,22 +200,30 @@ macro_rules! language_model {
                 <$model>::policy(self)
             }
 
-            fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
-                <$model>::forward(self, batch)
+            fn cache(&self, device: &Device) -> Cache {
+                <$model>::cache(self, device)
             }
 
-            fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-                <$model>::logits(self, batch)
+            fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
+                <$model>::forward(self, batch, cache)
             }
 
-            fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-                <$model>::hidden_states(self, inputs)
+            fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
+                <$model>::logits(self, batch, cache)
+            }
+
+            fn hidden_states(
+                &self,
+                inputs: Tensor<2, Int>,
+                cache: &Cache,
+            ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
+                <$model>::hidden_states(self, inputs, cache)
             }
 
             fn next_token_logits(
                 &self,
                 inputs: Tensor<2, Int>,
-                cache: Option<&mut KvCache>,
+                cache: &mut Cache,
             ) -> Result<Tensor<2>, GptError> {
                 <$model>::next_token_logits(self, inputs, cache)
             }
@@ -268,22 +285,30 @@ impl LanguageModel for Model {
         each_arch!(self, model => model.policy())
     }
 
-    fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
-        each_arch!(self, model => model.forward(batch))
+    fn cache(&self, device: &Device) -> Cache {
+        each_arch!(self, model => model.cache(device))
     }
 
-    fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
-        each_arch!(self, model => model.logits(batch))
+    fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
+        each_arch!(self, model => model.forward(batch, cache))
     }
 
-    fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
-        each_arch!(self, model => model.hidden_states(inputs))
+    fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
+        each_arch!(self, model => model.logits(batch, cache))
+    }
+
+    fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
+        each_arch!(self, model => model.hidden_states(inputs, cache))
     }
 
     fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
+        cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError> {
         each_arch!(self, model => model.next_token_logits(inputs, cache))
     }

@@ -1,9 +1,7 @@
 //! The record's GPT in one file, in the record's order: weightless RMSNorm, rotary, attention
 //! (QK-norm, rotary, value residual), the ReLU² MLP, the block with its x0 skip, the model with its
-//! untied, soft-capped head, and the checked batch it reads. Every linear layer is a
-//! [`CastedLinear`] and every dtype comes from the model's [`PrecisionPolicy`].
-
-use std::sync::{Arc, Mutex, PoisonError};
+//! untied, soft-capped head. Every linear layer is a [`CastedLinear`]; every dtype comes from
+//! the [`PrecisionPolicy`] that `apply_policy` hands to each layer, so no `forward` takes one.
 
 use brainfloat_precision::{
     CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy,
@@ -14,7 +12,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::batch::{Batch, check_context};
-use crate::cache::{KvCache, LayerCache};
+use crate::cache::{Cache, LayerCache};
 use crate::config::GptConfig;
 use crate::error::GptError;
 use crate::trace;
@@ -124,6 +122,21 @@ pub struct CausalSelfAttention {
     pub lamb: Param<Tensor<1>>,
     #[module(skip)]
     n_head: usize,
+    #[module(skip)]
+    policy: PrecisionPolicy,
+}
+
+impl PrecisionAware for CausalSelfAttention {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            c_q: self.c_q.with_policy(policy),
+            c_k: self.c_k.with_policy(policy),
+            c_v: self.c_v.with_policy(policy),
+            c_proj: self.c_proj.with_policy(policy),
+            policy,
+            ..self
+        }
+    }
 }
 
 impl CausalSelfAttention {
@@ -137,6 +150,7 @@ impl CausalSelfAttention {
             c_proj: linear.clone().with_zero_init(true).init(device),
             lamb: Param::from_tensor(Tensor::from_floats([0.5], device)),
             n_head,
+            policy: PrecisionPolicy::fp32(),
         }
     }
 
@@ -148,14 +162,14 @@ impl CausalSelfAttention {
         x: Tensor<3>,
         v1: Option<Tensor<4>>,
         rotary: &Rotary,
-        policy: &PrecisionPolicy,
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
+        let policy = &self.policy;
         let [b, t, c] = x.dims();
         let heads = [b, t, self.n_head, c / self.n_head];
-        let q = self.c_q.forward_under(x.clone(), policy).reshape(heads);
-        let k = self.c_k.forward_under(x.clone(), policy).reshape(heads);
-        let v = self.c_v.forward_under(x, policy).reshape(heads);
+        let q = self.c_q.forward(x.clone()).reshape(heads);
+        let k = self.c_k.forward(x.clone()).reshape(heads);
+        let v = self.c_v.forward(x).reshape(heads);
 
         let v1 = v1.unwrap_or_else(|| v.clone());
         // The record: v = (1 - lamb) * v + lamb * v1.
@@ -180,7 +194,7 @@ impl CausalSelfAttention {
             .cast(policy.activation())
             .swap_dims(1, 2)
             .reshape([b, t, c]);
-        (self.c_proj.forward_under(y, policy), v1)
+        (self.c_proj.forward(y), v1)
     }
 }
 
@@ -208,11 +222,20 @@ impl Mlp {
     }
 
     /// `x` `[B, T, C]` → `[B, T, C]`.
-    pub fn forward(&self, x: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
-        let up = self.c_fc.forward_under(x, policy);
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let up = self.c_fc.forward(x);
         let hidden = brainfloat_ops::relu_square(up);
         trace::record("mlp.hidden", &hidden);
-        self.c_proj.forward_under(hidden, policy)
+        self.c_proj.forward(hidden)
+    }
+}
+
+impl PrecisionAware for Mlp {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            c_fc: self.c_fc.with_policy(policy),
+            c_proj: self.c_proj.with_policy(policy),
+        }
     }
 }
 
@@ -228,6 +251,19 @@ pub struct Block {
     pub attn: CausalSelfAttention,
     /// MLP.
     pub mlp: Mlp,
+    #[module(skip)]
+    activation: FloatDType,
+}
+
+impl PrecisionAware for Block {
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        Self {
+            attn: self.attn.with_policy(policy),
+            mlp: self.mlp.with_policy(policy),
+            activation: policy.activation(),
+            ..self
+        }
+    }
 }
 
 impl Block {
@@ -237,6 +273,7 @@ impl Block {
             lambdas: Param::from_tensor(Tensor::from_floats([1.0, 0.0], device)),
             attn: CausalSelfAttention::new(d_model, n_head, device),
             mlp: Mlp::new(d_model, device),
+            activation: FloatDType::F32,
         }
     }
 
@@ -248,17 +285,14 @@ impl Block {
         x0: Tensor<3>,
         v1: Option<Tensor<4>>,
         rotary: &Rotary,
-        policy: &PrecisionPolicy,
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         // The record: x = lambdas[0] * x + lambdas[1] * x0.
-        let lambda = |i| scalar(&self.lambdas, i, policy.activation());
+        let lambda = |i| scalar(&self.lambdas, i, self.activation);
         let x = scaled(lambda(0), x) + scaled(lambda(1), x0);
-        let (y, v1) = self
-            .attn
-            .forward(rms_norm(x.clone()), v1, rotary, policy, past);
+        let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, past);
         let x = x + y;
-        let x = x.clone() + self.mlp.forward(rms_norm(x), policy);
+        let x = x.clone() + self.mlp.forward(rms_norm(x));
         (x, v1)
     }
 }
@@ -287,41 +321,6 @@ pub struct Gpt {
     config: GptConfig,
     #[module(skip)]
     policy: PrecisionPolicy,
-    #[module(skip)]
-    rotary: RotaryCache,
-}
-
-/// The rotary tables of the last sequence length, dtype and device the model ran with: built
-/// on the host once, not at every forward pass. Shared by the model's clones (the tables are
-/// constants, outside autodiff).
-#[derive(Debug, Clone, Default)]
-struct RotaryCache(Arc<Mutex<Option<CachedRotary>>>);
-
-/// Tables and what they were built for: sequence length, dtype, device.
-type CachedRotary = (usize, FloatDType, Device, Rotary);
-
-impl RotaryCache {
-    /// The tables for `seq_len` positions of `config`'s heads in `dtype` on `device`.
-    fn get(
-        &self,
-        config: &GptConfig,
-        seq_len: usize,
-        dtype: FloatDType,
-        device: &Device,
-    ) -> Rotary {
-        let mut cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*cached {
-            Some((len, d, dev, rotary)) if *len == seq_len && *d == dtype && dev == device => {
-                rotary.clone()
-            }
-            _ => {
-                let rotary =
-                    Rotary::new(seq_len, config.head_dim(), config.rope_base, dtype, device);
-                *cached = Some((seq_len, dtype, device.clone(), rotary.clone()));
-                rotary
-            }
-        }
-    }
 }
 
 /// Every parameter's role, stated once for the whole model: it decides the parameter's storage
@@ -370,15 +369,23 @@ impl GptConfig {
                 .init(device),
             config: self.clone(),
             policy: PrecisionPolicy::fp32(),
-            rotary: RotaryCache::default(),
         })
     }
 }
 
 impl PrecisionAware for Gpt {
-    fn with_policy(mut self, policy: PrecisionPolicy) -> Self {
-        self.policy = policy;
-        self
+    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+        let Transformer { wte, h } = self.transformer;
+        let h = h
+            .into_iter()
+            .map(|block| block.with_policy(policy))
+            .collect();
+        Self {
+            transformer: Transformer { wte, h },
+            lm_head: self.lm_head.with_policy(policy),
+            policy,
+            ..self
+        }
     }
 }
 
@@ -393,44 +400,57 @@ impl Gpt {
         &self.policy
     }
 
+    /// The cache a forward pass on `device` reads: the rotary tables for every position up to
+    /// `max_seq_len`, in the activation dtype, built here once.
+    pub fn cache(&self, device: &Device) -> Cache {
+        let activation = self.policy.activation();
+        let config = &self.config;
+        let rotary = Rotary::new(
+            config.max_seq_len,
+            config.head_dim(),
+            config.rope_base,
+            activation,
+            device,
+        );
+        Cache::new(Some(rotary), activation, device)
+    }
+
     /// The final hidden states `[B, T, C]` (after the last RMSNorm) in the activation dtype, and
     /// the residual stream after each block (for inspecting dtypes at block boundaries).
-    pub fn hidden_states(&self, inputs: Tensor<2, Int>) -> (Tensor<3>, Vec<Tensor<3>>) {
+    pub fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
         let seq_len = inputs.dims()[1];
-        let rotary = self.rotary.get(
-            &self.config,
-            seq_len,
-            self.policy.activation(),
-            &inputs.device(),
-        );
-        self.run_blocks(inputs, &rotary, None)
+        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, &rotary, None))
     }
 
     /// The embedding, the blocks and the final norm over `inputs` at the positions `rotary`
-    /// covers; with `cache`, each block's keys and values go into (and come from) its layer.
+    /// covers; with `past`, each block's keys and values go into (and come from) its layer.
     fn run_blocks(
         &self,
         inputs: Tensor<2, Int>,
         rotary: &Rotary,
-        mut cache: Option<&mut KvCache>,
+        mut past: Option<&mut Cache>,
     ) -> (Tensor<3>, Vec<Tensor<3>>) {
-        let policy = &self.policy;
         let x = self
             .transformer
             .wte
             .forward(inputs)
-            .cast(policy.activation());
+            .cast(self.policy.activation());
         let x0 = rms_norm(x);
         let mut x = x0.clone();
         let mut v1 = None;
         let mut boundaries = Vec::with_capacity(self.transformer.h.len());
         for (index, block) in self.transformer.h.iter().enumerate() {
-            let past = cache.as_mut().map(|cache| cache.layer(index));
+            let past = past.as_mut().map(|cache| cache.kv_mut().layer(index));
             let (out, v) = trace::scoped(
                 || format!("blocks.{index}"),
                 || {
                     trace::record("input", &x);
-                    let (out, v) = block.forward(x, x0.clone(), v1, rotary, policy, past);
+                    let (out, v) = block.forward(x, x0.clone(), v1, rotary, past);
                     trace::record("output", &out);
                     (out, v)
                 },
@@ -447,41 +467,35 @@ impl Gpt {
     /// The soft-capped fp32 logits `[B, vocab]` of the position after the last of `inputs`
     /// `[B, T]`: what generation samples from.
     ///
-    /// Without `cache`, `inputs` is the whole context and every position is computed. With it,
-    /// `inputs` are the positions after those the cache holds: only they are computed, their
-    /// keys and values appended (one position per generated token after the prompt). Refused
-    /// when the context would pass the model's `max_seq_len` or an id is outside its vocabulary.
+    /// `inputs` are the positions after those `cache` holds (all of the context when it holds
+    /// none): only they are computed, their keys and values appended (one position per
+    /// generated token after the prompt). Refused when the context would pass the model's
+    /// `max_seq_len` or an id is outside its vocabulary.
     pub fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
-        cache: Option<&mut KvCache>,
+        cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
-        let start = check_context(&inputs, cache.as_deref(), &self.config.limits())?;
-        let device = inputs.device();
-        let activation = self.policy.activation();
-        // Tables for the longest context once, narrowed to the new positions at every step.
-        let rotary = self
-            .rotary
-            .get(&self.config, self.config.max_seq_len, activation, &device)
-            .narrow(start, new);
-        let (hidden, _) = self.run_blocks(inputs, &rotary, cache);
+        let start = check_context(&inputs, cache.kv(), &self.config.limits())?;
+        let rotary = cache.rotary(start, new, self.policy.activation(), &inputs.device())?;
+        let (hidden, _) = self.run_blocks(inputs, &rotary, Some(cache));
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))
     }
 
     /// Soft-capped logits `[B, T, vocab]` in fp32, for evaluation and sampling. The soft-cap runs
     /// in the activation dtype, then the logits are cast to fp32, as in the record.
-    pub fn logits(&self, batch: &Batch) -> Result<Tensor<3>, GptError> {
+    pub fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.head(hidden))
     }
 
     /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
     /// activation dtype, then cast to the policy's loss dtype (fp32), as in the record.
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let logits = self.lm_head.forward_under(hidden, &self.policy);
+        let logits = self.lm_head.forward(hidden);
         softcap(logits, self.config.logit_softcap).cast(self.policy.loss())
     }
 
@@ -490,14 +504,13 @@ impl Gpt {
     ///
     /// The head and the loss run fused ([`CastedLinear::softcapped_cross_entropy`]): the
     /// logits never enter the autodiff graph.
-    pub fn forward(&self, batch: &Batch) -> Result<Tensor<1>, GptError> {
+    pub fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone());
+        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.lm_head.softcapped_cross_entropy(
             hidden,
             batch.targets().clone(),
             Some(self.config.logit_softcap),
-            &self.policy,
         ))
     }
 

@@ -1,12 +1,14 @@
-//! `CastedLinear`, the record's linear layer: an fp32 master weight cast to the activation
-//! dtype at use. As the output head it is fused with the loss (`head_loss.rs`).
+//! `CastedLinear`, the record's linear layer: an fp32 master weight cast to the matmul dtype at
+//! use, the dtypes its own, set by [`apply_policy`](crate::apply_policy). As the output head it
+//! is fused with the loss (`head_loss.rs`).
 
 use brainfloat_ops::matmul;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{Device, Tensor};
 
+use crate::convert::PrecisionAware;
 use crate::policy::PrecisionPolicy;
 use crate::role::{ParamRole, ParamRoles, RoleMap};
 
@@ -43,11 +45,13 @@ pub enum WeightLayout {
 }
 
 /// A linear layer whose weight is stored as an fp32 master weight (in PyTorch's `[out, in]`
-/// layout unless [`WeightLayout::InOut`]) and cast to the input's dtype at use:
-/// `y = x · cast(W)ᵀ + cast(b)`.
+/// layout unless [`WeightLayout::InOut`]) and cast to the matmul dtype at use:
+/// `y = cast(x) · cast(W)ᵀ + cast(b)`, returned in the activation dtype.
 ///
 /// The cast is differentiable, so the weight's gradient (and any optimizer state built from it)
-/// stays in the master weight's dtype while the matmul runs in the activation dtype.
+/// stays in the master weight's dtype while the matmul runs in the matmul dtype. The layer knows
+/// its dtypes: its policy is fp32 until [`apply_policy`](crate::apply_policy) (or
+/// [`PrecisionAware::with_policy`]) sets another.
 #[derive(Module, Debug)]
 pub struct CastedLinear {
     /// Master weight, `[d_output, d_input]` (`[d_input, d_output]` in [`WeightLayout::InOut`]).
@@ -56,6 +60,15 @@ pub struct CastedLinear {
     pub bias: Option<Param<Tensor<1>>>,
     #[module(skip)]
     layout: WeightLayout,
+    #[module(skip)]
+    policy: PrecisionPolicy,
+}
+
+impl PrecisionAware for CastedLinear {
+    fn with_policy(mut self, policy: PrecisionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
 }
 
 /// A layer on its own: its weight is a hidden matrix.
@@ -96,6 +109,7 @@ impl CastedLinearConfig {
                 .init_with([self.d_output], fan.0, fan.1, device)
             }),
             layout: self.layout,
+            policy: PrecisionPolicy::fp32(),
         }
     }
 }
@@ -113,11 +127,14 @@ impl CastedLinear {
         }
     }
 
-    /// Applies the layer to `input` of shape `[..., d_input]`, casting the weight (and bias) to
-    /// the input's dtype. The output has the input's dtype.
+    /// Applies the layer to `input` `[..., d_input]` under its policy: the input and the weight
+    /// (and bias) cast to the matmul dtype, the result to the activation dtype. In the `bf16` and
+    /// `fp32` presets the input's cast is a no-op; in `autocast` both casts are the baseline's
+    /// per-op casts.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let dtype = FloatDType::from(input.dtype());
-        let weight = self.weight.val().cast(dtype);
+        let matmul_dtype = self.policy.matmul();
+        let input = input.cast(matmul_dtype);
+        let weight = self.weight.val().cast(matmul_dtype);
         let weight = match self.layout {
             WeightLayout::OutIn => weight.transpose(),
             WeightLayout::InOut => weight,
@@ -131,22 +148,15 @@ impl CastedLinear {
         let rows = input.shape().num_elements() / d_input.max(1);
         let mut output = matmul(input.reshape([rows, d_input]), weight);
         if let Some(bias) = &self.bias {
-            output = output + bias.val().cast(dtype).unsqueeze();
+            output = output + bias.val().cast(matmul_dtype).unsqueeze();
         }
         dims[D - 1] = self.dims()[0];
-        output.reshape(dims)
+        output.reshape(dims).cast(self.policy.activation())
     }
 
-    /// Applies the layer under `policy`: the input is cast to the matmul dtype, the weight to
-    /// the same, and the result to the activation dtype. In the `bf16` and `fp32` presets both
-    /// casts are no-ops; in `autocast` they are the per-op casts of the baseline.
-    pub fn forward_under<const D: usize>(
-        &self,
-        input: Tensor<D>,
-        policy: &PrecisionPolicy,
-    ) -> Tensor<D> {
-        self.forward(input.cast(policy.matmul()))
-            .cast(policy.activation())
+    /// The policy the layer computes under.
+    pub fn policy(&self) -> &PrecisionPolicy {
+        &self.policy
     }
 
     /// `[d_output, d_input]`, whatever the layout.
@@ -167,7 +177,7 @@ impl CastedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::{DType, FloatDType, TensorData};
 
     fn layer(device: &Device) -> CastedLinear {
         // W = [[1, 2], [3, 4], [5, 6]] ([out = 3, in = 2]), b = [0.5, -0.5, 1].
@@ -184,11 +194,14 @@ mod tests {
     }
 
     #[test]
-    fn computes_x_times_w_transposed_plus_b_in_the_input_dtype() {
+    fn computes_x_times_w_transposed_plus_b_in_the_policys_activation_dtype() {
         let device = brainfloat_test_support::test_device().autodiff();
-        let layer = layer(&device);
         // x = [1, -1]: y = [1−2+0.5, 3−4−0.5, 5−6+1] = [−0.5, −1.5, 0].
-        for dtype in [DType::F32, DType::BF16] {
+        for (dtype, policy) in [
+            (DType::F32, PrecisionPolicy::fp32()),
+            (DType::BF16, PrecisionPolicy::bf16()),
+        ] {
+            let layer = layer(&device).with_policy(policy);
             let x = Tensor::<2>::from_data(
                 TensorData::new(vec![1.0f32, -1.0], [1, 2]),
                 (&device, dtype),
@@ -207,7 +220,7 @@ mod tests {
     #[test]
     fn master_weight_gradient_stays_fp32_under_bf16_compute() {
         let device = brainfloat_test_support::test_device().autodiff();
-        let layer = layer(&device);
+        let layer = layer(&device).with_policy(PrecisionPolicy::bf16());
         let x = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, -1.0, 2.0, 0.5], [2, 2]),
             (&device, DType::BF16),
@@ -236,8 +249,8 @@ mod tests {
             TensorData::new(vec![just_above_one, 0.0], [1, 2]),
             (&device, DType::F32),
         );
-        let fp32 = layer.forward_under(x.clone(), &PrecisionPolicy::fp32());
-        let autocast = layer.forward_under(x, &PrecisionPolicy::autocast());
+        let fp32 = layer.forward(x.clone());
+        let autocast = layer.with_policy(PrecisionPolicy::autocast()).forward(x);
         assert_eq!(autocast.dtype(), DType::F32);
         let (fp32, autocast) = (
             fp32.into_data().try_to_vec::<f32>().unwrap(),

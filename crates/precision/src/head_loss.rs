@@ -82,16 +82,16 @@ fn accumulate<const D: usize>(sum: Option<Tensor<D>>, part: Tensor<D>) -> Option
 
 impl CastedLinear {
     /// The record's output head and loss in one:
-    /// `softcapped_cross_entropy(self.forward_under(hidden, policy), targets, cap)`, with the
-    /// logits made, used and dropped inside, [`LOGITS_PER_CHUNK`] at a time ([`head_loss`]).
+    /// `softcapped_cross_entropy(self.forward(hidden), targets, cap)`, with the logits made,
+    /// used and dropped inside, [`LOGITS_PER_CHUNK`] at a time ([`head_loss`]), under the
+    /// layer's policy.
     pub fn softcapped_cross_entropy(
         &self,
         hidden: Tensor<3>,
         targets: Tensor<2, Int>,
         cap: Option<f64>,
-        policy: &PrecisionPolicy,
     ) -> Tensor<1> {
-        self.chunked_cross_entropy(hidden, targets, cap, policy, LOGITS_PER_CHUNK)
+        self.chunked_cross_entropy(hidden, targets, cap, LOGITS_PER_CHUNK)
     }
 
     /// [`softcapped_cross_entropy`](Self::softcapped_cross_entropy) with `logits_per_chunk`
@@ -102,7 +102,6 @@ impl CastedLinear {
         hidden: Tensor<3>,
         targets: Tensor<2, Int>,
         cap: Option<f64>,
-        policy: &PrecisionPolicy,
         logits_per_chunk: usize,
     ) -> Tensor<1> {
         let weight = match self.layout() {
@@ -113,7 +112,7 @@ impl CastedLinear {
             weight,
             bias: self.bias.as_ref().map(Param::val),
         };
-        head_loss(head, hidden, targets, cap, policy, logits_per_chunk)
+        head_loss(head, hidden, targets, cap, self.policy(), logits_per_chunk)
     }
 }
 
@@ -127,7 +126,7 @@ pub struct Head {
 
 impl Head {
     /// The logits `[B, T, vocab]` of `hidden` `[B, T, C]` in the activation dtype, the product
-    /// in the matmul dtype: what [`CastedLinear::forward_under`] gives for an `[out, in]` head
+    /// in the matmul dtype: what [`CastedLinear::forward`] gives for an `[out, in]` head
     /// (for evaluation and sampling; training takes [`head_loss`]).
     pub fn logits(self, hidden: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
         let [batch, seq, d_model] = hidden.dims();
@@ -448,7 +447,7 @@ mod tests {
     /// the gradients of the hidden states, weight and bias, in each preset.
     #[test]
     fn the_fused_head_matches_the_head_then_the_loss() {
-        use crate::{CastedLinearConfig, PrecisionPolicy, cast_params};
+        use crate::{CastedLinearConfig, PrecisionAware, PrecisionPolicy, cast_params};
         use burn::tensor::Distribution;
         let device = brainfloat_test_support::test_device().autodiff();
         let (batch, seq, d_model, vocab) = (2, 3, 8, 11);
@@ -457,7 +456,7 @@ mod tests {
             let head = CastedLinearConfig::new(d_model, vocab)
                 .with_bias(true)
                 .init(&device);
-            let head = cast_params(head, &policy).unwrap();
+            let head = cast_params(head, &policy).unwrap().with_policy(policy);
             let hidden = Tensor::<3>::random(
                 [batch, seq, d_model],
                 Distribution::Normal(0.0, 3.0),
@@ -472,15 +471,9 @@ mod tests {
             let run = |chunk: Option<usize>| {
                 let hidden = hidden.clone().detach().require_grad();
                 let loss = if let Some(chunk) = chunk {
-                    head.chunked_cross_entropy(
-                        hidden.clone(),
-                        targets.clone(),
-                        Some(2.0),
-                        &policy,
-                        chunk,
-                    )
+                    head.chunked_cross_entropy(hidden.clone(), targets.clone(), Some(2.0), chunk)
                 } else {
-                    let logits = head.forward_under(hidden.clone(), &policy);
+                    let logits = head.forward(hidden.clone());
                     let [b, t, v] = logits.dims();
                     cross_entropy_fp32(
                         softcap(logits, 2.0).reshape([b * t, v]),

@@ -4,7 +4,7 @@
 //! CastBf16 recipe:
 //!
 //! - [`CastedLinear`]: a linear layer with an fp32 master weight (PyTorch's `[out, in]` layout)
-//!   cast to the input's dtype at use, so gradients and optimizer state stay fp32 while the
+//!   cast to the matmul dtype at use, so gradients and optimizer state stay fp32 while the
 //!   matmul runs in bf16;
 //! - [`PrecisionPolicy`]: the dtype of every component (master weights, embeddings, scalars,
 //!   matmul operands, activations; the loss is always fp32), from the presets `fp32`,
@@ -12,20 +12,20 @@
 //!   gradients and optimizer state in bf16, their updates rounded to nearest, stochastically or
 //!   with Kahan compensation), with per-component overrides;
 //! - [`apply_policy`]: one call that casts every parameter to its storage dtype and hands the
-//!   compute dtypes to the model; [`PrecisionReport`] shows the bytes per dtype per component;
+//!   compute dtypes to the model, which hands them to each layer; [`PrecisionReport`] shows the bytes per dtype per component;
 //! - [`lost_updates`]: which fp32 master-weight updates bf16 storage would lose;
 //! - [`CastedLinear::softcapped_cross_entropy`]: the output head and the record's loss (fp32
 //!   from bf16 or fp32 logits) fused, so that the logits never enter the autodiff graph.
 //!
 //! ```
-//! use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, PrecisionReport, cast_params};
+//! use brainfloat_precision::{CastedLinearConfig, PrecisionPolicy, PrecisionReport, apply_policy};
 //! use burn::tensor::{DType, Device, Tensor};
 //!
 //! let device = Device::flex();
 //! let policy: PrecisionPolicy = "bf16".parse().unwrap();
 //! policy.check_device(&device).unwrap();
 //!
-//! let layer = cast_params(CastedLinearConfig::new(4, 3).init(&device), &policy).unwrap();
+//! let layer = apply_policy(CastedLinearConfig::new(4, 3).init(&device), &policy, &device).unwrap();
 //! let x = Tensor::<2>::ones([2, 4], (&device, DType::BF16));
 //! let y = layer.forward(x);
 //! assert_eq!(y.dtype(), DType::BF16); // computed in bf16 ...

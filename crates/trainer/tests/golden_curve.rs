@@ -34,7 +34,7 @@ fn six_steps_from_the_golden_weights_follow_pytorch() {
             for _ in 0..grad_accum_steps {
                 let batch = Batch::from_window(&tokens[start..start + 65], 2, 32, &device).unwrap();
                 start += 64;
-                let loss = model.forward(&batch).unwrap();
+                let loss = model.forward(&batch, &model.cache(&device)).unwrap();
                 last_loss = scalar(loss.clone());
                 accumulator
                     .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));

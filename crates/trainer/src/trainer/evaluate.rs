@@ -160,13 +160,14 @@ fn validation_loss_of_rank(
     let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?
         .with_vocab(config.shape()?.vocab_size())?;
     let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
+    let cache = model.cache(device);
     let mut total = 0.0;
     for _ in 0..batches {
         if abandon() {
             return Ok(None);
         }
         let batch = Batch::from_window(&loader.next_window()?, micro, seq_len, device)?;
-        total += model.forward(&batch)?.into_scalar::<f32>() as f64;
+        total += model.forward(&batch, &cache)?.into_scalar::<f32>() as f64;
     }
     Ok(Some((total / batches as f64, batches * micro * seq_len)))
 }

@@ -10,7 +10,7 @@ use brainfloat_data::{
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
-use brainfloat_gpt::{Batch, LanguageModel, Model};
+use brainfloat_gpt::{Batch, Cache, LanguageModel, Model};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -60,6 +60,8 @@ pub struct Trainer<M: LanguageModel = Model> {
     config: TrainConfig,
     device: Device,
     model: Owned<M>,
+    /// What the training forward passes read besides the weights (the rotary tables).
+    cache: Cache,
     optimizer: RecordOptimizer,
     schedule: Schedule,
     train: DistributedLoader,
@@ -344,7 +346,7 @@ impl<M: LanguageModel> Trainer<M> {
         let mut accumulator = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(accum_steps);
         for batch in Batch::from_windows(&windows, micro, seq_len, &self.device)? {
-            let mut loss = self.model.forward(&batch)?;
+            let mut loss = self.model.forward(&batch, &self.cache)?;
             if poison_loss {
                 loss = loss.mul_scalar(f64::NAN);
             }

@@ -33,6 +33,7 @@ impl<M: LanguageModel> Trainer<M> {
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are opened.
         let model = init_model_of::<M>(&config, &device, config.train.seed)?;
+        let cache = model.cache(&device);
 
         // Headers now; token ids when a loader first opens a shard (not the whole dataset here).
         let train_paths = shard_paths(&config.data.train)?;
@@ -58,6 +59,7 @@ impl<M: LanguageModel> Trainer<M> {
             config,
             device,
             model: Owned::new(model),
+            cache,
             optimizer,
             schedule,
             train,
