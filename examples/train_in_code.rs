@@ -13,8 +13,7 @@ use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::plugins::{CheckpointPlugin, LogPlugin, MetricsPlugin};
 use brainfloat_trainer::{
     DataSection, EvalSection, GroupValues, LogFormat, MatrixOptimizer, ModelSection,
-    NonFinitePolicy, OptimSection, OutputSection, ScheduleKind, Start, TrainConfig, TrainSection,
-    Trainer,
+    NonFinitePolicy, OptimSection, OutputSection, ScheduleKind, TrainConfig, TrainSection, Trainer,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -100,10 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.validate()?;
     let device = Backend::from_env()?.device()?;
     let metrics = config.output.dir.join("metrics.jsonl");
-    let mut trainer = Trainer::new(config, &device, Start::Fresh)?
-        .with_plugin(LogPlugin::new(10))
-        .with_plugin(MetricsPlugin::new(metrics.clone()))
-        .with_plugin(CheckpointPlugin::new(0, steps));
+    let mut trainer = Trainer::builder(config)
+        .plugin(LogPlugin::new(10))
+        .plugin(MetricsPlugin::new(metrics.clone()))
+        .plugin(CheckpointPlugin::new(0, steps))
+        .build(&device)?;
     let summary = trainer.run()?;
     println!(
         "{} steps, validation loss {:.3}; metrics in {}",

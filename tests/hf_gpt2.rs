@@ -6,12 +6,11 @@
 use std::path::Path;
 
 use brainfloat_data::write_shard;
-use brainfloat_distributed::LocalSync;
 use brainfloat_gpt::{Batch, Gpt2, LanguageModel, ModelShape};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use brainfloat_tests::{python_output, script, torch_python, values};
 use brainfloat_trainer::{
-    ConfigSource, ModelSection, Start, TrainConfig, Trainer, export_hf, load_hf_weights,
+    ConfigSource, ModelSection, Start, TrainConfig, TrainerBuilder, export_hf, load_hf_weights,
     read_hf_shape,
 };
 use burn::module::Module;
@@ -171,13 +170,10 @@ fn fine_tuned_here_in_bf16_then_exported_loads_in_transformers_with_our_logits()
     config.model = ModelSection::of_shape(config.model.size, &shape);
     config.validate().unwrap();
     let device = brainfloat_test_support::test_device();
-    let mut trainer = Trainer::<Gpt2>::of_model(
-        config,
-        &device,
-        Start::InitHf(hf.clone()),
-        Box::new(LocalSync),
-    )
-    .unwrap();
+    let mut trainer = TrainerBuilder::<Gpt2>::new(config)
+        .start(Start::InitHf(hf.clone()))
+        .build(&device)
+        .unwrap();
     let first = trainer.evaluate().unwrap().val_loss;
     for _ in 0..4 {
         assert!(trainer.train_step().unwrap().loss.is_finite());

@@ -3,7 +3,7 @@
 //! shards whose ids fit in 16 bits stay in llm.c's version 1.
 
 use brainfloat_data::{SHARD_VERSION, SHARD_VERSION_U32, Shard, write_shard};
-use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer};
+use brainfloat_trainer::{ConfigSource, TrainConfig, Trainer};
 
 /// `header[1]` of the shard at `path`.
 fn version(path: &std::path::Path) -> i32 {
@@ -46,7 +46,7 @@ fn a_vocabulary_over_65536_trains_through_32_bit_shards() {
     ];
     let config = TrainConfig::load(&ConfigSource::File(tiny), &overrides).unwrap();
     let device = brainfloat_test_support::test_device();
-    let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+    let mut trainer = Trainer::builder(config).build(&device).unwrap();
     let first = trainer.evaluate().unwrap().val_loss;
     let mut losses = Vec::new();
     for _ in 0..12 {

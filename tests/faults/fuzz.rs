@@ -180,7 +180,8 @@ pub fn fuzz_parsers(base: &Base) -> Vec<Target> {
         .unwrap()
         .device()
         .unwrap();
-    let model = init_model(&train_config, &device).unwrap();
+    let model: brainfloat_gpt::Model =
+        init_model(&train_config, &device, train_config.train.seed).unwrap();
     let weights = std::fs::read(data_file(&base.good, "model")).unwrap();
     targets.push(fuzz(
         "weights (safetensors, `weights_from_safetensors`)",

@@ -6,7 +6,7 @@ use brainfloat_gpt::LanguageModel;
 use brainfloat_memory as memory;
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
-    AttentionState, ConfigError, MemoryEstimate, Start, TrainConfig, TrainError, Trainer,
+    AttentionState, ConfigError, MemoryEstimate, TrainConfig, TrainError, Trainer,
 };
 use burn::tensor::{Device, FloatDType};
 
@@ -162,7 +162,7 @@ fn warm_up(
         _ => None,
     };
     let gpu_before = gpu_memory();
-    let mut trainer = Trainer::new(config, device, Start::Fresh)?;
+    let mut trainer = Trainer::builder(config).build(device)?;
     let mut losses = Vec::new();
     for _ in 0..steps {
         losses.push(trainer.train_step()?.loss);

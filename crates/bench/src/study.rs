@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use brainfloat_gpt::ModelSize;
 use brainfloat_precision::PrecisionPolicy;
-use brainfloat_trainer::{Start, TrainConfig, TrainError, Trainer};
+use brainfloat_trainer::{TrainConfig, TrainError, Trainer};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +122,7 @@ fn train_one(
         config.train.steps,
     );
     let started = Instant::now();
-    let mut trainer = Trainer::new(config, device, Start::Fresh)?;
+    let mut trainer = Trainer::builder(config).build(device)?;
     let (mut train, mut val) = (Vec::with_capacity(steps), Vec::new());
     for step in 1..=steps {
         train.push((step, trainer.train_step()?.loss));

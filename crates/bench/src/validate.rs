@@ -5,11 +5,10 @@
 use std::collections::HashSet;
 
 use brainfloat_data::shard_paths;
-use brainfloat_gpt::LanguageModel;
+use brainfloat_gpt::{LanguageModel, Model};
 use brainfloat_precision::{Component, PrecisionPolicy, named_grads, named_params};
 use brainfloat_trainer::{
-    RecordOptimizer, Start, TrainConfig, TrainError, Trainer, init_model_with_seed,
-    load_checkpoint, validation_loss,
+    RecordOptimizer, TrainConfig, TrainError, Trainer, init_model, load_checkpoint, validation_loss,
 };
 use burn::module::Module;
 use burn::tensor::{DType, Device};
@@ -70,7 +69,7 @@ fn brief_run(
     let mut config = config.clone();
     config.train.precision = precision;
     config.output.dir = config.output.dir.join(precision.to_string());
-    let mut trainer = Trainer::new(config, device, Start::Fresh)?;
+    let mut trainer = Trainer::builder(config).build(device)?;
     let initial_val = trainer.evaluate()?.val_loss;
     tracing::info!(%precision, initial_val, "training briefly");
     while trainer.step() < trainer.config().train.steps {
@@ -244,7 +243,7 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
 fn checkpoint_round_trip(trainer: &mut Trainer, device: &Device) -> Result<Check, TrainError> {
     let path = trainer.checkpoint()?;
     let config = trainer.config().clone();
-    let other = init_model_with_seed(&config, device, config.train.seed.wrapping_add(1))?;
+    let other: Model = init_model(&config, device, config.train.seed.wrapping_add(1))?;
     let fresh = RecordOptimizer::new(Default::default());
     let restored = load_checkpoint(&path, other, fresh, device)?;
     let bits = |t: &burn::tensor::Tensor<1>| t.to_data().as_bytes().to_vec();

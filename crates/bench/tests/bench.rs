@@ -244,14 +244,15 @@ fn a_bench_without_steps_or_presets_is_refused() {
 #[test]
 fn the_metrics_stream_carries_the_probe_and_the_heap_peak() {
     let _heap = exclusive_heap();
+    use brainfloat_trainer::Trainer;
     use brainfloat_trainer::plugins::MetricsPlugin;
-    use brainfloat_trainer::{Start, Trainer};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.jsonl");
     let config = common::config(dir.path(), "bf16", &["eval.lost_update_every=2"]);
-    let mut trainer = Trainer::new(config, &test_device(), Start::Fresh)
-        .unwrap()
-        .with_plugin(MetricsPlugin::new(path.clone()).with_memory(memory::step_reading));
+    let mut trainer = Trainer::builder(config)
+        .plugin(MetricsPlugin::new(path.clone()).with_memory(memory::step_reading))
+        .build(&test_device())
+        .unwrap();
     trainer.run().unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .unwrap()

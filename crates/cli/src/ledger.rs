@@ -140,7 +140,7 @@ fn count_step(
         _ => LibTorchRoute::Device,
     };
     let traffic = with_libtorch_route(route, || -> Result<_, CliError> {
-        let mut trainer = Trainer::new(config, device, Start::Fresh)?;
+        let mut trainer = Trainer::builder(config).build(device)?;
         // The first step makes the optimizer's state; the second is a steady one.
         trainer.train_step()?;
         ledger_start();

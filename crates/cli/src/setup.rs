@@ -328,7 +328,7 @@ pub fn load_model(
                 config = with_model(config, model)?;
             }
             check_loading_fits(backend, &config)?;
-            let model = init_model(&config, device)?;
+            let model = init_model(&config, device, config.train.seed)?;
             let model = match source {
                 WeightsSource::HuggingFace(dir) => load_hf_weights(model, dir)?,
                 _ => load_weights(model, path)?,
@@ -343,7 +343,7 @@ pub fn load_model(
     let config = with_model(config, record.config.model.clone())?;
     check_loading_fits(backend, &config)
         .map_err(|err| err.within(checkpoint.display().to_string()))?;
-    let model = init_model(&config, device)?;
+    let model = init_model(&config, device, config.train.seed)?;
     let model = load_checkpoint_weights(checkpoint, &record, model)?;
     for note in model_notes(&record.config, &config) {
         tracing::warn!("{}: {note}", checkpoint.display());

@@ -134,18 +134,22 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     };
     // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
     // the same averaged values, so every rank decides the same.
-    let mut trainer = Trainer::distributed(config, &device, start, sync)
-        .map_err(|err| CliError::from(err).within(format!("rank {rank} of {world}")))?
-        .with_plugin(StopOnFlag::new(stop.flag()));
+    let mut builder = Trainer::builder(config)
+        .start(start)
+        .sync(sync)
+        .plugin(StopOnFlag::new(stop.flag()));
     if leader {
-        trainer = trainer
-            .with_plugin(LogPlugin::new(log_every))
-            .with_plugin(metrics_plugin)
-            .with_plugin(CheckpointPlugin::new(every, steps));
+        builder = builder
+            .plugin(LogPlugin::new(log_every))
+            .plugin(metrics_plugin)
+            .plugin(CheckpointPlugin::new(every, steps));
         if progress {
-            trainer = trainer.with_plugin(ProgressPlugin::default());
+            builder = builder.plugin(ProgressPlugin::default());
         }
     }
+    let mut trainer = builder
+        .build(&device)
+        .map_err(|err| CliError::from(err).within(format!("rank {rank} of {world}")))?;
     match trainer.run() {
         Ok(summary) if summary.stopped_early => {
             // A rank the signal did not reach stopped because another rank was asked to.

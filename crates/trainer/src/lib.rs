@@ -6,7 +6,7 @@
 //! - [`Schedule`]: warmup, then the record's trapezoid (flat, linear warmdown to 0), a cosine
 //!   or a linear decay;
 //! - [`TrainConfig`]: one TOML per preset, overridable from the environment and the command line;
-//! - [`Trainer`]: micro-batches with gradient accumulation, evaluation, atomic checkpoints with
+//! - [`Trainer`] (made by a [`TrainerBuilder`]): micro-batches with gradient accumulation, evaluation, atomic checkpoints with
 //!   exact resume, a non-finite policy (`stop` or `skip`; a bad update is never applied), and
 //!   [`Plugin`]s (logs, metrics, progress, checkpoint cadence, stop on Ctrl-C); generic over
 //!   the [`LanguageModel`](brainfloat_gpt::LanguageModel) it trains;
@@ -59,6 +59,4 @@ pub use plugins::{
 };
 pub use resume::{ResumeNote, model_notes};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{
-    Start, Trainer, init_model, init_model_of, init_model_with_seed, validation_loss,
-};
+pub use trainer::{Start, Trainer, TrainerBuilder, init_model, validation_loss};

@@ -121,12 +121,10 @@ fn the_trainer_from_the_golden_weights_follows_pytorch() {
             &["train.grad_accum_steps=2", "model.size=tiny"],
         );
         let weights = golden_dir().join("init.safetensors");
-        let mut trainer = Trainer::new(
-            config,
-            &brainfloat_test_support::test_device(),
-            Start::Init(weights),
-        )
-        .unwrap();
+        let mut trainer = Trainer::builder(config)
+            .start(Start::Init(weights))
+            .build(&brainfloat_test_support::test_device())
+            .unwrap();
         let curve: Vec<f64> = (0..6)
             .map(|_| trainer.train_step().unwrap().last_micro_loss)
             .collect();

@@ -14,7 +14,7 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
 
     // skip: steps 2 and 4 are counted and leave the model exactly as it was.
     let config = common::config(dir.path(), "fp32", &["train.on_non_finite=skip"]);
-    let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+    let mut trainer = Trainer::builder(config).build(&device).unwrap();
     trainer.train_step().unwrap();
     let before = common::flat_params(&trainer);
     let stats = trainer.train_step().unwrap();
@@ -42,7 +42,7 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     drop(trainer); // a folder takes one trainer at a time
     let elsewhere = format!("output.dir={}", dir.path().join("stop").display());
     let config = common::config(dir.path(), "fp32", &[&elsewhere]);
-    let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+    let mut trainer = Trainer::builder(config).build(&device).unwrap();
     trainer.train_step().unwrap();
     let kept = trainer.checkpoint().unwrap();
     let before = common::flat_params(&trainer);
@@ -62,7 +62,8 @@ fn injected_nan_is_never_applied_and_follows_the_policy() {
     drop(trainer);
     unsafe { std::env::set_var(INJECT_NON_FINITE, "nan@x") };
     let config = common::config(dir.path(), "fp32", &[]);
-    let err = Trainer::new(config, &device, Start::Fresh)
+    let err = Trainer::builder(config)
+        .build(&device)
         .err()
         .unwrap()
         .to_string();

@@ -18,12 +18,9 @@ fn micro_steps_equal_one_step_on_the_concatenated_batch() {
     let dir = tempfile::tempdir().unwrap();
     let device = brainfloat_test_support::test_device();
     let update = |overrides: &[&str]| {
-        let mut trainer = Trainer::new(
-            common::config(dir.path(), "fp32", overrides),
-            &device,
-            Start::Fresh,
-        )
-        .unwrap();
+        let mut trainer = Trainer::builder(common::config(dir.path(), "fp32", overrides))
+            .build(&device)
+            .unwrap();
         let before = common::flat_params(&trainer);
         let stats = trainer.train_step().unwrap();
         let after = common::flat_params(&trainer);
@@ -56,7 +53,12 @@ fn models_built_at_the_same_time_get_their_seeds_weights() {
     let dir = tempfile::tempdir().unwrap();
     let device = brainfloat_test_support::test_device();
     let config = common::config(dir.path(), "bf16", &[]);
-    let weights = || weights_to_safetensors(&init_model(&config, &device).unwrap()).unwrap();
+    let weights = || {
+        weights_to_safetensors(
+            &init_model::<brainfloat_gpt::Model>(&config, &device, config.train.seed).unwrap(),
+        )
+        .unwrap()
+    };
     let alone = weights();
     std::thread::scope(|scope| {
         let built: Vec<_> = (0..4)
@@ -82,16 +84,19 @@ fn stop_and_resume_reproduces_the_straight_run_bit_for_bit() {
         // Its own folder: a folder takes one trainer at a time.
         let elsewhere = format!("output.dir={}", dir.path().join("straight").display());
         let straight_config = common::config(dir.path(), precision, &[&elsewhere]);
-        let mut straight = Trainer::new(straight_config, &device, Start::Fresh).unwrap();
+        let mut straight = Trainer::builder(straight_config).build(&device).unwrap();
         let straight_losses: Vec<f64> = (0..6)
             .map(|_| straight.train_step().unwrap().loss)
             .collect();
 
-        let mut first = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+        let mut first = Trainer::builder(config.clone()).build(&device).unwrap();
         let mut losses: Vec<f64> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
         first.checkpoint().unwrap();
         drop(first);
-        let mut resumed = Trainer::new(config, &device, Start::Resume(None)).unwrap();
+        let mut resumed = Trainer::builder(config)
+            .start(Start::Resume(None))
+            .build(&device)
+            .unwrap();
         assert_eq!(resumed.step(), 3);
         losses.extend((0..3).map(|_| resumed.train_step().unwrap().loss));
 
@@ -117,7 +122,7 @@ fn pure_bf16_presets_store_bf16_and_round_as_their_preset_says() {
     let run = |precision: &str, folder: &str| {
         let folder = format!("output.dir={}", dir.path().join(folder).display());
         let config = common::config(dir.path(), precision, &[&folder]);
-        let mut trainer = Trainer::new(config, &device, Start::Fresh).unwrap();
+        let mut trainer = Trainer::builder(config).build(&device).unwrap();
         for _ in 0..3 {
             trainer.train_step().unwrap();
         }
@@ -177,9 +182,10 @@ fn the_probe_reports_stochastic_rounding_against_its_expectation_and_kahans_comp
             &[&folder, "eval.lost_update_every=1"],
         );
         let path = dir.path().join(format!("{precision}.jsonl"));
-        let mut trainer = Trainer::new(config, &device, Start::Fresh)
-            .unwrap()
-            .with_plugin(MetricsPlugin::new(path.clone()));
+        let mut trainer = Trainer::builder(config)
+            .plugin(MetricsPlugin::new(path.clone()))
+            .build(&device)
+            .unwrap();
         trainer.run().unwrap();
         let lines = MetricsLine::read_all(&path).unwrap();
         lines.into_iter().filter(|l| l.loss.is_some()).collect()
@@ -266,10 +272,11 @@ fn samples_come_at_their_evaluations_and_into_the_metrics() {
         let config = common::config(dir.path(), "bf16", &sampling);
         let metrics = config.output.dir.join("metrics.jsonl");
         let recorder = Recorder::default();
-        let mut trainer = Trainer::new(config, &device, Start::Fresh)
-            .unwrap()
-            .with_plugin(recorder.clone())
-            .with_plugin(MetricsPlugin::new(metrics.clone()));
+        let mut trainer = Trainer::builder(config)
+            .plugin(recorder.clone())
+            .plugin(MetricsPlugin::new(metrics.clone()))
+            .build(&device)
+            .unwrap();
         trainer.run().unwrap();
         drop(trainer);
         let events = recorder.0.borrow().clone();
@@ -306,7 +313,8 @@ fn samples_come_at_their_evaluations_and_into_the_metrics() {
             &folder,
         ],
     );
-    let err = Trainer::new(config, &device, Start::Fresh)
+    let err = Trainer::builder(config)
+        .build(&device)
         .err()
         .unwrap()
         .to_string();
@@ -335,9 +343,10 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
     let config = common::config(dir.path(), "bf16", &shape);
     // The architecture named as a type: the trainer is generic over its model.
     let sync = Box::new(brainfloat_distributed::LocalSync);
-    let mut first =
-        Trainer::<brainfloat_gpt::Gpt>::of_model(config.clone(), &device, Start::Fresh, sync)
-            .unwrap();
+    let mut first = brainfloat_trainer::TrainerBuilder::<brainfloat_gpt::Gpt>::new(config.clone())
+        .sync(sync)
+        .build(&device)
+        .unwrap();
     assert_eq!(first.model().config().n_layer, 3);
     assert_eq!(first.model().transformer.h.len(), 3);
     assert_eq!(first.model().config().head_dim(), 8);
@@ -346,7 +355,10 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
     }
     let record = first.checkpoint().unwrap();
     drop(first);
-    let mut resumed = Trainer::new(config.clone(), &device, Start::Resume(None)).unwrap();
+    let mut resumed = Trainer::builder(config.clone())
+        .start(Start::Resume(None))
+        .build(&device)
+        .unwrap();
     assert_eq!(resumed.step(), 2);
     let summary = resumed.run().unwrap();
     assert_eq!(summary.steps, 4);
@@ -355,9 +367,12 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
 
     // The record carries the shape: a tiny-sized model refuses the weights, the record's loads.
     let saved = read_record(&record).unwrap();
-    let tiny = init_model(&common::config(dir.path(), "bf16", &[]), &device).unwrap();
+    let tiny_config = common::config(dir.path(), "bf16", &[]);
+    let tiny: brainfloat_gpt::Model =
+        init_model(&tiny_config, &device, tiny_config.train.seed).unwrap();
     assert!(load_checkpoint_weights(&record, &saved, tiny).is_err());
-    let model = init_model(&saved.config, &device).unwrap();
+    let model: brainfloat_gpt::Model =
+        init_model(&saved.config, &device, saved.config.train.seed).unwrap();
     let model = load_checkpoint_weights(&record, &saved, model).unwrap();
     let paths = brainfloat_data::shard_paths(&config.data.val).unwrap();
     let (loss, _) = validation_loss(&model, &config, paths, &device).unwrap();
@@ -373,14 +388,11 @@ fn a_run_calls_its_plugins_and_learns() {
         &["train.steps=12", "train.warmdown_steps=4"],
     );
     let recorder = Recorder::default();
-    let mut trainer = Trainer::new(
-        config,
-        &brainfloat_test_support::test_device(),
-        Start::Fresh,
-    )
-    .unwrap()
-    .with_plugin(recorder.clone())
-    .with_plugin(CheckpointPlugin::new(6, 12));
+    let mut trainer = Trainer::builder(config)
+        .plugin(recorder.clone())
+        .plugin(CheckpointPlugin::new(6, 12))
+        .build(&brainfloat_test_support::test_device())
+        .unwrap();
     let first = trainer.evaluate().unwrap().val_loss;
     let summary = trainer.run().unwrap();
     let events = recorder.0.borrow().clone();
@@ -399,7 +411,7 @@ fn weights_that_are_not_finite_never_start_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let device = brainfloat_test_support::test_device();
     let config = common::config(dir.path(), "fp32", &[]);
-    let trainer = Trainer::new(config.clone(), &device, Start::Fresh).unwrap();
+    let trainer = Trainer::builder(config.clone()).build(&device).unwrap();
     // Weights with an infinite embedding row would make every loss NaN ...
     let mut bytes = weights_to_safetensors(trainer.model()).unwrap();
     let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -414,7 +426,9 @@ fn weights_that_are_not_finite_never_start_a_run() {
     // ... so they are refused when they load, naming the tensor, before any step.
     let elsewhere = format!("output.dir={}", dir.path().join("init").display());
     let config = common::config(dir.path(), "fp32", &[&elsewhere]);
-    let err = Trainer::new(config, &device, Start::Init(poisoned))
+    let err = Trainer::builder(config)
+        .start(Start::Init(poisoned))
+        .build(&device)
         .err()
         .expect("infinite weights were accepted")
         .to_string();
@@ -429,14 +443,11 @@ fn an_unusable_output_folder_fails_before_training() {
     std::fs::write(&blocker, b"not a folder").unwrap();
     let out = format!("output.dir={}", blocker.join("run").display());
     let config = common::config(dir.path(), "bf16", &[&out]);
-    let err = Trainer::new(
-        config,
-        &brainfloat_test_support::test_device(),
-        Start::Fresh,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = Trainer::builder(config)
+        .build(&brainfloat_test_support::test_device())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.starts_with(&format!("output folder {}", blocker.join("run").display())),
         "{err}"
@@ -444,13 +455,11 @@ fn an_unusable_output_folder_fails_before_training() {
     assert!(err.contains("cannot create"), "{err}");
 
     let config = common::config(dir.path(), "bf16", &[]);
-    let err = Trainer::new(
-        config,
-        &brainfloat_test_support::test_device(),
-        Start::Resume(None),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = Trainer::builder(config)
+        .start(Start::Resume(None))
+        .build(&brainfloat_test_support::test_device())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no checkpoint to resume from"), "{err}");
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use brainfloat_backend::Backend;
 use brainfloat_trainer::plugins::{CheckpointPlugin, LogPlugin};
-use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer};
+use brainfloat_trainer::{ConfigSource, TrainConfig, Trainer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -21,9 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Backend::from_env()?;
     let device = backend.device()?;
     let (steps, every) = (config.train.steps, config.output.checkpoint_every);
-    let mut trainer = Trainer::new(config, &device, Start::Fresh)?
-        .with_plugin(LogPlugin::new((steps / 10).max(1)))
-        .with_plugin(CheckpointPlugin::new(every, steps));
+    let mut trainer = Trainer::builder(config)
+        .plugin(LogPlugin::new((steps / 10).max(1)))
+        .plugin(CheckpointPlugin::new(every, steps))
+        .build(&device)?;
     let summary = trainer.run()?;
     println!(
         "{backend}: {} steps, validation loss {:.4}",

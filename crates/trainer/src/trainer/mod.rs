@@ -1,6 +1,7 @@
 //! The training loop of the record: micro-batches with gradient accumulation, the optimizers per
 //! group, the schedule, evaluation, checkpoints, and the plugins.
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -37,7 +38,7 @@ mod start;
 use evaluate::SamplePrompt;
 
 pub use evaluate::validation_loss;
-pub use start::{init_model, init_model_of, init_model_with_seed};
+pub use start::{TrainerBuilder, init_model};
 
 /// How a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +54,9 @@ pub enum Start {
     Resume(Option<PathBuf>),
 }
 
-/// A training run: model, optimizer, data and plugins. Generic over the model: [`Model`] (the
-/// default) is the architecture the config's `model.arch` names; a program that knows its
-/// architecture can name it (`Trainer<Gpt2>`, built by [`Trainer::of_model`]).
+/// A training run: model, optimizer, data and plugins, made by a [`TrainerBuilder`]. Generic
+/// over the model: [`Model`] (the default) is the architecture the config's `model.arch` names;
+/// a program that knows its architecture can name it (`Trainer<Gpt2>`).
 pub struct Trainer<M: LanguageModel = Model> {
     config: TrainConfig,
     device: Device,
@@ -122,73 +123,10 @@ const SAMPLE_TEMPERATURE: f32 = 0.8;
 /// See [`SAMPLE_TEMPERATURE`].
 const SAMPLE_TOP_K: usize = 200;
 
-impl Trainer {
-    /// Prepares a run on `device` (an autodiff device is made from it): checks the output folder
-    /// is writable, builds the model the config names under its policy, opens and validates
-    /// every shard, and starts the model as `start` says.
-    pub fn new(config: TrainConfig, device: &Device, start: Start) -> Result<Self, TrainError> {
-        Self::distributed(config, device, start, Box::new(LocalSync))
-    }
-
-    /// [`new`](Self::new) for one rank of a data-parallel run: reads this rank's slice of the
-    /// data, averages gradients (fp32) and losses over the ranks of `sync` once per step, and
-    /// writes checkpoints only on rank 0. `train.ranks` must be the number of ranks.
-    ///
-    /// A rank that fails here, under several ranks, ends them all (`Collectives::abort`, after
-    /// logging why): the others wait for it in a collective, and dropping its sync would
-    /// finalize MPI, which waits for them in turn.
-    pub fn distributed(
-        config: TrainConfig,
-        device: &Device,
-        start: Start,
-        sync: Box<dyn Collectives>,
-    ) -> Result<Self, TrainError> {
-        Self::of_model(config, device, start, sync)
-    }
-}
-
 impl<M: LanguageModel> Trainer<M> {
-    /// [`Trainer::distributed`] with the model type `M`; the config's `model.arch` must be
-    /// `M`'s architecture.
-    pub fn of_model(
-        config: TrainConfig,
-        device: &Device,
-        start: Start,
-        sync: Box<dyn Collectives>,
-    ) -> Result<Self, TrainError> {
-        let mut held = Some(sync);
-        let started =
-            Self::assemble(config, device, &mut held).and_then(|mut trainer| {
-                match trainer.start(start) {
-                    Ok(()) => Ok(trainer),
-                    Err(err) => {
-                        held = Some(trainer.into_sync());
-                        Err(err)
-                    }
-                }
-            });
-        started.map_err(|err| {
-            if let Some(mut sync) = held.filter(|sync| sync.world_size() > 1) {
-                tracing::error!(
-                    "rank {} of {}: {err}; stopping all ranks",
-                    sync.rank(),
-                    sync.world_size()
-                );
-                sync.abort(1);
-            }
-            err
-        })
-    }
-
     /// The trainer's sync, everything else dropped (the output folder's claim released).
     fn into_sync(self) -> Box<dyn Collectives> {
         self.sync
-    }
-
-    /// Adds a plugin; plugins are called in the order they were added.
-    pub fn with_plugin(mut self, plugin: impl Plugin + 'static) -> Self {
-        self.plugins.push(Box::new(plugin));
-        self
     }
 
     /// The model as it is now.

@@ -3,6 +3,110 @@
 
 use super::*;
 
+/// How a [`Trainer`] is made: the config, what differs from a fresh run of one rank without
+/// plugins, then [`build`](Self::build) on a device.
+///
+/// ```no_run
+/// use brainfloat_trainer::plugins::LogPlugin;
+/// use brainfloat_trainer::{ConfigSource, Start, TrainConfig, Trainer};
+/// use burn::tensor::Device;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = TrainConfig::load(&ConfigSource::File("configs/tiny.toml".into()), &[])?;
+/// let mut trainer = Trainer::builder(config)
+///     .start(Start::Resume(None))
+///     .plugin(LogPlugin::new(10))
+///     .build(&Device::flex())?;
+/// trainer.run()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct TrainerBuilder<M: LanguageModel = Model> {
+    config: TrainConfig,
+    start: Start,
+    sync: Box<dyn Collectives>,
+    plugins: Vec<Box<dyn Plugin>>,
+    model: PhantomData<M>,
+}
+
+impl Trainer {
+    /// A builder of a trainer of the architecture the config's `model.arch` names.
+    pub fn builder(config: TrainConfig) -> TrainerBuilder {
+        TrainerBuilder::new(config)
+    }
+}
+
+impl<M: LanguageModel> TrainerBuilder<M> {
+    /// A builder of a trainer of the model type `M` (the config's `model.arch` must be `M`'s
+    /// architecture): a fresh start, one rank, no plugins.
+    pub fn new(config: TrainConfig) -> Self {
+        Self {
+            config,
+            start: Start::Fresh,
+            sync: Box::new(LocalSync),
+            plugins: Vec::new(),
+            model: PhantomData,
+        }
+    }
+
+    /// How the model starts (a fresh run unless set).
+    pub fn start(self, start: Start) -> Self {
+        Self { start, ..self }
+    }
+
+    /// One rank of a data-parallel run: this rank's slice of the data is read, gradients (fp32)
+    /// and losses are averaged over the ranks of `sync` once per step, and checkpoints are
+    /// written by rank 0 only. `train.ranks` must be the number of ranks.
+    pub fn sync(self, sync: Box<dyn Collectives>) -> Self {
+        Self { sync, ..self }
+    }
+
+    /// Adds a plugin; plugins are called in the order they were added.
+    pub fn plugin(mut self, plugin: impl Plugin + 'static) -> Self {
+        self.plugins.push(Box::new(plugin));
+        self
+    }
+
+    /// Prepares the run on `device` (an autodiff device is made from it): checks the output
+    /// folder is writable, builds the model the config names under its policy, opens and
+    /// validates every shard, and starts the model as [`start`](Self::start) says.
+    ///
+    /// A rank that fails here, under several ranks, ends them all (`Collectives::abort`, after
+    /// logging why): the others wait for it in a collective, and dropping its sync would
+    /// finalize MPI, which waits for them in turn.
+    pub fn build(self, device: &Device) -> Result<Trainer<M>, TrainError> {
+        let Self {
+            config,
+            start,
+            sync,
+            plugins,
+            ..
+        } = self;
+        let mut held = Some(sync);
+        let started = Trainer::assemble(config, device, &mut held).and_then(|mut trainer| {
+            trainer.plugins = plugins;
+            match trainer.start(start) {
+                Ok(()) => Ok(trainer),
+                Err(err) => {
+                    held = Some(trainer.into_sync());
+                    Err(err)
+                }
+            }
+        });
+        started.map_err(|err| {
+            if let Some(mut sync) = held.filter(|sync| sync.world_size() > 1) {
+                tracing::error!(
+                    "rank {} of {}: {err}; stopping all ranks",
+                    sync.rank(),
+                    sync.world_size()
+                );
+                sync.abort(1);
+            }
+            err
+        })
+    }
+}
+
 impl<M: LanguageModel> Trainer<M> {
     /// Builds the trainer; `held` keeps the sync until the trainer takes it, so that a failure
     /// before then leaves it with the caller.
@@ -32,7 +136,7 @@ impl<M: LanguageModel> Trainer<M> {
         let device = device.clone().autodiff();
         // Built first: `apply_policy` refuses a device without the policy's dtypes before the
         // shards are opened.
-        let model = init_model_of::<M>(&config, &device, config.train.seed)?;
+        let model = init_model::<M>(&config, &device, config.train.seed)?;
         let cache = model.cache(&device);
 
         // Headers now; token ids when a loader first opens a shard (not the whole dataset here).
@@ -326,30 +430,16 @@ impl<M: LanguageModel> Trainer<M> {
     }
 }
 
-/// The config's model, initialised on `device` from the config's seed and converted to the
-/// config's precision policy.
-pub fn init_model(config: &TrainConfig, device: &Device) -> Result<Model, TrainError> {
-    init_model_with_seed(config, device, config.train.seed)
-}
-
-/// [`init_model`] from another `seed`.
-pub fn init_model_with_seed(
-    config: &TrainConfig,
-    device: &Device,
-    seed: u64,
-) -> Result<Model, TrainError> {
-    init_model_of(config, device, seed)
-}
-
-/// [`init_model_with_seed`] as the model type `M` (refused unless the config names `M`'s
-/// architecture).
+/// The config's model as the type `M` (refused unless the config names `M`'s architecture),
+/// initialised on `device` from `seed` (the run's is `train.seed`) and converted to the config's
+/// precision policy.
 ///
 /// Burn's random stream belongs to the device and so to the whole process: seeding it and
 /// drawing the initial weights are one critical section, so that models built at the same time
 /// on other threads (tests, a study's presets) cannot draw from the middle of this seed's
 /// stream. Burn initialises a parameter when it is first read, so the section ends after the
 /// policy has converted (and so read) every one.
-pub fn init_model_of<M: LanguageModel>(
+pub fn init_model<M: LanguageModel>(
     config: &TrainConfig,
     device: &Device,
     seed: u64,
