@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use brainfloat_backend::Backend;
-use brainfloat_gpt::{Batch, GptConfig};
+use brainfloat_gpt::{Batch, GptConfig, LanguageModel};
 use brainfloat_memory as memory;
 use brainfloat_precision::{PrecisionPolicy, Preset, apply_policy};
 use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use brainfloat_gpt::{GptConfig, ModelShape};
+use brainfloat_gpt::{GptConfig, LanguageModel, ModelShape};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_tests::*;
 use brainfloat_trainer::{

@@ -8,7 +8,7 @@ use brainfloat_data::{END_OF_TEXT, Gpt2Tokenizer};
 use brainfloat_generate::{
     GenerateError, GenerateOptions, Generation, Sampling, generate, inference_model,
 };
-use brainfloat_gpt::{Gpt, GptConfig};
+use brainfloat_gpt::{Gpt, GptConfig, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use brainfloat_tests::{golden_config, golden_dir, golden_tokens};
 use brainfloat_trainer::load_weights;

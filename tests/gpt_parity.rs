@@ -1,6 +1,7 @@
 //! Parity with the PyTorch reference of the record: the golden weights and tokens give the
 //! losses and gradient norms PyTorch computed from them.
 
+use brainfloat_gpt::LanguageModel;
 use brainfloat_precision::{PrecisionPolicy, Preset, named_grads};
 use brainfloat_tests::*;
 

@@ -8,6 +8,7 @@
 //! elements is reported). With `BRAINFLOAT_LAYERS_REPORT=FILE` the table is written there
 //! (`docs/results/layers_vs_pytorch.md`; its bounds are explained in `docs/precision.md`).
 
+use brainfloat_gpt::LanguageModel;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

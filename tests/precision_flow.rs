@@ -2,7 +2,7 @@
 //! activation, loss and gradient (asserted against the design's table), bf16 against fp32, and
 //! training steps that learn.
 
-use brainfloat_gpt::{Batch, GptConfig, ModelSize};
+use brainfloat_gpt::{Batch, GptConfig, LanguageModel, ModelSize};
 use brainfloat_precision::{
     Component, NamedTensor, PrecisionPolicy, PrecisionReport, Preset, apply_policy, named_grads,
     named_params,

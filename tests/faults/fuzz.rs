@@ -180,7 +180,7 @@ pub fn fuzz_parsers(base: &Base) -> Vec<Target> {
         .unwrap()
         .device()
         .unwrap();
-    let model: brainfloat_gpt::Model =
+    let model: brainfloat_gpt::Gpt =
         init_model(&train_config, &device, train_config.train.seed).unwrap();
     let weights = std::fs::read(data_file(&base.good, "model")).unwrap();
     targets.push(fuzz(

@@ -6,7 +6,7 @@ use brainfloat_gpt::LanguageModel;
 use brainfloat_memory as memory;
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
-    AttentionState, ConfigError, MemoryEstimate, TrainConfig, TrainError, Trainer,
+    AttentionState, ConfigError, MemoryEstimate, TrainConfig, TrainError, Trainer, TrainerBuilder,
 };
 use burn::tensor::{Device, FloatDType};
 
@@ -54,8 +54,8 @@ impl BenchOptions {
 }
 
 /// One preset while the benchmark runs.
-struct Contender {
-    trainer: Trainer,
+struct Contender<M: LanguageModel> {
+    trainer: Trainer<M>,
     step_ms: Vec<f64>,
     losses: Vec<f64>,
     resident: Option<u64>,
@@ -67,8 +67,9 @@ struct Contender {
     estimate: MemoryEstimate,
 }
 
-/// Runs the benchmark of `config` on `device` (not an autodiff device).
-pub fn run_bench(
+/// Runs the benchmark of `config` on `device` (not an autodiff device) with the model type `M`
+/// (the config's architecture's: [`ModelShape::dispatch`](brainfloat_gpt::ModelShape::dispatch)).
+pub fn run_bench<M: LanguageModel>(
     config: &TrainConfig,
     device: &Device,
     options: &BenchOptions,
@@ -84,7 +85,13 @@ pub fn run_bench(
     let mut contenders = Vec::with_capacity(options.presets.len());
     for preset in &options.presets {
         tracing::info!(preset = %preset, warmup, "building and warming up");
-        contenders.push(warm_up(&config, *preset, device, options.backend, warmup)?);
+        contenders.push(warm_up::<M>(
+            &config,
+            *preset,
+            device,
+            options.backend,
+            warmup,
+        )?);
     }
     for round in 0..options.steps {
         if round % 5 == 0 {
@@ -132,13 +139,13 @@ pub fn run_bench(
 }
 
 /// Builds `preset`'s trainer and runs its warm-up steps, measuring the heap it keeps.
-fn warm_up(
+fn warm_up<M: LanguageModel>(
     config: &TrainConfig,
     preset: PrecisionPolicy,
     device: &Device,
     backend: Backend,
     steps: usize,
-) -> Result<Contender, TrainError> {
+) -> Result<Contender<M>, TrainError> {
     let mut config = config.clone();
     config.train.precision = preset;
     let estimate = MemoryEstimate::training(
@@ -162,7 +169,7 @@ fn warm_up(
         _ => None,
     };
     let gpu_before = gpu_memory();
-    let mut trainer = Trainer::builder(config).build(device)?;
+    let mut trainer = TrainerBuilder::<M>::new(config).build(device)?;
     let mut losses = Vec::new();
     for _ in 0..steps {
         losses.push(trainer.train_step()?.loss);
@@ -200,7 +207,10 @@ fn warm_up(
 }
 
 /// One timed step of a contender, with the heap it adds on top of what it keeps.
-fn timed_step(contender: &mut Contender, device: &Device) -> Result<(), TrainError> {
+fn timed_step<M: LanguageModel>(
+    contender: &mut Contender<M>,
+    device: &Device,
+) -> Result<(), TrainError> {
     sync(device);
     memory::reset_heap_peak();
     let before = memory::heap();
@@ -224,9 +234,9 @@ fn timed_step(contender: &mut Contender, device: &Device) -> Result<(), TrainErr
 }
 
 /// Validation loss, memory distribution and the derived figures of one contender.
-fn finish(
+fn finish<M: LanguageModel>(
     preset: PrecisionPolicy,
-    mut contender: Contender,
+    mut contender: Contender<M>,
     model: &ModelInfo,
     options: &BenchOptions,
     device: &Device,

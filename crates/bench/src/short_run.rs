@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use brainfloat_data::{DistributedLoader, shard_paths};
-use brainfloat_gpt::Batch;
+use brainfloat_gpt::{Batch, LanguageModel};
 use brainfloat_trainer::{NonFinitePolicy, TrainConfig, TrainError, Trainer};
 
 /// `config` cut down to `steps` optimizer steps: the config's warmdown fraction, no warmup, no
@@ -24,7 +24,10 @@ pub fn short_run_config(config: &TrainConfig, steps: usize, folder: &str) -> Tra
 }
 
 /// The first micro-batch of the shards `pattern` names, on `trainer`'s device.
-pub(crate) fn first_batch(trainer: &Trainer, pattern: &Path) -> Result<Batch, TrainError> {
+pub(crate) fn first_batch<M: LanguageModel>(
+    trainer: &Trainer<M>,
+    pattern: &Path,
+) -> Result<Batch, TrainError> {
     let config = trainer.config();
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
     let mut loader = DistributedLoader::new(shard_paths(pattern)?, micro, seq_len, 0, 1)?;

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use brainfloat_gpt::ModelSize;
+use brainfloat_gpt::{LanguageModel, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
-use brainfloat_trainer::{TrainConfig, TrainError, Trainer};
+use brainfloat_trainer::{TrainConfig, TrainError, TrainerBuilder};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +80,7 @@ pub struct StudyReport {
 
 /// Trains every preset from every seed (`config` gives model, data and schedule); `progress`
 /// hears of each run as it ends. Runs go to `output.dir/study/<preset>-seed<seed>`.
-pub fn run_study(
+pub fn run_study<M: LanguageModel>(
     config: &TrainConfig,
     device: &Device,
     options: &StudyOptions,
@@ -93,7 +93,7 @@ pub fn run_study(
             let mut run_config = short_run_config(config, options.steps, &folder);
             run_config.train.precision = *preset;
             run_config.train.seed = seed;
-            let run = train_one(run_config, device, options.eval_every)?;
+            let run = train_one::<M>(run_config, device, options.eval_every)?;
             progress(&run);
             runs.push(run);
         }
@@ -111,7 +111,7 @@ pub fn run_study(
     })
 }
 
-fn train_one(
+fn train_one<M: LanguageModel>(
     config: TrainConfig,
     device: &Device,
     eval_every: usize,
@@ -122,7 +122,7 @@ fn train_one(
         config.train.steps,
     );
     let started = Instant::now();
-    let mut trainer = Trainer::builder(config).build(device)?;
+    let mut trainer = TrainerBuilder::<M>::new(config).build(device)?;
     let (mut train, mut val) = (Vec::with_capacity(steps), Vec::new());
     for step in 1..=steps {
         train.push((step, trainer.train_step()?.loss));

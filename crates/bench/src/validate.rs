@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 
 use brainfloat_data::shard_paths;
-use brainfloat_gpt::{LanguageModel, Model};
+use brainfloat_gpt::LanguageModel;
 use brainfloat_precision::{Component, PrecisionPolicy, named_grads, named_params};
 use brainfloat_trainer::{
-    RecordOptimizer, TrainConfig, TrainError, Trainer, init_model, load_checkpoint, validation_loss,
+    RecordOptimizer, TrainConfig, TrainError, Trainer, TrainerBuilder, init_model, load_checkpoint,
+    validation_loss,
 };
-use burn::module::Module;
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
@@ -55,21 +55,21 @@ pub fn format_checks(checks: &[Check]) -> String {
 }
 
 /// A brief run of one preset: its trainer after `steps` and its validation loss before and after.
-struct BriefRun {
-    trainer: Trainer,
+struct BriefRun<M: LanguageModel> {
+    trainer: Trainer<M>,
     initial_val: f64,
     final_val: f64,
 }
 
-fn brief_run(
+fn brief_run<M: LanguageModel>(
     config: &TrainConfig,
     precision: PrecisionPolicy,
     device: &Device,
-) -> Result<BriefRun, TrainError> {
+) -> Result<BriefRun<M>, TrainError> {
     let mut config = config.clone();
     config.train.precision = precision;
     config.output.dir = config.output.dir.join(precision.to_string());
-    let mut trainer = Trainer::builder(config).build(device)?;
+    let mut trainer = TrainerBuilder::<M>::new(config).build(device)?;
     let initial_val = trainer.evaluate()?.val_loss;
     tracing::info!(%precision, initial_val, "training briefly");
     while trainer.step() < trainer.config().train.steps {
@@ -85,15 +85,15 @@ fn brief_run(
 
 /// Runs every check on `config`'s model and data for `steps` steps; the run's files go under
 /// `<output.dir>/validate`.
-pub fn validate_pipeline(
+pub fn validate_pipeline<M: LanguageModel>(
     config: &TrainConfig,
     device: &Device,
     steps: usize,
 ) -> Result<Vec<Check>, TrainError> {
     let config = short_run_config(config, steps.max(1), "validate");
 
-    let fp32 = brief_run(&config, PrecisionPolicy::fp32(), device)?;
-    let mut bf16 = brief_run(&config, PrecisionPolicy::bf16(), device)?;
+    let fp32 = brief_run::<M>(&config, PrecisionPolicy::fp32(), device)?;
+    let mut bf16 = brief_run::<M>(&config, PrecisionPolicy::bf16(), device)?;
     let mut checks = Vec::new();
     for (name, run) in [("fp32 learns", &fp32), ("bf16 learns", &bf16)] {
         let fall = 1.0 - run.final_val / run.initial_val;
@@ -148,7 +148,7 @@ fn relative(value: f64, reference: f64) -> f64 {
 
 /// The recipe's dtypes during a real training step of a bf16 run: CastedLinear master weights,
 /// their gradients and their optimizer state fp32; activations bf16; logits and loss fp32.
-fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
+fn dtype_checks<M: LanguageModel>(trainer: &Trainer<M>) -> Result<Vec<Check>, TrainError> {
     let model = trainer.model();
     let batch = first_batch(trainer, &trainer.config().data.train)?;
 
@@ -240,10 +240,13 @@ fn dtype_checks(trainer: &Trainer) -> Result<Vec<Check>, TrainError> {
 
 /// Writes a checkpoint of `trainer`, loads it into a differently initialised model and a fresh
 /// optimizer, and compares every weight and state tensor bit for bit, and the validation loss.
-fn checkpoint_round_trip(trainer: &mut Trainer, device: &Device) -> Result<Check, TrainError> {
+fn checkpoint_round_trip<M: LanguageModel>(
+    trainer: &mut Trainer<M>,
+    device: &Device,
+) -> Result<Check, TrainError> {
     let path = trainer.checkpoint()?;
     let config = trainer.config().clone();
-    let other: Model = init_model(&config, device, config.train.seed.wrapping_add(1))?;
+    let other: M = init_model(&config, device, config.train.seed.wrapping_add(1))?;
     let fresh = RecordOptimizer::new(Default::default());
     let restored = load_checkpoint(&path, other, fresh, device)?;
     let bits = |t: &burn::tensor::Tensor<1>| t.to_data().as_bytes().to_vec();

@@ -10,6 +10,7 @@ use brainfloat_bench::{
     BenchOptions, BenchReport, MIXED, Part, Peak, PytorchReference, comparison_markdown,
     part_bytes, run_bench,
 };
+use brainfloat_gpt::Gpt;
 use brainfloat_memory::{self as memory, CountingAllocator};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_test_support::{test_backend, test_device};
@@ -55,7 +56,7 @@ fn a_bench_run_reports_every_preset_with_consistent_figures() {
     let _heap = exclusive_heap();
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(dir.path(), "bf16", &[]);
-    let report = run_bench(
+    let report = run_bench::<Gpt>(
         &config,
         &test_device(),
         &options(&["fp32", "autocast", "bf16"]),
@@ -233,7 +234,9 @@ fn a_bench_without_steps_or_presets_is_refused() {
     let config = common::config(dir.path(), "bf16", &[]);
     let mut none = options(&["bf16"]);
     none.steps = 0;
-    let err = run_bench(&config, &test_device(), &none).err().unwrap();
+    let err = run_bench::<Gpt>(&config, &test_device(), &none)
+        .err()
+        .unwrap();
     assert!(
         err.to_string()
             .contains("at least one preset and one timed step"),
@@ -289,7 +292,7 @@ fn the_bf16_pipeline_validates_on_the_golden_model() {
         "bf16",
         &["train.batch_size=8", "eval.tokens=512"],
     );
-    let checks = validate_pipeline(&config, &test_device(), 20).unwrap();
+    let checks = validate_pipeline::<Gpt>(&config, &test_device(), 20).unwrap();
     let table = format_checks(&checks);
     assert_eq!(checks.len(), 10, "{table}");
     for check in &checks {

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use brainfloat_bench::plot::{Curves, plot_distribution, plot_losses};
-use brainfloat_bench::{BenchOptions, Figure, Peak, measured_peak, run_bench};
+use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, measured_peak, run_bench};
+use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, Preset};
-use burn::tensor::{DType, FloatDType};
+use brainfloat_trainer::{TrainConfig, TrainError};
+use burn::tensor::{DType, Device, FloatDType};
 use clap::Args;
 
 use crate::error::CliError;
@@ -76,7 +78,12 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         machine: crate::setup::machine(args.run.backend),
         command,
     };
-    let mut report = run_bench(&config, &device, &options)?;
+    let bench = Bench {
+        config: &config,
+        device: &device,
+        options: &options,
+    };
+    let mut report = config.shape()?.dispatch(bench)?;
     let stem = args
         .name
         .unwrap_or_else(|| format!("bench_{}_{}", config.model.size, args.run.backend));
@@ -110,4 +117,19 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     println!("{}", report.to_markdown());
     println!("wrote {} and {}", md.display(), json.display());
     Ok(())
+}
+
+/// The benchmark of a config, for its architecture's model type.
+struct Bench<'a> {
+    config: &'a TrainConfig,
+    device: &'a Device,
+    options: &'a BenchOptions,
+}
+
+impl ArchWork for Bench<'_> {
+    type Output = Result<BenchReport, TrainError>;
+
+    fn run<M: LanguageModel>(self) -> Self::Output {
+        run_bench::<M>(self.config, self.device, self.options)
+    }
 }

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 
 use brainfloat_data::shard_paths;
-use brainfloat_gpt::LanguageModel;
+use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_trainer::validation_loss;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, WeightsSource, load_model, prepare};
+use crate::setup::{RunArgs, Weights, WeightsSource, prepare};
+use burn::tensor::Device;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -29,11 +30,36 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
     if let Some(data) = args.data {
         config.data.val = data;
     }
-    let (model, config) = load_model(&args.checkpoint, config, false, args.run.backend, &device)?;
+    let weights = Weights::resolve(&args.checkpoint, config, false, args.run.backend)?;
+    weights.config.shape()?.dispatch(Eval { weights, device })
+}
+
+/// The evaluation of weights, for their architecture's model type.
+struct Eval {
+    weights: Weights,
+    device: Device,
+}
+
+impl ArchWork for Eval {
+    type Output = Result<(), CliError>;
+
+    fn run<M: LanguageModel>(self) -> Result<(), CliError> {
+        let Eval { weights, device } = self;
+        let model: M = weights.load(&device)?;
+        report_loss(&model, &weights.config, &device)
+    }
+}
+
+/// Prints `model`'s validation loss over the config's validation shards.
+fn report_loss(
+    model: &impl LanguageModel,
+    config: &brainfloat_trainer::TrainConfig,
+    device: &Device,
+) -> Result<(), CliError> {
     let policy = *model.policy();
     let paths = shard_paths(&config.data.val)?;
     let started = std::time::Instant::now();
-    let (loss, tokens) = validation_loss(&model, &config, paths, &device)?;
+    let (loss, tokens) = validation_loss(model, config, paths, device)?;
     let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
     println!(
         "val_loss {loss:.6} ({tokens} tokens of {}, policy {policy}, {tokens_per_sec:.0} tokens/s)",

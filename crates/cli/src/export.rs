@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_trainer::{check_export_destination, export_hf};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model};
+use crate::setup::{RunArgs, Weights, WeightsSource, device, init_logs, load_config};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -29,10 +31,31 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
     check_export_destination(&args.hf)?;
     let device = device(args.run.backend)?;
     // The weights as stored: the file's own dtypes, widened to fp32 on the way out.
-    let (model, _) = load_model(&args.checkpoint, config, true, args.run.backend, &device)?;
-    let written = export_hf(&model, &args.hf)?;
+    let weights = Weights::resolve(&args.checkpoint, config, true, args.run.backend)?;
+    let export = Export {
+        weights,
+        device,
+        hf: args.hf,
+    };
+    let written = export.weights.config.shape()?.dispatch(export)?;
     for path in written {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// An export of weights, read into their architecture's model type.
+struct Export {
+    weights: Weights,
+    device: Device,
+    hf: PathBuf,
+}
+
+impl ArchWork for Export {
+    type Output = Result<Vec<PathBuf>, CliError>;
+
+    fn run<M: LanguageModel>(self) -> Self::Output {
+        let model: M = self.weights.load(&self.device)?;
+        Ok(export_hf(&model, &self.hf)?)
+    }
 }

@@ -4,11 +4,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use brainfloat_generate::{GenerateOptions, Sampling, generate, inference_model};
-use brainfloat_gpt::LanguageModel;
+use brainfloat_gpt::{ArchWork, LanguageModel};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::setup::{RunArgs, WeightsSource, device, init_logs, load_config, load_model};
+use crate::setup::{RunArgs, Weights, WeightsSource, device, init_logs, load_config};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -54,21 +55,45 @@ pub struct GenerateArgs {
 /// `generate`: the prompt, then the model's text as it comes (stdout), then the speed (stderr).
 /// Runs `brainfloat generate`.
 pub fn run(args: GenerateArgs) -> Result<(), CliError> {
-    use std::io::{Read, Write};
     let config = load_config(&args.run)?;
     init_logs(config.output.log_format, true);
     let device = device(args.run.backend)?;
     // A record's own precision, unless --precision says otherwise.
     let record_precision = args.run.precision.is_none();
-    let (model, _) = load_model(
-        &args.checkpoint,
-        config,
-        record_precision,
-        args.run.backend,
-        &device,
-    )?;
+    let weights = Weights::resolve(&args.checkpoint, config, record_precision, args.run.backend)?;
+    let shape = weights.config.shape()?;
+    shape.dispatch(Generate {
+        args,
+        weights,
+        device,
+    })
+}
+
+/// A generation from weights, read into their architecture's model type.
+struct Generate {
+    args: GenerateArgs,
+    weights: Weights,
+    device: Device,
+}
+
+impl ArchWork for Generate {
+    type Output = Result<(), CliError>;
+
+    fn run<M: LanguageModel>(self) -> Result<(), CliError> {
+        let model: M = self.weights.load(&self.device)?;
+        generate_text(model, self.args, &self.device)
+    }
+}
+
+/// Streams `model`'s text after the prompt `args` give, then its speed.
+fn generate_text(
+    model: impl LanguageModel,
+    args: GenerateArgs,
+    device: &Device,
+) -> Result<(), CliError> {
+    use std::io::{Read, Write};
     let policy = *model.policy();
-    let model = inference_model(model, &device)?;
+    let model = inference_model(model, device)?;
     let from_stdin = match args.prompt.as_deref() {
         Some(text) => text == "-",
         None => !std::io::stdin().is_terminal(),
@@ -103,7 +128,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         tokenizer.as_ref(),
         &prompt_tokens,
         &options,
-        &device,
+        device,
         |text| {
             let _ = write!(out, "{text}");
             let _ = out.flush();

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_backend::{BACKEND_VAR, Backend};
 use brainfloat_data::shard_paths;
-use brainfloat_gpt::{Model, ModelShape};
+use brainfloat_gpt::{LanguageModel, ModelShape};
 use brainfloat_memory::{LimitSource, MemoryLimit, bytes_text};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{
-    AttentionState, ConfigSource, LogFormat, MemoryEstimate, ModelSection, TrainConfig, init_model,
-    load_checkpoint_weights, load_hf_weights, load_weights, model_notes, read_hf_shape,
-    read_record, weights_shape,
+    AttentionState, CheckpointRecord, ConfigSource, LogFormat, MemoryEstimate, ModelSection,
+    TrainConfig, init_model, load_checkpoint_weights, load_hf_weights, load_weights, model_notes,
+    read_hf_shape, read_record, weights_shape,
 };
 use burn::tensor::Device;
 use clap::Args;
@@ -309,44 +309,70 @@ fn with_model(mut config: TrainConfig, model: ModelSection) -> Result<TrainConfi
     Ok(config)
 }
 
-/// The model of `source` and `config` with the model's shape: a record's shape is the record's
-/// and a file's the one it carries (whatever `config` says); a safetensors file without one
-/// takes `config`'s. The policy is `config`'s, or with `record_precision` a record's own; a
-/// record of another precision is converted, and said so.
-pub fn load_model(
-    source: &WeightsSource,
-    mut config: TrainConfig,
-    record_precision: bool,
-    backend: Backend,
-    device: &Device,
-) -> Result<(Model, TrainConfig), CliError> {
-    let checkpoint = match source {
-        WeightsSource::Record(path) => path,
-        WeightsSource::Weights(path) | WeightsSource::HuggingFace(path) => {
-            if let Some(shape) = source.shape()? {
-                let model = ModelSection::of_shape(config.model.size, &shape);
-                config = with_model(config, model)?;
+/// Weights about to be loaded: where from, and the config with their shape, whose
+/// architecture picks the model type to load them into ([`Weights::load`]).
+pub struct Weights {
+    files: WeightFiles,
+    /// The config with the weights' shape and the policy they run under.
+    pub config: TrainConfig,
+}
+
+/// The files weights are read from.
+enum WeightFiles {
+    /// A safetensors file with PyTorch names.
+    File(PathBuf),
+    /// A Hugging Face GPT-2 folder.
+    HuggingFace(PathBuf),
+    /// A checkpoint record, read.
+    Record(PathBuf, Box<CheckpointRecord>),
+}
+
+impl Weights {
+    /// The weights of `source` and `config` with their model's shape: a record's shape is the
+    /// record's and a file's the one it carries (whatever `config` says); a safetensors file
+    /// without one takes `config`'s. The policy is `config`'s, or with `record_precision` a
+    /// record's own; a record of another precision is converted, and said so. Refused when the
+    /// model would not fit the backend's memory.
+    pub fn resolve(
+        source: &WeightsSource,
+        mut config: TrainConfig,
+        record_precision: bool,
+        backend: Backend,
+    ) -> Result<Self, CliError> {
+        let files = match source {
+            WeightsSource::Weights(path) => WeightFiles::File(path.clone()),
+            WeightsSource::HuggingFace(dir) => WeightFiles::HuggingFace(dir.clone()),
+            WeightsSource::Record(path) => {
+                let record = read_record(path)?;
+                if record_precision {
+                    config.train.precision = record.config.train.precision;
+                }
+                config = with_model(config, record.config.model.clone())?;
+                check_loading_fits(backend, &config)
+                    .map_err(|err| err.within(path.display().to_string()))?;
+                for note in model_notes(&record.config, &config) {
+                    tracing::warn!("{}: {note}", path.display());
+                }
+                let files = WeightFiles::Record(path.clone(), Box::new(record));
+                return Ok(Self { files, config });
             }
-            check_loading_fits(backend, &config)?;
-            let model = init_model(&config, device, config.train.seed)?;
-            let model = match source {
-                WeightsSource::HuggingFace(dir) => load_hf_weights(model, dir)?,
-                _ => load_weights(model, path)?,
-            };
-            return Ok((model, config));
+        };
+        if let Some(shape) = source.shape()? {
+            let model = ModelSection::of_shape(config.model.size, &shape);
+            config = with_model(config, model)?;
         }
-    };
-    let record = read_record(checkpoint)?;
-    if record_precision {
-        config.train.precision = record.config.train.precision;
+        check_loading_fits(backend, &config)?;
+        Ok(Self { files, config })
     }
-    let config = with_model(config, record.config.model.clone())?;
-    check_loading_fits(backend, &config)
-        .map_err(|err| err.within(checkpoint.display().to_string()))?;
-    let model = init_model(&config, device, config.train.seed)?;
-    let model = load_checkpoint_weights(checkpoint, &record, model)?;
-    for note in model_notes(&record.config, &config) {
-        tracing::warn!("{}: {note}", checkpoint.display());
+
+    /// The model of type `M` (the config's architecture's) on `device` with the weights loaded.
+    pub fn load<M: LanguageModel>(&self, device: &Device) -> Result<M, CliError> {
+        let config = &self.config;
+        let model = init_model(config, device, config.train.seed)?;
+        Ok(match &self.files {
+            WeightFiles::File(path) => load_weights(model, path)?,
+            WeightFiles::HuggingFace(dir) => load_hf_weights(model, dir)?,
+            WeightFiles::Record(path, record) => load_checkpoint_weights(path, record, model)?,
+        })
     }
-    Ok((model, config))
 }

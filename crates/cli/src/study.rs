@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use brainfloat_bench::plot::plot_convergence;
-use brainfloat_bench::{StudyOptions, run_study};
+use brainfloat_bench::{StudyOptions, StudyReport, StudyRun, run_study};
+use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, Preset};
+use brainfloat_trainer::{TrainConfig, TrainError};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::error::CliError;
@@ -56,7 +59,7 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
     check_training_fits(args.run.backend, &config, &options.presets, Runs::InTurn)?;
     let total = options.presets.len() * options.seeds.len();
     let mut done = 0;
-    let report = run_study(&config, &device, &options, |run| {
+    let progress = |run: &StudyRun| {
         done += 1;
         eprintln!(
             "study {done}/{total}: {} seed {}: final val loss {:.4} ({:.0} s)",
@@ -65,7 +68,14 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
             run.final_val_loss(),
             run.seconds
         );
-    })?;
+    };
+    let study = Study {
+        config: &config,
+        device: &device,
+        options: &options,
+        progress,
+    };
+    let report = config.shape()?.dispatch(study)?;
     std::fs::create_dir_all(&args.out).map_err(|err| CliError::io(&args.out, "create", err))?;
     let figure = args.out.join(format!("{}.svg", args.name));
     plot_convergence(&report, &figure)?;
@@ -80,4 +90,20 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
         figure.display()
     );
     Ok(())
+}
+
+/// The study of a config, for its architecture's model type.
+struct Study<'a, F> {
+    config: &'a TrainConfig,
+    device: &'a Device,
+    options: &'a StudyOptions,
+    progress: F,
+}
+
+impl<F: FnMut(&StudyRun)> ArchWork for Study<'_, F> {
+    type Output = Result<StudyReport, TrainError>;
+
+    fn run<M: LanguageModel>(self) -> Self::Output {
+        run_study::<M>(self.config, self.device, self.options, self.progress)
+    }
 }

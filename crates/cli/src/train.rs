@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use brainfloat_distributed::{Collectives, LocalSync};
+use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_trainer::plugins::{
     CheckpointPlugin, LogPlugin, MetricsPlugin, ProgressPlugin, StopOnFlag,
 };
-use brainfloat_trainer::{Start, Trainer};
+use brainfloat_trainer::{Start, TrainConfig, TrainerBuilder};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::error::CliError;
@@ -120,6 +122,51 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let policy = [config.train.precision];
     check_training_fits(args.run.backend, &config, &policy, Runs::InTurn)?;
     let device = device(args.run.backend)?;
+    let shape = config.shape()?;
+    shape.dispatch(Run {
+        config,
+        start,
+        sync,
+        stop,
+        device,
+    })
+}
+
+/// A run ready to start: what [`Run::run`] needs to build the trainer of the config's
+/// architecture and train.
+struct Run {
+    config: TrainConfig,
+    start: Start,
+    sync: Box<dyn Collectives>,
+    stop: StopRequest,
+    device: Device,
+}
+
+impl ArchWork for Run {
+    type Output = Result<(), CliError>;
+
+    fn run<M: LanguageModel>(self) -> Result<(), CliError> {
+        let Run {
+            config,
+            start,
+            sync,
+            stop,
+            device,
+        } = self;
+        train::<M>(config, start, sync, stop, &device)
+    }
+}
+
+/// Trains the model type `M` (the config's architecture's) with the plugins of a run: logs,
+/// metrics, checkpoints and progress on rank 0, the stop request everywhere.
+fn train<M: LanguageModel>(
+    config: TrainConfig,
+    start: Start,
+    sync: Box<dyn Collectives>,
+    stop: StopRequest,
+    device: &Device,
+) -> Result<(), CliError> {
+    let (rank, leader, world) = (sync.rank(), sync.is_leader(), sync.world_size());
     let progress = config.output.progress;
     let mut metrics_plugin = MetricsPlugin::new(config.output.dir.join("metrics.jsonl"))
         .with_memory(brainfloat_memory::step_reading);
@@ -134,7 +181,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     };
     // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
     // the same averaged values, so every rank decides the same.
-    let mut builder = Trainer::builder(config)
+    let mut builder = TrainerBuilder::<M>::new(config)
         .start(start)
         .sync(sync)
         .plugin(StopOnFlag::new(stop.flag()));
@@ -148,7 +195,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         }
     }
     let mut trainer = builder
-        .build(&device)
+        .build(device)
         .map_err(|err| CliError::from(err).within(format!("rank {rank} of {world}")))?;
     match trainer.run() {
         Ok(summary) if summary.stopped_early => {

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use brainfloat_bench::validate::{format_checks, validate_pipeline};
+use brainfloat_bench::validate::{Check, format_checks, validate_pipeline};
+use brainfloat_gpt::{ArchWork, LanguageModel};
+use brainfloat_trainer::{TrainConfig, TrainError};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::error::CliError;
@@ -25,7 +28,12 @@ pub fn run(args: ValidateArgs) -> Result<(), CliError> {
     let (config, device) = prepare(&args.run)?;
     let policy = [config.train.precision];
     check_training_fits(args.run.backend, &config, &policy, Runs::InTurn)?;
-    let checks = validate_pipeline(&config, &device, args.steps)?;
+    let validate = Validate {
+        config: &config,
+        device: &device,
+        steps: args.steps,
+    };
+    let checks = config.shape()?.dispatch(validate)?;
     print!("{}", format_checks(&checks));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&checks).expect("checks serialize to JSON");
@@ -40,4 +48,19 @@ pub fn run(args: ValidateArgs) -> Result<(), CliError> {
     }
     println!("all {} checks passed", checks.len());
     Ok(())
+}
+
+/// The pipeline's checks on a config, for its architecture's model type.
+struct Validate<'a> {
+    config: &'a TrainConfig,
+    device: &'a Device,
+    steps: usize,
+}
+
+impl ArchWork for Validate<'_> {
+    type Output = Result<Vec<Check>, TrainError>;
+
+    fn run<M: LanguageModel>(self) -> Self::Output {
+        validate_pipeline::<M>(self.config, self.device, self.steps)
+    }
 }

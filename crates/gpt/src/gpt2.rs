@@ -20,6 +20,7 @@ use crate::batch::{Batch, Limits, check_context};
 use crate::cache::{Cache, LayerCache};
 use crate::config::{ParamSize, check_sizes};
 use crate::error::GptError;
+use crate::language_model::{Arch, LanguageModel, ModelShape, wrong_arch};
 
 /// The GELU of a GPT-2 model (`activation_function` in its `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -441,17 +442,6 @@ impl Gpt2 {
         &self.config
     }
 
-    /// The precision policy the forward pass runs under.
-    pub fn policy(&self) -> &PrecisionPolicy {
-        &self.policy
-    }
-
-    /// The cache a forward pass on `device` reads: GPT-2 learns its positions, so it holds
-    /// generation's keys and values only.
-    pub fn cache(&self, device: &Device) -> Cache {
-        Cache::new(None, self.policy.activation(), device)
-    }
-
     /// The final hidden states `[B, T, C]` (after `ln_f`) of `inputs` at positions
     /// `start..start + T`, and the residual stream after each block; with `past`, each
     /// block's keys and values go into (and come from) its layer.
@@ -480,16 +470,6 @@ impl Gpt2 {
         (t.ln_f.forward(x, eps), boundaries)
     }
 
-    /// The final hidden states `[B, T, C]` and the residual stream after each block.
-    pub fn hidden_states(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: &Cache,
-    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-        cache.check(self.policy.activation(), &inputs.device())?;
-        Ok(self.run_blocks(inputs, 0, None))
-    }
-
     /// The head: the token embedding, tied.
     fn tied_head(&self) -> Head {
         Head {
@@ -504,16 +484,49 @@ impl Gpt2 {
             .logits(hidden, &self.policy)
             .cast(self.policy.loss())
     }
+}
+
+impl LanguageModel for Gpt2 {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+        match shape {
+            ModelShape::Gpt2(config) => config.init(device),
+            other => Err(wrong_arch(Arch::Gpt2, other)),
+        }
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape::Gpt2(self.config.clone())
+    }
+
+    fn policy(&self) -> &PrecisionPolicy {
+        &self.policy
+    }
+
+    /// The cache a forward pass on `device` reads: GPT-2 learns its positions, so it holds
+    /// generation's keys and values only.
+    fn cache(&self, device: &Device) -> Cache {
+        Cache::new(None, self.policy.activation(), device)
+    }
+
+    /// The final hidden states `[B, T, C]` and the residual stream after each block.
+    fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
+        cache.check(self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, 0, None))
+    }
 
     /// Logits `[B, T, vocab]` in fp32.
-    pub fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
+    fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.config.limits().check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.head(hidden))
     }
 
     /// Mean fp32 cross-entropy over all `B·T` positions, the tied head fused with the loss.
-    pub fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
+    fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.config.limits().check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(head_loss(
@@ -527,8 +540,8 @@ impl Gpt2 {
     }
 
     /// The fp32 logits `[B, vocab]` of the position after the last of `inputs`, as
-    /// [`Gpt::next_token_logits`](crate::Gpt::next_token_logits).
-    pub fn next_token_logits(
+    /// the record's model's.
+    fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
         cache: &mut Cache,

@@ -1,10 +1,10 @@
 //! What the trainer, evaluation and generation need of a model, whatever its architecture:
-//! [`LanguageModel`], implemented by the record's [`Gpt`] and by [`Gpt2`]; the shape of either
-//! ([`ModelShape`], what a weights file we write carries in its metadata); and [`Model`], one of
-//! them chosen at run time from a config or a file.
+//! [`LanguageModel`], implemented by the record's [`Gpt`] and by [`Gpt2`] in their own files; the
+//! shape of either ([`ModelShape`], what a weights file we write carries in its metadata); and
+//! the one place an architecture chosen at run time becomes a model type
+//! ([`ModelShape::dispatch`]: `run::<Gpt>` or `run::<Gpt2>`).
 
-use brainfloat_precision::{ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap};
-use burn::module::Module;
+use brainfloat_precision::{ParamRoles, PrecisionAware, PrecisionPolicy};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -113,11 +113,6 @@ impl ModelShape {
         }
     }
 
-    /// Builds the model (fp32 parameters, the fp32 policy).
-    pub fn init(&self, device: &Device) -> Result<Model, GptError> {
-        Model::init(self, device)
-    }
-
     /// Checks that the shape is buildable.
     pub fn validate(&self) -> Result<(), GptError> {
         each_shape!(self, config => config.validate())
@@ -170,7 +165,8 @@ impl ModelShape {
     }
 }
 
-fn wrong_arch(wanted: Arch, shape: &ModelShape) -> GptError {
+/// The error of a model type asked to build another architecture's shape.
+pub(crate) fn wrong_arch(wanted: Arch, shape: &ModelShape) -> GptError {
     GptError::InvalidConfig {
         field: "arch",
         reason: format!(
@@ -180,142 +176,31 @@ fn wrong_arch(wanted: Arch, shape: &ModelShape) -> GptError {
     }
 }
 
-/// `LanguageModel` for an architecture's own model: its inherent methods, its shape the
-/// `ModelShape` variant `$variant`.
-macro_rules! language_model {
-    ($model:ty, $variant:ident) => {
-        impl LanguageModel for $model {
-            fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
-                match shape {
-                    ModelShape::$variant(config) => config.init(device),
-                    other => Err(wrong_arch(Arch::$variant, other)),
-                }
-            }
+/// Work generic over the model type, run for the architecture a config or a file names
+/// ([`ModelShape::dispatch`]): a command's `run::<Gpt>` or `run::<Gpt2>`.
+pub trait ArchWork {
+    /// What the work gives.
+    type Output;
 
-            fn shape(&self) -> ModelShape {
-                ModelShape::$variant(self.config().clone())
-            }
-
-            fn policy(&self) -> &PrecisionPolicy {
-                <$model>::policy(self)
-            }
-
-            fn cache(&self, device: &Device) -> Cache {
-                <$model>::cache(self, device)
-            }
-
-            fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
-                <$model>::forward(self, batch, cache)
-            }
-
-            fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
-                <$model>::logits(self, batch, cache)
-            }
-
-            fn hidden_states(
-                &self,
-                inputs: Tensor<2, Int>,
-                cache: &Cache,
-            ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-                <$model>::hidden_states(self, inputs, cache)
-            }
-
-            fn next_token_logits(
-                &self,
-                inputs: Tensor<2, Int>,
-                cache: &mut Cache,
-            ) -> Result<Tensor<2>, GptError> {
-                <$model>::next_token_logits(self, inputs, cache)
-            }
-        }
-    };
+    /// Runs the work with the model type `M`.
+    fn run<M: LanguageModel>(self) -> Self::Output;
 }
 
-language_model!(Gpt, Record);
-language_model!(Gpt2, Gpt2);
-
-/// A model whose architecture is chosen at run time (by a config's `model.arch` or a file's
-/// metadata): what the command line trains, evaluates and samples.
-#[derive(Module, Debug)]
-pub enum Model {
-    /// The record's GPT.
-    Record(Gpt),
-    /// GPT-2.
-    Gpt2(Gpt2),
-}
-
-/// `$body` with `$model` bound to the architecture's own model.
-macro_rules! each_arch {
-    ($self:expr, $model:ident => $body:expr) => {
-        match $self {
-            Model::Record($model) => $body,
-            Model::Gpt2($model) => $body,
-        }
-    };
-}
-
-impl ParamRoles for Model {
-    fn param_roles(&self) -> RoleMap {
-        each_arch!(self, model => model.param_roles())
-    }
-}
-
-impl PrecisionAware for Model {
-    fn with_policy(self, policy: PrecisionPolicy) -> Self {
+impl ModelShape {
+    /// Runs `work` with the model type of this shape's architecture: the one match from an
+    /// architecture chosen at run time to a model type.
+    pub fn dispatch<W: ArchWork>(&self, work: W) -> W::Output {
         match self {
-            Model::Record(model) => Model::Record(model.with_policy(policy)),
-            Model::Gpt2(model) => Model::Gpt2(model.with_policy(policy)),
+            ModelShape::Record(_) => work.run::<Gpt>(),
+            ModelShape::Gpt2(_) => work.run::<Gpt2>(),
         }
-    }
-}
-
-impl LanguageModel for Model {
-    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
-        Ok(match shape {
-            ModelShape::Record(config) => Model::Record(config.init(device)?),
-            ModelShape::Gpt2(config) => Model::Gpt2(config.init(device)?),
-        })
-    }
-
-    fn shape(&self) -> ModelShape {
-        each_arch!(self, model => model.shape())
-    }
-
-    fn policy(&self) -> &PrecisionPolicy {
-        each_arch!(self, model => model.policy())
-    }
-
-    fn cache(&self, device: &Device) -> Cache {
-        each_arch!(self, model => model.cache(device))
-    }
-
-    fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
-        each_arch!(self, model => model.forward(batch, cache))
-    }
-
-    fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
-        each_arch!(self, model => model.logits(batch, cache))
-    }
-
-    fn hidden_states(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: &Cache,
-    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-        each_arch!(self, model => model.hidden_states(inputs, cache))
-    }
-
-    fn next_token_logits(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: &mut Cache,
-    ) -> Result<Tensor<2>, GptError> {
-        each_arch!(self, model => model.next_token_logits(inputs, cache))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use brainfloat_precision::RoleMap;
+
     use super::*;
 
     /// Every float parameter's id and element count.
@@ -331,15 +216,21 @@ mod tests {
     /// memory estimate counts what will be allocated.
     #[test]
     fn a_shapes_parameter_sizes_are_the_built_models() {
-        let device = Device::default();
+        struct Built<'a>(&'a ModelShape);
+        impl ArchWork for Built<'_> {
+            type Output = (RoleMap, Sizes);
+            fn run<M: LanguageModel>(self) -> Self::Output {
+                let model = M::init(self.0, &Device::default()).unwrap();
+                let mut sizes = Sizes(Vec::new());
+                model.visit(&mut sizes);
+                (model.param_roles(), sizes)
+            }
+        }
         for shape in [
             ModelShape::Record(GptConfig::tiny()),
             ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8).with_d_mlp(Some(40))),
         ] {
-            let model = shape.init(&device).unwrap();
-            let roles = model.param_roles();
-            let mut sizes = Sizes(Vec::new());
-            model.visit(&mut sizes);
+            let (roles, sizes) = shape.dispatch(Built(&shape));
             let mut built: Vec<(String, usize)> = sizes
                 .0
                 .iter()
@@ -382,9 +273,25 @@ mod tests {
         let device = brainfloat_test_support::test_device();
         let err = Gpt2::init(&ModelShape::Record(GptConfig::tiny()), &device).unwrap_err();
         assert!(err.to_string().contains("gpt2 architecture"), "{err}");
-        let model = ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8))
-            .init(&device)
-            .unwrap();
-        assert_eq!(model.shape().arch(), Arch::Gpt2);
+        let err = Gpt::init(&ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8)), &device);
+        assert!(err.unwrap_err().to_string().contains("record architecture"));
+    }
+
+    /// Dispatch picks the shape's own model type.
+    #[test]
+    fn dispatch_runs_the_shapes_model_type() {
+        struct TypeName;
+        impl ArchWork for TypeName {
+            type Output = &'static str;
+            fn run<M: LanguageModel>(self) -> &'static str {
+                std::any::type_name::<M>()
+            }
+        }
+        let record = ModelShape::Record(GptConfig::tiny()).dispatch(TypeName);
+        let gpt2 = ModelShape::Gpt2(Gpt2Config::new(96, 2, 2, 16, 8)).dispatch(TypeName);
+        assert!(
+            record.ends_with("::Gpt") && gpt2.ends_with("::Gpt2"),
+            "{record} {gpt2}"
+        );
     }
 }

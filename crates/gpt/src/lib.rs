@@ -11,10 +11,11 @@
 //! one.
 //!
 //! [`Gpt2`] is `transformers`' `GPT2LMHeadModel` built from the same machinery, with its names.
-//! Both are [`LanguageModel`]s; [`Model`] is either, chosen at run time by its [`ModelShape`].
+//! Both are [`LanguageModel`]s; a [`ModelShape`] read at run time picks one of them once
+//! ([`ModelShape::dispatch`]), and generic code runs with it.
 //!
 //! ```
-//! use brainfloat_gpt::{Batch, GptConfig};
+//! use brainfloat_gpt::{Batch, GptConfig, LanguageModel};
 //! use brainfloat_precision::{PrecisionPolicy, apply_policy};
 //! use burn::tensor::{DType, Device};
 //!
@@ -48,7 +49,7 @@ pub use error::GptError;
 pub use gpt2::{
     Gelu, Gpt2, Gpt2Attention, Gpt2Block, Gpt2Config, Gpt2Mlp, Gpt2Transformer, LayerNorm,
 };
-pub use language_model::{Arch, LanguageModel, Model, ModelShape};
+pub use language_model::{Arch, ArchWork, LanguageModel, ModelShape};
 pub use model::{
     Block, CausalSelfAttention, Gpt, Mlp, RMS_NORM_EPS, Rotary, Transformer, rms_norm,
 };

@@ -15,6 +15,7 @@ use crate::batch::{Batch, check_context};
 use crate::cache::{Cache, LayerCache};
 use crate::config::GptConfig;
 use crate::error::GptError;
+use crate::language_model::{Arch, LanguageModel, ModelShape, wrong_arch};
 use crate::trace;
 
 // ----------------------------------------------------------------------------------------------
@@ -395,38 +396,6 @@ impl Gpt {
         &self.config
     }
 
-    /// The precision policy the forward pass runs under.
-    pub fn policy(&self) -> &PrecisionPolicy {
-        &self.policy
-    }
-
-    /// The cache a forward pass on `device` reads: the rotary tables for every position up to
-    /// `max_seq_len`, in the activation dtype, built here once.
-    pub fn cache(&self, device: &Device) -> Cache {
-        let activation = self.policy.activation();
-        let config = &self.config;
-        let rotary = Rotary::new(
-            config.max_seq_len,
-            config.head_dim(),
-            config.rope_base,
-            activation,
-            device,
-        );
-        Cache::new(Some(rotary), activation, device)
-    }
-
-    /// The final hidden states `[B, T, C]` (after the last RMSNorm) in the activation dtype, and
-    /// the residual stream after each block (for inspecting dtypes at block boundaries).
-    pub fn hidden_states(
-        &self,
-        inputs: Tensor<2, Int>,
-        cache: &Cache,
-    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-        let seq_len = inputs.dims()[1];
-        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
-        Ok(self.run_blocks(inputs, &rotary, None))
-    }
-
     /// The embedding, the blocks and the final norm over `inputs` at the positions `rotary`
     /// covers; with `past`, each block's keys and values go into (and come from) its layer.
     fn run_blocks(
@@ -464,6 +433,61 @@ impl Gpt {
         (final_norm, boundaries)
     }
 
+    /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
+    /// activation dtype, then cast to the policy's loss dtype (fp32), as in the record.
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = self.lm_head.forward(hidden);
+        softcap(logits, self.config.logit_softcap).cast(self.policy.loss())
+    }
+
+    fn check(&self, batch: &Batch) -> Result<(), GptError> {
+        self.config.limits().check(batch)
+    }
+}
+
+impl LanguageModel for Gpt {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, GptError> {
+        match shape {
+            ModelShape::Record(config) => config.init(device),
+            other => Err(wrong_arch(Arch::Record, other)),
+        }
+    }
+
+    fn shape(&self) -> ModelShape {
+        ModelShape::Record(self.config.clone())
+    }
+
+    fn policy(&self) -> &PrecisionPolicy {
+        &self.policy
+    }
+
+    /// The cache a forward pass on `device` reads: the rotary tables for every position up to
+    /// `max_seq_len`, in the activation dtype, built here once.
+    fn cache(&self, device: &Device) -> Cache {
+        let activation = self.policy.activation();
+        let config = &self.config;
+        let rotary = Rotary::new(
+            config.max_seq_len,
+            config.head_dim(),
+            config.rope_base,
+            activation,
+            device,
+        );
+        Cache::new(Some(rotary), activation, device)
+    }
+
+    /// The final hidden states `[B, T, C]` (after the last RMSNorm) in the activation dtype, and
+    /// the residual stream after each block (for inspecting dtypes at block boundaries).
+    fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
+        let seq_len = inputs.dims()[1];
+        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, &rotary, None))
+    }
+
     /// The soft-capped fp32 logits `[B, vocab]` of the position after the last of `inputs`
     /// `[B, T]`: what generation samples from.
     ///
@@ -471,7 +495,7 @@ impl Gpt {
     /// none): only they are computed, their keys and values appended (one position per
     /// generated token after the prompt). Refused when the context would pass the model's
     /// `max_seq_len` or an id is outside its vocabulary.
-    pub fn next_token_logits(
+    fn next_token_logits(
         &self,
         inputs: Tensor<2, Int>,
         cache: &mut Cache,
@@ -486,17 +510,10 @@ impl Gpt {
 
     /// Soft-capped logits `[B, T, vocab]` in fp32, for evaluation and sampling. The soft-cap runs
     /// in the activation dtype, then the logits are cast to fp32, as in the record.
-    pub fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
+    fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.head(hidden))
-    }
-
-    /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
-    /// activation dtype, then cast to the policy's loss dtype (fp32), as in the record.
-    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let logits = self.lm_head.forward(hidden);
-        softcap(logits, self.config.logit_softcap).cast(self.policy.loss())
     }
 
     /// The record's loss: mean fp32 cross-entropy of the soft-capped logits over all `B·T`
@@ -504,7 +521,7 @@ impl Gpt {
     ///
     /// The head and the loss run fused ([`CastedLinear::softcapped_cross_entropy`]): the
     /// logits never enter the autodiff graph.
-    pub fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
+    fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.lm_head.softcapped_cross_entropy(
@@ -512,10 +529,6 @@ impl Gpt {
             batch.targets().clone(),
             Some(self.config.logit_softcap),
         ))
-    }
-
-    fn check(&self, batch: &Batch) -> Result<(), GptError> {
-        self.config.limits().check(batch)
     }
 }
 

@@ -5,8 +5,8 @@
 /// current field (`transformer.h.0.attn.c_q.weight`), for checkpoints and messages. Names
 /// decide nothing else: roles do ([`ParamRoles`](crate::ParamRoles)).
 ///
-/// An enum module's variant is not part of the name: a model chosen at run time
-/// (`brainfloat_gpt::Model::Gpt2(..)`) has the names of the model it holds.
+/// An enum module's variant is not part of the name: an enum of models (one chosen at run
+/// time) has the names of the model it holds.
 #[derive(Debug, Default, Clone)]
 pub struct ParamPath {
     names: Vec<Option<String>>,

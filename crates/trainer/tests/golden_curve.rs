@@ -5,7 +5,7 @@
 
 mod common;
 
-use brainfloat_gpt::Batch;
+use brainfloat_gpt::{Batch, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, Preset};
 use brainfloat_tests::*;
 use brainfloat_trainer::{RecordOptimizer, RecordOptimizerConfig, Schedule, Start, Trainer};

@@ -55,7 +55,7 @@ fn models_built_at_the_same_time_get_their_seeds_weights() {
     let config = common::config(dir.path(), "bf16", &[]);
     let weights = || {
         weights_to_safetensors(
-            &init_model::<brainfloat_gpt::Model>(&config, &device, config.train.seed).unwrap(),
+            &init_model::<brainfloat_gpt::Gpt>(&config, &device, config.train.seed).unwrap(),
         )
         .unwrap()
     };
@@ -368,10 +368,10 @@ fn a_custom_shape_trains_resumes_and_evaluates() {
     // The record carries the shape: a tiny-sized model refuses the weights, the record's loads.
     let saved = read_record(&record).unwrap();
     let tiny_config = common::config(dir.path(), "bf16", &[]);
-    let tiny: brainfloat_gpt::Model =
+    let tiny: brainfloat_gpt::Gpt =
         init_model(&tiny_config, &device, tiny_config.train.seed).unwrap();
     assert!(load_checkpoint_weights(&record, &saved, tiny).is_err());
-    let model: brainfloat_gpt::Model =
+    let model: brainfloat_gpt::Gpt =
         init_model(&saved.config, &device, saved.config.train.seed).unwrap();
     let model = load_checkpoint_weights(&record, &saved, model).unwrap();
     let paths = brainfloat_data::shard_paths(&config.data.val).unwrap();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use brainfloat_data::{LoaderPosition, ShardIdentity};
 use brainfloat_files::{sha256_hex, write_atomic};
-use brainfloat_gpt::{LanguageModel, Model};
+use brainfloat_gpt::{Gpt, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, named_params};
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
@@ -87,7 +87,7 @@ pub struct CheckpointRecord {
 }
 
 /// What a run resumes from.
-pub struct Restored<M = Model> {
+pub struct Restored<M = Gpt> {
     /// The record.
     pub record: CheckpointRecord,
     /// The model with the checkpoint's weights.

@@ -11,7 +11,7 @@ use brainfloat_data::{
 };
 use brainfloat_distributed::{Collectives, LocalSync, all_reduce_gradients};
 use brainfloat_generate::{GenerateOptions, Sampling, first_context, generate, inference_model};
-use brainfloat_gpt::{Batch, Cache, LanguageModel, Model};
+use brainfloat_gpt::{Batch, Cache, Gpt, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, apply_policy};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -55,9 +55,9 @@ pub enum Start {
 }
 
 /// A training run: model, optimizer, data and plugins, made by a [`TrainerBuilder`]. Generic
-/// over the model: [`Model`] (the default) is the architecture the config's `model.arch` names;
-/// a program that knows its architecture can name it (`Trainer<Gpt2>`).
-pub struct Trainer<M: LanguageModel = Model> {
+/// over the model: the record's [`Gpt`] unless named (`Trainer<Gpt2>`); the command line runs
+/// the one the config's `model.arch` names ([`ModelShape::dispatch`](brainfloat_gpt::ModelShape::dispatch)).
+pub struct Trainer<M: LanguageModel = Gpt> {
     config: TrainConfig,
     device: Device,
     model: Owned<M>,

@@ -21,7 +21,7 @@ use super::*;
 /// # Ok(())
 /// # }
 /// ```
-pub struct TrainerBuilder<M: LanguageModel = Model> {
+pub struct TrainerBuilder<M: LanguageModel = Gpt> {
     config: TrainConfig,
     start: Start,
     sync: Box<dyn Collectives>,
@@ -30,7 +30,8 @@ pub struct TrainerBuilder<M: LanguageModel = Model> {
 }
 
 impl Trainer {
-    /// A builder of a trainer of the architecture the config's `model.arch` names.
+    /// A builder of a trainer of the record's model (the config's `model.arch` must be
+    /// `record`; [`TrainerBuilder::new`] names another model type).
     pub fn builder(config: TrainConfig) -> TrainerBuilder {
         TrainerBuilder::new(config)
     }
