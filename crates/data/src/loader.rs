@@ -133,6 +133,11 @@ impl DistributedLoader {
         self.position
     }
 
+    /// The batch each window holds: `(B, T)`, a window being `B·T + 1` tokens.
+    pub fn batch_shape(&self) -> (usize, usize) {
+        (self.batch_size, self.seq_len)
+    }
+
     /// Continues from `position` (taken from [`position`](Self::position) earlier).
     pub fn seek(&mut self, position: LoaderPosition) -> Result<(), DataError> {
         let path = self.paths.get(position.shard).ok_or_else(|| {

@@ -201,6 +201,7 @@ impl Gpt2Config {
                 ln_f: layer_norm(),
             },
             config: self.clone(),
+            limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
         })
     }
@@ -386,6 +387,9 @@ pub struct Gpt2 {
     pub transformer: Gpt2Transformer,
     #[module(skip)]
     config: Gpt2Config,
+    /// What a batch must fit, read from `config` once.
+    #[module(skip)]
+    limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
 }
@@ -520,14 +524,14 @@ impl LanguageModel for Gpt2 {
 
     /// Logits `[B, T, vocab]` in fp32.
     fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
-        self.config.limits().check(batch)?;
+        self.limits.check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(self.head(hidden))
     }
 
     /// Mean fp32 cross-entropy over all `B·T` positions, the tied head fused with the loss.
     fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
-        self.config.limits().check(batch)?;
+        self.limits.check(batch)?;
         let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
         Ok(head_loss(
             self.tied_head(),
@@ -547,7 +551,7 @@ impl LanguageModel for Gpt2 {
         cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
-        let start = check_context(&inputs, cache.kv(), &self.config.limits())?;
+        let start = check_context(&inputs, cache.kv(), &self.limits)?;
         cache.check(self.policy.activation(), &inputs.device())?;
         let (hidden, _) = self.run_blocks(inputs, start, Some(cache));
         let logits = self.head(hidden.narrow(1, new - 1, 1));

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
-use crate::batch::{Batch, check_context};
+use crate::batch::{Batch, Limits, check_context};
 use crate::cache::{Cache, LayerCache};
 use crate::config::GptConfig;
 use crate::error::GptError;
@@ -320,6 +320,9 @@ pub struct Gpt {
     pub lm_head: CastedLinear,
     #[module(skip)]
     config: GptConfig,
+    /// What a batch must fit, read from `config` once.
+    #[module(skip)]
+    limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
 }
@@ -369,6 +372,7 @@ impl GptConfig {
                 .with_zero_init(true)
                 .init(device),
             config: self.clone(),
+            limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
         })
     }
@@ -441,7 +445,7 @@ impl Gpt {
     }
 
     fn check(&self, batch: &Batch) -> Result<(), GptError> {
-        self.config.limits().check(batch)
+        self.limits.check(batch)
     }
 }
 
@@ -501,7 +505,7 @@ impl LanguageModel for Gpt {
         cache: &mut Cache,
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
-        let start = check_context(&inputs, cache.kv(), &self.config.limits())?;
+        let start = check_context(&inputs, cache.kv(), &self.limits)?;
         let rotary = cache.rotary(start, new, self.policy.activation(), &inputs.device())?;
         let (hidden, _) = self.run_blocks(inputs, &rotary, Some(cache));
         let logits = self.head(hidden.narrow(1, new - 1, 1));

@@ -178,7 +178,7 @@ impl<M: LanguageModel> Trainer<M> {
         let mut stopped_early = false;
         while self.step < self.config.train.steps {
             let stats = self.train_step()?;
-            tokens += self.config.tokens_per_step();
+            tokens += info.tokens_per_step;
             let (mut checkpoint, mut stop) = (false, false);
             for plugin in &mut self.plugins {
                 match plugin.on_step(&stats)? {
@@ -254,7 +254,8 @@ impl<M: LanguageModel> Trainer<M> {
         }
         self.step += 1;
         let step_time = started.elapsed();
-        let step_tokens = (self.config.tokens_per_step() / self.config.train.ranks) as f64;
+        let (micro, seq_len) = self.train.batch_shape();
+        let step_tokens = (self.config.train.grad_accum_steps * micro * seq_len) as f64;
         Ok(StepStats {
             step: self.step,
             loss: check.loss,
@@ -275,7 +276,7 @@ impl<M: LanguageModel> Trainer<M> {
     /// micro-steps.
     fn forward_backward(&mut self) -> Result<(GradientsParams, Tensor<1>), TrainError> {
         let accum_steps = self.config.train.grad_accum_steps;
-        let (micro, seq_len) = (self.config.micro_batch_size(), self.config.train.seq_len);
+        let (micro, seq_len) = self.train.batch_shape();
         let poison_loss = self.injected.poisons(NonFinite::Loss, self.step + 1);
         let windows = (0..accum_steps)
             .map(|_| self.train.next_window())
