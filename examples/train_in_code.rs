@@ -8,7 +8,7 @@
 
 use brainfloat_backend::Backend;
 use brainfloat_data::write_shard;
-use brainfloat_gpt::{Arch, ModelSize};
+use brainfloat_gpt::{GptConfig, ModelShape, ModelSize};
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::plugins::{CheckpointPlugin, LogPlugin, MetricsPlugin};
 use brainfloat_trainer::{
@@ -26,20 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let steps = 40;
     let config = TrainConfig {
-        model: ModelSection {
-            arch: Arch::Record,
-            size: ModelSize::Tiny,
-            vocab_size: Some(512),
-            n_layer: None,
-            n_head: None,
-            d_model: None,
-            max_seq_len: None,
-            logit_softcap: None,
-            rope_base: None,
-            d_mlp: None,
-            layer_norm_eps: None,
-            gelu: None,
-        },
+        // The tiny size's shape: 2 blocks of width 64, vocabulary 512, 64 positions.
+        model: ModelSection::of_shape(ModelSize::Tiny, &ModelShape::Record(GptConfig::tiny())),
         data: DataSection {
             train: shard.clone(),
             val: shard,

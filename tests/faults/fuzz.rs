@@ -164,7 +164,7 @@ pub fn fuzz_parsers(base: &Base) -> Vec<Target> {
     let prompt = "The state of the Union is strong. 12345 \u{1F600} \u{00e9}".as_bytes();
     let tokenizer = Gpt2Tokenizer::new();
     let train_config = TrainConfig::load(&ConfigSource::File(base.config.clone()), &[]).unwrap();
-    let shape = train_config.shape().unwrap();
+    let shape = train_config.shape().clone();
     targets.push(fuzz(
         "prompt (tokenizer and context check)",
         prompt,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use brainfloat_backend::MemoryMeasure;
 use brainfloat_gpt::{Batch, LanguageModel};
 use brainfloat_memory as memory;
-use brainfloat_precision::{dtype_info, named_grads, named_params};
-use burn::tensor::{Device, Tensor};
+use brainfloat_precision::{PrecisionError, dtype_name, named_grads, named_params, parse_dtype};
+use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// What a block of memory holds.
@@ -48,17 +48,51 @@ impl Part {
     }
 }
 
-/// Dtype name of a measured total that mixes dtypes (the activations: an allocator cannot tell
-/// which allocation holds which dtype).
-pub const MIXED: &str = "mixed";
+/// The dtype of a row's bytes: one float dtype, or several where a measurement cannot tell them
+/// apart (the activations: an allocator does not know which allocation holds which dtype).
+/// Written `fp32`, `bf16`, … or `mixed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RowDtype {
+    /// Tensors of one dtype.
+    Float(FloatDType),
+    /// A measured total of several.
+    Mixed,
+}
+
+impl std::fmt::Display for RowDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowDtype::Float(dtype) => f.write_str(dtype_name(*dtype)),
+            RowDtype::Mixed => f.write_str("mixed"),
+        }
+    }
+}
+
+impl TryFrom<String> for RowDtype {
+    type Error = PrecisionError;
+
+    fn try_from(name: String) -> Result<Self, PrecisionError> {
+        match name.as_str() {
+            "mixed" => Ok(RowDtype::Mixed),
+            name => parse_dtype(name).map(RowDtype::Float),
+        }
+    }
+}
+
+impl From<RowDtype> for String {
+    fn from(dtype: RowDtype) -> String {
+        dtype.to_string()
+    }
+}
 
 /// Bytes of one part in one dtype.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistributionRow {
     /// What the bytes hold.
     pub part: Part,
-    /// `fp32`, `bf16`, or [`MIXED`].
-    pub dtype: String,
+    /// Their dtype.
+    pub dtype: RowDtype,
     /// Number of tensors (0 for a heap measurement).
     pub tensors: usize,
     /// Bytes.
@@ -70,18 +104,20 @@ fn rows_by_dtype<'a>(
     part: Part,
     tensors: impl IntoIterator<Item = &'a Tensor<1>>,
 ) -> Vec<DistributionRow> {
-    let mut by_dtype: BTreeMap<&'static str, (usize, u64)> = BTreeMap::new();
+    // Keyed by name: rows in the order of their dtypes' names.
+    let mut by_dtype: BTreeMap<&'static str, (FloatDType, usize, u64)> = BTreeMap::new();
     for tensor in tensors {
-        let (name, size) = dtype_info(tensor.dtype());
-        let entry = by_dtype.entry(name).or_default();
-        entry.0 += 1;
-        entry.1 += (tensor.shape().num_elements() * size) as u64;
+        let dtype = FloatDType::from(tensor.dtype());
+        let size = tensor.dtype().size();
+        let entry = by_dtype.entry(dtype_name(dtype)).or_insert((dtype, 0, 0));
+        entry.1 += 1;
+        entry.2 += (tensor.shape().num_elements() * size) as u64;
     }
     by_dtype
-        .into_iter()
-        .map(|(dtype, (tensors, bytes))| DistributionRow {
+        .into_values()
+        .map(|(dtype, tensors, bytes)| DistributionRow {
             part,
-            dtype: dtype.to_string(),
+            dtype: RowDtype::Float(dtype),
             tensors,
             bytes,
         })
@@ -114,7 +150,7 @@ pub fn measure_distribution(
     if let (Some(before), Some(retained)) = (before, retained) {
         rows.push(DistributionRow {
             part: Part::Activations,
-            dtype: MIXED.into(),
+            dtype: RowDtype::Mixed,
             tensors: 0,
             bytes: retained.saturating_sub(before),
         });

@@ -1,11 +1,11 @@
-//! Errors of the benchmark and its pictures.
+//! Errors of the benchmark, the study and their reports' files.
 
 use std::path::{Path, PathBuf};
 
 use brainfloat_trainer::TrainError;
 use serde::de::DeserializeOwned;
 
-/// What went wrong reading a report or drawing a picture.
+/// What went wrong reading a report.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// A report, reference or metrics file that cannot be read or does not parse.
@@ -16,21 +16,13 @@ pub enum BenchError {
         /// What is wrong.
         problem: String,
     },
-    /// A picture that cannot be drawn.
-    #[error("plot {}: {problem}", path.display())]
-    Plot {
-        /// The SVG file.
-        path: PathBuf,
-        /// What the drawing library said.
-        problem: String,
-    },
     /// A run's metrics that cannot be read.
     #[error(transparent)]
     Train(#[from] TrainError),
 }
 
 /// The JSON file `path` as a `T`; an error names the file.
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
     let error = |problem: String| BenchError::File {
         path: path.to_path_buf(),
         problem,

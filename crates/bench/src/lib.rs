@@ -6,9 +6,8 @@
 //! peak memory (a counting global allocator and the process RSS), validation loss at equal
 //! steps, achieved FLOP/s and MFU against a stated [`Peak`] — with ratios to the `autocast`
 //! baseline, the memory distribution by part and dtype, and a matmul micro-benchmark of the
-//! model's shapes. [`plot`] draws the loss curves, the memory distribution and the lost-update
-//! probe; [`validate`] runs the checks a user wants before a long bf16 run;
-//! [`comparison_markdown`] puts reports of several backends (and PyTorch's figures) in one table.
+//! model's shapes. [`validate`] runs the checks a user wants before a long bf16 run. The reports'
+//! pictures and the table across backends are `brainfloat-reports`'.
 //!
 //! ```
 //! use brainfloat_bench::{MatmulShape, Spread};
@@ -19,12 +18,10 @@
 //! assert_eq!(times.median, 2.0);
 //! ```
 
-mod compare;
 mod distribution;
 mod error;
 mod matmul;
 mod peak;
-pub mod plot;
 mod report;
 mod run;
 mod short_run;
@@ -32,16 +29,15 @@ mod stats;
 mod study;
 pub mod validate;
 
-pub use compare::{PytorchPreset, PytorchReference, comparison_markdown};
-pub use distribution::{DistributionRow, MIXED, Part, measure_distribution, part_bytes};
-pub use error::BenchError;
+pub use distribution::{DistributionRow, Part, RowDtype, measure_distribution, part_bytes};
+pub use error::{BenchError, read_json};
 pub use matmul::{
     MatmulResult, MatmulShape, PEAK_SIDE, bench_matmuls, measured_peak, model_matmul_shapes,
     time_matmul,
 };
 pub use peak::Peak;
 pub use report::{
-    BenchReport, Figure, MemoryResult, ModelInfo, PresetResult, write_json_and_markdown,
+    BenchReport, Figure, MemoryResult, ModelInfo, PresetResult, mib, write_json_and_markdown,
 };
 pub use run::{BenchOptions, run_bench};
 pub use short_run::short_run_config;

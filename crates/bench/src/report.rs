@@ -392,7 +392,7 @@ impl BenchReport {
 }
 
 /// Bytes as MiB with one decimal, `–` when unknown.
-pub(crate) fn mib(bytes: Option<u64>) -> String {
+pub fn mib(bytes: Option<u64>) -> String {
     bytes.map_or("–".into(), |b| {
         format!("{:.1}", b as f64 / (1u64 << 20) as f64)
     })

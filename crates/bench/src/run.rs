@@ -103,7 +103,7 @@ pub fn run_bench<M: LanguageModel>(
         }
     }
 
-    let shape = config.shape()?;
+    let shape = config.shape().clone();
     let model = ModelInfo {
         arch: shape.arch(),
         size: config.model.size,
@@ -151,7 +151,7 @@ fn warm_up<M: LanguageModel>(
     let estimate = MemoryEstimate::training(
         &config,
         AttentionState::of(backend, config.train.precision.activation()),
-    )?;
+    );
     // The presets' trainers live side by side: one output folder each (each claims its own).
     config.output.dir = config.output.dir.join(preset.to_string());
     // Memory is measured with freed blocks handed back, so that the resident set is what is

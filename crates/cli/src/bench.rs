@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use brainfloat_bench::plot::{Curves, plot_distribution, plot_losses};
 use brainfloat_bench::{BenchOptions, BenchReport, Figure, Peak, measured_peak, run_bench};
 use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, Preset};
+use brainfloat_reports::plot::{Curves, plot_distribution, plot_losses};
 use brainfloat_trainer::{TrainConfig, TrainError};
 use burn::tensor::{DType, Device, FloatDType};
 use clap::Args;
@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         device: &device,
         options: &options,
     };
-    let mut report = config.shape()?.dispatch(bench)?;
+    let mut report = config.shape().dispatch(bench)?;
     let stem = args
         .name
         .unwrap_or_else(|| format!("bench_{}_{}", config.model.size, args.run.backend));

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use brainfloat_bench::{BenchReport, PytorchReference, comparison_markdown};
+use brainfloat_bench::BenchReport;
+use brainfloat_reports::{PytorchReference, comparison_markdown};
 use clap::Args;
 
 use crate::error::CliError;

@@ -7,6 +7,7 @@ use brainfloat_bench::BenchError;
 use brainfloat_data::DataError;
 use brainfloat_distributed::SyncError;
 use brainfloat_generate::GenerateError;
+use brainfloat_reports::ReportError;
 use brainfloat_trainer::{ConfigError, TrainError};
 
 /// Why a subcommand failed; `main` prints it as `error: …` and exits 1.
@@ -18,9 +19,12 @@ pub enum CliError {
     /// Training, evaluation, checkpoints.
     #[error(transparent)]
     Train(#[from] TrainError),
-    /// Benchmarks, studies, their reports and plots.
+    /// Benchmarks, studies and their reports.
     #[error(transparent)]
     Bench(#[from] BenchError),
+    /// Plots and comparisons.
+    #[error(transparent)]
+    Report(#[from] ReportError),
     /// Shards and corpora.
     #[error(transparent)]
     Data(#[from] DataError),

@@ -31,7 +31,11 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
         config.data.val = data;
     }
     let weights = Weights::resolve(&args.checkpoint, config, false, args.run.backend)?;
-    weights.config.shape()?.dispatch(Eval { weights, device })
+    weights
+        .config
+        .shape()
+        .clone()
+        .dispatch(Eval { weights, device })
 }
 
 /// The evaluation of weights, for their architecture's model type.

@@ -37,7 +37,7 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
         device,
         hf: args.hf,
     };
-    let written = export.weights.config.shape()?.dispatch(export)?;
+    let written = export.weights.config.shape().clone().dispatch(export)?;
     for path in written {
         println!("wrote {}", path.display());
     }

@@ -61,7 +61,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
     // A record's own precision, unless --precision says otherwise.
     let record_precision = args.run.precision.is_none();
     let weights = Weights::resolve(&args.checkpoint, config, record_precision, args.run.backend)?;
-    let shape = weights.config.shape()?;
+    let shape = weights.config.shape().clone();
     shape.dispatch(Generate {
         args,
         weights,

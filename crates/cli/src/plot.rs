@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use brainfloat_bench::BenchReport;
-use brainfloat_bench::plot::{
+use brainfloat_reports::plot::{
     Curves, LostUpdateCurves, plot_distribution, plot_losses, plot_lost_updates,
 };
 use clap::Args;

@@ -163,7 +163,7 @@ pub fn check_training_fits(
             config.train.precision = *policy;
             MemoryEstimate::training(&config, AttentionState::of(backend, policy.activation()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let (estimate, purpose) = match runs {
         Runs::SideBySide if estimates.len() > 1 => (
             MemoryEstimate::side_by_side(&estimates),
@@ -177,17 +177,17 @@ pub fn check_training_fits(
             "training".to_string(),
         ),
     };
-    check_fits(backend, &config.shape()?, &estimate, &purpose)
+    check_fits(backend, config.shape(), &estimate, &purpose)
 }
 
 /// Refuses, before anything is allocated, a model loaded from weights that cannot fit
 /// ([`check_fits`]): its weights as read and as `config`'s policy stores them, and one batch's
 /// logits.
 fn check_loading_fits(backend: Backend, config: &TrainConfig) -> Result<(), CliError> {
-    let shape = config.shape()?;
+    let shape = config.shape();
     let tokens = config.micro_batch_size() * config.train.seq_len;
-    let estimate = MemoryEstimate::loading(&shape, &config.train.precision, tokens);
-    check_fits(backend, &shape, &estimate, "loading its weights")
+    let estimate = MemoryEstimate::loading(shape, &config.train.precision, tokens);
+    check_fits(backend, shape, &estimate, "loading its weights")
 }
 
 /// Fetches the default corpus when the config points at it and its shards are missing.
@@ -297,7 +297,7 @@ pub fn with_shape(mut config: TrainConfig, shape: &ModelShape) -> Result<TrainCo
 /// generation: checked, with sequences longer than that model's context cut to it, and said so.
 fn with_model(mut config: TrainConfig, model: ModelSection) -> Result<TrainConfig, CliError> {
     config.model = model;
-    let max_seq_len = config.shape()?.max_seq_len();
+    let max_seq_len = config.shape().max_seq_len();
     if config.train.seq_len > max_seq_len {
         tracing::info!(
             "train.seq_len {} is longer than the model's context: {max_seq_len} is used",

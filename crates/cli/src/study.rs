@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use brainfloat_bench::plot::plot_convergence;
 use brainfloat_bench::{StudyOptions, StudyReport, StudyRun, run_study};
 use brainfloat_gpt::{ArchWork, LanguageModel};
 use brainfloat_precision::{PrecisionPolicy, Preset};
+use brainfloat_reports::plot::plot_convergence;
 use brainfloat_trainer::{TrainConfig, TrainError};
 use burn::tensor::Device;
 use clap::Args;
@@ -75,7 +75,7 @@ pub fn run(args: StudyArgs) -> Result<(), CliError> {
         options: &options,
         progress,
     };
-    let report = config.shape()?.dispatch(study)?;
+    let report = config.shape().dispatch(study)?;
     std::fs::create_dir_all(&args.out).map_err(|err| CliError::io(&args.out, "create", err))?;
     let figure = args.out.join(format!("{}.svg", args.name));
     plot_convergence(&report, &figure)?;

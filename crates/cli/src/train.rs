@@ -122,7 +122,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let policy = [config.train.precision];
     check_training_fits(args.run.backend, &config, &policy, Runs::InTurn)?;
     let device = device(args.run.backend)?;
-    let shape = config.shape()?;
+    let shape = config.shape().clone();
     shape.dispatch(Run {
         config,
         start,

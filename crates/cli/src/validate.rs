@@ -33,7 +33,7 @@ pub fn run(args: ValidateArgs) -> Result<(), CliError> {
         device: &device,
         steps: args.steps,
     };
-    let checks = config.shape()?.dispatch(validate)?;
+    let checks = config.shape().dispatch(validate)?;
     print!("{}", format_checks(&checks));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&checks).expect("checks serialize to JSON");

@@ -1,5 +1,6 @@
 //! Sizes of the record's GPT.
 
+use brainfloat_choice::{Choice, choice_text};
 use brainfloat_precision::ParamRole;
 use burn::config::Config;
 
@@ -61,39 +62,16 @@ impl ModelSize {
     }
 }
 
-impl std::fmt::Display for ModelSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+impl Choice for ModelSize {
+    const KIND: &'static str = "model size";
+    const ALL: &'static [Self] = &ModelSize::ALL;
+
+    fn name(self) -> &'static str {
+        ModelSize::name(self)
     }
 }
 
-impl std::str::FromStr for ModelSize {
-    type Err = GptError;
-
-    fn from_str(name: &str) -> Result<Self, GptError> {
-        ModelSize::ALL
-            .into_iter()
-            .find(|size| size.name() == name)
-            .ok_or_else(|| GptError::UnknownSize {
-                name: name.to_string(),
-                valid: ModelSize::ALL.map(ModelSize::name).join(", "),
-            })
-    }
-}
-
-impl TryFrom<String> for ModelSize {
-    type Error = GptError;
-
-    fn try_from(name: String) -> Result<Self, GptError> {
-        name.parse()
-    }
-}
-
-impl From<ModelSize> for String {
-    fn from(size: ModelSize) -> String {
-        size.name().to_string()
-    }
-}
+choice_text!(ModelSize);
 
 impl GptConfig {
     /// 2 layers, width 64, 2 heads of 32, vocabulary 512, sequences up to 64: for tests.

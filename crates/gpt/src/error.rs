@@ -5,14 +5,6 @@ use brainfloat_precision::PrecisionError;
 /// What went wrong building or feeding a GPT.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
-    /// A size name that is not one of [`ModelSize::ALL`](crate::ModelSize::ALL).
-    #[error("unknown model size `{name}` (valid: {valid})")]
-    UnknownSize {
-        /// The name given.
-        name: String,
-        /// The valid names.
-        valid: String,
-    },
     /// A model shape that cannot be built.
     #[error("invalid model config: {reason}")]
     InvalidConfig {

@@ -7,6 +7,7 @@
 //! Parameters carry Hugging Face's names (`transformer.h.0.attn.c_attn.weight`), so files move
 //! between this model and `transformers` by name and shape alone.
 
+use brainfloat_choice::{Choice, choice_text};
 use brainfloat_precision::{
     ACCUMULATION_DTYPE, CastedLinear, CastedLinearConfig, Head, LOGITS_PER_CHUNK, ParamRole,
     ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout, head_loss,
@@ -22,15 +23,30 @@ use crate::config::{ParamSize, check_sizes};
 use crate::error::GptError;
 use crate::language_model::{Arch, LanguageModel, ModelShape, wrong_arch};
 
-/// The GELU of a GPT-2 model (`activation_function` in its `config.json`).
+/// The GELU of a GPT-2 model (`activation_function` in its `config.json`), written `tanh` or
+/// `erf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Gelu {
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: GPT-2's own (`gelu_new`).
     Tanh,
     /// `0.5·x·(1 + erf(x/√2))` (`gelu`).
     Erf,
 }
+
+impl Choice for Gelu {
+    const KIND: &'static str = "GELU";
+    const ALL: &'static [Self] = &[Gelu::Tanh, Gelu::Erf];
+
+    fn name(self) -> &'static str {
+        match self {
+            Gelu::Tanh => "tanh",
+            Gelu::Erf => "erf",
+        }
+    }
+}
+
+choice_text!(Gelu);
 
 /// Shape of a GPT-2 model: the fields of Hugging Face's `GPT2Config` this model reads.
 #[derive(Config, Debug, PartialEq)]

@@ -4,6 +4,7 @@
 //! the one place an architecture chosen at run time becomes a model type
 //! ([`ModelShape::dispatch`]: `run::<Gpt>` or `run::<Gpt2>`).
 
+use brainfloat_choice::{Choice, choice_text};
 use brainfloat_precision::{ParamRoles, PrecisionAware, PrecisionPolicy};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -57,9 +58,9 @@ pub trait LanguageModel: ParamRoles + PrecisionAware {
     ) -> Result<Tensor<2>, GptError>;
 }
 
-/// The architectures.
+/// The architectures: a [`ModelShape`]'s tag, as configs (`model.arch`) and files name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum Arch {
     /// The CastBf16 record's GPT ([`Gpt`]).
     #[default]
@@ -68,9 +69,11 @@ pub enum Arch {
     Gpt2,
 }
 
-impl Arch {
-    /// The name written in configs and files.
-    pub fn name(self) -> &'static str {
+impl Choice for Arch {
+    const KIND: &'static str = "architecture";
+    const ALL: &'static [Self] = &[Arch::Record, Arch::Gpt2];
+
+    fn name(self) -> &'static str {
         match self {
             Arch::Record => "record",
             Arch::Gpt2 => "gpt2",
@@ -78,11 +81,7 @@ impl Arch {
     }
 }
 
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+choice_text!(Arch);
 
 /// A model's architecture and shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

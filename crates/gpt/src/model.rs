@@ -73,6 +73,16 @@ impl Rotary {
         }
     }
 
+    /// Positions the tables cover.
+    pub fn len(&self) -> usize {
+        self.cos.dims()[1]
+    }
+
+    /// Whether the tables cover no position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The tables of positions `start..start + len` (a generation step's new positions).
     pub fn narrow(&self, start: usize, len: usize) -> Self {
         Self {

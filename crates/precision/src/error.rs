@@ -1,24 +1,13 @@
 //! Errors of the precision crate.
 
+use brainfloat_choice::UnknownChoice;
+
 /// What went wrong when building or applying a precision policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrecisionError {
-    /// A preset name that is not one of the presets.
-    #[error("unknown precision preset `{name}` (valid: {valid})")]
-    UnknownPreset {
-        /// The name given.
-        name: String,
-        /// The valid names, comma-separated.
-        valid: String,
-    },
-    /// A component name that is not one of the components.
-    #[error("unknown precision component `{name}` (valid: {valid})")]
-    UnknownComponent {
-        /// The name given.
-        name: String,
-        /// The valid names, comma-separated.
-        valid: String,
-    },
+    /// A preset or component name that is not one of them.
+    #[error(transparent)]
+    Unknown(#[from] UnknownChoice),
     /// A dtype name that is not understood.
     #[error("unknown dtype `{name}` (valid: fp32, bf16, fp16, fp64)")]
     UnknownDtype {

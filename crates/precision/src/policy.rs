@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use brainfloat_choice::{Choice, choice_text};
 use burn::tensor::{DType, Device, FloatDType};
 use serde::{Deserialize, Serialize};
 
@@ -57,25 +58,16 @@ impl Component {
     }
 }
 
-impl fmt::Display for Component {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl Choice for Component {
+    const KIND: &'static str = "precision component";
+    const ALL: &'static [Self] = &Component::ALL;
+
+    fn name(self) -> &'static str {
+        Component::name(self)
     }
 }
 
-impl FromStr for Component {
-    type Err = PrecisionError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Component::ALL
-            .into_iter()
-            .find(|c| c.name() == name)
-            .ok_or_else(|| PrecisionError::UnknownComponent {
-                name: name.to_string(),
-                valid: Component::ALL.map(Component::name).join(", "),
-            })
-    }
-}
+choice_text!(Component);
 
 /// How an optimizer step writes a new value into bf16 storage (weights and optimizer state);
 /// values stored in fp32 are written exactly whatever the rounding.
@@ -96,7 +88,7 @@ pub enum UpdateRounding {
 /// The presets: the fp32 reference, the record's autocast baseline, the record itself, and
 /// three pure-bf16 presets (weights, gradients and optimizer state all bf16) that differ in how
 /// updates are rounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Preset {
     /// Everything in fp32.
@@ -150,25 +142,16 @@ impl Preset {
     }
 }
 
-impl fmt::Display for Preset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl Choice for Preset {
+    const KIND: &'static str = "precision preset";
+    const ALL: &'static [Self] = &Preset::ALL;
+
+    fn name(self) -> &'static str {
+        Preset::name(self)
     }
 }
 
-impl FromStr for Preset {
-    type Err = PrecisionError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Preset::ALL
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| PrecisionError::UnknownPreset {
-                name: name.to_string(),
-                valid: Preset::ALL.map(Preset::name).join(", "),
-            })
-    }
-}
+choice_text!(Preset);
 
 /// Which dtype every component of a model uses: storage of each parameter kind and the dtypes
 /// of the forward pass. The loss is always computed in fp32.
@@ -381,28 +364,21 @@ impl FromStr for PrecisionPolicy {
     }
 }
 
-/// Presets and policies are written as they are parsed (`"bf16,embedding=fp32"`), in configs,
-/// checkpoint records and reports alike.
-macro_rules! serde_as_text {
-    ($type:ty) => {
-        impl TryFrom<String> for $type {
-            type Error = PrecisionError;
+/// Policies are written as they are parsed (`"bf16,embedding=fp32"`), in configs, checkpoint
+/// records and reports alike.
+impl TryFrom<String> for PrecisionPolicy {
+    type Error = PrecisionError;
 
-            fn try_from(text: String) -> Result<Self, PrecisionError> {
-                text.parse()
-            }
-        }
-
-        impl From<$type> for String {
-            fn from(value: $type) -> String {
-                value.to_string()
-            }
-        }
-    };
+    fn try_from(text: String) -> Result<Self, PrecisionError> {
+        text.parse()
+    }
 }
 
-serde_as_text!(Preset);
-serde_as_text!(PrecisionPolicy);
+impl From<PrecisionPolicy> for String {
+    fn from(policy: PrecisionPolicy) -> String {
+        policy.to_string()
+    }
+}
 
 #[cfg(test)]
 mod tests {

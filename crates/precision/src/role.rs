@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use brainfloat_choice::{Choice, choice_text};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::Tensor;
 
@@ -66,33 +67,16 @@ impl ParamRole {
     }
 }
 
-impl std::fmt::Display for ParamRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+impl Choice for ParamRole {
+    const KIND: &'static str = "parameter role";
+    const ALL: &'static [Self] = &ParamRole::ALL;
+
+    fn name(self) -> &'static str {
+        ParamRole::name(self)
     }
 }
 
-impl TryFrom<String> for ParamRole {
-    type Error = String;
-
-    fn try_from(name: String) -> Result<Self, String> {
-        ParamRole::ALL
-            .into_iter()
-            .find(|role| role.name() == name)
-            .ok_or_else(|| {
-                format!(
-                    "`{name}` is not a parameter role (valid: {})",
-                    ParamRole::ALL.map(ParamRole::name).join(", ")
-                )
-            })
-    }
-}
-
-impl From<ParamRole> for String {
-    fn from(role: ParamRole) -> String {
-        role.name().to_string()
-    }
-}
+choice_text!(ParamRole);
 
 /// The role of each parameter, by its id, and the matrices stored `[in, out]`.
 #[derive(Debug, Clone, Default)]

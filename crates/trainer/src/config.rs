@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use brainfloat_choice::{Choice, choice_text};
 use brainfloat_gpt::{Arch, Gelu, Gpt2Config, GptConfig, GptError, ModelShape, ModelSize};
 use brainfloat_precision::{ParamRole, PrecisionPolicy};
 use config::{Config, Environment, File, FileFormat};
@@ -15,51 +16,144 @@ use crate::schedule::{Schedule, ScheduleKind};
 /// Prefix of environment overrides: `BRAINFLOAT__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "BRAINFLOAT";
 
-/// The model section: an architecture, a named size, and any of its shape's values replaced.
+/// The model section, typed: the named size it started from (reports name it) and the shape it
+/// builds, the size's values with the section's replacements, checked when the config is read
+/// (an error names the key at fault).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ModelKeys", into = "ModelKeys")]
 pub struct ModelSection {
-    /// `record` (the default: the CastBf16 record's GPT) or `gpt2` (Hugging Face's GPT-2:
-    /// learned positions, LayerNorm, GELU, biases, tied head).
-    #[serde(default)]
-    pub arch: Arch,
-    /// `tiny`, `small` or `speedrun`: the shape the keys below start from.
+    /// `tiny`, `small` or `speedrun`: the size the shape started from.
     pub size: ModelSize,
-    /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
-    pub vocab_size: Option<usize>,
-    /// Transformer blocks, replacing the size's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_layer: Option<usize>,
-    /// Attention heads, replacing the size's (`d_model / n_head` must be even).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_head: Option<usize>,
-    /// Model width, replacing the size's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub d_model: Option<usize>,
-    /// Longest sequence, replacing the size's (the rotary tables' length).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_seq_len: Option<usize>,
-    /// Logit soft-cap, replacing the record's 30.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logit_softcap: Option<f64>,
-    /// Rotary base, replacing the record's 10000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_base: Option<f64>,
-    /// GPT-2 only: the MLP's hidden width (default 4 × d_model).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub d_mlp: Option<usize>,
-    /// GPT-2 only: LayerNorm's epsilon (default 1e-5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layer_norm_eps: Option<f64>,
-    /// GPT-2 only: `tanh` (GPT-2's `gelu_new`, the default) or `erf`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gelu: Option<Gelu>,
+    /// The model's architecture and shape.
+    pub shape: ModelShape,
 }
 
 impl ModelSection {
-    /// The section that builds `shape` exactly: its architecture and every value set.
+    /// The section of `shape` exactly, under the size name `size`.
     pub fn of_shape(size: ModelSize, shape: &ModelShape) -> Self {
-        let mut section = ModelSection {
+        Self {
+            size,
+            shape: shape.clone(),
+        }
+    }
+}
+
+impl TryFrom<ModelKeys> for ModelSection {
+    type Error = ConfigError;
+
+    /// The size's shape with the keys' replacements; a key of the other architecture, or a
+    /// shape that cannot be built, is refused by name.
+    fn try_from(m: ModelKeys) -> Result<Self, ConfigError> {
+        let size = m.size.config();
+        let (vocab_size, n_layer, n_head, d_model, max_seq_len) = (
+            m.vocab_size.unwrap_or(size.vocab_size),
+            m.n_layer.unwrap_or(size.n_layer),
+            m.n_head.unwrap_or(size.n_head),
+            m.d_model.unwrap_or(size.d_model),
+            m.max_seq_len.unwrap_or(size.max_seq_len),
+        );
+        let (record_keys, gpt2_keys) = (
+            [
+                ("logit_softcap", m.logit_softcap.is_some()),
+                ("rope_base", m.rope_base.is_some()),
+            ],
+            [
+                ("d_mlp", m.d_mlp.is_some()),
+                ("layer_norm_eps", m.layer_norm_eps.is_some()),
+                ("gelu", m.gelu.is_some()),
+            ],
+        );
+        let (others, other_arch) = match m.arch {
+            Arch::Record => (&gpt2_keys[..], Arch::Gpt2),
+            Arch::Gpt2 => (&record_keys[..], Arch::Record),
+        };
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                &format!("model.{key}"),
+                format!(
+                    "belongs to the {other_arch} architecture, and model.arch is `{}`",
+                    m.arch
+                ),
+            ));
+        }
+        let shape = match m.arch {
+            Arch::Record => ModelShape::Record(GptConfig {
+                vocab_size,
+                n_layer,
+                n_head,
+                d_model,
+                max_seq_len,
+                logit_softcap: m.logit_softcap.unwrap_or(size.logit_softcap),
+                rope_base: m.rope_base.unwrap_or(size.rope_base),
+            }),
+            Arch::Gpt2 => {
+                let gpt2 = Gpt2Config::new(vocab_size, n_layer, n_head, d_model, max_seq_len)
+                    .with_d_mlp(m.d_mlp);
+                ModelShape::Gpt2(Gpt2Config {
+                    layer_norm_eps: m.layer_norm_eps.unwrap_or(gpt2.layer_norm_eps),
+                    gelu: m.gelu.unwrap_or(gpt2.gelu),
+                    ..gpt2
+                })
+            }
+        };
+        shape.validate().map_err(|err| match err {
+            GptError::InvalidConfig { field, reason } => invalid(&format!("model.{field}"), reason),
+            other => invalid("model", other.to_string()),
+        })?;
+        Ok(Self {
+            size: m.size,
+            shape,
+        })
+    }
+}
+
+/// The model section as written: an architecture, a named size, and any of its shape's values
+/// replaced (`--set model.n_layer=4`). Read into a [`ModelSection`] at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelKeys {
+    /// `record` (the default: the CastBf16 record's GPT) or `gpt2` (Hugging Face's GPT-2:
+    /// learned positions, LayerNorm, GELU, biases, tied head).
+    #[serde(default)]
+    arch: Arch,
+    /// `tiny`, `small` or `speedrun`: the shape the keys below start from.
+    size: ModelSize,
+    /// Vocabulary size, replacing the size's (50304 for GPT-2 tokens).
+    vocab_size: Option<usize>,
+    /// Transformer blocks, replacing the size's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n_layer: Option<usize>,
+    /// Attention heads, replacing the size's (`d_model / n_head` must be even).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n_head: Option<usize>,
+    /// Model width, replacing the size's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d_model: Option<usize>,
+    /// Longest sequence, replacing the size's (the rotary tables' length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_seq_len: Option<usize>,
+    /// Logit soft-cap, replacing the record's 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logit_softcap: Option<f64>,
+    /// Rotary base, replacing the record's 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rope_base: Option<f64>,
+    /// GPT-2 only: the MLP's hidden width (default 4 × d_model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d_mlp: Option<usize>,
+    /// GPT-2 only: LayerNorm's epsilon (default 1e-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer_norm_eps: Option<f64>,
+    /// GPT-2 only: `tanh` (GPT-2's `gelu_new`, the default) or `erf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gelu: Option<Gelu>,
+}
+
+/// The keys that build a section's shape exactly: its architecture and every value set (what a
+/// checkpoint record writes).
+impl From<ModelSection> for ModelKeys {
+    fn from(ModelSection { size, shape }: ModelSection) -> Self {
+        let mut section = ModelKeys {
             arch: shape.arch(),
             size,
             vocab_size: Some(shape.vocab_size()),
@@ -73,7 +167,7 @@ impl ModelSection {
             layer_norm_eps: None,
             gelu: None,
         };
-        match shape {
+        match &shape {
             ModelShape::Record(c) => {
                 (section.n_layer, section.n_head, section.d_model) =
                     (Some(c.n_layer), Some(c.n_head), Some(c.d_model));
@@ -150,7 +244,7 @@ fn default_max_skipped_steps() -> usize {
 
 /// What a step with a non-finite loss or gradient norm does; its update is dropped either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum NonFinitePolicy {
     /// The run ends with an error naming the last good checkpoint.
     #[default]
@@ -161,7 +255,7 @@ pub enum NonFinitePolicy {
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum LogFormat {
     /// Compact lines for people.
     Human,
@@ -169,46 +263,33 @@ pub enum LogFormat {
     Json,
 }
 
-/// A config value that is not one of the names its key accepts.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not one of {}", .choices.join(", "))]
-pub struct UnknownChoice {
-    /// The value given.
-    pub value: String,
-    /// The names the key accepts.
-    pub choices: Vec<&'static str>,
-}
+impl Choice for NonFinitePolicy {
+    const KIND: &'static str = "non-finite policy";
+    const ALL: &'static [Self] = &[Self::Stop, Self::Skip];
 
-/// `value` as one of `choices` (name, variant), or an error listing the names.
-pub(crate) fn one_of<T: Copy>(
-    value: &str,
-    choices: &[(&'static str, T)],
-) -> Result<T, UnknownChoice> {
-    choices
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|(_, choice)| *choice)
-        .ok_or_else(|| UnknownChoice {
-            value: value.to_string(),
-            choices: choices.iter().map(|(name, _)| *name).collect(),
-        })
-}
-
-impl TryFrom<String> for NonFinitePolicy {
-    type Error = UnknownChoice;
-
-    fn try_from(value: String) -> Result<Self, UnknownChoice> {
-        one_of(&value, &[("stop", Self::Stop), ("skip", Self::Skip)])
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Skip => "skip",
+        }
     }
 }
 
-impl TryFrom<String> for LogFormat {
-    type Error = UnknownChoice;
+choice_text!(NonFinitePolicy);
 
-    fn try_from(value: String) -> Result<Self, UnknownChoice> {
-        one_of(&value, &[("human", Self::Human), ("json", Self::Json)])
+impl Choice for LogFormat {
+    const KIND: &'static str = "log format";
+    const ALL: &'static [Self] = &[Self::Human, Self::Json];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Human => "human",
+            Self::Json => "json",
+        }
     }
 }
+
+choice_text!(LogFormat);
 
 /// The optimizer section (the record's values in `speedrun`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -471,67 +552,9 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// The model's architecture and shape: the named size with the section's replacements,
-    /// checked (an error names the key at fault).
-    pub fn shape(&self) -> Result<ModelShape, ConfigError> {
-        let m = &self.model;
-        let size = m.size.config();
-        let (vocab_size, n_layer, n_head, d_model, max_seq_len) = (
-            m.vocab_size.unwrap_or(size.vocab_size),
-            m.n_layer.unwrap_or(size.n_layer),
-            m.n_head.unwrap_or(size.n_head),
-            m.d_model.unwrap_or(size.d_model),
-            m.max_seq_len.unwrap_or(size.max_seq_len),
-        );
-        let (record_keys, gpt2_keys) = (
-            [
-                ("logit_softcap", m.logit_softcap.is_some()),
-                ("rope_base", m.rope_base.is_some()),
-            ],
-            [
-                ("d_mlp", m.d_mlp.is_some()),
-                ("layer_norm_eps", m.layer_norm_eps.is_some()),
-                ("gelu", m.gelu.is_some()),
-            ],
-        );
-        let (others, other_arch) = match m.arch {
-            Arch::Record => (&gpt2_keys[..], Arch::Gpt2),
-            Arch::Gpt2 => (&record_keys[..], Arch::Record),
-        };
-        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                &format!("model.{key}"),
-                format!(
-                    "belongs to the {other_arch} architecture, and model.arch is `{}`",
-                    m.arch
-                ),
-            ));
-        }
-        let shape = match m.arch {
-            Arch::Record => ModelShape::Record(GptConfig {
-                vocab_size,
-                n_layer,
-                n_head,
-                d_model,
-                max_seq_len,
-                logit_softcap: m.logit_softcap.unwrap_or(size.logit_softcap),
-                rope_base: m.rope_base.unwrap_or(size.rope_base),
-            }),
-            Arch::Gpt2 => {
-                let gpt2 = Gpt2Config::new(vocab_size, n_layer, n_head, d_model, max_seq_len)
-                    .with_d_mlp(m.d_mlp);
-                ModelShape::Gpt2(Gpt2Config {
-                    layer_norm_eps: m.layer_norm_eps.unwrap_or(gpt2.layer_norm_eps),
-                    gelu: m.gelu.unwrap_or(gpt2.gelu),
-                    ..gpt2
-                })
-            }
-        };
-        shape.validate().map_err(|err| match err {
-            GptError::InvalidConfig { field, reason } => invalid(&format!("model.{field}"), reason),
-            other => invalid("model", other.to_string()),
-        })?;
-        Ok(shape)
+    /// The model's architecture and shape (checked when the config was read).
+    pub fn shape(&self) -> &ModelShape {
+        &self.model.shape
     }
 
     /// The learning-rate schedule of the run.
@@ -666,7 +689,7 @@ impl TrainConfig {
                 ),
             ));
         }
-        let max_seq_len = self.shape()?.max_seq_len();
+        let max_seq_len = self.shape().max_seq_len();
         if t.seq_len > max_seq_len {
             return Err(invalid(
                 "train.seq_len",
@@ -693,7 +716,15 @@ fn explain(source: &str, err: config::ConfigError) -> ConfigError {
         // The key leads the message already.
         Some(key) => {
             let problem = text.split(" for key `").next().unwrap_or(&text);
-            invalid(&key, problem)
+            // A section read into a type (the model section) names its own key inside.
+            let inner = problem
+                .strip_prefix("config ")
+                .and_then(|rest| rest.split_once(": "))
+                .filter(|(inner, _)| inner.starts_with(&format!("{key}.")));
+            match inner {
+                Some((inner, problem)) => invalid(inner, problem),
+                None => invalid(&key, problem),
+            }
         }
         None => invalid(source, text),
     }

@@ -34,6 +34,7 @@ mod resume;
 mod schedule;
 mod trainer;
 
+pub use brainfloat_choice::UnknownChoice;
 pub use checkpoint::{
     CheckpointRecord, FileDigest, Restored, SHAPE_METADATA, checkpoint_records, load_checkpoint,
     load_checkpoint_weights, load_weights, read_record, save_weights, weights_from_safetensors,
@@ -42,7 +43,6 @@ pub use checkpoint::{
 pub use config::{
     ConfigChange, ConfigError, ConfigSource, DataSection, EvalSection, GroupValues, LogFormat,
     ModelSection, NonFinitePolicy, OptimSection, OutputSection, TrainConfig, TrainSection,
-    UnknownChoice,
 };
 pub use error::{TensorFileError, TrainError};
 #[cfg(feature = "testing")]

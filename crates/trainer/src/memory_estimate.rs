@@ -16,7 +16,7 @@ use brainfloat_precision::{
 };
 use burn::tensor::{DType, FloatDType};
 
-use crate::config::{ConfigError, TrainConfig};
+use crate::config::TrainConfig;
 use crate::optim::MatrixOptimizer;
 
 /// Bytes per token per layer that the backward pass keeps, per unit of `d_model`, in a 2-byte
@@ -88,8 +88,8 @@ fn stored_bytes(param: &ParamSize, policy: &PrecisionPolicy) -> u64 {
 impl MemoryEstimate {
     /// A training run of `config`: its model stored, trained and stepped under its policy, one
     /// micro-batch's activations at a time.
-    pub fn training(config: &TrainConfig, attention: AttentionState) -> Result<Self, ConfigError> {
-        let shape = config.shape()?;
+    pub fn training(config: &TrainConfig, attention: AttentionState) -> Self {
+        let shape = config.shape();
         let policy = config.train.precision;
         let sizes = shape.param_sizes();
         let stored = |p: &ParamSize| stored_bytes(p, &policy);
@@ -114,13 +114,13 @@ impl MemoryEstimate {
         } else {
             1
         };
-        Ok(Self {
+        Self {
             weights,
             gradients: gradient_copies * weights,
             optimizer_state,
-            activations: activations(&shape, &policy, tokens, config.train.seq_len, attention),
-            logits: logits(&shape, &policy, tokens),
-        })
+            activations: activations(shape, &policy, tokens, config.train.seq_len, attention),
+            logits: logits(shape, &policy, tokens),
+        }
     }
 
     /// A model loaded to evaluate, generate from or export: its weights as read (fp32, the
@@ -245,15 +245,13 @@ mod tests {
         let fp32 = MemoryEstimate::training(
             &config(&["train.precision=fp32"]),
             AttentionState::Probabilities,
-        )
-        .unwrap();
+        );
         assert_eq!(fp32.weights, 4 * (2 * table + hidden + scalars));
         assert_eq!(fp32.gradients, fp32.weights);
         let accumulating = MemoryEstimate::training(
             &config(&["train.precision=fp32", "train.grad_accum_steps=2"]),
             AttentionState::Probabilities,
-        )
-        .unwrap();
+        );
         assert_eq!(accumulating.gradients, 2 * fp32.weights);
         let half = fp32.activations as i64 / 2;
         assert!(
@@ -266,35 +264,31 @@ mod tests {
             4 * (2 * (2 * table + scalars) + hidden)
         );
         // bf16: embedding and scalars in bf16, the head and hidden matrices fp32 masters.
-        let bf16 = MemoryEstimate::training(&config(&[]), AttentionState::Probabilities).unwrap();
+        let bf16 = MemoryEstimate::training(&config(&[]), AttentionState::Probabilities);
         assert_eq!(bf16.weights, 2 * (table + scalars) + 4 * (table + hidden));
         // Kahan adds a bf16 compensation buffer per bf16 parameter, so one more copy of each.
         let pure = MemoryEstimate::training(
             &config(&["train.precision=bf16-pure"]),
             AttentionState::Probabilities,
-        )
-        .unwrap();
+        );
         let kahan = MemoryEstimate::training(
             &config(&["train.precision=bf16-kahan"]),
             AttentionState::Probabilities,
-        )
-        .unwrap();
+        );
         assert_eq!(kahan.optimizer_state, pure.optimizer_state + pure.weights);
         // Adam in place of Muon: two moments for the matrices too.
         let adam = MemoryEstimate::training(
             &config(&["train.precision=fp32", "optim.matrix_optimizer=adam"]),
             AttentionState::Probabilities,
-        )
-        .unwrap();
+        );
         assert_eq!(adam.optimizer_state, 2 * fp32.weights);
     }
 
     /// `tiny` under bf16 peaked at 143.3 MiB in the benchmark on flex (docs/reliability.md).
     #[test]
     fn activations_grow_with_tokens_layers_width_and_attentions_span() {
-        let at = |sets: &[&str]| {
-            MemoryEstimate::training(&config(sets), AttentionState::Probabilities).unwrap()
-        };
+        let at =
+            |sets: &[&str]| MemoryEstimate::training(&config(sets), AttentionState::Probabilities);
         let base = at(&[]);
         assert!(
             (base.total() as f64 / MIB - 143.3).abs() < 0.25 * 143.3,
@@ -315,8 +309,7 @@ mod tests {
             shorter.activations < base.activations,
             "shorter rows keep fewer scores"
         );
-        let statistics =
-            MemoryEstimate::training(&config(&[]), AttentionState::RowStatistics).unwrap();
+        let statistics = MemoryEstimate::training(&config(&[]), AttentionState::RowStatistics);
         assert_eq!(
             base.activations - statistics.activations,
             1024 * 2 * 2 * 64 * SCORE_BYTES
@@ -329,7 +322,7 @@ mod tests {
     #[test]
     fn loading_counts_the_weights_as_read_and_as_stored() {
         let config = config(&[]);
-        let shape = config.shape().unwrap();
+        let shape = config.shape().clone();
         let estimate = MemoryEstimate::loading(&shape, &config.train.precision, 64);
         let params = shape.num_params() as u64;
         assert!(estimate.weights > 4 * params && estimate.weights < 8 * params);

@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::UnknownChoice;
+use brainfloat_choice::{Choice, choice_text};
 
 /// What follows the warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum ScheduleKind {
     /// The record's: flat, then the last `warmdown_steps` falling linearly to 0.
     #[default]
@@ -18,20 +18,20 @@ pub enum ScheduleKind {
     Linear,
 }
 
-impl TryFrom<String> for ScheduleKind {
-    type Error = UnknownChoice;
+impl Choice for ScheduleKind {
+    const KIND: &'static str = "schedule";
+    const ALL: &'static [Self] = &[Self::Trapezoid, Self::Cosine, Self::Linear];
 
-    fn try_from(value: String) -> Result<Self, UnknownChoice> {
-        crate::config::one_of(
-            &value,
-            &[
-                ("trapezoid", Self::Trapezoid),
-                ("cosine", Self::Cosine),
-                ("linear", Self::Linear),
-            ],
-        )
+    fn name(self) -> &'static str {
+        match self {
+            Self::Trapezoid => "trapezoid",
+            Self::Cosine => "cosine",
+            Self::Linear => "linear",
+        }
     }
 }
+
+choice_text!(ScheduleKind);
 
 /// The learning-rate multiplier over `total_steps` optimizer steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,7 +146,7 @@ mod tests {
         let err = ScheduleKind::try_from("step".to_string()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`step` is not one of trapezoid, cosine, linear"
+            "unknown schedule `step` (valid: trapezoid, cosine, linear)"
         );
     }
 }

@@ -89,7 +89,8 @@ fn fine_tuning_keys_parse_into_types() {
     )
     .unwrap_err();
     assert!(
-        err.contains("config optim.freeze") && err.contains("`head` is not a parameter role"),
+        err.contains("config optim.freeze")
+            && err.contains("unknown parameter role `head` (valid: embedding, hidden_matrix,"),
         "{err}"
     );
 }
@@ -200,7 +201,11 @@ fn bad_values_name_their_key() {
             &["model.size=huge"],
             "config model.size: unknown model size `huge`",
         ),
-        (None, &["output.log_format=xml"], "config output.log_format"),
+        (
+            None,
+            &["output.log_format=xml"],
+            "config output.log_format: unknown log format `xml` (valid: human, json)",
+        ),
         (
             None,
             &["train.warmdown_steps=7"],
@@ -214,7 +219,7 @@ fn bad_values_name_their_key() {
         (
             None,
             &["train.schedule=step"],
-            "config train.schedule: `step` is not one of trapezoid, cosine, linear",
+            "config train.schedule: unknown schedule `step` (valid: trapezoid, cosine, linear)",
         ),
         (
             None,
@@ -287,33 +292,46 @@ fn shape_keys_replace_the_sizes_values() {
         &["model.arch=gpt2", "model.d_mlp=100", "model.gelu=erf"],
     )
     .unwrap();
-    let ModelShape::Gpt2(shape) = gpt2.shape().unwrap() else {
+    let ModelShape::Gpt2(shape) = gpt2.shape().clone() else {
         panic!("model.arch=gpt2 builds GPT-2");
     };
     let expected = brainfloat_gpt::Gpt2Config::new(shape.vocab_size, 2, 2, 64, 64)
         .with_d_mlp(Some(100))
         .with_gelu(brainfloat_gpt::Gelu::Erf);
     assert_eq!(shape, expected);
+    // The section is read into its shape at once: each error names the key at fault.
     for (overrides, message) in [
         (
             &["model.arch=gpt2", "model.rope_base=500"][..],
-            "model.rope_base: belongs to the record architecture, and model.arch is `gpt2`",
+            "config model.rope_base: belongs to the record architecture, and model.arch is `gpt2`",
         ),
         (
             &["model.layer_norm_eps=1e-6"][..],
-            "model.layer_norm_eps: belongs to the gpt2 architecture, and model.arch is `record`",
+            "config model.layer_norm_eps: belongs to the gpt2 architecture, and model.arch is \
+             `record`",
         ),
-        (&["model.arch=llama"][..], "model.arch"),
+        (
+            &["model.arch=llama"][..],
+            "config model.arch: unknown architecture `llama` (valid: record, gpt2)",
+        ),
+        (
+            &["model.n_head=3"][..],
+            "config model.d_model: d_model 64 is not divisible by n_head 3",
+        ),
+        (
+            &["model.gelu=relu", "model.arch=gpt2"][..],
+            "config model.gelu: unknown GELU `relu` (valid: tanh, erf)",
+        ),
     ] {
         let err = load(dir.path(), |t| t, overrides).unwrap_err();
-        assert!(err.contains(message), "{overrides:?}: {err}");
+        assert_eq!(err, message, "{overrides:?}");
     }
 }
 
 /// The record's shape of `config`.
 fn record_shape(config: &TrainConfig) -> brainfloat_gpt::GptConfig {
-    match config.shape().unwrap() {
-        ModelShape::Record(shape) => shape,
+    match config.shape() {
+        ModelShape::Record(shape) => shape.clone(),
         other => panic!("the record's architecture, not {other:?}"),
     }
 }

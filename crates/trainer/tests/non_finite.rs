@@ -3,7 +3,7 @@
 
 mod common;
 
-use brainfloat_trainer::{INJECT_NON_FINITE, Start, Trainer};
+use brainfloat_trainer::{INJECT_NON_FINITE, Trainer};
 
 #[test]
 fn injected_nan_is_never_applied_and_follows_the_policy() {

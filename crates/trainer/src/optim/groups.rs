@@ -1,5 +1,6 @@
 //! The record's optimizer groups and their hyper-parameters.
 
+use brainfloat_choice::{Choice, choice_text};
 use brainfloat_precision::{ParamRole, UpdateRounding};
 use burn::tensor::FloatDType;
 
@@ -94,7 +95,7 @@ pub struct RecordOptimizerConfig {
 
 /// The optimizer of the hidden matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum MatrixOptimizer {
     /// Momentum, Nesterov, Newton–Schulz orthogonalisation (the record's).
     #[default]
@@ -102,6 +103,20 @@ pub enum MatrixOptimizer {
     /// Adam with bias correction, as the other groups.
     Adam,
 }
+
+impl Choice for MatrixOptimizer {
+    const KIND: &'static str = "matrix optimizer";
+    const ALL: &'static [Self] = &[Self::Muon, Self::Adam];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Muon => "muon",
+            Self::Adam => "adam",
+        }
+    }
+}
+
+choice_text!(MatrixOptimizer);
 
 impl Default for RecordOptimizerConfig {
     fn default() -> Self {

@@ -14,12 +14,12 @@ impl SamplePrompt {
     pub(super) fn new(config: &TrainConfig) -> Result<Self, TrainError> {
         let tokenizer = tokenizer_at(config.data.tokenizer.as_deref())?;
         let prompt = tokenizer.encode(&config.eval.sample_prompt);
-        first_context(&prompt, &config.shape()?, tokenizer.document_separator()).map_err(
-            |err| ConfigError {
+        first_context(&prompt, config.shape(), tokenizer.document_separator()).map_err(|err| {
+            ConfigError {
                 key: "eval.sample_prompt".into(),
                 problem: err.to_string(),
-            },
-        )?;
+            }
+        })?;
         Ok(Self { tokenizer, prompt })
     }
 }
@@ -158,7 +158,7 @@ fn validation_loss_of_rank(
 ) -> Result<Option<(f64, usize)>, TrainError> {
     let (micro, seq_len) = (config.micro_batch_size(), config.train.seq_len);
     let mut loader = DistributedLoader::new(val_paths, micro, seq_len, rank, world)?
-        .with_vocab(config.shape()?.vocab_size())?;
+        .with_vocab(config.shape().vocab_size())?;
     let batches = (config.eval.tokens / (world * micro * seq_len)).max(1);
     let cache = model.cache(device);
     let mut total = 0.0;

@@ -121,7 +121,7 @@ impl<M: LanguageModel> Trainer<M> {
             .expect("the sync is held until the trainer takes it");
         config.validate()?;
         check_ranks(&config, sync.world_size())?;
-        let shape = config.shape()?;
+        let shape = config.shape().clone();
         // Only rank 0 writes into the folder: it claims it (lock, stale temporaries, room for a
         // checkpoint: weights and Adam's or Muon's state, at most 3 × fp32 per parameter).
         let params = shape.num_params() as u64;
@@ -446,10 +446,10 @@ pub fn init_model<M: LanguageModel>(
     seed: u64,
 ) -> Result<M, TrainError> {
     static DEVICE_STREAM: Mutex<()> = Mutex::new(());
-    let (shape, policy) = (config.shape()?, config.train.precision);
+    let (shape, policy) = (config.shape(), config.train.precision);
     let _drawing = DEVICE_STREAM.lock().unwrap_or_else(PoisonError::into_inner);
     device.seed(seed);
-    apply_policy(M::init(&shape, device)?, &policy, device)
+    apply_policy(M::init(shape, device)?, &policy, device)
         .map_err(|err| TrainError::Model(err.into()))
 }
 

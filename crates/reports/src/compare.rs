@@ -8,8 +8,9 @@ use brainfloat_gpt::ModelSize;
 use brainfloat_precision::{PrecisionPolicy, Preset};
 use serde::Deserialize;
 
-use crate::error::{BenchError, read_json};
-use crate::report::{BenchReport, mib};
+use brainfloat_bench::{BenchReport, mib, read_json};
+
+use crate::error::ReportError;
 
 /// Step times of the same model in PyTorch, as `scripts/pytorch_reference.py --json` writes
 /// them (or as quoted from elsewhere).
@@ -22,8 +23,8 @@ pub struct PytorchReference {
     pub compiled: bool,
     /// Tokens per optimizer step.
     pub tokens_per_step: usize,
-    /// Per preset (`fp32`, `autocast`, `bf16`).
-    pub presets: std::collections::BTreeMap<String, PytorchPreset>,
+    /// Per preset (`fp32`, `autocast`, `bf16`), in the presets' order.
+    pub presets: std::collections::BTreeMap<Preset, PytorchPreset>,
 }
 
 /// PyTorch's figures for one preset.
@@ -48,8 +49,8 @@ impl PytorchReference {
     }
 
     /// Reads `scripts/pytorch_reference.py`'s JSON.
-    pub fn read(path: &Path) -> Result<Self, BenchError> {
-        read_json(path)
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
+        Ok(read_json(path)?)
     }
 }
 
@@ -82,15 +83,7 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         }
     }
     for reference in pytorch {
-        // The presets in the benchmark's order, then any others.
-        let mut presets: Vec<(&String, &PytorchPreset)> = reference.presets.iter().collect();
-        presets.sort_by_key(|(name, _)| {
-            ["fp32", "autocast", "bf16"]
-                .iter()
-                .position(|p| p == name)
-                .unwrap_or(usize::MAX)
-        });
-        for (preset, figures) in presets {
+        for (preset, figures) in &reference.presets {
             let _ = writeln!(
                 md,
                 "| {} | – | {preset} | {:.1} | {:.1} | – | – | – |",
@@ -112,20 +105,20 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         }
     }
     for (backend, size) in groups {
-        let presets: Vec<&crate::PresetResult> = reports
+        let presets: Vec<&brainfloat_bench::PresetResult> = reports
             .iter()
             .filter(|r| r.backend == backend && r.model.size == size)
             .flat_map(|r| &r.presets)
             .collect();
-        let figure = |preset: Preset, of: fn(&crate::PresetResult) -> Option<f64>| {
+        let figure = |preset: Preset, of: fn(&brainfloat_bench::PresetResult) -> Option<f64>| {
             let preset = PrecisionPolicy::preset(preset);
             presets
                 .iter()
                 .find(|p| p.preset == preset)
                 .and_then(|p| of(p))
         };
-        let time = |p: &crate::PresetResult| Some(p.step_time_ms.median);
-        let memory = |p: &crate::PresetResult| p.memory.peak_bytes.map(|b| b as f64);
+        let time = |p: &brainfloat_bench::PresetResult| Some(p.step_time_ms.median);
+        let memory = |p: &brainfloat_bench::PresetResult| p.memory.peak_bytes.map(|b| b as f64);
         let _ = writeln!(
             md,
             "| {backend} | {size} | {} | {} | {} | {} |",
@@ -141,13 +134,18 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
         );
     }
     for reference in pytorch {
-        let time = |preset: &str| reference.presets.get(preset).map(|p| p.step_time_ms_median);
+        let time = |preset| {
+            reference
+                .presets
+                .get(&preset)
+                .map(|p| p.step_time_ms_median)
+        };
         let _ = writeln!(
             md,
             "| {} | – | {} | {} | – | – |",
             reference.label(),
-            ratio(time("bf16"), time("fp32")),
-            ratio(time("bf16"), time("autocast")),
+            ratio(time(Preset::Bf16), time(Preset::Fp32)),
+            ratio(time(Preset::Bf16), time(Preset::Autocast)),
         );
     }
     if !pytorch.is_empty() {
@@ -174,7 +172,7 @@ pub fn comparison_markdown(reports: &[BenchReport], pytorch: &[PytorchReference]
             };
             let _ = write!(md, "| {} | {} | |", report.backend, report.model.size);
             for reference in pytorch {
-                let theirs = reference.presets.get("bf16").map(|p| p.tokens_per_sec);
+                let theirs = (reference.presets.get(&Preset::Bf16)).map(|p| p.tokens_per_sec);
                 let _ = write!(md, " {} |", ratio(Some(bf16.tokens_per_sec), theirs));
             }
             md.push('\n');

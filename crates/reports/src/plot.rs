@@ -5,13 +5,12 @@ use std::path::Path;
 
 use brainfloat_precision::PrecisionPolicy;
 use brainfloat_trainer::{MetricsLine, ParamGroup};
+use burn::tensor::FloatDType;
 use plotters::prelude::*;
 
-use crate::distribution::{MIXED, Part};
-use crate::error::BenchError;
-use crate::report::BenchReport;
-use crate::stats::mean_and_sd;
-use crate::study::{StudyReport, StudyRun};
+use brainfloat_bench::{BenchReport, Part, RowDtype, StudyReport, StudyRun, mean_and_sd};
+
+use crate::error::ReportError;
 
 /// One run's curves read from its `metrics.jsonl`.
 pub struct Curves {
@@ -25,7 +24,7 @@ pub struct Curves {
 
 impl Curves {
     /// Reads `path`; the label is the name of its folder.
-    pub fn read(path: &Path) -> Result<Self, BenchError> {
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for line in read_metrics(path)? {
             let step = line.step as f64;
@@ -66,7 +65,7 @@ fn run_label(path: &Path) -> String {
 }
 
 /// Every line of a metrics file.
-fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, BenchError> {
+fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, ReportError> {
     Ok(MetricsLine::read_all(path)?)
 }
 
@@ -80,7 +79,7 @@ pub struct LostUpdateCurves {
 
 impl LostUpdateCurves {
     /// Reads the `lost_updates` of every probed step in a metrics file.
-    pub fn read(path: &Path) -> Result<Self, BenchError> {
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
         let mut groups = vec![Vec::new(); ParamGroup::ALL.len()];
         for line in read_metrics(path)? {
             let Some(fractions) = &line.lost_updates else {
@@ -93,7 +92,7 @@ impl LostUpdateCurves {
             }
         }
         if groups.iter().all(Vec::is_empty) {
-            return Err(BenchError::File {
+            return Err(ReportError::File {
                 path: path.to_path_buf(),
                 problem: "no lost_updates in the metrics (was eval.lost_update_every 0?)".into(),
             });
@@ -111,7 +110,7 @@ pub const LOST_FLOOR: f64 = 1e-7;
 
 /// One panel per run, one line per parameter group: the fraction of each step's non-zero updates
 /// below half a bf16 ulp of their weight, on a log axis.
-pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), BenchError> {
+pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), ReportError> {
     let error = plot_error(out);
     let max_step = runs
         .iter()
@@ -164,11 +163,12 @@ pub fn plot_lost_updates(runs: &[LostUpdateCurves], out: &Path) -> Result<(), Be
 /// One horizontal bar per preset of a benchmark, split into weights, gradients, optimizer state
 /// and activations; fp32 segments solid, bf16 light, the measured activations (dtypes mixed)
 /// grey.
-pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), BenchError> {
+pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), ReportError> {
     let error = plot_error(out);
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
-    let total =
-        |p: &crate::report::PresetResult| p.distribution.iter().map(|r| mib(r.bytes)).sum::<f64>();
+    let total = |p: &brainfloat_bench::PresetResult| {
+        p.distribution.iter().map(|r| mib(r.bytes)).sum::<f64>()
+    };
     let widest = report.presets.iter().map(total).fold(1.0, f64::max);
     let n = report.presets.len().max(1);
     let root = SVGBackend::new(out, (900, 140 + 90 * n as u32)).into_drawing_area();
@@ -211,10 +211,10 @@ pub fn plot_distribution(report: &BenchReport, out: &Path) -> Result<(), BenchEr
             for r in preset.distribution.iter().filter(|r| r.part == part) {
                 let width = mib(r.bytes);
                 let color = PART_COLORS[part as usize];
-                let style = match r.dtype.as_str() {
-                    "bf16" => color.mix(0.45).filled(),
-                    MIXED => color.mix(0.7).filled(),
-                    _ => color.filled(),
+                let style = match r.dtype {
+                    RowDtype::Float(FloatDType::BF16) => color.mix(0.45).filled(),
+                    RowDtype::Mixed => color.mix(0.7).filled(),
+                    RowDtype::Float(_) => color.filled(),
                 };
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
@@ -257,7 +257,7 @@ const PART_COLORS: [RGBColor; 4] = [
 /// Draws every run's training loss (line) and validation loss (points) in one chart, and below
 /// it each run's training loss minus the first run's, step by step (the curves of precision
 /// presets overlap at the top; the bottom shows by how much they differ).
-pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), BenchError> {
+pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), ReportError> {
     let error = plot_error(out);
     let all = || runs.iter().flat_map(|r| r.train.iter().chain(&r.val));
     let max_step = all().map(|p| p.0).fold(1.0, f64::max);
@@ -304,8 +304,8 @@ pub fn plot_losses(runs: &[Curves], out: &Path, title: &str) -> Result<(), Bench
 }
 
 /// The error of drawing into `out`, from what plotters said.
-fn plot_error(out: &Path) -> impl Fn(String) -> BenchError + '_ {
-    move |problem| BenchError::Plot {
+fn plot_error(out: &Path) -> impl Fn(String) -> ReportError + '_ {
+    move |problem| ReportError::Plot {
         path: out.to_path_buf(),
         problem,
     }
@@ -370,7 +370,7 @@ type SeedCurves = Vec<(f64, Vec<f64>)>;
 /// training loss minus the reference preset's (paired by seed, a moving mean over
 /// [`CONVERGENCE_SMOOTHING`] steps); each a line for the mean over the seeds and a band of ± one
 /// standard deviation.
-pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), BenchError> {
+pub fn plot_convergence(report: &StudyReport, out: &Path) -> Result<(), ReportError> {
     let error = plot_error(out);
     let reference = report
         .presets
