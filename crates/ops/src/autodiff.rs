@@ -46,7 +46,11 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         }
     }
 
-    fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn rms_norm(
+        x: FloatTensor<Self>,
+        eps: f64,
+        _with_backward: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         match RmsNormBackward
             .prepare::<C>([x.node()])
             .compute_bound()
@@ -54,14 +58,22 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
-                let (y, inv_rms) = B::rms_norm_with_stats(x.clone(), eps);
-                prep.finish((x, inv_rms), y)
+                let (y, inv_rms) = B::rms_norm(x.clone(), eps, true);
+                let inv_rms = inv_rms.expect("asked for what the backward needs");
+                (prep.finish((x, inv_rms), y), None)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x.into_primitive(), eps)),
+            OpsKind::UnTracked(prep) => {
+                let (y, _) = B::rms_norm(x.into_primitive(), eps, false);
+                (prep.finish(y), None)
+            }
         }
     }
 
-    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+    fn causal_softmax(
+        scores: FloatTensor<Self>,
+        scale: f64,
+        _with_backward: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let backward = CausalSoftmaxBackward { scale };
         match backward
             .prepare::<C>([scores.node()])
@@ -69,11 +81,13 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (probs, exact) = B::causal_softmax_with_probs(scores.into_primitive(), scale);
-                prep.finish(exact, probs)
+                let (probs, exact) = B::causal_softmax(scores.into_primitive(), scale, true);
+                let exact = exact.expect("asked for what the backward needs");
+                (prep.finish(exact, probs), None)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(B::causal_softmax(scores.into_primitive(), scale))
+                let (probs, _) = B::causal_softmax(scores.into_primitive(), scale, false);
+                (prep.finish(probs), None)
             }
         }
     }
@@ -110,22 +124,19 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
-        inverse: bool,
     ) -> FloatTensor<Self> {
         // The tables are constants: only `x` gets a gradient.
         let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
-        match (RotaryBackward { inverse })
+        match RotaryBackward
             .prepare::<C>([x.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::rotary(x.into_primitive(), cos.clone(), sin.clone(), inverse);
+                let y = B::rotary(x.into_primitive(), cos.clone(), sin.clone());
                 prep.finish((cos, sin), y)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::rotary(x.into_primitive(), cos, sin, inverse))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rotary(x.into_primitive(), cos, sin)),
         }
     }
 
@@ -266,17 +277,18 @@ impl<B: Backend + KernelBackend, C: CheckpointStrategy> KernelBackend for Autodi
         (value::<B, C>(weight), value::<B, C>(compensation))
     }
 
-    fn rms_norm_with_stats(
-        _x: FloatTensor<Self>,
-        _eps: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        unreachable!("the statistic is an implementation detail of the inner backend")
-    }
-
     fn rms_norm_backward(
         _x: FloatTensor<Self>,
         _inv_rms: FloatTensor<Self>,
         _grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        unreachable!("called by the backward pass on the inner backend only")
+    }
+
+    fn rotary_backward(
+        _grad: FloatTensor<Self>,
+        _cos: FloatTensor<Self>,
+        _sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         unreachable!("called by the backward pass on the inner backend only")
     }
@@ -387,9 +399,7 @@ impl<B: Backend + KernelBackend> Backward<B, 3> for CausalAttentionBackward {
 
 /// The backward step of [`KernelBackend::rotary`]: the gradient rotates back.
 #[derive(Debug)]
-struct RotaryBackward {
-    inverse: bool,
-}
+struct RotaryBackward;
 
 impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
     /// The cos and sin tables.
@@ -397,7 +407,7 @@ impl<B: Backend + KernelBackend> Backward<B, 1> for RotaryBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         one_input_backward::<B, _>(ops, grads, |(cos, sin), grad| {
-            B::rotary(grad, cos, sin, !self.inverse)
+            B::rotary_backward(grad, cos, sin)
         });
     }
 }

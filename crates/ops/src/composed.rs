@@ -53,12 +53,13 @@ pub fn scale<B: Backend>(tensor: FloatTensor<B>, factor: f64) -> FloatTensor<B> 
     }
 }
 
-/// [`KernelBackend::rms_norm_with_stats`]: `x · r` with `r = 1/√(mean(x²) + eps)` per row, in
-/// fp32, rounded once to `x`'s dtype; and `r` (fp32 `[.., 1]`).
-pub fn rms_norm_with_stats<B: Backend>(
+/// [`KernelBackend::rms_norm`]: `x · r` with `r = 1/√(mean(x²) + eps)` per row, in fp32,
+/// rounded once to `x`'s dtype; with `with_backward`, `r` (fp32 `[.., 1]`).
+pub fn rms_norm<B: Backend>(
     x: FloatTensor<B>,
     eps: f64,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+    with_backward: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let (dtype, last) = (dtype_of::<B>(&x), x.rank() - 1);
     let x = to_f32::<B>(x);
     let mean_square = B::float_mean_dim(B::float_mul(x.clone(), x.clone()), last);
@@ -67,7 +68,7 @@ pub fn rms_norm_with_stats<B: Backend>(
         Scalar::from(eps),
     )));
     let y = in_dtype::<B>(B::float_mul(x, inv_rms.clone()), dtype);
-    (y, inv_rms)
+    (y, with_backward.then_some(inv_rms))
 }
 
 /// [`KernelBackend::rms_norm_backward`]: `r · (dy − x · r² · mean(x · dy))` in fp32, `x`'s
@@ -121,19 +122,19 @@ fn causal_probabilities<B: Backend>(scores: FloatTensor<B>, scale: f64) -> Float
     B::float_div(exp, sum)
 }
 
-/// [`KernelBackend::causal_softmax`]: fp32 inside, the scores' dtype out.
-pub fn causal_softmax<B: Backend>(scores: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
-    causal_softmax_with_probs::<B>(scores, scale).0
-}
-
-/// [`KernelBackend::causal_softmax_with_probs`].
-pub fn causal_softmax_with_probs<B: Backend>(
+/// [`KernelBackend::causal_softmax`]: fp32 inside, the scores' dtype out; with
+/// `with_backward`, the fp32 probabilities too.
+pub fn causal_softmax<B: Backend>(
     scores: FloatTensor<B>,
     scale: f64,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+    with_backward: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let dtype = dtype_of::<B>(&scores);
     let probs = causal_probabilities::<B>(scores, scale);
-    (in_dtype::<B>(probs.clone(), dtype), probs)
+    (
+        in_dtype::<B>(probs.clone(), dtype),
+        with_backward.then_some(probs),
+    )
 }
 
 /// [`KernelBackend::causal_softmax_backward`]: `scale · P ⊙ (dP − Σ_j dP_j·P_j)` in fp32, the
@@ -158,7 +159,7 @@ fn attention_scale<B: Backend>(query: &FloatTensor<B>) -> f64 {
 
 /// [`KernelBackend::causal_attention`]: both products in the inputs' dtype (a bf16 product is
 /// rounded once from its fp32 accumulator) around the causal softmax
-/// ([`KernelBackend::causal_softmax_with_probs`]: fp32 inside, rounded once to the inputs'
+/// ([`KernelBackend::causal_softmax`]: fp32 inside, rounded once to the inputs'
 /// dtype for the product with the values). Saved for the backward: `(q, k, v, P)` with the
 /// fp32 probabilities `P` (`[B, H, Tq, Tk]`).
 pub fn causal_attention<B: KernelBackend>(
@@ -170,10 +171,11 @@ pub fn causal_attention<B: KernelBackend>(
     let scale = attention_scale::<B>(&query);
     let scores = B::matmul(query.clone(), B::float_swap_dims(key.clone(), 2, 3));
     if !with_backward {
-        let probs = B::causal_softmax(scores, scale);
+        let (probs, _) = B::causal_softmax(scores, scale, false);
         return (B::matmul(probs, value), None);
     }
-    let (probs, exact) = B::causal_softmax_with_probs(scores, scale);
+    let (probs, exact) = B::causal_softmax(scores, scale, true);
+    let exact = exact.expect("asked for with the probabilities");
     let output = B::matmul(probs, value.clone());
     (output, Some((query, key, value, exact)))
 }
@@ -199,9 +201,26 @@ pub fn causal_attention_backward<B: KernelBackend>(
     (grad_query, grad_key, grad_value)
 }
 
-/// [`KernelBackend::rotary`]: `[x1·cos + x2·sin, −x1·sin + x2·cos]`, or with `inverse`
-/// `[x1·cos − x2·sin, x1·sin + x2·cos]`.
+/// [`KernelBackend::rotary`]: `[x1·cos + x2·sin, −x1·sin + x2·cos]`.
 pub fn rotary<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+) -> FloatTensor<B> {
+    rotate::<B>(x, cos, sin, false)
+}
+
+/// [`KernelBackend::rotary_backward`]: the rotation back, `[g1·cos − g2·sin, g1·sin + g2·cos]`.
+pub fn rotary_backward<B: Backend>(
+    grad: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+) -> FloatTensor<B> {
+    rotate::<B>(grad, cos, sin, true)
+}
+
+/// The rotation of [`rotary`], or with `inverse` of [`rotary_backward`].
+fn rotate<B: Backend>(
     x: FloatTensor<B>,
     cos: FloatTensor<B>,
     sin: FloatTensor<B>,

@@ -29,6 +29,12 @@ pub(crate) type SavedAttention<B> = (
 /// the CPU, the optimizer's kernels and the fused loss on its own buffers (`crate::libtorch`);
 /// `Autodiff` adds the hand-written backward passes and hands value-only ops to the inner
 /// backend ([`crate::autodiff`]).
+///
+/// One convention for what a backward pass needs: an op whose backward needs more than its
+/// inputs returns it beside its output when asked (`with_backward`), as an `Option` whose
+/// contents are the backend's business (`rms_norm`, `causal_softmax`, `causal_attention`); the
+/// backward of an op is the method of its name with `_backward`, taking what was saved and the
+/// output's gradient. Under `Autodiff` the flag is ignored: whether an input is tracked decides.
 #[backend_extension(
     Flex,
     Autodiff,
@@ -41,18 +47,15 @@ pub trait KernelBackend: Backend {
         Self::float_matmul(lhs, rhs)
     }
 
-    /// Weightless RMSNorm over the last dimension, in `x`'s dtype.
-    fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        Self::rms_norm_with_stats(x, eps).0
-    }
-
-    /// [`rms_norm`](Self::rms_norm) and the fp32 statistic `r = 1/√(mean(x²) + eps)` per row
-    /// (shape `[.., 1]`), which its backward needs.
-    fn rms_norm_with_stats(
+    /// Weightless RMSNorm over the last dimension, in `x`'s dtype; with `with_backward`, also
+    /// the fp32 statistic `r = 1/√(mean(x²) + eps)` per row (shape `[.., 1]`) its backward
+    /// needs.
+    fn rms_norm(
         x: FloatTensor<Self>,
         eps: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed::rms_norm_with_stats::<Self>(x, eps)
+        with_backward: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        composed::rms_norm::<Self>(x, eps, with_backward)
     }
 
     /// The gradient of [`rms_norm`](Self::rms_norm) with respect to `x`, from `x`, its saved
@@ -89,18 +92,14 @@ pub trait KernelBackend: Backend {
 
     /// `softmax(scale · scores)` over the last dimension of `scores` `[.., queries, keys]` with
     /// the causal mask (query `i` sees keys up to `i + keys − queries`), fp32 inside, in the
-    /// scores' dtype.
-    fn causal_softmax(scores: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        composed::causal_softmax::<Self>(scores, scale)
-    }
-
-    /// [`causal_softmax`](Self::causal_softmax) and the same probabilities in fp32, which its
+    /// scores' dtype; with `with_backward`, also the same probabilities in fp32, which its
     /// backward needs.
-    fn causal_softmax_with_probs(
+    fn causal_softmax(
         scores: FloatTensor<Self>,
         scale: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed::causal_softmax_with_probs::<Self>(scores, scale)
+        with_backward: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        composed::causal_softmax::<Self>(scores, scale, with_backward)
     }
 
     /// The gradient of [`causal_softmax`](Self::causal_softmax)'s input from its fp32
@@ -153,15 +152,23 @@ pub trait KernelBackend: Backend {
     }
 
     /// Rotary embeddings of `x` `[batch, positions, heads, head_dim]` (half-split) with the
-    /// tables `cos` and `sin` `[1, positions, 1, head_dim / 2]`; `inverse` rotates back (the
-    /// gradient).
+    /// tables `cos` and `sin` `[1, positions, 1, head_dim / 2]`.
     fn rotary(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
-        inverse: bool,
     ) -> FloatTensor<Self> {
-        composed::rotary::<Self>(x, cos, sin, inverse)
+        composed::rotary::<Self>(x, cos, sin)
+    }
+
+    /// The gradient of [`rotary`](Self::rotary)'s input: `grad` rotated back by the same
+    /// tables.
+    fn rotary_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::rotary_backward::<Self>(grad, cos, sin)
     }
 
     /// The MLP activation `relu(x)²`.

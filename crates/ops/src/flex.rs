@@ -41,26 +41,22 @@ impl KernelBackend for Flex {
         }
     }
 
-    fn rms_norm_with_stats(x: FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
+    fn rms_norm(x: FlexTensor, eps: f64, with_backward: bool) -> (FlexTensor, Option<FlexTensor>) {
         let x = x.to_contiguous();
-        with_elem!(x.dtype(), T => rms_norm_typed::<T>(&x, eps))
-            .unwrap_or_else(|| composed::rms_norm_with_stats::<Self>(x, eps))
-    }
-
-    fn causal_softmax(scores: FlexTensor, scale: f64) -> FlexTensor {
-        let scores = scores.to_contiguous();
-        match causal_softmax_typed(&scores, scale, false) {
-            Some((probs, _)) => probs,
-            None => composed::causal_softmax::<Self>(scores, scale),
+        match with_elem!(x.dtype(), T => rms_norm_typed::<T>(&x, eps)) {
+            Some((y, inv_rms)) => (y, with_backward.then_some(inv_rms)),
+            None => composed::rms_norm::<Self>(x, eps, with_backward),
         }
     }
 
-    fn causal_softmax_with_probs(scores: FlexTensor, scale: f64) -> (FlexTensor, FlexTensor) {
+    fn causal_softmax(
+        scores: FlexTensor,
+        scale: f64,
+        with_backward: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
         let scores = scores.to_contiguous();
-        match causal_softmax_typed(&scores, scale, true) {
-            Some((probs, exact)) => (probs, exact.expect("asked for")),
-            None => composed::causal_softmax_with_probs::<Self>(scores, scale),
-        }
+        causal_softmax_typed(&scores, scale, with_backward)
+            .unwrap_or_else(|| composed::causal_softmax::<Self>(scores, scale, with_backward))
     }
 
     fn causal_softmax_backward(probs: FlexTensor, grad: FlexTensor, scale: f64) -> FlexTensor {
@@ -153,14 +149,12 @@ impl KernelBackend for Flex {
         )
     }
 
-    fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, inverse: bool) -> FlexTensor {
-        let dtype = x.dtype();
-        if cos.dtype() != dtype || sin.dtype() != dtype {
-            return composed::rotary::<Self>(x, cos, sin, inverse);
-        }
-        let [x, cos, sin] = [x, cos, sin].map(|t| t.to_contiguous());
-        with_elem!(dtype, T => rotary_typed::<T>(&x, &cos, &sin, inverse))
-            .unwrap_or_else(|| composed::rotary::<Self>(x, cos, sin, inverse))
+    fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        rotate(x, cos, sin, false)
+    }
+
+    fn rotary_backward(grad: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        rotate(grad, cos, sin, true)
     }
 
     fn accumulate_f32(sum: FlexTensor, part: FlexTensor) -> FlexTensor {
@@ -587,6 +581,22 @@ fn causal_softmax_typed(
         )
     }
     with_elem!(scores.dtype(), T => run::<T>(scores, scale, exact))
+}
+
+/// [`KernelBackend::rotary`], or with `inverse` its backward, by the kernel where the tables
+/// have `x`'s dtype.
+fn rotate(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, inverse: bool) -> FlexTensor {
+    let composed = |x, cos, sin| match inverse {
+        false => composed::rotary::<Flex>(x, cos, sin),
+        true => composed::rotary_backward::<Flex>(x, cos, sin),
+    };
+    let dtype = x.dtype();
+    if cos.dtype() != dtype || sin.dtype() != dtype {
+        return composed(x, cos, sin);
+    }
+    let [x, cos, sin] = [x, cos, sin].map(|t| t.to_contiguous());
+    with_elem!(dtype, T => rotary_typed::<T>(&x, &cos, &sin, inverse))
+        .unwrap_or_else(|| composed(x, cos, sin))
 }
 
 fn rotary_typed<T: Elem>(

@@ -118,7 +118,6 @@ pub fn rotary(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
         x.into_dispatch(),
         cos.into_dispatch(),
         sin.into_dispatch(),
-        false,
     ))
 }
 
@@ -217,10 +216,8 @@ pub fn adam_step<const D: usize>(
 /// rounded once to `x`'s dtype. Fused on flex (forward and backward); Burn's ops elsewhere.
 /// Differentiable.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as KernelBackend>::rms_norm(
-        x.into_dispatch(),
-        eps,
-    ))
+    let (y, _) = <Dispatch as KernelBackend>::rms_norm(x.into_dispatch(), eps, false);
+    Tensor::from_dispatch(y)
 }
 
 /// `a·y + b·x` in `y`'s dtype (`x` cast to it; a product whose factor is 1 is skipped): an

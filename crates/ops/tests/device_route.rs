@@ -64,14 +64,14 @@ fn the_device_route_runs_fewer_operators_and_moves_fewer_bytes() {
         (
             "rms_norm",
             true,
-            Box::new(move |r| traffic(r, x, |x| Dispatch::rms_norm_with_stats(x, 1e-6))),
+            Box::new(move |r| traffic(r, x, |x| Dispatch::rms_norm(x, 1e-6, true))),
         ),
         (
             "rms_norm backward",
             // libtorch's fused backward is a CUDA kernel only: the CPU runs its composition.
             false,
             Box::new(move |r| {
-                let stats = || Dispatch::rms_norm_with_stats(x(), 1e-6).1;
+                let stats = || Dispatch::rms_norm(x(), 1e-6, true).1.expect("asked for");
                 traffic(
                     r,
                     || (x(), stats(), input([4, 16, 256], 2, 1.0)),
@@ -87,7 +87,7 @@ fn the_device_route_runs_fewer_operators_and_moves_fewer_bytes() {
                 traffic(
                     r,
                     || (input([4, 16, 4, 64], 5, 1.0), tables()),
-                    |(x, (cos, sin))| Dispatch::rotary(x, cos, sin, false),
+                    |(x, (cos, sin))| Dispatch::rotary(x, cos, sin),
                 )
             }),
         ),
@@ -182,7 +182,7 @@ fn the_device_route_runs_fewer_operators_and_moves_fewer_bytes() {
         "PyPI's torch is a CUDA build"
     );
     let fused = traffic(LibTorchRoute::Device, x, |x| {
-        Dispatch::rms_norm_with_stats(x, 1e-6)
+        Dispatch::rms_norm(x, 1e-6, true)
     });
     assert_eq!(fused.launches, 1, "rms_norm: `_fused_rms_norm` alone");
     the_group_ops_launch_as_many_operators_for_any_group_size();

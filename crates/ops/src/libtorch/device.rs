@@ -22,9 +22,13 @@ fn fp32(tensor: &Tensor) -> Tensor {
     }
 }
 
-/// RMSNorm over the last dimension and its fp32 statistic `[.., 1]`: libtorch's
-/// `_fused_rms_norm` (fp32 inside, rounded once to `x`'s dtype).
-pub(super) fn rms_norm_with_stats(x: TchTensor, eps: f64) -> (TchTensor, TchTensor) {
+/// RMSNorm over the last dimension and, with `with_backward`, its fp32 statistic `[.., 1]`:
+/// libtorch's `_fused_rms_norm` (fp32 inside, rounded once to `x`'s dtype).
+pub(super) fn rms_norm(
+    x: TchTensor,
+    eps: f64,
+    with_backward: bool,
+) -> (TchTensor, Option<TchTensor>) {
     let last = *x
         .tensor
         .size()
@@ -33,7 +37,10 @@ pub(super) fn rms_norm_with_stats(x: TchTensor, eps: f64) -> (TchTensor, TchTens
     let (y, rstd) = x
         .tensor
         .internal_fused_rms_norm([last], None::<Tensor>, eps);
-    (TchTensor::new(y), TchTensor::new(rstd))
+    (
+        TchTensor::new(y),
+        with_backward.then(|| TchTensor::new(rstd)),
+    )
 }
 
 /// RMSNorm's input gradient `r · (dy − x · r² · mean(x · dy))`, fp32 inside, `x`'s dtype out:
@@ -57,8 +64,18 @@ pub(super) fn rms_norm_backward(x: TchTensor, inv_rms: TchTensor, grad: TchTenso
 }
 
 /// Rotary embeddings (half-split), written into one new tensor by four operators: `y1 = x1·cos
-/// + x2·sin`, `y2 = x2·cos − x1·sin` (`inverse`: `sin` negated).
-pub(super) fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor, inverse: bool) -> TchTensor {
+/// + x2·sin`, `y2 = x2·cos − x1·sin`.
+pub(super) fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor) -> TchTensor {
+    rotate(x, cos, sin, false)
+}
+
+/// The gradient of [`rotary`]: the rotation back (`sin` negated).
+pub(super) fn rotary_backward(grad: TchTensor, cos: TchTensor, sin: TchTensor) -> TchTensor {
+    rotate(grad, cos, sin, true)
+}
+
+/// [`rotary`], or with `inverse` [`rotary_backward`].
+fn rotate(x: TchTensor, cos: TchTensor, sin: TchTensor, inverse: bool) -> TchTensor {
     let (x, cos) = (&x.tensor, &cos.tensor);
     let half = x.size()[3] / 2;
     let (sin, minus_sin) = match inverse {

@@ -135,16 +135,20 @@ impl KernelBackend for LibTorch {
         )
     }
 
-    fn rms_norm_with_stats(x: TchTensor, eps: f64) -> (TchTensor, TchTensor) {
-        device_or_composed!(rms_norm_with_stats(x, eps) on [x])
+    fn rms_norm(x: TchTensor, eps: f64, with_backward: bool) -> (TchTensor, Option<TchTensor>) {
+        device_or_composed!(rms_norm(x, eps, with_backward) on [x])
     }
 
     fn rms_norm_backward(x: TchTensor, inv_rms: TchTensor, grad: TchTensor) -> TchTensor {
         device_or_composed!(rms_norm_backward(x, inv_rms, grad) on [x, grad])
     }
 
-    fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor, inverse: bool) -> TchTensor {
-        device_or_composed!(rotary(x, cos, sin, inverse) on [x])
+    fn rotary(x: TchTensor, cos: TchTensor, sin: TchTensor) -> TchTensor {
+        device_or_composed!(rotary(x, cos, sin) on [x])
+    }
+
+    fn rotary_backward(grad: TchTensor, cos: TchTensor, sin: TchTensor) -> TchTensor {
+        device_or_composed!(rotary_backward(grad, cos, sin) on [grad])
     }
 
     fn relu_square(x: TchTensor) -> TchTensor {
