@@ -71,6 +71,39 @@ pub fn parse_choice<T: Choice>(name: &str) -> Result<T, UnknownChoice> {
         })
 }
 
+/// [`Choice`] for an enum from its kind and each variant's name, and [`choice_text!`]:
+/// `choice!(Gelu, "GELU", { Tanh => "tanh", Erf => "erf" })`; or, for a type that has its own
+/// `ALL` array and `name` method, from those: `choice!(Preset, "precision preset", own names)`.
+#[macro_export]
+macro_rules! choice {
+    ($type:ident, $kind:literal, own names) => {
+        impl $crate::Choice for $type {
+            const KIND: &'static str = $kind;
+            const ALL: &'static [Self] = &$type::ALL;
+
+            fn name(self) -> &'static str {
+                $type::name(self)
+            }
+        }
+
+        $crate::choice_text!($type);
+    };
+    ($type:ident, $kind:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $crate::Choice for $type {
+            const KIND: &'static str = $kind;
+            const ALL: &'static [Self] = &[$($type::$variant),+];
+
+            fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        $crate::choice_text!($type);
+    };
+}
+
 /// `FromStr` (through [`parse_choice`]), `Display` (its name), and `TryFrom<String>` and
 /// `From<T> for String` for serde, for a type that implements [`Choice`].
 #[macro_export]
@@ -116,18 +149,7 @@ mod tests {
         Large,
     }
 
-    impl Choice for Size {
-        const KIND: &'static str = "size";
-        const ALL: &'static [Self] = &[Size::Small, Size::Large];
-        fn name(self) -> &'static str {
-            match self {
-                Size::Small => "small",
-                Size::Large => "large",
-            }
-        }
-    }
-
-    choice_text!(Size);
+    choice!(Size, "size", { Small => "small", Large => "large" });
 
     #[test]
     fn every_name_round_trips_and_others_are_refused_with_the_valid_ones() {

@@ -1,6 +1,6 @@
 //! Sizes of the record's GPT.
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use brainfloat_precision::ParamRole;
 use burn::config::Config;
 
@@ -62,16 +62,7 @@ impl ModelSize {
     }
 }
 
-impl Choice for ModelSize {
-    const KIND: &'static str = "model size";
-    const ALL: &'static [Self] = &ModelSize::ALL;
-
-    fn name(self) -> &'static str {
-        ModelSize::name(self)
-    }
-}
-
-choice_text!(ModelSize);
+choice!(ModelSize, "model size", own names);
 
 impl GptConfig {
     /// 2 layers, width 64, 2 heads of 32, vocabulary 512, sequences up to 64: for tests.

@@ -7,7 +7,7 @@
 //! Parameters carry Hugging Face's names (`transformer.h.0.attn.c_attn.weight`), so files move
 //! between this model and `transformers` by name and shape alone.
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use brainfloat_precision::{
     ACCUMULATION_DTYPE, CastedLinear, CastedLinearConfig, Head, LOGITS_PER_CHUNK, ParamRole,
     ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout, head_loss,
@@ -34,19 +34,7 @@ pub enum Gelu {
     Erf,
 }
 
-impl Choice for Gelu {
-    const KIND: &'static str = "GELU";
-    const ALL: &'static [Self] = &[Gelu::Tanh, Gelu::Erf];
-
-    fn name(self) -> &'static str {
-        match self {
-            Gelu::Tanh => "tanh",
-            Gelu::Erf => "erf",
-        }
-    }
-}
-
-choice_text!(Gelu);
+choice!(Gelu, "GELU", { Tanh => "tanh", Erf => "erf" });
 
 /// Shape of a GPT-2 model: the fields of Hugging Face's `GPT2Config` this model reads.
 #[derive(Config, Debug, PartialEq)]

@@ -4,7 +4,7 @@
 //! the one place an architecture chosen at run time becomes a model type
 //! ([`ModelShape::dispatch`]: `run::<Gpt>` or `run::<Gpt2>`).
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use brainfloat_precision::{ParamRoles, PrecisionAware, PrecisionPolicy};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -69,19 +69,7 @@ pub enum Arch {
     Gpt2,
 }
 
-impl Choice for Arch {
-    const KIND: &'static str = "architecture";
-    const ALL: &'static [Self] = &[Arch::Record, Arch::Gpt2];
-
-    fn name(self) -> &'static str {
-        match self {
-            Arch::Record => "record",
-            Arch::Gpt2 => "gpt2",
-        }
-    }
-}
-
-choice_text!(Arch);
+choice!(Arch, "architecture", { Record => "record", Gpt2 => "gpt2" });
 
 /// A model's architecture and shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

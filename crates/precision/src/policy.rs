@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use burn::tensor::{DType, Device, FloatDType};
 use serde::{Deserialize, Serialize};
 
@@ -58,16 +58,7 @@ impl Component {
     }
 }
 
-impl Choice for Component {
-    const KIND: &'static str = "precision component";
-    const ALL: &'static [Self] = &Component::ALL;
-
-    fn name(self) -> &'static str {
-        Component::name(self)
-    }
-}
-
-choice_text!(Component);
+choice!(Component, "precision component", own names);
 
 /// How an optimizer step writes a new value into bf16 storage (weights and optimizer state);
 /// values stored in fp32 are written exactly whatever the rounding.
@@ -142,16 +133,7 @@ impl Preset {
     }
 }
 
-impl Choice for Preset {
-    const KIND: &'static str = "precision preset";
-    const ALL: &'static [Self] = &Preset::ALL;
-
-    fn name(self) -> &'static str {
-        Preset::name(self)
-    }
-}
-
-choice_text!(Preset);
+choice!(Preset, "precision preset", own names);
 
 /// Which dtype every component of a model uses: storage of each parameter kind and the dtypes
 /// of the forward pass. The loss is always computed in fp32.

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::Tensor;
 
@@ -67,16 +67,7 @@ impl ParamRole {
     }
 }
 
-impl Choice for ParamRole {
-    const KIND: &'static str = "parameter role";
-    const ALL: &'static [Self] = &ParamRole::ALL;
-
-    fn name(self) -> &'static str {
-        ParamRole::name(self)
-    }
-}
-
-choice_text!(ParamRole);
+choice!(ParamRole, "parameter role", own names);
 
 /// The role of each parameter, by its id, and the matrices stored `[in, out]`.
 #[derive(Debug, Clone, Default)]

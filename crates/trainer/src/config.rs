@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use brainfloat_gpt::{Arch, Gelu, Gpt2Config, GptConfig, GptError, ModelShape, ModelSize};
 use brainfloat_precision::{ParamRole, PrecisionPolicy};
 use config::{Config, Environment, File, FileFormat};
@@ -263,33 +263,8 @@ pub enum LogFormat {
     Json,
 }
 
-impl Choice for NonFinitePolicy {
-    const KIND: &'static str = "non-finite policy";
-    const ALL: &'static [Self] = &[Self::Stop, Self::Skip];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Skip => "skip",
-        }
-    }
-}
-
-choice_text!(NonFinitePolicy);
-
-impl Choice for LogFormat {
-    const KIND: &'static str = "log format";
-    const ALL: &'static [Self] = &[Self::Human, Self::Json];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Human => "human",
-            Self::Json => "json",
-        }
-    }
-}
-
-choice_text!(LogFormat);
+choice!(NonFinitePolicy, "non-finite policy", { Stop => "stop", Skip => "skip" });
+choice!(LogFormat, "log format", { Human => "human", Json => "json" });
 
 /// The optimizer section (the record's values in `speedrun`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

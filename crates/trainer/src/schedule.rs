@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 
 /// What follows the warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -18,20 +18,11 @@ pub enum ScheduleKind {
     Linear,
 }
 
-impl Choice for ScheduleKind {
-    const KIND: &'static str = "schedule";
-    const ALL: &'static [Self] = &[Self::Trapezoid, Self::Cosine, Self::Linear];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Trapezoid => "trapezoid",
-            Self::Cosine => "cosine",
-            Self::Linear => "linear",
-        }
-    }
-}
-
-choice_text!(ScheduleKind);
+choice!(ScheduleKind, "schedule", {
+    Trapezoid => "trapezoid",
+    Cosine => "cosine",
+    Linear => "linear",
+});
 
 /// The learning-rate multiplier over `total_steps` optimizer steps.
 #[derive(Debug, Clone, Copy, PartialEq)]

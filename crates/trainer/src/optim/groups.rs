@@ -1,6 +1,6 @@
 //! The record's optimizer groups and their hyper-parameters.
 
-use brainfloat_choice::{Choice, choice_text};
+use brainfloat_choice::choice;
 use brainfloat_precision::{ParamRole, UpdateRounding};
 use burn::tensor::FloatDType;
 
@@ -104,19 +104,7 @@ pub enum MatrixOptimizer {
     Adam,
 }
 
-impl Choice for MatrixOptimizer {
-    const KIND: &'static str = "matrix optimizer";
-    const ALL: &'static [Self] = &[Self::Muon, Self::Adam];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Muon => "muon",
-            Self::Adam => "adam",
-        }
-    }
-}
-
-choice_text!(MatrixOptimizer);
+choice!(MatrixOptimizer, "matrix optimizer", { Muon => "muon", Adam => "adam" });
 
 impl Default for RecordOptimizerConfig {
     fn default() -> Self {
