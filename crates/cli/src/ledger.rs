@@ -134,7 +134,7 @@ fn count_step(
     device: &burn::tensor::Device,
 ) -> Result<Row, CliError> {
     use brainfloat_ops::{LibTorchRoute, ledger_start, ledger_stop, with_libtorch_route};
-    use brainfloat_trainer::{Start, Trainer};
+    use brainfloat_trainer::Trainer;
     let route = match system {
         "composed" => LibTorchRoute::Composed,
         _ => LibTorchRoute::Device,
