@@ -136,7 +136,7 @@ pub fn measure_distribution(
 ) -> Result<Vec<DistributionRow>, brainfloat_gpt::GptError> {
     let params = named_params(model);
     let mut rows = rows_by_dtype(Part::Weights, params.iter().map(|p| &p.tensor));
-    let cache = model.cache(device);
+    let cache = model.cache(&batch.inputs().device());
     let before = memory_in_use(measure, device);
     let loss = model.forward(batch, &cache)?;
     let retained = memory_in_use(measure, device);

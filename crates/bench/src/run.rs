@@ -103,7 +103,7 @@ pub fn run_bench<M: LanguageModel>(
         }
     }
 
-    let shape = config.shape().clone();
+    let shape = config.shape();
     let model = ModelInfo {
         arch: shape.arch(),
         size: config.model.size,
@@ -119,7 +119,7 @@ pub fn run_bench<M: LanguageModel>(
         presets.push(finish(*preset, contender, &model, options, device)?);
     }
     tracing::info!("matmul micro-benchmark");
-    let shapes = model_matmul_shapes(&shape, config.micro_batch_size() * config.train.seq_len);
+    let shapes = model_matmul_shapes(shape, config.micro_batch_size() * config.train.seq_len);
     let mut report = BenchReport {
         command: options.command.clone(),
         backend: options.backend.to_string(),

@@ -70,7 +70,7 @@ pub fn run(args: LedgerArgs) -> Result<(), CliError> {
         )));
     }
     let (config, device) = prepare(&args.run)?;
-    let shape = config.shape().clone();
+    let shape = config.shape();
     let step = json!({
         "model": serde_json::from_str::<Value>(&shape.to_json()).expect("a shape is JSON"),
         "batch_size": config.train.batch_size,

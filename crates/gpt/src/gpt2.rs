@@ -451,14 +451,15 @@ impl Gpt2 {
     }
 
     /// The final hidden states `[B, T, C]` (after `ln_f`) of `inputs` at positions
-    /// `start..start + T`, and the residual stream after each block; with `past`, each
-    /// block's keys and values go into (and come from) its layer.
+    /// `start..start + T`; with `past`, each block's keys and values go into (and come from)
+    /// its layer; with `boundaries`, the residual stream after each block is pushed into it.
     fn run_blocks(
         &self,
         inputs: Tensor<2, Int>,
         start: usize,
         mut past: Option<&mut Cache>,
-    ) -> (Tensor<3>, Vec<Tensor<3>>) {
+        mut boundaries: Option<&mut Vec<Tensor<3>>>,
+    ) -> Tensor<3> {
         let activation = self.policy.activation();
         let t = &self.transformer;
         let [_, len] = inputs.dims();
@@ -468,14 +469,27 @@ impl Gpt2 {
         let mut x =
             t.wte.forward(inputs).cast(activation) + t.wpe.forward(positions).cast(activation);
         let eps = self.config.layer_norm_eps;
-        let mut boundaries = Vec::with_capacity(t.h.len());
         for (index, block) in t.h.iter().enumerate() {
             let past = past.as_mut().map(|cache| cache.kv_mut().layer(index));
             x = x.clone() + block.attn.forward(block.ln_1.forward(x, eps), past);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x, eps));
-            boundaries.push(x.clone());
+            if let Some(boundaries) = boundaries.as_deref_mut() {
+                boundaries.push(x.clone());
+            }
         }
-        (t.ln_f.forward(x, eps), boundaries)
+        t.ln_f.forward(x, eps)
+    }
+
+    /// The final hidden states of `inputs`, a whole context, with `boundaries` as in
+    /// [`run_blocks`](Self::run_blocks).
+    fn hidden(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+        boundaries: Option<&mut Vec<Tensor<3>>>,
+    ) -> Result<Tensor<3>, GptError> {
+        cache.check(self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, 0, None, boundaries))
     }
 
     /// The head: the token embedding, tied.
@@ -522,21 +536,22 @@ impl LanguageModel for Gpt2 {
         inputs: Tensor<2, Int>,
         cache: &Cache,
     ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-        cache.check(self.policy.activation(), &inputs.device())?;
-        Ok(self.run_blocks(inputs, 0, None))
+        let mut boundaries = Vec::with_capacity(self.transformer.h.len());
+        let hidden = self.hidden(inputs, cache, Some(&mut boundaries))?;
+        Ok((hidden, boundaries))
     }
 
     /// Logits `[B, T, vocab]` in fp32.
     fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.limits.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
+        let hidden = self.hidden(batch.inputs().clone(), cache, None)?;
         Ok(self.head(hidden))
     }
 
     /// Mean fp32 cross-entropy over all `B·T` positions, the tied head fused with the loss.
     fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.limits.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
+        let hidden = self.hidden(batch.inputs().clone(), cache, None)?;
         Ok(head_loss(
             self.tied_head(),
             hidden,
@@ -557,7 +572,7 @@ impl LanguageModel for Gpt2 {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
         cache.check(self.policy.activation(), &inputs.device())?;
-        let (hidden, _) = self.run_blocks(inputs, start, Some(cache));
+        let hidden = self.run_blocks(inputs, start, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))
     }

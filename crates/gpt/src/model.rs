@@ -263,7 +263,7 @@ pub struct Block {
     /// MLP.
     pub mlp: Mlp,
     #[module(skip)]
-    activation: FloatDType,
+    policy: PrecisionPolicy,
 }
 
 impl PrecisionAware for Block {
@@ -271,7 +271,7 @@ impl PrecisionAware for Block {
         Self {
             attn: self.attn.with_policy(policy),
             mlp: self.mlp.with_policy(policy),
-            activation: policy.activation(),
+            policy,
             ..self
         }
     }
@@ -284,7 +284,7 @@ impl Block {
             lambdas: Param::from_tensor(Tensor::from_floats([1.0, 0.0], device)),
             attn: CausalSelfAttention::new(d_model, n_head, device),
             mlp: Mlp::new(d_model, device),
-            activation: FloatDType::F32,
+            policy: PrecisionPolicy::fp32(),
         }
     }
 
@@ -299,7 +299,7 @@ impl Block {
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         // The record: x = lambdas[0] * x + lambdas[1] * x0.
-        let lambda = |i| scalar(&self.lambdas, i, self.activation);
+        let lambda = |i| scalar(&self.lambdas, i, self.policy.activation());
         let x = scaled(lambda(0), x) + scaled(lambda(1), x0);
         let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, past);
         let x = x + y;
@@ -411,13 +411,16 @@ impl Gpt {
     }
 
     /// The embedding, the blocks and the final norm over `inputs` at the positions `rotary`
-    /// covers; with `past`, each block's keys and values go into (and come from) its layer.
+    /// covers; with `past`, each block's keys and values go into (and come from) its layer;
+    /// with `boundaries`, the residual stream after each block is pushed into it (a training
+    /// step keeps none).
     fn run_blocks(
         &self,
         inputs: Tensor<2, Int>,
         rotary: &Rotary,
         mut past: Option<&mut Cache>,
-    ) -> (Tensor<3>, Vec<Tensor<3>>) {
+        mut boundaries: Option<&mut Vec<Tensor<3>>>,
+    ) -> Tensor<3> {
         let x = self
             .transformer
             .wte
@@ -426,7 +429,6 @@ impl Gpt {
         let x0 = rms_norm(x);
         let mut x = x0.clone();
         let mut v1 = None;
-        let mut boundaries = Vec::with_capacity(self.transformer.h.len());
         for (index, block) in self.transformer.h.iter().enumerate() {
             let past = past.as_mut().map(|cache| cache.kv_mut().layer(index));
             let (out, v) = trace::scoped(
@@ -440,11 +442,26 @@ impl Gpt {
             );
             x = out;
             v1 = Some(v);
-            boundaries.push(x.clone());
+            if let Some(boundaries) = boundaries.as_deref_mut() {
+                boundaries.push(x.clone());
+            }
         }
         let final_norm = rms_norm(x);
         trace::record("final_norm", &final_norm);
-        (final_norm, boundaries)
+        final_norm
+    }
+
+    /// The final hidden states of `inputs`, a whole context, with `boundaries` as in
+    /// [`run_blocks`](Self::run_blocks).
+    fn hidden(
+        &self,
+        inputs: Tensor<2, Int>,
+        cache: &Cache,
+        boundaries: Option<&mut Vec<Tensor<3>>>,
+    ) -> Result<Tensor<3>, GptError> {
+        let seq_len = inputs.dims()[1];
+        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
+        Ok(self.run_blocks(inputs, &rotary, None, boundaries))
     }
 
     /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
@@ -497,9 +514,9 @@ impl LanguageModel for Gpt {
         inputs: Tensor<2, Int>,
         cache: &Cache,
     ) -> Result<(Tensor<3>, Vec<Tensor<3>>), GptError> {
-        let seq_len = inputs.dims()[1];
-        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
-        Ok(self.run_blocks(inputs, &rotary, None))
+        let mut boundaries = Vec::with_capacity(self.transformer.h.len());
+        let hidden = self.hidden(inputs, cache, Some(&mut boundaries))?;
+        Ok((hidden, boundaries))
     }
 
     /// The soft-capped fp32 logits `[B, vocab]` of the position after the last of `inputs`
@@ -517,7 +534,7 @@ impl LanguageModel for Gpt {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
         let rotary = cache.rotary(start, new, self.policy.activation(), &inputs.device())?;
-        let (hidden, _) = self.run_blocks(inputs, &rotary, Some(cache));
+        let hidden = self.run_blocks(inputs, &rotary, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))
     }
@@ -526,7 +543,7 @@ impl LanguageModel for Gpt {
     /// in the activation dtype, then the logits are cast to fp32, as in the record.
     fn logits(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<3>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
+        let hidden = self.hidden(batch.inputs().clone(), cache, None)?;
         Ok(self.head(hidden))
     }
 
@@ -537,7 +554,7 @@ impl LanguageModel for Gpt {
     /// logits never enter the autodiff graph.
     fn forward(&self, batch: &Batch, cache: &Cache) -> Result<Tensor<1>, GptError> {
         self.check(batch)?;
-        let (hidden, _) = self.hidden_states(batch.inputs().clone(), cache)?;
+        let hidden = self.hidden(batch.inputs().clone(), cache, None)?;
         Ok(self.lm_head.softcapped_cross_entropy(
             hidden,
             batch.targets().clone(),

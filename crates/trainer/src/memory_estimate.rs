@@ -322,8 +322,8 @@ mod tests {
     #[test]
     fn loading_counts_the_weights_as_read_and_as_stored() {
         let config = config(&[]);
-        let shape = config.shape().clone();
-        let estimate = MemoryEstimate::loading(&shape, &config.train.precision, 64);
+        let shape = config.shape();
+        let estimate = MemoryEstimate::loading(shape, &config.train.precision, 64);
         let params = shape.num_params() as u64;
         assert!(estimate.weights > 4 * params && estimate.weights < 8 * params);
         assert_eq!(estimate.gradients + estimate.optimizer_state, 0);

@@ -121,7 +121,7 @@ impl<M: LanguageModel> Trainer<M> {
             .expect("the sync is held until the trainer takes it");
         config.validate()?;
         check_ranks(&config, sync.world_size())?;
-        let shape = config.shape().clone();
+        let shape = config.shape();
         // Only rank 0 writes into the folder: it claims it (lock, stale temporaries, room for a
         // checkpoint: weights and Adam's or Muon's state, at most 3 × fp32 per parameter).
         let params = shape.num_params() as u64;
