@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use brainfloat_data::shard_paths;
 use brainfloat_gpt::{ArchWork, LanguageModel};
-use brainfloat_trainer::validation_loss;
+use brainfloat_trainer::{TrainConfig, validation_loss};
 use clap::Args;
 
 use crate::error::CliError;
@@ -57,7 +57,7 @@ impl ArchWork for Eval {
 /// Prints `model`'s validation loss over the config's validation shards.
 fn report_loss(
     model: &impl LanguageModel,
-    config: &brainfloat_trainer::TrainConfig,
+    config: &TrainConfig,
     device: &Device,
 ) -> Result<(), CliError> {
     let policy = *model.policy();

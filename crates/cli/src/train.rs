@@ -142,6 +142,8 @@ struct Run {
     device: Device,
 }
 
+/// Trains the model type `M` (the config's architecture's) with the plugins of a run: logs,
+/// metrics, checkpoints and progress on rank 0, the stop request everywhere.
 impl ArchWork for Run {
     type Output = Result<(), CliError>;
 
@@ -153,82 +155,70 @@ impl ArchWork for Run {
             stop,
             device,
         } = self;
-        train::<M>(config, start, sync, stop, &device)
-    }
-}
-
-/// Trains the model type `M` (the config's architecture's) with the plugins of a run: logs,
-/// metrics, checkpoints and progress on rank 0, the stop request everywhere.
-fn train<M: LanguageModel>(
-    config: TrainConfig,
-    start: Start,
-    sync: Box<dyn Collectives>,
-    stop: StopRequest,
-    device: &Device,
-) -> Result<(), CliError> {
-    let (rank, leader, world) = (sync.rank(), sync.is_leader(), sync.world_size());
-    let progress = config.output.progress;
-    let mut metrics_plugin = MetricsPlugin::new(config.output.dir.join("metrics.jsonl"))
-        .with_memory(brainfloat_memory::step_reading);
-    if config.output.tensorboard {
-        metrics_plugin = metrics_plugin.with_tensorboard(config.output.dir.clone());
-    }
-    let (steps, every) = (config.train.steps, config.output.checkpoint_every);
-    let log_every = if progress {
-        steps.max(1)
-    } else {
-        (steps / 20).max(1)
-    };
-    // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
-    // the same averaged values, so every rank decides the same.
-    let mut builder = TrainerBuilder::<M>::new(config)
-        .start(start)
-        .sync(sync)
-        .plugin(StopOnFlag::new(stop.flag()));
-    if leader {
-        builder = builder
-            .plugin(LogPlugin::new(log_every))
-            .plugin(metrics_plugin)
-            .plugin(CheckpointPlugin::new(every, steps));
-        if progress {
-            builder = builder.plugin(ProgressPlugin::default());
+        let (rank, leader, world) = (sync.rank(), sync.is_leader(), sync.world_size());
+        let progress = config.output.progress;
+        let mut metrics_plugin = MetricsPlugin::new(config.output.dir.join("metrics.jsonl"))
+            .with_memory(brainfloat_memory::step_reading);
+        if config.output.tensorboard {
+            metrics_plugin = metrics_plugin.with_tensorboard(config.output.dir.clone());
         }
-    }
-    let mut trainer = builder
-        .build(device)
-        .map_err(|err| CliError::from(err).within(format!("rank {rank} of {world}")))?;
-    match trainer.run() {
-        Ok(summary) if summary.stopped_early => {
-            // A rank the signal did not reach stopped because another rank was asked to.
-            let (signal, code) = stop.received().unwrap_or(("another rank's request", 143));
-            let who = if world > 1 {
-                format!("rank {rank} of {world}: ")
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "{who}stopped at step {} on {signal}; resume with --resume",
-                summary.steps
-            );
-            // Dropped first: the output folder's lock is released and MPI finalized.
-            drop(trainer);
-            std::process::exit(code);
-        }
-        Ok(summary) => {
-            if summary.skipped_steps > 0 {
-                eprintln!(
-                    "warning: {} step(s) skipped for non-finite loss or gradients",
-                    summary.skipped_steps
-                );
+        let (steps, every) = (config.train.steps, config.output.checkpoint_every);
+        let log_every = if progress {
+            steps.max(1)
+        } else {
+            (steps / 20).max(1)
+        };
+        // Non-finite losses and gradients are the trainer's (train.on_non_finite): every rank sees
+        // the same averaged values, so every rank decides the same.
+        let mut builder = TrainerBuilder::<M>::new(config)
+            .start(start)
+            .sync(sync)
+            .plugin(StopOnFlag::new(stop.flag()));
+        if leader {
+            builder = builder
+                .plugin(LogPlugin::new(log_every))
+                .plugin(metrics_plugin)
+                .plugin(CheckpointPlugin::new(every, steps));
+            if progress {
+                builder = builder.plugin(ProgressPlugin::default());
             }
-            Ok(())
         }
-        Err(err) if world > 1 => {
-            // The other ranks would wait for this one in the next all-reduce: stop them all.
-            eprintln!("error: rank {rank} of {world}: {err}; stopping all ranks");
-            trainer.abort(1);
-            Err(err.into())
+        let mut trainer = builder
+            .build(&device)
+            .map_err(|err| CliError::from(err).within(format!("rank {rank} of {world}")))?;
+        match trainer.run() {
+            Ok(summary) if summary.stopped_early => {
+                // A rank the signal did not reach stopped because another rank was asked to.
+                let (signal, code) = stop.received().unwrap_or(("another rank's request", 143));
+                let who = if world > 1 {
+                    format!("rank {rank} of {world}: ")
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "{who}stopped at step {} on {signal}; resume with --resume",
+                    summary.steps
+                );
+                // Dropped first: the output folder's lock is released and MPI finalized.
+                drop(trainer);
+                std::process::exit(code);
+            }
+            Ok(summary) => {
+                if summary.skipped_steps > 0 {
+                    eprintln!(
+                        "warning: {} step(s) skipped for non-finite loss or gradients",
+                        summary.skipped_steps
+                    );
+                }
+                Ok(())
+            }
+            Err(err) if world > 1 => {
+                // The other ranks would wait for this one in the next all-reduce: stop them all.
+                eprintln!("error: rank {rank} of {world}: {err}; stopping all ranks");
+                trainer.abort(1);
+                Err(err.into())
+            }
+            Err(err) => Err(err.into()),
         }
-        Err(err) => Err(err.into()),
     }
 }
