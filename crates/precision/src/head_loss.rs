@@ -451,7 +451,9 @@ mod tests {
         use burn::tensor::Distribution;
         let device = brainfloat_test_support::test_device().autodiff();
         let (batch, seq, d_model, vocab) = (2, 3, 8, 11);
-        for (preset, tolerance) in [("fp32", 1e-5), ("autocast", 2e-2), ("bf16", 2e-2)] {
+        // Measured (AMD EPYC; flex, libtorch's CPU): fp32 7.4e-8, 1.0e-7; autocast 6.8e-3,
+        // 4.2e-3; bf16 5.5e-3, 4.5e-3 of the largest value; the bounds are a few times that.
+        for (preset, tolerance) in [("fp32", 5e-7), ("autocast", 2e-2), ("bf16", 2e-2)] {
             let policy: PrecisionPolicy = preset.parse().unwrap();
             let head = CastedLinearConfig::new(d_model, vocab)
                 .with_bias(true)
