@@ -16,6 +16,7 @@
 //!                                         # and check that the `cuda` feature compiles
 //! cargo xtask test --backend flex         # … on one backend only
 //! cargo xtask reliability                 # the fault suite → docs/reliability.md
+//! cargo xtask step-files --out docs/results/step_files.md   # the files one step runs
 //! cargo xtask compare docs/results/bench_small_{flex,tch}.json --out docs/results/cpu_small.md
 //! cargo xtask eval --checkpoint runs/tiny/step_000150.json
 //! cargo xtask generate --checkpoint runs/tiny/step_000150.json --prompt "The economy"
@@ -25,10 +26,12 @@
 //! cargo xtask ledger --backend tch --config configs/speedrun.toml --set train.seq_len=64 ...
 //! ```
 
+mod step_files;
+
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "train",
     "eval",
     "generate",
@@ -43,6 +46,7 @@ const COMMANDS: [&str; 14] = [
     "reliability",
     "ledger",
     "gpu-check",
+    "step-files",
 ];
 
 /// The project's set-up script: installs the system packages the tests need (OpenMPI, libclang).
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         "validate" => validate(&backend, &args),
         "test" => test(&args[1..]),
         "reliability" => reliability(),
+        "step-files" => step_files::step_files(&args[1..]),
         "train" if value_of(&args, "--ranks").is_some() => distributed_train(&backend, &args),
         _ => cargo(&["run"], &backend).map(|mut run| {
             run.arg("--").args(&args);

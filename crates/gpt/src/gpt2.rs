@@ -2,15 +2,16 @@
 //! LayerNorm with bias, GELU, the fused `c_attn` stored `[in, out]` as `Conv1D` stores it,
 //! biases everywhere, and the head tied to the token embedding. Built from the same precision
 //! machinery as the record's model: every linear layer is a [`CastedLinear`], every dtype
-//! comes from the [`PrecisionPolicy`] each layer is given, and the head runs fused with the loss
+//! comes from the [`PrecisionPolicy`] whose compute dtypes each layer is given, and the head runs fused with the loss
 //! ([`head_loss`]).
 //! Parameters carry Hugging Face's names (`transformer.h.0.attn.c_attn.weight`), so files move
 //! between this model and `transformers` by name and shape alone.
 
 use brainfloat_choice::choice;
 use brainfloat_precision::{
-    ACCUMULATION_DTYPE, CastedLinear, CastedLinearConfig, Head, LOGITS_PER_CHUNK, ParamRole,
-    ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout, head_loss,
+    ACCUMULATION_DTYPE, CastedLinear, CastedLinearConfig, ComputeDtypes, Head, LOGITS_PER_CHUNK,
+    LOSS_DTYPE, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy, RoleMap, WeightLayout,
+    head_loss,
 };
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -188,7 +189,7 @@ impl Gpt2Config {
                 c_attn: linear(d, 3 * d, 0.02),
                 c_proj: linear(d, d, projection_std),
                 n_head: self.n_head,
-                policy: PrecisionPolicy::fp32(),
+                dtypes: ComputeDtypes::FP32,
             },
             ln_2: layer_norm(),
             mlp: Gpt2Mlp {
@@ -207,6 +208,7 @@ impl Gpt2Config {
             config: self.clone(),
             limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
+            dtypes: ComputeDtypes::FP32,
         })
     }
 }
@@ -265,7 +267,7 @@ pub struct Gpt2Attention {
     #[module(skip)]
     n_head: usize,
     #[module(skip)]
-    policy: PrecisionPolicy,
+    dtypes: ComputeDtypes,
 }
 
 impl PrecisionAware for Gpt2Attention {
@@ -273,7 +275,7 @@ impl PrecisionAware for Gpt2Attention {
         Self {
             c_attn: self.c_attn.with_policy(policy),
             c_proj: self.c_proj.with_policy(policy),
-            policy,
+            dtypes: policy.compute(),
             ..self
         }
     }
@@ -282,26 +284,23 @@ impl PrecisionAware for Gpt2Attention {
 impl Gpt2Attention {
     /// `x` `[B, T, C]` (normalised) → `[B, T, C]`; `past` as in the record's attention.
     pub fn forward(&self, x: Tensor<3>, past: Option<&mut LayerCache>) -> Tensor<3> {
-        let policy = &self.policy;
+        let dtypes = self.dtypes;
         let [b, t, c] = x.dims();
         let qkv = self.c_attn.forward(x);
-        // [B, H, T, hd], matmul operands in the policy's matmul dtype.
+        // [B, H, T, hd], matmul operands in the matmul dtype.
         let head = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
                 .reshape([b, t, self.n_head, c / self.n_head])
                 .swap_dims(1, 2)
-                .cast(policy.matmul())
+                .cast(dtypes.matmul)
         };
         let (k, v) = match past {
             Some(past) => past.append(head(1), head(2)),
             None => (head(1), head(2)),
         };
         let y = brainfloat_ops::causal_attention(head(0), k, v);
-        let y = y
-            .cast(policy.activation())
-            .swap_dims(1, 2)
-            .reshape([b, t, c]);
+        let y = y.cast(dtypes.activation).swap_dims(1, 2).reshape([b, t, c]);
         self.c_proj.forward(y)
     }
 }
@@ -396,6 +395,9 @@ pub struct Gpt2 {
     limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
+    /// The policy's compute dtypes, which the forward pass reads.
+    #[module(skip)]
+    dtypes: ComputeDtypes,
 }
 
 /// Roles: the tied table is the head's weight, so it is an output matrix (a master weight under
@@ -440,6 +442,7 @@ impl PrecisionAware for Gpt2 {
             .map(|block| block.with_policy(policy))
             .collect();
         self.policy = policy;
+        self.dtypes = policy.compute();
         self
     }
 }
@@ -460,7 +463,7 @@ impl Gpt2 {
         mut past: Option<&mut Cache>,
         mut boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Tensor<3> {
-        let activation = self.policy.activation();
+        let activation = self.dtypes.activation;
         let t = &self.transformer;
         let [_, len] = inputs.dims();
         let positions =
@@ -488,7 +491,7 @@ impl Gpt2 {
         cache: &Cache,
         boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>, GptError> {
-        cache.check(self.policy.activation(), &inputs.device())?;
+        cache.check(self.dtypes.activation, &inputs.device())?;
         Ok(self.run_blocks(inputs, 0, None, boundaries))
     }
 
@@ -503,8 +506,8 @@ impl Gpt2 {
     /// The head outside the fused loss: `hidden` `[B, T, C]` → logits in the loss dtype (fp32).
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.tied_head()
-            .logits(hidden, &self.policy)
-            .cast(self.policy.loss())
+            .logits(hidden, self.dtypes)
+            .cast(LOSS_DTYPE)
     }
 }
 
@@ -527,7 +530,7 @@ impl LanguageModel for Gpt2 {
     /// The cache a forward pass on `device` reads: GPT-2 learns its positions, so it holds
     /// generation's keys and values only.
     fn cache(&self, device: &Device) -> Cache {
-        Cache::new(None, self.policy.activation(), device)
+        Cache::new(None, self.dtypes.activation, device)
     }
 
     /// The final hidden states `[B, T, C]` and the residual stream after each block.
@@ -557,7 +560,7 @@ impl LanguageModel for Gpt2 {
             hidden,
             batch.targets().clone(),
             None,
-            &self.policy,
+            self.dtypes,
             LOGITS_PER_CHUNK,
         ))
     }
@@ -571,7 +574,7 @@ impl LanguageModel for Gpt2 {
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
-        cache.check(self.policy.activation(), &inputs.device())?;
+        cache.check(self.dtypes.activation, &inputs.device())?;
         let hidden = self.run_blocks(inputs, start, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))

@@ -1,11 +1,12 @@
 //! The record's GPT in one file, in the record's order: weightless RMSNorm, rotary, attention
 //! (QK-norm, rotary, value residual), the ReLU² MLP, the block with its x0 skip, the model with its
 //! untied, soft-capped head. Every linear layer is a [`CastedLinear`]; every dtype comes from
-//! the [`PrecisionPolicy`] that `apply_policy` hands to each layer, so no `forward` takes one.
+//! the [`PrecisionPolicy`] whose compute dtypes `apply_policy` hands to each layer, so no
+//! `forward` takes one.
 
 use brainfloat_precision::{
-    CastedLinear, CastedLinearConfig, ParamRole, ParamRoles, PrecisionAware, PrecisionPolicy,
-    RoleMap, softcap,
+    CastedLinear, CastedLinearConfig, ComputeDtypes, LOSS_DTYPE, ParamRole, ParamRoles,
+    PrecisionAware, PrecisionPolicy, RoleMap, softcap,
 };
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
@@ -134,7 +135,7 @@ pub struct CausalSelfAttention {
     #[module(skip)]
     n_head: usize,
     #[module(skip)]
-    policy: PrecisionPolicy,
+    dtypes: ComputeDtypes,
 }
 
 impl PrecisionAware for CausalSelfAttention {
@@ -144,7 +145,7 @@ impl PrecisionAware for CausalSelfAttention {
             c_k: self.c_k.with_policy(policy),
             c_v: self.c_v.with_policy(policy),
             c_proj: self.c_proj.with_policy(policy),
-            policy,
+            dtypes: policy.compute(),
             ..self
         }
     }
@@ -161,7 +162,7 @@ impl CausalSelfAttention {
             c_proj: linear.clone().with_zero_init(true).init(device),
             lamb: Param::from_tensor(Tensor::from_floats([0.5], device)),
             n_head,
-            policy: PrecisionPolicy::fp32(),
+            dtypes: ComputeDtypes::FP32,
         }
     }
 
@@ -175,7 +176,7 @@ impl CausalSelfAttention {
         rotary: &Rotary,
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
-        let policy = &self.policy;
+        let dtypes = self.dtypes;
         let [b, t, c] = x.dims();
         let heads = [b, t, self.n_head, c / self.n_head];
         let q = self.c_q.forward(x.clone()).reshape(heads);
@@ -184,7 +185,7 @@ impl CausalSelfAttention {
 
         let v1 = v1.unwrap_or_else(|| v.clone());
         // The record: v = (1 - lamb) * v + lamb * v1.
-        let lamb = scalar(&self.lamb, 0, policy.activation());
+        let lamb = scalar(&self.lamb, 0, dtypes.activation);
         let v = scaled(lamb.clone().neg().add_scalar(1.0), v) + scaled(lamb, v1.clone());
 
         let q = rotary.apply(rms_norm(q));
@@ -193,18 +194,15 @@ impl CausalSelfAttention {
             trace::record_with(name, || z.clone().swap_dims(1, 2));
         }
 
-        // [B, H, T, hd], matmul operands in the policy's matmul dtype.
-        let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(policy.matmul());
+        // [B, H, T, hd], matmul operands in the matmul dtype.
+        let to_heads = |z: Tensor<4>| z.swap_dims(1, 2).cast(dtypes.matmul);
         let (k, v) = match past {
             Some(past) => past.append(to_heads(k), to_heads(v)),
             None => (to_heads(k), to_heads(v)),
         };
         let y = brainfloat_ops::causal_attention(to_heads(q), k, v);
         trace::record("attn.output", &y);
-        let y = y
-            .cast(policy.activation())
-            .swap_dims(1, 2)
-            .reshape([b, t, c]);
+        let y = y.cast(dtypes.activation).swap_dims(1, 2).reshape([b, t, c]);
         (self.c_proj.forward(y), v1)
     }
 }
@@ -263,7 +261,7 @@ pub struct Block {
     /// MLP.
     pub mlp: Mlp,
     #[module(skip)]
-    policy: PrecisionPolicy,
+    dtypes: ComputeDtypes,
 }
 
 impl PrecisionAware for Block {
@@ -271,7 +269,7 @@ impl PrecisionAware for Block {
         Self {
             attn: self.attn.with_policy(policy),
             mlp: self.mlp.with_policy(policy),
-            policy,
+            dtypes: policy.compute(),
             ..self
         }
     }
@@ -284,7 +282,7 @@ impl Block {
             lambdas: Param::from_tensor(Tensor::from_floats([1.0, 0.0], device)),
             attn: CausalSelfAttention::new(d_model, n_head, device),
             mlp: Mlp::new(d_model, device),
-            policy: PrecisionPolicy::fp32(),
+            dtypes: ComputeDtypes::FP32,
         }
     }
 
@@ -299,7 +297,7 @@ impl Block {
         past: Option<&mut LayerCache>,
     ) -> (Tensor<3>, Tensor<4>) {
         // The record: x = lambdas[0] * x + lambdas[1] * x0.
-        let lambda = |i| scalar(&self.lambdas, i, self.policy.activation());
+        let lambda = |i| scalar(&self.lambdas, i, self.dtypes.activation);
         let x = scaled(lambda(0), x) + scaled(lambda(1), x0);
         let (y, v1) = self.attn.forward(rms_norm(x.clone()), v1, rotary, past);
         let x = x + y;
@@ -335,6 +333,9 @@ pub struct Gpt {
     limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
+    /// The policy's compute dtypes, which the forward pass reads.
+    #[module(skip)]
+    dtypes: ComputeDtypes,
 }
 
 /// Every parameter's role, stated once for the whole model: it decides the parameter's storage
@@ -384,6 +385,7 @@ impl GptConfig {
             config: self.clone(),
             limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
+            dtypes: ComputeDtypes::FP32,
         })
     }
 }
@@ -399,6 +401,7 @@ impl PrecisionAware for Gpt {
             transformer: Transformer { wte, h },
             lm_head: self.lm_head.with_policy(policy),
             policy,
+            dtypes: policy.compute(),
             ..self
         }
     }
@@ -425,7 +428,7 @@ impl Gpt {
             .transformer
             .wte
             .forward(inputs)
-            .cast(self.policy.activation());
+            .cast(self.dtypes.activation);
         let x0 = rms_norm(x);
         let mut x = x0.clone();
         let mut v1 = None;
@@ -460,15 +463,15 @@ impl Gpt {
         boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>, GptError> {
         let seq_len = inputs.dims()[1];
-        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
+        let rotary = cache.rotary(0, seq_len, self.dtypes.activation, &inputs.device())?;
         Ok(self.run_blocks(inputs, &rotary, None, boundaries))
     }
 
     /// The head outside the fused loss: `hidden` `[B, T, C]` → logits soft-capped in the
-    /// activation dtype, then cast to the policy's loss dtype (fp32), as in the record.
+    /// activation dtype, then cast to the loss dtype (fp32), as in the record.
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         let logits = self.lm_head.forward(hidden);
-        softcap(logits, self.config.logit_softcap).cast(self.policy.loss())
+        softcap(logits, self.config.logit_softcap).cast(LOSS_DTYPE)
     }
 
     fn check(&self, batch: &Batch) -> Result<(), GptError> {
@@ -495,7 +498,7 @@ impl LanguageModel for Gpt {
     /// The cache a forward pass on `device` reads: the rotary tables for every position up to
     /// `max_seq_len`, in the activation dtype, built here once.
     fn cache(&self, device: &Device) -> Cache {
-        let activation = self.policy.activation();
+        let activation = self.dtypes.activation;
         let config = &self.config;
         let rotary = Rotary::new(
             config.max_seq_len,
@@ -533,7 +536,7 @@ impl LanguageModel for Gpt {
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
-        let rotary = cache.rotary(start, new, self.policy.activation(), &inputs.device())?;
+        let rotary = cache.rotary(start, new, self.dtypes.activation, &inputs.device())?;
         let hidden = self.run_blocks(inputs, &rotary, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))

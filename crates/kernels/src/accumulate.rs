@@ -23,6 +23,29 @@ pub fn accumulate<T: Float>(sum: &mut [f32], part: &[T]) {
         });
 }
 
+/// `y[i] ← a·y[i] + b·x[i]` in `y`'s type, in parallel: `x[i]` rounded to `y`'s type, each
+/// product rounded to it (a factor of 1 leaves its term as it is), the sum rounded once. These
+/// are the roundings of a cast, two scalings and an addition done one tensor op at a time,
+/// in one pass over `y` and `x`.
+///
+/// # Panics
+/// When the lengths differ.
+pub fn axpby<T: Float, X: Float>(y: &mut [T], x: &[X], a: f32, b: f32) {
+    assert_eq!(y.len(), x.len(), "axpby: lengths differ");
+    let term = |value: f32, factor: f32| match factor {
+        1.0 => value,
+        _ => T::round(value * factor),
+    };
+    y.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(x.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(y, x)| {
+            for (y, x) in y.iter_mut().zip(x) {
+                let x = T::round(x.to_f32());
+                *y = T::from_f32(term(y.to_f32(), a) + term(x, b));
+            }
+        });
+}
+
 /// `part` widened to fp32 (exactly), in parallel.
 pub fn widen<T: Float>(part: &[T]) -> Vec<f32> {
     let mut out = vec![0.0f32; part.len()];

@@ -173,20 +173,43 @@ impl KernelBackend for Flex {
         sum
     }
 
-    /// One pass over a bf16 tensor, in place where this call holds it: the fp32 product of
-    /// each element and the factor, rounded once (no widened copy).
+    /// One pass, in place where this call holds the tensor: the fp32 product of each element
+    /// and the factor, rounded once (no widened copy of a bf16 tensor).
     fn scale(x: FlexTensor, factor: f64) -> FlexTensor {
-        if x.dtype() != DType::BF16 {
+        if !has_kernel_dtype(&x) {
             return composed::scale::<Self>(x, factor);
         }
         let factor = factor as f32;
         let n = x.layout().num_elements();
         let mut x = owned_contiguous(x);
         let start = x.layout().start_offset();
-        for value in &mut x.storage_mut::<bf16>()[start..start + n] {
-            *value = <bf16 as Float>::from_f32(value.to_f32() * factor);
-        }
+        with_elem!(x.dtype(), T => {
+            for value in &mut x.storage_mut::<T>()[start..start + n] {
+                *value = T::from_f32(value.to_f32() * factor);
+            }
+        });
         x
+    }
+
+    /// One pass, in place where this call holds `y`, with the roundings of the composed op's
+    /// cast, scalings and addition (`brainfloat_kernels::axpby`; a test holds the bits).
+    fn axpby(y: FlexTensor, x: FlexTensor, a: f64, b: f64) -> FlexTensor {
+        let same_shape = y.layout().shape() == x.layout().shape();
+        if !has_kernel_dtype(&y) || !has_kernel_dtype(&x) || !same_shape {
+            return composed::axpby::<Self>(y, x, a, b);
+        }
+        let x = x.to_contiguous();
+        let n = x.layout().num_elements();
+        let mut y = owned_contiguous(y);
+        let start = y.layout().start_offset();
+        let (a, b) = (a as f32, b as f32);
+        with_elem!(y.dtype(), T => {
+            let y = &mut y.storage_mut::<T>()[start..start + n];
+            with_elem!(x.dtype(), X => {
+                brainfloat_kernels::axpby::<T, X>(y, contiguous_values(&x), a, b)
+            })
+        });
+        y
     }
 
     fn widen_f32(part: FlexTensor) -> FlexTensor {
@@ -334,6 +357,11 @@ impl KernelBackend for Flex {
         );
         (weight, compensation)
     }
+}
+
+/// Whether the kernels run on `tensor`'s dtype (bf16 or fp32).
+fn has_kernel_dtype(tensor: &FlexTensor) -> bool {
+    matches!(tensor.dtype(), DType::BF16 | DType::F32)
 }
 
 /// `tensor` itself when contiguous, else a contiguous copy. Taking the tensor (rather than
@@ -636,6 +664,72 @@ mod tests {
         }
     }
 
+    /// A tensor's elements as bits (bf16 widened to the fp32 with the same value).
+    fn bits(tensor: &FlexTensor) -> Vec<u32> {
+        match tensor.dtype() {
+            DType::BF16 => tensor
+                .storage::<bf16>()
+                .iter()
+                .map(|v| v.to_f32().to_bits())
+                .collect(),
+            _ => tensor
+                .storage::<f32>()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+        }
+    }
+
+    /// The one-pass `scale` and `axpby` round as the composed ops do, one tensor op at a
+    /// time: the same bits (the optimizer's updates, and so the training curve, do not move),
+    /// on values of every magnitude whose sums cancel, carry and tie.
+    #[test]
+    fn one_pass_scale_and_axpby_give_the_composed_ops_bits() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut draw = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            (unit - 0.5) * 2f32.powi((state >> 33) as i32 % 40 - 20)
+        };
+        let (ys, xs): (Vec<f32>, Vec<f32>) = (0..4099).map(|_| (draw(), draw())).unzip();
+        // Ties and cancellation: x equal to −y, and y one bf16 ulp from x.
+        let xs: Vec<f32> = (xs.iter().zip(&ys).enumerate())
+            .map(|(i, (x, y))| match i % 7 {
+                0 => -y,
+                1 => y * (1.0 + 2f32.powi(-8)),
+                _ => *x,
+            })
+            .collect();
+        for y_dtype in [DType::BF16, DType::F32] {
+            for x_dtype in [DType::BF16, DType::F32] {
+                for (a, b) in [
+                    (1.0, -0.01),
+                    (0.95, 1.0),
+                    (0.5, 2.0),
+                    (0.9, -3e-4),
+                    (1.0, 1.0),
+                ] {
+                    let y = || tensor(&ys, y_dtype);
+                    let x = || tensor(&xs, x_dtype);
+                    let fused = Flex::axpby(y(), x(), a, b);
+                    let composed = composed::axpby::<Flex>(y(), x(), a, b);
+                    assert_eq!(fused.dtype(), y_dtype);
+                    let case = format!("axpby y {y_dtype:?}, x {x_dtype:?}, a {a}, b {b}");
+                    assert!(bits(&fused) == bits(&composed), "{case}");
+                }
+            }
+            for factor in [0.95, -3.4445, 1e-3] {
+                let x = || tensor(&ys, y_dtype);
+                let fused = Flex::scale(x(), factor);
+                let composed = composed::scale::<Flex>(x(), factor);
+                let case = format!("scale {y_dtype:?} by {factor}");
+                assert!(bits(&fused) == bits(&composed), "{case}");
+            }
+        }
+    }
+
     /// Where a tensor's elements start.
     fn address(tensor: &FlexTensor) -> *const u8 {
         match tensor.dtype() {
@@ -659,6 +753,15 @@ mod tests {
         let at = address(&y);
         let y = Flex::stochastic_axpby(y, tensor(&values, DType::F32), 0.5, 1.0, 7);
         assert_eq!(address(&y), at, "stochastic_axpby");
+
+        for dtype in [DType::BF16, DType::F32] {
+            let y = tensor(&values, dtype);
+            let at = address(&y);
+            let y = Flex::axpby(y, tensor(&values, DType::F32), 0.5, 2.0);
+            assert_eq!(address(&y), at, "axpby {dtype:?}");
+            let y = Flex::scale(y, 3.0);
+            assert_eq!(address(&y), at, "scale {dtype:?}");
+        }
 
         let (weight, compensation) = (tensor(&values, DType::BF16), tensor(&[0.0; 4], DType::BF16));
         let at = [address(&weight), address(&compensation)];

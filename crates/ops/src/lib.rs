@@ -221,9 +221,9 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
 }
 
 /// `a·y + b·x` in `y`'s dtype (`x` cast to it; a product whose factor is 1 is skipped): an
-/// optimizer's update, momentum or look-ahead. One libtorch operator on the device route
-/// (`add` with its `alpha`, in place when `y` is this call's own), Burn's ops elsewhere.
-/// Outside autodiff (values).
+/// optimizer's update, momentum or look-ahead. One pass on flex and one libtorch operator on
+/// the device route (`add` with its `alpha`), each in place when `y` is this call's own; Burn's
+/// ops elsewhere. Outside autodiff (values).
 pub fn axpby<const D: usize>(y: Tensor<D>, x: Tensor<D>, a: f64, b: f64) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as KernelBackend>::axpby(
         y.into_dispatch(),
@@ -235,7 +235,8 @@ pub fn axpby<const D: usize>(y: Tensor<D>, x: Tensor<D>, a: f64, b: f64) -> Tens
 
 /// `x · factor` in `x`'s dtype with the factor in fp32, rounded once, as PyTorch multiplies a
 /// tensor by a Python number (Burn's `mul_scalar` on flex rounds a bf16 tensor's factor to bf16
-/// first): libtorch's own product there, a widened one elsewhere. Outside autodiff (values).
+/// first): one pass on flex, libtorch's own product there, a widened one elsewhere. Outside
+/// autodiff (values).
 pub fn scale<const D: usize>(x: Tensor<D>, factor: f64) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as KernelBackend>::scale(
         x.into_dispatch(),

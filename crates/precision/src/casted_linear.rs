@@ -9,7 +9,7 @@ use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
 use crate::convert::PrecisionAware;
-use crate::policy::PrecisionPolicy;
+use crate::policy::{ComputeDtypes, PrecisionPolicy};
 use crate::role::{ParamRole, ParamRoles, RoleMap};
 
 /// Configuration of a [`CastedLinear`].
@@ -50,8 +50,8 @@ pub enum WeightLayout {
 ///
 /// The cast is differentiable, so the weight's gradient (and any optimizer state built from it)
 /// stays in the master weight's dtype while the matmul runs in the matmul dtype. The layer knows
-/// its dtypes: its policy is fp32 until [`apply_policy`](crate::apply_policy) (or
-/// [`PrecisionAware::with_policy`]) sets another.
+/// its dtypes: fp32 until [`apply_policy`](crate::apply_policy) (or
+/// [`PrecisionAware::with_policy`]) sets a policy's.
 #[derive(Module, Debug)]
 pub struct CastedLinear {
     /// Master weight, `[d_output, d_input]` (`[d_input, d_output]` in [`WeightLayout::InOut`]).
@@ -61,12 +61,12 @@ pub struct CastedLinear {
     #[module(skip)]
     layout: WeightLayout,
     #[module(skip)]
-    policy: PrecisionPolicy,
+    dtypes: ComputeDtypes,
 }
 
 impl PrecisionAware for CastedLinear {
     fn with_policy(mut self, policy: PrecisionPolicy) -> Self {
-        self.policy = policy;
+        self.dtypes = policy.compute();
         self
     }
 }
@@ -109,7 +109,7 @@ impl CastedLinearConfig {
                 .init_with([self.d_output], fan.0, fan.1, device)
             }),
             layout: self.layout,
-            policy: PrecisionPolicy::fp32(),
+            dtypes: ComputeDtypes::FP32,
         }
     }
 }
@@ -127,12 +127,12 @@ impl CastedLinear {
         }
     }
 
-    /// Applies the layer to `input` `[..., d_input]` under its policy: the input and the weight
+    /// Applies the layer to `input` `[..., d_input]` in its dtypes: the input and the weight
     /// (and bias) cast to the matmul dtype, the result to the activation dtype. In the `bf16` and
     /// `fp32` presets the input's cast is a no-op; in `autocast` both casts are the baseline's
     /// per-op casts.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let matmul_dtype = self.policy.matmul();
+        let matmul_dtype = self.dtypes.matmul;
         let input = input.cast(matmul_dtype);
         let weight = self.weight.val().cast(matmul_dtype);
         let weight = match self.layout {
@@ -151,12 +151,12 @@ impl CastedLinear {
             output = output + bias.val().cast(matmul_dtype).unsqueeze();
         }
         dims[D - 1] = self.dims()[0];
-        output.reshape(dims).cast(self.policy.activation())
+        output.reshape(dims).cast(self.dtypes.activation)
     }
 
-    /// The policy the layer computes under.
-    pub fn policy(&self) -> &PrecisionPolicy {
-        &self.policy
+    /// The dtypes the layer computes in.
+    pub fn dtypes(&self) -> ComputeDtypes {
+        self.dtypes
     }
 
     /// `[d_output, d_input]`, whatever the layout.

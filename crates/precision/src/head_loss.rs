@@ -14,7 +14,7 @@ use burn::module::Param;
 use burn::tensor::{FloatDType, Int, Tensor};
 
 use crate::casted_linear::{CastedLinear, WeightLayout};
-use crate::policy::{ACCUMULATION_DTYPE, PrecisionPolicy};
+use crate::policy::{ACCUMULATION_DTYPE, ComputeDtypes};
 
 /// The record's logit soft-cap: `cap · tanh(logits / cap)`, computed in the logits' dtype.
 pub fn softcap<const D: usize>(logits: Tensor<D>, cap: f64) -> Tensor<D> {
@@ -84,7 +84,7 @@ impl CastedLinear {
     /// The record's output head and loss in one:
     /// `softcapped_cross_entropy(self.forward(hidden), targets, cap)`, with the logits made,
     /// used and dropped inside, [`LOGITS_PER_CHUNK`] at a time ([`head_loss`]), under the
-    /// layer's policy.
+    /// layer's dtypes.
     pub fn softcapped_cross_entropy(
         &self,
         hidden: Tensor<3>,
@@ -112,7 +112,7 @@ impl CastedLinear {
             weight,
             bias: self.bias.as_ref().map(Param::val),
         };
-        head_loss(head, hidden, targets, cap, self.policy(), logits_per_chunk)
+        head_loss(head, hidden, targets, cap, self.dtypes(), logits_per_chunk)
     }
 }
 
@@ -128,18 +128,16 @@ impl Head {
     /// The logits `[B, T, vocab]` of `hidden` `[B, T, C]` in the activation dtype, the product
     /// in the matmul dtype: what [`CastedLinear::forward`] gives for an `[out, in]` head
     /// (for evaluation and sampling; training takes [`head_loss`]).
-    pub fn logits(self, hidden: Tensor<3>, policy: &PrecisionPolicy) -> Tensor<3> {
+    pub fn logits(self, hidden: Tensor<3>, dtypes: ComputeDtypes) -> Tensor<3> {
         let [batch, seq, d_model] = hidden.dims();
-        let hidden = hidden.reshape([batch * seq, d_model]).cast(policy.matmul());
-        let weight = self.weight.cast(policy.matmul());
+        let hidden = hidden.reshape([batch * seq, d_model]).cast(dtypes.matmul);
+        let weight = self.weight.cast(dtypes.matmul);
         let vocab = weight.dims()[0];
         let mut logits = matmul(hidden, weight.transpose());
         if let Some(bias) = self.bias {
-            logits = logits + bias.cast(policy.matmul()).unsqueeze();
+            logits = logits + bias.cast(dtypes.matmul).unsqueeze();
         }
-        logits
-            .cast(policy.activation())
-            .reshape([batch, seq, vocab])
+        logits.cast(dtypes.activation).reshape([batch, seq, vocab])
     }
 }
 
@@ -155,14 +153,14 @@ pub fn head_loss(
     hidden: Tensor<3>,
     targets: Tensor<2, Int>,
     cap: Option<f64>,
-    policy: &PrecisionPolicy,
+    dtypes: ComputeDtypes,
     logits_per_chunk: usize,
 ) -> Tensor<1> {
     let [batch, seq, d_model] = hidden.dims();
     let rows = batch * seq;
-    let hidden = hidden.reshape([rows, d_model]).cast(policy.matmul());
-    let weight = head.weight.cast(policy.matmul());
-    let bias = head.bias.map(|b| b.cast(policy.matmul()));
+    let hidden = hidden.reshape([rows, d_model]).cast(dtypes.matmul);
+    let weight = head.weight.cast(dtypes.matmul);
+    let bias = head.bias.map(|b| b.cast(dtypes.matmul));
     let tracked = hidden.is_tracked() || weight.is_tracked();
     // The values, outside autodiff (`detach` keeps a leaf parameter's tensor tracked).
     let hidden_value = hidden.clone().inner();
@@ -184,7 +182,7 @@ pub fn head_loss(
             logits = logits + bias.clone().unsqueeze();
         }
         let part = FusedLoss::compute(
-            logits.cast(policy.activation()),
+            logits.cast(dtypes.activation),
             targets.clone().narrow(0, start, len),
             cap,
             tracked,
@@ -194,7 +192,7 @@ pub fn head_loss(
         let Some(grad_logits) = part.grad else {
             continue;
         };
-        let grad_logits = grad_logits.cast(policy.matmul());
+        let grad_logits = grad_logits.cast(dtypes.matmul);
         grad_hidden.push(matmul(grad_logits.clone(), weight_value.clone()));
         if bias_value.is_some() {
             let part = grad_logits.clone().sum_dim(0).squeeze_dim(0);
@@ -209,13 +207,10 @@ pub fn head_loss(
     };
     let mut pairs = vec![
         (hidden, Tensor::cat(grad_hidden, 0)),
-        (weight, grad_weight.cast(policy.matmul())),
+        (weight, grad_weight.cast(dtypes.matmul)),
     ];
     if let (Some(bias), Some(grad_bias)) = (bias, grad_bias) {
-        pairs.push((
-            bias.unsqueeze(),
-            grad_bias.cast(policy.matmul()).unsqueeze(),
-        ));
+        pairs.push((bias.unsqueeze(), grad_bias.cast(dtypes.matmul).unsqueeze()));
     }
     with_gradients(loss, pairs)
 }

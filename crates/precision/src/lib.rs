@@ -54,7 +54,8 @@ pub use lost_update::{
 pub use named::{NamedTensor, named_grads, named_params};
 pub use path::ParamPath;
 pub use policy::{
-    ACCUMULATION_DTYPE, Component, PrecisionPolicy, Preset, UpdateRounding, dtype_name, parse_dtype,
+    ACCUMULATION_DTYPE, Component, ComputeDtypes, LOSS_DTYPE, PrecisionPolicy, Preset,
+    UpdateRounding, dtype_name, parse_dtype,
 };
 pub use report::{PrecisionReport, ReportRow, dtype_info};
 pub use role::{ParamRole, ParamRoles, RoleMap};

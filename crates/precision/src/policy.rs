@@ -76,6 +76,28 @@ pub enum UpdateRounding {
     Kahan,
 }
 
+/// The dtypes a layer's forward pass computes in: what [`apply_policy`](crate::apply_policy)
+/// hands each layer (through [`PrecisionAware`](crate::PrecisionAware)), read as fields at every
+/// use so the policy itself stays out of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputeDtypes {
+    /// Operands of the matrix products (linear layers and attention).
+    pub matmul: FloatDType,
+    /// The residual stream and every activation between layers.
+    pub activation: FloatDType,
+}
+
+impl ComputeDtypes {
+    /// fp32 throughout: a layer's dtypes before a policy is applied.
+    pub const FP32: ComputeDtypes = ComputeDtypes {
+        matmul: FloatDType::F32,
+        activation: FloatDType::F32,
+    };
+}
+
+/// Dtype of the loss under every policy.
+pub const LOSS_DTYPE: FloatDType = FloatDType::F32;
+
 /// The presets: the fp32 reference, the record's autocast baseline, the record itself, and
 /// three pure-bf16 presets (weights, gradients and optimizer state all bf16) that differ in how
 /// updates are rounded.
@@ -247,9 +269,17 @@ impl PrecisionPolicy {
         self.preset.update_rounding()
     }
 
-    /// Dtype of the loss: always fp32.
+    /// Dtype of the loss: always fp32 ([`LOSS_DTYPE`]).
     pub fn loss(&self) -> FloatDType {
-        FloatDType::F32
+        LOSS_DTYPE
+    }
+
+    /// The dtypes the forward pass computes in, as each layer holds them.
+    pub fn compute(&self) -> ComputeDtypes {
+        ComputeDtypes {
+            matmul: self.matmul,
+            activation: self.activation,
+        }
     }
 
     /// Every distinct dtype this policy uses.

@@ -35,10 +35,6 @@ impl ParamGroup {
             ParamGroup::Scalars => "scalars",
         }
     }
-
-    pub(super) fn index(self) -> usize {
-        self as usize
-    }
 }
 
 impl ParamGroup {
@@ -126,13 +122,5 @@ impl Default for RecordOptimizerConfig {
             frozen: Vec::new(),
             matrix_optimizer: MatrixOptimizer::Muon,
         }
-    }
-}
-
-impl RecordOptimizerConfig {
-    /// Muon's momentum at optimizer step `step`: `(1−f)·start + f·end`, `f = min(step/warmup, 1)`.
-    pub fn muon_momentum_at(&self, step: usize) -> f64 {
-        let f = (step as f64 / self.muon_momentum_warmup.max(1) as f64).min(1.0);
-        (1.0 - f) * self.muon_momentum_start + f * self.muon_momentum
     }
 }

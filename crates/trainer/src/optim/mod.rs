@@ -213,7 +213,7 @@ impl RecordOptimizer {
     ) -> Vec<(ParamId, Tensor<1>)> {
         let c = &self.config;
         let group = key.group;
-        let weight_decay = c.weight_decay[group.index()];
+        let weight_decay = c.weight_decay[group as usize];
         let lr = lr_multiplier
             * match group {
                 ParamGroup::Embedding => c.embedding_lr,
@@ -238,13 +238,7 @@ impl RecordOptimizer {
         let (params, grads): (Vec<_>, Vec<_>) =
             members.into_iter().map(|m| (m.value, m.grad)).unzip();
         let values = if let Some((dims, layout)) = key.muon {
-            let muon = Muon {
-                momentum: c.muon_momentum_at(step),
-                ns_steps: c.ns_steps,
-                ns_dtype: c.ns_dtype,
-                weight_decay,
-                layout,
-            };
+            let muon = Muon::at_step(c, step, layout);
             let states = ids.iter().map(|id| self.muon.remove(id)).collect();
             let stepped =
                 muon.update_group(states, params, grads, dims, lr, &mut writers, &mut observer);

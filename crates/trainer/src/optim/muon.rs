@@ -7,6 +7,7 @@ use brainfloat_ops::{axpbys, matmul, scale, square_sums};
 use brainfloat_precision::WeightLayout;
 use burn::tensor::{FloatDType, Tensor};
 
+use super::groups::{ParamGroup, RecordOptimizerConfig};
 use super::write::{self, Observer, Stream, Writer, in_dtype};
 
 /// Muon's state of one matrix: its momentum buffer, flattened, in the parameter's dtype.
@@ -30,6 +31,20 @@ pub(super) struct Muon {
 }
 
 impl Muon {
+    /// Muon's hyper-parameters for matrices stored in `layout` at optimizer step `step`: the
+    /// momentum rises over the warmup as the record's, `(1−f)·start + f·end` with
+    /// `f = min(step/warmup, 1)`.
+    pub fn at_step(config: &RecordOptimizerConfig, step: usize, layout: WeightLayout) -> Self {
+        let f = (step as f64 / config.muon_momentum_warmup.max(1) as f64).min(1.0);
+        Muon {
+            momentum: (1.0 - f) * config.muon_momentum_start + f * config.muon_momentum,
+            ns_steps: config.ns_steps,
+            ns_dtype: config.ns_dtype,
+            weight_decay: config.weight_decay[ParamGroup::Matrices as usize],
+            layout,
+        }
+    }
+
     /// One step of a group's `[rows, cols]` matrices (flattened, one shape and layout, as the
     /// record batches them) with their gradients at rate `lr`: their new weights and state, in
     /// order, written by their writers. The momentum, the look-ahead and the weights are each one

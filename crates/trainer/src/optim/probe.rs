@@ -33,14 +33,14 @@ pub struct LostUpdates {
 impl LostUpdates {
     /// Adds `lost` of `updated` element updates to `group`.
     pub fn add(&mut self, group: ParamGroup, lost: usize, updated: usize) {
-        let count = &mut self.counts[group.index()];
+        let count = &mut self.counts[group as usize];
         count.0 += lost;
         count.1 += updated;
     }
 
     /// `(lost, updated)` of `group`.
     pub fn counts(&self, group: ParamGroup) -> (usize, usize) {
-        self.counts[group.index()]
+        self.counts[group as usize]
     }
 
     /// Fraction of `group`'s non-zero updates that were lost; `None` if none was non-zero.
@@ -52,7 +52,7 @@ impl LostUpdates {
     /// Adds `expected` updates that stochastic rounding was expected to round away to `group`
     /// (their count went to [`add`](Self::add)).
     pub fn add_expected(&mut self, group: ParamGroup, expected: f64) {
-        let slot = &mut self.expected[group.index()];
+        let slot = &mut self.expected[group as usize];
         *slot = Some(slot.unwrap_or(0.0) + expected);
     }
 
@@ -60,19 +60,19 @@ impl LostUpdates {
     /// rounded away (compare [`fraction`](Self::fraction)); `None` otherwise.
     pub fn expected_fraction(&self, group: ParamGroup) -> Option<f64> {
         let (_, updated) = self.counts(group);
-        Some(self.expected[group.index()]? / updated.max(1) as f64)
+        Some(self.expected[group as usize]? / updated.max(1) as f64)
     }
 
     /// Adds Kahan compensation of `count` elements, `sum` half-ulps in all, to `group`.
     pub fn add_compensation(&mut self, group: ParamGroup, sum: f64, count: usize) {
-        let slot = &mut self.compensation[group.index()];
+        let slot = &mut self.compensation[group as usize];
         slot.0 += sum;
         slot.1 += count;
     }
 
     /// Under Kahan: `group`'s mean |compensation| in half ulps of its weight; `None` otherwise.
     pub fn compensation_half_ulps(&self, group: ParamGroup) -> Option<f64> {
-        let (sum, count) = self.compensation[group.index()];
+        let (sum, count) = self.compensation[group as usize];
         (count > 0).then(|| sum / count as f64)
     }
 

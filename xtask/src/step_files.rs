@@ -1,0 +1,355 @@
+//! `cargo xtask step-files`: the workspace files whose code one steady training step runs,
+//! counted by a machine instead of by hand.
+//!
+//! The binary is built with line tables (`--profile profiling`) and trains three steps of the
+//! embedded tiny config under Callgrind, which records every instruction executed, in every
+//! thread, with the source file it was compiled from (an inlined function keeps its own file).
+//! A profile is cut at each entry of `Trainer::train_step` and of a plugin's `on_step`; the part
+//! that starts at the last step's entry and ends at the first plugin is that step alone. A file
+//! counts when an instruction of that part came from a line written in it; code the compiler
+//! generates — at no line (line 0), at a `#[derive(..)]` (an enum's `==`), at the
+//! `#[global_allocator]` static (the allocator's entry points) — is listed apart, under the
+//! file it is attributed to. The batch is cut to two sequences of 16 tokens (and the final
+//! evaluation to one batch, without a sample) so that the run takes minutes under Callgrind;
+//! the files a step runs do not depend on the batch's size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{cargo_command, status};
+
+/// Where the build, the run and the profile go.
+const WORK_DIR: &str = "target/step-files";
+
+/// The functions at whose entry Callgrind cuts the profile: the step, and the plugins that the
+/// run loop calls right after it.
+const STEP_ENTRY: &str = "*Trainer*train_step*";
+const AFTER_STEP: &str = "*on_step*";
+
+/// The crate below the count: what the issue asks about is the code above the kernels.
+const KERNELS: &str = "crates/kernels/";
+
+/// Instructions a file ran in the step, and its functions that ran the most.
+#[derive(Default)]
+struct FileCost {
+    /// Instructions from lines written in the file.
+    written: u64,
+    /// Instructions the compiler generated and attributed to the file.
+    generated: u64,
+    functions: BTreeMap<String, u64>,
+}
+
+/// Whether line `line` (from 1; 0 is none) of a source file holds compiler-generated code
+/// rather than code written there.
+fn is_generated(lines: &[String], line: usize) -> bool {
+    let text = |n: usize| lines.get(n.wrapping_sub(1)).map_or("", |l| l.trim());
+    line == 0 || text(line).starts_with("#[derive(") || text(line - 1) == "#[global_allocator]"
+}
+
+/// Builds, profiles and prints the table (also written to `--out FILE` when given); extra
+/// arguments (`--precision fp32`, `--set …`) go to `brainfloat train`.
+pub fn step_files(args: &[String]) -> Result<bool, String> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return Err("step-files needs valgrind (Debian: apt-get install valgrind)".into());
+    }
+    let mut build = cargo_command();
+    build.args([
+        "build",
+        "--profile",
+        "profiling",
+        "--package",
+        "brainfloat-cli",
+        "--bin",
+        "brainfloat",
+    ]);
+    if !status(&mut build) {
+        return Ok(false);
+    }
+    let root =
+        std::env::current_dir().map_err(|err| format!("cannot tell the current folder: {err}"))?;
+    let work = root.join(WORK_DIR);
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(|err| format!("cannot clear {WORK_DIR}: {err}"))?;
+    }
+    std::fs::create_dir_all(&work).map_err(|err| format!("cannot create {WORK_DIR}: {err}"))?;
+    let (out, train_args) = split_out(args);
+    let mut run = Command::new("valgrind");
+    run.args([
+        "--tool=callgrind",
+        &format!("--dump-before={STEP_ENTRY}"),
+        &format!("--dump-before={AFTER_STEP}"),
+        "--compress-strings=no",
+        "--compress-pos=no",
+    ])
+    .arg(format!(
+        "--callgrind-out-file={}",
+        work.join("callgrind.out").display()
+    ))
+    .arg(target_dir(&root).join("profiling").join("brainfloat"))
+    .args([
+        "train",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.warmdown_steps=1",
+    ])
+    .args(["--set", "train.batch_size=2", "--set", "train.seq_len=16"])
+    .args(["--set", "eval.tokens=32", "--set", "eval.sample_every=0"])
+    .args(["--set", "output.progress=false", "--set"])
+    .arg(format!("output.dir={}", work.join("run").display()))
+    .args(train_args);
+    eprintln!("profiling three steps under Callgrind (a few minutes)…");
+    if !status(&mut run) {
+        return Ok(false);
+    }
+    let part = last_step_part(&work)?;
+    let costs = file_costs(&part, &root)?;
+    let report = render(&costs);
+    print!("{report}");
+    if let Some(out) = out {
+        std::fs::write(&out, &report)
+            .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
+    }
+    Ok(true)
+}
+
+/// Cargo's build folder: `CARGO_TARGET_DIR` where set, else `target` in the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// `--out FILE` taken out of `args`, and the rest.
+fn split_out(args: &[String]) -> (Option<PathBuf>, Vec<String>) {
+    let mut out = None;
+    let mut rest = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = args.next().map(PathBuf::from),
+            _ => rest.push(arg.clone()),
+        }
+    }
+    (out, rest)
+}
+
+/// The profile part of the run's last step: a part cut at a plugin's `on_step` right after
+/// one cut at `train_step` (each part is named for the cut that ends it).
+fn last_step_part(work: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for number in 1.. {
+        let path = work.join(format!("callgrind.out.{number}"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            break;
+        };
+        parts.push(text);
+    }
+    let ends_at = |text: &str, function: &str| {
+        text.lines()
+            .take_while(|line| !line.starts_with("fl=") && !line.starts_with("ob="))
+            .any(|line| line.starts_with("desc: Trigger:") && line.contains(function))
+    };
+    let step = (1..parts.len())
+        .rev()
+        .find(|&i| ends_at(&parts[i - 1], "train_step") && ends_at(&parts[i], "on_step"))
+        .ok_or("no part of the profile spans one step (did training run three steps?)")?;
+    Ok(parts.swap_remove(step))
+}
+
+/// Instructions per workspace file (paths relative to `root`) in one Callgrind part: each cost
+/// line counts for the file of the code it describes (`fl=` a function's file, `fi=`/`fe=` an
+/// inlined function's).
+fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, String> {
+    let root = format!("{}/", root.display());
+    let mut costs: BTreeMap<String, FileCost> = BTreeMap::new();
+    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let (mut function_file, mut file, mut function) = (String::new(), String::new(), String::new());
+    let mut after_calls = false;
+    for line in part.lines() {
+        if let Some(path) = line.strip_prefix("fl=") {
+            function_file = path.to_string();
+            file = function_file.clone();
+        } else if let Some(path) = line
+            .strip_prefix("fi=")
+            .or_else(|| line.strip_prefix("fe="))
+        {
+            file = path.to_string();
+        } else if let Some(name) = line.strip_prefix("fn=") {
+            function = name.to_string();
+            file = function_file.clone();
+        } else if line.starts_with("calls=") {
+            after_calls = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit()) {
+            // A call's line holds the callee's inclusive cost: the callee's own lines count it.
+            if std::mem::take(&mut after_calls) {
+                continue;
+            }
+            let Some(relative) = file.strip_prefix(&root) else {
+                continue;
+            };
+            if !relative.starts_with("crates/") {
+                continue;
+            }
+            let mut fields = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(source_line)), Some(Ok(instructions))) = (fields.next(), fields.next())
+            else {
+                return Err(format!("not a cost line: {line}"));
+            };
+            let lines = sources.entry(relative.to_string()).or_insert_with(|| {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                text.lines().map(str::to_string).collect()
+            });
+            let cost = costs.entry(relative.to_string()).or_default();
+            if is_generated(lines, source_line as usize) {
+                cost.generated += instructions;
+            } else {
+                cost.written += instructions;
+                *cost.functions.entry(function.clone()).or_default() += instructions;
+            }
+        }
+    }
+    Ok(costs)
+}
+
+/// The files as Markdown tables: those whose written code ran, above the kernels and in them,
+/// then those that ran only generated code.
+fn render(costs: &BTreeMap<String, FileCost>) -> String {
+    let written: Vec<_> = costs.iter().filter(|(_, cost)| cost.written > 0).collect();
+    let (kernels, above): (Vec<_>, Vec<_>) = written
+        .iter()
+        .partition(|(path, _)| path.starts_with(KERNELS));
+    let mut text = format!(
+        "**{} files above `{KERNELS}`** run code written in them in one steady step (and {} \
+         files in it):\n\n",
+        above.len(),
+        kernels.len()
+    );
+    text.push_str("| # | file | instructions | the functions that ran most of them |\n");
+    text.push_str("|---:|---|---:|---|\n");
+    for (index, (path, cost)) in above.iter().chain(&kernels).enumerate() {
+        let mut functions: Vec<_> = cost.functions.iter().collect();
+        functions.sort_by(|a, b| b.1.cmp(a.1));
+        let names: Vec<String> = (functions.iter().take(3))
+            .map(|(name, _)| format!("`{}`", short_name(name)))
+            .collect();
+        text.push_str(&format!(
+            "| {} | `{path}` | {} | {} |\n",
+            index + 1,
+            cost.written,
+            names.join(", ")
+        ));
+    }
+    let generated: Vec<_> = costs.iter().filter(|(_, cost)| cost.written == 0).collect();
+    if !generated.is_empty() {
+        text.push_str("\nFiles that ran only code the compiler generated (not counted):\n\n");
+        text.push_str("| file | instructions |\n|---|---:|\n");
+        for (path, cost) in generated {
+            text.push_str(&format!("| `{path}` | {} |\n", cost.generated));
+        }
+    }
+    text
+}
+
+/// A function's name without its crate path and generic arguments: `Trainer::train_step`.
+fn short_name(name: &str) -> String {
+    let mut plain = String::new();
+    let mut depth = 0usize;
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let segments: Vec<&str> = plain.split("::").filter(|s| !s.is_empty()).collect();
+    segments[segments.len().saturating_sub(2)..].join("::")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Callgrind part as the run writes it (names and positions uncompressed): a function of
+    /// one file with code inlined from another, a call line (the callee's inclusive cost), and
+    /// a derived `==`.
+    fn part(root: &Path, source: &Path) -> String {
+        let (root, source) = (root.display(), source.display());
+        format!(
+            "desc: Trigger: --dump-before=<a::Plugin>::on_step\n\
+             fl={source}\nfn=a::Trainer::train_step\n3 10\n\
+             fi={root}/crates/ops/src/lib.rs\n40 5\n\
+             fe={source}\n4 1\ncfl=/usr/lib/libc.so\ncfn=memcpy\ncalls=1 0\n4 999\n\
+             fl={root}/crates/gpt/src/enums.rs\nfn=<a::Arch as PartialEq>::eq\n1 7\n\
+             fl=/rustc/library/core/src/ptr.rs\nfn=core::ptr::drop\n9 100\n"
+        )
+    }
+
+    #[test]
+    fn costs_count_each_line_in_its_own_file_and_set_generated_code_apart() {
+        let root = std::env::temp_dir().join(format!("step-files-{}", std::process::id()));
+        let source = root.join("crates/trainer/src/step.rs");
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(root.join("crates/gpt/src")).unwrap();
+        std::fs::write(&source, "fn a() {\n}\nlet x = 1;\nlet y = 2;\n").unwrap();
+        std::fs::write(
+            root.join("crates/gpt/src/enums.rs"),
+            "#[derive(PartialEq)]\n",
+        )
+        .unwrap();
+        let costs = file_costs(&part(&root, &source), &root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+
+        let step = &costs["crates/trainer/src/step.rs"];
+        assert_eq!(
+            (step.written, step.generated),
+            (11, 0),
+            "the call's 999 is memcpy's"
+        );
+        assert_eq!(
+            costs["crates/ops/src/lib.rs"].written, 5,
+            "inlined code keeps its file"
+        );
+        let derived = &costs["crates/gpt/src/enums.rs"];
+        assert_eq!((derived.written, derived.generated), (0, 7));
+        assert_eq!(
+            costs.len(),
+            3,
+            "files outside the workspace are not counted"
+        );
+
+        let table = render(&costs);
+        assert!(
+            table.starts_with("**2 files above `crates/kernels/`**"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `crates/gpt/src/enums.rs` | 7 |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn generated_lines_are_line_zero_derives_and_the_global_allocator() {
+        let lines: Vec<String> = [
+            "#[derive(Debug)]",
+            "#[global_allocator]",
+            "static A: X = X;",
+            "f();",
+        ]
+        .map(String::from)
+        .to_vec();
+        let generated: Vec<bool> = (0..=4).map(|n| is_generated(&lines, n)).collect();
+        assert_eq!(generated, [true, true, false, true, false]);
+    }
+
+    #[test]
+    fn names_lose_their_paths_and_generic_arguments() {
+        let name = "<brainfloat_ops::flex::Flex as brainfloat_ops::KernelBackend<T>>::axpby";
+        assert_eq!(short_name(name), "axpby");
+        assert_eq!(
+            short_name("brainfloat_trainer::trainer::Trainer<M>::train_step"),
+            "Trainer::train_step"
+        );
+    }
+}
