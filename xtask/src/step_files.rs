@@ -105,13 +105,44 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
     }
     let part = last_step_part(&work)?;
     let costs = file_costs(&part, &root)?;
-    let report = render(&costs);
+    let report = format!("{}{}", header(args), render(&costs));
     print!("{report}");
     if let Some(out) = out {
         std::fs::write(&out, &report)
             .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
     }
     Ok(true)
+}
+
+/// What the tables are of: the command, the commit and the CPU.
+fn header(args: &[String]) -> String {
+    let output = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = output("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split(':').nth(1)?.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into());
+    format!(
+        "# The files one steady training step runs\n\n\
+         `cargo xtask step-files {}` at `{commit}`{} on {cpu}, flex (under Callgrind the \
+         kernels take their AVX2 path: Valgrind has no AVX-512). How it counts: \
+         `docs/architecture.md`, \"The files one step opens\". The instructions are one step's, \
+         of 2 × 16 tokens, under Callgrind: they say where a step's work is, not how long it \
+         takes.\n\n",
+        args.join(" "),
+        if dirty { " (with changes)" } else { "" },
+    )
 }
 
 /// Cargo's build folder: `CARGO_TARGET_DIR` where set, else `target` in the workspace.
