@@ -216,6 +216,14 @@ fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, Str
                 continue;
             }
             let Some(relative) = file.strip_prefix(&root) else {
+                // Cargo names a workspace crate's build by its name, not its folder: a target
+                // folder two checkouts share can link one's crates into the other's binary.
+                if file.contains("/crates/") && !file.contains("/.cargo/registry/") {
+                    return Err(format!(
+                        "the binary holds code built from another checkout ({file}); \
+                         run `cargo clean --profile profiling` and try again"
+                    ));
+                }
                 continue;
             };
             if !relative.starts_with("crates/") {

@@ -508,10 +508,11 @@ pub fn rounding(device: &Device) -> Vec<Agreement> {
     agrees
 }
 
-/// The multi-tensor ops ([`crate::group`]) over a group of four tensors of different sizes and
-/// both dtypes against the composed single-tensor op on each member: Adam with equal and with
-/// mixed step counts, to nearest and stochastically; `a·y + b·x` for each factor case with `x`
-/// in `y`'s dtype and in fp32; the sums of squares.
+/// The multi-tensor ops ([`crate::adam_steps`], [`crate::axpbys`], [`crate::square_sums`])
+/// over a group of four tensors of different sizes and both dtypes against the composed
+/// single-tensor op on each member: Adam with equal and with mixed step counts, to nearest and
+/// stochastically; `a·y + b·x` for each factor case with `x` in `y`'s dtype and in fp32; the
+/// sums of squares.
 pub fn groups(device: &Device) -> Vec<Agreement> {
     let mut agrees = Vec::new();
     let members = [

@@ -1,4 +1,5 @@
-//! The multi-tensor ops ([`crate::group`]) on the device route: libtorch's multi-tensor
+//! The multi-tensor ops ([`crate::adam_steps`], [`crate::axpbys`], [`crate::square_sums`]) on
+//! the device route: libtorch's multi-tensor
 //! operators over a whole list of its tensors. Each function hands its inputs back untouched
 //! where the route does not apply (a tensor of another backend or under autodiff, the composed
 //! route, a dtype the operator does not take), and the caller runs the single-tensor op on each.
@@ -12,7 +13,7 @@ use super::device::{self, fused_adam_kind, step_counts, takes_device_route};
 use super::owned;
 use super::shim::{self, FusedAdam};
 use crate::AdamUpdate;
-use crate::group::{AdamGroup, AdamMember};
+use crate::{AdamGroup, AdamMember};
 
 /// The libtorch tensor inside `tensor`, when it is one outside autodiff.
 fn libtorch(tensor: &DispatchTensor) -> Option<&TchTensor> {
