@@ -47,9 +47,31 @@ fn is_generated(lines: &[String], line: usize) -> bool {
     line == 0 || text(line).starts_with("#[derive(") || text(line - 1) == "#[global_allocator]"
 }
 
-/// Builds, profiles and prints the table (also written to `--out FILE` when given); extra
-/// arguments (`--precision fp32`, `--set …`) go to `brainfloat train`.
+/// Builds, profiles and prints the table (also written to `--out FILE` when given; `--reuse`
+/// reads the last run's profile again instead); other arguments (`--precision fp32`,
+/// `--set …`) go to `brainfloat train`.
 pub fn step_files(args: &[String]) -> Result<bool, String> {
+    let root =
+        std::env::current_dir().map_err(|err| format!("cannot tell the current folder: {err}"))?;
+    let work = root.join(WORK_DIR);
+    let options = Options::parse(args);
+    if !options.reuse && !profile(&root, &work, &options.train_args)? {
+        return Ok(false);
+    }
+    let part = last_step_part(&work)?;
+    let costs = file_costs(&part, &root)?;
+    let report = format!("{}{}", header(args), render(&costs));
+    print!("{report}");
+    if let Some(out) = options.out {
+        std::fs::write(&out, &report)
+            .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
+    }
+    Ok(true)
+}
+
+/// The binary built with line tables and three steps trained under Callgrind, its profile
+/// written to `work`; whether both succeeded.
+fn profile(root: &Path, work: &Path, train_args: &[String]) -> Result<bool, String> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         return Err("step-files needs valgrind (Debian: apt-get install valgrind)".into());
     }
@@ -60,20 +82,14 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
         "profiling",
         "--package",
         "brainfloat-cli",
-        "--bin",
-        "brainfloat",
     ]);
-    if !status(&mut build) {
+    if !status(build.args(["--bin", "brainfloat"])) {
         return Ok(false);
     }
-    let root =
-        std::env::current_dir().map_err(|err| format!("cannot tell the current folder: {err}"))?;
-    let work = root.join(WORK_DIR);
     if work.exists() {
-        std::fs::remove_dir_all(&work).map_err(|err| format!("cannot clear {WORK_DIR}: {err}"))?;
+        std::fs::remove_dir_all(work).map_err(|err| format!("cannot clear {WORK_DIR}: {err}"))?;
     }
-    std::fs::create_dir_all(&work).map_err(|err| format!("cannot create {WORK_DIR}: {err}"))?;
-    let (out, train_args) = split_out(args);
+    std::fs::create_dir_all(work).map_err(|err| format!("cannot create {WORK_DIR}: {err}"))?;
     let mut run = Command::new("valgrind");
     run.args([
         "--tool=callgrind",
@@ -86,7 +102,7 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
         "--callgrind-out-file={}",
         work.join("callgrind.out").display()
     ))
-    .arg(target_dir(&root).join("profiling").join("brainfloat"))
+    .arg(target_dir(root).join("profiling").join("brainfloat"))
     .args([
         "train",
         "--set",
@@ -100,18 +116,33 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
     .arg(format!("output.dir={}", work.join("run").display()))
     .args(train_args);
     eprintln!("profiling three steps under Callgrind (a few minutes)…");
-    if !status(&mut run) {
-        return Ok(false);
+    Ok(status(&mut run))
+}
+
+/// `step-files`' own options, and the arguments for `brainfloat train`.
+struct Options {
+    out: Option<PathBuf>,
+    reuse: bool,
+    train_args: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Self {
+        let mut options = Options {
+            out: None,
+            reuse: false,
+            train_args: Vec::new(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--out" => options.out = args.next().map(PathBuf::from),
+                "--reuse" => options.reuse = true,
+                _ => options.train_args.push(arg.clone()),
+            }
+        }
+        options
     }
-    let part = last_step_part(&work)?;
-    let costs = file_costs(&part, &root)?;
-    let report = format!("{}{}", header(args), render(&costs));
-    print!("{report}");
-    if let Some(out) = out {
-        std::fs::write(&out, &report)
-            .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
-    }
-    Ok(true)
 }
 
 /// What the tables are of: the command, the commit and the CPU.
@@ -140,7 +171,10 @@ fn header(args: &[String]) -> String {
          `docs/architecture.md`, \"The files one step opens\". The instructions are one step's, \
          of 2 × 16 tokens, under Callgrind: they say where a step's work is, not how long it \
          takes.\n\n",
-        args.join(" "),
+        (args.iter().filter(|arg| *arg != "--reuse"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
         if dirty { " (with changes)" } else { "" },
     )
 }
@@ -148,20 +182,6 @@ fn header(args: &[String]) -> String {
 /// Cargo's build folder: `CARGO_TARGET_DIR` where set, else `target` in the workspace.
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
-/// `--out FILE` taken out of `args`, and the rest.
-fn split_out(args: &[String]) -> (Option<PathBuf>, Vec<String>) {
-    let mut out = None;
-    let mut rest = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--out" => out = args.next().map(PathBuf::from),
-            _ => rest.push(arg.clone()),
-        }
-    }
-    (out, rest)
 }
 
 /// The profile part of the run's last step: a part cut at a plugin's `on_step` right after
@@ -191,6 +211,7 @@ fn last_step_part(work: &Path) -> Result<String, String> {
 /// line counts for the file of the code it describes (`fl=` a function's file, `fi=`/`fe=` an
 /// inlined function's).
 fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, String> {
+    let root_dir = root;
     let root = format!("{}/", root.display());
     let mut costs: BTreeMap<String, FileCost> = BTreeMap::new();
     let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -218,7 +239,7 @@ fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, Str
             let Some(relative) = file.strip_prefix(&root) else {
                 // Cargo names a workspace crate's build by its name, not its folder: a target
                 // folder two checkouts share can link one's crates into the other's binary.
-                if file.contains("/crates/") && !file.contains("/.cargo/registry/") {
+                if is_workspace_crate_file(&file, root_dir) {
                     return Err(format!(
                         "the binary holds code built from another checkout ({file}); \
                          run `cargo clean --profile profiling` and try again"
@@ -248,6 +269,18 @@ fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, Str
         }
     }
     Ok(costs)
+}
+
+/// Whether `file`, outside the workspace at `root`, is a source file of one of its crates in
+/// another checkout (`…/crates/<a crate of this workspace>/src/…`).
+fn is_workspace_crate_file(file: &str, root: &Path) -> bool {
+    let Ok(crates) = std::fs::read_dir(root.join("crates")) else {
+        return false;
+    };
+    crates.flatten().any(|entry| {
+        let name = entry.file_name();
+        file.contains(&format!("/crates/{}/src/", name.to_string_lossy()))
+    })
 }
 
 /// The files as Markdown tables: those whose written code ran, above the kernels and in them,
@@ -366,6 +399,19 @@ mod tests {
             table.contains("| `crates/gpt/src/enums.rs` | 7 |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_crate_of_another_checkout_is_refused() {
+        let root = std::env::temp_dir().join(format!("step-files-other-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("crates/ops/src")).unwrap();
+        let other = "fl=/elsewhere/crates/ops/src/lib.rs\nfn=ops::matmul\n3 10\n";
+        let std_lib = "fl=/rustc/library/stdarch/crates/core_arch/src/x86.rs\nfn=f\n3 10\n";
+        let refused = file_costs(other, &root).map(|_| ());
+        let allowed = file_costs(std_lib, &root).map(|costs| costs.len());
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(refused.unwrap_err().contains("another checkout"));
+        assert_eq!(allowed, Ok(0));
     }
 
     #[test]
