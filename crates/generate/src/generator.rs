@@ -20,8 +20,9 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// End at `<|endoftext|>` (not printed); otherwise it is printed and generation goes on.
     pub stop_at_end_of_text: bool,
-    /// Run each new token through the [`KvCache`] (one position per token); without it every
-    /// token recomputes the whole context (for comparison: the same tokens, slower).
+    /// Run each new token through the [`KvCache`](brainfloat_gpt::KvCache) (one position per
+    /// token); without it every token recomputes the whole context (for comparison: the same
+    /// tokens, slower).
     pub kv_cache: bool,
 }
 

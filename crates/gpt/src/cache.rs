@@ -90,7 +90,7 @@ impl Cache {
 
 /// The keys and values of the positions a model has run, per block, so that each generated
 /// token costs one new position instead of the whole prefix
-/// ([`Gpt::next_token_logits`](crate::Gpt::next_token_logits)).
+/// ([`LanguageModel::next_token_logits`](crate::LanguageModel::next_token_logits)).
 /// Keys are stored after QK-norm and rotary, values after the value-residual mix, both
 /// `[B, H, T, head_dim]` in the policy's matmul dtype: exactly what attention reads.
 #[derive(Debug, Clone, Default)]
