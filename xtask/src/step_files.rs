@@ -211,8 +211,8 @@ fn last_step_part(work: &Path) -> Result<String, String> {
 /// line counts for the file of the code it describes (`fl=` a function's file, `fi=`/`fe=` an
 /// inlined function's).
 fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, String> {
-    let root_dir = root;
-    let root = format!("{}/", root.display());
+    let prefix = format!("{}/", root.display());
+    let crate_folders = crate_folders(root);
     let mut costs: BTreeMap<String, FileCost> = BTreeMap::new();
     let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let (mut function_file, mut file, mut function) = (String::new(), String::new(), String::new());
@@ -236,10 +236,13 @@ fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, Str
             if std::mem::take(&mut after_calls) {
                 continue;
             }
-            let Some(relative) = file.strip_prefix(&root) else {
+            let Some(relative) = file.strip_prefix(&prefix) else {
                 // Cargo names a workspace crate's build by its name, not its folder: a target
                 // folder two checkouts share can link one's crates into the other's binary.
-                if is_workspace_crate_file(&file, root_dir) {
+                if crate_folders
+                    .iter()
+                    .any(|folder| file.contains(folder.as_str()))
+                {
                     return Err(format!(
                         "the binary holds code built from another checkout ({file}); \
                          run `cargo clean --profile profiling` and try again"
@@ -271,16 +274,15 @@ fn file_costs(part: &str, root: &Path) -> Result<BTreeMap<String, FileCost>, Str
     Ok(costs)
 }
 
-/// Whether `file`, outside the workspace at `root`, is a source file of one of its crates in
-/// another checkout (`…/crates/<a crate of this workspace>/src/…`).
-fn is_workspace_crate_file(file: &str, root: &Path) -> bool {
+/// The source folders of the workspace's crates as any checkout holds them
+/// (`/crates/<name>/src/`): a file outside `root` in one is another checkout's.
+fn crate_folders(root: &Path) -> Vec<String> {
     let Ok(crates) = std::fs::read_dir(root.join("crates")) else {
-        return false;
+        return Vec::new();
     };
-    crates.flatten().any(|entry| {
-        let name = entry.file_name();
-        file.contains(&format!("/crates/{}/src/", name.to_string_lossy()))
-    })
+    (crates.flatten())
+        .map(|entry| format!("/crates/{}/src/", entry.file_name().to_string_lossy()))
+        .collect()
 }
 
 /// The files as Markdown tables: those whose written code ran, above the kernels and in them,

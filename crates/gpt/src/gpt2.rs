@@ -2,8 +2,8 @@
 //! LayerNorm with bias, GELU, the fused `c_attn` stored `[in, out]` as `Conv1D` stores it,
 //! biases everywhere, and the head tied to the token embedding. Built from the same precision
 //! machinery as the record's model: every linear layer is a [`CastedLinear`], every dtype
-//! comes from the [`PrecisionPolicy`] whose compute dtypes each layer is given, and the head runs fused with the loss
-//! ([`head_loss`]).
+//! comes from the [`PrecisionPolicy`] whose compute dtypes each layer is given, and the head
+//! runs fused with the loss ([`head_loss`]).
 //! Parameters carry Hugging Face's names (`transformer.h.0.attn.c_attn.weight`), so files move
 //! between this model and `transformers` by name and shape alone.
 
@@ -208,7 +208,6 @@ impl Gpt2Config {
             config: self.clone(),
             limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
-            dtypes: ComputeDtypes::FP32,
         })
     }
 }
@@ -395,9 +394,6 @@ pub struct Gpt2 {
     limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
-    /// The policy's compute dtypes, which the forward pass reads.
-    #[module(skip)]
-    dtypes: ComputeDtypes,
 }
 
 /// Roles: the tied table is the head's weight, so it is an output matrix (a master weight under
@@ -442,7 +438,6 @@ impl PrecisionAware for Gpt2 {
             .map(|block| block.with_policy(policy))
             .collect();
         self.policy = policy;
-        self.dtypes = policy.compute();
         self
     }
 }
@@ -463,7 +458,7 @@ impl Gpt2 {
         mut past: Option<&mut Cache>,
         mut boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Tensor<3> {
-        let activation = self.dtypes.activation;
+        let activation = self.policy.activation();
         let t = &self.transformer;
         let [_, len] = inputs.dims();
         let positions =
@@ -491,7 +486,7 @@ impl Gpt2 {
         cache: &Cache,
         boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>, GptError> {
-        cache.check(self.dtypes.activation, &inputs.device())?;
+        cache.check(self.policy.activation(), &inputs.device())?;
         Ok(self.run_blocks(inputs, 0, None, boundaries))
     }
 
@@ -506,7 +501,7 @@ impl Gpt2 {
     /// The head outside the fused loss: `hidden` `[B, T, C]` → logits in the loss dtype (fp32).
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.tied_head()
-            .logits(hidden, self.dtypes)
+            .logits(hidden, self.policy.compute())
             .cast(LOSS_DTYPE)
     }
 }
@@ -530,7 +525,7 @@ impl LanguageModel for Gpt2 {
     /// The cache a forward pass on `device` reads: GPT-2 learns its positions, so it holds
     /// generation's keys and values only.
     fn cache(&self, device: &Device) -> Cache {
-        Cache::new(None, self.dtypes.activation, device)
+        Cache::new(None, self.policy.activation(), device)
     }
 
     /// The final hidden states `[B, T, C]` and the residual stream after each block.
@@ -560,7 +555,7 @@ impl LanguageModel for Gpt2 {
             hidden,
             batch.targets().clone(),
             None,
-            self.dtypes,
+            self.policy.compute(),
             LOGITS_PER_CHUNK,
         ))
     }
@@ -574,7 +569,7 @@ impl LanguageModel for Gpt2 {
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
-        cache.check(self.dtypes.activation, &inputs.device())?;
+        cache.check(self.policy.activation(), &inputs.device())?;
         let hidden = self.run_blocks(inputs, start, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))

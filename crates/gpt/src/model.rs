@@ -333,9 +333,6 @@ pub struct Gpt {
     limits: Limits,
     #[module(skip)]
     policy: PrecisionPolicy,
-    /// The policy's compute dtypes, which the forward pass reads.
-    #[module(skip)]
-    dtypes: ComputeDtypes,
 }
 
 /// Every parameter's role, stated once for the whole model: it decides the parameter's storage
@@ -385,7 +382,6 @@ impl GptConfig {
             config: self.clone(),
             limits: self.limits(),
             policy: PrecisionPolicy::fp32(),
-            dtypes: ComputeDtypes::FP32,
         })
     }
 }
@@ -401,7 +397,6 @@ impl PrecisionAware for Gpt {
             transformer: Transformer { wte, h },
             lm_head: self.lm_head.with_policy(policy),
             policy,
-            dtypes: policy.compute(),
             ..self
         }
     }
@@ -428,7 +423,7 @@ impl Gpt {
             .transformer
             .wte
             .forward(inputs)
-            .cast(self.dtypes.activation);
+            .cast(self.policy.activation());
         let x0 = rms_norm(x);
         let mut x = x0.clone();
         let mut v1 = None;
@@ -463,7 +458,7 @@ impl Gpt {
         boundaries: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>, GptError> {
         let seq_len = inputs.dims()[1];
-        let rotary = cache.rotary(0, seq_len, self.dtypes.activation, &inputs.device())?;
+        let rotary = cache.rotary(0, seq_len, self.policy.activation(), &inputs.device())?;
         Ok(self.run_blocks(inputs, &rotary, None, boundaries))
     }
 
@@ -498,7 +493,7 @@ impl LanguageModel for Gpt {
     /// The cache a forward pass on `device` reads: the rotary tables for every position up to
     /// `max_seq_len`, in the activation dtype, built here once.
     fn cache(&self, device: &Device) -> Cache {
-        let activation = self.dtypes.activation;
+        let activation = self.policy.activation();
         let config = &self.config;
         let rotary = Rotary::new(
             config.max_seq_len,
@@ -536,7 +531,7 @@ impl LanguageModel for Gpt {
     ) -> Result<Tensor<2>, GptError> {
         let [batch, new] = inputs.dims();
         let start = check_context(&inputs, cache.kv(), &self.limits)?;
-        let rotary = cache.rotary(start, new, self.dtypes.activation, &inputs.device())?;
+        let rotary = cache.rotary(start, new, self.policy.activation(), &inputs.device())?;
         let hidden = self.run_blocks(inputs, &rotary, Some(cache), None);
         let logits = self.head(hidden.narrow(1, new - 1, 1));
         Ok(logits.reshape([batch, self.config.vocab_size]))

@@ -1,5 +1,7 @@
 //! Sums kept in fp32 of parts in any element type: `sum += part`, widened as it is read, in
-//! parallel (the partial gradients of a chunked product add up here).
+//! parallel (the partial gradients of a chunked product add up here); and the optimizer's
+//! elementwise updates, `a·y + b·x` and `x · factor`, rounded as one tensor op at a time
+//! rounds them.
 
 use rayon::prelude::*;
 
@@ -44,6 +46,16 @@ pub fn axpby<T: Float, X: Float>(y: &mut [T], x: &[X], a: f32, b: f32) {
                 *y = T::from_f32(term(y.to_f32(), a) + term(x, b));
             }
         });
+}
+
+/// `values[i] ← values[i] · factor`, the product in fp32 rounded once to the values' type, in
+/// parallel (PyTorch's product of a tensor and a Python number).
+pub fn scale<T: Float>(values: &mut [T], factor: f32) {
+    values.par_chunks_mut(ELEMENTS_PER_TASK).for_each(|values| {
+        for value in values {
+            *value = T::from_f32(value.to_f32() * factor);
+        }
+    });
 }
 
 /// `part` widened to fp32 (exactly), in parallel.

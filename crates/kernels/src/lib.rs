@@ -61,7 +61,7 @@ mod rotary;
 mod rounding;
 mod softmax;
 
-pub use accumulate::{accumulate, axpby, square_sum, widen};
+pub use accumulate::{accumulate, axpby, scale, square_sum, widen};
 pub use adam::{AdamStep, adam_update};
 pub use attention::{AttentionShape, causal_attention, causal_attention_backward};
 pub use cross_entropy::{

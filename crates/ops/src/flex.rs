@@ -161,7 +161,7 @@ impl KernelBackend for Flex {
         let part = part.to_contiguous();
         let n = part.layout().num_elements();
         let fits = sum.dtype() == DType::F32 && sum.layout().shape() == part.layout().shape();
-        if !fits || !matches!(part.dtype(), DType::BF16 | DType::F32) {
+        if !fits || !has_kernel_dtype(part.dtype()) {
             return composed::accumulate_f32::<Self>(sum, part);
         }
         let mut sum = owned_contiguous(sum);
@@ -176,17 +176,14 @@ impl KernelBackend for Flex {
     /// One pass, in place where this call holds the tensor: the fp32 product of each element
     /// and the factor, rounded once (no widened copy of a bf16 tensor).
     fn scale(x: FlexTensor, factor: f64) -> FlexTensor {
-        if !has_kernel_dtype(&x) {
+        if !has_kernel_dtype(x.dtype()) {
             return composed::scale::<Self>(x, factor);
         }
-        let factor = factor as f32;
         let n = x.layout().num_elements();
         let mut x = owned_contiguous(x);
         let start = x.layout().start_offset();
         with_elem!(x.dtype(), T => {
-            for value in &mut x.storage_mut::<T>()[start..start + n] {
-                *value = T::from_f32(value.to_f32() * factor);
-            }
+            brainfloat_kernels::scale::<T>(&mut x.storage_mut()[start..start + n], factor as f32)
         });
         x
     }
@@ -195,7 +192,7 @@ impl KernelBackend for Flex {
     /// cast, scalings and addition (`brainfloat_kernels::axpby`; a test holds the bits).
     fn axpby(y: FlexTensor, x: FlexTensor, a: f64, b: f64) -> FlexTensor {
         let same_shape = y.layout().shape() == x.layout().shape();
-        if !has_kernel_dtype(&y) || !has_kernel_dtype(&x) || !same_shape {
+        if !has_kernel_dtype(y.dtype()) || !has_kernel_dtype(x.dtype()) || !same_shape {
             return composed::axpby::<Self>(y, x, a, b);
         }
         let x = x.to_contiguous();
@@ -257,7 +254,7 @@ impl KernelBackend for Flex {
         mean_over: usize,
         with_grad: bool,
     ) -> (FlexTensor, Option<FlexTensor>) {
-        if !matches!(logits.dtype(), DType::BF16 | DType::F32) {
+        if !has_kernel_dtype(logits.dtype()) {
             return composed::softcapped_cross_entropy::<Self>(
                 logits, targets, cap, mean_over, with_grad,
             );
@@ -322,7 +319,7 @@ impl KernelBackend for Flex {
     }
 
     fn stochastic_axpby(y: FlexTensor, x: FlexTensor, a: f32, b: f32, key: u64) -> FlexTensor {
-        if y.dtype() != DType::BF16 || !matches!(x.dtype(), DType::BF16 | DType::F32) {
+        if y.dtype() != DType::BF16 || !has_kernel_dtype(x.dtype()) {
             return composed::stochastic_axpby::<Self>(y, x, a, b, key);
         }
         let (mut y, x) = (owned_contiguous(y), x.to_contiguous());
@@ -359,9 +356,9 @@ impl KernelBackend for Flex {
     }
 }
 
-/// Whether the kernels run on `tensor`'s dtype (bf16 or fp32).
-fn has_kernel_dtype(tensor: &FlexTensor) -> bool {
-    matches!(tensor.dtype(), DType::BF16 | DType::F32)
+/// Whether the kernels run on `dtype` (bf16 or fp32).
+fn has_kernel_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F32)
 }
 
 /// `tensor` itself when contiguous, else a contiguous copy. Taking the tensor (rather than
@@ -547,7 +544,7 @@ fn adam_flex(
         .into_iter()
         .chain(&compensation)
         .all(|t| t.dtype() == dtype);
-    if !one_dtype || !matches!(dtype, DType::BF16 | DType::F32) {
+    if !one_dtype || !has_kernel_dtype(dtype) {
         return composed::adam_step::<Flex>(param, grad, moment_1, moment_2, compensation, step);
     }
     let tensors = [param, grad, moment_1, moment_2].map(owned_contiguous);

@@ -370,9 +370,9 @@ impl AdamGroup {
     }
 }
 
-/// One Adam step of each member, as [`adam_step`] computes it: on the device
-/// route, libtorch's `_fused_adam_` over all members of one dtype when all round to nearest
-/// without decay. Returns each member's update, in order.
+/// One Adam step of each member, as [`adam_step`] computes it: on the device route, libtorch's
+/// `_fused_adam_` over all members of one dtype when all round to nearest without decay.
+/// Returns each member's update, in order.
 pub fn adam_steps(members: Vec<AdamMember>, group: AdamGroup) -> Vec<AdamUpdate<1>> {
     #[cfg(feature = "tch")]
     let members = match crate::libtorch::group::adam_steps(members, group) {
@@ -395,9 +395,8 @@ pub fn adam_steps(members: Vec<AdamMember>, group: AdamGroup) -> Vec<AdamUpdate<
         .collect()
 }
 
-/// `a·ys[i] + b·xs[i]` for each pair, as [`axpby`]: on the device route one or
-/// two multi-tensor operators for pairs of one dtype (in place over `ys` where the call holds
-/// them).
+/// `a·ys[i] + b·xs[i]` for each pair, as [`axpby`]: on the device route one or two
+/// multi-tensor operators for pairs of one dtype (in place over `ys` where the call holds them).
 ///
 /// # Panics
 /// When `ys` and `xs` differ in length or a pair in shape.
@@ -417,8 +416,8 @@ pub fn axpbys(ys: Vec<Tensor<1>>, xs: Vec<Tensor<1>>, a: f64, b: f64) -> Vec<Ten
         .collect()
 }
 
-/// `Σ x²` of each tensor, squares in fp32, as fp32 `[1]`s, as [`square_sum`]:
-/// on the device route one multi-tensor norm (`_foreach_norm`) for the whole list.
+/// `Σ x²` of each tensor, squares in fp32, as fp32 `[1]`s, as [`square_sum`]: on the device
+/// route one multi-tensor norm (`_foreach_norm`) for the whole list.
 pub fn square_sums(xs: Vec<Tensor<1>>) -> Vec<Tensor<1>> {
     #[cfg(feature = "tch")]
     let xs = match crate::libtorch::group::square_sums(xs) {

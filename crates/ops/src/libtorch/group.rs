@@ -1,8 +1,8 @@
 //! The multi-tensor ops ([`crate::adam_steps`], [`crate::axpbys`], [`crate::square_sums`]) on
-//! the device route: libtorch's multi-tensor
-//! operators over a whole list of its tensors. Each function hands its inputs back untouched
-//! where the route does not apply (a tensor of another backend or under autodiff, the composed
-//! route, a dtype the operator does not take), and the caller runs the single-tensor op on each.
+//! the device route: libtorch's multi-tensor operators over a whole list of its tensors. Each
+//! function hands its inputs back untouched where the route does not apply (a tensor of another
+//! backend or under autodiff, the composed route, a dtype the operator does not take), and the
+//! caller runs the single-tensor op on each.
 
 use burn::backend::libtorch::TchTensor;
 use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};

@@ -238,7 +238,7 @@ impl RecordOptimizer {
         let (params, grads): (Vec<_>, Vec<_>) =
             members.into_iter().map(|m| (m.value, m.grad)).unzip();
         let values = if let Some((dims, layout)) = key.muon {
-            let muon = Muon::at_step(c, step, layout);
+            let muon = Muon::at_step(c, step, weight_decay, layout);
             let states = ids.iter().map(|id| self.muon.remove(id)).collect();
             let stepped =
                 muon.update_group(states, params, grads, dims, lr, &mut writers, &mut observer);

@@ -7,7 +7,7 @@ use brainfloat_ops::{axpbys, matmul, scale, square_sums};
 use brainfloat_precision::WeightLayout;
 use burn::tensor::{FloatDType, Tensor};
 
-use super::groups::{ParamGroup, RecordOptimizerConfig};
+use super::groups::RecordOptimizerConfig;
 use super::write::{self, Observer, Stream, Writer, in_dtype};
 
 /// Muon's state of one matrix: its momentum buffer, flattened, in the parameter's dtype.
@@ -31,16 +31,21 @@ pub(super) struct Muon {
 }
 
 impl Muon {
-    /// Muon's hyper-parameters for matrices stored in `layout` at optimizer step `step`: the
-    /// momentum rises over the warmup as the record's, `(1−f)·start + f·end` with
-    /// `f = min(step/warmup, 1)`.
-    pub fn at_step(config: &RecordOptimizerConfig, step: usize, layout: WeightLayout) -> Self {
+    /// Muon's hyper-parameters at optimizer step `step` for matrices stored in `layout` with
+    /// their group's `weight_decay`: the momentum rises over the warmup as the record's,
+    /// `(1−f)·start + f·end` with `f = min(step/warmup, 1)`.
+    pub fn at_step(
+        config: &RecordOptimizerConfig,
+        step: usize,
+        weight_decay: f64,
+        layout: WeightLayout,
+    ) -> Self {
         let f = (step as f64 / config.muon_momentum_warmup.max(1) as f64).min(1.0);
         Muon {
             momentum: (1.0 - f) * config.muon_momentum_start + f * config.muon_momentum,
             ns_steps: config.ns_steps,
             ns_dtype: config.ns_dtype,
-            weight_decay: config.weight_decay[ParamGroup::Matrices as usize],
+            weight_decay,
             layout,
         }
     }
