@@ -77,8 +77,8 @@ pub enum UpdateRounding {
 }
 
 /// The dtypes a layer's forward pass computes in: what [`apply_policy`](crate::apply_policy)
-/// hands each layer (through [`PrecisionAware`](crate::PrecisionAware)), read as fields at every
-/// use so the policy itself stays out of the forward pass.
+/// hands each layer (through [`PrecisionAware`](crate::PrecisionAware)), so that a layer holds
+/// the two dtypes it uses rather than the whole policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ComputeDtypes {
     /// Operands of the matrix products (linear layers and attention).
