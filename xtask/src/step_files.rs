@@ -4,9 +4,9 @@
 //! The binary is built with line tables (`--profile profiling`) and trains three steps of the
 //! embedded tiny config under Callgrind, which records every instruction executed, in every
 //! thread, with the source file it was compiled from (an inlined function keeps its own file).
-//! A profile is cut at each entry of `Trainer::train_step` and of a plugin's `on_step`; the part
-//! that starts at the last step's entry and ends at the first plugin is that step alone. A file
-//! counts when an instruction of that part came from a line written in it; code the compiler
+//! A profile is cut at each entry of `Trainer::train_step` (`#[inline(never)]`, so that it has
+//! one) and of a plugin's `on_step`; the part that starts at the last step's entry and ends at
+//! the first plugin is that step alone. A file counts when an instruction of that part came from a line written in it; code the compiler
 //! generates — at no line (line 0), at a `#[derive(..)]` (an enum's `==`), at the
 //! `#[global_allocator]` static (the allocator's entry points) — is listed apart, under the
 //! file it is attributed to. The batch is cut to two sequences of 16 tokens (and the final
@@ -184,8 +184,7 @@ fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-/// The profile part of the run's last step: a part cut at a plugin's `on_step` right after
-/// one cut at `train_step` (each part is named for the cut that ends it).
+/// The profile part of the run's last step (of the parts in `work`, in the order written).
 fn last_step_part(work: &Path) -> Result<String, String> {
     let mut parts = Vec::new();
     for number in 1.. {
@@ -195,11 +194,25 @@ fn last_step_part(work: &Path) -> Result<String, String> {
         };
         parts.push(text);
     }
+    step_part(parts)
+}
+
+/// Of `parts`, the last one cut at a plugin's `on_step` right after one cut at `train_step`
+/// (each part is named for the cut that ends it).
+fn step_part(mut parts: Vec<String>) -> Result<String, String> {
     let ends_at = |text: &str, function: &str| {
         text.lines()
             .take_while(|line| !line.starts_with("fl=") && !line.starts_with("ob="))
             .any(|line| line.starts_with("desc: Trigger:") && line.contains(function))
     };
+    if !parts.iter().any(|part| ends_at(part, "train_step")) {
+        return Err(
+            "Callgrind never cut the profile at `Trainer::train_step`'s entry: the \
+                    function was inlined into its caller (it is `#[inline(never)]` so that it \
+                    keeps one), or training never started"
+                .into(),
+        );
+    }
     let step = (1..parts.len())
         .rev()
         .find(|&i| ends_at(&parts[i - 1], "train_step") && ends_at(&parts[i], "on_step"))
@@ -428,6 +441,29 @@ mod tests {
         .to_vec();
         let generated: Vec<bool> = (0..=4).map(|n| is_generated(&lines, n)).collect();
         assert_eq!(generated, [true, true, false, true, false]);
+    }
+
+    #[test]
+    fn the_step_is_the_last_part_from_train_step_to_a_plugin() {
+        let cut_at = |function: &str, body: &str| {
+            format!("desc: Trigger: --dump-before=a::{function}\nfl=step.rs\n{body}\n")
+        };
+        let parts = vec![
+            cut_at("Trainer::train_step", "start-up"),
+            cut_at("Log::on_step", "step 1"),
+            cut_at("Trainer::train_step", "plugins 1"),
+            cut_at("Log::on_step", "step 2"),
+            cut_at("Trainer::train_step", "plugins 2"),
+        ];
+        assert_eq!(step_part(parts.clone()).unwrap(), parts[3]);
+        // An inlined `train_step` leaves no cut at its entry: said, not taken for a short run.
+        let inlined: Vec<String> = parts
+            .iter()
+            .map(|part| part.replace("Trainer::train_step", "Trainer::run"))
+            .collect();
+        assert!(step_part(inlined).unwrap_err().contains("inlined"));
+        let short = parts[..1].to_vec();
+        assert!(step_part(short).unwrap_err().contains("three steps"));
     }
 
     #[test]

@@ -238,6 +238,9 @@ impl<M: LanguageModel> Trainer<M> {
     /// One optimizer step: `grad_accum_steps` micro-batches, gradients summed (fp32 sums for
     /// fp32 parameters) and averaged over the ranks, checked, then applied (scaled by
     /// `1/grad_accum_steps` inside the optimizer) or, if not finite, skipped or refused.
+    // Never inlined: a profiler cuts a run into steps at this function's entry
+    // (`cargo xtask step-files`); one call a step costs nothing beside the step.
+    #[inline(never)]
     pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
         let started = Instant::now();
         let (grads, losses) = self.forward_backward()?;
