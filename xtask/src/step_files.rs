@@ -54,7 +54,7 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
     let root =
         std::env::current_dir().map_err(|err| format!("cannot tell the current folder: {err}"))?;
     let work = root.join(WORK_DIR);
-    let options = Options::parse(args);
+    let options = Options::parse(args)?;
     if !options.reuse && !profile(&root, &work, &options.train_args)? {
         return Ok(false);
     }
@@ -63,10 +63,19 @@ pub fn step_files(args: &[String]) -> Result<bool, String> {
     let report = format!("{}{}", header(args), render(&costs));
     print!("{report}");
     if let Some(out) = options.out {
-        std::fs::write(&out, &report)
-            .map_err(|err| format!("cannot write {}: {err}", out.display()))?;
+        write_atomically(&out, &report)?;
     }
     Ok(true)
+}
+
+/// `text` into `path` whole or not at all: written beside it, then renamed over it.
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
 }
 
 /// The binary built with line tables and three steps trained under Callgrind, its profile
@@ -127,7 +136,7 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Self {
+    fn parse(args: &[String]) -> Result<Self, String> {
         let mut options = Options {
             out: None,
             reuse: false,
@@ -136,12 +145,15 @@ impl Options {
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--out" => options.out = args.next().map(PathBuf::from),
+                "--out" => match args.next() {
+                    Some(path) => options.out = Some(PathBuf::from(path)),
+                    None => return Err("--out needs a file to write the table to".into()),
+                },
                 "--reuse" => options.reuse = true,
                 _ => options.train_args.push(arg.clone()),
             }
         }
-        options
+        Ok(options)
     }
 }
 
@@ -464,6 +476,37 @@ mod tests {
         assert!(step_part(inlined).unwrap_err().contains("inlined"));
         let short = parts[..1].to_vec();
         assert!(step_part(short).unwrap_err().contains("three steps"));
+    }
+
+    #[test]
+    fn options_take_their_own_flags_and_pass_the_rest_to_train() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let options =
+            Options::parse(&args(&["--precision", "fp32", "--out", "t.md", "--reuse"])).unwrap();
+        assert_eq!(options.out, Some(PathBuf::from("t.md")));
+        assert!(options.reuse);
+        assert_eq!(options.train_args, args(&["--precision", "fp32"]));
+        let missing = Options::parse(&args(&["--out"])).err().unwrap();
+        assert!(missing.contains("--out needs a file"), "{missing}");
+    }
+
+    #[test]
+    fn the_table_is_written_whole() {
+        let folder = std::env::temp_dir().join(format!("step-files-out-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let out = folder.join("table.md");
+        std::fs::write(&out, "old").unwrap();
+        write_atomically(&out, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "new");
+        let names: Vec<_> = std::fs::read_dir(&folder).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "no partial file left beside the table");
+        let unwritable = folder.join("missing").join("table.md");
+        assert!(
+            write_atomically(&unwritable, "x")
+                .unwrap_err()
+                .contains("cannot write")
+        );
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]

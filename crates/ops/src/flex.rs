@@ -663,18 +663,10 @@ mod tests {
 
     /// A tensor's elements as bits (bf16 widened to the fp32 with the same value).
     fn bits(tensor: &FlexTensor) -> Vec<u32> {
-        match tensor.dtype() {
-            DType::BF16 => tensor
-                .storage::<bf16>()
-                .iter()
-                .map(|v| v.to_f32().to_bits())
-                .collect(),
-            _ => tensor
-                .storage::<f32>()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect(),
-        }
+        with_elem!(tensor.dtype(), T => {
+            contiguous_values::<T>(tensor).iter().map(|v| v.to_f32().to_bits()).collect()
+        })
+        .expect("a kernel dtype")
     }
 
     /// The one-pass `scale` and `axpby` round as the composed ops do, one tensor op at a
@@ -721,6 +713,7 @@ mod tests {
                 let x = || tensor(&ys, y_dtype);
                 let fused = Flex::scale(x(), factor);
                 let composed = composed::scale::<Flex>(x(), factor);
+                assert_eq!(fused.dtype(), y_dtype);
                 let case = format!("scale {y_dtype:?} by {factor}");
                 assert!(bits(&fused) == bits(&composed), "{case}");
             }

@@ -4,7 +4,8 @@ use brainfloat_choice::choice;
 use brainfloat_precision::{ParamRole, UpdateRounding};
 use burn::tensor::FloatDType;
 
-/// The optimizer group of a parameter.
+/// The optimizer group of a parameter. Its discriminant is its place in [`ParamGroup::ALL`]:
+/// per-group arrays (weight decay, the probe's counts) are indexed by `group as usize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamGroup {
     /// Token embedding: Adam.
@@ -36,6 +37,15 @@ impl ParamGroup {
         }
     }
 }
+
+// Each group's discriminant is its index in `ALL`, checked when the crate compiles.
+const _: () = {
+    let mut index = 0;
+    while index < ParamGroup::ALL.len() {
+        assert!(ParamGroup::ALL[index] as usize == index);
+        index += 1;
+    }
+};
 
 impl ParamGroup {
     /// The record's group of a parameter playing `role`: Muon for the hidden matrices, Adam
